@@ -1,0 +1,54 @@
+#include "kvquant/attention_reference.h"
+
+#include <cassert>
+#include <cmath>
+#include <vector>
+
+namespace lr::kvquant {
+
+void AttendF32(const float* k, const float* v, int n_rows, int k_dim, int v_dim, const float* q, int n_q,
+               float scale, float* out) {
+  assert(n_rows > 0 && n_q > 0);
+  std::vector<double> s(n_rows);
+  for (int i = 0; i < n_q; ++i) {
+    const float* qi = q + static_cast<size_t>(i) * k_dim;
+    double mx = -INFINITY;
+    for (int t = 0; t < n_rows; ++t) {
+      double dot = 0;
+      for (int j = 0; j < k_dim; ++j) dot += static_cast<double>(qi[j]) * k[static_cast<size_t>(t) * k_dim + j];
+      s[t] = scale * dot;
+      mx = std::fmax(mx, s[t]);
+    }
+    double sum = 0;
+    for (int t = 0; t < n_rows; ++t) sum += (s[t] = std::exp(s[t] - mx));
+    for (int j = 0; j < v_dim; ++j) {
+      double o = 0;
+      for (int t = 0; t < n_rows; ++t) o += s[t] * v[static_cast<size_t>(t) * v_dim + j];
+      out[static_cast<size_t>(i) * v_dim + j] = static_cast<float>(o / sum);
+    }
+  }
+}
+
+void AttendReference(const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q, int n_q,
+                     std::span<const RowSpan> spans, float scale, float* out) {
+  const bool shared = shared_v_dim > 0;
+  const int v_dim = shared ? shared_v_dim : v.dim();
+  std::vector<float> kr, vr, row(k.dim());
+  int n = 0;
+  for (const RowSpan& sp : spans) {
+    for (int t = 0; t < sp.n_rows; ++t, ++n) {
+      k.DecodeRow(sp.k + t * k.row_bytes(), row.data());
+      kr.insert(kr.end(), row.begin(), row.end());
+      if (shared) {
+        vr.insert(vr.end(), row.begin(), row.begin() + v_dim);
+      } else {
+        std::vector<float> vrow(v.dim());
+        v.DecodeRow(sp.v + t * v.row_bytes(), vrow.data());
+        vr.insert(vr.end(), vrow.begin(), vrow.end());
+      }
+    }
+  }
+  AttendF32(kr.data(), vr.data(), n, k.dim(), v_dim, q, n_q, scale, out);
+}
+
+}  // namespace lr::kvquant

@@ -1,0 +1,47 @@
+// Attention kernels over compressed rows, one build per instruction set, chosen at run time.
+//
+// The same source (kernels_impl.h) is compiled three times: for baseline x86-64 (kGeneric), AVX2+FMA+F16C and
+// AVX-512 (F/BW/VL/DQ). Attend uses the best one this CPU runs; tests run every supported one against the scalar
+// reference (attention_reference.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "base/status.h"
+#include "kvquant/kvquant.h"
+
+namespace lr::kvquant {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+struct Kernels {
+  // scores[i * n_rows + t] = q_i · ŷ_t, ŷ_t the rotated-domain reconstruction of row t (rows[t * stride]), for
+  // i < n_q and t < n_rows; q holds n_q rows of k.dim() floats (already rotated and scaled).
+  void (*score)(const RowCodec& k, const uint8_t* rows, size_t stride, int n_rows, const float* q, int n_q,
+                float* scores);
+  // acc[i * n + j] += Σ_t p[i * n_rows + t] · ŷ_t[j] for j < n (n = v.dim(), or the leading values of a shared
+  // row, on a block boundary).
+  void (*accumulate)(const RowCodec& v, const uint8_t* rows, size_t stride, int n_rows, int n, const float* p,
+                     int n_q, float* acc);
+  // s[t] = exp(s[t] - max) for t < n (max >= every s[t]); returns the sum. Relative error below 1e-6 per value.
+  float (*exp_sum)(float* s, int n, float max);
+};
+
+// The kernels for `isa`, or nullptr when this CPU cannot run them.
+const Kernels* GetKernels(Isa isa);
+// The best instruction set this CPU runs.
+Isa BestIsa();
+const char* IsaName(Isa isa);
+
+// Attention for one KV head group with the chosen kernels. K is k's rows; V is v's rows, or when shared_v_dim > 0
+// the leading shared_v_dim values of K's rows (then v must be k). Spans as in Attend; out is n_q × (v dim).
+Status AttendWith(const Kernels& kernels, const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q,
+                  int n_q, std::span<const RowSpan> spans, float scale, float* out, int n_threads);
+
+namespace generic { const Kernels& Get(); }
+namespace avx2 { const Kernels& Get(); }
+namespace avx512 { const Kernels& Get(); }
+
+}  // namespace lr::kvquant

@@ -1,0 +1,156 @@
+// KV-cache compression formats and attention computed directly on the compressed rows.
+//
+// The model runner stores each (layer, KV head)'s keys and values as rows of `dim` values in one of the formats
+// below, chosen by name separately for keys and values (`--ctk NAME --ctv NAME`). A RowCodec encodes one token's row
+// (the append path) and Attend() computes softmax(scale·q·Kᵀ)·V over a range of stored rows without expanding K or V
+// to f32: the query is rotated once into the stored domain, each row is scored block by block from its codes
+// (scale × Σ q_i · level[code_i]), and V is accumulated in its rotated domain and rotated back once at the end.
+//
+// Formats. A row is a sequence of blocks; a block is an fp16 scale d followed by code runs, and block element i
+// decodes to d · level[code_i] (in the rotated domain where the format rotates). Bits per element include the scale.
+//
+//   name     rotation          block  bytes  bits   codes                           scale
+//   f16      none              1      2      16     IEEE half per value              -
+//   q8_0     none              32     34     8.5    int8, level = code               max|x|/127      (llama.cpp)
+//   q4_0     none              32     18     4.5    4-bit, level = code - 8          signed max / -8 (llama.cpp)
+//   q4_0h    Hadamard          32     18     4.5    as q4_0, after the rotation
+//   tq4      Hadamard          32     18     4.5    4-bit Lloyd-Max N(0,1) levels    block RMS
+//   tq3      Hadamard          32     14     3.5    3-bit Lloyd-Max                  least squares + 2 passes of
+//                                                                                    coordinate descent (see below)
+//   tq2      Hadamard          32     10     2.5    2-bit Lloyd-Max                  block RMS
+//   planar3  Givens pairs      128    50     3.125  3-bit Lloyd-Max                  norm-preserving (see below)
+//   planar4  Givens pairs      128    66     4.125  4-bit Lloyd-Max                  norm-preserving
+//   iso3     quaternion quads  128    50     3.125  3-bit Lloyd-Max                  norm-preserving
+//   iso4     quaternion quads  128    66     4.125  4-bit Lloyd-Max                  norm-preserving
+//   hx3      Hadamard          128    56     3.5    48 × 4-bit then 80 × 3-bit LM    descent, dot-preserving
+//
+// Rotations are described in kvquant/rotation.h; each codec's is fixed by (seed, layer, head).
+// Rounding rules:
+//   least squares: codes start at the nearest levels for d = block RMS; then, twice over the block, each code may move
+//     to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²); the final
+//     d is that least-squares scale.
+//   descent, dot-preserving (hx3): the same descent, then d = Σx² / Σx·l, so that the decoded block x̂ has
+//     ⟨x̂, x⟩ = ⟨x, x⟩. The least-squares x̂ is a shrunk projection (⟨x̂, x⟩ = ‖x‖²·cos²): a query that resembles a
+//     stored key then scores it low by about (1 - cos²)·‖k‖², a bias the softmax does not average away, and the
+//     measured key-side attention error halves without it (docs/ARCHITECTURE.md). The extra MSE is second order.
+//   norm-preserving: codes are the nearest levels for d = ‖y‖/√n, then d = ‖y‖ / ‖level[codes]‖, so every decoded
+//     block has exactly the input block's length (up to fp16 rounding of d): the length is unbiased.
+// hx3 is our format. A 128-wide block spreads the 16-bit scale over more coordinates (0.125 bit/element instead of
+//   tq3's 0.5) and spends what that frees on a fourth bit for 48 of the 128 coordinates, at tq3's 3.5 bits. After
+//   the Hadamard rotation all coordinates have the same variance, so which ones get the fourth bit does not matter.
+//   docs/ARCHITECTURE.md (kvquant) lists the candidates measured and why this one was kept.
+//
+// Row shapes: dim must be a multiple of 32 (any dim from 1 to 4096 for f16), and of 64 for hx3. In formats with
+// 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso keep one code
+// run of the block's length; hx3's short block of n elements has n/2 - 16 four-bit codes and the rest three-bit,
+// which keeps it at 3.5 bits (a 64-wide head: 16 + 48). RowCodec::row_bytes() is the exact size of one row.
+//
+// Code runs (n codes, n a multiple of 16) are packed in 16- or 32-code pieces, so that a 512-bit register unpacks
+// 16 codes with a few shifts. 8-bit: byte j = code j. 4-bit: per group of 32 codes, 16 bytes, byte j holding code j
+// in the low nibble and code j + 16 in the high one (llama.cpp's q4_0); a final group of 16 codes takes 8 bytes, byte
+// j holding codes j and j + 8. 2-bit: per tile of 16 codes, 4 bytes, byte j holding codes j, j + 4, j + 8, j + 12 in
+// bits 0-1, 2-3, 4-5, 6-7. 3-bit: per tile of 16 codes, the low two bits as a 2-bit tile, then the high bits as a
+// 16-bit word, code j at bit j. Scales, halves and words are little-endian.
+//
+// Threads: everything here is thread-safe on const codecs; Attend and AttendSharedKV run on the calling thread only
+// (the runner calls them from its own OpenMP loop over heads). AttendParallel splits one head group's range over
+// threads for long contexts and benchmarks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "kvquant/rotation.h"
+
+namespace lr::kvquant {
+
+struct FormatInfo {
+  std::string_view name;
+  int block_elems;          // elements per full block
+  int block_bytes;          // bytes per full block, scale included
+  double bits_per_element;  // 8 * block_bytes / block_elems
+  std::string_view summary;
+};
+
+// Every format, in the order of the table above.
+std::vector<FormatInfo> ListFormats();
+// kInvalidArgument naming the bad name and the valid ones.
+Result<FormatInfo> FindFormat(std::string_view name);
+
+// One block of a row's layout (internal to the kernels, exposed so they can be tested one by one).
+struct CodeRun {
+  int bits;              // 2, 3, 4 or 8
+  int count;             // codes in this run, a multiple of 16
+  const float* levels;   // 2^bits levels indexed by code (zero-padded to 16 floats when bits <= 4)
+};
+struct BlockLayout {
+  int begin;             // first element of the row in this block
+  int size;              // elements in this block
+  int offset;            // byte offset of the block in the row: the fp16 scale, then the runs
+  int n_runs;
+  CodeRun runs[2];
+};
+
+// Encoder/decoder for rows of `dim` values of one (layer, head); holds the rotation chosen by (seed, layer, head).
+// Cheap to copy (a few hundred bytes plus the rotation parameters).
+class RowCodec {
+ public:
+  // kInvalidArgument for an unknown format or a dim the format cannot hold (naming both).
+  static Result<RowCodec> Create(std::string_view format, int dim, uint64_t seed, int layer, int head);
+
+  int dim() const { return dim_; }
+  size_t row_bytes() const { return row_bytes_; }
+  const FormatInfo& format() const { return info_; }
+  const Rotation& rotation() const { return rotation_; }
+  bool is_f16() const { return blocks_.empty(); }
+  const std::vector<BlockLayout>& blocks() const { return blocks_; }
+
+  // Append path: encodes one token's row of dim() floats into row_bytes() bytes at dst.
+  void EncodeRow(const float* x, uint8_t* dst) const;
+  // Reconstructs the row (rotated back). For tests, evaluation and debugging; attention never calls it.
+  void DecodeRow(const uint8_t* src, float* x) const;
+  // Reconstructs the row in the rotated domain (no inverse rotation): what attention scores against.
+  void DecodeRowRotated(const uint8_t* src, float* y) const;
+
+ private:
+  RowCodec(const FormatInfo& info, int spec, int dim, Rotation rotation);
+
+  FormatInfo info_;
+  int spec_;  // index into the format table
+  int dim_;
+  size_t row_bytes_ = 0;
+  Rotation rotation_;
+  std::vector<BlockLayout> blocks_;  // empty for f16
+};
+
+// A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each.
+struct RowSpan {
+  const uint8_t* k;
+  const uint8_t* v;
+  int n_rows;
+};
+
+// Attention for one KV head and the n_q query heads that share it (a GQA group), over the spans in order, with a
+// streaming softmax: out[i] = softmax(scale · q_i·Kᵀ) · V for i < n_q. q is n_q × k.dim() floats, out is
+// n_q × v.dim(). Errors (kInvalidArgument): n_q < 1, no rows in total, a span with n_rows < 0 or null pointers,
+// k.dim() != q's dim is the caller's contract (q is read as n_q rows of k.dim()).
+Status Attend(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
+              float scale, float* out);
+
+// MLA: keys and values share one stored row (DeepSeek-style latent plus rope key). K is the whole row of kv.dim()
+// values and V is its leading v_dim values; spans' k pointers are used, v pointers ignored. out is n_q × v_dim.
+// kInvalidArgument when v_dim does not end on a block boundary of the format and a segment boundary of its rotation
+// (e.g. hx3 or tq3 with dim 320 = 256 + 64 and v_dim 256 work).
+Status AttendSharedKV(const RowCodec& kv, int v_dim, const float* q, int n_q, std::span<const RowSpan> spans,
+                      float scale, float* out);
+
+// Attend, with the rows split into n_threads contiguous pieces processed by an OpenMP team and merged exactly
+// (log-sum-exp). For one long range; not meant to be called from inside another parallel region.
+Status AttendParallel(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
+                      float scale, float* out, int n_threads);
+
+}  // namespace lr::kvquant
