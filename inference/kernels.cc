@@ -1,0 +1,246 @@
+#include "inference/kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "inference/kernels_simd.h"
+#include "kvquant/half.h"
+
+namespace lr::inference {
+namespace {
+
+float LoadHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return kvquant::HalfToFloat(h);
+}
+
+float LoadBF16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// q4_0 / q4_1 nibble order: byte j holds value j (low nibble) and value j + 16 (high nibble).
+void DequantQ4_0(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * ((blk[2 + j] & 0xF) - 8);
+    y[j + 16] = d * ((blk[2 + j] >> 4) - 8);
+  }
+}
+
+void DequantQ4_1(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk);
+  const float m = LoadHalf(blk + 2);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * (blk[4 + j] & 0xF) + m;
+    y[j + 16] = d * (blk[4 + j] >> 4) + m;
+  }
+}
+
+void DequantQ8_0(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<int8_t>(blk[2 + j]);
+}
+
+// Scale and min of sub-block j (0..7) from the 12-byte packing of q4_K / q5_K: bytes 0-3 hold the low 6 bits of
+// scales 0-3 (top 2 bits: high bits of scales 4-7), bytes 4-7 the same for the mins, bytes 8-11 the low 4 bits of
+// scales 4-7 (low nibble) and mins 4-7 (high nibble).
+void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *min = s[j + 4] & 63;
+  } else {
+    *scale = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// q4_K: d, dmin (f16), scales[12], qs[128]. Each 32 bytes of qs hold sub-block 2i (low nibbles) and 2i+1 (high).
+void DequantQ4_K(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk);
+  const float dmin = LoadHalf(blk + 2);
+  const uint8_t* scales = blk + 4;
+  const uint8_t* qs = blk + 16;
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    ScaleMinK4(j, scales, &sc, &m);
+    const uint8_t* q = qs + 32 * (j / 2);
+    const int shift = (j % 2) * 4;
+    for (int l = 0; l < 32; ++l) y[32 * j + l] = d * sc * ((q[l] >> shift) & 0xF) - dmin * m;
+  }
+}
+
+// q5_K: d, dmin, scales[12], qh[32], qs[128]: q4_K plus a fifth bit, bit j of qh[l] for value l of sub-block j.
+void DequantQ5_K(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk);
+  const float dmin = LoadHalf(blk + 2);
+  const uint8_t* scales = blk + 4;
+  const uint8_t* qh = blk + 16;
+  const uint8_t* qs = blk + 48;
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    ScaleMinK4(j, scales, &sc, &m);
+    const uint8_t* q = qs + 32 * (j / 2);
+    const int shift = (j % 2) * 4;
+    for (int l = 0; l < 32; ++l) {
+      const int v = ((q[l] >> shift) & 0xF) | (((qh[l] >> j) & 1) << 4);
+      y[32 * j + l] = d * sc * v - dmin * m;
+    }
+  }
+}
+
+// q6_K: ql[128], qh[64], int8 scales[16], d (f16). Per half of 128 values: value 32k + l (k = 0..3, l = 0..31)
+// takes its low 4 bits from ql[l + 32 (k % 2)] (low nibble for k < 2, high for k >= 2) and its high 2 bits from
+// bits 2k..2k+1 of qh[l]; one int8 scale per 16 values; value = d * scale * (q - 32).
+void DequantQ6_K(const uint8_t* blk, float* y) {
+  const float d = LoadHalf(blk + 208);
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* ql = blk + 64 * half;
+    const uint8_t* qh = blk + 128 + 32 * half;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192 + 8 * half);
+    float* out = y + 128 * half;
+    for (int k = 0; k < 4; ++k) {
+      for (int l = 0; l < 32; ++l) {
+        const int low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 0xF;
+        const int high = (qh[l] >> (2 * k)) & 3;
+        const int pos = 32 * k + l;
+        out[pos] = d * sc[pos / 16] * ((low | (high << 4)) - 32);
+      }
+    }
+  }
+}
+
+SimdLevel Detect() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"))
+    return SimdLevel::kAvx512Vnni;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return SimdLevel::kAvx2;
+  return SimdLevel::kScalar;
+}
+
+std::atomic<SimdLevel>& ActiveLevel() {
+  static std::atomic<SimdLevel> level{DetectSimdLevel()};
+  return level;
+}
+
+// The scalar path: each row decoded once, then dotted with every token.
+void MatMulRowsScalar(const WeightMatrix& w, const float* x, int n_tokens, int64_t r0, int64_t r1, float* y,
+                      int64_t y_stride) {
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    DequantizeRow(w.type, w.row(r), row.data(), w.cols);
+    for (int t = 0; t < n_tokens; ++t) {
+      const float* xt = x + t * w.cols;
+      float sum = 0;
+      for (int64_t c = 0; c < w.cols; ++c) sum += row[c] * xt[c];
+      y[t * y_stride + r] = sum;
+    }
+  }
+}
+
+bool IsFloatType(TensorType t) {
+  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
+}
+
+}  // namespace
+
+void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
+  assert(n % 32 == 0);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float* v = x + 32 * b;
+    float amax = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
+    const float d = amax / 127.0f;
+    const float id = d > 0 ? 1.0f / d : 0.0f;
+    BlockQ8& o = out[b];
+    o.d = d;
+    int sum[2] = {0, 0};
+    for (int i = 0; i < 32; ++i) {
+      const int q = static_cast<int>(std::nearbyint(v[i] * id));
+      o.q[i] = static_cast<int8_t>(q);
+      sum[i / 16] += q;
+    }
+    o.sum[0] = static_cast<int16_t>(sum[0]);
+    o.sum[1] = static_cast<int16_t>(sum[1]);
+  }
+}
+
+void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, int64_t n) {
+  assert(RowIsWhole(type, n));
+  const int64_t blocks = n / type.block_elems;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = row + b * type.block_bytes;
+    float* y = out + b * type.block_elems;
+    switch (type.type) {
+      case TensorType::kF32: std::memcpy(y, blk, 4); break;
+      case TensorType::kF16: *y = LoadHalf(blk); break;
+      case TensorType::kBF16: *y = LoadBF16(blk); break;
+      case TensorType::kQ4_0: DequantQ4_0(blk, y); break;
+      case TensorType::kQ4_1: DequantQ4_1(blk, y); break;
+      case TensorType::kQ8_0: DequantQ8_0(blk, y); break;
+      case TensorType::kQ4_K: DequantQ4_K(blk, y); break;
+      case TensorType::kQ5_K: DequantQ5_K(blk, y); break;
+      case TensorType::kQ6_K: DequantQ6_K(blk, y); break;
+    }
+  }
+}
+
+const char* SimdLevelName(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar: return "scalar";
+    case SimdLevel::kAvx2: return "avx2";
+    case SimdLevel::kAvx512Vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+SimdLevel DetectSimdLevel() {
+  static const SimdLevel detected = Detect();
+  return detected;
+}
+
+SimdLevel ActiveSimdLevel() { return ActiveLevel().load(std::memory_order_relaxed); }
+
+void SetSimdLevel(SimdLevel level) {
+  ActiveLevel().store(std::min(level, DetectSimdLevel()), std::memory_order_relaxed);
+}
+
+void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride) {
+  assert(RowIsWhole(w.type, w.cols) && y_stride >= w.rows);
+  const SimdLevel level = ActiveSimdLevel();
+  // Activations are quantized once per call, shared by all threads.
+  thread_local std::vector<BlockQ8> xq;
+  const BlockQ8* xq_data = nullptr;
+  if (level != SimdLevel::kScalar && !IsFloatType(w.type.type)) {
+    const int64_t per_token = w.cols / 32;
+    xq.resize(static_cast<size_t>(per_token * n_tokens));
+    for (int t = 0; t < n_tokens; ++t) QuantizeRowQ8(x + t * w.cols, w.cols, xq.data() + t * per_token);
+    xq_data = xq.data();
+  }
+  // Rows in chunks of 16 (whole cache lines of output), spread evenly over the threads.
+  constexpr int64_t kChunk = 16;
+  const int64_t n_chunks = (w.rows + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t r0 = c * kChunk;
+    const int64_t r1 = std::min(w.rows, r0 + kChunk);
+    switch (level) {
+      case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq_data, x, n_tokens, r0, r1, y, y_stride); break;
+      case SimdLevel::kAvx2: avx2::MatMulRows(w, xq_data, x, n_tokens, r0, r1, y, y_stride); break;
+      case SimdLevel::kScalar: MatMulRowsScalar(w, x, n_tokens, r0, r1, y, y_stride); break;
+    }
+  }
+}
+
+}  // namespace lr::inference

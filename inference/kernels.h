@@ -1,0 +1,60 @@
+// Weight kernels: decoding GGUF weight rows and multiplying weight matrices by activations.
+//
+// Every supported weight type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) has a plain scalar DequantizeRow:
+// the reference the fast paths are tested against. MatMul is the fast path. For the quantized types it quantizes the
+// activations once per call to BlockQ8 (32 int8 values and one scale) and multiplies with int8 dot products, as ggml
+// does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI on 256-bit vectors)
+// is picked at run time from the CPU; a CPU without AVX2 gets the scalar path (dequantize a row, then dot).
+//
+// Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
+// several tokens reads each weight row once for all of them (prefill is matrix-matrix work).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "inference/tensor_type.h"
+
+namespace lr::inference {
+
+// 32 activations quantized to int8: value[i] ~= d * q[i]. sum[h] is the sum of q[16h .. 16h+15]; the kernels use it
+// for the offset terms of the weight formats (q4_0's -8, q4_1's min, the K-quants' mins, q6_K's -32).
+struct BlockQ8 {
+  float d;
+  int16_t sum[2];
+  int8_t q[32];
+};
+static_assert(sizeof(BlockQ8) == 40);
+
+// x[0..n) -> n/32 blocks, round to nearest with d = max|x| / 127. n is a multiple of 32.
+void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out);
+
+// The scalar reference: decodes the first `n` values of a row stored as `type` (n a multiple of its block size).
+void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, int64_t n);
+
+// A 2-D weight as GGUF stores it: `rows` rows of `cols` values (cols is ggml's ne0), rows `row_bytes` apart.
+struct WeightMatrix {
+  TensorTypeInfo type;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+
+  const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
+};
+
+// y[t * y_stride + r] = sum_c W[r][c] * x[t * w.cols + c], for every row r and token t < n_tokens.
+// x holds n_tokens rows of w.cols floats; y_stride >= w.rows; w.cols is a whole number of blocks (the GGUF
+// loader checks every tensor's rows).
+void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride);
+
+enum class SimdLevel { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+const char* SimdLevelName(SimdLevel level);
+// The best level this CPU runs.
+SimdLevel DetectSimdLevel();
+// The level MatMul uses: DetectSimdLevel() unless lowered with SetSimdLevel (tests and benchmarks compare levels).
+SimdLevel ActiveSimdLevel();
+// Uses `level` from now on, clamped to DetectSimdLevel(). Not thread-safe against running MatMuls.
+void SetSimdLevel(SimdLevel level);
+
+}  // namespace lr::inference

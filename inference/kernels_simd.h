@@ -1,0 +1,27 @@
+// The SIMD row kernels behind MatMul (inference/kernels.h), one copy per instruction set.
+//
+// kernels_x86.h holds the code once; kernels_avx2.cc and kernels_avx512.cc compile it with different target flags
+// into the namespaces declared here, and kernels.cc picks one at run time. Internal to the kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "inference/kernels.h"
+
+namespace lr::inference {
+
+// Computes y[t * y_stride + r] for rows [r0, r1) and tokens [0, n_tokens). `xq` holds each token's activations as
+// BlockQ8 (w.cols / 32 blocks per token, used by the quantized types); `x` the same activations as f32 (used by F32,
+// F16 and BF16).
+#define LR_DECLARE_MATMUL_ROWS                                                                                  \
+  void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1, \
+                  float* y, int64_t y_stride);
+namespace avx2 {
+LR_DECLARE_MATMUL_ROWS
+}
+namespace avx512 {
+LR_DECLARE_MATMUL_ROWS
+}
+#undef LR_DECLARE_MATMUL_ROWS
+
+}  // namespace lr::inference

@@ -1,0 +1,366 @@
+// The x86 row kernels, compiled once per instruction set: include with LR_SIMD_NS defined (see kernels_simd.h).
+//
+// Only this file's own functions are used here: an inline function from another header compiled with AVX-512 flags
+// could be picked by the linker for the whole program and fault on a CPU without AVX-512.
+//
+// Integer kernels: for each 32 weights, unpack to 32 unsigned bytes, multiply with the 32 signed activation bytes
+// (vpdpbusd with VNNI, vpmaddubsw + vpmaddwd otherwise; the products of 6-bit weights fit the 16-bit pairs of the
+// latter), scale the 8 int32 partial sums by weight scale * activation scale into a float accumulator. The offsets
+// of the formats (-8, +min, -32) are applied once per block through the activation sums.
+#ifndef LR_SIMD_NS
+#error "define LR_SIMD_NS before including kernels_x86.h"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "inference/kernels_simd.h"
+
+namespace lr::inference::LR_SIMD_NS {
+namespace {
+
+float LoadHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Lane i (of 8) = sum over bytes 4i..4i+3 of u * s, u unsigned, s signed.
+__m256i MulSum(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+float HSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 16 bytes of nibble pairs -> 32 bytes: the low nibbles (values 0..15), then the high nibbles (values 16..31).
+__m256i Nibbles16(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// acc += float(MulSum(w, a.q)) * scale
+__m256 Accumulate(__m256 acc, __m256i w, const BlockQ8& a, float scale) {
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(MulSum(w, Load32(a.q))), _mm256_set1_ps(scale), acc);
+}
+
+int BlockSum(const BlockQ8& a) { return a.sum[0] + a.sum[1]; }
+
+// The 6-bit scale and min of sub-block j of a q4_K / q5_K super-block (ggml's 12-byte packing).
+void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *min = s[j + 4] & 63;
+  } else {
+    *scale = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// --- one row against NT tokens: out[t] = row . token t. a[t]: token t's BlockQ8s, x[t]: its floats; n values ---
+// The weights are unpacked once per block and multiplied with every token's activations (prefill reads and
+// unpacks each row once per NT tokens).
+
+// Two accumulators per token, for even and odd blocks: one fmadd chain per block would wait on the previous
+// block's fmadd (4 cycles) and bound a decode step by latency instead of memory.
+template <int NT>
+struct Acc2 {
+  __m256 v[2][NT];
+  float offset[2][NT];
+  Acc2() {
+    for (int p = 0; p < 2; ++p) {
+      for (int t = 0; t < NT; ++t) {
+        v[p][t] = _mm256_setzero_ps();
+        offset[p][t] = 0;
+      }
+    }
+  }
+  // out[t] = sum of the vector lanes + offset_sign * the offsets
+  void Finish(float offset_sign, float* out) const {
+    for (int t = 0; t < NT; ++t)
+      out[t] = HSum(_mm256_add_ps(v[0][t], v[1][t])) + offset_sign * (offset[0][t] + offset[1][t]);
+  }
+};
+
+// Runs block(b, parity) for every 32-value block, alternating parities.
+template <typename Block>
+void ForBlocks(int64_t n_blocks, Block&& block) {
+  int64_t b = 0;
+  for (; b + 1 < n_blocks; b += 2) {
+    block(b, 0);
+    block(b + 1, 1);
+  }
+  if (b < n_blocks) block(b, 0);
+}
+
+template <int NT>
+void DotQ4_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  Acc2<NT> acc;
+  ForBlocks(n / 32, [&](int64_t b, int p) {
+    const uint8_t* blk = row + b * 18;
+    const float d = LoadHalf(blk);
+    const __m256i w = Nibbles16(blk + 2);
+    for (int t = 0; t < NT; ++t) {
+      const float da = d * a[t][b].d;
+      acc.v[p][t] = Accumulate(acc.v[p][t], w, a[t][b], da);
+      acc.offset[p][t] += da * static_cast<float>(BlockSum(a[t][b]));
+    }
+  });
+  acc.Finish(-8.0f, out);
+}
+
+template <int NT>
+void DotQ4_1(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  Acc2<NT> acc;
+  ForBlocks(n / 32, [&](int64_t b, int p) {
+    const uint8_t* blk = row + b * 20;
+    const float d = LoadHalf(blk), m = LoadHalf(blk + 2);
+    const __m256i w = Nibbles16(blk + 4);
+    for (int t = 0; t < NT; ++t) {
+      acc.v[p][t] = Accumulate(acc.v[p][t], w, a[t][b], d * a[t][b].d);
+      acc.offset[p][t] += m * a[t][b].d * static_cast<float>(BlockSum(a[t][b]));
+    }
+  });
+  acc.Finish(1.0f, out);
+}
+
+template <int NT>
+void DotQ8_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  Acc2<NT> acc;
+  ForBlocks(n / 32, [&](int64_t b, int p) {
+    const uint8_t* blk = row + b * 34;
+    const float d = LoadHalf(blk);
+    const __m256i w = Load32(blk + 2);
+    const __m256i w_abs = _mm256_abs_epi8(w);
+    for (int t = 0; t < NT; ++t) {
+      // |w| * (a with w's sign): an unsigned x signed product equal to w * a.
+      const __m256i prod = MulSum(w_abs, _mm256_sign_epi8(Load32(a[t][b].q), w));
+      acc.v[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(d * a[t][b].d), acc.v[p][t]);
+    }
+  });
+  acc.Finish(0.0f, out);
+}
+
+// q4_K and q5_K share everything but the fifth bit: HighBits = true reads it from qh.
+template <int NT, bool HighBits>
+void DotQ4Q5_K(const uint8_t* row, const BlockQ8* const* a, int64_t n, float* out) {
+  constexpr int kBlockBytes = HighBits ? 176 : 144;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i bit4 = _mm256_set1_epi8(16);
+  Acc2<NT> acc;  // sub-blocks j into [0], j + 1 into [1]
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* blk = row + b * kBlockBytes;
+    const float d = LoadHalf(blk);
+    const float dmin = LoadHalf(blk + 2);
+    const uint8_t* scales = blk + 4;
+    const uint8_t* qs = blk + (HighBits ? 48 : 16);
+    const __m256i qh = HighBits ? Load32(blk + 16) : _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += 2) {
+      int sc0, m0, sc1, m1;
+      ScaleMinK4(j, scales, &sc0, &m0);
+      ScaleMinK4(j + 1, scales, &sc1, &m1);
+      const __m256i v = Load32(qs + 16 * j);
+      __m256i w0 = _mm256_and_si256(v, low4);
+      __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+      if (HighBits) {  // sub-block j takes its fifth bit from bit j of qh, sub-block j + 1 from bit j + 1
+        const __m256i mask0 = _mm256_set1_epi8(static_cast<char>(1 << j));
+        const __m256i mask1 = _mm256_set1_epi8(static_cast<char>(1 << (j + 1)));
+        w0 = _mm256_or_si256(w0, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask0), mask0), bit4));
+        w1 = _mm256_or_si256(w1, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask1), mask1), bit4));
+      }
+      for (int t = 0; t < NT; ++t) {
+        const BlockQ8* at = a[t] + b * 8;
+        acc.v[0][t] = Accumulate(acc.v[0][t], w0, at[j], d * sc0 * at[j].d);
+        acc.v[1][t] = Accumulate(acc.v[1][t], w1, at[j + 1], d * sc1 * at[j + 1].d);
+        acc.offset[0][t] += dmin * m0 * at[j].d * BlockSum(at[j]);
+        acc.offset[1][t] += dmin * m1 * at[j + 1].d * BlockSum(at[j + 1]);
+      }
+    }
+  }
+  acc.Finish(-1.0f, out);
+}
+
+template <int NT>
+void DotQ4_K(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  DotQ4Q5_K<NT, false>(row, a, n, out);
+}
+
+template <int NT>
+void DotQ5_K(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  DotQ4Q5_K<NT, true>(row, a, n, out);
+}
+
+template <int NT>
+void DotQ6_K(const uint8_t* row, const BlockQ8* const* a, const float* const*, int64_t n, float* out) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i low2 = _mm256_set1_epi8(3);
+  Acc2<NT> acc;  // even sub-blocks into [0], odd ones into [1]
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const uint8_t* blk = row + b * 210;
+    const float d = LoadHalf(blk + 208);
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = blk + 64 * half;
+      const uint8_t* qh = blk + 128 + 32 * half;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192 + 8 * half);
+      const __m256i l0 = Load32(ql);
+      const __m256i l1 = Load32(ql + 32);
+      const __m256i h = Load32(qh);
+      // The four 32-value sub-blocks of this half: low bits from ql's nibbles, high bits from qh's bit pairs.
+      const __m256i w[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), low2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), low2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), low2), 4)),
+      };
+      for (int t = 0; t < NT; ++t) {
+        const BlockQ8* at = a[t] + b * 8 + half * 4;
+        for (int k = 0; k < 4; ++k) {
+          // One scale per 16 values: lanes 0-3 hold bytes 0-15, lanes 4-7 bytes 16-31.
+          const float s0 = d * sc[2 * k] * at[k].d;
+          const float s1 = d * sc[2 * k + 1] * at[k].d;
+          const __m256 scale = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+          const int p = k & 1;
+          acc.v[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(MulSum(w[k], Load32(at[k].q))), scale, acc.v[p][t]);
+          acc.offset[p][t] += 32.0f * (s0 * at[k].sum[0] + s1 * at[k].sum[1]);
+        }
+      }
+    }
+  }
+  acc.Finish(-1.0f, out);
+}
+
+// --- float weights against f32 activations ---
+
+__m256 Load8F32(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+__m256 Load8F16(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+__m256 Load8BF16(const uint8_t* p) {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+float ScalarF32(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+float ScalarBF16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+template <int NT, int Bytes, __m256 (*Load8)(const uint8_t*), float (*Load1)(const uint8_t*)>
+void DotFloat(const uint8_t* row, const float* const* x, int64_t n, float* out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 w = Load8(row + Bytes * i);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x[t] + i), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sum = HSum(acc[t]);
+    for (int64_t j = i; j < n; ++j) sum += Load1(row + Bytes * j) * x[t][j];
+    out[t] = sum;
+  }
+}
+
+template <int NT>
+void DotF32(const uint8_t* row, const BlockQ8* const*, const float* const* x, int64_t n, float* out) {
+  DotFloat<NT, 4, Load8F32, ScalarF32>(row, x, n, out);
+}
+template <int NT>
+void DotF16(const uint8_t* row, const BlockQ8* const*, const float* const* x, int64_t n, float* out) {
+  DotFloat<NT, 2, Load8F16, LoadHalf>(row, x, n, out);
+}
+template <int NT>
+void DotBF16(const uint8_t* row, const BlockQ8* const*, const float* const* x, int64_t n, float* out) {
+  DotFloat<NT, 2, Load8BF16, ScalarBF16>(row, x, n, out);
+}
+
+// Tokens per group in a multi-token call: enough to reuse each unpacked block, few enough to keep the accumulators
+// in registers.
+constexpr int kTokenGroup = 4;
+
+template <template <int> class Kernel>
+void Rows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1, float* y,
+          int64_t y_stride) {
+  const int64_t n = w.cols;
+  const int64_t q_stride = n / 32;
+  const BlockQ8* a[kTokenGroup];
+  const float* xf[kTokenGroup];
+  float out[kTokenGroup];
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+    int t = 0;
+    for (; t < n_tokens; t += kTokenGroup) {
+      const int nt = n_tokens - t < kTokenGroup ? n_tokens - t : kTokenGroup;
+      for (int k = 0; k < nt; ++k) {
+        a[k] = xq != nullptr ? xq + (t + k) * q_stride : nullptr;
+        xf[k] = x + (t + k) * n;
+      }
+      if (nt == kTokenGroup) {
+        Kernel<kTokenGroup>::Run(row, a, xf, n, out);
+      } else {
+        for (int k = 0; k < nt; ++k) Kernel<1>::Run(row, a + k, xf + k, n, out + k);
+      }
+      for (int k = 0; k < nt; ++k) y[(t + k) * y_stride + r] = out[k];
+    }
+  }
+}
+
+// Adapters from the function templates above to class templates that Rows can take.
+#define LR_KERNEL(name)                                                                                   \
+  template <int NT>                                                                                       \
+  struct name##Kernel {                                                                                   \
+    static void Run(const uint8_t* row, const BlockQ8* const* a, const float* const* x, int64_t n, float* out) { \
+      name<NT>(row, a, x, n, out);                                                                        \
+    }                                                                                                     \
+  };
+LR_KERNEL(DotF32)
+LR_KERNEL(DotF16)
+LR_KERNEL(DotBF16)
+LR_KERNEL(DotQ4_0)
+LR_KERNEL(DotQ4_1)
+LR_KERNEL(DotQ8_0)
+LR_KERNEL(DotQ4_K)
+LR_KERNEL(DotQ5_K)
+LR_KERNEL(DotQ6_K)
+#undef LR_KERNEL
+
+}  // namespace
+
+void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1,
+                float* y, int64_t y_stride) {
+  switch (w.type.type) {
+    case TensorType::kF32: Rows<DotF32Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kF16: Rows<DotF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kBF16: Rows<DotBF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ4_0: Rows<DotQ4_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ4_1: Rows<DotQ4_1Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ8_0: Rows<DotQ8_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ4_K: Rows<DotQ4_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ5_K: Rows<DotQ5_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kQ6_K: Rows<DotQ6_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+  }
+}
+
+}  // namespace lr::inference::LR_SIMD_NS

@@ -1,0 +1,144 @@
+#include "inference/kv_cache.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+
+namespace lr::inference {
+
+Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& options) {
+  if (shape.n_layer < 1 || shape.n_head_kv < 1 || shape.k_dim < 1 || shape.v_dim < 0)
+    return InvalidArgument("KV cache: layers, KV heads and key row size must be positive, value row size >= 0");
+  if (options.max_tokens < 1) return InvalidArgument("KV cache: max_tokens must be positive");
+  KvCache c;
+  c.shape_ = shape;
+  c.options_ = options;
+  for (int layer = 0; layer < shape.n_layer; ++layer) {
+    for (int head = 0; head < shape.n_head_kv; ++head) {
+      auto k = kvquant::RowCodec::Create(options.k_format, shape.k_dim, options.seed, layer, head);
+      if (!k.ok()) return k.status().WithContext("KV cache keys (--ctk)");
+      c.k_codecs_.push_back(std::move(k).value());
+      if (shape.v_dim == 0) continue;
+      auto v = kvquant::RowCodec::Create(options.v_format, shape.v_dim, options.seed, layer, head);
+      if (!v.ok()) return v.status().WithContext("KV cache values (--ctv)");
+      c.v_codecs_.push_back(std::move(v).value());
+    }
+  }
+  c.k_row_bytes_ = c.k_codecs_[0].row_bytes();
+  c.v_row_bytes_ = shape.v_dim == 0 ? 0 : c.v_codecs_[0].row_bytes();
+  const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;
+  c.token_bytes_ = heads * (c.k_row_bytes_ + c.v_row_bytes_);
+  c.page_bytes_ = c.token_bytes_ * kPageTokens;
+  c.max_pages_ = (options.max_tokens + kPageTokens - 1) / kPageTokens;
+  return c;
+}
+
+int KvCache::NewSequence() {
+  for (size_t i = 0; i < seqs_.size(); ++i) {
+    if (!seqs_[i].live) {
+      seqs_[i] = Sequence{{}, 0, true};
+      return static_cast<int>(i);
+    }
+  }
+  seqs_.push_back(Sequence{{}, 0, true});
+  return static_cast<int>(seqs_.size() - 1);
+}
+
+int KvCache::Fork(int seq) {
+  assert(seqs_[seq].live);
+  const int id = NewSequence();
+  seqs_[id].pages = seqs_[seq].pages;
+  seqs_[id].length = seqs_[seq].length;
+  for (int p : seqs_[id].pages) ++refs_[p];
+  return id;
+}
+
+void KvCache::Free(int seq) {
+  Truncate(seq, 0);
+  seqs_[seq].live = false;
+}
+
+void KvCache::Truncate(int seq, int n_tokens) {
+  Sequence& s = seqs_[seq];
+  assert(s.live && n_tokens >= 0 && n_tokens <= s.length);
+  const size_t keep = static_cast<size_t>((n_tokens + kPageTokens - 1) / kPageTokens);
+  for (size_t i = keep; i < s.pages.size(); ++i) ReleasePage(s.pages[i]);
+  s.pages.resize(keep);
+  s.length = n_tokens;
+}
+
+Result<int> KvCache::AllocatePage() {
+  int page;
+  if (!free_pages_.empty()) {
+    page = free_pages_.back();
+    free_pages_.pop_back();
+  } else if (static_cast<int>(pages_.size()) < max_pages_) {
+    page = static_cast<int>(pages_.size());
+    pages_.push_back(std::make_unique<uint8_t[]>(page_bytes_));
+    refs_.push_back(0);
+  } else {
+    return ResourceExhausted("KV cache full: all " + std::to_string(max_pages_ * kPageTokens) +
+                             " token positions are in use (raise the context size)");
+  }
+  refs_[page] = 1;
+  ++pages_in_use_;
+  return page;
+}
+
+void KvCache::ReleasePage(int page) {
+  assert(refs_[page] > 0);
+  if (--refs_[page] == 0) {
+    free_pages_.push_back(page);
+    --pages_in_use_;
+  }
+}
+
+Result<int> KvCache::AppendSlot(int seq) {
+  Sequence& s = seqs_[seq];
+  assert(s.live);
+  const int pos = s.length;
+  if (pos % kPageTokens == 0) {
+    LR_ASSIGN_OR_RETURN(int page, AllocatePage());
+    s.pages.push_back(page);
+  } else if (refs_[s.pages.back()] > 1) {  // shared partial page: copy before writing into it
+    LR_ASSIGN_OR_RETURN(int page, AllocatePage());
+    std::memcpy(pages_[page].get(), pages_[s.pages.back()].get(), page_bytes_);
+    ReleasePage(s.pages.back());
+    s.pages.back() = page;
+  }
+  ++s.length;
+  return pos;
+}
+
+size_t KvCache::KOffset(int layer, int head) const {
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return h * kPageTokens * k_row_bytes_;
+}
+
+size_t KvCache::VOffset(int layer, int head) const {
+  const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return heads * kPageTokens * k_row_bytes_ + h * kPageTokens * v_row_bytes_;
+}
+
+uint8_t* KvCache::KRow(int seq, int layer, int head, int pos) {
+  const int page = seqs_[seq].pages[pos / kPageTokens];
+  return pages_[page].get() + KOffset(layer, head) + static_cast<size_t>(pos % kPageTokens) * k_row_bytes_;
+}
+
+uint8_t* KvCache::VRow(int seq, int layer, int head, int pos) {
+  const int page = seqs_[seq].pages[pos / kPageTokens];
+  return pages_[page].get() + VOffset(layer, head) + static_cast<size_t>(pos % kPageTokens) * v_row_bytes_;
+}
+
+void KvCache::Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const {
+  const Sequence& s = seqs_[seq];
+  assert(n_tokens <= s.length);
+  const size_t k_off = KOffset(layer, head), v_off = VOffset(layer, head);
+  for (int start = 0; start < n_tokens; start += kPageTokens) {
+    const uint8_t* page = pages_[s.pages[start / kPageTokens]].get();
+    spans->push_back({page + k_off, page + v_off, std::min(kPageTokens, n_tokens - start)});
+  }
+}
+
+}  // namespace lr::inference

@@ -1,0 +1,202 @@
+#include "inference/mla.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <numbers>
+#include <string>
+
+#include "inference/model.h"
+#include "inference/moe.h"
+
+namespace lr::inference {
+namespace {
+
+void RmsNormInPlace(float* x, const float* w, int n, float eps) {
+  double ss = 0;
+  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+  for (int i = 0; i < n; ++i) x[i] = x[i] * scale * w[i];
+}
+
+// Rotates adjacent pairs (x[2i], x[2i+1]) by the angles whose cos and sin are cos_sin[2i], cos_sin[2i+1].
+void RopeAdjacentPairs(float* x, const float* cos_sin, int n_rot) {
+  for (int i = 0; i < n_rot / 2; ++i) {
+    const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+    const float x0 = x[2 * i], x1 = x[2 * i + 1];
+    x[2 * i] = x0 * c - x1 * s;
+    x[2 * i + 1] = x0 * s + x1 * c;
+  }
+}
+
+bool UsesYarn(const ModelConfig& c) { return c.rope_scaling_factor > 1.0f && c.rope_original_ctx > 0; }
+
+// YaRN's factor on cos and sin: 1 when the softmax scale carries mscale² (yarn_log_multiplier set, the DeepSeek and
+// Mistral-4 configs, whose mscale equals mscale_all_dim), else transformers' default 1 + 0.1 ln(factor).
+float RopeCosSinFactor(const ModelConfig& c) {
+  if (!UsesYarn(c) || c.yarn_log_multiplier > 0.0f) return 1.0f;
+  return 1.0f + 0.1f * std::log(c.rope_scaling_factor);
+}
+
+float SoftmaxScale(const ModelConfig& c) {
+  float mscale = 1.0f;
+  if (UsesYarn(c) && c.yarn_log_multiplier > 0.0f) mscale = 1.0f + c.yarn_log_multiplier * std::log(c.rope_scaling_factor);
+  return mscale * mscale / std::sqrt(static_cast<float>(c.head_dim));
+}
+
+float QueryTemperature(const ModelConfig& c, int pos) {
+  if (c.attn_temperature_scale <= 0.0f || c.attn_temperature_length <= 0) return 1.0f;
+  return 1.0f + c.attn_temperature_scale * std::log1p(static_cast<float>(pos / c.attn_temperature_length));
+}
+
+}  // namespace
+
+Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int layer) {
+  const std::string a = c.arch + ".";
+  if (c.qk_rope_dim < 2 || c.qk_rope_dim % 2 != 0 || c.qk_nope_dim < 0 || c.kv_lora_rank < 1)
+    return Corrupt(g.path() + ": " + a + "rope.dimension_count (" + std::to_string(c.qk_rope_dim) +
+                   ") must be even, positive and at most " + a + "attention.key_length (" +
+                   std::to_string(c.head_dim) + ")");
+  const std::string p = "blk." + std::to_string(layer) + ".";
+  const int64_t q_rows = int64_t{c.n_head} * c.head_dim;
+  const int64_t kv_b_rows = int64_t{c.n_head} * (c.qk_nope_dim + c.head_dim_v);
+  MlaWeights w;
+  if (c.q_lora_rank > 0) {
+    LR_ASSIGN_OR_RETURN(w.wq_a, BindMatrix(g, p + "attn_q_a.weight", c.q_lora_rank, c.n_embd));
+    LR_ASSIGN_OR_RETURN(w.q_a_norm, BindVector(g, p + "attn_q_a_norm.weight", c.q_lora_rank));
+    LR_ASSIGN_OR_RETURN(w.wq_b, BindMatrix(g, p + "attn_q_b.weight", q_rows, c.q_lora_rank));
+  } else {
+    LR_ASSIGN_OR_RETURN(w.wq, BindMatrix(g, p + "attn_q.weight", q_rows, c.n_embd));
+  }
+  LR_ASSIGN_OR_RETURN(w.wkv_a,
+                      BindMatrix(g, p + "attn_kv_a_mqa.weight", int64_t{c.kv_lora_rank} + c.qk_rope_dim, c.n_embd));
+  LR_ASSIGN_OR_RETURN(w.kv_a_norm, BindVector(g, p + "attn_kv_a_norm.weight", c.kv_lora_rank));
+  if (!g.FindTensor(p + "attn_kv_b.weight").ok() && g.FindTensor(p + "attn_k_b.weight").ok())
+    return Unsupported(g.path() + ": " + p + "attn_k_b / attn_v_b (kv_b split per head) is not supported; this "
+                       "runner reads the whole " + p + "attn_kv_b.weight");
+  LR_ASSIGN_OR_RETURN(w.wkv_b, BindMatrix(g, p + "attn_kv_b.weight", kv_b_rows, c.kv_lora_rank));
+  LR_ASSIGN_OR_RETURN(w.wo, BindMatrix(g, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
+  return w;
+}
+
+KvShape MlaKvShape(const ModelConfig& c) { return KvShape{c.n_layer, 1, c.kv_lora_rank + c.qk_rope_dim, 0}; }
+
+std::vector<float> RopeInvFreq(const ModelConfig& c) {
+  const int half = c.n_rot / 2;
+  const double base = c.rope_base;
+  double low = 0, high = 0;
+  if (UsesYarn(c)) {
+    // The dimension whose wavelength fits `rotations` times into the original context.
+    auto dim_for = [&](double rotations) {
+      return c.n_rot * std::log(c.rope_original_ctx / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
+    };
+    low = std::max(0.0, std::floor(dim_for(c.yarn_beta_fast)));
+    high = std::min(c.n_rot - 1.0, std::ceil(dim_for(c.yarn_beta_slow)));
+    if (low == high) high += 0.001;
+  }
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    const double extrapolated = std::pow(base, -2.0 * i / c.n_rot);
+    if (!UsesYarn(c)) {
+      inv_freq[i] = static_cast<float>(extrapolated);
+      continue;
+    }
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    inv_freq[i] = static_cast<float>(extrapolated / c.rope_scaling_factor * ramp + extrapolated * (1 - ramp));
+  }
+  return inv_freq;
+}
+
+void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
+                  KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
+                  float* out) {
+  const int n = static_cast<int>(pos.size());
+  const int heads = c.n_head, hd = c.head_dim, nope = c.qk_nope_dim, rope = c.qk_rope_dim, vd = c.head_dim_v;
+  const int lat = c.kv_lora_rank, row = lat + rope;
+  const size_t qd = static_cast<size_t>(heads) * hd;
+
+  std::vector<float> q(n * qd);
+  if (c.q_lora_rank > 0) {
+    std::vector<float> qa(static_cast<size_t>(n) * c.q_lora_rank);
+    MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
+    for (int i = 0; i < n; ++i) RmsNormInPlace(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(),
+                                               c.q_lora_rank, c.rms_eps);
+    MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
+  } else {
+    MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
+  }
+  std::vector<float> kv(static_cast<size_t>(n) * row);
+  MatMul(w.wkv_a, x, n, kv.data(), row);
+
+  const float cs_factor = RopeCosSinFactor(c);
+  std::vector<float> cos_sin(static_cast<size_t>(rope));
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < rope / 2; ++j) {
+      const float angle = static_cast<float>(pos[i]) * inv_freq[j];
+      cos_sin[2 * j] = std::cos(angle) * cs_factor;
+      cos_sin[2 * j + 1] = std::sin(angle) * cs_factor;
+    }
+    float* kv_i = &kv[static_cast<size_t>(i) * row];
+    RmsNormInPlace(kv_i, w.kv_a_norm.data(), lat, c.rms_eps);
+    RopeAdjacentPairs(kv_i + lat, cos_sin.data(), rope);
+    const float temperature = QueryTemperature(c, pos[i]);
+    for (int h = 0; h < heads; ++h) {
+      float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
+      RopeAdjacentPairs(qh + nope, cos_sin.data(), rope);
+      for (int d = 0; d < hd; ++d) qh[d] *= temperature;
+    }
+    cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]));
+  }
+
+  // Absorb k_b into the query: q_abs[i][h] = [k_b_hᵀ q_nope | q_rope], against the stored [latent | k_rope] rows.
+  std::vector<float> k_b(static_cast<size_t>(heads) * nope * lat);
+  for (int h = 0; h < heads; ++h)
+    for (int j = 0; j < nope; ++j)
+      DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
+                    &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
+  std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
+  for (int i = 0; i < n; ++i) {
+    for (int h = 0; h < heads; ++h) {
+      const float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
+      float* qa = &q_abs[(static_cast<size_t>(i) * heads + h) * row];
+      for (int j = 0; j < nope; ++j) {
+        const float* kb = &k_b[(static_cast<size_t>(h) * nope + j) * lat];
+        for (int l = 0; l < lat; ++l) qa[l] += qh[j] * kb[l];
+      }
+      std::copy_n(qh + nope, rope, qa + lat);
+    }
+  }
+
+  // Attention over the latent rows; results laid out [head][token][latent] for the per-head v_b products below.
+  std::vector<float> latent_out(static_cast<size_t>(heads) * n * lat);
+  const float scale = SoftmaxScale(c);
+#pragma omp parallel
+  {
+    std::vector<kvquant::RowSpan> spans;
+    std::vector<float> o(static_cast<size_t>(heads) * lat);
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < n; ++i) {
+      spans.clear();
+      cache.Spans(seq[i], layer, 0, pos[i] + 1, &spans);
+      const Status s = kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat,
+                                               &q_abs[static_cast<size_t>(i) * heads * row], heads, spans, scale,
+                                               o.data());
+      assert(s.ok());
+      (void)s;
+      for (int h = 0; h < heads; ++h)
+        std::copy_n(&o[static_cast<size_t>(h) * lat], lat, &latent_out[(static_cast<size_t>(h) * n + i) * lat]);
+    }
+  }
+
+  // Head h's output: v_b_h times its attended latent.
+  std::vector<float> attn(static_cast<size_t>(n) * heads * vd);
+  for (int h = 0; h < heads; ++h) {
+    const WeightMatrix v_b{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
+                           w.wkv_b.row_bytes};
+    MatMul(v_b, &latent_out[static_cast<size_t>(h) * n * lat], n, &attn[static_cast<size_t>(h) * vd],
+           static_cast<int64_t>(heads) * vd);
+  }
+  MatMul(w.wo, attn.data(), n, out, c.n_embd);
+}
+
+}  // namespace lr::inference

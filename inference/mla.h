@@ -1,0 +1,57 @@
+// Multi-head latent attention (DeepSeek-V2/V3, Mistral 4 / Leanstral) and the RoPE frequencies it needs (YaRN).
+//
+// Per token: q = q_b(RMSNorm(q_a x)) (or q = attn_q x), each head [nope | rope]; kv_a_mqa x = [latent | k_rope],
+// latent = RMSNorm(latent) (kv_lora_rank values), k_rope one RoPE'd key shared by every head. The cache keeps only
+// the row [latent | k_rope] (kv_lora_rank + rope values per token and layer, one "KV head"). Attention is computed
+// on that row directly ("absorbed"): head h's key is k_b_h latent ⊕ k_rope, so q·k = (k_b_hᵀ q_nope)·latent +
+// q_rope·k_rope, and its value is v_b_h latent, so the head's output is v_b_h (Σ p_j latent_j). kvquant's
+// AttendSharedKV does the Σ over the compressed rows; k_b_h and v_b_h are head h's rows of attn_kv_b.
+//
+// RoPE on the rope parts rotates adjacent pairs (ggml mode 0). With YaRN the softmax scale is
+// mscale² / sqrt(key_length), mscale = 1 + yarn_log_multiplier · ln(factor); with a query temperature
+// (attention.temperature_scale β, attention.temperature_length L) the query of position p is multiplied by
+// 1 + β · ln(1 + floor(p / L)).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "base/status.h"
+#include "inference/gguf.h"
+#include "inference/kernels.h"
+#include "inference/kv_cache.h"
+
+namespace lr::inference {
+
+struct ModelConfig;  // inference/model.h
+
+struct MlaWeights {
+  WeightMatrix wq;               // attn_q: n_head * key_length rows (q_lora_rank == 0 only)
+  WeightMatrix wq_a;             // attn_q_a: q_lora_rank rows (q_lora_rank > 0 only)
+  std::vector<float> q_a_norm;   // attn_q_a_norm: q_lora_rank
+  WeightMatrix wq_b;             // attn_q_b: n_head * key_length rows of q_lora_rank
+  WeightMatrix wkv_a;            // attn_kv_a_mqa: kv_lora_rank + rope rows
+  std::vector<float> kv_a_norm;  // attn_kv_a_norm: kv_lora_rank
+  WeightMatrix wkv_b;            // attn_kv_b: n_head * (nope + value_length) rows of kv_lora_rank
+  WeightMatrix wo;               // attn_output: n_embd rows of n_head * value_length
+};
+
+// Binds layer `layer`'s attention tensors: kNotFound naming a missing tensor, kCorrupt naming one of the wrong shape
+// or an inconsistent config (rope dims not below key_length).
+Result<MlaWeights> BindMlaWeights(const GgufFile& gguf, const ModelConfig& config, int layer);
+
+// The cache shape: one row of kv_lora_rank + rope values per token and layer, no separate value rows.
+KvShape MlaKvShape(const ModelConfig& config);
+
+// RoPE inverse frequencies of the n_rot / 2 pairs: base^(-2i/n_rot), blended with YaRN's interpolated ones
+// (inv_freq / factor) when rope.scaling.factor > 1 and original_context_length is set, as transformers does.
+std::vector<float> RopeInvFreq(const ModelConfig& config);
+
+// The attention block. x: n tokens x n_embd (normalised); seq[i], pos[i]: token i's sequence and position (already
+// appended in `cache`); out: n tokens x n_embd. Every token's row is stored before any attends, so a token sees the
+// earlier tokens of its own batch.
+void MlaAttention(const ModelConfig& config, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
+                  KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
+                  float* out);
+
+}  // namespace lr::inference

@@ -1,0 +1,150 @@
+// A decoder-only transformer loaded from GGUF and run on the CPU.
+//
+// An architecture is a ModelConfig (read from the GGUF metadata with llama.cpp's key names) plus, per layer, an
+// attention block and an FFN block. Each layer records which block functions it uses (AttentionKind, FfnKind), so
+// that new kinds (MoE FFN, MLA attention) plug in as new block functions without touching the others:
+//   layer(x) = x + Attention(RMSNorm(x)) ; x + Ffn(RMSNorm(x))
+// Supported now: `llama` (also Mistral/SmolLM2; RoPE on adjacent pairs, as ggml's mode 0 after the GGUF converter's
+// q/k permutation) and `qwen3` (per-head RMSNorm of q and k before RoPE, RoPE on the two halves of the head, ggml's
+// NEOX mode), and `deepseek2` (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have
+// MoE FFNs (inference/moe.h): Mixtral as llama + expert keys, DeepSeek/Mistral-4 with shared experts.
+//
+// Forward() runs a batch of tokens, each appended to one sequence of a KvCache: one token per sequence is a decode
+// step over several sequences; many tokens of one sequence are a prefill chunk (each weight matrix is read once for
+// the whole batch). Logits come back for the tokens that ask for them (the last prompt token, or every token when
+// scoring perplexity).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "inference/gguf.h"
+#include "inference/kernels.h"
+#include "inference/kv_cache.h"
+#include "inference/mla.h"
+#include "inference/moe.h"
+
+namespace lr::inference {
+
+enum class RopeStyle {
+  kAdjacentPairs,  // rotate (x[2i], x[2i+1]): ggml mode 0 (llama)
+  kHalves,         // rotate (x[i], x[i + n_rot/2]): ggml NEOX mode (qwen2/3)
+};
+
+enum class ExpertGating { kSoftmax = 1, kSigmoid = 2 };  // {arch}.expert_gating_func, as llama.cpp numbers them
+
+struct ModelConfig {
+  std::string arch;     // general.architecture
+  std::string name;     // general.name (empty when absent)
+  int n_layer = 0;      // {arch}.block_count
+  int n_embd = 0;       // {arch}.embedding_length
+  int n_head = 0;       // {arch}.attention.head_count
+  int n_head_kv = 0;    // {arch}.attention.head_count_kv (default n_head)
+  int head_dim = 0;     // {arch}.attention.key_length (default n_embd / n_head)
+  int head_dim_v = 0;   // {arch}.attention.value_length (default head_dim)
+  int n_ff = 0;         // {arch}.feed_forward_length
+  int n_vocab = 0;      // rows of token_embd.weight
+  int n_ctx_train = 0;  // {arch}.context_length
+  float rms_eps = 1e-5f;        // {arch}.attention.layer_norm_rms_epsilon
+  float rope_base = 10000.0f;   // {arch}.rope.freq_base
+  int n_rot = 0;                // {arch}.rope.dimension_count (default head_dim)
+  RopeStyle rope_style = RopeStyle::kAdjacentPairs;
+  bool qk_norm = false;         // per-head RMSNorm of q and k (qwen3)
+  bool tied_output = false;     // no output.weight: the logits use token_embd.weight
+
+  // Mixture of experts (0 experts: dense FFN everywhere).
+  int n_expert = 0;                 // {arch}.expert_count
+  int n_expert_used = 0;            // {arch}.expert_used_count
+  int n_expert_shared = 0;          // {arch}.expert_shared_count
+  int n_ff_expert = 0;              // {arch}.expert_feed_forward_length (default n_ff)
+  int n_leading_dense = 0;          // {arch}.leading_dense_block_count: first layers with a dense FFN
+  ExpertGating gating = ExpertGating::kSoftmax;  // {arch}.expert_gating_func
+  bool expert_weights_norm = false; // {arch}.expert_weights_norm: renormalise the top-k weights
+  float expert_weights_scale = 1.0f;  // {arch}.expert_weights_scale: routed output scale
+  int n_expert_groups = 1;          // {arch}.expert_group_count
+  int n_expert_groups_used = 1;     // {arch}.expert_group_used_count
+
+  // Multi-head latent attention (kv_lora_rank 0: ordinary attention).
+  int q_lora_rank = 0;   // {arch}.attention.q_lora_rank (0: q projected directly)
+  int kv_lora_rank = 0;  // {arch}.attention.kv_lora_rank
+  int qk_rope_dim = 0;   // = n_rot for MLA
+  int qk_nope_dim = 0;   // head_dim - qk_rope_dim for MLA
+
+  // YaRN context extension ({arch}.rope.scaling.*; factor 1: off) and query temperature (Llama 4 / Mistral 4).
+  float rope_scaling_factor = 1.0f;     // rope.scaling.factor
+  int rope_original_ctx = 0;            // rope.scaling.original_context_length
+  float yarn_log_multiplier = 0.0f;     // rope.scaling.yarn_log_multiplier
+  float yarn_beta_fast = 32.0f;         // rope.scaling.yarn_beta_fast
+  float yarn_beta_slow = 1.0f;          // rope.scaling.yarn_beta_slow
+  float attn_temperature_scale = 0.0f;  // attention.temperature_scale (0: off)
+  int attn_temperature_length = 0;      // attention.temperature_length
+};
+
+// Reads and checks the config: kNotFound / kCorrupt naming the key, kUnsupported naming an unknown architecture.
+Result<ModelConfig> ReadModelConfig(const GgufFile& gguf);
+
+enum class AttentionKind { kGqa, kMla };
+enum class FfnKind { kSwiGlu, kMoe };
+
+struct LayerWeights {
+  AttentionKind attention = AttentionKind::kGqa;
+  FfnKind ffn = FfnKind::kSwiGlu;
+  std::vector<float> attn_norm;          // n_embd
+  WeightMatrix wq, wk, wv, wo;           // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
+  std::vector<float> q_norm, k_norm;     // head_dim each, qk_norm only
+  std::vector<float> ffn_norm;           // n_embd
+  WeightMatrix gate, up, down;           // SwiGLU: down(silu(gate x) * up x)
+  MlaWeights mla;                        // kMla only (then wq..wo, q_norm, k_norm are empty)
+  MoeWeights moe;                        // kMoe only (then gate, up, down are empty)
+};
+
+// One token of a batch: appended to sequence `seq` of the cache at position cache.Length(seq) (tokens of the same
+// sequence in batch order take consecutive positions).
+struct BatchToken {
+  int seq;
+  int32_t token;
+  bool want_logits;
+};
+
+class Model {
+ public:
+  // Opens and maps the GGUF file and checks every tensor the config needs (name, shape, type): kNotFound naming a
+  // missing tensor, kCorrupt naming a tensor of the wrong shape.
+  static Result<std::unique_ptr<Model>> Load(const std::string& path);
+
+  const ModelConfig& config() const { return config_; }
+  const GgufFile& gguf() const { return gguf_; }
+  // The shape a KvCache for this model must have.
+  KvShape kv_shape() const;
+  // Bytes of weights read by one decode step: every matrix once (the embedding table only for its one row unless
+  // it is also the output matrix).
+  size_t weight_bytes_per_token() const;
+
+  // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
+  // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
+  // kResourceExhausted when the cache is full (the cache then keeps the positions appended so far: truncate to
+  // roll back); kInvalidArgument for a token id outside the vocabulary.
+  Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits);
+
+ private:
+  Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
+  Status BindWeights();
+
+  // The blocks. x: n tokens x n_embd, normalised input; out: n tokens x n_embd. Positions per token.
+  void AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> batch, const std::vector<int>& pos,
+                    const float* x, float* out);
+  void FfnSwiGlu(int layer, int n, const float* x, float* out);
+
+  GgufFile gguf_;
+  ModelConfig config_;
+  WeightMatrix token_embd_, output_;
+  std::vector<float> output_norm_;
+  std::vector<LayerWeights> layers_;
+  std::vector<float> rope_inv_freq_;  // n_rot / 2
+};
+
+}  // namespace lr::inference
