@@ -1,0 +1,155 @@
+// ServerPool against the scripted Lean server: reuse by import header, eviction, memory caps, retry once.
+#include "lsp/server_pool.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <thread>
+
+namespace lr::lsp {
+namespace {
+
+PoolOptions Scripted(const std::string& scenario, const std::string& once_file = "") {
+  PoolOptions o;
+  o.lean_command = {LR_SCRIPTED_LEAN_SERVER, "--scenario", scenario};
+  if (!once_file.empty()) {
+    o.lean_command.push_back("--once-file");
+    o.lean_command.push_back(once_file);
+  }
+  o.client.initialize_timeout = std::chrono::seconds(10);
+  return o;
+}
+
+CheckRequest Request(const std::string& text, int timeout_ms = 10000) {
+  CheckRequest r;
+  r.text = text;
+  r.timeout = std::chrono::milliseconds(timeout_ms);
+  return r;
+}
+
+std::string OnceFile(const std::string& name) {
+  std::string path = ::testing::TempDir() + "/lr_pool_" + name + "_" + std::to_string(::getpid());
+  std::filesystem::remove(path);
+  return path;
+}
+
+const char kCore[] = "theorem t : 1 + 1 = 2 := by\n  sorry\n";
+const char kMathlib[] = "import Mathlib\n\ntheorem t : 1 + 1 = 2 := by\n  decide\n";
+
+TEST(ImportHeader, LeadingImportsOnly) {
+  EXPECT_EQ(ImportHeader("-- c\n/- doc\n import X -/\nimport Mathlib\nimport Aesop  \n\nopen Nat\nimport Y\n"),
+            "import Mathlib\nimport Aesop");
+  EXPECT_EQ(ImportHeader("theorem t : True := trivial\n"), "");
+}
+
+TEST(ServerPool, ReusesAServerPerImportHeader) {
+  ServerPool pool(Scripted("normal"));
+  for (int i = 0; i < 3; ++i) {
+    auto r = pool.Check(Request(kCore));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->UsesSorry());
+  }
+  EXPECT_EQ(pool.servers_started(), 1u);
+  auto m = pool.Check(Request(kMathlib));
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->UsesSorry());
+  EXPECT_EQ(pool.servers_started(), 2u);
+  EXPECT_EQ(pool.live_servers(), 2u);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.servers_started(), 2u);
+}
+
+TEST(ServerPool, EvictsTheLeastRecentlyUsedWhenFull) {
+  PoolOptions o = Scripted("normal");
+  o.max_servers = 1;
+  ServerPool pool(o);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  ASSERT_TRUE(pool.Check(Request(kMathlib)).ok());
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.servers_started(), 3u);
+  EXPECT_EQ(pool.live_servers(), 1u);
+}
+
+TEST(ServerPool, ConcurrentChecksUseSeparateServers) {
+  PoolOptions o = Scripted("normal");
+  o.max_servers = 2;
+  ServerPool pool(o);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] {
+      for (int k = 0; k < 3; ++k) ok += pool.Check(Request(kCore)).ok();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 12);
+  EXPECT_LE(pool.servers_started(), 2u);
+}
+
+TEST(ServerPool, ResidentCapRetiresAServer) {
+  PoolOptions o = Scripted("normal");
+  o.server_resident_cap_bytes = 1;  // any real process is over this
+  ServerPool pool(o);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.servers_started(), 2u);
+  EXPECT_EQ(pool.live_servers(), 0u);
+}
+
+TEST(ServerPool, CrashedWorkerIsReplacedAndRetriedOnce) {
+  ServerPool pool(Scripted("crash_worker", OnceFile("crash")));
+  auto r = pool.Check(Request(kCore));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->UsesSorry());
+  EXPECT_EQ(pool.servers_started(), 2u);
+}
+
+TEST(ServerPool, HungServerIsReplacedAndRetriedOnce) {
+  ServerPool pool(Scripted("hang", OnceFile("hang")));
+  auto r = pool.Check(Request(kCore, 500));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(pool.servers_started(), 2u);
+}
+
+TEST(ServerPool, PersistentFailureIsAnInfrastructureError) {
+  for (const char* scenario : {"crash_worker", "die_mid_message", "noise_stdout", "exit_on_start"}) {
+    ServerPool pool(Scripted(scenario));
+    auto r = pool.Check(Request(kCore));
+    ASSERT_FALSE(r.ok()) << scenario;
+    EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << scenario << ": " << r.status().ToString();
+    EXPECT_NE(r.status().message().find("not a verdict on the proof"), std::string::npos);
+    EXPECT_EQ(pool.servers_started(), 2u) << scenario;
+  }
+  ServerPool hung(Scripted("hang"));
+  auto r = hung.Check(Request(kCore, 300));
+  EXPECT_EQ(r.status().code(), StatusCode::kTimeout);
+}
+
+TEST(ServerPool, MissingLeanIsUnavailableWithInstallHint) {
+  const char* old = std::getenv("PATH");
+  std::string saved = old ? old : "";
+  ::setenv("PATH", "/nonexistent", 1);
+  ServerPool pool(PoolOptions{});
+  auto r = pool.Check(Request(kCore));
+  ::setenv("PATH", saved.c_str(), 1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(r.status().message().find("elan"), std::string::npos);
+}
+
+TEST(ServerPool, GoalAtAndMultiAttempt) {
+  ServerPool pool(Scripted("normal"));
+  std::string text = "theorem t (a : ℕ) : a = a := by\n  -- goal: a : ℕ\\n⊢ a = a\n  sorry\n";
+  auto g = pool.GoalAt(Request(text), {2, 2});
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->goals, std::vector<std::string>{"a : ℕ\n⊢ a = a"});
+  auto m = pool.MultiAttempt(Request(text), 2, {"rfl", "exact foo -- ERROR: unknown identifier 'foo'"});
+  ASSERT_TRUE(m.ok());
+  ASSERT_EQ(m->size(), 2u);
+  EXPECT_TRUE((*m)[0].diagnostics.empty());
+  ASSERT_EQ((*m)[1].diagnostics.size(), 1u);
+  EXPECT_EQ(pool.servers_started(), 1u);
+}
+
+}  // namespace
+}  // namespace lr::lsp
