@@ -1,0 +1,379 @@
+#include "agent/batch.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "base/file.h"
+
+namespace lr::agent {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::string_view> Lines(std::string_view text) {
+  std::vector<std::string_view> lines;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    lines.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
+bool IsBlank(std::string_view s) { return s.find_first_not_of(" \t\r") == std::string_view::npos; }
+
+// The string field `key` of `j`; absent is an error when `required`, else "".
+Result<std::string> StringField(const json& j, const char* key, const std::string& where, bool required) {
+  auto it = j.find(key);
+  if (it == j.end()) {
+    if (!required) return std::string();
+    return InvalidArgument(where + ": missing field \"" + key + "\"");
+  }
+  if (!it->is_string()) return InvalidArgument(where + ": field \"" + key + "\" must be a string");
+  return it->get<std::string>();
+}
+
+Result<BatchTask> ProjectTask(const json& j, const std::string& task_file, const std::string& where) {
+  LR_ASSIGN_OR_RETURN(std::string project, StringField(j, "project", where, true));
+  LR_ASSIGN_OR_RETURN(std::string file, StringField(j, "file", where, true));
+  LR_ASSIGN_OR_RETURN(std::string theorem, StringField(j, "theorem", where, true));
+  std::filesystem::path root(project);
+  if (root.is_relative()) root = std::filesystem::path(task_file).parent_path() / root;
+  const std::string source_path = (root / file).string();
+  Result<std::string> source = ReadFile(source_path);
+  if (!source.ok()) return InvalidArgument(where + ": field \"file\": " + source.status().message());
+  for (ProofTask& task : TasksFromSource(*source)) {
+    if (task.name != theorem && task.full_name != theorem) continue;
+    BatchTask t;
+    t.task = std::move(task);
+    t.project_root = root.string();
+    t.path = source_path;
+    return t;
+  }
+  return InvalidArgument(where + ": field \"theorem\": no theorem or lemma named " + theorem + " in " + source_path);
+}
+
+Result<BatchTask> TaskFromLine(std::string_view line, const std::string& task_file, const std::string& where) {
+  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return InvalidArgument(where + ": expected one JSON object per line");
+  LR_ASSIGN_OR_RETURN(std::string name, StringField(j, "name", where, true));
+  BatchTask t;
+  if (j.contains("formal_statement")) {
+    LR_ASSIGN_OR_RETURN(std::string header, StringField(j, "header", where, true));
+    LR_ASSIGN_OR_RETURN(std::string informal, StringField(j, "informal_prefix", where, false));
+    LR_ASSIGN_OR_RETURN(std::string statement, StringField(j, "formal_statement", where, true));
+    LR_ASSIGN_OR_RETURN(t.task, TaskFromStatement(header, informal, statement, where));
+  } else if (j.contains("project")) {
+    LR_ASSIGN_OR_RETURN(t, ProjectTask(j, task_file, where));
+  } else {
+    return InvalidArgument(where + ": expected the fields \"header\" and \"formal_statement\", or \"project\", "
+                                   "\"file\" and \"theorem\"");
+  }
+  t.task.name = name;  // results are keyed by the task's name
+  return t;
+}
+
+std::string FormatSeconds(double s) {
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
+  return buf;
+}
+
+std::string TaskLine(const TaskResult& r, int index, int total) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "[%*d/%d] %-32s %-8s checks %3d  turns %2d  tokens %7ld  %6.1f s%s%s",
+                static_cast<int>(std::to_string(total).size()), index, total, r.name.c_str(),
+                r.proved ? "proved" : (r.error.empty() ? "failed" : "error"), r.checks, r.turns, r.tokens, r.seconds,
+                r.error.empty() ? "" : "  ", r.error.c_str());
+  return buf;
+}
+
+std::string ProgressBar(int done, int total, int proved, double elapsed, int done_this_run, int left) {
+  constexpr int kWidth = 30;
+  int filled = total > 0 ? done * kWidth / total : kWidth;
+  std::string bar(static_cast<size_t>(filled), '#');
+  bar.resize(kWidth, '.');
+  std::string eta = done_this_run > 0 ? FormatSeconds(elapsed / done_this_run * left) : "?";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "[%s] %d/%d  proved %d  elapsed %s  ETA %s", bar.c_str(), done, total, proved,
+                FormatSeconds(elapsed).c_str(), eta.c_str());
+  return buf;
+}
+
+TaskResult ResultOf(const std::string& name, const ProofOutcome& o) {
+  TaskResult r;
+  r.name = name;
+  r.proved = o.proved;
+  r.proof = o.proof;
+  r.candidates = o.candidates;
+  r.solved = o.solved;
+  r.checks = o.checks;
+  r.turns = o.turns;
+  r.tokens = o.tokens;
+  r.seconds = o.seconds;
+  r.first_proof_check = o.first_proof_check;
+  r.stop_reason = o.stop_reason;
+  return r;
+}
+
+// Errors that belong to one task (retrying will not help, the other tasks may still run).
+bool IsTaskError(StatusCode code) {
+  return code == StatusCode::kInvalidArgument || code == StatusCode::kResourceExhausted;
+}
+
+std::vector<double> MeanPassAt(const std::vector<TaskResult>& results, int k) {
+  std::vector<double> pass(static_cast<size_t>(k), 0.0);
+  if (results.empty()) return pass;
+  for (int i = 1; i <= k; ++i) {
+    double sum = 0;
+    for (const TaskResult& r : results) sum += PassAtK(r.candidates, r.solved, i);
+    pass[i - 1] = sum / static_cast<double>(results.size());
+  }
+  return pass;
+}
+
+}  // namespace
+
+Result<std::vector<BatchTask>> LoadTasks(const std::string& path) {
+  LR_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  std::vector<BatchTask> tasks;
+  std::set<std::string> names;
+  std::vector<std::string_view> lines = Lines(text);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (IsBlank(lines[i])) continue;
+    const std::string where = path + ":" + std::to_string(i + 1);
+    LR_ASSIGN_OR_RETURN(BatchTask t, TaskFromLine(lines[i], path, where));
+    if (!names.insert(t.task.name).second) {
+      t.task.name.append("@").append(std::to_string(i + 1));  // real sets repeat names (ProofNet): the line keeps them apart
+      names.insert(t.task.name);
+    }
+    tasks.push_back(std::move(t));
+  }
+  if (tasks.empty()) return InvalidArgument(path + ": no tasks (expected one JSON object per line)");
+  return tasks;
+}
+
+std::string ResultToJson(const TaskResult& r) {
+  json j = {{"name", r.name},
+            {"proved", r.proved},
+            {"proof", r.proof},
+            {"candidates", r.candidates},
+            {"solved", r.solved},
+            {"checks", r.checks},
+            {"turns", r.turns},
+            {"tokens", r.tokens},
+            {"seconds", r.seconds},
+            {"first_proof_check", r.first_proof_check},
+            {"stop_reason", r.stop_reason}};
+  if (!r.error.empty()) j["error"] = r.error;
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<TaskResult> ResultFromJson(std::string_view line, std::string_view where) {
+  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  const std::string w(where);
+  if (j.is_discarded() || !j.is_object()) return Corrupt(w + ": expected one JSON object per result line");
+  TaskResult r;
+  try {
+    if (!j.contains("name") || !j.contains("proved")) return Corrupt(w + ": a result needs \"name\" and \"proved\"");
+    r.name = j.at("name").get<std::string>();
+    r.proved = j.at("proved").get<bool>();
+    r.proof = j.value("proof", "");
+    r.candidates = j.value("candidates", 0);
+    r.solved = j.value("solved", 0);
+    r.checks = j.value("checks", 0);
+    r.turns = j.value("turns", 0);
+    r.tokens = j.value("tokens", 0L);
+    r.seconds = j.value("seconds", 0.0);
+    r.first_proof_check = j.value("first_proof_check", 0);
+    r.stop_reason = j.value("stop_reason", "");
+    r.error = j.value("error", "");
+  } catch (const json::exception& e) {
+    return Corrupt(w + ": a field has the wrong type (" + e.what() + ")");
+  }
+  return r;
+}
+
+Result<std::vector<TaskResult>> LoadResults(const std::string& path) {
+  Result<std::string> text = ReadFile(path);
+  if (!text.ok() && text.status().code() == StatusCode::kNotFound) return std::vector<TaskResult>();
+  if (!text.ok()) return text.status();
+  std::vector<TaskResult> results;
+  std::vector<std::string_view> lines = Lines(*text);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (IsBlank(lines[i])) continue;
+    LR_ASSIGN_OR_RETURN(TaskResult r, ResultFromJson(lines[i], path + ":" + std::to_string(i + 1)));
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+double PassAtK(int n, int c, int k) {
+  if (n <= 0 || c <= 0) return 0.0;
+  k = std::min(k, n);
+  if (n - c < k) return 1.0;
+  double none = 1.0;  // C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i)
+  for (int i = n - c + 1; i <= n; ++i) none *= 1.0 - static_cast<double>(k) / i;
+  return 1.0 - none;
+}
+
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, inference::LanguageModel& model,
+                              LeanChecker& checker, const BatchOptions& options, std::FILE* console) {
+  LR_ASSIGN_OR_RETURN(std::vector<TaskResult> earlier, LoadResults(options.out_path));
+  if (!earlier.empty() && !options.resume)
+    return InvalidArgument(options.out_path + " already holds " + std::to_string(earlier.size()) +
+                           " results: pass --resume to continue that run, or choose another output file");
+  std::set<std::string> task_names;
+  for (const BatchTask& t : tasks) task_names.insert(t.task.name);
+  std::vector<TaskResult> results;
+  std::set<std::string> finished;
+  for (TaskResult& r : earlier) {
+    if (task_names.count(r.name) == 0 || !finished.insert(r.name).second) continue;
+    results.push_back(std::move(r));
+  }
+  std::vector<const BatchTask*> pending;
+  for (const BatchTask& t : tasks)
+    if (finished.count(t.task.name) == 0) pending.push_back(&t);
+
+  BatchSummary summary;
+  summary.tasks = static_cast<int>(tasks.size());
+  summary.skipped = static_cast<int>(results.size());
+  const int total = summary.tasks;
+  int proved = 0;
+  for (const TaskResult& r : results) proved += r.proved ? 1 : 0;
+  std::fprintf(console, "batch: %d tasks, %d finished earlier, %zu to run (k=%d, turns=%d, jobs=%d, model %s)\n",
+               total, summary.skipped, pending.size(), options.prover.k, options.prover.turns, options.jobs,
+               model.Name().c_str());
+  std::fflush(console);
+
+  ProverOptions prover = options.prover;
+  prover.run_all_candidates = true;
+  prover.cancel = options.cancel;
+  const Clock::time_point start = Clock::now();
+  std::mutex mu;  // guards everything below, the output file and the console
+  Status failure;
+  int done_this_run = 0;
+  std::atomic<size_t> next{0};
+  auto stopping = [&] { return !failure.ok() || (options.cancel != nullptr && options.cancel->load()); };
+
+  auto worker = [&] {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (stopping()) return;
+      }
+      const size_t i = next.fetch_add(1);
+      if (i >= pending.size()) return;
+      const BatchTask& t = *pending[i];
+      ProverOptions p = prover;
+      p.project_root = t.project_root;
+      p.path = t.path;
+      Result<ProofOutcome> outcome = Prove(t.task, model, checker, p);
+
+      std::lock_guard<std::mutex> lock(mu);
+      TaskResult r;
+      if (outcome.ok()) {
+        r = ResultOf(t.task.name, *outcome);
+      } else if (IsTaskError(outcome.status().code())) {
+        r.name = t.task.name;
+        r.error = outcome.status().ToString();
+      } else {
+        if (outcome.status().code() != StatusCode::kCancelled && failure.ok()) failure = outcome.status();
+        return;
+      }
+      if (Status s = AppendLine(options.out_path, ResultToJson(r)); !s.ok()) {
+        if (failure.ok()) failure = s;
+        return;
+      }
+      ++done_this_run;
+      proved += r.proved ? 1 : 0;
+      results.push_back(r);
+      const int done = static_cast<int>(results.size());
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      if (options.progress_bar) std::fputs("\r\033[K", console);
+      std::fprintf(console, "%s\n", TaskLine(r, done, total).c_str());
+      if (options.progress_bar)
+        std::fputs(ProgressBar(done, total, proved, elapsed, done_this_run, total - done).c_str(), console);
+      std::fflush(console);
+    }
+  };
+  const int jobs = std::max(1, std::min<int>(options.jobs, static_cast<int>(pending.size())));
+  std::vector<std::thread> threads;
+  for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);
+  worker();
+  for (std::thread& th : threads) th.join();
+  if (options.progress_bar) std::fputs("\n", console);
+
+  summary.cancelled = options.cancel != nullptr && options.cancel->load();
+  summary.finished = static_cast<int>(results.size());
+  summary.proved = proved;
+  for (const TaskResult& r : results) summary.errors += r.error.empty() ? 0 : 1;
+  summary.pass_at = MeanPassAt(results, options.prover.k);
+  if (!options.report_path.empty())
+    LR_RETURN_IF_ERROR(WriteFileAtomic(options.report_path,
+                                       MarkdownReport(results, total, options.prover.k, model.Name())));
+  if (!failure.ok()) return failure.WithContext("batch stopped (finished results are kept in " + options.out_path + ")");
+  return summary;
+}
+
+std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, int k, const std::string& model_name) {
+  int proved = 0, max_checks = 0;
+  long tokens = 0, checks = 0;
+  double seconds = 0;
+  for (const TaskResult& r : results) {
+    proved += r.proved ? 1 : 0;
+    checks += r.checks;
+    max_checks = std::max(max_checks, r.checks);
+    tokens += r.tokens;
+    seconds += r.seconds;
+  }
+  const double n = results.empty() ? 1.0 : static_cast<double>(results.size());
+  char buf[512];
+  std::string md = "# leanrotor batch report\n\n";
+  std::snprintf(buf, sizeof buf,
+                "| model | tasks | finished | proved | k | mean checks | mean tokens | mean seconds |\n"
+                "|---|---|---|---|---|---|---|---|\n"
+                "| %s | %d | %zu | %d (%.1f%%) | %d | %.1f | %.0f | %.1f |\n\n",
+                model_name.c_str(), tasks, results.size(), proved, 100.0 * proved / n, k,
+                checks / n, tokens / n,
+                seconds / n);
+  md += buf;
+
+  md += "## pass@k (unbiased, over finished tasks; a sample is one candidate with its repair turns)\n\n| k | pass@k |\n|---|---|\n";
+  std::vector<double> pass = MeanPassAt(results, k);
+  for (int i = 0; i < k; ++i) {
+    std::snprintf(buf, sizeof buf, "| %d | %.3f |\n", i + 1, pass[i]);
+    md += buf;
+  }
+
+  md += "\n## Solved vs budget (Lean checks until the first accepted proof)\n\n```text\nchecks  solved\n";
+  for (int b = 1; b <= max_checks; ++b) {
+    int solved = 0;
+    for (const TaskResult& r : results) solved += (r.first_proof_check >= 1 && r.first_proof_check <= b) ? 1 : 0;
+    const int width = tasks > 0 ? solved * 50 / tasks : 0;
+    std::snprintf(buf, sizeof buf, "%6d  %s %d\n", b, std::string(static_cast<size_t>(width), '#').c_str(), solved);
+    md += buf;
+  }
+  md += "```\n\n## Tasks\n\n| task | proved | solved/candidates | checks | turns | tokens | seconds | stop |\n"
+        "|---|---|---|---|---|---|---|---|\n";
+  for (const TaskResult& r : results) {
+    std::snprintf(buf, sizeof buf, "| %s | %s | %d/%d | %d | %d | %ld | %.1f | %s |\n", r.name.c_str(),
+                  r.proved ? "yes" : "no", r.solved, r.candidates, r.checks, r.turns, r.tokens, r.seconds,
+                  r.error.empty() ? r.stop_reason.c_str() : r.error.c_str());
+    md += buf;
+  }
+  return md;
+}
+
+}  // namespace lr::agent

@@ -1,0 +1,92 @@
+// Headless evaluation runs: a JSONL task set in, one JSONL result line per task out, a summary and a Markdown report.
+//
+// Task lines come in two shapes:
+//   {"name", "header", "formal_statement", "informal_prefix"?}   miniF2F / DeepSeek-Prover data sets (other fields
+//                                                                 such as "split" and "goal" are ignored)
+//   {"name", "project", "file", "theorem"}                        a theorem in a file of a Lake project (FLTEval-like);
+//                                                                 project is relative to the task file's folder
+// Each result line is appended (base/file.h AppendLine) the moment its task ends, so a crash or Ctrl-C loses at most
+// the tasks in flight; `resume` skips the tasks whose results are already there. Every task runs all k candidate
+// chains to their end (ProverOptions::run_all_candidates) so that the unbiased pass@1..k can be computed.
+#pragma once
+
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "agent/lean_checker.h"
+#include "agent/prover.h"
+#include "agent/task.h"
+#include "inference/language_model.h"
+
+namespace lr::agent {
+
+struct BatchTask {
+  ProofTask task;
+  std::string project_root;  // project tasks: the Lake project; empty otherwise
+  std::string path;          // project tasks: the file's path
+};
+
+// Reads a task file. A task's name is its "name" field; a name seen before gets "@LINE" appended (ProofNet repeats
+// names), so that names key results uniquely and stably across runs. Errors name the file, the 1-based line and the
+// field: kNotFound (no such file), kInvalidArgument (bad JSON, a missing or mistyped field, no theorem in
+// formal_statement, a theorem not in its file).
+Result<std::vector<BatchTask>> LoadTasks(const std::string& path);
+
+// One result line.
+struct TaskResult {
+  std::string name;
+  bool proved = false;
+  std::string proof;  // the accepted proof (text after `:=`), empty when none
+  int candidates = 0;
+  int solved = 0;
+  int checks = 0;
+  int turns = 0;
+  long tokens = 0;
+  double seconds = 0;
+  int first_proof_check = 0;
+  std::string stop_reason;
+  std::string error;  // a task-specific failure (e.g. the prompt does not fit the context); not proved
+};
+
+std::string ResultToJson(const TaskResult& result);
+// `where` ("results.jsonl:7") names the line in errors (kCorrupt).
+Result<TaskResult> ResultFromJson(std::string_view line, std::string_view where);
+
+// Reads a results file; a missing file is an empty list.
+Result<std::vector<TaskResult>> LoadResults(const std::string& path);
+
+// Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k), as a product (no overflow).
+double PassAtK(int n, int c, int k);
+
+struct BatchOptions {
+  ProverOptions prover;  // run_all_candidates is forced on
+  int jobs = 1;          // tasks proved at once (the model and the checker are called from `jobs` threads)
+  bool resume = false;   // skip tasks with a result in `out_path`; without it, an existing non-empty file is an error
+  std::string out_path;
+  std::string report_path;  // Markdown report; empty: none
+  bool progress_bar = false;  // redraw one progress line (for a terminal); otherwise one plain line per task
+  const std::atomic<bool>* cancel = nullptr;  // set to stop: in-flight tasks are abandoned, not written
+};
+
+struct BatchSummary {
+  int tasks = 0;     // in the task file
+  int finished = 0;  // with a result line (this run and earlier ones)
+  int skipped = 0;   // found finished by resume
+  int proved = 0;
+  int errors = 0;    // task-specific failures recorded with an "error" field
+  std::vector<double> pass_at;  // pass_at[i] = mean pass@(i+1) over finished tasks
+  bool cancelled = false;
+};
+
+// Runs the tasks not yet finished, writes result lines as they end, prints progress to `console`, then writes the
+// report. Errors: LoadResults's, AppendLine's (kIo), and the first infrastructure failure (kUnavailable, kTimeout
+// from Lean or the model): the run stops there and every finished result stays in `out_path`.
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, inference::LanguageModel& model,
+                              LeanChecker& checker, const BatchOptions& options, std::FILE* console);
+
+// The summary and per-task tables, pass@k, and solved-vs-check-budget as a text plot, in Markdown.
+std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, int k, const std::string& model_name);
+
+}  // namespace lr::agent

@@ -1,0 +1,55 @@
+// Prompts for one theorem, repair turns, and reading a proof back out of the model's reply.
+//
+// Two prompt styles, one per kind of model:
+//  - kChat (instruction-tuned models, Leanstral-class): a system message and a user message with the theorem in a
+//    ```lean block; the model answers with the whole theorem in a ```lean block. The model backend renders the
+//    messages in the model's own chat format (Mistral's [INST]/[AVAILABLE_TOOLS] for Leanstral, the GGUF template for
+//    local models). A repair turn appends the candidate's reply and a user message with Lean's errors and goals.
+//  - kCompletion (base prover models, DeepSeek-Prover style): one assistant message holding the Lean code up to the
+//    start of the proof, sent with continue_final_message, so the model writes the proof itself and closes the block.
+//    A repair turn appends the candidate, Lean's errors as a Lean comment, and the statement again.
+// Either way the k candidates share the whole prompt, which the backends prefill once (local forks, remote prefix
+// caching), and a repair turn extends its own candidate's conversation, so its prefix is cached too.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/task.h"
+#include "inference/language_model.h"
+
+namespace lr::agent {
+
+enum class PromptStyle { kChat, kCompletion };
+
+// "chat" or "completion"; kInvalidArgument otherwise.
+Result<PromptStyle> ParsePromptStyle(std::string_view name);
+
+// The conversation that asks for a proof of `task`.
+std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style);
+
+// What a repair turn tells the model about its candidate: Lean's errors (or the guard's refusal) and the goals.
+struct Feedback {
+  std::string errors;  // one line per message, "line N: message", lines counted from the statement's first line
+  std::string goals;   // the open goals at the errors, as Lean printed them; may be empty
+};
+
+// Extends `conversation` (the candidate's own) with its `reply` and the feedback, asking for a fixed proof.
+void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
+                      std::string_view reply, const Feedback& feedback);
+
+// What the model's reply offers as the proof of `task`: the text to put after the statement's `:=`.
+struct Extracted {
+  bool found = false;
+  std::string proof;    // when found
+  std::string problem;  // when not found: why ("no ```lean block", "the statement was changed")
+};
+
+// Reads the proof from `reply`. kChat: the last ```lean / ```lean4 block (a closed one, or an unclosed one at the
+// end); a block holding the task's theorem gives that theorem's proof (refused if its statement differs), a block of
+// bare tactics becomes `by` + those tactics. kCompletion: the reply continues the prompt's proof start up to the
+// closing fence.
+Extracted ExtractProof(std::string_view reply, PromptStyle style, const ProofTask& task);
+
+}  // namespace lr::agent

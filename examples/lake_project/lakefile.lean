@@ -1,0 +1,7 @@
+import Lake
+open Lake DSL
+
+package demo
+
+@[default_target]
+lean_lib Demo
