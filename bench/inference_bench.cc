@@ -1,0 +1,100 @@
+// Weight kernels: matrix-vector (decode) and matrix-matrix (prefill chunk) products per weight type, at each SIMD
+// level the CPU has. Reported bytes/s count the weight bytes read (the activations are tiny beside them), so the
+// matrix-vector figure compares directly with the machine's read bandwidth. Each matrix is 48 MiB or more, larger
+// than the L3 caches, so every iteration streams it from memory, as a decode step does.
+//
+// Threads: OpenMP's default (set OMP_NUM_THREADS=2 to compare with `leanrotor bench -t 2`).
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "inference/kernels.h"
+#include "kvquant/half.h"
+
+namespace lr::inference {
+namespace {
+
+constexpr int64_t kCols = 4096;
+
+struct Matrix {
+  std::vector<uint8_t> data;
+  WeightMatrix w;
+};
+
+// Random bytes with the f16 scale fields of each block set to small values (speed does not depend on them, but NaN
+// scales would make the results meaningless to look at).
+Matrix MakeMatrix(TensorType type) {
+  const TensorTypeInfo t = *LookupTensorType(static_cast<uint32_t>(type));
+  const size_t row_bytes = RowBytes(t, kCols);
+  const int64_t rows = static_cast<int64_t>((size_t{48} << 20) / row_bytes) + 1;
+  Matrix m;
+  m.data.resize(row_bytes * rows);
+  std::mt19937 rng(7);
+  for (auto& b : m.data) b = static_cast<uint8_t>(rng());
+  const uint16_t small = kvquant::FloatToHalf(0.01f);
+  const size_t blocks = m.data.size() / t.block_bytes;
+  for (size_t i = 0; i < blocks; ++i) {
+    uint8_t* blk = m.data.data() + i * t.block_bytes;
+    switch (type) {
+      case TensorType::kF32: {
+        const float v = 0.01f;
+        std::memcpy(blk, &v, 4);
+        break;
+      }
+      case TensorType::kBF16: blk[0] = 0; blk[1] = 0x3c; break;  // 0.0117
+      case TensorType::kQ6_K: std::memcpy(blk + 208, &small, 2); break;
+      case TensorType::kQ4_1:
+      case TensorType::kQ4_K:
+      case TensorType::kQ5_K:
+        std::memcpy(blk, &small, 2);
+        std::memcpy(blk + 2, &small, 2);
+        break;
+      default: std::memcpy(blk, &small, 2); break;  // f16 values, q4_0 / q8_0 scales
+    }
+  }
+  m.w = WeightMatrix{t, m.data.data(), rows, kCols, row_bytes};
+  return m;
+}
+
+// args: weight type id, SIMD level, tokens per call
+void BM_MatMul(benchmark::State& state) {
+  const auto type = static_cast<TensorType>(state.range(0));
+  const auto level = static_cast<SimdLevel>(state.range(1));
+  const int n_tokens = static_cast<int>(state.range(2));
+  if (level > DetectSimdLevel()) {
+    state.SkipWithError("SIMD level not available on this CPU");
+    return;
+  }
+  SetSimdLevel(level);
+  const Matrix m = MakeMatrix(type);
+  std::vector<float> x(static_cast<size_t>(kCols) * n_tokens, 0.5f), y(static_cast<size_t>(m.w.rows) * n_tokens);
+  for (auto _ : state) {
+    MatMul(m.w, x.data(), n_tokens, y.data(), m.w.rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(m.data.size()));
+  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n_tokens,
+                                               benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(m.w.type.name) + " " + SimdLevelName(level));
+  SetSimdLevel(DetectSimdLevel());
+}
+
+void Args(benchmark::internal::Benchmark* b) {
+  const TensorType types[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
+                              TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
+                              TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+  for (TensorType t : types) {
+    for (int level : {1, 2}) b->Args({static_cast<int64_t>(t), level, 1});
+    b->Args({static_cast<int64_t>(t), 2, 16});
+  }
+  b->Args({static_cast<int64_t>(TensorType::kQ4_1), 0, 1});  // the scalar reference path, for scale
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+BENCHMARK(BM_MatMul)->Apply(Args);
+
+}  // namespace
+}  // namespace lr::inference
+
+BENCHMARK_MAIN();

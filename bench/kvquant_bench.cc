@@ -1,0 +1,153 @@
+// kvquant kernels: encode throughput per format, and attention time per decoded token over 512, 4K and 32K
+// compressed rows (one KV head with a GQA group of 4 queries, head dim 128, pages of 256 rows, 1 and 2 threads).
+// "attend" repeats one head group's range, which then sits in the caches (16 MiB of f16 at 32K fits a 32 MiB L3).
+// "attend_stream" walks 16 copies of the range in turn (256 MiB of f16), as a decode step does when it visits every
+// layer's cache once: the rows come from memory, which is where fewer bytes per row pay.
+// After the Google Benchmark table it prints every format's time as a ratio to f16's from the same run, twice: by
+// wall-clock time, and by the CPU time of the calling thread (for one thread, the figure to read on a machine shared
+// with other work, where wall-clock time mostly measures waiting for a core).
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kvquant/kvquant.h"
+
+namespace {
+
+using lr::kvquant::RowCodec;
+using lr::kvquant::RowSpan;
+
+constexpr int kDim = 128;
+constexpr int kGroup = 4;
+constexpr int kPage = 256;
+
+std::vector<float> Gaussian(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(n);
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+void BM_Encode(benchmark::State& state, std::string format) {
+  const RowCodec codec = *RowCodec::Create(format, kDim, 1, 0, 0);
+  const int rows = 1024;
+  const std::vector<float> x = Gaussian(static_cast<size_t>(rows) * kDim, 1);
+  std::vector<uint8_t> out(codec.row_bytes() * rows);
+  for (auto _ : state) {
+    for (int t = 0; t < rows; ++t) codec.EncodeRow(&x[t * kDim], &out[t * codec.row_bytes()]);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * rows);
+}
+
+void BM_Attend(benchmark::State& state, std::string format, int ctx, int threads, int copies) {
+  const RowCodec k = *RowCodec::Create(format, kDim, 1, 0, 0), v = *RowCodec::Create(format, kDim, 1, 0, 1);
+  std::vector<uint8_t> kb(k.row_bytes() * ctx), vb(v.row_bytes() * ctx);
+  {
+    const std::vector<float> x = Gaussian(static_cast<size_t>(2) * ctx * kDim, 2);
+    for (int t = 0; t < ctx; ++t) {
+      k.EncodeRow(&x[t * kDim], &kb[t * k.row_bytes()]);
+      v.EncodeRow(&x[(ctx + t) * kDim], &vb[t * v.row_bytes()]);
+    }
+  }
+  // Copies at distinct addresses, each a range of pages.
+  std::vector<std::vector<uint8_t>> kc(copies, kb), vc(copies, vb);
+  std::vector<std::vector<RowSpan>> spans(copies);
+  for (int c = 0; c < copies; ++c)
+    for (int t = 0; t < ctx; t += kPage)
+      spans[c].push_back({&kc[c][t * k.row_bytes()], &vc[c][t * v.row_bytes()], kPage});
+  const std::vector<float> q = Gaussian(kGroup * kDim, 3);
+  std::vector<float> out(kGroup * kDim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  int c = 0;
+  for (auto _ : state) {
+    const auto& sp = spans[c];
+    c = (c + 1) % copies;
+    const lr::Status s = threads == 1 ? lr::kvquant::Attend(k, v, q.data(), kGroup, sp, scale, out.data())
+                                      : lr::kvquant::AttendParallel(k, v, q.data(), kGroup, sp, scale, out.data(),
+                                                                    threads);
+    if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kb.size() + vb.size()));
+}
+
+// Console output as usual, plus the real time of every run, for the ratio table.
+class RecordingReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      real[r.benchmark_name()] = r.GetAdjustedRealTime();
+      cpu[r.benchmark_name()] = r.GetAdjustedCPUTime();
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  std::map<std::string, double> real, cpu;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int contexts[] = {512, 4096, 32768};
+  std::vector<std::string> formats;
+  for (const auto& f : lr::kvquant::ListFormats()) formats.emplace_back(f.name);
+  for (const std::string& f : formats)
+    benchmark::RegisterBenchmark(("encode/" + f).c_str(), BM_Encode, f)->Unit(benchmark::kMicrosecond);
+  for (int ctx : contexts)
+    for (int threads : {1, 2})
+      for (const std::string& f : formats)
+        benchmark::RegisterBenchmark(
+            ("attend/" + f + "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads)).c_str(),
+            BM_Attend, f, ctx, threads, 1)
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+  for (int threads : {1, 2})
+    for (const std::string& f : formats)
+      benchmark::RegisterBenchmark(("attend_stream/" + f + "/ctx:32768/threads:" + std::to_string(threads)).c_str(),
+                                   BM_Attend, f, 32768, threads, 16)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+  benchmark::Initialize(&argc, argv);
+  RecordingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+
+  // Ratios to f16 from this run (< 1: faster than f16).
+  for (const auto* times : {&reporter.real, &reporter.cpu}) {
+    auto ratio = [&](const std::string& name, const std::string& f16) {
+      const auto a = times->find(name), b = times->find(f16);
+      if (a == times->end() || b == times->end()) return std::string("    -");
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%6.2f", a->second / b->second);
+      return std::string(buf);
+    };
+    std::printf("\ntime / f16 time, same run, by %s (attend: one head group of %d queries, head dim %d)\n",
+                times == &reporter.real ? "wall-clock time" : "CPU time of the calling thread", kGroup, kDim);
+    std::printf("%-8s %7s", "format", "encode");
+    for (int ctx : contexts)
+      for (int threads : {1, 2}) std::printf("  %5dx%dt", ctx, threads);
+    std::printf("  stream32Kx1t  stream32Kx2t\n");
+    for (const std::string& f : formats) {
+      std::printf("%-8s %7s", f.c_str(), ratio("encode/" + f, "encode/f16").c_str());
+      for (int ctx : contexts)
+        for (int threads : {1, 2}) {
+          const std::string tail =
+              "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads) + "/real_time";
+          std::printf("  %8s", ratio("attend/" + f + tail, "attend/f16" + tail).c_str());
+        }
+      for (int threads : {1, 2}) {
+        const std::string tail = "/ctx:32768/threads:" + std::to_string(threads) + "/real_time";
+        std::printf("  %12s", ratio("attend_stream/" + f + tail, "attend_stream/f16" + tail).c_str());
+      }
+      std::printf("\n");
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,124 @@
+// `leanrotor batch TASKS.jsonl --out RESULTS.jsonl`: a headless evaluation run (see agent/batch.h).
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "agent/batch.h"
+#include "cli/command.h"
+#include "cli/prover_flags.h"
+
+namespace lr::cli {
+namespace {
+
+struct BatchFlags {
+  std::string tasks;
+  std::string out;
+  std::string report;
+  int jobs = 1;
+  bool resume = false;
+  ProverFlags prover;
+};
+
+// One request at a time: the in-process runner computes on all cores per request, so `--jobs` overlaps Lean checks
+// with generation instead of running two generations at once.
+class OneAtATime : public inference::LanguageModel {
+ public:
+  explicit OneAtATime(inference::LanguageModel& model) : model_(model) {}
+  std::string Name() const override { return model_.Name(); }
+  Result<inference::Completion> Complete(const inference::CompletionRequest& request,
+                                         const inference::StreamCallback& on_piece) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return model_.Complete(request, on_piece);
+  }
+
+ private:
+  inference::LanguageModel& model_;
+  std::mutex mu_;
+};
+
+std::string DefaultReportPath(const std::string& out) {
+  const std::string ext = ".jsonl";
+  if (out.size() > ext.size() && out.compare(out.size() - ext.size(), ext.size(), ext) == 0)
+    return out.substr(0, out.size() - ext.size()) + ".md";
+  return out + ".md";
+}
+
+int RunBatchCommand(const BatchFlags& f) {
+  Result<std::vector<agent::BatchTask>> tasks = agent::LoadTasks(f.tasks);
+  if (!tasks.ok()) {
+    std::fprintf(stderr, "leanrotor batch: %s\n", tasks.status().ToString().c_str());
+    return 2;
+  }
+  std::set<std::string> roots;
+  for (const agent::BatchTask& t : *tasks) roots.insert(t.project_root);
+  if (Status s = CheckLeanAvailable(f.prover, {roots.begin(), roots.end()}); !s.ok()) {
+    std::fprintf(stderr, "leanrotor batch: %s\n", s.message().c_str());
+    return 2;
+  }
+  agent::BatchOptions options;
+  Result<agent::ProverOptions> prover = MakeProverOptions(f.prover);
+  if (!prover.ok()) {
+    std::fprintf(stderr, "leanrotor batch: %s\n", prover.status().ToString().c_str());
+    return 2;
+  }
+  options.prover = *prover;
+  options.jobs = f.jobs;
+  options.resume = f.resume;
+  options.out_path = f.out;
+  options.report_path = f.report.empty() ? DefaultReportPath(f.out) : f.report;
+  options.progress_bar = ::isatty(STDOUT_FILENO) != 0;
+  options.cancel = InstallInterruptFlag();
+
+  Result<std::unique_ptr<inference::LanguageModel>> model = OpenModel(f.prover);
+  if (!model.ok()) {
+    std::fprintf(stderr, "leanrotor batch: %s\n", model.status().ToString().c_str());
+    return 2;
+  }
+  OneAtATime serialized(**model);
+  inference::LanguageModel& used = f.prover.remote.empty() ? static_cast<inference::LanguageModel&>(serialized)
+                                                           : **model;
+  ProverFlags pool_flags = f.prover;
+  pool_flags.lean_servers = std::max(f.prover.lean_servers, f.jobs);
+  lsp::ServerPool pool(MakePoolOptions(pool_flags));
+  agent::PoolChecker checker(pool);
+
+  Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, used, checker, options, stdout);
+  if (!summary.ok()) {
+    std::fprintf(stderr, "leanrotor batch: %s\n", summary.status().ToString().c_str());
+    return 2;
+  }
+  const agent::BatchSummary& s = *summary;
+  std::printf("\n%s: %d/%d tasks finished, %d proved (%.1f%%)%s\n", f.out.c_str(), s.finished, s.tasks, s.proved,
+              s.finished > 0 ? 100.0 * s.proved / s.finished : 0.0, s.errors > 0 ? ", some with errors" : "");
+  std::printf("unbiased pass@k over finished tasks:");
+  for (size_t i = 0; i < s.pass_at.size(); ++i) std::printf("  pass@%zu %.3f", i + 1, s.pass_at[i]);
+  std::printf("\nreport: %s\n", options.report_path.c_str());
+  if (s.cancelled) {
+    std::printf("interrupted: run again with --resume to finish the remaining %d tasks\n", s.tasks - s.finished);
+    return 130;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddBatchCommand(CLI::App& app, CommandSet& commands) {
+  auto flags = std::make_shared<BatchFlags>();
+  CLI::App* sub = app.add_subcommand("batch", "prove a JSONL task set headlessly; results as JSONL, pass@k, report");
+  sub->add_option("tasks", flags->tasks, "task file: {name, header, formal_statement, informal_prefix?} or "
+                                         "{name, project, file, theorem} per line")->required();
+  sub->add_option("-o,--out", flags->out, "results file (JSONL, one line per finished task)")->required();
+  sub->add_option("--report", flags->report, "Markdown report (default: the results path with .md)");
+  sub->add_option("-j,--jobs", flags->jobs, "tasks in flight at once")->check(CLI::Range(1, 256));
+  sub->add_flag("--resume", flags->resume, "continue an interrupted run: skip tasks already in the results file");
+  AddProverFlags(sub, &flags->prover);
+  sub->footer("Exit status: 0 when the run finished, 2 when it could not run or stopped on a failure (bad input, no "
+              "Lean, no model, a Lean server failure; finished results are kept), 130 when interrupted.");
+  commands.Add(sub, [flags] { return RunBatchCommand(*flags); });
+}
+
+}  // namespace lr::cli

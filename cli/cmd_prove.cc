@@ -1,0 +1,161 @@
+// `leanrotor prove FILE.lean`: fills the file's `sorry`s with proofs the model finds and Lean accepts.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/lean_text.h"
+#include "agent/prover.h"
+#include "base/file.h"
+#include "cli/command.h"
+#include "cli/prover_flags.h"
+
+namespace lr::cli {
+namespace {
+
+struct ProveFlags {
+  std::string file;
+  std::string theorem;
+  std::string out;
+  ProverFlags prover;
+};
+
+struct Row {
+  std::string name;
+  bool proved = false;
+  int checks = 0;
+  int turns = 0;
+  long tokens = 0;
+  double seconds = 0;
+  std::string note;
+};
+
+bool HasSorry(const agent::ProofTask& t) {
+  return agent::ContainsToken(agent::MaskCommentsAndStrings(t.proof), "sorry");
+}
+
+// The next theorem to work on in `text`: the first with a sorry whose name is not in `done` (and is `only`, if set).
+const agent::ProofTask* NextTarget(const std::vector<agent::ProofTask>& tasks, const std::vector<std::string>& done,
+                                   const std::string& only) {
+  for (const agent::ProofTask& t : tasks) {
+    if (!only.empty() && t.name != only && t.full_name != only) continue;
+    if (!HasSorry(t)) continue;
+    if (std::find(done.begin(), done.end(), t.full_name) != done.end()) continue;
+    return &t;
+  }
+  return nullptr;
+}
+
+void PrintTable(const std::vector<Row>& rows) {
+  size_t width = 7;
+  for (const Row& r : rows) width = std::max(width, r.name.size());
+  std::printf("\n%-*s  %-6s  %8s  %5s  %7s  %8s\n", static_cast<int>(width), "theorem", "proved", "attempts", "turns",
+              "tokens", "seconds");
+  for (const Row& r : rows)
+    std::printf("%-*s  %-6s  %8d  %5d  %7ld  %8.1f%s%s\n", static_cast<int>(width), r.name.c_str(),
+                r.proved ? "yes" : "no", r.checks, r.turns, r.tokens, r.seconds, r.note.empty() ? "" : "  ",
+                r.note.c_str());
+}
+
+int RunProve(const ProveFlags& f) {
+  Result<std::string> source = ReadFile(f.file);
+  if (!source.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", source.status().ToString().c_str());
+    return 2;
+  }
+  std::string text = *source;
+  std::vector<std::string> done;
+  if (NextTarget(agent::TasksFromSource(text), done, f.theorem) == nullptr) {
+    if (!f.theorem.empty())
+      std::fprintf(stderr, "leanrotor prove: %s: no theorem or lemma named %s with a `sorry`\n", f.file.c_str(),
+                   f.theorem.c_str());
+    else
+      std::printf("%s: no theorem or lemma with a `sorry`; nothing to do\n", f.file.c_str());
+    return f.theorem.empty() ? 0 : 2;
+  }
+  if (Status s = CheckLeanAvailable(f.prover, {""}); !s.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", s.message().c_str());
+    return 2;
+  }
+  Result<agent::ProverOptions> options = MakeProverOptions(f.prover);
+  if (!options.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", options.status().ToString().c_str());
+    return 2;
+  }
+  const std::atomic<bool>* interrupted = InstallInterruptFlag();
+  options->cancel = interrupted;
+  Result<std::unique_ptr<inference::LanguageModel>> model = OpenModel(f.prover);
+  if (!model.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", model.status().ToString().c_str());
+    return 2;
+  }
+  lsp::ServerPool pool(MakePoolOptions(f.prover));
+  agent::PoolChecker checker(pool);
+
+  std::vector<Row> rows;
+  int exit_code = 0;
+  bool changed = false;
+  for (;;) {
+    std::vector<agent::ProofTask> tasks = agent::TasksFromSource(text);
+    const agent::ProofTask* target = NextTarget(tasks, done, f.theorem);
+    if (target == nullptr) break;
+    done.push_back(target->full_name);
+    std::printf("proving %s (k=%d, turns=%d, model %s) ...\n", target->full_name.c_str(), options->k, options->turns,
+                (*model)->Name().c_str());
+    std::fflush(stdout);
+    Result<agent::ProofOutcome> outcome = agent::Prove(*target, **model, checker, *options);
+    Row row;
+    row.name = target->full_name;
+    if (!outcome.ok()) {
+      row.note = outcome.status().ToString();
+      rows.push_back(row);
+      std::fprintf(stderr, "leanrotor prove: %s\n", outcome.status().ToString().c_str());
+      exit_code = outcome.status().code() == StatusCode::kCancelled ? 130 : 2;
+      break;
+    }
+    row.proved = outcome->proved;
+    row.checks = outcome->checks;
+    row.turns = outcome->turns;
+    row.tokens = outcome->tokens;
+    row.seconds = outcome->seconds;
+    if (!outcome->proved) {
+      row.note = outcome->stop_reason;
+      if (!outcome->attempts.empty()) row.note += "; last: " + outcome->attempts.back().verdict.reason.substr(0, 100);
+      exit_code = 1;
+    } else {
+      // Splice the proof in place of the old one; later theorems see it in their preamble.
+      const size_t begin = target->preamble.size();
+      const size_t end = begin + target->statement.size() + target->proof.size();
+      text = text.substr(0, begin) + agent::TheoremText(*target, outcome->proof) + text.substr(end);
+      changed = true;
+    }
+    rows.push_back(row);
+  }
+  PrintTable(rows);
+  if (changed) {
+    const std::string out = f.out.empty() ? f.file : f.out;
+    if (Status s = WriteFileAtomic(out, text); !s.ok()) {
+      std::fprintf(stderr, "leanrotor prove: %s\n", s.ToString().c_str());
+      return 2;
+    }
+    std::printf("wrote %s\n", out.c_str());
+  }
+  return exit_code;
+}
+
+}  // namespace
+
+void AddProveCommand(CLI::App& app, CommandSet& commands) {
+  auto flags = std::make_shared<ProveFlags>();
+  CLI::App* sub = app.add_subcommand("prove", "fill the `sorry`s of a Lean file with proofs Lean accepts");
+  sub->add_option("file", flags->file, "the Lean file")->required();
+  sub->add_option("--theorem", flags->theorem, "only this theorem (name or namespaced name)");
+  sub->add_option("-o,--out", flags->out, "write the result here instead of over FILE");
+  AddProverFlags(sub, &flags->prover);
+  sub->footer("Exit status: 0 when every targeted theorem was proved, 1 when some were not, 2 when the run could not "
+              "be done (bad input, no Lean, no model, a Lean server failure), 130 when interrupted.");
+  commands.Add(sub, [flags] { return RunProve(*flags); });
+}
+
+}  // namespace lr::cli

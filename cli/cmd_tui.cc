@@ -1,0 +1,157 @@
+// `leanrotor tui [FILE.lean]`: the interactive proving session (tui/app.h).
+#include <omp.h>
+
+#include <cstdio>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "cli/command.h"
+#include "inference/local_model.h"
+#include "inference/remote_model.h"
+#include "lsp/server_pool.h"
+#include "lsp/server_process.h"
+#include "tui/app.h"
+
+namespace lr::cli {
+namespace {
+
+struct TuiFlags {
+  std::string file;
+  std::string model;
+  std::string url;
+  std::string ctk = "q8_0";
+  std::string ctv = "q8_0";
+  int ctx = 4096;
+  int threads = 0;
+  int k = 4;
+  int turns = 2;
+  std::string style = "chat";
+  inference::SamplingParams sampling;
+  std::string project;
+  std::string lean_cmd;
+};
+
+// Opens the model named by the flags, or by /model and /kv later: a GGUF file run in-process, or, with --url, a model
+// id on an OpenAI-compatible server. `kv` is "K" or "K,V" (kvquant format names); empty keeps the current formats.
+tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
+  return [flags](const std::string& model, const std::string& kv) -> Result<tui::ModelHandle> {
+    if (!model.empty()) flags->model = model;
+    if (!kv.empty()) {
+      const size_t comma = kv.find(',');
+      flags->ctk = kv.substr(0, comma);
+      flags->ctv = comma == std::string::npos ? flags->ctk : kv.substr(comma + 1);
+    }
+    tui::ModelHandle handle;
+    if (!flags->url.empty()) {
+      inference::RemoteOptions options;
+      options.base_url = flags->url;
+      options.model = flags->model;
+      LR_ASSIGN_OR_RETURN(handle.model, inference::RemoteModel::Create(options));
+      return handle;
+    }
+    inference::LocalModelOptions options;
+    options.path = flags->model;
+    options.kv.k_format = flags->ctk;
+    options.kv.v_format = flags->ctv;
+    options.n_ctx = flags->ctx;
+    LR_ASSIGN_OR_RETURN(handle.model, inference::LocalModel::Open(options));
+    handle.kv_formats = "K " + flags->ctk + " / V " + flags->ctv;
+    return handle;
+  };
+}
+
+// A PoolChecker that owns its pool.
+class PoolOwner : public agent::LeanChecker {
+ public:
+  explicit PoolOwner(lsp::PoolOptions options) : pool_(std::move(options)), checker_(pool_) {}
+  Result<agent::LeanReport> Check(const agent::CheckRequest& request) override { return checker_.Check(request); }
+
+ private:
+  lsp::ServerPool pool_;
+  agent::PoolChecker checker_;
+};
+
+// The Lean side: a checker over the Lean server pool, or none and the reason (Lean is not installed, with how to
+// install it) for the status line. --lean-cmd is split at spaces.
+void OpenLean(const TuiFlags& flags, tui::Worker::Options* worker) {
+  lsp::PoolOptions options;
+  std::istringstream words(flags.lean_cmd);
+  for (std::string w; words >> w;) options.lean_command.push_back(w);
+  if (options.lean_command.empty()) {
+    Result<std::vector<std::string>> command = lsp::DefaultLeanCommand(flags.project);
+    if (!command.ok()) {
+      worker->lean_state = "not found: " + command.status().message();
+      return;
+    }
+  }
+  worker->checker = std::make_unique<PoolOwner>(std::move(options));
+  worker->lean_state = "ready";
+}
+
+int RunTui(std::shared_ptr<TuiFlags> flags) {
+  if (flags->threads > 0) omp_set_num_threads(flags->threads);
+  Result<agent::PromptStyle> style = agent::ParsePromptStyle(flags->style);
+  if (!style.ok()) {
+    std::fprintf(stderr, "leanrotor tui: --style: %s\n", style.status().message().c_str());
+    return 2;
+  }
+  if (!flags->url.empty() && flags->model.empty()) {
+    std::fprintf(stderr, "leanrotor tui: --url needs --model MODEL_ID (the model name the server knows)\n");
+    return 2;
+  }
+  tui::AppOptions options;
+  options.file = flags->file;
+  options.settings.k = flags->k;
+  options.settings.turns = flags->turns;
+  options.worker.open_model = MakeOpener(flags);
+  if (flags->model.empty()) {
+    // Without the default model the session still opens; the status line then says where it was looked for.
+    Result<std::string> path = inference::FindDefaultModel();
+    flags->model = path.ok() ? *path : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  }
+  options.worker.model = flags->model;
+  options.worker.project_root = flags->project;
+  options.worker.prover.style = *style;
+  options.worker.prover.sampling = flags->sampling;
+  OpenLean(*flags, &options.worker);
+  Status status = tui::RunApp(std::move(options));
+  if (!status.ok()) {
+    std::fprintf(stderr, "leanrotor tui: %s\n", status.ToString().c_str());
+    return status.code() == StatusCode::kUnavailable ? 2 : 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddTuiCommand(CLI::App& app, CommandSet& commands) {
+  auto flags = std::make_shared<TuiFlags>();
+  flags->sampling.temperature = 0.7f;
+  flags->sampling.top_p = 0.95f;
+  flags->sampling.max_tokens = 512;
+  CLI::App* sub = app.add_subcommand("tui", "Interactive proving session in the terminal (? inside shows the keys)");
+  sub->add_option("file", flags->file, "Lean file to open (created on save if it does not exist)");
+  sub->add_option("-m,--model", flags->model,
+                  "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf), or with --url the server's model id");
+  sub->add_option("--url", flags->url, "OpenAI-compatible endpoint, e.g. https://api.mistral.ai/v1");
+  sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
+  sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
+  sub->add_option("-c,--ctx", flags->ctx, "Context size (prompt + reply tokens)")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
+  sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  sub->add_option("--style", flags->style, "Prompt style: chat or completion")->capture_default_str();
+  sub->add_option("--max-tokens", flags->sampling.max_tokens, "Tokens per reply")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();
+  sub->add_option("--project", flags->project, "Lake project root the file belongs to");
+  sub->add_option("--lean-cmd", flags->lean_cmd, "Lean server command (default: lake serve / lean --server)");
+  commands.Add(sub, [flags]() { return RunTui(flags); });
+}
+
+}  // namespace lr::cli

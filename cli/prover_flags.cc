@@ -1,0 +1,123 @@
+#include "cli/prover_flags.h"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <sstream>
+
+#include "inference/local_model.h"
+#include "inference/remote_model.h"
+#include "lsp/server_process.h"
+
+namespace lr::cli {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+void OnInterrupt(int) {
+  if (g_interrupted.exchange(true)) _exit(130);
+  constexpr char kMsg[] = "\ninterrupted: finishing the current step and keeping what is done (Ctrl-C again quits)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, kMsg, sizeof kMsg - 1);
+  (void)ignored;
+}
+
+std::vector<std::string> SplitWords(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+}  // namespace
+
+void AddProverFlags(CLI::App* sub, ProverFlags* f) {
+  auto* model = sub->add_option("-m,--model", f->model, "GGUF model file for the in-process runner (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  auto* remote = sub->add_option("--remote", f->remote, "OpenAI-compatible endpoint instead, e.g. https://api.mistral.ai/v1");
+  model->excludes(remote);
+  sub->add_option("--model-id", f->remote_model, "model id for --remote, e.g. labs-leanstral-2603");
+  sub->add_option("--style", f->style, "prompt style: chat (instruction models) or completion (base prover models)")
+      ->check(CLI::IsMember({"chat", "completion"}));
+  sub->add_option("-k", f->k, "candidates sampled from one shared prompt")->check(CLI::Range(1, 1024));
+  sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")->check(CLI::Range(0, 64));
+  sub->add_option("--temperature", f->temperature, "sampling temperature (0: greedy)");
+  sub->add_option("--top-p", f->top_p, "nucleus sampling (1: off)");
+  sub->add_option("--max-tokens", f->max_tokens, "tokens per reply");
+  sub->add_option("--seed", f->seed, "sampling seed");
+  sub->add_option("--token-budget", f->token_budget, "stop a theorem after this many generated tokens (0: none)");
+  sub->add_option("--time-budget", f->time_budget, "stop a theorem after this many seconds (0: none)");
+  sub->add_option("--check-budget", f->check_budget, "stop a theorem after this many judged candidates (0: none)");
+  sub->add_option("--check-timeout", f->check_timeout, "seconds allowed for one Lean check");
+  sub->add_flag("--allow-refused-constructs", f->allow_constructs,
+                "do not refuse axiom/native_decide/#eval/macros/... before Lean (sorry and axioms are still checked)");
+  sub->add_option("--ctx", f->ctx, "context size of the local model");
+  sub->add_option("--ctk", f->ctk, "KV cache format for keys (local model)");
+  sub->add_option("--ctv", f->ctv, "KV cache format for values (local model)");
+  sub->add_option("--lean-servers", f->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
+  sub->add_option("--lean-command", f->lean_command, "Lean server command (default: lake serve / lean --server)");
+}
+
+Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& f) {
+  agent::ProverOptions o;
+  o.k = f.k;
+  o.turns = f.turns;
+  LR_ASSIGN_OR_RETURN(o.style, agent::ParsePromptStyle(f.style));
+  o.sampling.temperature = f.temperature;
+  o.sampling.top_p = f.top_p;
+  o.sampling.max_tokens = f.max_tokens;
+  o.sampling.seed = f.seed;
+  o.max_tokens = f.token_budget;
+  o.max_seconds = f.time_budget;
+  o.max_checks = f.check_budget;
+  o.check_timeout_seconds = f.check_timeout;
+  o.guard.refuse_constructs = !f.allow_constructs;
+  return o;
+}
+
+Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& f) {
+  if (!f.remote.empty()) {
+    if (f.remote_model.empty()) return InvalidArgument("--remote needs --model-id (e.g. labs-leanstral-2603)");
+    inference::RemoteOptions options;
+    options.base_url = f.remote;
+    options.model = f.remote_model;
+    LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::RemoteModel> remote, inference::RemoteModel::Create(options));
+    return std::unique_ptr<inference::LanguageModel>(std::move(remote));
+  }
+  inference::LocalModelOptions options;
+  options.path = f.model;
+  if (options.path.empty()) {
+    LR_ASSIGN_OR_RETURN(options.path, inference::FindDefaultModel());
+  }
+  if (!f.ctk.empty()) options.kv.k_format = f.ctk;
+  if (!f.ctv.empty()) options.kv.v_format = f.ctv;
+  options.n_ctx = f.ctx;
+  LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
+  return std::unique_ptr<inference::LanguageModel>(std::move(local));
+}
+
+Status CheckLeanAvailable(const ProverFlags& f, const std::vector<std::string>& project_roots) {
+  if (!f.lean_command.empty()) {
+    const std::string program = SplitWords(f.lean_command).front();
+    if (program.find('/') == std::string::npos && !lsp::FindOnPath(program))
+      return NotFound("--lean-command: " + program + " is not on PATH");
+    return Status::Ok();
+  }
+  for (const std::string& root : project_roots) {
+    Result<std::vector<std::string>> command = lsp::DefaultLeanCommand(root);
+    if (!command.ok()) return command.status();
+  }
+  return Status::Ok();
+}
+
+lsp::PoolOptions MakePoolOptions(const ProverFlags& f) {
+  lsp::PoolOptions o;
+  o.lean_command = SplitWords(f.lean_command);
+  o.max_servers = static_cast<size_t>(f.lean_servers);
+  return o;
+}
+
+const std::atomic<bool>* InstallInterruptFlag() {
+  std::signal(SIGINT, OnInterrupt);
+  return &g_interrupted;
+}
+
+}  // namespace lr::cli

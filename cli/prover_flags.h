@@ -1,0 +1,58 @@
+// Flags and setup shared by `leanrotor prove` and `leanrotor batch`: the model (-m local GGUF or --remote URL), the
+// prover's search (k, turns, budgets, prompt style), the guard, and the Lean server pool.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/prover.h"
+#include "inference/language_model.h"
+#include "lsp/server_pool.h"
+
+namespace lr::cli {
+
+struct ProverFlags {
+  std::string model;         // -m: GGUF file; empty: the default model
+  std::string remote;        // --remote: OpenAI-compatible base URL
+  std::string remote_model;  // --model-id: the model id for --remote
+  std::string style = "chat";
+  int k = 4;
+  int turns = 2;
+  float temperature = 1.0f;
+  float top_p = 0.95f;
+  int max_tokens = 1024;  // per reply
+  uint64_t seed = 0;
+  long token_budget = 0;
+  double time_budget = 0;
+  int check_budget = 0;
+  double check_timeout = 300;
+  bool allow_constructs = false;
+  int ctx = 4096;
+  std::string ctk;
+  std::string ctv;
+  int lean_servers = 2;
+  std::string lean_command;  // overrides `lake serve` / `lean --server` (space-separated)
+};
+
+void AddProverFlags(CLI::App* sub, ProverFlags* flags);
+
+Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& flags);
+
+// The local model (LocalModel over -m or the default GGUF) or the remote one (RemoteModel over --remote).
+Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& flags);
+
+// The server command for each project root (empty: lone files). kNotFound, with how to install Lean (elan), when
+// the flags name no command and Lean is not on PATH.
+Status CheckLeanAvailable(const ProverFlags& flags, const std::vector<std::string>& project_roots);
+
+lsp::PoolOptions MakePoolOptions(const ProverFlags& flags);
+
+// SIGINT sets the returned flag (the run stops cleanly, keeping what it finished); a second SIGINT exits at once.
+// Call before the first Lean server starts, so that the pool's handler defers to this one.
+const std::atomic<bool>* InstallInterruptFlag();
+
+}  // namespace lr::cli
