@@ -21,6 +21,7 @@ struct GenerateFlags {
   bool chat = false;
   int threads = 0;
   int ctx = 4096;
+  int kv_budget_mib = 1024;
 };
 
 int RunGenerate(GenerateFlags f) {
@@ -38,6 +39,7 @@ int RunGenerate(GenerateFlags f) {
   options.kv.k_format = f.ctk;
   options.kv.v_format = f.ctv;
   options.n_ctx = f.ctx;
+  options.kv_budget_mib = f.kv_budget_mib;
   auto lm = inference::LocalModel::Open(options);
   if (!lm.ok()) {
     std::fprintf(stderr, "leanrotor generate: %s\n", lm.status().ToString().c_str());
@@ -68,6 +70,7 @@ int RunGenerate(GenerateFlags f) {
     status = done.status();
   }
   std::fputc('\n', stdout);
+  std::fflush(stdout);  // the text ends before the statistics on stderr
   if (!status.ok()) {
     std::fprintf(stderr, "leanrotor generate: %s\n", status.ToString().c_str());
     return 1;
@@ -104,6 +107,8 @@ void AddGenerateCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys (see kvquant formats)")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("-c,--ctx", flags->ctx, "Context size (prompt + generated tokens)")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--kv-budget", flags->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_flag("--chat", flags->chat, "Send the prompt as a user message through the model's chat format");
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   commands.Add(sub, [flags]() { return RunGenerate(*flags); });

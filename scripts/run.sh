@@ -1,8 +1,41 @@
 #!/usr/bin/env bash
-# The one main-job command: sets up (apt packages, default model), builds, and runs the main job on the default model.
-# The main job grows with the product; today it is the most complete end-to-end path that exists (see README).
+# The one main-job command: sets up (apt packages, default model), builds, and runs the main job on the default model:
+# `leanrotor prove` on examples/Basic.lean, k attempts per theorem from one shared prefill, the KV cache compressed,
+# every candidate checked by Lean. Where Lean is not installed it says so (nothing is claimed proved without Lean) and
+# shows what runs without it: the model runner on a Lean prompt with its compressed KV cache.
+#
+# Environment: KV (KV-cache format for keys and values, default hx3), K (attempts per theorem, default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
-exec build/leanrotor --help
+
+kv="${KV:-hx3}"
+k="${K:-4}"
+mkdir -p runs
+
+if command -v lake >/dev/null 2>&1 || command -v lean >/dev/null 2>&1; then
+  echo "== main job: leanrotor prove examples/Basic.lean (default model, k=$k, KV cache $kv), result in runs/"
+  exec build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" --turns 1 --ctk "$kv" --ctv "$kv"
+fi
+
+cat <<EOF
+
+== Lean 4 is not installed on this machine, so no proof can be checked and none will be claimed.
+   Install it with elan (Lean's toolchain manager), then run scripts/run.sh again:
+
+     curl https://raw.githubusercontent.com/leanprover/elan/master/elan-init.sh -sSf | sh
+     source ~/.elan/env
+
+   What runs without Lean, shown below: the in-process model runner with its compressed KV cache.
+
+EOF
+theorem="$(sed -n "/^theorem add_zero'/,/sorry/p" examples/Basic.lean | sed '$d')"
+echo "== the default model continues a theorem from examples/Basic.lean (greedy, KV cache K $kv / V $kv)"
+build/leanrotor generate -p "$theorem" -n 48 --temp 0 --ctk "$kv" --ctv "$kv"
+echo
+echo "== the price of the compressed cache: perplexity and KL divergence vs an f16 cache (2 windows of 512 tokens)"
+build/leanrotor perplexity -c 512 --chunks 2 --ctk "$kv" --ctv "$kv" 2>/dev/null
+echo
+echo "== leanrotor prove would now fail with exit code 2 and the same install hint:"
+build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" || true
