@@ -289,7 +289,11 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, inference::La
         r.name = t.task.name;
         r.error = outcome.status().ToString();
       } else {
-        if (outcome.status().code() != StatusCode::kCancelled && failure.ok()) failure = outcome.status();
+        // A failure seen after an interrupt is the interrupt's doing (lsp kills the Lean servers on SIGINT): the
+        // task is abandoned like a cancelled one, to be run again by --resume.
+        const bool interrupted = options.cancel != nullptr && options.cancel->load();
+        if (outcome.status().code() != StatusCode::kCancelled && !interrupted && failure.ok())
+          failure = outcome.status();
         return;
       }
       if (Status s = AppendLine(options.out_path, ResultToJson(r)); !s.ok()) {

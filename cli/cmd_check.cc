@@ -1,4 +1,5 @@
-// `leanrotor check FILE.lean [--project DIR] [--json] [--lean-cmd CMD] [--timeout S]`: one Lean check, printed.
+// `leanrotor check FILE.lean [--project DIR] [--json] [--lean-cmd CMD] [--timeout S] [--lean-memory GIB]
+// [--lean-cpu S]`: one Lean check, printed.
 // Exit 0: no errors and no sorry; 1: errors or sorry; 2: Lean could not be run (or the file could not be read).
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,8 @@ struct CheckFlags {
   std::string lean_cmd;
   bool json = false;
   double timeout_s = 300;
+  double memory_gib = 8;     // RLIMIT_AS of the server and each of its workers; 0: none
+  int64_t cpu_seconds = 0;   // RLIMIT_CPU of each; 0: none
 };
 
 // The nearest directory at or above `dir` holding a lakefile, or "".
@@ -122,6 +125,8 @@ int RunCheck(const CheckFlags& flags) {
   fs::path absolute = fs::absolute(flags.file, ec).lexically_normal();
   lsp::PoolOptions options;
   options.max_servers = 1;
+  options.server_memory_limit_bytes = static_cast<int64_t>(flags.memory_gib * double(int64_t{1} << 30));
+  options.server_cpu_limit_seconds = flags.cpu_seconds;
   if (!flags.lean_cmd.empty()) {
     std::istringstream words(flags.lean_cmd);
     for (std::string w; words >> w;) options.lean_command.push_back(w);
@@ -163,6 +168,10 @@ void AddCheckCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--lean-cmd", flags->lean_cmd,
                   "the language server command (default: `lake serve` in a project, `lean --server` otherwise)");
   sub->add_option("--timeout", flags->timeout_s, "seconds per attempt (default 300)")->check(CLI::PositiveNumber);
+  sub->add_option("--lean-memory", flags->memory_gib,
+                  "address-space limit of each Lean process, in GiB (default 8; 0: none)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--lean-cpu", flags->cpu_seconds, "CPU-time limit of each Lean process, in seconds (default: none)")
+      ->check(CLI::NonNegativeNumber);
   commands.Add(sub, [flags] { return RunCheck(*flags); });
 }
 

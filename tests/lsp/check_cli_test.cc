@@ -1,10 +1,17 @@
 // `leanrotor check` end to end: the real executable with the scripted Lean server behind --lean-cmd.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <gtest/gtest.h>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -87,6 +94,65 @@ TEST(CheckCommand, MissingFileExitsTwo) {
   CliRun r = Leanrotor("check /nonexistent/x.lean " + Scripted("normal"));
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("/nonexistent/x.lean"), std::string::npos) << r.out;
+}
+
+// True when `pid` no longer exists; reaps it when it was re-parented to this test (a subreaper).
+bool Gone(int pid) {
+  for (int i = 0; i < 400; ++i) {
+    int status;
+    ::waitpid(pid, &status, WNOHANG);
+    if (::kill(pid, 0) != 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
+  // Servers orphaned by leanrotor are re-parented to this test, so a surviving one is seen, and a killed one reaped.
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  std::string f = WriteLean("interrupted", "theorem t : True := by\n  trivial\n");
+  for (int sig : {SIGINT, SIGTERM}) {
+    std::string pid_file = ::testing::TempDir() + "/server_pid_" + std::to_string(::getpid()) + "_" + std::to_string(sig);
+    ::unlink(pid_file.c_str());
+    std::string server = std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario hang --pid-file " + pid_file;
+    pid_t cli = ::fork();
+    ASSERT_GE(cli, 0);
+    if (cli == 0) {
+      int null = ::open("/dev/null", O_WRONLY);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      ::execl(LR_LEANROTOR, LR_LEANROTOR, "check", f.c_str(), "--lean-cmd", server.c_str(), nullptr);
+      std::_Exit(127);
+    }
+    std::string pid_text;
+    for (int i = 0; i < 1000 && pid_text.empty(); ++i) {  // the server writes its pid once it runs
+      auto text = lr::ReadFile(pid_file);
+      if (text.ok()) pid_text = *text;
+      else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    int server_pid = std::atoi(pid_text.c_str());
+    ASSERT_GT(server_pid, 0) << "the scripted server never started";
+    ASSERT_EQ(::kill(server_pid, 0), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the check reach the hanging server
+    ASSERT_EQ(::kill(cli, sig), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(cli, &status, 0), cli);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "status " << status;
+    EXPECT_TRUE(Gone(server_pid)) << "the Lean server outlived leanrotor after signal " << sig;
+  }
+}
+
+TEST(CheckCommand, LimitFlagsReachTheServer) {
+  // The "server" writes its limits next to itself and exits: the check fails (exit 2), the limits are on file.
+  std::string f = WriteLean("limits", "theorem t : True := trivial\n");
+  std::string script = ::testing::TempDir() + "/print_limits_" + std::to_string(::getpid()) + ".sh";
+  ASSERT_TRUE(lr::WriteFileAtomic(script, "#!/bin/sh\necho \"as=$(ulimit -v) cpu=$(ulimit -t)\" > \"$0.out\"\n").ok());
+  ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
+  CliRun r = Leanrotor("check " + f + " --lean-memory 3 --lean-cpu 11 --lean-cmd " + script);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  auto limits = lr::ReadFile(script + ".out");
+  ASSERT_TRUE(limits.ok()) << r.out;
+  EXPECT_EQ(*limits, "as=" + std::to_string(3 * 1024 * 1024) + " cpu=11\n");
 }
 
 }  // namespace

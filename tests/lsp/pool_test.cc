@@ -96,6 +96,16 @@ TEST(ServerPool, ResidentCapRetiresAServer) {
   EXPECT_EQ(pool.live_servers(), 0u);
 }
 
+TEST(ServerPool, PoolResidentCapStopsIdleServers) {
+  PoolOptions o = Scripted("normal");
+  o.pool_resident_cap_bytes = 1;  // the pool is over its cap as soon as one server is idle
+  ServerPool pool(o);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.live_servers(), 0u);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.servers_started(), 2u);
+}
+
 TEST(ServerPool, CrashedWorkerIsReplacedAndRetriedOnce) {
   ServerPool pool(Scripted("crash_worker", OnceFile("crash")));
   auto r = pool.Check(Request(kCore));

@@ -12,7 +12,7 @@
 // `-- goal: ...` comment above the position (`\n` in it is a newline), or "⊢ True".
 // Columns are UTF-16 code units, as Lean's.
 //
-// Usage: scripted_lean_server [--scenario NAME] [--once-file PATH]
+// Usage: scripted_lean_server [--scenario NAME] [--once-file PATH] [--pid-file PATH]
 // Scenarios (behaviour on every document update unless said otherwise):
 //   normal           as above
 //   progress_first   fileProgress says "done" before the diagnostics, which come 100 ms later
@@ -28,6 +28,8 @@
 //   exit_on_start    exits with status 3 before reading anything
 // With --once-file, the scenario applies only while PATH does not exist (the first server creates it); later
 // servers behave as `normal`. That is how the pool's retry on a fresh server is tested.
+// With --pid-file, the server writes its process id there (atomically) before it reads anything, so that a test can
+// check the process is gone after its client was interrupted.
 #include <unistd.h>
 
 #include <chrono>
@@ -42,6 +44,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/file.h"
 #include "lsp/jsonrpc.h"
 #include "lsp/utf16.h"
 
@@ -330,10 +333,13 @@ void Handle(const Json& m) {
 
 int main(int argc, char** argv) {
   std::string once_file;
+  std::string pid_file;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--scenario") == 0) g_scenario = argv[i + 1];
     if (std::strcmp(argv[i], "--once-file") == 0) once_file = argv[i + 1];
+    if (std::strcmp(argv[i], "--pid-file") == 0) pid_file = argv[i + 1];
   }
+  if (!pid_file.empty() && !lr::WriteFileAtomic(pid_file, std::to_string(::getpid()) + "\n").ok()) return 4;
   if (!once_file.empty()) {
     if (std::ifstream(once_file).good()) g_scenario = "normal";
     else std::ofstream(once_file) << "used\n";

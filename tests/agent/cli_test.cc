@@ -1,0 +1,194 @@
+// `leanrotor prove` and `leanrotor batch` end to end: the real executable, a scripted OpenAI-compatible model
+// (tests/tui/scripted_openai.py, canned replies, cheats included) behind --remote, and the scripted Lean server
+// (tests/lsp/scripted_lean_server.cc) behind --lean-command. The batch is interrupted with SIGINT mid-run and then
+// resumed: nothing lost, nothing duplicated.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "agent/batch.h"
+#include "base/file.h"
+
+namespace lr::agent {
+namespace {
+
+std::string TempDir(const std::string& name) {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("lr_agent_cli_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+// Starts `args` with stdout and stderr in `log`; returns its pid.
+pid_t Start(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execvp(argv[0], argv.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+
+// The exit status of `pid`, or 128 + the signal that ended it.
+int Wait(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string Log(const std::string& path) {
+  Result<std::string> text = ReadFile(path);
+  return text.ok() ? *text : "(no log)";
+}
+
+std::vector<std::string> FileLines(const std::string& path) {
+  Result<std::string> text = ReadFile(path);
+  std::vector<std::string> lines;
+  if (!text.ok()) return lines;
+  size_t start = 0;
+  while (start < text->size()) {
+    size_t end = text->find('\n', start);
+    EXPECT_NE(end, std::string::npos) << "a line without its newline in " << path;
+    if (end == std::string::npos) end = text->size();
+    lines.push_back(text->substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
+// The scripted model server on a free loopback port, for the life of the fixture.
+class ScriptedModelServer {
+ public:
+  // `script_json`: {"theorem name": ["reply", ...]}; a request gets the next reply of the first name (in the text's
+  // order) that its messages mention. `pause`: seconds between streamed pieces.
+  ScriptedModelServer(const std::string& dir, const std::string& script_json, const std::string& pause) {
+    const std::string script = dir + "/script.json";
+    const std::string port_file = dir + "/port";
+    EXPECT_TRUE(WriteFileAtomic(script, script_json).ok());
+    pid_ = Start({"python3", LR_SOURCE_DIR "/tests/tui/scripted_openai.py", script, port_file, pause},
+                 dir + "/model.log");
+    for (int waited = 0; waited < 10000 && !std::filesystem::exists(port_file); waited += 10)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    Result<std::string> port = ReadFile(port_file);
+    if (port.ok()) url_ = "http://127.0.0.1:" + *port + "/v1";
+  }
+  ~ScriptedModelServer() {
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  const std::string& url() const { return url_; }  // empty when it did not start
+
+ private:
+  pid_t pid_ = -1;
+  std::string url_;
+};
+
+std::vector<std::string> ProverArgs(const std::string& url) {
+  return {"--remote", url, "--model-id", "scripted", "--lean-command",
+          std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario normal", "--turns", "0"};
+}
+
+std::string LeanBlock(const std::string& statement, const std::string& proof) {
+  return "```lean\n" + statement + " := by\n  " + proof + "\n```";
+}
+
+TEST(ProveCommand, RefusesCheatsAndFillsEverySorry) {
+  const std::string dir = TempDir("prove");
+  const std::string first = "theorem cli_first (n : Nat) : n + 0 = n";
+  const std::string second = "theorem cli_second (n : Nat) : 0 + n = n";
+  // The second theorem's prompt also shows the first (its context), so it comes first in the script. The scripted
+  // Lean server reports an `UNSOLVED` token as "unsolved goals".
+  nlohmann::ordered_json script;
+  script["cli_second"] = {LeanBlock(second, "exact UNSOLVED"),
+                          LeanBlock(second, "simp")};
+  script["cli_first"] = {LeanBlock(first, "sorry"), LeanBlock(first, "native_decide"),
+                         LeanBlock("theorem cli_first (n : Nat) : True", "trivial"),  // another statement
+                         LeanBlock(first, "simp")};
+  ScriptedModelServer model(dir, script.dump(), "0");
+  ASSERT_FALSE(model.url().empty()) << Log(dir + "/model.log");
+
+  const std::string file = dir + "/Two.lean";
+  ASSERT_TRUE(WriteFileAtomic(file, first + " := by\n  sorry\n\n" + second + " := by\n  sorry\n").ok());
+  std::vector<std::string> args = {LR_LEANROTOR, "prove", file, "-k", "4"};
+  for (const std::string& a : ProverArgs(model.url())) args.push_back(a);
+  const std::string log = dir + "/prove.log";
+  EXPECT_EQ(Wait(Start(args, log)), 0) << Log(log);
+
+  Result<std::string> proved = ReadFile(file);
+  ASSERT_TRUE(proved.ok());
+  EXPECT_EQ(proved->find("sorry"), std::string::npos) << *proved;
+  EXPECT_EQ(proved->find("native_decide"), std::string::npos) << *proved;
+  EXPECT_EQ(proved->find("True"), std::string::npos) << *proved;
+  EXPECT_EQ(proved->find("UNSOLVED"), std::string::npos) << *proved;
+  EXPECT_NE(proved->find(first + " := by\n  simp"), std::string::npos) << *proved;
+  EXPECT_NE(proved->find(second + " := by\n  simp"), std::string::npos) << *proved;
+}
+
+TEST(BatchCommand, InterruptThenResumeLosesAndDuplicatesNothing) {
+  const std::string dir = TempDir("batch");
+  const int kTasks = 8;
+  std::string tasks_text;
+  nlohmann::ordered_json script;
+  for (int i = 0; i < kTasks; ++i) {
+    const std::string name = "cli_task_" + std::to_string(i) + "_x";
+    const std::string statement = "theorem " + name + " (n : Nat) : n + 0 = n";
+    tasks_text += nlohmann::json{{"name", name}, {"header", ""}, {"formal_statement", statement + " := by\n"}}.dump() + "\n";
+    // Spare replies: a task in flight when the run is interrupted has used one and runs again after --resume.
+    script[name] = {LeanBlock(statement, "simp"), LeanBlock(statement, "simp"), LeanBlock(statement, "simp")};
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir + "/tasks.jsonl", tasks_text).ok());
+  ScriptedModelServer model(dir, script.dump(), "0.03");  // about a second per reply
+  ASSERT_FALSE(model.url().empty()) << Log(dir + "/model.log");
+
+  const std::string out = dir + "/results.jsonl";
+  std::vector<std::string> args = {LR_LEANROTOR, "batch", dir + "/tasks.jsonl", "--out", out, "-k", "1",
+                                   "--jobs", "2"};
+  for (const std::string& a : ProverArgs(model.url())) args.push_back(a);
+  const std::string log = dir + "/batch.log";
+  pid_t pid = Start(args, log);
+  for (int waited = 0; FileLines(out).size() < 2 && waited < 60000; waited += 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(::kill(pid, SIGINT), 0);
+  EXPECT_EQ(Wait(pid), 130) << Log(log);
+  const size_t after_interrupt = FileLines(out).size();
+  EXPECT_GE(after_interrupt, 2u);
+  EXPECT_LT(after_interrupt, static_cast<size_t>(kTasks)) << Log(log);
+  EXPECT_NE(Log(log).find("--resume"), std::string::npos) << Log(log);
+
+  args.push_back("--resume");
+  EXPECT_EQ(Wait(Start(args, log)), 0) << Log(log);
+  std::vector<std::string> lines = FileLines(out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kTasks)) << Log(log);
+  std::set<std::string> names;
+  for (const std::string& l : lines) {
+    Result<TaskResult> r = ResultFromJson(l, out);
+    ASSERT_TRUE(r.ok()) << l;
+    EXPECT_TRUE(r->proved) << l;
+    names.insert(r->name);
+  }
+  EXPECT_EQ(names.size(), static_cast<size_t>(kTasks));
+  Result<std::string> report = ReadFile(dir + "/results.md");
+  ASSERT_TRUE(report.ok());
+  EXPECT_NE(report->find("Solved vs budget"), std::string::npos) << *report;
+}
+
+}  // namespace
+}  // namespace lr::agent
