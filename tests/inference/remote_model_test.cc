@@ -1,6 +1,17 @@
-// RemoteModel -> `leanrotor serve`'s server -> LocalModel on the real default model, over loopback: what the agent
-// gets through HTTP is what it gets in-process.
+// RemoteModel -> `leanrotor serve` -> LocalModel on the real default model, over loopback: what the agent gets through
+// HTTP is what it gets in-process, from the in-process Server and from the `leanrotor serve` executable. Skipped when
+// the default model is not in models/ (scripts/setup.sh puts it there).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
 #include <gtest/gtest.h>
+#include <thread>
+
+#include "base/file.h"
 
 #include "inference/local_model.h"
 #include "inference/remote_model.h"
@@ -11,7 +22,16 @@ namespace {
 
 const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+std::string LogText(const std::string& path) {
+  Result<std::string> text = ReadFile(path);
+  return text.ok() ? *text : "(no log at " + path + ")";
+}
+
+#define SKIP_WITHOUT_DEFAULT_MODEL()                                                                  \
+  if (!std::filesystem::exists(kDefaultModel)) GTEST_SKIP() << kDefaultModel << " is missing (scripts/setup.sh)"
+
 TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
   LocalModelOptions lo;
   lo.path = kDefaultModel;
   lo.n_ctx = 512;
@@ -55,6 +75,64 @@ TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   EXPECT_EQ(over_http->usage.prompt_tokens, direct->usage.prompt_tokens);
   EXPECT_EQ(over_http->usage.completion_tokens, direct->usage.completion_tokens);
   EXPECT_GT(over_http->usage.prompt_tokens, 10);
+}
+
+TEST(RemoteModelOverServe, LeanrotorServeExecutable) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  const std::string log = ::testing::TempDir() + "/leanrotor_serve_" + std::to_string(::getpid()) + ".log";
+  pid_t serve = ::fork();
+  ASSERT_GE(serve, 0);
+  if (serve == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execl(LR_LEANROTOR, LR_LEANROTOR, "serve", "-m", kDefaultModel.c_str(), "--port", "0", "-c", "512", nullptr);
+    std::_Exit(127);
+  }
+  // It says where it listens once it does: "... on http://127.0.0.1:PORT/v1 ...".
+  const std::string marker = "on http://127.0.0.1:";
+  std::string port;
+  for (int waited = 0; port.empty() && waited < 120000; waited += 20) {
+    Result<std::string> text = ReadFile(log);
+    size_t at = text.ok() ? text->find(marker) : std::string::npos;
+    if (at != std::string::npos && text->find("/v1", at) != std::string::npos)
+      port = text->substr(at + marker.size(), text->find("/v1", at) - at - marker.size());
+    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(port.empty()) << "leanrotor serve did not start: " << LogText(log);
+
+  RemoteOptions ro;
+  ro.base_url = "http://127.0.0.1:" + port + "/v1";
+  ro.model = "local";
+  ro.max_attempts = 1;
+  Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
+  ASSERT_TRUE(remote.ok());
+  CompletionRequest r;
+  r.messages.push_back({"user", "Complete the Lean proof: theorem t : 2 + 2 = 4 := by", {}, {}});
+  r.sampling.temperature = 0.0f;
+  r.sampling.max_tokens = 10;
+  for (int n : {1, 3}) {
+    r.n = n;
+    std::vector<std::string> streamed(n);
+    Result<Completion> c = (*remote)->Complete(r, [&](int i, std::string_view p) {
+      if (i >= 0 && i < n) streamed[i] += p;
+      return true;
+    });
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    ASSERT_EQ(c->choices.size(), static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      EXPECT_FALSE(c->choices[i].text.empty()) << i;
+      EXPECT_EQ(streamed[i], c->choices[i].text) << i;
+      EXPECT_EQ(c->choices[i].text, c->choices[0].text) << "greedy choices differ: " << i;
+    }
+    EXPECT_GT(c->usage.prompt_tokens, 10);
+    EXPECT_GT(c->usage.completion_tokens, 0);
+  }
+
+  ASSERT_EQ(::kill(serve, SIGINT), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(serve, &status, 0), serve);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << LogText(log);
 }
 
 }  // namespace
