@@ -2,6 +2,7 @@
 // The model is a scripted OpenAI-compatible server (scripted_openai.py, reached through the real RemoteModel) and Lean
 // a scripted language server (scripted_lean.py, reached through the real lsp client and pool via --lean-cmd).
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -54,12 +56,13 @@ class TerminalTest : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  // Starts the scripted model server with `script` (JSON); returns its base URL.
-  std::string StartModelServer(const std::string& script) {
+  // Starts the scripted model server with `script` (JSON), `pause` seconds between streamed pieces; returns its base
+  // URL.
+  std::string StartModelServer(const std::string& script, const std::string& pause = "0.02") {
     std::ofstream(dir_ / "script.json") << script;
     const std::string cmd = "python3 " + std::string(LR_SOURCE_DIR) + "/tests/tui/scripted_openai.py " +
-                            (dir_ / "script.json").string() + " " + (dir_ / "port").string() +
-                            " 0.02 >/dev/null 2>&1 & echo $!";
+                            (dir_ / "script.json").string() + " " + (dir_ / "port").string() + " " + pause +
+                            " >/dev/null 2>&1 & echo $!";
     server_pid_ = std::atoi(Shell(cmd).c_str());
     for (int i = 0; i < 100 && !fs::exists(dir_ / "port"); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -67,14 +70,30 @@ class TerminalTest : public ::testing::Test {
     return "http://127.0.0.1:" + ReadAll(dir_ / "port") + "/v1";
   }
 
-  // Runs `leanrotor tui ARGS` in the pane, with `env` (VAR=value ...) in front. The command goes through a script
-  // file so that ARGS may hold quotes of their own.
+  // Runs `leanrotor tui ARGS` in the pane, with `env` (VAR=value ...) in front. The command goes through script
+  // files so that ARGS may hold quotes of their own. tui.pid gets the TUI's process id; once it ends, stty.txt gets
+  // the terminal's settings, to show whether the TUI gave the terminal back.
   void StartTui(const std::string& args, const std::string& env = "") {
-    std::ofstream(dir_ / "run.sh") << "cd " << dir_.string() << " && LANG=C.UTF-8 LC_ALL=C.UTF-8 " << env << " "
-                                   << binary_ << " tui " << args << " 2>" << (dir_ / "stderr.txt").string() << "\n";
+    std::ofstream(dir_ / "tui.sh") << "echo $$ > " << (dir_ / "tui.pid").string() << "\n"
+                                   << "exec env LANG=C.UTF-8 LC_ALL=C.UTF-8 " << env << " " << binary_ << " tui "
+                                   << args << " 2>" << (dir_ / "stderr.txt").string() << "\n";
+    std::ofstream(dir_ / "run.sh") << "cd " << dir_.string() << " && sh " << (dir_ / "tui.sh").string() << "\n"
+                                   << "stty -a > " << (dir_ / "stty.txt").string() << ".tmp && mv "
+                                   << (dir_ / "stty.txt").string() << ".tmp " << (dir_ / "stty.txt").string() << "\n"
+                                   << "sleep 0.5\n";
     const std::string cmd = "tmux -L " + socket_ + " -u -f /dev/null new-session -d -x 120 -y 40 'sh " +
                             (dir_ / "run.sh").string() + "'";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
+  // The terminal's settings after the TUI ended, as stty words ("icanon", "-echo", ...).
+  std::set<std::string> TerminalSettingsAfterExit() {
+    for (int i = 0; i < 100 && !fs::exists(dir_ / "stty.txt"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::istringstream words(ReadAll(dir_ / "stty.txt"));
+    std::set<std::string> out;
+    for (std::string w; words >> w;) out.insert(w);
+    return out;
   }
 
   std::string Screen() { return Shell("tmux -L " + socket_ + " capture-pane -p 2>/dev/null"); }
@@ -189,6 +208,49 @@ TEST_F(TerminalTest, NarrowTerminalAndResize) {
   Shell("tmux -L " + socket_ + " resize-window -x 80 -y 30");
   screen = WaitFor("theorem 1/1: t (sorry)");
   Keys("/quit! Enter");
+  EXPECT_TRUE(SessionGone()) << Screen();
+}
+
+TEST_F(TerminalTest, CancelHelpAndTheTerminalGivenBackOnSigterm) {
+  fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
+  // A slow model: the reply takes seconds to stream, so the proof is still running when Esc comes.
+  const std::string url = StartModelServer(std::string("{\"add_zero'\": [\"") + kGoodReply + "\"]}", "0.3");
+  StartTui("Basic.lean --url " + url + " -m scripted -k 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
+           "/tests/tui/scripted_lean.py'");
+  WaitFor("Lean: ready");
+  Keys("Enter");
+  WaitFor("generating");
+  Keys("Escape");
+  std::string screen = WaitFor("result: cancelled");
+  EXPECT_EQ(screen.find("accepted"), std::string::npos) << screen;
+  Keys("/help Enter");
+  WaitFor("Help (Esc closes)");
+  Keys("Escape");
+
+  // SIGTERM ends the session; the terminal is back in its normal mode (line editing and echo on).
+  const int tui = std::atoi(ReadAll(dir_ / "tui.pid").c_str());
+  ASSERT_GT(tui, 0);
+  ASSERT_EQ(::kill(tui, SIGTERM), 0);
+  const std::set<std::string> settings = TerminalSettingsAfterExit();
+  ASSERT_FALSE(settings.empty()) << "no stty output after the TUI ended";
+  EXPECT_EQ(settings.count("icanon"), 1u);
+  EXPECT_EQ(settings.count("echo"), 1u);
+  EXPECT_EQ(settings.count("-icanon"), 0u);
+  EXPECT_EQ(settings.count("-echo"), 0u);
+  EXPECT_TRUE(SessionGone()) << Screen();
+}
+
+TEST_F(TerminalTest, QuitGivesTheTerminalBack) {
+  fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
+  const std::string url = StartModelServer("{}");
+  StartTui("Basic.lean --url " + url + " -m scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
+           "/tests/tui/scripted_lean.py'");
+  WaitFor("Lean: ready");
+  Keys("q");
+  const std::set<std::string> settings = TerminalSettingsAfterExit();
+  ASSERT_FALSE(settings.empty()) << "no stty output after the TUI ended";
+  EXPECT_EQ(settings.count("icanon"), 1u);
+  EXPECT_EQ(settings.count("-echo"), 0u);
   EXPECT_TRUE(SessionGone()) << Screen();
 }
 
