@@ -101,9 +101,9 @@ class ScriptedModelServer {
   std::string url_;
 };
 
-std::vector<std::string> ProverArgs(const std::string& url) {
+std::vector<std::string> ProverArgs(const std::string& url, int turns = 0) {
   return {"--remote", url, "--model-id", "scripted", "--lean-command",
-          std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario normal", "--turns", "0"};
+          std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario normal", "--turns", std::to_string(turns)};
 }
 
 std::string LeanBlock(const std::string& statement, const std::string& proof) {
@@ -140,6 +140,30 @@ TEST(ProveCommand, RefusesCheatsAndFillsEverySorry) {
   EXPECT_EQ(proved->find("UNSOLVED"), std::string::npos) << *proved;
   EXPECT_NE(proved->find(first + " := by\n  simp"), std::string::npos) << *proved;
   EXPECT_NE(proved->find(second + " := by\n  simp"), std::string::npos) << *proved;
+}
+
+TEST(ProveCommand, RepairTurnAndAnUnprovedTheoremWithOut) {
+  const std::string dir = TempDir("repair");
+  const std::string first = "theorem cli_a (n : Nat) : n + 0 = n";
+  const std::string second = "theorem cli_b (n : Nat) : 0 + n = n";
+  nlohmann::ordered_json script;
+  script["cli_b"] = nlohmann::json::array();  // no replies: empty ```lean blocks, never a proof
+  script["cli_a"] = {LeanBlock(first, "exact UNSOLVED"), LeanBlock(first, "simp")};  // fixed in the repair turn
+  ScriptedModelServer model(dir, script.dump(), "0");
+  ASSERT_FALSE(model.url().empty()) << Log(dir + "/model.log");
+
+  const std::string file = dir + "/Two.lean";
+  const std::string original = first + " := by\n  sorry\n\n" + second + " := by\n  sorry\n";
+  ASSERT_TRUE(WriteFileAtomic(file, original).ok());
+  const std::string out = dir + "/Two.proved.lean";
+  std::vector<std::string> args = {LR_LEANROTOR, "prove", file, "-k", "1", "--out", out};
+  for (const std::string& a : ProverArgs(model.url(), /*turns=*/1)) args.push_back(a);
+  const std::string log = dir + "/prove.log";
+  EXPECT_EQ(Wait(Start(args, log)), 1) << Log(log);  // not every theorem was proved
+  EXPECT_EQ(Log(file), original);  // --out leaves the source alone
+  Result<std::string> proved = ReadFile(out);
+  ASSERT_TRUE(proved.ok()) << Log(log);
+  EXPECT_EQ(*proved, first + " := by\n  simp\n\n" + second + " := by\n  sorry\n") << Log(log);
 }
 
 TEST(BatchCommand, InterruptThenResumeLosesAndDuplicatesNothing) {
