@@ -1,5 +1,7 @@
 #include "agent/prompt.h"
 
+#include <nlohmann/json.hpp>
+
 #include "agent/lean_text.h"
 
 namespace lr::agent {
@@ -9,6 +11,14 @@ constexpr std::string_view kSystem =
     "You are an expert in Lean 4 and Mathlib. You write complete, formal proofs that Lean accepts. "
     "Keep the theorem statement exactly as given and replace only its proof. Never use sorry, admit, axiom, "
     "native_decide or #eval. Answer with the complete theorem in one ```lean block.";
+
+constexpr std::string_view kToolsSystem =
+    "You are an expert in Lean 4 and Mathlib. You write complete, formal proofs that Lean accepts. "
+    "Keep the theorem statement exactly as given and replace only its proof. Never use sorry, admit, axiom, "
+    "native_decide or #eval. Call the check_proof tool with the complete theorem to have Lean check it; when Lean "
+    "rejects it, fix the proof and call check_proof again.";
+
+constexpr char kCheckProof[] = "check_proof";
 
 // The proof start a completion prompt ends with; the model writes the tactics that follow.
 constexpr std::string_view kCompletionProofStart = " by\n";
@@ -78,7 +88,8 @@ std::string ProofFromTactics(std::string_view body) {
 Result<PromptStyle> ParsePromptStyle(std::string_view name) {
   if (name == "chat") return PromptStyle::kChat;
   if (name == "completion") return PromptStyle::kCompletion;
-  return InvalidArgument("prompt style '" + std::string(name) + "': expected 'chat' or 'completion'");
+  if (name == "tools") return PromptStyle::kTools;
+  return InvalidArgument("prompt style '" + std::string(name) + "': expected 'chat', 'completion' or 'tools'");
 }
 
 std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style) {
@@ -89,21 +100,61 @@ std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptSty
   } else {
     user += task.proof + "\n```\n\nThe proof above is broken; repair it.\n";
   }
-  return {{"system", std::string(kSystem), {}, ""}, {"user", user, {}, ""}};
+  const std::string_view system = style == PromptStyle::kTools ? kToolsSystem : kSystem;
+  return {{"system", std::string(system), {}, ""}, {"user", user, {}, ""}};
+}
+
+inference::ToolSpec CheckProofTool() {
+  return {kCheckProof,
+          "Checks a Lean 4 theorem with Lean. Returns Lean's errors and the open goals, or says the proof is accepted.",
+          R"({"type": "object", "properties": {"code": {"type": "string", "description": )"
+          R"("the complete theorem, statement unchanged, with its proof"}}, "required": ["code"]})"};
+}
+
+namespace {
+
+// The last check_proof call of a reply, or null.
+const inference::ToolCall* LastCheckProofCall(const inference::Choice& reply) {
+  for (auto it = reply.tool_calls.rbegin(); it != reply.tool_calls.rend(); ++it)
+    if (it->name == kCheckProof) return &*it;
+  return nullptr;
+}
+
+}  // namespace
+
+Extracted ExtractProof(const inference::Choice& reply, PromptStyle style, const ProofTask& task) {
+  const inference::ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
+  if (call == nullptr) return ExtractProof(reply.text, style, task);
+  const nlohmann::json args = nlohmann::json::parse(call->arguments_json, nullptr, /*allow_exceptions=*/false);
+  if (!args.is_object() || !args.contains("code") || !args["code"].is_string()) {
+    Extracted out;
+    out.problem = "the check_proof call's arguments are not a JSON object with a string `code`: " +
+                  call->arguments_json.substr(0, 200);
+    return out;
+  }
+  return ExtractProof("```lean\n" + args["code"].get<std::string>() + "\n```", PromptStyle::kChat, task);
 }
 
 void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
-                      std::string_view reply, const Feedback& feedback) {
+                      const inference::Choice& reply, const Feedback& feedback) {
   if (style == PromptStyle::kCompletion) {
     // The conversation is one assistant message the model continues.
     std::string& code = conversation->back().content;
-    code += TrimRight(reply) + "\n```\n\nLean 4 rejected this proof:\n/-\n" + feedback.errors;
+    code += TrimRight(reply.text) + "\n```\n\nLean 4 rejected this proof:\n/-\n" + feedback.errors;
     if (!feedback.goals.empty()) code += "\nUnsolved goals:\n" + feedback.goals;
     code += "\n-/\n\nComplete the following Lean 4 code with a corrected proof:\n\n```lean4\n" + task.statement +
             std::string(kCompletionProofStart);
     return;
   }
-  conversation->push_back({"assistant", std::string(reply), {}, ""});
+  const inference::ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
+  if (call != nullptr) {
+    std::string result = "Lean rejected this proof:\n" + feedback.errors + "\n";
+    if (!feedback.goals.empty()) result += "\nGoals at the errors:\n" + feedback.goals + "\n";
+    conversation->push_back({"assistant", reply.text, {*call}, ""});
+    conversation->push_back({"tool", result, {}, call->id});
+    return;
+  }
+  conversation->push_back({"assistant", reply.text, {}, ""});
   std::string user = "Lean rejected this proof:\n" + feedback.errors + "\n";
   if (!feedback.goals.empty()) user += "\nGoals at the errors:\n```\n" + feedback.goals + "\n```\n";
   user += "\nFix the proof. Answer with the complete theorem, statement unchanged, in one ```lean block.";

@@ -8,6 +8,10 @@
 //  - kCompletion (base prover models, DeepSeek-Prover style): one assistant message holding the Lean code up to the
 //    start of the proof, sent with continue_final_message, so the model writes the proof itself and closes the block.
 //    A repair turn appends the candidate, Lean's errors as a Lean comment, and the statement again.
+//  - kTools (tool-calling models, Leanstral-class): the chat prompt with one tool offered, `check_proof` {code}: the
+//    model sends the complete theorem to Lean itself. The call's code is the candidate; a rejected call is answered
+//    with a tool message holding Lean's errors and goals, and the model goes on from there (a repair turn). A reply
+//    without a call is read as in kChat.
 // Either way the k candidates share the whole prompt, which the backends prefill once (local forks, remote prefix
 // caching), and a repair turn extends its own candidate's conversation, so its prefix is cached too.
 #pragma once
@@ -21,9 +25,9 @@
 
 namespace lr::agent {
 
-enum class PromptStyle { kChat, kCompletion };
+enum class PromptStyle { kChat, kCompletion, kTools };
 
-// "chat" or "completion"; kInvalidArgument otherwise.
+// "chat", "completion" or "tools"; kInvalidArgument otherwise.
 Result<PromptStyle> ParsePromptStyle(std::string_view name);
 
 // The conversation that asks for a proof of `task`.
@@ -35,9 +39,13 @@ struct Feedback {
   std::string goals;   // the open goals at the errors, as Lean printed them; may be empty
 };
 
-// Extends `conversation` (the candidate's own) with its `reply` and the feedback, asking for a fixed proof.
+// The tool offered in kTools style: `check_proof` with one string argument, `code`, the complete theorem.
+inference::ToolSpec CheckProofTool();
+
+// Extends `conversation` (the candidate's own) with its `reply` and the feedback, asking for a fixed proof. kTools:
+// when the reply called check_proof, the feedback is that call's result (a "tool" message).
 void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
-                      std::string_view reply, const Feedback& feedback);
+                      const inference::Choice& reply, const Feedback& feedback);
 
 // What the model's reply offers as the proof of `task`: the text to put after the statement's `:=`.
 struct Extracted {
@@ -49,7 +57,11 @@ struct Extracted {
 // Reads the proof from `reply`. kChat: the last ```lean / ```lean4 block (a closed one, or an unclosed one at the
 // end); a block holding the task's theorem gives that theorem's proof (refused if its statement differs), a block of
 // bare tactics becomes `by` + those tactics. kCompletion: the reply continues the prompt's proof start up to the
-// closing fence.
+// closing fence. kTools reads text as kChat.
 Extracted ExtractProof(std::string_view reply, PromptStyle style, const ProofTask& task);
+
+// Reads the proof from a whole reply: in kTools style the code of its last check_proof call (read as a ```lean
+// block; a call whose arguments are not a JSON object with a string `code` is a problem), else its text as above.
+Extracted ExtractProof(const inference::Choice& reply, PromptStyle style, const ProofTask& task);
 
 }  // namespace lr::agent

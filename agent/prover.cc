@@ -85,6 +85,7 @@ class Loop {
     request.n = n;
     request.sampling = options_.sampling;
     request.continue_final_message = options_.style == PromptStyle::kCompletion;
+    if (options_.style == PromptStyle::kTools) request.tools = {CheckProofTool()};
     ProverObserver* observer = options_.observer;
     if (observer != nullptr) observer->OnGenerating(first_candidate, n, turn);
     auto keep_going = [this, observer, first_candidate](int index, std::string_view piece) {
@@ -116,7 +117,7 @@ class Loop {
     attempt.candidate = index;
     attempt.turn = turn;
     attempt.tokens = choice.completion_tokens;
-    Extracted extracted = ExtractProof(choice.text, options_.style, task_);
+    Extracted extracted = ExtractProof(choice, options_.style, task_);
     std::optional<LeanReport> report;
     if (!extracted.found) {
       attempt.verdict = Verdict::Refuse(extracted.problem);
@@ -140,7 +141,7 @@ class Loop {
         out_.proof = attempt.proof;
       }
     } else if (turn < options_.turns) {
-      AppendRepairTurn(&candidate->conversation, options_.style, task_, choice.text,
+      AppendRepairTurn(&candidate->conversation, options_.style, task_, choice,
                        FeedbackFor(attempt.verdict, report ? &*report : nullptr, task_));
     } else {
       candidate->done = true;

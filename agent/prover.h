@@ -2,8 +2,9 @@
 //
 // One attempt, from prompt to acceptance:
 //   1. FirstPrompt(task) asks for k candidates in one request (n = k): the backend prefills the shared prompt once.
-//   2. Each reply goes through ExtractProof (```lean block, tactics, or the completion up to its fence), then the
-//      guard's text checks (RefuseProofText, CheckSplice): refused text never reaches Lean.
+//   2. Each reply goes through ExtractProof (```lean block, tactics, a check_proof tool call in the tools style, or
+//      the completion up to its fence), then the guard's text checks (RefuseProofText, CheckSplice): refused text
+//      never reaches Lean.
 //   3. CheckedText (preamble + statement + proof + `#print axioms NAME`) goes to the LeanChecker; its report is judged
 //      by JudgeLeanReport. Accepted: done (or, for pass@k runs, this candidate is done).
 //   4. Otherwise the candidate's own conversation gets its reply plus Lean's errors and goals (AppendRepairTurn) and

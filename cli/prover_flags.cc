@@ -35,8 +35,9 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   auto* remote = sub->add_option("--remote", f->remote, "OpenAI-compatible endpoint instead, e.g. https://api.mistral.ai/v1");
   model->excludes(remote);
   sub->add_option("--model-id", f->remote_model, "model id for --remote, e.g. labs-leanstral-2603");
-  sub->add_option("--style", f->style, "prompt style: chat (instruction models) or completion (base prover models)")
-      ->check(CLI::IsMember({"chat", "completion"}));
+  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models) or "
+                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool)")
+      ->check(CLI::IsMember({"chat", "completion", "tools"}));
   sub->add_option("-k", f->k, "candidates sampled from one shared prompt")->check(CLI::Range(1, 1024));
   sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")->check(CLI::Range(0, 64));
   sub->add_option("--temperature", f->temperature, "sampling temperature (0: greedy)");

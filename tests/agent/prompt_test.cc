@@ -1,6 +1,7 @@
 #include "agent/prompt.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace lr::agent {
 namespace {
@@ -77,10 +78,60 @@ TEST(ExtractProof, CompletionRunsToTheClosingFence) {
   EXPECT_FALSE(ExtractProof("```", PromptStyle::kCompletion, Task()).found);
 }
 
+inference::Choice Reply(std::string text, std::vector<inference::ToolCall> calls = {}) {
+  inference::Choice c;
+  c.text = std::move(text);
+  c.tool_calls = std::move(calls);
+  return c;
+}
+
+TEST(ToolsStyle, OffersCheckProofAndReadsTheCallsCode) {
+  EXPECT_EQ(ParsePromptStyle("tools").value(), PromptStyle::kTools);
+  const ProofTask task = Task();
+  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_NE(m[0].content.find("check_proof"), std::string::npos);
+  const inference::ToolSpec tool = CheckProofTool();
+  EXPECT_EQ(tool.name, "check_proof");
+  EXPECT_TRUE(nlohmann::json::parse(tool.parameters_json_schema)["required"] == nlohmann::json({"code"}));
+
+  const std::string code = nlohmann::json({{"code", "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  omega"}}).dump();
+  Extracted e = ExtractProof(Reply("Let me check.", {{"call_1", "check_proof", code}}), PromptStyle::kTools, task);
+  ASSERT_TRUE(e.found) << e.problem;
+  EXPECT_EQ(e.proof, " by\n  omega");
+  // A changed statement in the call is refused like one in a ```lean block.
+  const std::string changed = nlohmann::json({{"code", "theorem two_eq (n : ℕ) (h : n = 2) : True := trivial"}}).dump();
+  EXPECT_FALSE(ExtractProof(Reply("", {{"c", "check_proof", changed}}), PromptStyle::kTools, task).found);
+  // Arguments that are not {"code": string} are a problem, named.
+  e = ExtractProof(Reply("", {{"c", "check_proof", "{\"proof\": 1}"}}), PromptStyle::kTools, task);
+  EXPECT_FALSE(e.found);
+  EXPECT_NE(e.problem.find("code"), std::string::npos) << e.problem;
+  // Without a call the text is read as in the chat style; calls are ignored outside the tools style.
+  e = ExtractProof(Reply("```lean\nomega\n```"), PromptStyle::kTools, task);
+  ASSERT_TRUE(e.found);
+  EXPECT_EQ(e.proof, " by\n  omega");
+  EXPECT_FALSE(ExtractProof(Reply("", {{"c", "check_proof", code}}), PromptStyle::kChat, task).found);
+}
+
+TEST(AppendRepairTurn, ToolsAnswersTheCallWithLeansFeedback) {
+  ProofTask task = Task();
+  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
+  const inference::ToolCall call{"call_7", "check_proof", R"({"code": "theorem two_eq ..."})"};
+  AppendRepairTurn(&m, PromptStyle::kTools, task, Reply("Checking.", {call}), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
+  ASSERT_EQ(m.size(), 4u);
+  EXPECT_EQ(m[2].role, "assistant");
+  ASSERT_EQ(m[2].tool_calls.size(), 1u);
+  EXPECT_EQ(m[2].tool_calls[0].id, "call_7");
+  EXPECT_EQ(m[3].role, "tool");
+  EXPECT_EQ(m[3].tool_call_id, "call_7");
+  EXPECT_NE(m[3].content.find("line 2: unknown tactic"), std::string::npos);
+  EXPECT_NE(m[3].content.find("⊢ n + 0 = 2"), std::string::npos);
+}
+
 TEST(AppendRepairTurn, ChatAddsTheReplyAndLeansFeedback) {
   ProofTask task = Task();
   std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kChat);
-  AppendRepairTurn(&m, PromptStyle::kChat, task, "```lean\nbad\n```", {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
+  AppendRepairTurn(&m, PromptStyle::kChat, task, Reply("```lean\nbad\n```"), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[2].role, "assistant");
   EXPECT_EQ(m[2].content, "```lean\nbad\n```");
@@ -92,7 +143,7 @@ TEST(AppendRepairTurn, CompletionExtendsTheCode) {
   ProofTask task = Task();
   std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kCompletion);
   const std::string first = m[0].content;
-  AppendRepairTurn(&m, PromptStyle::kCompletion, task, "  bad\n```", {"line 2: unknown tactic\n", ""});
+  AppendRepairTurn(&m, PromptStyle::kCompletion, task, Reply("  bad\n```"), {"line 2: unknown tactic\n", ""});
   ASSERT_EQ(m.size(), 1u);
   EXPECT_EQ(m[0].content.substr(0, first.size()), first);  // the prefix is kept, so its KV blocks are reused
   EXPECT_NE(m[0].content.find("unknown tactic"), std::string::npos);

@@ -68,6 +68,29 @@ TEST(Prove, NativeDecideIsCaughtByTheAxiomsCheckWhenTextChecksAreOff) {
   EXPECT_NE(out->attempts[0].verdict.reason.find("Lean.ofReduceBool"), std::string::npos);
 }
 
+TEST(Prove, ToolsStyleChecksTheCallsCodeAndAnswersTheCall) {
+  const std::string bad = R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  bad_tactic"})";
+  const std::string good = R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  subst h\n  rfl"})";
+  ScriptedModel model(Replies{{"two_eq", {bad, good}}});
+  ScriptedChecker lean;
+  ProverOptions options = Options(1, 1);
+  options.style = PromptStyle::kTools;
+  Result<ProofOutcome> out = Prove(Task(), model, lean, options);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(out->proved);
+  EXPECT_EQ(out->proof, " by\n  subst h\n  rfl");
+  EXPECT_EQ(lean.texts().size(), 2u);
+  const std::vector<inference::CompletionRequest> requests = model.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  ASSERT_EQ(requests[0].tools.size(), 1u);
+  EXPECT_EQ(requests[0].tools[0].name, "check_proof");
+  // The repair turn answers the model's call with Lean's verdict.
+  const inference::ChatMessage& answer = requests[1].messages.back();
+  EXPECT_EQ(answer.role, "tool");
+  EXPECT_EQ(answer.tool_call_id, "call_0");
+  EXPECT_NE(answer.content.find("Lean rejected this proof"), std::string::npos) << answer.content;
+}
+
 TEST(Prove, RepairTurnContinuesTheCandidateWithLeansErrorsAndGoals) {
   ScriptedModel model(Replies{{"two_eq", {kBad, kGood}}});
   ScriptedChecker lean;

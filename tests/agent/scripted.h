@@ -16,6 +16,7 @@ namespace lr::agent::testing {
 
 // Replies with canned texts, per theorem: a request is matched to the first theorem name (a key of `replies`) its
 // messages mention, and gets the next texts from that theorem's queue (an empty ```lean block once it runs dry).
+// A text "@check_proof ARGS" is a check_proof tool call with ARGS as its arguments (ids call_0, call_1, ...).
 // Tokens are counted as whitespace-separated words.
 using Replies = std::map<std::string, std::deque<std::string>>;
 
@@ -48,6 +49,11 @@ class ScriptedModel : public inference::LanguageModel {
       } else {
         choice.text = "```lean\n```";
       }
+      const std::string kCall = "@check_proof ";  // a canned tool call: the rest is its arguments
+      if (choice.text.rfind(kCall, 0) == 0) {
+        choice.tool_calls.push_back({"call_" + std::to_string(calls_++), "check_proof", choice.text.substr(kCall.size())});
+        choice.text.clear();
+      }
       choice.finish_reason = on_piece(i, choice.text) ? "stop" : "cancelled";
       choice.completion_tokens = Words(choice.text);
       c.usage.completion_tokens += choice.completion_tokens;
@@ -78,6 +84,7 @@ class ScriptedModel : public inference::LanguageModel {
   Replies replies_;
   std::vector<inference::CompletionRequest> requests_;
   int delay_ms_;
+  int calls_ = 0;
 };
 
 // Plays Lean on a checked text (preamble + theorem + `#print axioms NAME` on the last line), by rules:
