@@ -3,13 +3,20 @@
 // Decoding one token reads every weight once plus the KV rows of the context, so tokens/s cannot exceed
 // read bandwidth / bytes per token. The bandwidth is measured here (a streaming read of a buffer much larger than the
 // caches, with the same thread count) and the report says which fraction of that bound generation reaches.
+//
+// With --pass-k K, the bench measures prefix sharing instead: K attempts at one prompt of P real tokens (the text of
+// /usr/share/common-licenses/GPL-3, repeated as needed), G greedy tokens each (end of sequence ignored), run "shared"
+// (prefill once, K forks of it, all K decoded in one batched step per token) and "naive" (each attempt prefills the
+// prompt again and decodes alone). It reports wall time, prompt tokens computed and the peak KV pool bytes of each.
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +38,9 @@ struct BenchFlags {
   std::string ctk = "f16";
   std::string ctv = "f16";
   bool json = false;
+  int pass_k = 0;  // > 0: the prefix-sharing bench
+  int prompt_tokens = 2048;
+  int gen_tokens = 256;
 };
 
 double Now() {
@@ -60,15 +70,15 @@ double MeasureReadBandwidth() {
   return best;
 }
 
-// Runs `tokens` through sequence `seq` in chunks of 512 (logits for the last token only).
-Status Feed(inference::Model& model, inference::KvCache& cache, int seq, const std::vector<int32_t>& tokens) {
+// Runs `tokens` through sequence `seq` in chunks of 512; *logits: the last token's.
+Status Feed(inference::Model& model, inference::KvCache& cache, int seq, const std::vector<int32_t>& tokens,
+            std::vector<float>* logits) {
   std::vector<inference::BatchToken> batch;
-  std::vector<float> logits;
   for (size_t begin = 0; begin < tokens.size(); begin += 512) {
     const size_t end = std::min(tokens.size(), begin + 512);
     batch.clear();
     for (size_t i = begin; i < end; ++i) batch.push_back({seq, tokens[i], i + 1 == tokens.size()});
-    LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits));
+    LR_RETURN_IF_ERROR(model.Forward(cache, batch, logits));
   }
   return Status::Ok();
 }
@@ -76,6 +86,129 @@ Status Feed(inference::Model& model, inference::KvCache& cache, int seq, const s
 int Fail(const Status& s) {
   std::fprintf(stderr, "leanrotor bench: %s\n", s.ToString().c_str());
   return s.code() == StatusCode::kNotFound ? 2 : 1;
+}
+
+// One mode of the pass-k bench: its wall time, prompt tokens run through the model, peak KV pool bytes, and the
+// tokens of each attempt.
+struct PassKRun {
+  double wall_s = 0;
+  long prefill_tokens = 0;
+  size_t kv_bytes = 0;
+  std::vector<std::vector<int32_t>> attempts;
+};
+
+int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
+
+Result<inference::KvCache> PassKCache(const inference::Model& model, const BenchFlags& f, int max_tokens) {
+  inference::KvCacheOptions o;
+  o.k_format = f.ctk;
+  o.v_format = f.ctv;
+  o.max_tokens = max_tokens;
+  return inference::KvCache::Create(model.kv_shape(), o);
+}
+
+// Prefill once, fork K times (no copy), decode the K attempts together, one batched Forward per token.
+Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt) {
+  const int n_vocab = model.config().n_vocab;
+  // The prompt's pages once, plus each attempt's own pages (its first one may be a copy of the prompt's last).
+  LR_ASSIGN_OR_RETURN(inference::KvCache cache,
+                      PassKCache(model, f, f.prompt_tokens + f.pass_k * (f.gen_tokens + inference::KvCache::kPageTokens)));
+  PassKRun run;
+  run.attempts.resize(static_cast<size_t>(f.pass_k));
+  const double t0 = Now();
+  std::vector<float> logits;
+  const int root = cache.NewSequence();
+  LR_RETURN_IF_ERROR(Feed(model, cache, root, prompt, &logits));
+  run.prefill_tokens = static_cast<long>(prompt.size());
+  std::vector<int> seqs = {root};
+  for (int c = 1; c < f.pass_k; ++c) seqs.push_back(cache.Fork(root));
+  const int32_t first = Argmax(logits.data(), n_vocab);
+  for (std::vector<int32_t>& a : run.attempts) a.push_back(first);
+  std::vector<inference::BatchToken> batch;
+  for (int step = 1; step < f.gen_tokens; ++step) {
+    batch.clear();
+    for (int c = 0; c < f.pass_k; ++c) batch.push_back({seqs[c], run.attempts[c].back(), true});
+    LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits));
+    for (int c = 0; c < f.pass_k; ++c)
+      run.attempts[c].push_back(Argmax(logits.data() + static_cast<size_t>(c) * n_vocab, n_vocab));
+  }
+  run.wall_s = Now() - t0;
+  run.kv_bytes = cache.Stats().bytes_peak();
+  for (int seq : seqs) cache.Free(seq);
+  return run;
+}
+
+// Each attempt prefills the prompt again and decodes alone.
+Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt) {
+  const int n_vocab = model.config().n_vocab;
+  LR_ASSIGN_OR_RETURN(inference::KvCache cache, PassKCache(model, f, f.prompt_tokens + f.gen_tokens));
+  PassKRun run;
+  const double t0 = Now();
+  std::vector<float> logits;
+  for (int c = 0; c < f.pass_k; ++c) {
+    const int seq = cache.NewSequence();
+    LR_RETURN_IF_ERROR(Feed(model, cache, seq, prompt, &logits));
+    run.prefill_tokens += static_cast<long>(prompt.size());
+    std::vector<int32_t> attempt = {Argmax(logits.data(), n_vocab)};
+    for (int step = 1; step < f.gen_tokens; ++step) {
+      const inference::BatchToken t{seq, attempt.back(), true};
+      LR_RETURN_IF_ERROR(model.Forward(cache, {&t, 1}, &logits));
+      attempt.push_back(Argmax(logits.data(), n_vocab));
+    }
+    run.attempts.push_back(std::move(attempt));
+    cache.Free(seq);
+  }
+  run.wall_s = Now() - t0;
+  run.kv_bytes = cache.Stats().bytes_peak();
+  return run;
+}
+
+// The bench's prompt: the first n tokens of the GPL-3 text (repeated if shorter), after BOS when the model wants one.
+Result<std::vector<int32_t>> PassKPrompt(const inference::Model& model, int n) {
+  const char* path = "/usr/share/common-licenses/GPL-3";
+  std::ifstream in(path);
+  if (!in) return NotFound(std::string("bench --pass-k: cannot read the prompt text ") + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
+  const std::vector<int32_t> ids = tok.Encode(text.str(), /*parse_special=*/false);
+  if (ids.empty()) return InvalidArgument(std::string("bench --pass-k: ") + path + " encodes to no tokens");
+  std::vector<int32_t> prompt;
+  if (tok.add_bos() && tok.bos() >= 0) prompt.push_back(tok.bos());
+  while (static_cast<int>(prompt.size()) < n) prompt.push_back(ids[prompt.size() % ids.size()]);
+  prompt.resize(static_cast<size_t>(n));
+  return prompt;
+}
+
+int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
+  Result<std::vector<int32_t>> prompt = PassKPrompt(model, f.prompt_tokens);
+  if (!prompt.ok()) return Fail(prompt.status());
+  Result<PassKRun> shared = PassKShared(model, f, *prompt);
+  if (!shared.ok()) return Fail(shared.status());
+  Result<PassKRun> naive = PassKNaive(model, f, *prompt);
+  if (!naive.ok()) return Fail(naive.status());
+  int same = 0;  // attempts whose tokens agree between the modes (batched and lone decodes round differently)
+  for (int c = 0; c < f.pass_k; ++c) same += shared->attempts[c] == naive->attempts[c] ? 1 : 0;
+  auto mode = [](const PassKRun& r) {
+    return nlohmann::json{{"wall_s", r.wall_s}, {"prefill_tokens", r.prefill_tokens}, {"kv_bytes", r.kv_bytes}};
+  };
+  if (f.json) {
+    nlohmann::json j = {{"k", f.pass_k},          {"prompt_tokens", f.prompt_tokens}, {"gen_tokens", f.gen_tokens},
+                        {"ctk", f.ctk},           {"ctv", f.ctv},                     {"threads", threads},
+                        {"shared", mode(*shared)}, {"naive", mode(*naive)},            {"same_attempts", same}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("model %s, %d threads, K %s, V %s: k=%d attempts, %d prompt tokens, %d generated tokens each\n",
+              f.model.c_str(), threads, f.ctk.c_str(), f.ctv.c_str(), f.pass_k, f.prompt_tokens, f.gen_tokens);
+  for (const auto& [name, r] : {std::pair<const char*, const PassKRun&>{"shared", *shared}, {"naive", *naive}}) {
+    std::printf("%-7s wall %8.2f s, prompt tokens computed %7ld, peak KV %8.2f MiB\n", name, r.wall_s,
+                r.prefill_tokens, r.kv_bytes / 1048576.0);
+  }
+  std::printf("naive / shared: wall %.2fx, prompt tokens %.2fx, KV %.2fx; %d of %d attempts decode the same tokens\n",
+              naive->wall_s / shared->wall_s, static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
+              static_cast<double>(naive->kv_bytes) / shared->kv_bytes, same, f.pass_k);
+  return 0;
 }
 
 int RunBench(BenchFlags f) {
@@ -89,6 +222,7 @@ int RunBench(BenchFlags f) {
   auto loaded = inference::Model::Load(f.model);
   if (!loaded.ok()) return Fail(loaded.status());
   inference::Model& model = **loaded;
+  if (f.pass_k > 0) return RunPassK(f, model, threads);
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
@@ -106,14 +240,15 @@ int RunBench(BenchFlags f) {
     return t;
   };
   const int seq = cache.NewSequence();
-  Status s = Feed(model, cache, seq, random_tokens(f.depth));
+  std::vector<float> feed_logits;
+  Status s = Feed(model, cache, seq, random_tokens(f.depth), &feed_logits);
   if (!s.ok()) return Fail(s);
 
   double pp_tok_s = 0;
   if (f.n_prompt > 0) {
     const std::vector<int32_t> prompt = random_tokens(f.n_prompt);
     const double t0 = Now();
-    s = Feed(model, cache, seq, prompt);
+    s = Feed(model, cache, seq, prompt, &feed_logits);
     if (!s.ok()) return Fail(s);
     pp_tok_s = f.n_prompt / (Now() - t0);
     cache.Truncate(seq, f.depth);
@@ -170,7 +305,17 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
-  sub->add_flag("--json", flags->json, "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, depth, threads, ctk, ctv, ...}");
+  sub->add_option("--pass-k", flags->pass_k,
+                  "Prefix-sharing bench instead: K attempts at one prompt, shared (prefill once, fork, batched decode) "
+                  "vs naive (prefill each, decode alone)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--prompt-tokens", flags->prompt_tokens, "--pass-k: prompt tokens (GPL-3 text)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--gen-tokens", flags->gen_tokens, "--pass-k: greedy tokens per attempt")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_flag("--json", flags->json,
+                "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, depth, threads, ctk, ctv, ...}; with --pass-k "
+                "{k, prompt_tokens, gen_tokens, shared:{wall_s, prefill_tokens, kv_bytes}, naive:{...}}");
   commands.Add(sub, [flags]() { return RunBench(*flags); });
 }
 

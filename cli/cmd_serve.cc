@@ -20,6 +20,7 @@ struct ServeFlags {
   int port = 8080;
   int queue = 16;
   int ctx = 4096;
+  int kv_budget_mib = 1024;
   std::string ctk = "f16";
   std::string ctv = "f16";
   int threads = 0;
@@ -38,6 +39,7 @@ int RunServe(ServeFlags f) {
   inference::LocalModelOptions lo;
   lo.path = f.model;
   lo.n_ctx = f.ctx;
+  lo.kv_budget_mib = f.kv_budget_mib;
   lo.kv.k_format = f.ctk;
   lo.kv.v_format = f.ctv;
   Result<std::unique_ptr<inference::LocalModel>> model = inference::LocalModel::Open(lo);
@@ -89,6 +91,9 @@ void AddServeCommand(CLI::App& app, CommandSet& commands) {
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
   sub->add_option("-c,--ctx", flags->ctx, "longest sequence (prompt + completion) per request")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->add_option("--kv-budget", flags->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   sub->add_option("--ctk", flags->ctk, "K cache format")->capture_default_str();

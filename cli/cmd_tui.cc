@@ -23,6 +23,7 @@ struct TuiFlags {
   std::string ctk = "q8_0";
   std::string ctv = "q8_0";
   int ctx = 4096;
+  int kv_budget_mib = 1024;
   int threads = 0;
   int k = 4;
   int turns = 2;
@@ -55,7 +56,16 @@ tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
     options.kv.k_format = flags->ctk;
     options.kv.v_format = flags->ctv;
     options.n_ctx = flags->ctx;
-    LR_ASSIGN_OR_RETURN(handle.model, inference::LocalModel::Open(options));
+    options.kv_budget_mib = flags->kv_budget_mib;
+    LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
+    // Shared: pages several sequences use now, plus cached prefix pages a next request can start from.
+    handle.kv_usage = [lm = local.get()](double* bytes, double* shared) {
+      const inference::KvStats st = lm->kv_stats();
+      const int pages = st.pages_private + st.pages_shared + st.pages_cached;
+      *bytes = static_cast<double>(st.bytes_in_use());
+      *shared = pages == 0 ? 0.0 : static_cast<double>(st.pages_shared + st.pages_cached) / pages;
+    };
+    handle.model = std::move(local);
     handle.kv_formats = "K " + flags->ctk + " / V " + flags->ctv;
     return handle;
   };
@@ -139,6 +149,8 @@ void AddTuiCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("-c,--ctx", flags->ctx, "Context size (prompt + reply tokens)")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--kv-budget", flags->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()

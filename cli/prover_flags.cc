@@ -55,6 +55,10 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   sub->add_option("--ctv", f->ctv, "KV cache format for values (local model)");
   sub->add_option("--lean-servers", f->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
   sub->add_option("--lean-command", f->lean_command, "Lean server command (default: lake serve / lean --server)");
+  sub->add_option("--lean-memory", f->lean_memory_gib, "address-space limit of each Lean process, in GiB (0: none)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  sub->add_option("--lean-cpu", f->lean_cpu_seconds, "CPU-time limit of each Lean process, in seconds (0: none)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& f) {
@@ -113,6 +117,8 @@ lsp::PoolOptions MakePoolOptions(const ProverFlags& f) {
   lsp::PoolOptions o;
   o.lean_command = SplitWords(f.lean_command);
   o.max_servers = static_cast<size_t>(f.lean_servers);
+  o.server_memory_limit_bytes = static_cast<int64_t>(f.lean_memory_gib * double(int64_t{1} << 30));
+  o.server_cpu_limit_seconds = f.lean_cpu_seconds;
   return o;
 }
 

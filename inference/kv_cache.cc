@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cstring>
 
+
 namespace lr::inference {
 
 Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& options) {
@@ -30,6 +31,8 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   c.token_bytes_ = heads * (c.k_row_bytes_ + c.v_row_bytes_);
   c.page_bytes_ = c.token_bytes_ * kPageTokens;
   c.max_pages_ = (options.max_tokens + kPageTokens - 1) / kPageTokens;
+  c.index_salt_ = PrefixIndex::Salt(options.identity + '\n' + options.k_format + '\n' + options.v_format + '\n' +
+                                    std::to_string(options.seed));
   return c;
 }
 
@@ -67,7 +70,61 @@ void KvCache::Truncate(int seq, int n_tokens) {
   s.length = n_tokens;
 }
 
+int KvCache::NewSequenceFromCache(std::span<const int32_t> tokens, int max_length) {
+  const int id = NewSequence();
+  Sequence& s = seqs_[id];
+  uint64_t key = index_salt_;
+  for (size_t end = kPageTokens; end <= tokens.size(); end += kPageTokens) {
+    key = PrefixIndex::PageKey(key, tokens.subspan(end - kPageTokens, kPageTokens));
+    const std::optional<int> page = index_.Find(key);
+    if (!page) break;
+    ++refs_[*page];
+    s.pages.push_back(*page);
+    s.length += kPageTokens;
+  }
+  if (s.length > max_length) Truncate(id, std::max(0, max_length));
+  prefix_lookup_tokens_ += static_cast<long>(tokens.size());
+  prefix_hit_tokens_ += s.length;
+  return id;
+}
+
+void KvCache::IndexPages(int seq, std::span<const int32_t> tokens) {
+  const Sequence& s = seqs_[seq];
+  assert(s.live && tokens.size() >= static_cast<size_t>(s.length));
+  uint64_t key = index_salt_;
+  for (int i = 0; (i + 1) * kPageTokens <= s.length; ++i) {
+    key = PrefixIndex::PageKey(key, tokens.subspan(static_cast<size_t>(i) * kPageTokens, kPageTokens));
+    if (index_.Insert(key, s.pages[i])) ++refs_[s.pages[i]];
+  }
+}
+
+KvStats KvCache::Stats() const {
+  KvStats st;
+  st.bytes_per_token = token_bytes_;
+  st.page_bytes = page_bytes_;
+  st.pages_total = max_pages_;
+  st.pages_peak = pages_peak_;
+  st.prefix_lookup_tokens = prefix_lookup_tokens_;
+  st.prefix_hit_tokens = prefix_hit_tokens_;
+  for (size_t page = 0; page < refs_.size(); ++page) {
+    const int users = refs_[page] - (index_.Holds(static_cast<int>(page)) ? 1 : 0);  // sequences referencing it
+    if (users == 1) {
+      ++st.pages_private;
+    } else if (users > 1) {
+      ++st.pages_shared;
+    } else if (refs_[page] == 1) {
+      ++st.pages_cached;
+    }
+  }
+  return st;
+}
+
 Result<int> KvCache::AllocatePage() {
+  if (free_pages_.empty() && static_cast<int>(pages_.size()) == max_pages_) {
+    // Pool full: evict the least recently used cached page (one only the index references), if any.
+    const std::optional<int> evicted = index_.EvictLeastRecent([this](int page) { return refs_[page] == 1; });
+    if (evicted) ReleasePage(*evicted);
+  }
   int page;
   if (!free_pages_.empty()) {
     page = free_pages_.back();
@@ -78,10 +135,11 @@ Result<int> KvCache::AllocatePage() {
     refs_.push_back(0);
   } else {
     return ResourceExhausted("KV cache full: all " + std::to_string(max_pages_ * kPageTokens) +
-                             " token positions are in use (raise the context size)");
+                             " token positions are in use by sequences (raise --kv-budget or the cache size)");
   }
   refs_[page] = 1;
   ++pages_in_use_;
+  pages_peak_ = std::max(pages_peak_, pages_in_use_);
   return page;
 }
 

@@ -7,6 +7,15 @@
 // a page it shares first copies that page (copy on write). Truncate() rolls a sequence back. This is what prefix
 // sharing builds on: n choices of one prompt are forks of the prefilled prompt.
 //
+// Across requests, full pages are kept in a prefix index (inference/prefix_index.h): IndexPages() registers a
+// sequence's full pages under keys chained over their tokens, and NewSequenceFromCache() starts a sequence from the
+// longest run of indexed pages matching a token prefix, so that only the rest needs a prefill. The index holds one
+// reference on each page it lists; a page only the index references is "cached" and is evicted, least recently used
+// first, when the pool has no free page left. A page that a sequence references is never evicted.
+//
+// Costs: NewSequence, Fork, NewSequenceFromCache, Truncate and Free touch page tables and reference counts only;
+// the one copy is AppendSlot into a shared, partly filled page (one page memcpy).
+//
 // Each (layer, KV head) has its own RowCodec (kvquant's rotations are seeded per layer and head); keys and values use
 // the formats named by KvCacheOptions (`--ctk` / `--ctv`), f16 by default.
 //
@@ -17,10 +26,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "base/status.h"
+#include "inference/prefix_index.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::inference {
@@ -30,6 +41,24 @@ struct KvCacheOptions {
   std::string v_format = "f16";
   int max_tokens = 4096;  // pool size in token positions, summed over the pages of all sequences
   uint64_t seed = 0;      // the codecs' rotations
+  // The model the rows come from (e.g. its file name and size), hashed into the prefix index's keys together with
+  // the formats and seed: pages of different models or formats never match.
+  std::string identity;
+};
+
+// Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.
+struct KvStats {
+  size_t bytes_per_token = 0;  // keys and values of one position, over all layers and heads
+  size_t page_bytes = 0;
+  int pages_total = 0;    // the pool's capacity
+  int pages_private = 0;  // referenced by one sequence
+  int pages_shared = 0;   // referenced by two or more sequences
+  int pages_cached = 0;   // in the prefix index and referenced by no sequence (evictable)
+  int pages_peak = 0;     // most pages allocated at once (private, shared or cached) since Create
+  long prefix_lookup_tokens = 0;  // tokens looked up by NewSequenceFromCache, summed over calls
+  long prefix_hit_tokens = 0;     // of those, how many were found in the index
+  size_t bytes_in_use() const { return page_bytes * static_cast<size_t>(pages_private + pages_shared + pages_cached); }
+  size_t bytes_peak() const { return page_bytes * static_cast<size_t>(pages_peak); }
 };
 
 // The cache's shape, from the model (inference/model.h fills it from its config).
@@ -56,12 +85,21 @@ class KvCache {
 
   // Sequences are small integer ids, reused after Free.
   int NewSequence();
-  // A new sequence with the same rows as `seq`, sharing its pages.
+  // A new sequence with the same rows as `seq`, sharing its pages (no copy).
   int Fork(int seq);
+  // Releases the sequence's pages (indexed ones stay cached) and its id.
   void Free(int seq);
   int Length(int seq) const { return seqs_[seq].length; }
   // Drops positions >= n_tokens (n_tokens <= Length).
   void Truncate(int seq, int n_tokens);
+
+  // A new sequence holding the longest run of indexed full pages whose tokens are a prefix of `tokens` (shared, no
+  // copy), rolled back to max_length positions when longer; its Length says how many positions of `tokens` it
+  // already holds. Counts tokens.size() looked up and Length found (KvStats).
+  int NewSequenceFromCache(std::span<const int32_t> tokens, int max_length);
+  // Adds the full pages of `seq` to the prefix index. tokens: the sequence's tokens, at least Length(seq) of them.
+  // A page whose key is already indexed (the same tokens computed twice) is left out.
+  void IndexPages(int seq, std::span<const int32_t> tokens);
 
   // Makes room for position Length(seq) and returns it; the caller then writes that position's rows of every layer
   // and head. kResourceExhausted when the pool is full.
@@ -74,7 +112,9 @@ class KvCache {
   // Positions [0, n_tokens) of one (layer, head), as page-sized spans for kvquant::Attend. Appends to *spans.
   void Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const;
 
+  // Pages allocated now: referenced by a sequence or cached.
   int pages_in_use() const { return pages_in_use_; }
+  KvStats Stats() const;
 
  private:
   struct Sequence {
@@ -96,10 +136,14 @@ class KvCache {
   size_t token_bytes_ = 0, page_bytes_ = 0;
   int max_pages_ = 0;
   std::vector<std::unique_ptr<uint8_t[]>> pages_;  // allocated on first use
-  std::vector<int> refs_;                          // per page; 0 = free
+  std::vector<int> refs_;                          // per page: its sequences, plus 1 when indexed; 0 = free
   std::vector<int> free_pages_;
   int pages_in_use_ = 0;
+  int pages_peak_ = 0;
   std::vector<Sequence> seqs_;
+  PrefixIndex index_;
+  uint64_t index_salt_ = 0;  // the first page's parent key: identity, formats, seed
+  long prefix_lookup_tokens_ = 0, prefix_hit_tokens_ = 0;
 };
 
 }  // namespace lr::inference

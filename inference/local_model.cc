@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "inference/sampler.h"
@@ -37,15 +38,43 @@ Result<std::string> FindDefaultModel() {
 }
 
 Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& options) {
+  if (options.n_ctx < 1 || options.prefill_chunk < 1)
+    return InvalidArgument("context size and prefill chunk must be positive");
+  if (options.kv_budget_mib < 1) return InvalidArgument("--kv-budget must be a positive number of MiB");
   LR_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(options.path));
   LR_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::FromGguf(model->gguf()));
   LR_ASSIGN_OR_RETURN(ChatFormat chat, ChatFormat::FromGguf(model->gguf()));
-  // Build one cache now so that a bad --ctk/--ctv fails at open, not at the first request.
-  LR_RETURN_IF_ERROR(KvCache::Create(model->kv_shape(), options.kv).status());
-  if (options.n_ctx < 1 || options.prefill_chunk < 1)
-    return InvalidArgument("context size and prefill chunk must be positive");
-  return std::unique_ptr<LocalModel>(
-      new LocalModel(std::move(model), std::move(tokenizer), std::move(chat), options));
+  // A one-page cache first: it checks --ctk/--ctv against the model and gives the bytes per token the pool size
+  // comes from.
+  KvCacheOptions kv = options.kv;
+  kv.max_tokens = KvCache::kPageTokens;
+  LR_ASSIGN_OR_RETURN(KvCache probe, KvCache::Create(model->kv_shape(), kv));
+  const size_t budget = static_cast<size_t>(options.kv_budget_mib) << 20;
+  const size_t tokens = budget / probe.bytes_per_token();
+  if (tokens < static_cast<size_t>(options.n_ctx))
+    return InvalidArgument("--kv-budget " + std::to_string(options.kv_budget_mib) + " MiB holds " +
+                           std::to_string(tokens) + " tokens at " + std::to_string(probe.bytes_per_token()) +
+                           " bytes per token, less than the context size " + std::to_string(options.n_ctx));
+  kv.max_tokens = static_cast<int>(std::min<size_t>(tokens, std::numeric_limits<int>::max() / 2));
+  std::error_code ec;
+  const uintmax_t file_size = std::filesystem::file_size(options.path, ec);
+  kv.identity = options.path + " " + std::to_string(ec ? 0 : file_size);
+  LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
+  auto lm = std::unique_ptr<LocalModel>(
+      new LocalModel(std::move(model), std::move(tokenizer), std::move(chat), options, std::move(cache)));
+  lm->PublishStats();
+  return lm;
+}
+
+KvStats LocalModel::kv_stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+void LocalModel::PublishStats() {
+  const KvStats st = cache_.Stats();
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_ = st;
 }
 
 std::string LocalModel::Name() const {
@@ -63,26 +92,39 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
     return ResourceExhausted("prompt (" + std::to_string(prompt_len) + " tokens) + max_tokens (" +
                              std::to_string(max_new) + ") exceeds the context size " +
                              std::to_string(options_.n_ctx));
-  KvCacheOptions kv = options_.kv;
-  // The prompt's pages once, plus each choice's own pages (its first one may be a copy of the prompt's last).
-  kv.max_tokens = prompt_len + n * (max_new + KvCache::kPageTokens);
-  LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model_->kv_shape(), kv));
-
   GenerateStats local;
   GenerateStats& st = stats != nullptr ? *stats : local;
   st = GenerateStats{};
   st.prompt_tokens = prompt_len;
+  std::lock_guard<std::mutex> lock(generate_mu_);
+  std::vector<int> seqs;  // every sequence this request made, released whatever the outcome
+  Result<std::vector<Choice>> choices = GenerateLocked(prompt, params, n, on_piece, st, seqs);
+  for (int seq : seqs) cache_.Free(seq);
+  PublishStats();
+  return choices;
+}
 
+Result<std::vector<Choice>> LocalModel::GenerateLocked(std::span<const int32_t> prompt, const SamplingParams& params,
+                                                       int n, const StreamCallback& on_piece, GenerateStats& st,
+                                                       std::vector<int>& seqs) {
+  const int max_new = std::max(0, params.max_tokens);
+  const int prompt_len = static_cast<int>(prompt.size());
   auto start = std::chrono::steady_clock::now();
-  const int root = cache.NewSequence();
+  // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits.
+  const int root = cache_.NewSequenceFromCache(prompt, prompt_len - 1);
+  seqs.push_back(root);
+  const int cached = cache_.Length(root);
+  st.prompt_tokens_computed = prompt_len - cached;
   std::vector<float> logits;
   std::vector<BatchToken> batch;
-  for (int begin = 0; begin < prompt_len; begin += options_.prefill_chunk) {
+  for (int begin = cached; begin < prompt_len; begin += options_.prefill_chunk) {
     const int end = std::min(prompt_len, begin + options_.prefill_chunk);
     batch.clear();
     for (int i = begin; i < end; ++i) batch.push_back({root, prompt[i], i == prompt_len - 1});
-    LR_RETURN_IF_ERROR(model_->Forward(cache, batch, &logits));
+    LR_RETURN_IF_ERROR(model_->Forward(cache_, batch, &logits));
   }
+  cache_.IndexPages(root, prompt);
+  PublishStats();
   st.prefill_seconds = Seconds(start);
   start = std::chrono::steady_clock::now();
 
@@ -92,6 +134,7 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
     Sampler sampler;
     StopMatcher stop;
     std::vector<int32_t> recent;  // prompt tail and generated tokens, for the repetition penalty
+    std::vector<int32_t> tokens;  // the sequence's tokens: the prompt, then each generated token fed back
     int32_t next = -1;
     bool done = false;
   };
@@ -101,8 +144,11 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   for (int c = 0; c < n; ++c) {
     SamplingParams p = params;
     p.seed = params.seed + static_cast<uint64_t>(c);
-    live.push_back(Live{c == 0 ? root : cache.Fork(root), Sampler(p), StopMatcher(params.stop),
-                        std::vector<int32_t>(prompt.end() - tail, prompt.end())});
+    const int seq = c == 0 ? root : cache_.Fork(root);
+    if (c > 0) seqs.push_back(seq);
+    live.push_back(Live{seq, Sampler(p), StopMatcher(params.stop),
+                        std::vector<int32_t>(prompt.end() - tail, prompt.end()),
+                        std::vector<int32_t>(prompt.begin(), prompt.end())});
   }
   // Tokens that end a turn: EOS and the chat formats' end markers. Other control tokens ([TOOL_CALLS], ...) are
   // part of the reply's text.
@@ -156,10 +202,11 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
     for (int c = 0; c < n; ++c) {
       if (live[c].done) continue;
       batch.push_back({live[c].seq, live[c].next, true});
+      live[c].tokens.push_back(live[c].next);
       order.push_back(c);
     }
     if (batch.empty()) break;
-    LR_RETURN_IF_ERROR(model_->Forward(cache, batch, &logits));
+    LR_RETURN_IF_ERROR(model_->Forward(cache_, batch, &logits));
     for (size_t i = 0; i < order.size() && !cancelled; ++i)
       live[order[i]].done = !advance(order[i], logits.data() + i * n_vocab);
   }
@@ -167,6 +214,8 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
     for (int c = 0; c < n; ++c)
       if (!live[c].done) choices[c].finish_reason = "cancelled";
   }
+  // A repair turn resends prompt + reply: index each choice's full pages too.
+  for (const Live& l : live) cache_.IndexPages(l.seq, l.tokens);
   st.decode_seconds = Seconds(start);
   for (const Choice& c : choices) st.generated_tokens += c.completion_tokens;
   return choices;
@@ -188,7 +237,7 @@ Result<Completion> LocalModel::Complete(const CompletionRequest& request, const 
     if (!c.tool_calls.empty() && c.finish_reason == "stop") c.finish_reason = "tool_calls";
   }
   out.usage.prompt_tokens = stats.prompt_tokens;
-  out.usage.prompt_tokens_computed = stats.prompt_tokens;
+  out.usage.prompt_tokens_computed = stats.prompt_tokens_computed;
   out.usage.completion_tokens = stats.generated_tokens;
   return out;
 }

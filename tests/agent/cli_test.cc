@@ -4,6 +4,7 @@
 // resumed: nothing lost, nothing duplicated.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,6 +165,27 @@ TEST(ProveCommand, RepairTurnAndAnUnprovedTheoremWithOut) {
   Result<std::string> proved = ReadFile(out);
   ASSERT_TRUE(proved.ok()) << Log(log);
   EXPECT_EQ(*proved, first + " := by\n  simp\n\n" + second + " := by\n  sorry\n") << Log(log);
+}
+
+TEST(ProveCommand, LeanLimitFlagsReachTheServer) {
+  const std::string dir = TempDir("limits");
+  const std::string statement = "theorem cli_limits (n : Nat) : n + 0 = n";
+  nlohmann::ordered_json script;
+  script["cli_limits"] = {LeanBlock(statement, "simp")};
+  ScriptedModelServer model(dir, script.dump(), "0");
+  ASSERT_FALSE(model.url().empty()) << Log(dir + "/model.log");
+  // The "server" writes its limits next to itself and exits: Lean could not check (exit 2), the limits are on file.
+  const std::string server = dir + "/print_limits.sh";
+  ASSERT_TRUE(WriteFileAtomic(server, "#!/bin/sh\necho \"as=$(ulimit -v) cpu=$(ulimit -t)\" > \"$0.out\"\n").ok());
+  ASSERT_EQ(::chmod(server.c_str(), 0755), 0);
+  const std::string file = dir + "/One.lean";
+  ASSERT_TRUE(WriteFileAtomic(file, statement + " := by\n  sorry\n").ok());
+  const std::vector<std::string> args = {LR_LEANROTOR, "prove", file, "-k", "1", "--remote", model.url(),
+                                         "--model-id", "scripted", "--lean-command", server, "--lean-memory", "2",
+                                         "--lean-cpu", "13"};
+  const std::string log = dir + "/prove.log";
+  EXPECT_EQ(Wait(Start(args, log)), 2) << Log(log);
+  EXPECT_EQ(Log(server + ".out"), "as=" + std::to_string(2 * 1024 * 1024) + " cpu=13\n") << Log(log);
 }
 
 TEST(BatchCommand, InterruptThenResumeLosesAndDuplicatesNothing) {

@@ -1,0 +1,311 @@
+// The paged KV cache: fork / append / roll back / release invariants and reference counts on a synthetic shape; the
+// prefix index inside the cache (hits, the budget, LRU eviction that never touches a page in use); and, on a tiny
+// fixture for every KV format, that a fork and a prefix hit give exactly the logits of an unshared cold run.
+#include "inference/kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "inference/model.h"
+
+namespace lr::inference {
+namespace {
+
+constexpr int kPage = KvCache::kPageTokens;
+
+KvCache SmallCache(int max_tokens) {
+  KvCacheOptions o;
+  o.max_tokens = max_tokens;
+  o.identity = "synthetic";
+  return std::move(KvCache::Create(KvShape{2, 1, 32, 32}, o)).value();
+}
+
+// Appends n positions to seq, marking each position's rows with `mark` + position.
+void Append(KvCache& cache, int seq, int n, uint8_t mark) {
+  for (int i = 0; i < n; ++i) {
+    Result<int> pos = cache.AppendSlot(seq);
+    ASSERT_TRUE(pos.ok()) << pos.status().ToString();
+    for (int layer = 0; layer < 2; ++layer) {
+      std::memset(cache.KRow(seq, layer, 0, *pos), mark + *pos, 8);
+      std::memset(cache.VRow(seq, layer, 0, *pos), mark + *pos + 1, 8);
+    }
+  }
+}
+
+// Whether positions [0, n) of seq hold the marks Append wrote.
+bool Holds(KvCache& cache, int seq, int n, uint8_t mark) {
+  for (int pos = 0; pos < n; ++pos)
+    for (int layer = 0; layer < 2; ++layer)
+      if (cache.KRow(seq, layer, 0, pos)[7] != static_cast<uint8_t>(mark + pos) ||
+          cache.VRow(seq, layer, 0, pos)[7] != static_cast<uint8_t>(mark + pos + 1))
+        return false;
+  return true;
+}
+
+std::vector<int32_t> Tokens(int n, int32_t seed) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back((seed + 37 * i) % 251);
+  return t;
+}
+
+TEST(KvCache, ForkSharesPagesAndCopiesTheTailOnWrite) {
+  KvCache cache = SmallCache(8 * kPage);
+  const int a = cache.NewSequence();
+  Append(cache, a, 40, 0);
+  EXPECT_EQ(cache.pages_in_use(), 2);
+  const int b = cache.Fork(a);
+  EXPECT_EQ(cache.Length(b), 40);
+  EXPECT_EQ(cache.pages_in_use(), 2);  // nothing copied
+  KvStats st = cache.Stats();
+  EXPECT_EQ(st.pages_shared, 2);
+  EXPECT_EQ(st.pages_private, 0);
+  // b writes into the shared partial page: it gets its own copy; a's rows stay.
+  Append(cache, b, 1, 100);
+  EXPECT_EQ(cache.pages_in_use(), 3);
+  st = cache.Stats();
+  EXPECT_EQ(st.pages_shared, 1);
+  EXPECT_EQ(st.pages_private, 2);
+  EXPECT_TRUE(Holds(cache, b, 40, 0));
+  EXPECT_EQ(cache.KRow(b, 0, 0, 40)[0], static_cast<uint8_t>(140));
+  Append(cache, a, 1, 50);
+  EXPECT_TRUE(Holds(cache, a, 40, 0));
+  EXPECT_EQ(cache.KRow(a, 0, 0, 40)[0], static_cast<uint8_t>(90));
+  EXPECT_EQ(cache.pages_in_use(), 3);  // a's tail was no longer shared: written in place
+  cache.Free(a);
+  cache.Free(b);
+  EXPECT_EQ(cache.pages_in_use(), 0);
+  EXPECT_EQ(cache.Stats().pages_peak, 3);
+}
+
+TEST(KvCache, TruncateRollsBackAndReleasesWholePages) {
+  KvCache cache = SmallCache(4 * kPage);
+  const int a = cache.NewSequence();
+  Append(cache, a, 70, 0);
+  EXPECT_EQ(cache.pages_in_use(), 3);
+  cache.Truncate(a, 33);
+  EXPECT_EQ(cache.Length(a), 33);
+  EXPECT_EQ(cache.pages_in_use(), 2);
+  cache.Truncate(a, 32);
+  EXPECT_EQ(cache.pages_in_use(), 1);
+  Append(cache, a, 10, 7);  // positions 32..41 rewritten
+  EXPECT_TRUE(Holds(cache, a, 32, 0));
+  EXPECT_EQ(cache.KRow(a, 1, 0, 32)[0], static_cast<uint8_t>(39));
+  cache.Free(a);
+  EXPECT_EQ(cache.pages_in_use(), 0);
+  // Ids are reused after Free.
+  EXPECT_EQ(cache.NewSequence(), a);
+}
+
+TEST(KvCache, FullPoolIsAnErrorAndRecovers) {
+  KvCache cache = SmallCache(2 * kPage);
+  const int a = cache.NewSequence();
+  Append(cache, a, 2 * kPage, 0);
+  Result<int> more = cache.AppendSlot(a);
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache.Length(a), 2 * kPage);
+  cache.Truncate(a, kPage);
+  EXPECT_TRUE(cache.AppendSlot(a).ok());
+  cache.Free(a);
+  EXPECT_EQ(cache.pages_in_use(), 0);
+}
+
+TEST(KvCache, PrefixHitsStartFromCachedFullPages) {
+  KvCache cache = SmallCache(8 * kPage);
+  const std::vector<int32_t> t = Tokens(3 * kPage + 5, 1);
+  const int a = cache.NewSequence();
+  Append(cache, a, static_cast<int>(t.size()), 0);
+  cache.IndexPages(a, t);
+  cache.Free(a);
+  KvStats st = cache.Stats();
+  EXPECT_EQ(st.pages_cached, 3);  // full pages only; the partial fourth was released
+  EXPECT_EQ(st.pages_private + st.pages_shared, 0);
+  EXPECT_EQ(cache.pages_in_use(), 3);
+
+  // The whole prefix, then capped one short of it (a prompt fully cached still computes its last token).
+  const int b = cache.NewSequenceFromCache(t, static_cast<int>(t.size()));
+  EXPECT_EQ(cache.Length(b), 3 * kPage);
+  EXPECT_TRUE(Holds(cache, b, 3 * kPage, 0));
+  const std::vector<int32_t> exact(t.begin(), t.begin() + 2 * kPage);
+  const int c = cache.NewSequenceFromCache(exact, 2 * kPage - 1);
+  EXPECT_EQ(cache.Length(c), 2 * kPage - 1);
+  st = cache.Stats();
+  EXPECT_EQ(st.pages_shared, 2);   // pages 0 and 1: b and c
+  EXPECT_EQ(st.pages_private, 1);  // b's page 2
+  // c appends into the shared page 1 it was rolled back into: copy on write, the cached rows stay.
+  Append(cache, c, 1, 200);
+  EXPECT_TRUE(Holds(cache, b, 3 * kPage, 0));
+
+  // A token changed in the second page: only the first page matches.
+  std::vector<int32_t> changed = t;
+  changed[kPage + 3] += 1;
+  const int d = cache.NewSequenceFromCache(changed, static_cast<int>(changed.size()));
+  EXPECT_EQ(cache.Length(d), kPage);
+  st = cache.Stats();
+  EXPECT_EQ(st.prefix_lookup_tokens, static_cast<long>(2 * t.size() + exact.size()));
+  EXPECT_EQ(st.prefix_hit_tokens, 3 * kPage + 2 * kPage - 1 + kPage);
+  for (int seq : {b, c, d}) cache.Free(seq);
+  st = cache.Stats();
+  EXPECT_EQ(st.pages_private + st.pages_shared, 0);
+  EXPECT_EQ(st.pages_cached, 3);
+  EXPECT_EQ(cache.pages_in_use(), 3);
+}
+
+TEST(KvCache, IndexingTheSameTokensTwiceKeepsTheFirstPages) {
+  KvCache cache = SmallCache(8 * kPage);
+  const std::vector<int32_t> t = Tokens(2 * kPage, 3);
+  const int a = cache.NewSequence(), b = cache.NewSequence();
+  Append(cache, a, 2 * kPage, 0);
+  Append(cache, b, 2 * kPage, 9);
+  cache.IndexPages(a, t);
+  cache.IndexPages(b, t);
+  cache.Free(a);
+  cache.Free(b);
+  EXPECT_EQ(cache.pages_in_use(), 2);  // b's pages were not indexed: released
+  const int c = cache.NewSequenceFromCache(t, 2 * kPage);
+  EXPECT_TRUE(Holds(cache, c, 2 * kPage, 0));
+  cache.Free(c);
+}
+
+TEST(KvCache, EvictionIsLeastRecentlyUsedAndSparesPagesInUse) {
+  KvCache cache = SmallCache(4 * kPage);  // the budget: 4 pages
+  const std::vector<int32_t> t = Tokens(3 * kPage, 5);
+  const int a = cache.NewSequence();
+  Append(cache, a, 3 * kPage, 0);
+  cache.IndexPages(a, t);
+  cache.Free(a);
+  // A sequence holds the first two cached pages; the third is cached and unreferenced.
+  const int held = cache.NewSequenceFromCache(t, 2 * kPage);
+  ASSERT_EQ(cache.Length(held), 2 * kPage);
+  // A new sequence needs three pages: the free one, then the cached third (evicted), then none is left.
+  const int b = cache.NewSequence();
+  Append(cache, b, 2 * kPage, 77);
+  EXPECT_EQ(cache.Stats().pages_cached, 0);
+  Result<int> more = cache.AppendSlot(b);
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Holds(cache, held, 2 * kPage, 0));
+  EXPECT_TRUE(Holds(cache, b, 2 * kPage, 77));
+  KvStats st = cache.Stats();
+  EXPECT_LE(st.pages_peak, st.pages_total);
+  EXPECT_EQ(st.pages_total, 4);
+  // The evicted page is gone from the index: a lookup stops after the two held pages.
+  const int again = cache.NewSequenceFromCache(t, 3 * kPage);
+  EXPECT_EQ(cache.Length(again), 2 * kPage);
+  for (int seq : {held, b, again}) cache.Free(seq);
+
+  // LRU: of two cached chains, the one looked up last survives.
+  KvCache lru = SmallCache(4 * kPage);
+  const std::vector<int32_t> x = Tokens(kPage, 11), y = Tokens(kPage, 12);
+  for (const std::vector<int32_t>* tokens : {&x, &y}) {
+    const int s = lru.NewSequence();
+    Append(lru, s, kPage, 0);
+    lru.IndexPages(s, *tokens);
+    lru.Free(s);
+  }
+  lru.Free(lru.NewSequenceFromCache(x, kPage));  // x is now the most recently used
+  const int big = lru.NewSequence();
+  Append(lru, big, 3 * kPage, 0);  // two free pages, then one eviction: y's
+  lru.Free(big);
+  const int hx = lru.NewSequenceFromCache(x, kPage), hy = lru.NewSequenceFromCache(y, kPage);
+  EXPECT_EQ(lru.Length(hx), kPage);
+  EXPECT_EQ(lru.Length(hy), 0);
+  lru.Free(hx);
+  lru.Free(hy);
+}
+
+// The forward pass once per KV format, on the tiny qwen3 fixture (head size 32, which every format but hx3 fits), else
+// on the default model (head size 64; hx3 needs a multiple of 64).
+class CacheLogits : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    for (const char* path : {"/tests/fixtures/models/qwen3.gguf", "/models/SmolLM2-135M-Instruct.Q4_1.gguf"}) {
+      auto model = Model::Load(std::string(LR_SOURCE_DIR) + path);
+      ASSERT_TRUE(model.ok()) << model.status().ToString();
+      if (!KvCache::Create((*model)->kv_shape(), Options()).ok()) continue;
+      model_ = std::move(model).value();
+      return;
+    }
+    FAIL() << "neither model has rows that KV format " << GetParam() << " holds";
+  }
+  KvCacheOptions Options() const {
+    KvCacheOptions o;
+    o.k_format = o.v_format = GetParam();
+    o.max_tokens = 16 * kPage;
+    o.identity = "fixture";
+    return o;
+  }
+  KvCache NewCache() const { return std::move(KvCache::Create(model_->kv_shape(), Options())).value(); }
+  // Runs tokens through seq as one batch; the logits of every token.
+  std::vector<float> Run(KvCache& cache, int seq, const std::vector<int32_t>& tokens) {
+    std::vector<BatchToken> batch;
+    for (int32_t t : tokens) batch.push_back({seq, t, true});
+    std::vector<float> logits;
+    const Status s = model_->Forward(cache, batch, &logits);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return logits;
+  }
+  std::unique_ptr<Model> model_;
+};
+
+TEST_P(CacheLogits, ForkGivesTheLogitsOfAnUnsharedRun) {
+  const std::vector<int32_t> prompt = Tokens(kPage + 18, 2), x = Tokens(10, 40), y = Tokens(10, 90);
+  KvCache shared = NewCache();
+  const int a = shared.NewSequence();
+  Run(shared, a, prompt);
+  const int b = shared.Fork(a);
+  const std::vector<float> got_b = Run(shared, b, x);  // writes into the shared partial page: a copy
+  const std::vector<float> got_a = Run(shared, a, y);
+
+  KvCache cold = NewCache();
+  const int c = cold.NewSequence(), d = cold.NewSequence();
+  Run(cold, c, prompt);
+  Run(cold, d, prompt);
+  EXPECT_EQ(got_b, Run(cold, c, x));
+  EXPECT_EQ(got_a, Run(cold, d, y));
+  for (int seq : {a, b}) shared.Free(seq);
+  for (int seq : {c, d}) cold.Free(seq);
+  EXPECT_EQ(shared.pages_in_use(), 0);
+}
+
+TEST_P(CacheLogits, PrefixHitComputesOnlyNewTokensWithTheLogitsOfAColdRun) {
+  const std::vector<int32_t> head = Tokens(2 * kPage, 3), first_tail = Tokens(10, 60), second_tail = Tokens(20, 70);
+  KvCache cache = NewCache();
+  // First request: head + its tail, indexed.
+  const int a = cache.NewSequence();
+  Run(cache, a, head);
+  Run(cache, a, first_tail);
+  std::vector<int32_t> first = head;
+  first.insert(first.end(), first_tail.begin(), first_tail.end());
+  cache.IndexPages(a, first);
+  cache.Free(a);
+  // Second request shares the head: it starts from the two cached pages and computes only its tail.
+  std::vector<int32_t> second = head;
+  second.insert(second.end(), second_tail.begin(), second_tail.end());
+  const int b = cache.NewSequenceFromCache(second, static_cast<int>(second.size()) - 1);
+  ASSERT_EQ(cache.Length(b), 2 * kPage);
+  const std::vector<float> got = Run(cache, b, second_tail);
+  EXPECT_EQ(cache.Stats().prefix_hit_tokens, 2 * kPage);
+
+  KvCache cold = NewCache();
+  const int c = cold.NewSequence();
+  Run(cold, c, head);
+  EXPECT_EQ(got, Run(cold, c, second_tail));
+  cache.Free(b);
+  cold.Free(c);
+  EXPECT_EQ(cache.Stats().pages_private + cache.Stats().pages_shared, 0);
+}
+
+std::vector<std::string> AllFormats() {
+  std::vector<std::string> names;
+  for (const kvquant::FormatInfo& f : kvquant::ListFormats()) names.emplace_back(f.name);
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryFormat, CacheLogits, ::testing::ValuesIn(AllFormats()));
+
+}  // namespace
+}  // namespace lr::inference
