@@ -51,6 +51,8 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   sub->add_flag("--allow-refused-constructs", f->allow_constructs,
                 "do not refuse axiom/native_decide/#eval/macros/... before Lean (sorry and axioms are still checked)");
   sub->add_option("--ctx", f->ctx, "context size of the local model");
+  sub->add_option("--kv-budget", f->kv_budget_mib, "KV cache pool in MiB, cached prefixes included (local model)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--ctk", f->ctk, "KV cache format for keys (local model)");
   sub->add_option("--ctv", f->ctv, "KV cache format for values (local model)");
   sub->add_option("--lean-servers", f->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
@@ -95,6 +97,7 @@ Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& f
   if (!f.ctk.empty()) options.kv.k_format = f.ctk;
   if (!f.ctv.empty()) options.kv.v_format = f.ctv;
   options.n_ctx = f.ctx;
+  options.kv_budget_mib = f.kv_budget_mib;
   LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
   return std::unique_ptr<inference::LanguageModel>(std::move(local));
 }

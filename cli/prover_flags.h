@@ -32,6 +32,7 @@ struct ProverFlags {
   double check_timeout = 300;
   bool allow_constructs = false;
   int ctx = 4096;
+  int kv_budget_mib = 1024;
   std::string ctk;
   std::string ctv;
   int lean_servers = 2;
