@@ -16,6 +16,7 @@
 
 #include "base/file.h"
 #include "cli/command.h"
+#include "inference/kv_calibration.h"
 #include "inference/local_model.h"
 #include "inference/sampler.h"
 
@@ -31,15 +32,18 @@ struct PerplexityFlags {
   std::string ctv = "f16";
   int threads = 0;
   bool json = false;
+  bool no_center = false;
 };
 
-// Logits of every position of one window, from an empty cache of the given formats.
+// Logits of every position of one window, from an empty cache of the given formats and centers (null: none).
 Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const std::string& ctk,
-                    const std::string& ctv, std::vector<float>* logits) {
+                    const std::string& ctv, std::shared_ptr<const inference::KvCenters> centers,
+                    std::vector<float>* logits) {
   inference::KvCacheOptions o;
   o.k_format = ctk;
   o.v_format = ctv;
   o.max_tokens = n;
+  o.centers = std::move(centers);
   LR_ASSIGN_OR_RETURN(inference::KvCache cache, inference::KvCache::Create(model.kv_shape(), o));
   const int seq = cache.NewSequence();
   std::vector<inference::BatchToken> batch;
@@ -89,10 +93,12 @@ int RunPerplexity(PerplexityFlags f) {
     std::vector<int32_t> window(tokens.begin() + static_cast<long>(w) * f.ctx,
                                 tokens.begin() + static_cast<long>(w + 1) * f.ctx);
     if (bos) window[0] = tok.bos();
-    Status s = WindowLogits(model, window.data(), f.ctx, f.ctk, f.ctv, &logits);
+    // The channel centers LocalModel computed for the compressed formats, as its own cache uses them.
+    Status s = WindowLogits(model, window.data(), f.ctx, f.ctk, f.ctv,
+                            f.no_center ? nullptr : (*lm)->kv_options().centers, &logits);
     if (!s.ok()) return Fail(s);
     if (compare) {
-      s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", &ref_logits);
+      s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", nullptr, &ref_logits);
       if (!s.ok()) return Fail(s);
     }
     for (int i = first; i < f.ctx - 1; ++i) {
@@ -133,6 +139,8 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_flag("--no-center", flags->no_center,
+                "Store compressed rows without the model's KV channel centers (to measure what centering gives)");
   sub->add_flag("--json", flags->json, "Print {ppl, kld, tokens, ctk, ctv} as JSON");
   commands.Add(sub, [flags]() { return RunPerplexity(*flags); });
 }

@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cstring>
 
+#include "inference/kv_calibration.h"
 
 namespace lr::inference {
 
@@ -11,6 +12,10 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   if (shape.n_layer < 1 || shape.n_head_kv < 1 || shape.k_dim < 1 || shape.v_dim < 0)
     return InvalidArgument("KV cache: layers, KV heads and key row size must be positive, value row size >= 0");
   if (options.max_tokens < 1) return InvalidArgument("KV cache: max_tokens must be positive");
+  const KvCenters* centers = options.centers.get();
+  if (centers != nullptr && (centers->shape.n_layer != shape.n_layer || centers->shape.n_head_kv != shape.n_head_kv ||
+                             centers->shape.k_dim != shape.k_dim || centers->shape.v_dim != shape.v_dim))
+    return InvalidArgument("KV cache: the centers' shape does not match the cache's (layers, KV heads, row sizes)");
   KvCache c;
   c.shape_ = shape;
   c.options_ = options;
@@ -18,10 +23,12 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     for (int head = 0; head < shape.n_head_kv; ++head) {
       auto k = kvquant::RowCodec::Create(options.k_format, shape.k_dim, options.seed, layer, head);
       if (!k.ok()) return k.status().WithContext("KV cache keys (--ctk)");
+      if (centers != nullptr && !k->is_f16()) LR_RETURN_IF_ERROR(k->SetCenter(centers->K(layer, head)));
       c.k_codecs_.push_back(std::move(k).value());
       if (shape.v_dim == 0) continue;
       auto v = kvquant::RowCodec::Create(options.v_format, shape.v_dim, options.seed, layer, head);
       if (!v.ok()) return v.status().WithContext("KV cache values (--ctv)");
+      if (centers != nullptr && !v->is_f16()) LR_RETURN_IF_ERROR(v->SetCenter(centers->V(layer, head)));
       c.v_codecs_.push_back(std::move(v).value());
     }
   }

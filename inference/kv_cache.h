@@ -36,6 +36,8 @@
 
 namespace lr::inference {
 
+struct KvCenters;  // inference/kv_calibration.h
+
 struct KvCacheOptions {
   std::string k_format = "f16";
   std::string v_format = "f16";
@@ -44,6 +46,9 @@ struct KvCacheOptions {
   // The model the rows come from (e.g. its file name and size), hashed into the prefix index's keys together with
   // the formats and seed: pages of different models or formats never match.
   std::string identity;
+  // Per-channel centers of the model's rows, set on every codec except f16 ones (exact: inference/kv_calibration.h).
+  // Null: none. Must match the cache's shape.
+  std::shared_ptr<const KvCenters> centers;
 };
 
 // Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.

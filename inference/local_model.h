@@ -66,6 +66,8 @@ class LocalModel : public LanguageModel {
 
   Model& model() { return *model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  // The cache's options as opened: formats, pool size, and the centers computed for compressed formats.
+  const KvCacheOptions& kv_options() const { return cache_.options(); }
 
   // n continuations of `prompt` (token ids, BOS included if the model wants one). on_piece streams each choice's
   // text as it becomes safe to show (may be empty). kResourceExhausted when prompt + max_tokens exceeds n_ctx;

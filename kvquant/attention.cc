@@ -149,12 +149,16 @@ Status AttendWith(const Kernels& kn, const RowCodec& k, const RowCodec& v, int s
     }
   }
 
+  // Rotate back and add V's center (the leading v_dim values of the shared rows' center): Σ p_j = 1.
   const Rotation& vrot = shared ? k.rotation() : v.rotation();
+  const std::span<const float> center = shared ? k.center() : v.center();
   for (int i = 0; i < n_q; ++i) {
     const float inv = 1.0f / parts[0].l[i];
     float* o = out + i * v_dim;
     for (int j = 0; j < v_dim; ++j) o[j] = parts[0].acc[i * v_dim + j] * inv;
     vrot.Invert(o, o, v_dim);
+    if (!center.empty())
+      for (int j = 0; j < v_dim; ++j) o[j] += center[j];
   }
   return Status::Ok();
 }

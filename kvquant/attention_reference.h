@@ -1,5 +1,5 @@
-// The plain scalar reference for attention on compressed rows: every row fully decoded (rotated back) with
-// RowCodec::DecodeRow, scores and softmax in double, two passes. Slow and simple; the kernels are tested against it.
+// The plain scalar reference for attention on compressed rows: every row fully decoded (rotated back, center
+// added) with RowCodec::DecodeRow, scores and softmax in double, two passes. Slow and simple; the kernels are tested against it.
 #pragma once
 
 #include <span>

@@ -329,7 +329,20 @@ Result<RowCodec> RowCodec::Create(std::string_view format, int dim, uint64_t see
   return codec;
 }
 
+Status RowCodec::SetCenter(std::span<const float> center) {
+  if (!center.empty() && center.size() != static_cast<size_t>(dim_))
+    return InvalidArgument("KV format " + std::string(info_.name) + ": center of " + std::to_string(center.size()) +
+                           " values for rows of dim " + std::to_string(dim_) + "; expected dim values or none");
+  center_.assign(center.begin(), center.end());
+  return Status::Ok();
+}
+
 void RowCodec::EncodeRow(const float* x, uint8_t* dst) const {
+  float centered[kMaxDim];
+  if (!center_.empty()) {
+    for (int i = 0; i < dim_; ++i) centered[i] = x[i] - center_[i];
+    x = centered;
+  }
   if (is_f16()) {
     for (int i = 0; i < dim_; ++i) {
       const uint16_t h = FloatToHalf(x[i]);
@@ -358,6 +371,7 @@ void RowCodec::DecodeRowRotated(const uint8_t* src, float* y) const {
 void RowCodec::DecodeRow(const uint8_t* src, float* x) const {
   DecodeRowRotated(src, x);
   rotation_.Invert(x, x);
+  for (size_t i = 0; i < center_.size(); ++i) x[i] += center_[i];
 }
 
 }  // namespace lr::kvquant

@@ -25,6 +25,13 @@
 //   hx3      Hadamard          128    56     3.5    48 × 4-bit then 80 × 3-bit LM    descent, dot-preserving
 //
 // Rotations are described in kvquant/rotation.h; each codec's is fixed by (seed, layer, head).
+// Centering: a codec may hold a per-channel center mu (RowCodec::SetCenter). EncodeRow then stores x - mu, DecodeRow
+//   adds mu back, and Attend / AttendParallel / AttendSharedKV add V's center (for shared rows its leading v_dim
+//   values) to their output once. This is exact: the key center shifts all of one query's scores by q·mu, which the
+//   softmax ignores, and Σ p_j (v_j - mu) + mu = Σ p_j v_j since Σ p_j = 1 (every row of a head has the same center,
+//   so the per-thread partial results of AttendParallel merge as before). A channel with a constant offset would
+//   otherwise be spread by the rotation over the whole block and inflate every scale; inference/kv_calibration.h
+//   gives the model's centers.
 // Rounding rules:
 //   least squares: codes start at the nearest levels for d = block RMS; then, twice over the block, each code may move
 //     to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²); the final
@@ -96,7 +103,7 @@ struct BlockLayout {
 };
 
 // Encoder/decoder for rows of `dim` values of one (layer, head); holds the rotation chosen by (seed, layer, head).
-// Cheap to copy (a few hundred bytes plus the rotation parameters).
+// Cheap to copy (a few hundred bytes plus the rotation parameters and the center).
 class RowCodec {
  public:
   // kInvalidArgument for an unknown format or a dim the format cannot hold (naming both).
@@ -109,11 +116,18 @@ class RowCodec {
   bool is_f16() const { return blocks_.empty(); }
   const std::vector<BlockLayout>& blocks() const { return blocks_; }
 
-  // Append path: encodes one token's row of dim() floats into row_bytes() bytes at dst.
+  // Sets the per-channel center subtracted before encoding (see "Centering" above); an empty span removes it. Rows
+  // encoded before the call decode wrongly after it. kInvalidArgument when the size is neither 0 nor dim().
+  Status SetCenter(std::span<const float> center);
+  // The center, empty when none.
+  std::span<const float> center() const { return center_; }
+
+  // Append path: encodes one token's row of dim() floats (minus the center) into row_bytes() bytes at dst.
   void EncodeRow(const float* x, uint8_t* dst) const;
-  // Reconstructs the row (rotated back). For tests, evaluation and debugging; attention never calls it.
+  // Reconstructs the row (rotated back, center added). For tests, evaluation and debugging; attention never calls it.
   void DecodeRow(const uint8_t* src, float* x) const;
-  // Reconstructs the row in the rotated domain (no inverse rotation): what attention scores against.
+  // Reconstructs the centered row in the rotated domain (no inverse rotation, no center): what attention scores
+  // against.
   void DecodeRowRotated(const uint8_t* src, float* y) const;
 
  private:
@@ -125,6 +139,7 @@ class RowCodec {
   size_t row_bytes_ = 0;
   Rotation rotation_;
   std::vector<BlockLayout> blocks_;  // empty for f16
+  std::vector<float> center_;        // dim_ values, or empty
 };
 
 // A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each.

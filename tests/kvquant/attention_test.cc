@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvquant/attention_reference.h"
@@ -20,8 +21,21 @@ struct Cache {
   std::vector<RowSpan> spans;
 };
 
+// How MakeCache shapes the rows: N(0,1), or N(0,1) plus a constant per-channel offset (every 16th channel 6, the others
+// up to 0.5, different for K and V), stored as is or centered on the rows' channel means.
+enum class Rows { kGaussian, kOffset, kOffsetCentered };
+
+std::vector<float> ChannelMeans(const std::vector<float>& x, int dim) {
+  std::vector<double> sum(dim, 0.0);
+  for (size_t i = 0; i < x.size(); ++i) sum[i % dim] += x[i];
+  std::vector<float> mean(dim);
+  for (int j = 0; j < dim; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(x.size() / dim));
+  return mean;
+}
+
 // n_rows rows of dim values in pages of `page` rows; queries 0.5·k_j + 0.5·noise.
-Cache MakeCache(const std::string& kfmt, const std::string& vfmt, int dim, int n_rows, int n_q, int page, int seed) {
+Cache MakeCache(const std::string& kfmt, const std::string& vfmt, int dim, int n_rows, int n_q, int page, int seed,
+                Rows rows = Rows::kGaussian) {
   Cache c{*RowCodec::Create(kfmt, dim, 9, 1, 0), *RowCodec::Create(vfmt, dim, 9, 1, 1), {}, {}, {}, {}, {}, {}};
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
@@ -29,6 +43,17 @@ Cache MakeCache(const std::string& kfmt, const std::string& vfmt, int dim, int n
   c.vf.resize(c.kf.size());
   for (float& x : c.kf) x = normal(rng);
   for (float& x : c.vf) x = normal(rng);
+  if (rows != Rows::kGaussian) {
+    for (size_t i = 0; i < c.kf.size(); ++i) {
+      const int j = static_cast<int>(i % dim);
+      c.kf[i] += j % 16 == 5 ? 6.0f : 0.5f * std::sin(static_cast<float>(j));
+      c.vf[i] += j % 16 == 9 ? -6.0f : 0.5f * std::cos(static_cast<float>(j));
+    }
+  }
+  if (rows == Rows::kOffsetCentered) {
+    EXPECT_TRUE(c.k.SetCenter(ChannelMeans(c.kf, dim)).ok());
+    EXPECT_TRUE(c.v.SetCenter(ChannelMeans(c.vf, dim)).ok());
+  }
   for (int i = 0; i < n_q; ++i) {
     const int j = static_cast<int>(rng() % n_rows);
     for (int d = 0; d < dim; ++d) c.q.push_back(0.5f * c.kf[j * dim + d] + 0.5f * normal(rng));
@@ -60,12 +85,12 @@ std::vector<Isa> SupportedIsas() {
 class EveryFormat : public ::testing::TestWithParam<FormatInfo> {};
 
 // Every kernel build (and the 2-thread split) computes the same attention as the scalar reference, up to float
-// summation order.
+// summation order; with centered codecs too (the reference decodes rows with their center, the kernels add V's).
 TEST_P(EveryFormat, KernelsMatchScalarReference) {
   const std::string f(GetParam().name);
-  for (int dim : {64, 128}) {
+  for (auto [dim, rows] : {std::pair{64, Rows::kGaussian}, {128, Rows::kGaussian}, {128, Rows::kOffsetCentered}}) {
     const int n_q = 3;
-    Cache c = MakeCache(f, f, dim, 300, n_q, 100, dim);
+    Cache c = MakeCache(f, f, dim, 300, n_q, 100, dim, rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
     std::vector<float> want(n_q * dim), got(n_q * dim);
     AttendReference(c.k, c.v, 0, c.q.data(), n_q, c.spans, scale, want.data());
@@ -114,6 +139,40 @@ TEST(Attention, ErrorAgainstExactAttention) {
   }
 }
 
+// Centering is exact: on f16 rows with channel offsets, centered attention equals exact f32 attention on the raw rows
+// up to fp16 rounding of the centered rows (which is finer than that of the raw ones).
+TEST(Attention, CenteringIsExact) {
+  Cache raw = MakeCache("f16", "f16", 128, 500, 4, 128, 6, Rows::kOffset);
+  Cache centered = MakeCache("f16", "f16", 128, 500, 4, 128, 6, Rows::kOffsetCentered);
+  const float scale = 1.0f / std::sqrt(128.0f);
+  std::vector<float> exact(4 * 128), got(4 * 128), got_raw(4 * 128);
+  AttendF32(centered.kf.data(), centered.vf.data(), 500, 128, 128, centered.q.data(), 4, scale, exact.data());
+  ASSERT_TRUE(Attend(centered.k, centered.v, centered.q.data(), 4, centered.spans, scale, got.data()).ok());
+  ASSERT_TRUE(Attend(raw.k, raw.v, raw.q.data(), 4, raw.spans, scale, got_raw.data()).ok());
+  EXPECT_LT(RelError(got, exact), 5e-4);
+  EXPECT_LT(RelError(got_raw, exact), 5e-4);
+}
+
+// On rows with channel offsets, every compressed format's attention error against exact attention falls with the
+// rows' channel means as centers: by at least 1.2x (measured: 1.28x tq4, 1.3x-1.4x tq2/tq3/q4_0h, 1.9x hx3, more for
+// the formats without a Hadamard rotation).
+TEST(Attention, CenteringLowersErrorOnOffsetRows) {
+  for (const FormatInfo& f : ListFormats()) {
+    if (f.name == "f16") continue;
+    double err[2];
+    for (int centered = 0; centered < 2; ++centered) {
+      Cache c = MakeCache(std::string(f.name), std::string(f.name), 128, 1024, 8, 256, 5,
+                          centered ? Rows::kOffsetCentered : Rows::kOffset);
+      const float scale = 1.0f / std::sqrt(128.0f);
+      std::vector<float> exact(8 * 128), got(8 * 128);
+      AttendF32(c.kf.data(), c.vf.data(), 1024, 128, 128, c.q.data(), 8, scale, exact.data());
+      ASSERT_TRUE(Attend(c.k, c.v, c.q.data(), 8, c.spans, scale, got.data()).ok());
+      err[centered] = RelError(got, exact);
+    }
+    EXPECT_LT(err[1] * 1.2, err[0]) << f.name << ": error " << err[0] << " uncentered, " << err[1] << " centered";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, EveryFormat, ::testing::ValuesIn(ListFormats()),
                          [](const auto& info) { return std::string(info.param.name); });
 
@@ -121,7 +180,7 @@ INSTANTIATE_TEST_SUITE_P(All, EveryFormat, ::testing::ValuesIn(ListFormats()),
 TEST(Attention, SharedKeyValueRows) {
   for (const char* f : {"f16", "q8_0", "tq3", "hx3", "planar3", "iso4"}) {
     SCOPED_TRACE(f);
-    Cache c = MakeCache(f, f, 320, 150, 4, 64, 8);
+    Cache c = MakeCache(f, f, 320, 150, 4, 64, 8, Rows::kOffsetCentered);
     for (RowSpan& s : c.spans) s.v = nullptr;  // ignored for shared rows
     std::vector<float> want(4 * 256), got(4 * 256);
     AttendReference(c.k, c.k, 256, c.q.data(), 4, c.spans, 0.07f, want.data());

@@ -185,5 +185,57 @@ TEST(Codecs, GaussianMseNearAnalytic) {
   }
 }
 
+TEST(Center, WrongSizeIsAClearErrorAndEmptyRemovesIt) {
+  auto codec = RowCodec::Create("tq3", 64, 1, 0, 0);
+  ASSERT_TRUE(codec.ok());
+  const std::vector<float> bad(32, 1.0f), good(64, 1.0f);
+  const Status s = codec->SetCenter(bad);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("center of 32 values"), std::string::npos) << s.message();
+  ASSERT_TRUE(codec->SetCenter(good).ok());
+  EXPECT_EQ(codec->center().size(), 64u);
+  ASSERT_TRUE(codec->SetCenter({}).ok());
+  EXPECT_TRUE(codec->center().empty());
+}
+
+// Rows N(0,1) plus a constant per-channel offset (a few channels large, as in small models' keys). With the channel
+// means as the center, every compressed format's MSE falls at least 3-fold (measured: 4x to 5x for the Hadamard
+// formats, more for the others), and a row equal to the center decodes to it exactly.
+TEST(Center, LowersMseOnRowsWithChannelOffsets) {
+  const int dim = 128, rows = 500;
+  std::vector<float> x = Gaussian(static_cast<size_t>(dim) * rows, 21);
+  std::vector<float> mean(dim, 0.0f);
+  for (int j = 0; j < dim; ++j) {
+    const float offset = (j % 16 == 3 ? 8.0f : 0.0f) + 0.5f * std::sin(static_cast<float>(j));
+    for (int t = 0; t < rows; ++t) x[t * dim + j] += offset;
+    for (int t = 0; t < rows; ++t) mean[j] += x[t * dim + j] / rows;
+  }
+  for (const FormatInfo& f : ListFormats()) {
+    if (f.name == "f16") continue;
+    double err[2] = {0, 0};
+    for (int centered = 0; centered < 2; ++centered) {
+      auto codec = RowCodec::Create(f.name, dim, 3, 0, 0);
+      ASSERT_TRUE(codec.ok());
+      if (centered) {
+        ASSERT_TRUE(codec->SetCenter(mean).ok());
+      }
+      std::vector<uint8_t> row(codec->row_bytes());
+      std::vector<float> back(dim);
+      for (int t = 0; t < rows; ++t) {
+        codec->EncodeRow(&x[t * dim], row.data());
+        codec->DecodeRow(row.data(), back.data());
+        for (int j = 0; j < dim; ++j) err[centered] += (back[j] - x[t * dim + j]) * (back[j] - x[t * dim + j]);
+      }
+      if (centered) {
+        codec->EncodeRow(mean.data(), row.data());
+        codec->DecodeRow(row.data(), back.data());
+        EXPECT_EQ(back, mean) << f.name;
+      }
+    }
+    EXPECT_LT(err[1] * 3, err[0]) << f.name << ": MSE " << err[0] / (dim * rows) << " uncentered, "
+                                  << err[1] / (dim * rows) << " centered";
+  }
+}
+
 }  // namespace
 }  // namespace lr::kvquant
