@@ -254,4 +254,21 @@ TEST_F(TerminalTest, QuitGivesTheTerminalBack) {
   EXPECT_TRUE(SessionGone()) << Screen();
 }
 
+TEST_F(TerminalTest, FatalSignalGivesTheTerminalBack) {
+  fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
+  const std::string url = StartModelServer("{}");
+  StartTui("Basic.lean --url " + url + " -m scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
+           "/tests/tui/scripted_lean.py'");
+  WaitFor("Lean: ready");
+  // A crash (here a SIGSEGV sent from outside) restores the terminal before the signal takes its course.
+  const int tui = std::atoi(ReadAll(dir_ / "tui.pid").c_str());
+  ASSERT_GT(tui, 0);
+  ASSERT_EQ(::kill(tui, SIGSEGV), 0);
+  const std::set<std::string> settings = TerminalSettingsAfterExit();
+  ASSERT_FALSE(settings.empty()) << "no stty output after the TUI ended";
+  EXPECT_EQ(settings.count("icanon"), 1u);
+  EXPECT_EQ(settings.count("echo"), 1u);
+  EXPECT_TRUE(SessionGone()) << Screen();
+}
+
 }  // namespace
