@@ -3,9 +3,12 @@
 // As llama.cpp's perplexity: the text is cut into non-overlapping windows of CTX tokens; each window is run from an
 // empty cache and only its second half is scored (every scored token has at least CTX/2 tokens of context). With
 // --ctk/--ctv other than f16, every window also runs with an f16 cache, and the mean KL(p_f16 || p_cache) over the
-// scored tokens is reported.
+// scored tokens is reported. --ctk/--ctv may be given several times: pair i is (ctk[i], ctv[i]), a single value pairs
+// with every value of the other list. The f16 reference of each window is then computed once for all pairs, and one
+// line (or JSON object) per pair is printed: a whole table of formats costs one f16 pass plus one pass per format.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -19,6 +22,7 @@
 #include "inference/kv_calibration.h"
 #include "inference/local_model.h"
 #include "inference/sampler.h"
+#include "kvquant/kvquant.h"
 
 namespace lr::cli {
 namespace {
@@ -28,8 +32,8 @@ struct PerplexityFlags {
   std::string file = "/usr/share/common-licenses/GPL-3";
   int ctx = 512;
   int chunks = 0;  // 0: all windows
-  std::string ctk = "f16";
-  std::string ctv = "f16";
+  std::vector<std::string> ctk = {"f16"};
+  std::vector<std::string> ctv = {"f16"};
   int threads = 0;
   bool json = false;
   bool no_center = false;
@@ -51,6 +55,19 @@ Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const
   return model.Forward(cache, batch, logits);
 }
 
+// One (K, V) format pair to score, and what it accumulates.
+struct Run {
+  std::string ctk, ctv;
+  double nll = 0, kld = 0;
+};
+
+// Mean stored bits per cached value (K and V rows together, scales included) of a pair on this model's rows.
+double BitsPerValue(const inference::KvShape& shape, const Run& r) {
+  const size_t k = kvquant::RowCodec::Create(r.ctk, shape.k_dim, 0, 0, 0)->row_bytes();
+  const size_t v = shape.v_dim > 0 ? kvquant::RowCodec::Create(r.ctv, shape.v_dim, 0, 0, 0)->row_bytes() : 0;
+  return 8.0 * static_cast<double>(k + v) / (shape.k_dim + shape.v_dim);
+}
+
 int Fail(const Status& s) {
   std::fprintf(stderr, "leanrotor perplexity: %s\n", s.ToString().c_str());
   return s.code() == StatusCode::kNotFound ? 2 : 1;
@@ -66,26 +83,41 @@ int RunPerplexity(PerplexityFlags f) {
   if (f.ctx < 4) return Fail(InvalidArgument("-c must be at least 4 tokens, got " + std::to_string(f.ctx)));
   Result<std::string> text = ReadFile(f.file);
   if (!text.ok()) return Fail(text.status());
+  if (f.ctk.size() != f.ctv.size() && f.ctk.size() != 1 && f.ctv.size() != 1)
+    return Fail(InvalidArgument("--ctk given " + std::to_string(f.ctk.size()) + " times and --ctv " +
+                                std::to_string(f.ctv.size()) + " times; expected equal counts or one of them once"));
+  std::vector<Run> runs;
+  for (size_t i = 0; i < std::max(f.ctk.size(), f.ctv.size()); ++i)
+    runs.push_back({f.ctk[std::min(i, f.ctk.size() - 1)], f.ctv[std::min(i, f.ctv.size() - 1)]});
+  for (const Run& r : runs) {
+    for (const std::string& name : {r.ctk, r.ctv})
+      if (Result<kvquant::FormatInfo> info = kvquant::FindFormat(name); !info.ok()) return Fail(info.status());
+  }
   inference::LocalModelOptions options;
   options.path = f.model;
-  options.kv.k_format = f.ctk;
-  options.kv.v_format = f.ctv;
   auto lm = inference::LocalModel::Open(options);
   if (!lm.ok()) return Fail(lm.status());
   inference::Model& model = (*lm)->model();
   const inference::Tokenizer& tok = (*lm)->tokenizer();
   const bool bos = tok.add_bos() && tok.bos() >= 0;
   const std::vector<int32_t> tokens = tok.Encode(*text, false);
+  // The channel centers compressed formats are stored with, as LocalModel computes them when it opens a cache.
+  std::shared_ptr<const inference::KvCenters> centers;
+  const bool compressed =
+      std::any_of(runs.begin(), runs.end(), [](const Run& r) { return r.ctk != "f16" || r.ctv != "f16"; });
+  if (compressed && !f.no_center) {
+    Result<std::shared_ptr<const inference::KvCenters>> c = inference::ComputeKvCenters(model, tok);
+    if (!c.ok()) return Fail(c.status());
+    centers = *c;
+  }
   // Each window holds ctx tokens, the first replaced by BOS when the model expects one (as llama.cpp does).
   int windows = static_cast<int>(tokens.size() / f.ctx);
   if (f.chunks > 0) windows = std::min(windows, f.chunks);
   if (windows == 0)
     return Fail(InvalidArgument(f.file + " has " + std::to_string(tokens.size()) + " tokens, fewer than one window of " +
                                 std::to_string(f.ctx)));
-  const bool compare = f.ctk != "f16" || f.ctv != "f16";
   const int n_vocab = model.config().n_vocab;
   const int first = f.ctx / 2;
-  double nll = 0, kld = 0;
   long scored = 0;
   std::vector<float> logits, ref_logits;
   std::vector<double> lp;
@@ -93,34 +125,41 @@ int RunPerplexity(PerplexityFlags f) {
     std::vector<int32_t> window(tokens.begin() + static_cast<long>(w) * f.ctx,
                                 tokens.begin() + static_cast<long>(w + 1) * f.ctx);
     if (bos) window[0] = tok.bos();
-    // The channel centers LocalModel computed for the compressed formats, as its own cache uses them.
-    Status s = WindowLogits(model, window.data(), f.ctx, f.ctk, f.ctv,
-                            f.no_center ? nullptr : (*lm)->kv_options().centers, &logits);
+    Status s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", nullptr, &ref_logits);
     if (!s.ok()) return Fail(s);
-    if (compare) {
-      s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", nullptr, &ref_logits);
-      if (!s.ok()) return Fail(s);
+    for (Run& r : runs) {
+      const bool is_ref = r.ctk == "f16" && r.ctv == "f16";
+      if (!is_ref) {
+        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, centers, &logits);
+        if (!s.ok()) return Fail(s);
+      }
+      const std::vector<float>& got = is_ref ? ref_logits : logits;
+      for (int i = first; i < f.ctx - 1; ++i) {
+        const std::span<const float> row(&got[static_cast<size_t>(i) * n_vocab], n_vocab);
+        inference::LogSoftmax(row, &lp);
+        r.nll -= lp[window[i + 1]];
+        if (!is_ref) r.kld += inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row);
+      }
     }
-    for (int i = first; i < f.ctx - 1; ++i) {
-      const std::span<const float> row(&logits[static_cast<size_t>(i) * n_vocab], n_vocab);
-      inference::LogSoftmax(row, &lp);
-      nll -= lp[window[i + 1]];
-      if (compare) kld += inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row);
-      ++scored;
-    }
+    scored += f.ctx - 1 - first;
     if (!f.json)
-      std::fprintf(stderr, "[%d/%d] ppl %.4f\n", w + 1, windows, std::exp(nll / static_cast<double>(scored)));
+      for (const Run& r : runs)
+        std::fprintf(stderr, "[%d/%d] K %s, V %s: ppl %.4f\n", w + 1, windows, r.ctk.c_str(), r.ctv.c_str(),
+                     std::exp(r.nll / static_cast<double>(scored)));
   }
-  const double ppl = std::exp(nll / static_cast<double>(scored));
-  const double mean_kld = kld / static_cast<double>(scored);
-  if (f.json) {
-    nlohmann::json j = {{"ppl", ppl}, {"kld", mean_kld}, {"tokens", scored}, {"ctk", f.ctk}, {"ctv", f.ctv}};
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    std::printf("perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s", ppl, scored, windows, f.ctx,
-                f.ctk.c_str(), f.ctv.c_str());
-    if (compare) std::printf(", mean KL vs f16 %.6f", mean_kld);
-    std::printf("\n");
+  for (const Run& r : runs) {
+    const double ppl = std::exp(r.nll / static_cast<double>(scored));
+    const double mean_kld = r.kld / static_cast<double>(scored);
+    if (f.json) {
+      nlohmann::json j = {{"ppl", ppl},    {"kld", mean_kld}, {"tokens", scored},
+                          {"ctk", r.ctk},  {"ctv", r.ctv},    {"bits_per_value", BitsPerValue(model.kv_shape(), r)}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s (%.3f bits/value)", ppl,
+                  scored, windows, f.ctx, r.ctk.c_str(), r.ctv.c_str(), BitsPerValue(model.kv_shape(), r));
+      if (r.ctk != "f16" || r.ctv != "f16") std::printf(", mean KL vs f16 %.6f", mean_kld);
+      std::printf("\n");
+    }
   }
   return 0;
 }
@@ -136,12 +175,13 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--chunks", flags->chunks, "Score at most this many windows (0: all)")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
-  sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
+  sub->add_option("--ctk", flags->ctk, "KV cache format for keys (repeatable: one run per --ctk/--ctv pair)")
+      ->capture_default_str();
+  sub->add_option("--ctv", flags->ctv, "KV cache format for values (repeatable)")->capture_default_str();
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-center", flags->no_center,
                 "Store compressed rows without the model's KV channel centers (to measure what centering gives)");
-  sub->add_flag("--json", flags->json, "Print {ppl, kld, tokens, ctk, ctv} as JSON");
+  sub->add_flag("--json", flags->json, "Print {ppl, kld, tokens, ctk, ctv, bits_per_value} as JSON, one line per format pair");
   commands.Add(sub, [flags]() { return RunPerplexity(*flags); });
 }
 

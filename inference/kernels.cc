@@ -173,6 +173,7 @@ void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
     }
     o.sum[0] = static_cast<int16_t>(sum[0]);
     o.sum[1] = static_cast<int16_t>(sum[1]);
+    o.s = d * static_cast<float>(sum[0] + sum[1]);
   }
 }
 
@@ -217,28 +218,47 @@ void SetSimdLevel(SimdLevel level) {
 }
 
 void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride) {
-  assert(RowIsWhole(w.type, w.cols) && y_stride >= w.rows);
+  const MatMulOut out{&w, y, y_stride};
+  MatMulMany({&out, 1}, x, n_tokens);
+}
+
+void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens) {
   const SimdLevel level = ActiveSimdLevel();
-  // Activations are quantized once per call, shared by all threads.
+  // Activations are quantized once per call, shared by all threads and all quantized matrices.
   thread_local std::vector<BlockQ8> xq;
   const BlockQ8* xq_data = nullptr;
-  if (level != SimdLevel::kScalar && !IsFloatType(w.type.type)) {
-    const int64_t per_token = w.cols / 32;
-    xq.resize(static_cast<size_t>(per_token * n_tokens));
-    for (int t = 0; t < n_tokens; ++t) QuantizeRowQ8(x + t * w.cols, w.cols, xq.data() + t * per_token);
-    xq_data = xq.data();
-  }
-  // Rows in chunks of 16 (whole cache lines of output), spread evenly over the threads.
+  // Rows in chunks of 16 (whole cache lines of output); chunk c belongs to the first product whose chunks end after c.
   constexpr int64_t kChunk = 16;
-  const int64_t n_chunks = (w.rows + kChunk - 1) / kChunk;
+  constexpr size_t kMaxOuts = 4;
+  assert(!outs.empty() && outs.size() <= kMaxOuts);
+  int64_t chunk_end[kMaxOuts];
+  int64_t n_chunks = 0;
+  const int64_t cols = outs[0].w->cols;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const WeightMatrix& w = *outs[i].w;
+    assert(w.cols == cols && RowIsWhole(w.type, w.cols) && outs[i].y_stride >= w.rows);
+    if (level != SimdLevel::kScalar && !IsFloatType(w.type.type) && xq_data == nullptr) {
+      const int64_t per_token = cols / 32;
+      xq.resize(static_cast<size_t>(per_token * n_tokens));
+      for (int t = 0; t < n_tokens; ++t) QuantizeRowQ8(x + t * cols, cols, xq.data() + t * per_token);
+      xq_data = xq.data();
+    }
+    n_chunks += (w.rows + kChunk - 1) / kChunk;
+    chunk_end[i] = n_chunks;
+  }
+  // Spread evenly over the threads.
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < n_chunks; ++c) {
-    const int64_t r0 = c * kChunk;
+    size_t i = 0;
+    while (c >= chunk_end[i]) ++i;
+    const MatMulOut& o = outs[i];
+    const WeightMatrix& w = *o.w;
+    const int64_t r0 = (c - (i == 0 ? 0 : chunk_end[i - 1])) * kChunk;
     const int64_t r1 = std::min(w.rows, r0 + kChunk);
     switch (level) {
-      case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq_data, x, n_tokens, r0, r1, y, y_stride); break;
-      case SimdLevel::kAvx2: avx2::MatMulRows(w, xq_data, x, n_tokens, r0, r1, y, y_stride); break;
-      case SimdLevel::kScalar: MatMulRowsScalar(w, x, n_tokens, r0, r1, y, y_stride); break;
+      case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq_data, x, n_tokens, r0, r1, o.y, o.y_stride); break;
+      case SimdLevel::kAvx2: avx2::MatMulRows(w, xq_data, x, n_tokens, r0, r1, o.y, o.y_stride); break;
+      case SimdLevel::kScalar: MatMulRowsScalar(w, x, n_tokens, r0, r1, o.y, o.y_stride); break;
     }
   }
 }

@@ -7,24 +7,28 @@
 // is picked at run time from the CPU; a CPU without AVX2 gets the scalar path (dequantize a row, then dot).
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
-// several tokens reads each weight row once for all of them (prefill is matrix-matrix work).
+// several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
+// products with one input in one parallel region.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "inference/tensor_type.h"
 
 namespace lr::inference {
 
-// 32 activations quantized to int8: value[i] ~= d * q[i]. sum[h] is the sum of q[16h .. 16h+15]; the kernels use it
-// for the offset terms of the weight formats (q4_0's -8, q4_1's min, the K-quants' mins, q6_K's -32).
+// 32 activations quantized to int8: value[i] ~= d * q[i]. sum[h] is the sum of q[16h .. 16h+15] and s = d * (sum[0] +
+// sum[1]) the block's value sum; the kernels use them for the offset terms of the weight formats (q4_0's -8, q4_1's
+// min, the K-quants' mins, q6_K's -32) without converting integers per weight row.
 struct BlockQ8 {
   float d;
+  float s;
   int16_t sum[2];
   int8_t q[32];
 };
-static_assert(sizeof(BlockQ8) == 40);
+static_assert(sizeof(BlockQ8) == 44);
 
 // x[0..n) -> n/32 blocks, round to nearest with d = max|x| / 127. n is a multiple of 32.
 void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out);
@@ -47,6 +51,17 @@ struct WeightMatrix {
 // x holds n_tokens rows of w.cols floats; y_stride >= w.rows; w.cols is a whole number of blocks (the GGUF
 // loader checks every tensor's rows).
 void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride);
+
+// One product of MatMulMany: y[t * y_stride + r] = sum_c w[r][c] * x[t * cols + c].
+struct MatMulOut {
+  const WeightMatrix* w;
+  float* y;
+  int64_t y_stride;
+};
+// Several matrices with the same cols applied to the same activations (q, k and v; gate and up) in one parallel
+// region: the activations are quantized once per type family and the threads split the rows of all products
+// together, so a decode step pays one fork and join instead of one per matrix. Same results as MatMul on each.
+void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens);
 
 enum class SimdLevel { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 const char* SimdLevelName(SimdLevel level);

@@ -57,8 +57,6 @@ __m256 Accumulate(__m256 acc, __m256i w, const BlockQ8& a, float scale) {
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(MulSum(w, Load32(a.q))), _mm256_set1_ps(scale), acc);
 }
 
-int BlockSum(const BlockQ8& a) { return a.sum[0] + a.sum[1]; }
-
 // The 6-bit scale and min of sub-block j of a q4_K / q5_K super-block (ggml's 12-byte packing).
 void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
   if (j < 4) {
@@ -116,7 +114,7 @@ void DotQ4_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
     for (int t = 0; t < NT; ++t) {
       const float da = d * a[t][b].d;
       acc.v[p][t] = Accumulate(acc.v[p][t], w, a[t][b], da);
-      acc.offset[p][t] += da * static_cast<float>(BlockSum(a[t][b]));
+      acc.offset[p][t] += d * a[t][b].s;
     }
   });
   acc.Finish(-8.0f, out);
@@ -127,11 +125,14 @@ void DotQ4_1(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
   Acc2<NT> acc;
   ForBlocks(n / 32, [&](int64_t b, int p) {
     const uint8_t* blk = row + b * 20;
-    const float d = LoadHalf(blk), m = LoadHalf(blk + 2);
+    float dm[4];  // d and m, converted together
+    uint32_t halves;
+    std::memcpy(&halves, blk, 4);
+    _mm_storeu_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(halves))));
     const __m256i w = Nibbles16(blk + 4);
     for (int t = 0; t < NT; ++t) {
-      acc.v[p][t] = Accumulate(acc.v[p][t], w, a[t][b], d * a[t][b].d);
-      acc.offset[p][t] += m * a[t][b].d * static_cast<float>(BlockSum(a[t][b]));
+      acc.v[p][t] = Accumulate(acc.v[p][t], w, a[t][b], dm[0] * a[t][b].d);
+      acc.offset[p][t] += dm[1] * a[t][b].s;
     }
   });
   acc.Finish(1.0f, out);
@@ -185,8 +186,8 @@ void DotQ4Q5_K(const uint8_t* row, const BlockQ8* const* a, int64_t n, float* ou
         const BlockQ8* at = a[t] + b * 8;
         acc.v[0][t] = Accumulate(acc.v[0][t], w0, at[j], d * sc0 * at[j].d);
         acc.v[1][t] = Accumulate(acc.v[1][t], w1, at[j + 1], d * sc1 * at[j + 1].d);
-        acc.offset[0][t] += dmin * m0 * at[j].d * BlockSum(at[j]);
-        acc.offset[1][t] += dmin * m1 * at[j + 1].d * BlockSum(at[j + 1]);
+        acc.offset[0][t] += dmin * m0 * at[j].s;
+        acc.offset[1][t] += dmin * m1 * at[j + 1].s;
       }
     }
   }

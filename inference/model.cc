@@ -242,9 +242,8 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   const int qd = c.n_head * hd, kd = c.n_head_kv * hd, vd = c.n_head_kv * hdv, od = c.n_head * hdv;
   const int group = c.n_head / c.n_head_kv;
   std::vector<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kd), v(static_cast<size_t>(n) * vd);
-  MatMul(l.wq, x, n, q.data(), qd);
-  MatMul(l.wk, x, n, k.data(), kd);
-  MatMul(l.wv, x, n, v.data(), vd);
+  const MatMulOut qkv[] = {{&l.wq, q.data(), qd}, {&l.wk, k.data(), kd}, {&l.wv, v.data(), vd}};
+  MatMulMany(qkv, x, n);
 
   std::vector<float> cos_sin(static_cast<size_t>(c.n_rot));
   for (int i = 0; i < n; ++i) {
@@ -265,22 +264,22 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
     }
   }
 
-  // Store every token's rows first, so that a token attends to the earlier tokens of its own batch.
   const int pairs = n * c.n_head_kv;
-#pragma omp parallel for schedule(static)
-  for (int ih = 0; ih < pairs; ++ih) {
-    const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-    const int seq = batch[i].seq;
-    cache.k_codec(layer, h).EncodeRow(k.data() + static_cast<size_t>(i) * kd + h * hd,
-                                      cache.KRow(seq, layer, h, pos[i]));
-    cache.v_codec(layer, h).EncodeRow(v.data() + static_cast<size_t>(i) * vd + h * hdv,
-                                      cache.VRow(seq, layer, h, pos[i]));
-  }
-
   std::vector<float> attn(static_cast<size_t>(n) * od);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // One parallel region: every token's rows are stored first (the loop's barrier), so that a token attends to the
+  // earlier tokens of its own batch.
 #pragma omp parallel
   {
+#pragma omp for schedule(static)
+    for (int ih = 0; ih < pairs; ++ih) {
+      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+      const int seq = batch[i].seq;
+      cache.k_codec(layer, h).EncodeRow(k.data() + static_cast<size_t>(i) * kd + h * hd,
+                                        cache.KRow(seq, layer, h, pos[i]));
+      cache.v_codec(layer, h).EncodeRow(v.data() + static_cast<size_t>(i) * vd + h * hdv,
+                                        cache.VRow(seq, layer, h, pos[i]));
+    }
     std::vector<kvquant::RowSpan> spans;
 #pragma omp for schedule(dynamic, 1)
     for (int ih = 0; ih < pairs; ++ih) {
@@ -301,8 +300,8 @@ void Model::FfnSwiGlu(int layer, int n, const float* x, float* out) {
   const LayerWeights& l = layers_[layer];
   const int ff = config_.n_ff;
   std::vector<float> g(static_cast<size_t>(n) * ff), u(static_cast<size_t>(n) * ff);
-  MatMul(l.gate, x, n, g.data(), ff);
-  MatMul(l.up, x, n, u.data(), ff);
+  const MatMulOut gate_up[] = {{&l.gate, g.data(), ff}, {&l.up, u.data(), ff}};
+  MatMulMany(gate_up, x, n);
   for (size_t i = 0; i < g.size(); ++i) g[i] = Silu(g[i]) * u[i];
   MatMul(l.down, g.data(), n, out, config_.n_embd);
 }

@@ -145,8 +145,8 @@ void SwiGlu(const WeightMatrix& gate, const WeightMatrix& up, const WeightMatrix
             float* out) {
   const int64_t ff = gate.rows;
   std::vector<float> g(static_cast<size_t>(n * ff)), u(g.size());
-  MatMul(gate, x, n, g.data(), ff);
-  MatMul(up, x, n, u.data(), ff);
+  const MatMulOut gate_up[] = {{&gate, g.data(), ff}, {&up, u.data(), ff}};
+  MatMulMany(gate_up, x, n);
   for (size_t i = 0; i < g.size(); ++i) g[i] = Silu(g[i]) * u[i];
   MatMul(down, g.data(), n, out, down.rows);
 }

@@ -150,6 +150,7 @@ TEST(QuantizeRowQ8, RoundTripAndSums) {
     }
     EXPECT_EQ(q[b].sum[0], sums[0]);
     EXPECT_EQ(q[b].sum[1], sums[1]);
+    EXPECT_FLOAT_EQ(q[b].s, q[b].d * static_cast<float>(sums[0] + sums[1]));
   }
 }
 
@@ -273,6 +274,39 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest,
                                            Case{TensorType::kQ4_K, 512}, Case{TensorType::kQ5_K, 512},
                                            Case{TensorType::kQ6_K, 512}),
                          [](const auto& info) { return std::string(Info(info.param.type).name); });
+
+// MatMulMany splits the rows of all its products over the threads in one region: each output must equal MatMul's
+// for that matrix alone, bit for bit, at every level, whatever the mix of types and row counts.
+TEST(MatMulMany, EqualsOneMatMulPerMatrix) {
+  const int64_t cols = 256;
+  const int n_tokens = 3;
+  std::mt19937 rng(99);
+  const TensorType types[] = {TensorType::kQ4_1, TensorType::kQ8_0, TensorType::kF16};
+  const int64_t rows[] = {37, 16, 5};
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<WeightMatrix> ws;
+  for (int i = 0; i < 3; ++i) data.push_back(RandomRows(Info(types[i]), rows[i], cols, rng));
+  for (int i = 0; i < 3; ++i) ws.push_back({Info(types[i]), data[i].data(), rows[i], cols, RowBytes(Info(types[i]), cols)});
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(cols * n_tokens);
+  for (float& v : x) v = nd(rng);
+  const SimdLevel detected = DetectSimdLevel();
+  for (int level = 0; level <= static_cast<int>(detected); ++level) {
+    SetSimdLevel(static_cast<SimdLevel>(level));
+    std::vector<std::vector<float>> one(3), many(3);
+    std::vector<MatMulOut> outs;
+    for (int i = 0; i < 3; ++i) {
+      const int64_t stride = rows[i] + 3;
+      one[i].assign(stride * n_tokens, -1.0f);
+      many[i].assign(stride * n_tokens, -1.0f);
+      MatMul(ws[i], x.data(), n_tokens, one[i].data(), stride);
+      outs.push_back({&ws[i], many[i].data(), stride});
+    }
+    MatMulMany(outs, x.data(), n_tokens);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(many[i], one[i]) << "matrix " << i << " level " << level;
+  }
+  SetSimdLevel(detected);
+}
 
 }  // namespace
 }  // namespace lr::inference
