@@ -4,7 +4,7 @@
 // backend (RemoteModel, inference/remote_model.h). Requests are stateless chat completions: the caller sends the whole
 // conversation every time, and asks for n choices. The local runner makes that cheap with its prefix index: the shared
 // prompt is prefilled once, the n choices are forks of it, and a repair turn that repeats an earlier conversation finds
-// its KV blocks still cached. A remote server does the same on its side (vLLM prefix caching).
+// its KV pages still cached. A remote server does the same on its side (vLLM prefix caching).
 #pragma once
 
 #include <cstdint>

@@ -4,19 +4,21 @@
 # every candidate checked by Lean. Where Lean is not installed it says so (nothing is claimed proved without Lean) and
 # shows what runs without it: the model runner on a Lean prompt with its compressed KV cache.
 #
-# Environment: KV (KV-cache format for keys and values, default hx3), K (attempts per theorem, default 4).
+# Environment: CTK / CTV (KV-cache formats of keys / values, default q8_0 / hx3: on the default model the loss of a
+# compressed cache is in the keys, docs/RESULTS.md), K (attempts per theorem, default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 
-kv="${KV:-hx3}"
+ctk="${CTK:-q8_0}"
+ctv="${CTV:-hx3}"
 k="${K:-4}"
 mkdir -p runs
 
 if command -v lake >/dev/null 2>&1 || command -v lean >/dev/null 2>&1; then
-  echo "== main job: leanrotor prove examples/Basic.lean (default model, k=$k, KV cache $kv), result in runs/"
-  exec build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" --turns 1 --ctk "$kv" --ctv "$kv"
+  echo "== main job: leanrotor prove examples/Basic.lean (default model, k=$k, KV cache K $ctk / V $ctv), result in runs/"
+  exec build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" --turns 1 --ctk "$ctk" --ctv "$ctv"
 fi
 
 cat <<EOF
@@ -31,11 +33,11 @@ cat <<EOF
 
 EOF
 theorem="$(sed -n "/^theorem add_zero'/,/sorry/p" examples/Basic.lean | sed '$d')"
-echo "== the default model continues a theorem from examples/Basic.lean (greedy, KV cache K $kv / V $kv)"
-build/leanrotor generate -p "$theorem" -n 48 --temp 0 --ctk "$kv" --ctv "$kv"
+echo "== the default model continues a theorem from examples/Basic.lean (greedy, KV cache K $ctk / V $ctv)"
+build/leanrotor generate -p "$theorem" -n 48 --temp 0 --ctk "$ctk" --ctv "$ctv"
 echo
 echo "== the price of the compressed cache: perplexity and KL divergence vs an f16 cache (2 windows of 512 tokens)"
-build/leanrotor perplexity -c 512 --chunks 2 --ctk "$kv" --ctv "$kv" 2>/dev/null
+build/leanrotor perplexity -c 512 --chunks 2 --ctk "$ctk" --ctv "$ctv" 2>/dev/null
 echo
 echo "== leanrotor prove would now fail with exit code 2 and the same install hint:"
 build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" || true

@@ -35,7 +35,6 @@ TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   LocalModelOptions lo;
   lo.path = kDefaultModel;
   lo.n_ctx = 512;
-  lo.kv.max_tokens = 2048;
   Result<std::unique_ptr<LocalModel>> local = LocalModel::Open(lo);
   ASSERT_TRUE(local.ok()) << local.status().ToString();
 
