@@ -21,7 +21,7 @@ struct CheckFlags {
   std::string lean_cmd;
   bool json = false;
   double timeout_s = 300;
-  double memory_gib = 8;     // RLIMIT_AS of the server and each of its workers; 0: none
+  double memory_gib = 0;     // RLIMIT_AS of the server and each of its workers; 0: none
   int64_t cpu_seconds = 0;   // RLIMIT_CPU of each; 0: none
 };
 

@@ -37,7 +37,7 @@ struct ProverFlags {
   std::string ctv;
   int lean_servers = 2;
   std::string lean_command;  // overrides `lake serve` / `lean --server` (space-separated)
-  double lean_memory_gib = 8;   // RLIMIT_AS of each Lean process; 0: none
+  double lean_memory_gib = 0;   // RLIMIT_AS of each Lean process; 0: none
   int64_t lean_cpu_seconds = 0;  // RLIMIT_CPU of each Lean process; 0: none
 };
 

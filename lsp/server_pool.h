@@ -7,7 +7,7 @@
 // Policy:
 //  - At most `max_servers` processes. When a new key needs a server and the pool is full, the least recently used
 //    idle server is stopped; when none is idle, the check waits for one (up to its deadline).
-//  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes`; after each check, a server whose process group
+//  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes` when set; after each check, a server whose process group
 //    holds more than `server_resident_cap_bytes` resident is retired, and idle servers are stopped (least recently
 //    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes`.
 //  - Failures: when a server dies, hangs (misses the deadline of one request), crashes its worker or breaks the
@@ -33,7 +33,7 @@ struct PoolOptions {
   std::vector<std::string> lean_command;
   std::vector<std::pair<std::string, std::string>> env;  // extra environment for the servers
   size_t max_servers = 2;
-  int64_t server_memory_limit_bytes = int64_t{8} << 30;  // RLIMIT_AS per server process
+  int64_t server_memory_limit_bytes = 0;  // RLIMIT_AS per server process; 0: none (the resident caps still apply)
   int64_t server_resident_cap_bytes = int64_t{6} << 30;  // retire a server above this after a check
   int64_t pool_resident_cap_bytes = int64_t{12} << 30;   // stop idle servers above this in total
   int64_t server_cpu_limit_seconds = 0;                  // RLIMIT_CPU per server process; 0: none

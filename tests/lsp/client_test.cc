@@ -15,7 +15,6 @@ constexpr char kUri[] = "file:///tmp/leanrotor-test/Scratch.lean";
 std::unique_ptr<LeanClient> StartScripted(const std::string& scenario) {
   ProcessSpec spec;
   spec.argv = {LR_SCRIPTED_LEAN_SERVER, "--scenario", scenario};
-  spec.memory_limit_bytes = int64_t{1} << 30;
   ClientOptions options;
   options.initialize_timeout = std::chrono::seconds(10);
   auto client = LeanClient::Start(spec, options);
