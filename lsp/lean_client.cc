@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "lsp/jsonrpc.h"
 #include "lsp/utf16.h"
@@ -216,6 +217,9 @@ std::optional<Json> LeanClient::Impl::OnRequest(const std::string& method, const
 // Adds what the process and its stderr say to an infrastructure failure, and marks a hung server.
 Status LeanClient::Impl::Failure(Status s) {
   if (s.code() == StatusCode::kTimeout) hung = true;
+  // A server whose output ended is usually on its way out: give it a moment, so that its exit status is reported.
+  if (s.code() == StatusCode::kUnavailable)
+    for (int i = 0; i < 200 && process->Running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   std::string detail = " [server " + process->ExitDescription();
   std::string tail = connection->StderrTail();
   if (!tail.empty()) {
