@@ -39,5 +39,8 @@ echo
 echo "== the price of the compressed cache: perplexity and KL divergence vs an f16 cache (2 windows of 512 tokens)"
 build/leanrotor perplexity -c 512 --chunks 2 --ctk "$ctk" --ctv "$ctv" 2>/dev/null
 echo
+echo "== pass@k without re-prefilling: $k attempts share one prefilled 512-token prompt (vs prefilling it $k times)"
+build/leanrotor bench --pass-k "$k" --prompt-tokens 512 --gen-tokens 32 --ctk "$ctk" --ctv "$ctv"
+echo
 echo "== leanrotor prove would now fail with exit code 2 and the same install hint:"
 build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" || true
