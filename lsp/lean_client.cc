@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
-#include <thread>
 
 #include "lsp/jsonrpc.h"
 #include "lsp/utf16.h"
@@ -218,8 +217,7 @@ std::optional<Json> LeanClient::Impl::OnRequest(const std::string& method, const
 Status LeanClient::Impl::Failure(Status s) {
   if (s.code() == StatusCode::kTimeout) hung = true;
   // A server whose output ended is usually on its way out: give it a moment, so that its exit status is reported.
-  if (s.code() == StatusCode::kUnavailable)
-    for (int i = 0; i < 200 && process->Running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (s.code() == StatusCode::kUnavailable) process->WaitForExit(std::chrono::seconds(1));
   std::string detail = " [server " + process->ExitDescription();
   std::string tail = connection->StderrTail();
   if (!tail.empty()) {

@@ -230,10 +230,15 @@ void ServerProcess::Stop(std::chrono::milliseconds grace) {
     ::close(stdin_fd_);
     stdin_fd_ = -1;
   }
-  auto until = std::chrono::steady_clock::now() + grace;
+  WaitForExit(grace);
+  Kill();
+}
+
+bool ServerProcess::WaitForExit(std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
   while (Running() && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  Kill();
+  return !Running();
 }
 
 std::string ServerProcess::ExitDescription() {

@@ -53,6 +53,8 @@ class ServerProcess {
 
   // True while the process has not exited (reaps it when it has).
   bool Running();
+  // Waits up to `timeout` for the process to exit on its own; true when it has.
+  bool WaitForExit(std::chrono::milliseconds timeout);
   // Kills the process group with SIGKILL and reaps the leader. Idempotent. The pipes stay open (a reader sees
   // end-of-file) until the ServerProcess is destroyed.
   void Kill();
