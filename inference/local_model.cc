@@ -1,5 +1,6 @@
 #include "inference/local_model.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,10 +16,6 @@ namespace lr::inference {
 namespace {
 
 constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-double Seconds(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
-}
 
 }  // namespace
 
@@ -65,21 +62,105 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
     LR_ASSIGN_OR_RETURN(kv.centers, ComputeKvCenters(*model, tokenizer));
   }
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
-  auto lm = std::unique_ptr<LocalModel>(
+  return std::unique_ptr<LocalModel>(
       new LocalModel(std::move(model), std::move(tokenizer), std::move(chat), options, std::move(cache)));
-  lm->PublishStats();
-  return lm;
+}
+
+// One Generate call. The caller fills the inputs and then only touches the shared part, under mu_; the engine owns
+// the rest from admission until it sets `finished`.
+struct LocalModel::Request {
+  struct Live {
+    int seq;
+    Sampler sampler;
+    StopMatcher stop;
+    std::vector<int32_t> recent;  // prompt tail and generated tokens, for the repetition penalty
+    std::vector<int32_t> tokens;  // the sequence's tokens: the prompt, then each generated token fed back
+    int32_t next = -1;
+    bool done = false;
+  };
+
+  // Inputs.
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+  int n = 1;
+  int pages = 0;  // the most pages it may hold: reserved while it runs
+  std::chrono::steady_clock::time_point arrived;
+
+  // The engine's.
+  int root = -1;
+  int prefilled = 0;      // prompt positions in the cache
+  bool decoding = false;  // prefill done, choices forked
+  bool cancelled = false;
+  bool failed = false;
+  std::vector<int> seqs;  // every sequence it made, released at the end
+  std::vector<Live> live;
+  std::vector<Choice> choices;
+  std::vector<std::pair<int, std::string>> outbox;  // pieces of the current step
+  std::chrono::steady_clock::time_point admitted, prefill_done;
+
+  // Shared, under mu_.
+  std::vector<std::pair<int, std::string>> pieces;  // for the caller's on_piece, in order
+  bool cancel = false;                              // the caller's on_piece returned false
+  bool finished = false;                            // then status, choices and stats are the caller's
+  Status status;
+  GenerateStats stats;
+  std::condition_variable cv;  // the caller waits on it
+
+  bool Done() const {
+    if (failed || cancelled) return true;
+    if (!decoding) return false;
+    return std::all_of(live.begin(), live.end(), [](const Live& l) { return l.done; });
+  }
+};
+
+namespace {
+
+// The most pages a request can hold: its prompt's, and for each choice the pages from the prompt's last partial one
+// (copied on write) to prompt + max_tokens.
+int PagesNeeded(int prompt_len, int max_new, int n) {
+  const int t = KvCache::kPageTokens;
+  const int prompt_pages = (prompt_len + t - 1) / t;
+  const int choice_pages = (prompt_len + max_new + t - 1) / t - prompt_len / t;
+  return prompt_pages + n * choice_pages;
+}
+
+}  // namespace
+
+LocalModel::LocalModel(std::unique_ptr<Model> model, Tokenizer tokenizer, ChatFormat chat, LocalModelOptions options,
+                       KvCache cache)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), chat_(std::move(chat)), options_(std::move(options)),
+      cache_(std::move(cache)) {
+  end_of_turn_ = {tokenizer_.eos()};
+  for (const char* marker : {"<|im_end|>", "<|endoftext|>", "</s>"})
+    if (std::optional<int32_t> id = tokenizer_.FindSpecial(marker)) end_of_turn_.push_back(*id);
+  if (options_.threads <= 0) options_.threads = omp_get_max_threads();
+  PublishStats();
+  engine_ = std::thread([this] { EngineLoop(); });
+}
+
+LocalModel::~LocalModel() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  engine_cv_.notify_one();
+  engine_.join();
 }
 
 KvStats LocalModel::kv_stats() const {
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  return stats_;
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_stats_;
+}
+
+EngineStats LocalModel::engine_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return engine_stats_;
 }
 
 void LocalModel::PublishStats() {
   const KvStats st = cache_.Stats();
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  stats_ = st;
+  std::lock_guard<std::mutex> lock(mu_);
+  kv_stats_ = st;
 }
 
 std::string LocalModel::Name() const {
@@ -91,139 +172,265 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
                                                  const StreamCallback& on_piece, GenerateStats* stats) {
   if (prompt.empty()) return InvalidArgument("empty prompt");
   if (n < 1) return InvalidArgument("n (number of choices) must be at least 1, got " + std::to_string(n));
+  const int n_vocab = model_->config().n_vocab;
+  for (int32_t id : prompt)
+    if (id < 0 || id >= n_vocab)
+      return InvalidArgument("prompt token id " + std::to_string(id) + " is outside the vocabulary (" +
+                             std::to_string(n_vocab) + " tokens)");
   const int max_new = std::max(0, params.max_tokens);
   const int prompt_len = static_cast<int>(prompt.size());
   if (prompt_len + max_new > options_.n_ctx)
     return ResourceExhausted("prompt (" + std::to_string(prompt_len) + " tokens) + max_tokens (" +
                              std::to_string(max_new) + ") exceeds the context size " +
                              std::to_string(options_.n_ctx));
-  GenerateStats local;
-  GenerateStats& st = stats != nullptr ? *stats : local;
-  st = GenerateStats{};
-  st.prompt_tokens = prompt_len;
-  std::lock_guard<std::mutex> lock(generate_mu_);
-  std::vector<int> seqs;  // every sequence this request made, released whatever the outcome
-  Result<std::vector<Choice>> choices = GenerateLocked(prompt, params, n, on_piece, st, seqs);
-  for (int seq : seqs) cache_.Free(seq);
-  PublishStats();
-  return choices;
+  auto r = std::make_shared<Request>();
+  r->prompt.assign(prompt.begin(), prompt.end());
+  r->params = params;
+  r->n = n;
+  r->pages = PagesNeeded(prompt_len, max_new, n);
+  r->arrived = std::chrono::steady_clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return Unavailable("the model is closing");
+    queue_.push_back(r);
+    engine_stats_.queued = static_cast<int>(queue_.size());
+  }
+  engine_cv_.notify_one();
+
+  std::vector<std::pair<int, std::string>> pieces;
+  bool cancelled = false;
+  for (bool finished = false; !finished;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      r->cv.wait(lock, [&] { return r->finished || !r->pieces.empty(); });
+      pieces.swap(r->pieces);
+      finished = r->finished;
+    }
+    for (const auto& [c, text] : pieces) {
+      if (cancelled || !on_piece || on_piece(c, text)) continue;
+      cancelled = true;
+      std::lock_guard<std::mutex> lock(mu_);
+      r->cancel = true;
+    }
+    pieces.clear();
+  }
+  if (stats != nullptr) *stats = r->stats;
+  if (!r->status.ok()) return r->status;
+  return std::move(r->choices);
 }
 
-Result<std::vector<Choice>> LocalModel::GenerateLocked(std::span<const int32_t> prompt, const SamplingParams& params,
-                                                       int n, const StreamCallback& on_piece, GenerateStats& st,
-                                                       std::vector<int>& seqs) {
-  const int max_new = std::max(0, params.max_tokens);
-  const int prompt_len = static_cast<int>(prompt.size());
-  auto start = std::chrono::steady_clock::now();
-  // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits.
-  const int root = cache_.NewSequenceFromCache(prompt, prompt_len - 1);
-  seqs.push_back(root);
-  const int cached = cache_.Length(root);
-  st.prompt_tokens_computed = prompt_len - cached;
-  std::vector<float> logits;
-  std::vector<BatchToken> batch;
-  for (int begin = cached; begin < prompt_len; begin += options_.prefill_chunk) {
-    const int end = std::min(prompt_len, begin + options_.prefill_chunk);
-    batch.clear();
-    for (int i = begin; i < end; ++i) batch.push_back({root, prompt[i], i == prompt_len - 1});
-    LR_RETURN_IF_ERROR(model_->Forward(cache_, batch, &logits));
-  }
-  cache_.IndexPages(root, prompt);
-  PublishStats();
-  st.prefill_seconds = Seconds(start);
-  start = std::chrono::steady_clock::now();
+void LocalModel::EngineLoop() {
+  omp_set_num_threads(options_.threads);
+  const int pool_pages = cache_.Stats().pages_total;
+  std::vector<std::shared_ptr<Request>> running, admitted, ended;
+  for (;;) {
+    admitted.clear();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      engine_cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !running.empty(); });
+      if (stopping_) {
+        for (const auto& r : queue_) running.push_back(r);
+        queue_.clear();
+        for (const auto& r : running) {
+          r->status = Unavailable("the model was closed before the request finished");
+          r->finished = true;
+          r->cv.notify_one();
+        }
+        return;
+      }
+      // First come, first served: the head waits for pages, and so does everyone behind it.
+      while (!queue_.empty()) {
+        const std::shared_ptr<Request>& r = queue_.front();
+        if (!running.empty() && reserved_pages_ + r->pages > pool_pages) break;
+        reserved_pages_ += r->pages;
+        running.push_back(r);
+        admitted.push_back(r);
+        queue_.pop_front();
+      }
+      for (const auto& r : running) r->cancelled = r->cancel;
+      engine_stats_.queued = static_cast<int>(queue_.size());
+      engine_stats_.running = static_cast<int>(running.size());
+    }
+    for (const auto& r : admitted) Admit(*r);
+    if (!admitted.empty()) PublishStats();
 
-  const int n_vocab = model_->config().n_vocab;
-  struct Live {
-    int seq;
-    Sampler sampler;
-    StopMatcher stop;
-    std::vector<int32_t> recent;  // prompt tail and generated tokens, for the repetition penalty
-    std::vector<int32_t> tokens;  // the sequence's tokens: the prompt, then each generated token fed back
-    int32_t next = -1;
-    bool done = false;
-  };
-  std::vector<Live> live;
-  std::vector<Choice> choices(static_cast<size_t>(n));
-  const size_t tail = std::min(prompt.size(), static_cast<size_t>(Sampler::kPenaltyWindow));
-  for (int c = 0; c < n; ++c) {
-    SamplingParams p = params;
-    p.seed = params.seed + static_cast<uint64_t>(c);
-    const int seq = c == 0 ? root : cache_.Fork(root);
-    if (c > 0) seqs.push_back(seq);
-    live.push_back(Live{seq, Sampler(p), StopMatcher(params.stop),
-                        std::vector<int32_t>(prompt.end() - tail, prompt.end()),
-                        std::vector<int32_t>(prompt.begin(), prompt.end())});
+    Step(running);
+
+    ended.clear();
+    for (const auto& r : running)
+      if (r->Done()) ended.push_back(r);
+    for (const auto& r : ended) Release(*r);
+    if (!ended.empty()) PublishStats();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& r : running) {
+      const bool end = r->Done();
+      if (r->outbox.empty() && !end) continue;
+      r->pieces.insert(r->pieces.end(), std::make_move_iterator(r->outbox.begin()),
+                       std::make_move_iterator(r->outbox.end()));
+      r->outbox.clear();
+      if (end) {
+        reserved_pages_ -= r->pages;
+        r->finished = true;
+      }
+      r->cv.notify_one();
+    }
+    std::erase_if(running, [](const std::shared_ptr<Request>& r) { return r->finished; });
+    engine_stats_.running = static_cast<int>(running.size());
   }
-  // Tokens that end a turn: EOS and the chat formats' end markers. Other control tokens ([TOOL_CALLS], ...) are
-  // part of the reply's text.
-  std::vector<int32_t> end_of_turn = {tokenizer_.eos()};
-  for (const char* marker : {"<|im_end|>", "<|endoftext|>", "</s>"})
-    if (std::optional<int32_t> id = tokenizer_.FindSpecial(marker)) end_of_turn.push_back(*id);
-  // Every choice samples its first token from the prompt's last logits.
-  std::vector<float> first(logits.begin(), logits.begin() + n_vocab);
-  bool cancelled = false;
-  auto emit = [&](int c, const std::string& text) {
-    choices[c].text += text;
-    if (!text.empty() && on_piece && !on_piece(c, text)) cancelled = true;
+}
+
+// Starts a request's sequence from the prefix cache; its prefill then runs in Step.
+void LocalModel::Admit(Request& r) {
+  r.admitted = std::chrono::steady_clock::now();
+  r.stats.queued_seconds = std::chrono::duration<double>(r.admitted - r.arrived).count();
+  r.stats.prompt_tokens = static_cast<int>(r.prompt.size());
+  r.choices.resize(static_cast<size_t>(r.n));
+  // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits.
+  r.root = cache_.NewSequenceFromCache(r.prompt, static_cast<int>(r.prompt.size()) - 1);
+  r.seqs.push_back(r.root);
+  r.prefilled = cache_.Length(r.root);
+  r.stats.prompt_tokens_computed = static_cast<int>(r.prompt.size()) - r.prefilled;
+}
+
+// One Forward over the running requests: a token of every live choice, and prompt tokens of requests still
+// prefilling, at most prefill_chunk of them, oldest request first.
+void LocalModel::Step(const std::vector<std::shared_ptr<Request>>& running) {
+  struct Row {
+    Request* r;
+    int choice;  // -1: the prompt's last token
   };
-  // Samples choice c's next token from row `row` of logits; returns whether the choice goes on.
-  auto advance = [&](int c, const float* row) {
-    Live& l = live[c];
-    const int32_t tok = l.sampler.Sample({row, static_cast<size_t>(n_vocab)}, l.recent);
-    if (std::find(end_of_turn.begin(), end_of_turn.end(), tok) != end_of_turn.end()) {
-      emit(c, l.stop.Flush());
-      choices[c].finish_reason = "stop";
-      return false;
+  std::vector<BatchToken> batch;
+  std::vector<Row> rows;
+  std::vector<Request*> in_step;
+  int prefill_budget = options_.prefill_chunk;
+  for (const auto& rp : running) {
+    Request& r = *rp;
+    if (r.Done()) continue;
+    const size_t before = batch.size();
+    if (!r.decoding) {
+      const int prompt_len = static_cast<int>(r.prompt.size());
+      const int end = std::min(prompt_len, r.prefilled + prefill_budget);
+      for (int i = r.prefilled; i < end; ++i) {
+        const bool last = i == prompt_len - 1;
+        batch.push_back({r.root, r.prompt[i], last});
+        if (last) rows.push_back({&r, -1});
+      }
+      prefill_budget -= end - r.prefilled;
+      r.prefilled = end;
+    } else {
+      for (int c = 0; c < r.n; ++c) {
+        Request::Live& l = r.live[c];
+        if (l.done) continue;
+        batch.push_back({l.seq, l.next, true});
+        l.tokens.push_back(l.next);
+        rows.push_back({&r, c});
+      }
     }
-    ++choices[c].completion_tokens;
-    l.recent.push_back(tok);
-    if (l.recent.size() > static_cast<size_t>(Sampler::kPenaltyWindow)) l.recent.erase(l.recent.begin());
-    emit(c, l.stop.Push(tokenizer_.TokenPiece(tok)));
-    if (l.stop.stopped()) {
-      choices[c].finish_reason = "stop";
-      return false;
+    if (batch.size() > before) in_step.push_back(&r);
+  }
+  if (batch.empty()) return;
+  std::vector<float> logits;
+  const Status s = model_->Forward(cache_, batch, &logits);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++engine_stats_.steps;
+    if (in_step.size() > 1) ++engine_stats_.batched_steps;
+    engine_stats_.peak_requests = std::max(engine_stats_.peak_requests, static_cast<int>(in_step.size()));
+    int sequences = 0;
+    for (size_t i = 0; i < batch.size(); ++i) sequences += i == 0 || batch[i].seq != batch[i - 1].seq;
+    engine_stats_.peak_sequences = std::max(engine_stats_.peak_sequences, sequences);
+  }
+  if (!s.ok()) {
+    for (Request* r : in_step) {
+      r->failed = true;
+      r->status = s;
     }
-    if (choices[c].completion_tokens >= max_new) {
-      emit(c, l.stop.Flush());
-      choices[c].finish_reason = "length";
-      return false;
+    return;
+  }
+  const int n_vocab = model_->config().n_vocab;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* row = logits.data() + i * n_vocab;
+    Request& r = *rows[i].r;
+    if (rows[i].choice < 0) {
+      StartChoices(r, row);
+    } else {
+      r.live[rows[i].choice].done = !Advance(r, rows[i].choice, row);
     }
-    l.next = tok;
-    return true;
-  };
-  for (int c = 0; c < n; ++c) {
-    if (max_new == 0) {
-      choices[c].finish_reason = "length";
-      live[c].done = true;
+  }
+}
+
+// The prompt is in the cache: index its pages, fork the choices, and sample each one's first token from the
+// prompt's last logits.
+void LocalModel::StartChoices(Request& r, const float* logits) {
+  cache_.IndexPages(r.root, r.prompt);
+  r.prefill_done = std::chrono::steady_clock::now();
+  r.stats.prefill_seconds = std::chrono::duration<double>(r.prefill_done - r.admitted).count();
+  const size_t tail = std::min(r.prompt.size(), static_cast<size_t>(Sampler::kPenaltyWindow));
+  for (int c = 0; c < r.n; ++c) {
+    SamplingParams p = r.params;
+    p.seed = r.params.seed + static_cast<uint64_t>(c);
+    const int seq = c == 0 ? r.root : cache_.Fork(r.root);
+    if (c > 0) r.seqs.push_back(seq);
+    r.live.push_back(Request::Live{seq, Sampler(p), StopMatcher(r.params.stop),
+                                   std::vector<int32_t>(r.prompt.end() - tail, r.prompt.end()), r.prompt});
+  }
+  r.decoding = true;
+  for (int c = 0; c < r.n; ++c) {
+    if (r.params.max_tokens <= 0) {
+      r.choices[c].finish_reason = "length";
+      r.live[c].done = true;
       continue;
     }
-    live[c].done = !advance(c, first.data());
+    r.live[c].done = !Advance(r, c, logits);
   }
-  std::vector<int> order;
-  while (!cancelled) {
-    batch.clear();
-    order.clear();
-    for (int c = 0; c < n; ++c) {
-      if (live[c].done) continue;
-      batch.push_back({live[c].seq, live[c].next, true});
-      live[c].tokens.push_back(live[c].next);
-      order.push_back(c);
-    }
-    if (batch.empty()) break;
-    LR_RETURN_IF_ERROR(model_->Forward(cache_, batch, &logits));
-    for (size_t i = 0; i < order.size() && !cancelled; ++i)
-      live[order[i]].done = !advance(order[i], logits.data() + i * n_vocab);
+}
+
+// Samples choice c's next token from its logits and emits its text; returns whether the choice goes on.
+bool LocalModel::Advance(Request& r, int c, const float* logits) {
+  Request::Live& l = r.live[c];
+  Choice& choice = r.choices[c];
+  auto emit = [&](std::string text) {
+    if (text.empty()) return;
+    choice.text += text;
+    r.outbox.emplace_back(c, std::move(text));
+  };
+  const int n_vocab = model_->config().n_vocab;
+  const int32_t tok = l.sampler.Sample({logits, static_cast<size_t>(n_vocab)}, l.recent);
+  if (std::find(end_of_turn_.begin(), end_of_turn_.end(), tok) != end_of_turn_.end()) {
+    emit(l.stop.Flush());
+    choice.finish_reason = "stop";
+    return false;
   }
-  if (cancelled) {
-    for (int c = 0; c < n; ++c)
-      if (!live[c].done) choices[c].finish_reason = "cancelled";
+  ++choice.completion_tokens;
+  l.recent.push_back(tok);
+  if (l.recent.size() > static_cast<size_t>(Sampler::kPenaltyWindow)) l.recent.erase(l.recent.begin());
+  emit(l.stop.Push(tokenizer_.TokenPiece(tok)));
+  if (l.stop.stopped()) {
+    choice.finish_reason = "stop";
+    return false;
   }
-  // A repair turn resends prompt + reply: index each choice's full pages too.
-  for (const Live& l : live) cache_.IndexPages(l.seq, l.tokens);
-  st.decode_seconds = Seconds(start);
-  for (const Choice& c : choices) st.generated_tokens += c.completion_tokens;
-  return choices;
+  if (choice.completion_tokens >= r.params.max_tokens) {
+    emit(l.stop.Flush());
+    choice.finish_reason = "length";
+    return false;
+  }
+  l.next = tok;
+  return true;
+}
+
+// A request ended: index each choice's full pages (a repair turn resends prompt + reply) and release its sequences.
+void LocalModel::Release(Request& r) {
+  if (r.cancelled)
+    for (size_t c = 0; c < r.choices.size(); ++c)
+      if (!r.decoding || !r.live[c].done) r.choices[c].finish_reason = "cancelled";
+  if (!r.failed)
+    for (const Request::Live& l : r.live) cache_.IndexPages(l.seq, l.tokens);
+  for (int seq : r.seqs) cache_.Free(seq);
+  r.seqs.clear();
+  if (r.decoding)
+    r.stats.decode_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - r.prefill_done).count();
+  for (const Choice& c : r.choices) r.stats.generated_tokens += c.completion_tokens;
 }
 
 Result<Completion> LocalModel::Complete(const CompletionRequest& request, const StreamCallback& on_piece) {

@@ -9,21 +9,34 @@
 // prefills only the rest (at least the prompt's last token, whose logits it needs); the prompt's full pages, and
 // each finished choice's (prompt + reply, which a repair turn resends), are then indexed. Sequences are released at
 // the end of each request; their indexed pages stay cached until the pool needs room (least recently used first).
-// Requests run one at a time (Generate holds a lock). Each choice has its own Sampler, seeded with
-// params.seed + its index, so choices differ and a run is reproducible.
+//
+// Requests run concurrently (continuous batching). Generate() hands its request to the model's engine thread, which
+// alone touches the model and the cache: each engine step is one Forward over one token of every live choice of
+// every running request, plus up to prefill_chunk prompt tokens of requests still prefilling, so that a new request
+// joins the running ones at once and the choices of several clients advance together. A request is admitted when
+// the pages it may need at most (its prompt, plus max_tokens for each choice) fit in the pool beside the pages
+// reserved by running requests; otherwise it waits, first come first served. A request is always admitted when
+// nothing else runs (and then fails with kResourceExhausted only if the whole pool is too small for it). The
+// caller's thread waits and runs its own on_piece, so the engine never runs callers' code and a slow stream slows
+// no one else. Each choice has its own Sampler, seeded with params.seed + its index, and a choice's tokens do not
+// depend on what else shares its steps: runs are reproducible.
 //
 // A choice ends at the end-of-sequence token or an end-of-turn token ("<|im_end|>", "</s>"), at a stop string
-// ("stop"), after max_tokens ("length"), or when the stream callback returns false ("cancelled", for every choice).
+// ("stop"), after max_tokens ("length"), or when the stream callback returns false ("cancelled", for every choice
+// not yet ended; the engine sees the cancellation at its next step).
 // Complete() renders the conversation with the model's chat format (inference/chat_format.h), generates, and parses
 // each choice's reply (tool calls for formats that have them).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/status.h"
@@ -44,6 +57,8 @@ struct LocalModelOptions {
   // worth (n_ctx tokens) is required. A request whose prompt and choices need more than the pages in use leave free
   // fails with kResourceExhausted.
   int kv_budget_mib = 1024;
+  // OpenMP threads of the engine's Forward calls; 0: omp_get_max_threads() of the thread that calls Open.
+  int threads = 0;
 };
 
 // The default model, models/SmolLM2-135M-Instruct.Q4_1.gguf: relative to the current directory, then to the running
@@ -57,13 +72,28 @@ struct GenerateStats {
   int generated_tokens = 0;  // over all choices
   double prefill_seconds = 0;
   double decode_seconds = 0;
+  double queued_seconds = 0;  // waiting for admission (for KV pages other requests reserved)
+};
+
+// The engine's counters since Open, for reports and tests.
+struct EngineStats {
+  long steps = 0;          // Forward calls
+  long batched_steps = 0;  // of those, steps that carried tokens of two or more requests
+  int peak_requests = 0;   // most requests in one step
+  int peak_sequences = 0;  // most sequences in one step
+  int running = 0;         // requests admitted and not finished, now
+  int queued = 0;          // requests waiting for admission, now
 };
 
 class LocalModel : public LanguageModel {
  public:
   // Loads the model and its tokenizer; checks the KV formats against the model's head sizes.
   static Result<std::unique_ptr<LocalModel>> Open(const LocalModelOptions& options);
+  // Fails the requests still queued or running with kUnavailable and joins the engine.
+  ~LocalModel() override;
 
+  // The model itself, for callers that run Forward on a KvCache of their own (perplexity); not while requests run,
+  // as Forward must not run concurrently with the engine's.
   Model& model() { return *model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   // The cache's options as opened: formats, pool size, and the centers computed for compressed formats.
@@ -71,35 +101,47 @@ class LocalModel : public LanguageModel {
 
   // n continuations of `prompt` (token ids, BOS included if the model wants one). on_piece streams each choice's
   // text as it becomes safe to show (may be empty). kResourceExhausted when prompt + max_tokens exceeds n_ctx;
-  // kInvalidArgument for an empty prompt or n < 1.
+  // kInvalidArgument for an empty prompt, a token outside the vocabulary or n < 1. Safe to call from many threads.
   Result<std::vector<Choice>> Generate(std::span<const int32_t> prompt, const SamplingParams& params, int n,
                                        const StreamCallback& on_piece, GenerateStats* stats);
 
-  // The KV cache's accounting after the last request (or its prefill); safe to call from any thread.
+  // The KV cache's accounting as of the engine's last admission or finished request; safe to call from any thread.
   KvStats kv_stats() const;
+  EngineStats engine_stats() const;
 
   std::string Name() const override;
   Result<Completion> Complete(const CompletionRequest& request, const StreamCallback& on_piece) override;
 
  private:
-  LocalModel(std::unique_ptr<Model> model, Tokenizer tokenizer, ChatFormat chat, LocalModelOptions options,
-             KvCache cache)
-      : model_(std::move(model)), tokenizer_(std::move(tokenizer)), chat_(std::move(chat)), options_(std::move(options)),
-        cache_(std::move(cache)) {}
+  struct Request;  // one Generate call (local_model.cc)
 
-  Result<std::vector<Choice>> GenerateLocked(std::span<const int32_t> prompt, const SamplingParams& params, int n,
-                                             const StreamCallback& on_piece, GenerateStats& st,
-                                             std::vector<int>& seqs);
+  LocalModel(std::unique_ptr<Model> model, Tokenizer tokenizer, ChatFormat chat, LocalModelOptions options,
+             KvCache cache);
+
+  // The engine thread's loop and its parts (which run on it and use the cache without a lock).
+  void EngineLoop();
+  void Admit(Request& r);
+  void Step(const std::vector<std::shared_ptr<Request>>& running);
+  void StartChoices(Request& r, const float* logits);
+  bool Advance(Request& r, int c, const float* logits);
+  void Release(Request& r);
   void PublishStats();
 
   std::unique_ptr<Model> model_;
   Tokenizer tokenizer_;
   ChatFormat chat_;
   LocalModelOptions options_;
-  std::mutex generate_mu_;  // one request at a time: it owns cache_
-  KvCache cache_;
-  mutable std::mutex stats_mu_;
-  KvStats stats_;  // cache_.Stats() as of the last PublishStats
+  std::vector<int32_t> end_of_turn_;  // EOS and the chat formats' end markers
+  KvCache cache_;                     // the engine's alone
+
+  mutable std::mutex mu_;  // guards what follows and each Request's shared part
+  std::condition_variable engine_cv_;
+  std::deque<std::shared_ptr<Request>> queue_;  // waiting for admission, in arrival order
+  int reserved_pages_ = 0;                      // by running requests
+  bool stopping_ = false;
+  KvStats kv_stats_;  // cache_.Stats() as the engine last published it
+  EngineStats engine_stats_;
+  std::thread engine_;
 };
 
 }  // namespace lr::inference
