@@ -3,7 +3,6 @@
 
 #include <cstdio>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 
@@ -21,23 +20,6 @@ struct BatchFlags {
   int jobs = 1;
   bool resume = false;
   ProverFlags prover;
-};
-
-// One request at a time: the in-process runner computes on all cores per request, so `--jobs` overlaps Lean checks
-// with generation instead of running two generations at once.
-class OneAtATime : public inference::LanguageModel {
- public:
-  explicit OneAtATime(inference::LanguageModel& model) : model_(model) {}
-  std::string Name() const override { return model_.Name(); }
-  Result<inference::Completion> Complete(const inference::CompletionRequest& request,
-                                         const inference::StreamCallback& on_piece) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return model_.Complete(request, on_piece);
-  }
-
- private:
-  inference::LanguageModel& model_;
-  std::mutex mu_;
 };
 
 std::string DefaultReportPath(const std::string& out) {
@@ -78,15 +60,12 @@ int RunBatchCommand(const BatchFlags& f) {
     std::fprintf(stderr, "leanrotor batch: %s\n", model.status().ToString().c_str());
     return 2;
   }
-  OneAtATime serialized(**model);
-  inference::LanguageModel& used = f.prover.remote.empty() ? static_cast<inference::LanguageModel&>(serialized)
-                                                           : **model;
   ProverFlags pool_flags = f.prover;
   pool_flags.lean_servers = std::max(f.prover.lean_servers, f.jobs);
   lsp::ServerPool pool(MakePoolOptions(pool_flags));
   agent::PoolChecker checker(pool);
 
-  Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, used, checker, options, stdout);
+  Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, **model, checker, options, stdout);
   if (!summary.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", summary.status().ToString().c_str());
     return 2;
@@ -113,7 +92,7 @@ void AddBatchCommand(CLI::App& app, CommandSet& commands) {
                                          "{name, project, file, theorem} per line")->required();
   sub->add_option("-o,--out", flags->out, "results file (JSONL, one line per finished task)")->required();
   sub->add_option("--report", flags->report, "Markdown report (default: the results path with .md)");
-  sub->add_option("-j,--jobs", flags->jobs, "tasks in flight at once")->check(CLI::Range(1, 256));
+  sub->add_option("-j,--jobs", flags->jobs, "tasks in flight at once (the in-process model batches their generations into shared steps)")->check(CLI::Range(1, 256));
   sub->add_flag("--resume", flags->resume, "continue an interrupted run: skip tasks already in the results file");
   AddProverFlags(sub, &flags->prover);
   sub->footer("Exit status: 0 when the run finished, 2 when it could not run or stopped on a failure (bad input, no "

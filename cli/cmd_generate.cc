@@ -6,41 +6,26 @@
 #include <string>
 
 #include "cli/command.h"
-#include "inference/local_model.h"
+#include "cli/model_flags.h"
 
 namespace lr::cli {
 namespace {
 
 struct GenerateFlags {
-  std::string model;
+  LocalModelFlags local;
   std::string prompt;
   int n_predict = 128;
   inference::SamplingParams sampling;
-  std::string ctk = "f16";
-  std::string ctv = "f16";
   bool chat = false;
-  int threads = 0;
-  int ctx = 4096;
-  int kv_budget_mib = 1024;
 };
 
 int RunGenerate(GenerateFlags f) {
-  if (f.threads > 0) omp_set_num_threads(f.threads);
-  if (f.model.empty()) {
-    Result<std::string> path = inference::FindDefaultModel();
-    if (!path.ok()) {
-      std::fprintf(stderr, "leanrotor generate: %s\n", path.status().ToString().c_str());
-      return 2;
-    }
-    f.model = *path;
+  Result<inference::LocalModelOptions> options = MakeLocalModelOptions(f.local);
+  if (!options.ok()) {
+    std::fprintf(stderr, "leanrotor generate: %s\n", options.status().ToString().c_str());
+    return 2;
   }
-  inference::LocalModelOptions options;
-  options.path = f.model;
-  options.kv.k_format = f.ctk;
-  options.kv.v_format = f.ctv;
-  options.n_ctx = f.ctx;
-  options.kv_budget_mib = f.kv_budget_mib;
-  auto lm = inference::LocalModel::Open(options);
+  auto lm = inference::LocalModel::Open(*options);
   if (!lm.ok()) {
     std::fprintf(stderr, "leanrotor generate: %s\n", lm.status().ToString().c_str());
     return lm.status().code() == StatusCode::kNotFound ? 2 : 1;
@@ -79,7 +64,7 @@ int RunGenerate(GenerateFlags f) {
     std::fprintf(stderr, "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s (%d threads, K %s, V %s)\n",
                  stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9),
                  stats.generated_tokens, stats.generated_tokens / std::max(stats.decode_seconds, 1e-9),
-                 omp_get_max_threads(), f.ctk.c_str(), f.ctv.c_str());
+                 omp_get_max_threads(), f.local.ctk.c_str(), f.local.ctv.c_str());
   }
   return 0;
 }
@@ -94,7 +79,7 @@ void AddGenerateCommand(CLI::App& app, CommandSet& commands) {
   flags->sampling.top_p = 0.95f;
   flags->sampling.min_p = 0.05f;
   CLI::App* sub = app.add_subcommand("generate", "Stream a completion of a prompt from the in-process model");
-  sub->add_option("-m,--model", flags->model, "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  sub->add_option("-m,--model", flags->local.model, "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   sub->add_option("-p,--prompt", flags->prompt, "Prompt text")->required();
   sub->add_option("-n,--n-predict", flags->n_predict, "Tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
   sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -104,13 +89,8 @@ void AddGenerateCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--repeat-penalty", flags->sampling.repeat_penalty, "Repetition penalty over the last 64 tokens (1: off)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();
-  sub->add_option("--ctk", flags->ctk, "KV cache format for keys (see kvquant formats)")->capture_default_str();
-  sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
-  sub->add_option("-c,--ctx", flags->ctx, "Context size (prompt + generated tokens)")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--kv-budget", flags->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+  AddLocalModelFlags(sub, &flags->local);
   sub->add_flag("--chat", flags->chat, "Send the prompt as a user message through the model's chat format");
-  sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   commands.Add(sub, [flags]() { return RunGenerate(*flags); });
 }
 

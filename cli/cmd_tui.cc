@@ -1,13 +1,11 @@
 // `leanrotor tui [FILE.lean]`: the interactive proving session (tui/app.h).
-#include <omp.h>
-
 #include <cstdio>
 #include <memory>
 #include <sstream>
 #include <string>
 
 #include "cli/command.h"
-#include "inference/local_model.h"
+#include "cli/model_flags.h"
 #include "inference/remote_model.h"
 #include "lsp/server_pool.h"
 #include "lsp/server_process.h"
@@ -18,13 +16,8 @@ namespace {
 
 struct TuiFlags {
   std::string file;
-  std::string model;
+  LocalModelFlags local;  // local.model: a GGUF file, or with --url the server's model id
   std::string url;
-  std::string ctk = "q8_0";
-  std::string ctv = "q8_0";
-  int ctx = 4096;
-  int kv_budget_mib = 1024;
-  int threads = 0;
   int k = 4;
   int turns = 2;
   std::string style = "chat";
@@ -37,26 +30,21 @@ struct TuiFlags {
 // id on an OpenAI-compatible server. `kv` is "K" or "K,V" (kvquant format names); empty keeps the current formats.
 tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
   return [flags](const std::string& model, const std::string& kv) -> Result<tui::ModelHandle> {
-    if (!model.empty()) flags->model = model;
+    if (!model.empty()) flags->local.model = model;
     if (!kv.empty()) {
       const size_t comma = kv.find(',');
-      flags->ctk = kv.substr(0, comma);
-      flags->ctv = comma == std::string::npos ? flags->ctk : kv.substr(comma + 1);
+      flags->local.ctk = kv.substr(0, comma);
+      flags->local.ctv = comma == std::string::npos ? flags->local.ctk : kv.substr(comma + 1);
     }
     tui::ModelHandle handle;
     if (!flags->url.empty()) {
       inference::RemoteOptions options;
       options.base_url = flags->url;
-      options.model = flags->model;
+      options.model = flags->local.model;
       LR_ASSIGN_OR_RETURN(handle.model, inference::RemoteModel::Create(options));
       return handle;
     }
-    inference::LocalModelOptions options;
-    options.path = flags->model;
-    options.kv.k_format = flags->ctk;
-    options.kv.v_format = flags->ctv;
-    options.n_ctx = flags->ctx;
-    options.kv_budget_mib = flags->kv_budget_mib;
+    LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(flags->local));
     LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
     // Shared: pages several sequences use now, plus cached prefix pages a next request can start from.
     handle.kv_usage = [lm = local.get()](double* bytes, double* shared) {
@@ -66,7 +54,7 @@ tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
       *shared = pages == 0 ? 0.0 : static_cast<double>(st.pages_shared + st.pages_cached) / pages;
     };
     handle.model = std::move(local);
-    handle.kv_formats = "K " + flags->ctk + " / V " + flags->ctv;
+    handle.kv_formats = "K " + flags->local.ctk + " / V " + flags->local.ctv;
     return handle;
   };
 }
@@ -100,13 +88,12 @@ void OpenLean(const TuiFlags& flags, tui::Worker::Options* worker) {
 }
 
 int RunTui(std::shared_ptr<TuiFlags> flags) {
-  if (flags->threads > 0) omp_set_num_threads(flags->threads);
   Result<agent::PromptStyle> style = agent::ParsePromptStyle(flags->style);
   if (!style.ok()) {
     std::fprintf(stderr, "leanrotor tui: --style: %s\n", style.status().message().c_str());
     return 2;
   }
-  if (!flags->url.empty() && flags->model.empty()) {
+  if (!flags->url.empty() && flags->local.model.empty()) {
     std::fprintf(stderr, "leanrotor tui: --url needs --model MODEL_ID (the model name the server knows)\n");
     return 2;
   }
@@ -115,12 +102,12 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
   options.settings.k = flags->k;
   options.settings.turns = flags->turns;
   options.worker.open_model = MakeOpener(flags);
-  if (flags->model.empty()) {
+  if (flags->local.model.empty()) {
     // Without the default model the session still opens; the status line then says where it was looked for.
     Result<std::string> path = inference::FindDefaultModel();
-    flags->model = path.ok() ? *path : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    flags->local.model = path.ok() ? *path : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   }
-  options.worker.model = flags->model;
+  options.worker.model = flags->local.model;
   options.worker.project_root = flags->project;
   options.worker.prover.style = *style;
   options.worker.prover.sampling = flags->sampling;
@@ -137,21 +124,17 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
 
 void AddTuiCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<TuiFlags>();
+  flags->local.ctk = "q8_0";
+  flags->local.ctv = "q8_0";
   flags->sampling.temperature = 0.7f;
   flags->sampling.top_p = 0.95f;
   flags->sampling.max_tokens = 512;
   CLI::App* sub = app.add_subcommand("tui", "Interactive proving session in the terminal (? inside shows the keys)");
   sub->add_option("file", flags->file, "Lean file to open (created on save if it does not exist)");
-  sub->add_option("-m,--model", flags->model,
+  sub->add_option("-m,--model", flags->local.model,
                   "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf), or with --url the server's model id");
   sub->add_option("--url", flags->url, "OpenAI-compatible endpoint, e.g. https://api.mistral.ai/v1");
-  sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
-  sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
-  sub->add_option("-c,--ctx", flags->ctx, "Context size (prompt + reply tokens)")->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--kv-budget", flags->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  AddLocalModelFlags(sub, &flags->local);
   sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()
       ->check(CLI::Range(0, 64));

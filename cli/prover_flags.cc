@@ -31,7 +31,7 @@ std::vector<std::string> SplitWords(const std::string& s) {
 }  // namespace
 
 void AddProverFlags(CLI::App* sub, ProverFlags* f) {
-  auto* model = sub->add_option("-m,--model", f->model, "GGUF model file for the in-process runner (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  auto* model = sub->add_option("-m,--model", f->local.model, "GGUF model file for the in-process runner (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   auto* remote = sub->add_option("--remote", f->remote, "OpenAI-compatible endpoint instead, e.g. https://api.mistral.ai/v1");
   model->excludes(remote);
   sub->add_option("--model-id", f->remote_model, "model id for --remote, e.g. labs-leanstral-2603");
@@ -50,11 +50,7 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   sub->add_option("--check-timeout", f->check_timeout, "seconds allowed for one Lean check");
   sub->add_flag("--allow-refused-constructs", f->allow_constructs,
                 "do not refuse axiom/native_decide/#eval/macros/... before Lean (sorry and axioms are still checked)");
-  sub->add_option("--ctx", f->ctx, "context size of the local model");
-  sub->add_option("--kv-budget", f->kv_budget_mib, "KV cache pool in MiB, cached prefixes included (local model)")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--ctk", f->ctk, "KV cache format for keys (local model)");
-  sub->add_option("--ctv", f->ctv, "KV cache format for values (local model)");
+  AddLocalModelFlags(sub, &f->local);
   sub->add_option("--lean-servers", f->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
   sub->add_option("--lean-command", f->lean_command, "Lean server command (default: lake serve / lean --server)");
   sub->add_option("--lean-memory", f->lean_memory_gib, "address-space limit of each Lean process, in GiB (0: none)")
@@ -89,15 +85,7 @@ Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& f
     LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::RemoteModel> remote, inference::RemoteModel::Create(options));
     return std::unique_ptr<inference::LanguageModel>(std::move(remote));
   }
-  inference::LocalModelOptions options;
-  options.path = f.model;
-  if (options.path.empty()) {
-    LR_ASSIGN_OR_RETURN(options.path, inference::FindDefaultModel());
-  }
-  if (!f.ctk.empty()) options.kv.k_format = f.ctk;
-  if (!f.ctv.empty()) options.kv.v_format = f.ctv;
-  options.n_ctx = f.ctx;
-  options.kv_budget_mib = f.kv_budget_mib;
+  LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(f.local));
   LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
   return std::unique_ptr<inference::LanguageModel>(std::move(local));
 }

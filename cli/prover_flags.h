@@ -10,13 +10,14 @@
 #include <vector>
 
 #include "agent/prover.h"
+#include "cli/model_flags.h"
 #include "inference/language_model.h"
 #include "lsp/server_pool.h"
 
 namespace lr::cli {
 
 struct ProverFlags {
-  std::string model;         // -m: GGUF file; empty: the default model
+  LocalModelFlags local;     // -m and the in-process model's flags
   std::string remote;        // --remote: OpenAI-compatible base URL
   std::string remote_model;  // --model-id: the model id for --remote
   std::string style = "chat";
@@ -31,10 +32,6 @@ struct ProverFlags {
   int check_budget = 0;
   double check_timeout = 300;
   bool allow_constructs = false;
-  int ctx = 4096;
-  int kv_budget_mib = 1024;
-  std::string ctk;
-  std::string ctv;
   int lean_servers = 2;
   std::string lean_command;  // overrides `lake serve` / `lean --server` (space-separated)
   double lean_memory_gib = 0;   // RLIMIT_AS of each Lean process; 0: none

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <ctime>
 #include <map>
 #include <mutex>
@@ -362,8 +363,7 @@ std::string Server::Impl::MetricsText() const {
     out += "leanrotor_requests_total{endpoint=\"" + key.first + "\",code=\"" + std::to_string(key.second) + "\"} " +
            std::to_string(count) + "\n";
   auto metric = [&](const char* name, const char* type, const char* help, uint64_t value) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(value) + "\n";
+    out += PrometheusMetric(name, type, help, static_cast<double>(value));
   };
   metric("leanrotor_requests_rejected_total", "counter", "Completion requests answered 503 because the queue was full.",
          rejected);
@@ -377,7 +377,14 @@ std::string Server::Impl::MetricsText() const {
   metric("leanrotor_queue_depth", "gauge", "Completion requests waiting for a turn.", queued);
   metric("leanrotor_requests_running", "gauge", "Completion requests running on the model.", running);
   metric("leanrotor_queue_capacity", "gauge", "Waiting requests allowed before 503.", options.max_queued);
+  if (options.extra_metrics) out += options.extra_metrics();
   return out;
+}
+
+std::string PrometheusMetric(const std::string& name, const char* type, const std::string& help, double value) {
+  char number[64];
+  std::snprintf(number, sizeof number, "%.17g", value);
+  return "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + number + "\n";
 }
 
 Server::Server(LanguageModel& model, ServeOptions options) : impl_(std::make_unique<Impl>(model, std::move(options))) {}

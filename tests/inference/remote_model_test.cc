@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <thread>
+#include <vector>
 
 #include "base/file.h"
 
@@ -74,6 +75,60 @@ TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   EXPECT_EQ(over_http->usage.prompt_tokens, direct->usage.prompt_tokens);
   EXPECT_EQ(over_http->usage.completion_tokens, direct->usage.completion_tokens);
   EXPECT_GT(over_http->usage.prompt_tokens, 10);
+}
+
+TEST(RemoteModelOverServe, ConcurrentClientsShareDecodeSteps) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  LocalModelOptions lo;
+  lo.path = kDefaultModel;
+  lo.n_ctx = 512;
+  Result<std::unique_ptr<LocalModel>> local = LocalModel::Open(lo);
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  ServeOptions so;
+  so.port = 0;
+  so.max_running = 4;
+  Server server(**local, so);
+  ASSERT_TRUE(server.Start().ok());
+
+  const char* questions[] = {"Write a long story about the number seven.", "Explain induction on natural numbers.",
+                             "List every prime below one hundred, then explain why each is prime."};
+  std::vector<CompletionRequest> requests;
+  std::vector<Completion> alone;
+  for (const char* q : questions) {
+    CompletionRequest r;
+    r.messages.push_back({"user", q, {}, {}});
+    r.n = 2;
+    r.sampling.temperature = 0.0f;
+    r.sampling.max_tokens = 40;
+    Result<Completion> c = (*local)->Complete(r, nullptr);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    alone.push_back(*c);
+    requests.push_back(r);
+  }
+  const long steps_alone = (*local)->engine_stats().steps;
+
+  // Three clients at once, over HTTP: their choices decode together, and each gets what it got alone.
+  std::vector<Result<Completion>> over_http(3, Internal("not run"));
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < 3; ++i)
+    clients.emplace_back([&, i] {
+      RemoteOptions ro;
+      ro.base_url = "http://127.0.0.1:" + std::to_string(server.port()) + "/v1";
+      ro.model = "local";
+      ro.max_attempts = 1;
+      Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
+      if (remote.ok()) over_http[i] = (*remote)->Complete(requests[i], [](int, std::string_view) { return true; });
+    });
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(over_http[i].ok()) << i << ": " << over_http[i].status().ToString();
+    for (size_t c = 0; c < 2; ++c) EXPECT_EQ(over_http[i]->choices[c].text, alone[i].choices[c].text) << i << "/" << c;
+  }
+  const EngineStats e = (*local)->engine_stats();
+  EXPECT_GT(e.batched_steps, 0);
+  EXPECT_GE(e.peak_requests, 2);
+  EXPECT_LT(e.steps - steps_alone, steps_alone);  // fewer steps than one request after another
+  EXPECT_NE(server.MetricsText().find("leanrotor_requests_running"), std::string::npos);
 }
 
 TEST(RemoteModelOverServe, LeanrotorServeExecutable) {

@@ -1,0 +1,36 @@
+#include "cli/model_flags.h"
+
+#include <omp.h>
+
+namespace lr::cli {
+
+void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
+  sub->add_option("--ctk", f->ctk, "KV cache format for keys (f16 q8_0 q4_0 q4_0h tq4 tq3 tq2 planar3/4 iso3/4 hx3)")
+      ->capture_default_str();
+  sub->add_option("--ctv", f->ctv, "KV cache format for values")->capture_default_str();
+  sub->add_option("-c,--ctx", f->ctx, "longest sequence (prompt + reply tokens) of one request")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--kv-budget", f->kv_budget_mib, "KV cache pool in MiB (sequences and cached prefixes)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("-t,--threads", f->threads, "CPU threads (default: OpenMP's, all cores)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f) {
+  inference::LocalModelOptions o;
+  o.path = f.model;
+  if (o.path.empty()) {
+    LR_ASSIGN_OR_RETURN(o.path, inference::FindDefaultModel());
+  }
+  o.kv.k_format = f.ctk;
+  o.kv.v_format = f.ctv;
+  o.n_ctx = f.ctx;
+  o.kv_budget_mib = f.kv_budget_mib;
+  if (f.threads > 0) omp_set_num_threads(f.threads);
+  o.threads = f.threads;
+  return o;
+}
+
+}  // namespace lr::cli

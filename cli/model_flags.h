@@ -1,0 +1,30 @@
+// The in-process model's flags, shared by generate, serve, tui, prove and batch, and the LocalModelOptions they make.
+// -m is declared by each command: its meaning differs (tui's names a model id with --url; prove's excludes --remote).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "base/status.h"
+#include "inference/local_model.h"
+
+namespace lr::cli {
+
+struct LocalModelFlags {
+  std::string model;  // GGUF file; empty: the default model
+  std::string ctk = "f16";
+  std::string ctv = "f16";
+  int ctx = 4096;
+  int kv_budget_mib = 1024;
+  int threads = 0;  // 0: OpenMP's default
+};
+
+// --ctk, --ctv, -c/--ctx, --kv-budget and -t/--threads, with the defaults *f holds.
+void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f);
+
+// The options for LocalModel::Open, with the default model when f.model is empty (kNotFound saying where it looked).
+// -t also sets this process's OpenMP threads, for work a command runs outside the model's engine.
+Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f);
+
+}  // namespace lr::cli
