@@ -12,6 +12,12 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   if (shape.n_layer < 1 || shape.n_head_kv < 1 || shape.k_dim < 1 || shape.v_dim < 0)
     return InvalidArgument("KV cache: layers, KV heads and key row size must be positive, value row size >= 0");
   if (options.max_tokens < 1) return InvalidArgument("KV cache: max_tokens must be positive");
+  if (options.sink_tokens < 0 || options.sink_tokens > kPageTokens)
+    return InvalidArgument("KV cache: sink_tokens is " + std::to_string(options.sink_tokens) + "; expected 0.." +
+                           std::to_string(kPageTokens));
+  const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
+  if (options.sink_tokens > 0 && !all_f16 && shape.v_dim == 0)
+    return InvalidArgument("KV cache: sink rows are not supported for caches without value rows (MLA)");
   const KvCenters* centers = options.centers.get();
   if (centers != nullptr && (centers->shape.n_layer != shape.n_layer || centers->shape.n_head_kv != shape.n_head_kv ||
                              centers->shape.k_dim != shape.k_dim || centers->shape.v_dim != shape.v_dim))
@@ -32,14 +38,24 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
       c.v_codecs_.push_back(std::move(v).value());
     }
   }
+  c.sink_tokens_ = all_f16 ? 0 : options.sink_tokens;
+  if (c.sink_tokens_ > 0) {
+    for (int dim : {shape.k_dim, shape.v_dim}) {
+      auto f16 = kvquant::RowCodec::Create("f16", dim, options.seed, 0, 0);
+      if (!f16.ok()) return f16.status().WithContext("KV cache sink rows");
+      c.sink_codecs_.push_back(std::move(f16).value());
+    }
+  }
   c.k_row_bytes_ = c.k_codecs_[0].row_bytes();
   c.v_row_bytes_ = shape.v_dim == 0 ? 0 : c.v_codecs_[0].row_bytes();
   const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;
   c.token_bytes_ = heads * (c.k_row_bytes_ + c.v_row_bytes_);
   c.page_bytes_ = c.token_bytes_ * kPageTokens;
+  if (c.sink_tokens_ > 0)
+    c.sink_bytes_ = heads * c.sink_tokens_ * (c.sink_codecs_[0].row_bytes() + c.sink_codecs_[1].row_bytes());
   c.max_pages_ = (options.max_tokens + kPageTokens - 1) / kPageTokens;
   c.index_salt_ = PrefixIndex::Salt(options.identity + '\n' + options.k_format + '\n' + options.v_format + '\n' +
-                                    std::to_string(options.seed));
+                                    std::to_string(options.seed) + '\n' + std::to_string(c.sink_tokens_));
   return c;
 }
 
@@ -114,6 +130,7 @@ KvStats KvCache::Stats() const {
   st.prefix_lookup_tokens = prefix_lookup_tokens_;
   st.prefix_hit_tokens = prefix_hit_tokens_;
   for (size_t page = 0; page < refs_.size(); ++page) {
+    if (refs_[page] > 0 && sink_rows_[page] != nullptr) st.sink_bytes += sink_bytes_;
     const int users = refs_[page] - (index_.Holds(static_cast<int>(page)) ? 1 : 0);  // sequences referencing it
     if (users == 1) {
       ++st.pages_private;
@@ -139,6 +156,7 @@ Result<int> KvCache::AllocatePage() {
   } else if (static_cast<int>(pages_.size()) < max_pages_) {
     page = static_cast<int>(pages_.size());
     pages_.push_back(std::make_unique<uint8_t[]>(page_bytes_));
+    sink_rows_.emplace_back();
     refs_.push_back(0);
   } else {
     return ResourceExhausted("KV cache full: all " + std::to_string(max_pages_ * kPageTokens) +
@@ -153,6 +171,7 @@ Result<int> KvCache::AllocatePage() {
 void KvCache::ReleasePage(int page) {
   assert(refs_[page] > 0);
   if (--refs_[page] == 0) {
+    sink_rows_[page].reset();
     free_pages_.push_back(page);
     --pages_in_use_;
   }
@@ -165,14 +184,56 @@ Result<int> KvCache::AppendSlot(int seq) {
   if (pos % kPageTokens == 0) {
     LR_ASSIGN_OR_RETURN(int page, AllocatePage());
     s.pages.push_back(page);
+    if (pos == 0 && sink_tokens_ > 0) sink_rows_[page] = std::make_unique<uint8_t[]>(sink_bytes_);
   } else if (refs_[s.pages.back()] > 1) {  // shared partial page: copy before writing into it
     LR_ASSIGN_OR_RETURN(int page, AllocatePage());
-    std::memcpy(pages_[page].get(), pages_[s.pages.back()].get(), page_bytes_);
-    ReleasePage(s.pages.back());
+    const int old = s.pages.back();
+    std::memcpy(pages_[page].get(), pages_[old].get(), page_bytes_);
+    if (sink_rows_[old] != nullptr) {
+      sink_rows_[page] = std::make_unique<uint8_t[]>(sink_bytes_);
+      std::memcpy(sink_rows_[page].get(), sink_rows_[old].get(), sink_bytes_);
+    }
+    ReleasePage(old);
     s.pages.back() = page;
   }
   ++s.length;
   return pos;
+}
+
+void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const float* v) {
+  k_codec(layer, head).EncodeRow(k, KRow(seq, layer, head, pos));
+  if (shape_.v_dim > 0) v_codec(layer, head).EncodeRow(v, VRow(seq, layer, head, pos));
+  if (pos < sink_tokens_) {
+    const int page = seqs_[seq].pages[0];
+    sink_codecs_[0].EncodeRow(k, SinkK(page, layer, head) + pos * sink_codecs_[0].row_bytes());
+    sink_codecs_[1].EncodeRow(v, SinkV(page, layer, head) + pos * sink_codecs_[1].row_bytes());
+  }
+}
+
+uint8_t* KvCache::SinkK(int page, int layer, int head) const {
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return sink_rows_[page].get() + h * sink_tokens_ * sink_codecs_[0].row_bytes();
+}
+
+uint8_t* KvCache::SinkV(int page, int layer, int head) const {
+  const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return sink_rows_[page].get() + heads * sink_tokens_ * sink_codecs_[0].row_bytes() +
+         h * sink_tokens_ * sink_codecs_[1].row_bytes();
+}
+
+Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale,
+                       float* out) const {
+  thread_local std::vector<kvquant::RowSpan> spans;
+  spans.clear();
+  const int sink = std::min(sink_tokens_, n_tokens);
+  AppendSpans(seq, layer, head, sink, n_tokens, &spans);
+  if (sink == 0) return kvquant::Attend(k_codec(layer, head), v_codec(layer, head), q, n_q, spans, scale, out);
+  const int page = seqs_[seq].pages[0];
+  const kvquant::RowSpan sink_span{SinkK(page, layer, head), SinkV(page, layer, head), sink};
+  const kvquant::CodedSpans parts[] = {{&sink_codecs_[0], &sink_codecs_[1], {&sink_span, 1}},
+                                       {&k_codec(layer, head), &v_codec(layer, head), spans}};
+  return kvquant::AttendMixed(parts, q, n_q, scale, out);
 }
 
 size_t KvCache::KOffset(int layer, int head) const {
@@ -197,12 +258,20 @@ uint8_t* KvCache::VRow(int seq, int layer, int head, int pos) {
 }
 
 void KvCache::Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const {
+  AppendSpans(seq, layer, head, 0, n_tokens, spans);
+}
+
+void KvCache::AppendSpans(int seq, int layer, int head, int begin, int end,
+                          std::vector<kvquant::RowSpan>* spans) const {
   const Sequence& s = seqs_[seq];
-  assert(n_tokens <= s.length);
+  assert(0 <= begin && begin <= end && end <= s.length);
   const size_t k_off = KOffset(layer, head), v_off = VOffset(layer, head);
-  for (int start = 0; start < n_tokens; start += kPageTokens) {
-    const uint8_t* page = pages_[s.pages[start / kPageTokens]].get();
-    spans->push_back({page + k_off, page + v_off, std::min(kPageTokens, n_tokens - start)});
+  for (int pos = begin; pos < end;) {
+    const int in_page = pos % kPageTokens;
+    const int n = std::min(kPageTokens - in_page, end - pos);
+    const uint8_t* page = pages_[s.pages[pos / kPageTokens]].get();
+    spans->push_back({page + k_off + in_page * k_row_bytes_, page + v_off + in_page * v_row_bytes_, n});
+    pos += n;
   }
 }
 

@@ -19,6 +19,13 @@
 // Each (layer, KV head) has its own RowCodec (kvquant's rotations are seeded per layer and head); keys and values use
 // the formats named by KvCacheOptions (`--ctk` / `--ctv`), f16 by default.
 //
+// Sink rows: with KvCacheOptions::sink_tokens = s > 0 and a compressed format, the first s positions of a sequence
+// are also stored as f16 rows, beside the page that holds positions 0..kPageTokens-1 (so they are shared, indexed
+// and copied with that page), and attention reads those instead of their compressed rows. The first tokens of a
+// context draw much of every head's attention (attention sinks) and their keys are unlike the others, so they are
+// where a few exact rows help most. Cost: s f16 rows per sequence (the compressed slots of those positions stay in
+// the page, unused by attention).
+//
 // Not thread-safe for changes (NewSequence, Fork, Free, Truncate, AppendSlot); reading and writing rows of distinct
 // positions from several threads is fine.
 #pragma once
@@ -49,6 +56,9 @@ struct KvCacheOptions {
   // Per-channel centers of the model's rows, set on every codec except f16 ones (exact: inference/kv_calibration.h).
   // Null: none. Must match the cache's shape.
   std::shared_ptr<const KvCenters> centers;
+  // Positions [0, sink_tokens) of every sequence are kept as f16 rows too (see "Sink rows" above); 0..kPageTokens.
+  // Ignored when both formats are f16. Not for caches without value rows (MLA).
+  int sink_tokens = 0;
 };
 
 // Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.
@@ -60,9 +70,12 @@ struct KvStats {
   int pages_shared = 0;   // referenced by two or more sequences
   int pages_cached = 0;   // in the prefix index and referenced by no sequence (evictable)
   int pages_peak = 0;     // most pages allocated at once (private, shared or cached) since Create
+  size_t sink_bytes = 0;  // f16 sink rows held beside the pages in use
   long prefix_lookup_tokens = 0;  // tokens looked up by NewSequenceFromCache, summed over calls
   long prefix_hit_tokens = 0;     // of those, how many were found in the index
-  size_t bytes_in_use() const { return page_bytes * static_cast<size_t>(pages_private + pages_shared + pages_cached); }
+  size_t bytes_in_use() const {
+    return page_bytes * static_cast<size_t>(pages_private + pages_shared + pages_cached) + sink_bytes;
+  }
   size_t bytes_peak() const { return page_bytes * static_cast<size_t>(pages_peak); }
 };
 
@@ -110,11 +123,19 @@ class KvCache {
   // and head. kResourceExhausted when the pool is full.
   Result<int> AppendSlot(int seq);
 
-  // The stored rows of one position (written once, by the forward pass, right after AppendSlot).
+  // Writes one position's key and value rows of one (layer, head), once, right after AppendSlot: encoded with the
+  // codecs, and as f16 sink rows too when pos < sink_tokens.
+  void Store(int seq, int layer, int head, int pos, const float* k, const float* v);
+  // The stored (encoded) rows of one position; Store writes them, or the caller with k_codec when the cache has no
+  // value rows (MLA).
   uint8_t* KRow(int seq, int layer, int head, int pos);
   uint8_t* VRow(int seq, int layer, int head, int pos);
 
-  // Positions [0, n_tokens) of one (layer, head), as page-sized spans for kvquant::Attend. Appends to *spans.
+  // Attention of one KV head's query group over positions [0, n_tokens) of seq: kvquant::Attend over the pages, or
+  // kvquant::AttendMixed over the sink rows and the compressed rest. Arguments as kvquant::Attend's.
+  Status Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale, float* out) const;
+  // Positions [0, n_tokens) of one (layer, head), as page-sized spans of the encoded rows (sink rows not used), for
+  // kvquant::Attend / AttendSharedKV. Appends to *spans.
   void Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const;
 
   // Pages allocated now: referenced by a sequence or cached.
@@ -133,10 +154,20 @@ class KvCache {
   void ReleasePage(int page);
   size_t KOffset(int layer, int head) const;
   size_t VOffset(int layer, int head) const;
+  // Spans of positions [begin, end) of one (layer, head), appended to *spans.
+  void AppendSpans(int seq, int layer, int head, int begin, int end, std::vector<kvquant::RowSpan>* spans) const;
+  // The sink rows of a page holding positions 0..kPageTokens-1: for each (layer, head) sink_tokens_ f16 key rows,
+  // then the same for values. Allocated when the page first becomes a sequence's first page.
+  uint8_t* SinkK(int page, int layer, int head) const;
+  uint8_t* SinkV(int page, int layer, int head) const;
 
   KvShape shape_;
   KvCacheOptions options_;
   std::vector<kvquant::RowCodec> k_codecs_, v_codecs_;  // [layer * n_head_kv + head]
+  int sink_tokens_ = 0;                                  // 0 when both formats are f16
+  std::vector<kvquant::RowCodec> sink_codecs_;           // f16 codecs for sink key and value rows, when sink_tokens_
+  size_t sink_bytes_ = 0;                                // one page's sink rows
+  std::vector<std::unique_ptr<uint8_t[]>> sink_rows_;    // per page: its sink rows, or null
   size_t k_row_bytes_ = 0, v_row_bytes_ = 0;
   size_t token_bytes_ = 0, page_bytes_ = 0;
   int max_pages_ = 0;

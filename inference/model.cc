@@ -274,21 +274,15 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
 #pragma omp for schedule(static)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      const int seq = batch[i].seq;
-      cache.k_codec(layer, h).EncodeRow(k.data() + static_cast<size_t>(i) * kd + h * hd,
-                                        cache.KRow(seq, layer, h, pos[i]));
-      cache.v_codec(layer, h).EncodeRow(v.data() + static_cast<size_t>(i) * vd + h * hdv,
-                                        cache.VRow(seq, layer, h, pos[i]));
+      cache.Store(batch[i].seq, layer, h, pos[i], k.data() + static_cast<size_t>(i) * kd + h * hd,
+                  v.data() + static_cast<size_t>(i) * vd + h * hdv);
     }
-    std::vector<kvquant::RowSpan> spans;
 #pragma omp for schedule(dynamic, 1)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      spans.clear();
-      cache.Spans(batch[i].seq, layer, h, pos[i] + 1, &spans);
-      const Status s = kvquant::Attend(cache.k_codec(layer, h), cache.v_codec(layer, h),
-                                       q.data() + static_cast<size_t>(i) * qd + h * group * hd, group, spans, scale,
-                                       attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
+      const Status s = cache.Attend(batch[i].seq, layer, h, pos[i] + 1,
+                                    q.data() + static_cast<size_t>(i) * qd + h * group * hd, group, scale,
+                                    attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
       assert(s.ok());
       (void)s;
     }

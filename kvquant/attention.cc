@@ -86,91 +86,142 @@ Isa BestIsa() {
   return best;
 }
 
-Status AttendWith(const Kernels& kn, const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q,
-                  int n_q, std::span<const RowSpan> spans, float scale, float* out, int n_threads) {
+Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
+                  float scale, float* out, int n_threads) {
   if (n_q < 1) return InvalidArgument("attention: n_q is " + std::to_string(n_q) + "; expected at least 1 query");
+  if (parts.empty()) return InvalidArgument("attention: no parts; expected at least one range of rows");
   const bool shared = shared_v_dim > 0;
-  const int v_dim = shared ? shared_v_dim : v.dim();
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const CodedSpans& part = parts[p];
+    if (part.k == nullptr || (!shared && part.v == nullptr) || part.k->dim() != parts[0].k->dim() ||
+        (!shared && part.v->dim() != parts[0].v->dim()))
+      return InvalidArgument("attention: part " + std::to_string(p) +
+                             " has a null codec or row dims unlike part 0's; expected codecs of equal K and V dims");
+  }
+  const int kdim = parts[0].k->dim();
+  const int v_dim = shared ? shared_v_dim : parts[0].v->dim();
+  // A job: rows of one part scored by one thread.
+  struct Job {
+    int part;
+    std::vector<Piece> pieces;
+  };
+  std::vector<Job> jobs;
   int total = 0;
-  std::vector<Piece> pieces;
-  for (size_t i = 0; i < spans.size(); ++i) {
-    const RowSpan& sp = spans[i];
-    if (sp.n_rows < 0 || (sp.n_rows > 0 && (sp.k == nullptr || (!shared && sp.v == nullptr))))
-      return InvalidArgument("attention: span " + std::to_string(i) + " has n_rows " + std::to_string(sp.n_rows) +
-                             " or a null row pointer; expected n_rows >= 0 and rows for K" +
-                             (shared ? "" : " and V"));
-    if (sp.n_rows == 0) continue;
-    pieces.push_back({sp.k, shared ? sp.k : sp.v, sp.n_rows});
-    total += sp.n_rows;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    Job job{static_cast<int>(p), {}};
+    for (size_t i = 0; i < parts[p].spans.size(); ++i) {
+      const RowSpan& sp = parts[p].spans[i];
+      if (sp.n_rows < 0 || (sp.n_rows > 0 && (sp.k == nullptr || (!shared && sp.v == nullptr))))
+        return InvalidArgument("attention: span " + std::to_string(i) + " has n_rows " + std::to_string(sp.n_rows) +
+                               " or a null row pointer; expected n_rows >= 0 and rows for K" +
+                               (shared ? "" : " and V"));
+      if (sp.n_rows == 0) continue;
+      job.pieces.push_back({sp.k, shared ? sp.k : sp.v, sp.n_rows});
+      total += sp.n_rows;
+    }
+    if (!job.pieces.empty()) jobs.push_back(std::move(job));
   }
   if (total == 0)
-    return InvalidArgument("attention: the range is empty (" + std::to_string(spans.size()) +
-                           " spans, 0 rows); expected at least one row");
+    return InvalidArgument("attention: the range is empty (" + std::to_string(parts.size()) +
+                           " parts, 0 rows); expected at least one row");
 
-  // Rotate the queries into K's stored domain once, with the softmax scale folded in.
-  const int kdim = k.dim();
-  std::vector<float> qr(static_cast<size_t>(n_q) * kdim);
-  for (int i = 0; i < n_q; ++i) {
-    k.rotation().Apply(q + i * kdim, &qr[i * kdim]);
-    for (int j = 0; j < kdim; ++j) qr[i * kdim + j] *= scale;
+  // Per part: the queries rotated into its K domain with the softmax scale folded in, and the shift scale·q·mu_K
+  // that its key center took off every score.
+  std::vector<std::vector<float>> qr(parts.size());
+  std::vector<std::vector<float>> shift(parts.size());
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const RowCodec& k = *parts[p].k;
+    qr[p].resize(static_cast<size_t>(n_q) * kdim);
+    shift[p].assign(n_q, 0.0f);
+    for (int i = 0; i < n_q; ++i) {
+      k.rotation().Apply(q + i * kdim, &qr[p][i * kdim]);
+      for (int j = 0; j < kdim; ++j) qr[p][i * kdim + j] *= scale;
+      if (!k.center().empty()) {
+        double dot = 0;
+        for (int j = 0; j < kdim; ++j) dot += static_cast<double>(q[i * kdim + j]) * k.center()[j];
+        shift[p][i] = static_cast<float>(scale * dot);
+      }
+    }
   }
 
   n_threads = std::max(1, std::min(n_threads, total));
-  std::vector<Partial> parts(n_threads, Partial(n_q, v_dim));
-  if (n_threads == 1) {
-    Process(kn, k, v, v_dim, qr.data(), n_q, pieces, parts[0]);
-  } else {
-    // Thread p takes rows [p * per, (p + 1) * per) of the concatenated range.
+  if (n_threads > 1) {
+    // Thread t takes rows [t * per, (t + 1) * per) of the concatenated range: one job per (thread, part) it touches.
     const int per = (total + n_threads - 1) / n_threads;
-    std::vector<std::vector<Piece>> split(n_threads);
+    std::vector<Job> split;
     int pos = 0;
-    for (const Piece& pc : pieces) {
-      for (int t = 0; t < pc.n_rows;) {
-        const int p = pos / per;
-        const int take = std::min(pc.n_rows - t, (p + 1) * per - pos);
-        split[p].push_back({pc.k + t * k.row_bytes(), pc.v + t * (shared ? k.row_bytes() : v.row_bytes()), take});
-        t += take;
-        pos += take;
+    for (const Job& job : jobs) {
+      const CodedSpans& part = parts[job.part];
+      const size_t k_bytes = part.k->row_bytes(), v_bytes = shared ? k_bytes : part.v->row_bytes();
+      for (const Piece& pc : job.pieces) {
+        for (int t = 0; t < pc.n_rows;) {
+          const int take = std::min(pc.n_rows - t, (pos / per + 1) * per - pos);
+          if (split.empty() || split.back().part != job.part || pos % per == 0) split.push_back({job.part, {}});
+          split.back().pieces.push_back({pc.k + t * k_bytes, pc.v + t * v_bytes, take});
+          t += take;
+          pos += take;
+        }
       }
     }
+    jobs = std::move(split);
+  }
+  std::vector<Partial> partial(jobs.size(), Partial(n_q, v_dim));
+  auto run = [&](size_t j) {
+    const CodedSpans& part = parts[jobs[j].part];
+    const RowCodec& v = shared ? *part.k : *part.v;
+    Partial& st = partial[j];
+    Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), n_q, jobs[j].pieces, st);
+    // Into the common domain: V rotated back, V's center (the leading v_dim values of shared rows' center) added
+    // with weight l (Σ p = 1 within the part), the key center's shift given back to the running max.
+    const std::span<const float> center = v.center();
+    for (int i = 0; i < n_q; ++i) {
+      float* acc = &st.acc[static_cast<size_t>(i) * v_dim];
+      v.rotation().Invert(acc, acc, v_dim);
+      if (!center.empty())
+        for (int c = 0; c < v_dim; ++c) acc[c] += st.l[i] * center[c];
+      st.m[i] += shift[jobs[j].part][i];
+    }
+  };
+  if (n_threads == 1) {
+    for (size_t j = 0; j < jobs.size(); ++j) run(j);
+  } else {
 #pragma omp parallel for num_threads(n_threads) schedule(static, 1)
-    for (int p = 0; p < n_threads; ++p) Process(kn, k, v, v_dim, qr.data(), n_q, split[p], parts[p]);
-    // Merge: rescale every partial to the common max and add.
-    for (int p = 1; p < n_threads; ++p) {
-      for (int i = 0; i < n_q; ++i) {
-        const float m = std::max(parts[0].m[i], parts[p].m[i]);
-        if (m == -INFINITY) continue;
-        const float f0 = std::exp(parts[0].m[i] - m), fp = std::exp(parts[p].m[i] - m);
-        parts[0].l[i] = parts[0].l[i] * f0 + parts[p].l[i] * fp;
-        for (int j = 0; j < v_dim; ++j)
-          parts[0].acc[i * v_dim + j] = parts[0].acc[i * v_dim + j] * f0 + parts[p].acc[i * v_dim + j] * fp;
-        parts[0].m[i] = m;
-      }
+    for (size_t j = 0; j < jobs.size(); ++j) run(j);
+  }
+  // Merge: rescale every partial to the common max and add.
+  Partial& all = partial[0];
+  for (size_t j = 1; j < jobs.size(); ++j) {
+    for (int i = 0; i < n_q; ++i) {
+      const float m = std::max(all.m[i], partial[j].m[i]);
+      if (m == -INFINITY) continue;
+      const float f0 = std::exp(all.m[i] - m), fj = std::exp(partial[j].m[i] - m);
+      all.l[i] = all.l[i] * f0 + partial[j].l[i] * fj;
+      for (int c = 0; c < v_dim; ++c)
+        all.acc[i * v_dim + c] = all.acc[i * v_dim + c] * f0 + partial[j].acc[i * v_dim + c] * fj;
+      all.m[i] = m;
     }
   }
-
-  // Rotate back and add V's center (the leading v_dim values of the shared rows' center): Σ p_j = 1.
-  const Rotation& vrot = shared ? k.rotation() : v.rotation();
-  const std::span<const float> center = shared ? k.center() : v.center();
   for (int i = 0; i < n_q; ++i) {
-    const float inv = 1.0f / parts[0].l[i];
-    float* o = out + i * v_dim;
-    for (int j = 0; j < v_dim; ++j) o[j] = parts[0].acc[i * v_dim + j] * inv;
-    vrot.Invert(o, o, v_dim);
-    if (!center.empty())
-      for (int j = 0; j < v_dim; ++j) o[j] += center[j];
+    const float inv = 1.0f / all.l[i];
+    for (int c = 0; c < v_dim; ++c) out[i * v_dim + c] = all.acc[i * v_dim + c] * inv;
   }
   return Status::Ok();
 }
 
 Status Attend(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
               float scale, float* out) {
-  return AttendWith(*GetKernels(BestIsa()), k, v, 0, q, n_q, spans, scale, out, 1);
+  const CodedSpans part{&k, &v, spans};
+  return AttendWith(*GetKernels(BestIsa()), {&part, 1}, 0, q, n_q, scale, out, 1);
+}
+
+Status AttendMixed(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, float* out) {
+  return AttendWith(*GetKernels(BestIsa()), parts, 0, q, n_q, scale, out, 1);
 }
 
 Status AttendParallel(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
                       float scale, float* out, int n_threads) {
-  return AttendWith(*GetKernels(BestIsa()), k, v, 0, q, n_q, spans, scale, out, n_threads);
+  const CodedSpans part{&k, &v, spans};
+  return AttendWith(*GetKernels(BestIsa()), {&part, 1}, 0, q, n_q, scale, out, n_threads);
 }
 
 Status AttendSharedKV(const RowCodec& kv, int v_dim, const float* q, int n_q, std::span<const RowSpan> spans,
@@ -181,7 +232,8 @@ Status AttendSharedKV(const RowCodec& kv, int v_dim, const float* q, int n_q, st
     return InvalidArgument("attention with shared K/V rows: v_dim " + std::to_string(v_dim) + " with format " +
                            std::string(kv.format().name) + " and row dim " + std::to_string(kv.dim()) +
                            "; expected 1..dim ending on a block boundary and a rotation segment boundary");
-  return AttendWith(*GetKernels(BestIsa()), kv, kv, v_dim, q, n_q, spans, scale, out, 1);
+  const CodedSpans part{&kv, nullptr, spans};
+  return AttendWith(*GetKernels(BestIsa()), {&part, 1}, v_dim, q, n_q, scale, out, 1);
 }
 
 }  // namespace lr::kvquant

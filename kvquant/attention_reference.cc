@@ -29,26 +29,31 @@ void AttendF32(const float* k, const float* v, int n_rows, int k_dim, int v_dim,
   }
 }
 
-void AttendReference(const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q, int n_q,
-                     std::span<const RowSpan> spans, float scale, float* out) {
+void AttendReference(std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q, float scale,
+                     float* out) {
+  assert(!parts.empty());
   const bool shared = shared_v_dim > 0;
-  const int v_dim = shared ? shared_v_dim : v.dim();
-  std::vector<float> kr, vr, row(k.dim());
+  const int k_dim = parts[0].k->dim();
+  const int v_dim = shared ? shared_v_dim : parts[0].v->dim();
+  std::vector<float> kr, vr, row(k_dim), vrow(v_dim);
   int n = 0;
-  for (const RowSpan& sp : spans) {
-    for (int t = 0; t < sp.n_rows; ++t, ++n) {
-      k.DecodeRow(sp.k + t * k.row_bytes(), row.data());
-      kr.insert(kr.end(), row.begin(), row.end());
-      if (shared) {
-        vr.insert(vr.end(), row.begin(), row.begin() + v_dim);
-      } else {
-        std::vector<float> vrow(v.dim());
-        v.DecodeRow(sp.v + t * v.row_bytes(), vrow.data());
-        vr.insert(vr.end(), vrow.begin(), vrow.end());
+  for (const CodedSpans& part : parts) {
+    const RowCodec& k = *part.k;
+    assert(k.dim() == k_dim && (shared || part.v->dim() == v_dim));
+    for (const RowSpan& sp : part.spans) {
+      for (int t = 0; t < sp.n_rows; ++t, ++n) {
+        k.DecodeRow(sp.k + t * k.row_bytes(), row.data());
+        kr.insert(kr.end(), row.begin(), row.end());
+        if (shared) {
+          vr.insert(vr.end(), row.begin(), row.begin() + v_dim);
+        } else {
+          part.v->DecodeRow(sp.v + t * part.v->row_bytes(), vrow.data());
+          vr.insert(vr.end(), vrow.begin(), vrow.end());
+        }
       }
     }
   }
-  AttendF32(kr.data(), vr.data(), n, k.dim(), v_dim, q, n_q, scale, out);
+  AttendF32(kr.data(), vr.data(), n, k_dim, v_dim, q, n_q, scale, out);
 }
 
 }  // namespace lr::kvquant

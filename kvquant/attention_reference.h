@@ -10,8 +10,8 @@ namespace lr::kvquant {
 
 // Same contract as AttendWith (kvquant/kernels.h) for valid input: shared_v_dim > 0 means V is the leading
 // shared_v_dim values of K's rows. Asserts on invalid input.
-void AttendReference(const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q, int n_q,
-                     std::span<const RowSpan> spans, float scale, float* out);
+void AttendReference(std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q, float scale,
+                     float* out);
 
 // Exact attention over uncompressed rows: K and V are n_rows × dim float rows. The target the formats are measured
 // against (kv-eval, tests).

@@ -35,10 +35,11 @@ const Kernels* GetKernels(Isa isa);
 Isa BestIsa();
 const char* IsaName(Isa isa);
 
-// Attention for one KV head group with the chosen kernels. K is k's rows; V is v's rows, or when shared_v_dim > 0
-// the leading shared_v_dim values of K's rows (then v must be k). Spans as in Attend; out is n_q × (v dim).
-Status AttendWith(const Kernels& kernels, const RowCodec& k, const RowCodec& v, int shared_v_dim, const float* q,
-                  int n_q, std::span<const RowSpan> spans, float scale, float* out, int n_threads);
+// Attention for one KV head group with the chosen kernels, over the parts in order (as AttendMixed). In each part K
+// is its k's rows; V is its v's rows, or when shared_v_dim > 0 the leading shared_v_dim values of K's rows. Spans as
+// in Attend; out is n_q × (v dim). n_threads > 1 splits the concatenated rows into that many pieces (AttendParallel).
+Status AttendWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
+                  int n_q, float scale, float* out, int n_threads);
 
 namespace generic { const Kernels& Get(); }
 namespace avx2 { const Kernels& Get(); }

@@ -149,12 +149,27 @@ struct RowSpan {
   int n_rows;
 };
 
+// Rows of one KV head stored with one pair of codecs: one part of a range that AttendMixed reads.
+struct CodedSpans {
+  const RowCodec* k;
+  const RowCodec* v;  // ignored (may be null) for shared K/V rows
+  std::span<const RowSpan> spans;
+};
+
 // Attention for one KV head and the n_q query heads that share it (a GQA group), over the spans in order, with a
 // streaming softmax: out[i] = softmax(scale · q_i·Kᵀ) · V for i < n_q. q is n_q × k.dim() floats, out is
 // n_q × v.dim(). Errors (kInvalidArgument): n_q < 1, no rows in total, a span with n_rows < 0 or null pointers,
 // k.dim() != q's dim is the caller's contract (q is read as n_q rows of k.dim()).
 Status Attend(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
               float scale, float* out);
+
+// Attend over a range whose parts are stored with different codecs (e.g. the first tokens of a sequence in f16 and
+// the rest compressed): one softmax over the rows of every part. Each part is scored in its own rotated domain and
+// its partial result (running max, sum, V accumulator) is rotated back and merged exactly. Key centers are exact
+// here too: a part's scores are shifted by scale·q·mu_K (its key center), which is added back before the merge,
+// because the softmax ignores a shift only when all rows share it. The parts' K dims must be equal, and their V dims.
+// Errors as Attend, and kInvalidArgument for no parts, a null codec or unequal dims.
+Status AttendMixed(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, float* out);
 
 // MLA: keys and values share one stored row (DeepSeek-style latent plus rope key). K is the whole row of kv.dim()
 // values and V is its leading v_dim values; spans' k pointers are used, v pointers ignored. out is n_q × v_dim.

@@ -5,11 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "inference/model.h"
+#include "kvquant/attention_reference.h"
 
 namespace lr::inference {
 namespace {
@@ -215,6 +217,71 @@ TEST(KvCache, EvictionIsLeastRecentlyUsedAndSparesPagesInUse) {
   EXPECT_EQ(lru.Length(hy), 0);
   lru.Free(hx);
   lru.Free(hy);
+}
+
+// Sink rows: attention reads the first sink_tokens positions as f16 rows and the rest from their compressed rows
+// (checked against exact attention on rows decoded that way); a fork that writes into the first page copies them
+// with it; they are counted in the stats; MLA-shaped caches refuse them.
+TEST(KvCache, SinkRowsAreReadInsteadOfTheFirstCompressedRows) {
+  KvCacheOptions o;
+  o.k_format = "tq3";
+  o.v_format = "hx3";
+  o.max_tokens = 4 * kPage;
+  o.sink_tokens = 4;
+  Result<KvCache> created = KvCache::Create(KvShape{2, 2, 64, 64}, o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  KvCache& cache = *created;
+  const int a = cache.NewSequence();
+  const int n = 40, layer = 1, head = 1;
+  std::vector<float> k(n * 64), v(n * 64), q(2 * 64);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::sin(0.37f * i) + (i % 64 == 3 ? 4.0f : 0.0f);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::cos(0.21f * i);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(1.3f * i);
+  for (int pos = 0; pos < n; ++pos) {
+    ASSERT_TRUE(cache.AppendSlot(a).ok());
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 2; ++h) cache.Store(a, l, h, pos, &k[pos * 64], &v[pos * 64]);
+  }
+  // Expected: f16-rounded rows below 4, decoded compressed rows from 4 on.
+  const kvquant::RowCodec f16 = *kvquant::RowCodec::Create("f16", 64, 0, 0, 0);
+  std::vector<float> kd(n * 64), vd(n * 64);
+  std::vector<uint8_t> row(f16.row_bytes());
+  for (int pos = 0; pos < n; ++pos) {
+    if (pos < 4) {
+      f16.EncodeRow(&k[pos * 64], row.data());
+      f16.DecodeRow(row.data(), &kd[pos * 64]);
+      f16.EncodeRow(&v[pos * 64], row.data());
+      f16.DecodeRow(row.data(), &vd[pos * 64]);
+    } else {
+      cache.k_codec(layer, head).DecodeRow(cache.KRow(a, layer, head, pos), &kd[pos * 64]);
+      cache.v_codec(layer, head).DecodeRow(cache.VRow(a, layer, head, pos), &vd[pos * 64]);
+    }
+  }
+  for (int len : {3, 4, 33, 40}) {
+    SCOPED_TRACE(len);
+    std::vector<float> want(2 * 64), got(2 * 64);
+    kvquant::AttendF32(kd.data(), vd.data(), len, 64, 64, q.data(), 2, 0.125f, want.data());
+    ASSERT_TRUE(cache.Attend(a, layer, head, len, q.data(), 2, 0.125f, got.data()).ok());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5);
+  }
+  EXPECT_EQ(cache.Stats().sink_bytes, 2u * 2 * 4 * (128 + 128));
+  // A fork inside the first page, then a write: the copy of the page has the sink rows too.
+  cache.Truncate(a, 20);
+  const int b = cache.Fork(a);
+  ASSERT_TRUE(cache.AppendSlot(b).ok());
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 2; ++h) cache.Store(b, l, h, 20, &k[20 * 64], &v[20 * 64]);
+  EXPECT_EQ(cache.Stats().sink_bytes, 2u * 2 * 2 * 4 * (128 + 128));
+  std::vector<float> from_a(2 * 64), from_b(2 * 64);
+  ASSERT_TRUE(cache.Attend(a, layer, head, 20, q.data(), 2, 0.125f, from_a.data()).ok());
+  cache.Free(a);
+  ASSERT_TRUE(cache.Attend(b, layer, head, 20, q.data(), 2, 0.125f, from_b.data()).ok());
+  EXPECT_EQ(from_a, from_b);
+
+  o.sink_tokens = kPage + 1;
+  EXPECT_EQ(KvCache::Create(KvShape{2, 2, 64, 64}, o).status().code(), StatusCode::kInvalidArgument);
+  o.sink_tokens = 4;
+  EXPECT_EQ(KvCache::Create(KvShape{2, 1, 320, 0}, o).status().code(), StatusCode::kInvalidArgument);
 }
 
 // The forward pass once per KV format, on the tiny qwen3 fixture (head size 32, which every format but hx3 fits), else

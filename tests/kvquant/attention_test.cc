@@ -19,6 +19,7 @@ struct Cache {
   std::vector<float> kf, vf, q;         // exact rows and queries
   std::vector<uint8_t> kb, vb;          // encoded rows
   std::vector<RowSpan> spans;
+  std::vector<CodedSpans> Parts() const { return {{&k, &v, spans}}; }
 };
 
 // How MakeCache shapes the rows: N(0,1), or N(0,1) plus a constant per-channel offset (every 16th channel 6, the others
@@ -93,13 +94,12 @@ TEST_P(EveryFormat, KernelsMatchScalarReference) {
     Cache c = MakeCache(f, f, dim, 300, n_q, 100, dim, rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
     std::vector<float> want(n_q * dim), got(n_q * dim);
-    AttendReference(c.k, c.v, 0, c.q.data(), n_q, c.spans, scale, want.data());
+    AttendReference(c.Parts(), 0, c.q.data(), n_q, scale, want.data());
     for (Isa isa : SupportedIsas()) {
       for (int threads : {1, 2}) {
         SCOPED_TRACE(std::string(IsaName(isa)) + " threads " + std::to_string(threads) + " dim " +
                      std::to_string(dim));
-        ASSERT_TRUE(AttendWith(*GetKernels(isa), c.k, c.v, 0, c.q.data(), n_q, c.spans, scale, got.data(), threads)
-                        .ok());
+        ASSERT_TRUE(AttendWith(*GetKernels(isa), c.Parts(), 0, c.q.data(), n_q, scale, got.data(), threads).ok());
         EXPECT_LT(RelError(got, want), 2e-6);
       }
     }
@@ -112,7 +112,7 @@ TEST_P(EveryFormat, KernelsMatchScalarReference) {
 TEST(Attention, SeparateKeyAndValueFormats) {
   Cache c = MakeCache("hx3", "q8_0", 128, 200, 4, 64, 3);
   std::vector<float> want(4 * 128), got(4 * 128);
-  AttendReference(c.k, c.v, 0, c.q.data(), 4, c.spans, 0.1f, want.data());
+  AttendReference(c.Parts(), 0, c.q.data(), 4, 0.1f, want.data());
   ASSERT_TRUE(Attend(c.k, c.v, c.q.data(), 4, c.spans, 0.1f, got.data()).ok());
   EXPECT_LT(RelError(got, want), 2e-6);
 }
@@ -183,7 +183,7 @@ TEST(Attention, SharedKeyValueRows) {
     Cache c = MakeCache(f, f, 320, 150, 4, 64, 8, Rows::kOffsetCentered);
     for (RowSpan& s : c.spans) s.v = nullptr;  // ignored for shared rows
     std::vector<float> want(4 * 256), got(4 * 256);
-    AttendReference(c.k, c.k, 256, c.q.data(), 4, c.spans, 0.07f, want.data());
+    AttendReference(c.Parts(), 256, c.q.data(), 4, 0.07f, want.data());
     ASSERT_TRUE(AttendSharedKV(c.k, 256, c.q.data(), 4, c.spans, 0.07f, got.data()).ok());
     EXPECT_LT(RelError(got, want), 2e-6);
   }
@@ -194,6 +194,38 @@ TEST(Attention, SharedKeyValueRows) {
   EXPECT_EQ(AttendSharedKV(c.k, 100, c.q.data(), 1, c.spans, 1, out.data()).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(AttendSharedKV(c.k, 0, c.q.data(), 1, c.spans, 1, out.data()).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(AttendSharedKV(c.k, 321, c.q.data(), 1, c.spans, 1, out.data()).code(), StatusCode::kInvalidArgument);
+}
+
+// A range in two formats (the first rows f16, the rest centered hx3 keys and tq3 values, as the runner's cache with
+// f16 sink rows): every kernel build and the 2-thread split match the scalar reference, which decodes each part with
+// its own codec. The key center's shift matters here (it differs between the parts), unlike within one format.
+TEST(Attention, MixedFormatsMatchScalarReference) {
+  Cache f16 = MakeCache("f16", "f16", 64, 200, 3, 32, 11, Rows::kOffset);
+  Cache hx3 = MakeCache("hx3", "tq3", 64, 200, 3, 32, 11, Rows::kOffsetCentered);
+  ASSERT_EQ(f16.kf, hx3.kf);
+  // Rows 0..4 from the f16 cache, rows 5..199 from the compressed one: one range of 200 distinct rows.
+  const RowSpan head[] = {{f16.kb.data(), f16.vb.data(), 5}};
+  std::vector<RowSpan> tail = {{&hx3.kb[5 * hx3.k.row_bytes()], &hx3.vb[5 * hx3.v.row_bytes()], 27}};
+  for (size_t i = 1; i < hx3.spans.size(); ++i) tail.push_back(hx3.spans[i]);
+  const CodedSpans parts[] = {{&f16.k, &f16.v, head}, {&hx3.k, &hx3.v, tail}};
+  const float scale = 0.125f;
+  std::vector<float> want(3 * 64), got(3 * 64);
+  AttendReference(parts, 0, hx3.q.data(), 3, scale, want.data());
+  for (Isa isa : SupportedIsas()) {
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE(std::string(IsaName(isa)) + " threads " + std::to_string(threads));
+      ASSERT_TRUE(AttendWith(*GetKernels(isa), parts, 0, hx3.q.data(), 3, scale, got.data(), threads).ok());
+      EXPECT_LT(RelError(got, want), 2e-6);
+    }
+  }
+  ASSERT_TRUE(AttendMixed(parts, hx3.q.data(), 3, scale, got.data()).ok());
+  EXPECT_LT(RelError(got, want), 2e-6);
+  const CodedSpans null_codec[] = {{&f16.k, nullptr, head}};
+  EXPECT_EQ(AttendMixed(null_codec, hx3.q.data(), 3, scale, got.data()).code(), StatusCode::kInvalidArgument);
+  Cache wide = MakeCache("f16", "f16", 128, 10, 1, 10, 1);
+  const CodedSpans unequal[] = {{&f16.k, &f16.v, head}, {&wide.k, &wide.v, wide.spans}};
+  EXPECT_EQ(AttendMixed(unequal, hx3.q.data(), 3, scale, got.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(AttendMixed({}, hx3.q.data(), 3, scale, got.data()).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(Attention, BadRangesAreClearErrors) {
