@@ -136,7 +136,7 @@ std::atomic<SimdLevel>& ActiveLevel() {
 
 // The scalar path: each row decoded once, then dotted with every token.
 void MatMulRowsScalar(const WeightMatrix& w, const float* x, int n_tokens, int64_t r0, int64_t r1, float* y,
-                      int64_t y_stride) {
+                      int64_t y_stride, bool add) {
   std::vector<float> row(static_cast<size_t>(w.cols));
   for (int64_t r = r0; r < r1; ++r) {
     DequantizeRow(w.type, w.row(r), row.data(), w.cols);
@@ -144,19 +144,12 @@ void MatMulRowsScalar(const WeightMatrix& w, const float* x, int n_tokens, int64
       const float* xt = x + t * w.cols;
       float sum = 0;
       for (int64_t c = 0; c < w.cols; ++c) sum += row[c] * xt[c];
-      y[t * y_stride + r] = sum;
+      y[t * y_stride + r] = add ? y[t * y_stride + r] + sum : sum;
     }
   }
 }
 
-bool IsFloatType(TensorType t) {
-  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
-}
-
-}  // namespace
-
-void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
-  assert(n % 32 == 0);
+void QuantizeRowQ8Scalar(const float* x, int64_t n, BlockQ8* out) {
   for (int64_t b = 0; b < n / 32; ++b) {
     const float* v = x + 32 * b;
     float amax = 0;
@@ -174,6 +167,21 @@ void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
     o.sum[0] = static_cast<int16_t>(sum[0]);
     o.sum[1] = static_cast<int16_t>(sum[1]);
     o.s = d * static_cast<float>(sum[0] + sum[1]);
+  }
+}
+
+bool IsFloatType(TensorType t) {
+  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
+}
+
+}  // namespace
+
+void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
+  assert(n % 32 == 0);
+  switch (ActiveSimdLevel()) {
+    case SimdLevel::kAvx512Vnni: avx512::QuantizeRowQ8(x, n, out); break;
+    case SimdLevel::kAvx2: avx2::QuantizeRowQ8(x, n, out); break;
+    case SimdLevel::kScalar: QuantizeRowQ8Scalar(x, n, out); break;
   }
 }
 
@@ -223,31 +231,40 @@ void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64
 }
 
 void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens) {
-  const SimdLevel level = ActiveSimdLevel();
-  // Activations are quantized once per call, shared by all threads and all quantized matrices.
   thread_local std::vector<BlockQ8> xq;
-  const BlockQ8* xq_data = nullptr;
+  xq.resize(static_cast<size_t>(n_tokens * (outs[0].w->cols / 32)));
+  BlockQ8* xq_data = xq.data();  // the calling thread's buffer, shared with the team
+#pragma omp parallel
+  MatMulManyTeam(outs, x, n_tokens, xq_data);
+}
+
+void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out) {
+  assert(n % 32 == 0);
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n / 32; ++b) QuantizeRowQ8(x + 32 * b, 32, out + b);
+}
+
+void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq) {
+  const SimdLevel level = ActiveSimdLevel();
   // Rows in chunks of 16 (whole cache lines of output); chunk c belongs to the first product whose chunks end after c.
   constexpr int64_t kChunk = 16;
   constexpr size_t kMaxOuts = 4;
   assert(!outs.empty() && outs.size() <= kMaxOuts);
   int64_t chunk_end[kMaxOuts];
   int64_t n_chunks = 0;
+  bool quantize = false;
   const int64_t cols = outs[0].w->cols;
   for (size_t i = 0; i < outs.size(); ++i) {
     const WeightMatrix& w = *outs[i].w;
     assert(w.cols == cols && RowIsWhole(w.type, w.cols) && outs[i].y_stride >= w.rows);
-    if (level != SimdLevel::kScalar && !IsFloatType(w.type.type) && xq_data == nullptr) {
-      const int64_t per_token = cols / 32;
-      xq.resize(static_cast<size_t>(per_token * n_tokens));
-      for (int t = 0; t < n_tokens; ++t) QuantizeRowQ8(x + t * cols, cols, xq.data() + t * per_token);
-      xq_data = xq.data();
-    }
+    quantize = quantize || (level != SimdLevel::kScalar && !IsFloatType(w.type.type));
     n_chunks += (w.rows + kChunk - 1) / kChunk;
     chunk_end[i] = n_chunks;
   }
+  // Activations are quantized once, shared by all threads and all quantized matrices.
+  if (quantize) QuantizeRowQ8Team(x, n_tokens * cols, xq);
   // Spread evenly over the threads.
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int64_t c = 0; c < n_chunks; ++c) {
     size_t i = 0;
     while (c >= chunk_end[i]) ++i;
@@ -256,9 +273,9 @@ void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens) {
     const int64_t r0 = (c - (i == 0 ? 0 : chunk_end[i - 1])) * kChunk;
     const int64_t r1 = std::min(w.rows, r0 + kChunk);
     switch (level) {
-      case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq_data, x, n_tokens, r0, r1, o.y, o.y_stride); break;
-      case SimdLevel::kAvx2: avx2::MatMulRows(w, xq_data, x, n_tokens, r0, r1, o.y, o.y_stride); break;
-      case SimdLevel::kScalar: MatMulRowsScalar(w, x, n_tokens, r0, r1, o.y, o.y_stride); break;
+      case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;
+      case SimdLevel::kAvx2: avx2::MatMulRows(w, xq, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;
+      case SimdLevel::kScalar: MatMulRowsScalar(w, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;
     }
   }
 }

@@ -3,12 +3,15 @@
 // Every supported weight type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) has a plain scalar DequantizeRow:
 // the reference the fast paths are tested against. MatMul is the fast path. For the quantized types it quantizes the
 // activations once per call to BlockQ8 (32 int8 values and one scale) and multiplies with int8 dot products, as ggml
-// does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI on 256-bit vectors)
-// is picked at run time from the CPU; a CPU without AVX2 gets the scalar path (dequantize a row, then dot).
+// does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI: q4_1 and q8_0 on
+// 512-bit vectors, the other types on 256-bit ones) is picked at run time from the CPU; a CPU without AVX2 gets the
+// scalar path (dequantize a row, then dot).
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
-// products with one input in one parallel region.
+// products with one input in one parallel region. The team functions (QuantizeRowQ8Team, MatMulManyTeam) run inside
+// a parallel region the caller opened, so that a forward step can run a whole block (norm, products, attention) in
+// one region with barriers between its ops instead of one fork and join per op.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +33,8 @@ struct BlockQ8 {
 };
 static_assert(sizeof(BlockQ8) == 44);
 
-// x[0..n) -> n/32 blocks, round to nearest with d = max|x| / 127. n is a multiple of 32.
+// x[0..n) -> n/32 blocks, round to nearest with d = max|x| / 127. n is a multiple of 32. Every SIMD level gives the
+// scalar level's result bit for bit (the scalar level is the reference).
 void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out);
 
 // The scalar reference: decodes the first `n` values of a row stored as `type` (n a multiple of its block size).
@@ -52,16 +56,28 @@ struct WeightMatrix {
 // loader checks every tensor's rows).
 void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride);
 
-// One product of MatMulMany: y[t * y_stride + r] = sum_c w[r][c] * x[t * cols + c].
+// One product of MatMulMany: y[t * y_stride + r] = sum_c w[r][c] * x[t * cols + c], or with `add` y[...] += that sum
+// (a residual connection without a pass of its own).
 struct MatMulOut {
   const WeightMatrix* w;
   float* y;
   int64_t y_stride;
+  bool add = false;
 };
 // Several matrices with the same cols applied to the same activations (q, k and v; gate and up) in one parallel
 // region: the activations are quantized once per type family and the threads split the rows of all products
 // together, so a decode step pays one fork and join instead of one per matrix. Same results as MatMul on each.
 void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens);
+
+// Team functions: every thread of an OpenMP parallel region calls them with the same arguments; they split the work
+// over the team and return when all of it is done (they end with a barrier). Called outside a parallel region, the
+// calling thread does all the work.
+//
+// QuantizeRowQ8 of x[0..n), the blocks split over the team.
+void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out);
+// MatMulMany inside a team. xq: room for n_tokens * cols / 32 blocks, shared by the team, where the activations are
+// quantized first when a product needs them (quantized weights at a SIMD level). Same results as MatMulMany.
+void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq);
 
 enum class SimdLevel { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 const char* SimdLevelName(SimdLevel level);

@@ -11,7 +11,12 @@
 #error "define LR_SIMD_NS before including kernels_x86.h"
 #endif
 
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_* values and warn about them once inlined (fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #include <cstdint>
 #include <cstring>
@@ -154,6 +159,115 @@ void DotQ8_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
   });
   acc.Finish(0.0f, out);
 }
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// 512-bit q4_1 and q8_0: two blocks per register, the two BlockQ8s' q side by side ([block b, block b + 1]), so one
+// vpdpbusd, conversion and fmadd serve 64 weights. An odd last block goes through the 256-bit kernel.
+
+// BlockQ8 b and b + 1's q in one register.
+__m512i LoadQ8Pair(const BlockQ8* at) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(Load32(at[0].q)), Load32(at[1].q), 1);
+}
+
+// Runs pair(b, parity) for blocks b, b + 1 with alternating parities (two fmadd chains, as ForBlocks), then
+// tail(b) for an odd last block.
+template <typename Pair, typename Tail>
+void ForBlockPairs(int64_t n_blocks, Pair&& pair, Tail&& tail) {
+  int64_t b = 0;
+  for (; b + 3 < n_blocks; b += 4) {
+    pair(b, 0);
+    pair(b + 2, 1);
+  }
+  if (b + 1 < n_blocks) {
+    pair(b, 0);
+    b += 2;
+  }
+  if (b < n_blocks) tail(b);
+}
+
+template <int NT>
+void DotQ4_1x2(const uint8_t* row, const BlockQ8* const* a, const float* const* x, int64_t n, float* out) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i copy_halves = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  __m512 acc[2][NT];
+  __m128 offset[NT];  // lanes 1 and 3: m * a.s of the blocks (lanes 0 and 2 collect unused d * a.d)
+  for (int t = 0; t < NT; ++t) {
+    acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+    offset[t] = _mm_setzero_ps();
+  }
+  float tail[NT] = {};
+  ForBlockPairs(
+      n / 32,
+      [&](int64_t b, int p) {
+        const uint8_t* blk = row + b * 20;
+        // [nibbles b, nibbles b, nibbles b+1, nibbles b+1], the second copies shifted: values 0-31 of b, of b + 1.
+        const __m256i packed = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(blk + 24),
+                                                   reinterpret_cast<const __m128i*>(blk + 4));
+        __m512i w = _mm512_permutexvar_epi64(copy_halves, _mm512_zextsi256_si512(packed));
+        w = _mm512_and_si512(_mm512_mask_srli_epi16(w, 0xFF00FF00, w, 4), low4);
+        uint32_t dm0, dm1;
+        std::memcpy(&dm0, blk, 4);
+        std::memcpy(&dm1, blk + 20, 4);
+        // [d_b, m_b, d_b+1, m_b+1]
+        const __m128 dm = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dm0)),
+                                                        static_cast<int>(dm1), 1));
+        for (int t = 0; t < NT; ++t) {
+          const BlockQ8* at = a[t] + b;
+          // [a_b.d, a_b.s, a_b+1.d, a_b+1.s] (d and s lead BlockQ8) times dm
+          const __m128 ds = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd(reinterpret_cast<const double*>(&at[0].d)),
+                                                       reinterpret_cast<const double*>(&at[1].d)));
+          const __m128 prod = _mm_mul_ps(dm, ds);
+          offset[t] = _mm_add_ps(offset[t], prod);
+          const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(prod));
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, LoadQ8Pair(at));
+          acc[p][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[p][t]);
+        }
+      },
+      [&](int64_t b) {
+        const BlockQ8* rest[NT];
+        for (int t = 0; t < NT; ++t) rest[t] = a[t] + b;
+        DotQ4_1<NT>(row + b * 20, rest, x, 32, tail);
+      });
+  for (int t = 0; t < NT; ++t) {
+    const __m128 odd = _mm_movehdup_ps(offset[t]);  // [o1, o1, o3, o3]
+    out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t])) + tail[t] +
+             _mm_cvtss_f32(_mm_add_ss(odd, _mm_movehl_ps(odd, odd)));
+  }
+}
+
+template <int NT>
+void DotQ8_0x2(const uint8_t* row, const BlockQ8* const* a, const float* const* x, int64_t n, float* out) {
+  __m512 acc[2][NT];
+  for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+  float tail[NT] = {};
+  ForBlockPairs(
+      n / 32,
+      [&](int64_t b, int p) {
+        const uint8_t* blk = row + b * 34;
+        const __m512i w = _mm512_inserti64x4(_mm512_zextsi256_si512(Load32(blk + 2)), Load32(blk + 36), 1);
+        const __m512i w_abs = _mm512_abs_epi8(w);
+        const __mmask64 negative = _mm512_movepi8_mask(w);
+        const float d0 = LoadHalf(blk), d1 = LoadHalf(blk + 34);
+        for (int t = 0; t < NT; ++t) {
+          const BlockQ8* at = a[t] + b;
+          // |w| * (a with w's sign): an unsigned x signed product equal to w * a.
+          const __m512i q = LoadQ8Pair(at);
+          const __m512i signed_q = _mm512_mask_sub_epi8(q, negative, _mm512_setzero_si512(), q);
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, signed_q);
+          const __m512 scale =
+              _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * at[0].d), _mm512_set1_ps(d1 * at[1].d));
+          acc[p][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[p][t]);
+        }
+      },
+      [&](int64_t b) {
+        const BlockQ8* rest[NT];
+        for (int t = 0; t < NT; ++t) rest[t] = a[t] + b;
+        DotQ8_0<NT>(row + b * 34, rest, x, 32, tail);
+      });
+  for (int t = 0; t < NT; ++t) out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t])) + tail[t];
+}
+#endif
 
 // q4_K and q5_K share everything but the fifth bit: HighBits = true reads it from qh.
 template <int NT, bool HighBits>
@@ -303,7 +417,7 @@ constexpr int kTokenGroup = 4;
 
 template <template <int> class Kernel>
 void Rows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1, float* y,
-          int64_t y_stride) {
+          int64_t y_stride, bool add) {
   const int64_t n = w.cols;
   const int64_t q_stride = n / 32;
   const BlockQ8* a[kTokenGroup];
@@ -323,7 +437,10 @@ void Rows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens
       } else {
         for (int k = 0; k < nt; ++k) Kernel<1>::Run(row, a + k, xf + k, n, out + k);
       }
-      for (int k = 0; k < nt; ++k) y[(t + k) * y_stride + r] = out[k];
+      for (int k = 0; k < nt; ++k) {
+        float& dst = y[(t + k) * y_stride + r];
+        dst = add ? dst + out[k] : out[k];
+      }
     }
   }
 }
@@ -340,27 +457,76 @@ LR_KERNEL(DotF32)
 LR_KERNEL(DotF16)
 LR_KERNEL(DotBF16)
 LR_KERNEL(DotQ4_0)
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+LR_KERNEL(DotQ4_1x2)
+LR_KERNEL(DotQ8_0x2)
+#else
 LR_KERNEL(DotQ4_1)
 LR_KERNEL(DotQ8_0)
+#endif
 LR_KERNEL(DotQ4_K)
 LR_KERNEL(DotQ5_K)
 LR_KERNEL(DotQ6_K)
 #undef LR_KERNEL
 
+// Sum of the 8 int32 lanes.
+int HSumInt(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
 }  // namespace
 
+// The scalar QuantizeRowQ8's operations in the same order on 8 lanes: max|x| (exact in any order), d = max / 127,
+// q = x * (1 / d) rounded to nearest even (vcvtps2dq in the default rounding mode, as nearbyint), so the result is
+// bit for bit the scalar one.
+void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    __m256 v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 32 * b + 8 * k);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                   _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float d = _mm_cvtss_f32(h) / 127.0f;
+    const __m256 id = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+    // packs interleave the 128-bit lanes: dwords [q0 0-3, q1 0-3, q2 0-3, q3 0-3, q0 4-7, ...] -> values in order
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    BlockQ8& o = out[b];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.q),
+                        _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    const int sum0 = HSumInt(_mm256_add_epi32(q[0], q[1]));
+    const int sum1 = HSumInt(_mm256_add_epi32(q[2], q[3]));
+    o.d = d;
+    o.sum[0] = static_cast<int16_t>(sum0);
+    o.sum[1] = static_cast<int16_t>(sum1);
+    o.s = d * static_cast<float>(sum0 + sum1);
+  }
+}
+
 void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1,
-                float* y, int64_t y_stride) {
+                float* y, int64_t y_stride, bool add) {
   switch (w.type.type) {
-    case TensorType::kF32: Rows<DotF32Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kF16: Rows<DotF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kBF16: Rows<DotBF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ4_0: Rows<DotQ4_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ4_1: Rows<DotQ4_1Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ8_0: Rows<DotQ8_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ4_K: Rows<DotQ4_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ5_K: Rows<DotQ5_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
-    case TensorType::kQ6_K: Rows<DotQ6_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride); break;
+    case TensorType::kF32: Rows<DotF32Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kF16: Rows<DotF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kBF16: Rows<DotBF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kQ4_0: Rows<DotQ4_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    case TensorType::kQ4_1: Rows<DotQ4_1x2Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kQ8_0: Rows<DotQ8_0x2Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+#else
+    case TensorType::kQ4_1: Rows<DotQ4_1Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kQ8_0: Rows<DotQ8_0Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+#endif
+    case TensorType::kQ4_K: Rows<DotQ4_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kQ5_K: Rows<DotQ5_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+    case TensorType::kQ6_K: Rows<DotQ6_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
   }
 }
 

@@ -154,6 +154,31 @@ TEST(QuantizeRowQ8, RoundTripAndSums) {
   }
 }
 
+// Every level quantizes bit for bit as the scalar level does, ties (x.5 after scaling, rounded to even) and an
+// all-zero block included.
+TEST(QuantizeRowQ8, EveryLevelEqualsScalar) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> x(32 * 20);
+  for (float& v : x) v = nd(rng);
+  for (int i = 0; i < 32; ++i) x[32 + i] = 0.0f;
+  for (int i = 0; i < 32; ++i) x[64 + i] = i == 0 ? 127.0f : (i % 2 ? 0.5f : -2.5f) + static_cast<float>(i % 7);
+  const SimdLevel detected = DetectSimdLevel();
+  SetSimdLevel(SimdLevel::kScalar);
+  std::vector<BlockQ8> ref(20);
+  QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), ref.data());
+  for (int level = 1; level <= static_cast<int>(detected); ++level) {
+    SetSimdLevel(static_cast<SimdLevel>(level));
+    std::vector<BlockQ8> q(20);
+    QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), q.data());
+    for (int b = 0; b < 20; ++b) {
+      EXPECT_EQ(std::memcmp(&q[b], &ref[b], sizeof(BlockQ8)), 0)
+          << "block " << b << " level " << SimdLevelName(static_cast<SimdLevel>(level));
+    }
+  }
+  SetSimdLevel(detected);
+}
+
 // --- MatMul against the reference on random rows ---
 
 // Random bytes for every block, with the f16 scale fields set to moderate values (random bits there would be
@@ -267,13 +292,18 @@ TEST_P(MatMulTest, MatchesReferenceAtEveryLevel) {
   SetSimdLevel(detected);
 }
 
+// q4_1 and q8_0 also at 3 and 5 blocks: the 512-bit kernels take blocks in pairs and the odd last one alone.
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest,
                          ::testing::Values(Case{TensorType::kF32, 70}, Case{TensorType::kF16, 70},
                                            Case{TensorType::kBF16, 70}, Case{TensorType::kQ4_0, 128},
-                                           Case{TensorType::kQ4_1, 128}, Case{TensorType::kQ8_0, 128},
+                                           Case{TensorType::kQ4_1, 128}, Case{TensorType::kQ4_1, 96},
+                                           Case{TensorType::kQ4_1, 160}, Case{TensorType::kQ8_0, 128},
+                                           Case{TensorType::kQ8_0, 96}, Case{TensorType::kQ8_0, 160},
                                            Case{TensorType::kQ4_K, 512}, Case{TensorType::kQ5_K, 512},
                                            Case{TensorType::kQ6_K, 512}),
-                         [](const auto& info) { return std::string(Info(info.param.type).name); });
+                         [](const auto& info) {
+                           return std::string(Info(info.param.type).name) + "_" + std::to_string(info.param.cols);
+                         });
 
 // MatMulMany splits the rows of all its products over the threads in one region: each output must equal MatMul's
 // for that matrix alone, bit for bit, at every level, whatever the mix of types and row counts.
@@ -304,6 +334,33 @@ TEST(MatMulMany, EqualsOneMatMulPerMatrix) {
     }
     MatMulMany(outs, x.data(), n_tokens);
     for (int i = 0; i < 3; ++i) EXPECT_EQ(many[i], one[i]) << "matrix " << i << " level " << level;
+
+    // The same products inside a parallel region the caller opened, and with `add` onto what y held.
+    std::vector<std::vector<float>> team(3), added(3);
+    std::vector<MatMulOut> team_outs, add_outs;
+    for (int i = 0; i < 3; ++i) {
+      team[i].assign(one[i].size(), -1.0f);
+      added[i].assign(one[i].size(), 0.0f);
+      for (size_t j = 0; j < added[i].size(); ++j) added[i][j] = 0.25f * static_cast<float>(j % 5);
+      team_outs.push_back({&ws[i], team[i].data(), rows[i] + 3});
+      add_outs.push_back({&ws[i], added[i].data(), rows[i] + 3, /*add=*/true});
+    }
+    std::vector<BlockQ8> xq(n_tokens * cols / 32);
+#pragma omp parallel num_threads(2)
+    {
+      MatMulManyTeam(team_outs, x.data(), n_tokens, xq.data());
+      MatMulManyTeam(add_outs, x.data(), n_tokens, xq.data());
+    }
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(team[i], one[i]) << "matrix " << i << " level " << level;
+      for (int t = 0; t < n_tokens; ++t) {
+        for (int64_t r = 0; r < rows[i] + 3; ++r) {
+          const size_t j = static_cast<size_t>(t * (rows[i] + 3) + r);
+          const float before = 0.25f * static_cast<float>(j % 5);
+          EXPECT_EQ(added[i][j], r < rows[i] ? before + one[i][j] : before) << "matrix " << i << " level " << level;
+        }
+      }
+    }
   }
   SetSimdLevel(detected);
 }
