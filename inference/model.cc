@@ -1,5 +1,6 @@
 #include "inference/model.h"
 
+#include <algorithm>
 #include <cassert>
 #include <climits>
 #include <cmath>
@@ -234,46 +235,39 @@ size_t Model::weight_bytes_per_token() const {
 }
 
 void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> batch, const std::vector<int>& pos,
-                         const float* x, float* out) {
+                         const float* rope, float* x) {
   const ModelConfig& c = config_;
   const LayerWeights& l = layers_[layer];
   const int n = static_cast<int>(batch.size());
-  const int hd = c.head_dim, hdv = c.head_dim_v;
+  const int e = c.n_embd, hd = c.head_dim, hdv = c.head_dim_v;
   const int qd = c.n_head * hd, kd = c.n_head_kv * hd, vd = c.n_head_kv * hdv, od = c.n_head * hdv;
   const int group = c.n_head / c.n_head_kv;
-  std::vector<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kd), v(static_cast<size_t>(n) * vd);
+  std::vector<float> xn(static_cast<size_t>(n) * e), q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kd),
+      v(static_cast<size_t>(n) * vd), attn(static_cast<size_t>(n) * od);
+  std::vector<BlockQ8> xq(static_cast<size_t>(n) * (std::max(e, od) / 32));
   const MatMulOut qkv[] = {{&l.wq, q.data(), qd}, {&l.wk, k.data(), kd}, {&l.wv, v.data(), vd}};
-  MatMulMany(qkv, x, n);
-
-  std::vector<float> cos_sin(static_cast<size_t>(c.n_rot));
-  for (int i = 0; i < n; ++i) {
-    for (int j = 0; j < c.n_rot / 2; ++j) {
-      const float angle = static_cast<float>(pos[i]) * rope_inv_freq_[j];
-      cos_sin[2 * j] = std::cos(angle);
-      cos_sin[2 * j + 1] = std::sin(angle);
-    }
-    for (int h = 0; h < c.n_head; ++h) {
-      float* qh = q.data() + static_cast<size_t>(i) * qd + h * hd;
-      if (c.qk_norm) RmsNorm(qh, l.q_norm.data(), hd, c.rms_eps, qh);
-      Rope(qh, cos_sin.data(), c.n_rot, c.rope_style);
-    }
-    for (int h = 0; h < c.n_head_kv; ++h) {
-      float* kh = k.data() + static_cast<size_t>(i) * kd + h * hd;
-      if (c.qk_norm) RmsNorm(kh, l.k_norm.data(), hd, c.rms_eps, kh);
-      Rope(kh, cos_sin.data(), c.n_rot, c.rope_style);
-    }
-  }
-
+  const MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
   const int pairs = n * c.n_head_kv;
-  std::vector<float> attn(static_cast<size_t>(n) * od);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // One parallel region: every token's rows are stored first (the loop's barrier), so that a token attends to the
-  // earlier tokens of its own batch.
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
+    for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.attn_norm.data(), e, c.rms_eps, &xn[i * e]);
+    MatMulManyTeam(qkv, xn.data(), n, xq.data());
+    // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
+    // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
+#pragma omp for schedule(static)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+      const float* cos_sin = rope + static_cast<size_t>(i) * c.n_rot;
+      for (int j = 0; j < group; ++j) {
+        float* qh = q.data() + static_cast<size_t>(i) * qd + (h * group + j) * hd;
+        if (c.qk_norm) RmsNorm(qh, l.q_norm.data(), hd, c.rms_eps, qh);
+        Rope(qh, cos_sin, c.n_rot, c.rope_style);
+      }
+      float* kh = k.data() + static_cast<size_t>(i) * kd + h * hd;
+      if (c.qk_norm) RmsNorm(kh, l.k_norm.data(), hd, c.rms_eps, kh);
+      Rope(kh, cos_sin, c.n_rot, c.rope_style);
       cache.Store(batch[i].seq, layer, h, pos[i], k.data() + static_cast<size_t>(i) * kd + h * hd,
                   v.data() + static_cast<size_t>(i) * vd + h * hdv);
     }
@@ -286,18 +280,27 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
       assert(s.ok());
       (void)s;
     }
+    MatMulManyTeam(residual, attn.data(), n, xq.data());
   }
-  MatMul(l.wo, attn.data(), n, out, c.n_embd);
 }
 
-void Model::FfnSwiGlu(int layer, int n, const float* x, float* out) {
+void Model::FfnSwiGlu(int layer, int n, float* x) {
   const LayerWeights& l = layers_[layer];
-  const int ff = config_.n_ff;
-  std::vector<float> g(static_cast<size_t>(n) * ff), u(static_cast<size_t>(n) * ff);
+  const int e = config_.n_embd, ff = config_.n_ff;
+  std::vector<float> xn(static_cast<size_t>(n) * e), g(static_cast<size_t>(n) * ff), u(g.size());
+  std::vector<BlockQ8> xq(static_cast<size_t>(n) * (std::max(e, ff) / 32));
   const MatMulOut gate_up[] = {{&l.gate, g.data(), ff}, {&l.up, u.data(), ff}};
-  MatMulMany(gate_up, x, n);
-  for (size_t i = 0; i < g.size(); ++i) g[i] = Silu(g[i]) * u[i];
-  MatMul(l.down, g.data(), n, out, config_.n_embd);
+  const MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
+  const int64_t n_g = static_cast<int64_t>(g.size());
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.ffn_norm.data(), e, config_.rms_eps, &xn[i * e]);
+    MatMulManyTeam(gate_up, xn.data(), n, xq.data());
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n_g; ++i) g[i] = Silu(g[i]) * u[i];
+    MatMulManyTeam(residual, g.data(), n, xq.data());
+  }
 }
 
 Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
@@ -318,23 +321,37 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   const int e = c.n_embd;
   std::vector<float> x(static_cast<size_t>(n) * e), xn(x.size()), delta(x.size());
   for (int i = 0; i < n; ++i) DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * e], e);
+  // The RoPE angles of each token's position, shared by the layers.
+  std::vector<float> rope(static_cast<size_t>(n) * c.n_rot);
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < c.n_rot / 2; ++j) {
+      const float angle = static_cast<float>(pos[i]) * rope_inv_freq_[j];
+      rope[static_cast<size_t>(i) * c.n_rot + 2 * j] = std::cos(angle);
+      rope[static_cast<size_t>(i) * c.n_rot + 2 * j + 1] = std::sin(angle);
+    }
+  }
+  auto add_delta = [&] {
+    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+  };
 
   for (int layer = 0; layer < c.n_layer; ++layer) {
     const LayerWeights& l = layers_[layer];
-    RmsNormRows(x.data(), l.attn_norm, n, c.rms_eps, xn.data());
     switch (l.attention) {
-      case AttentionKind::kGqa: AttentionGqa(layer, cache, batch, pos, xn.data(), delta.data()); break;
+      case AttentionKind::kGqa: AttentionGqa(layer, cache, batch, pos, rope.data(), x.data()); break;
       case AttentionKind::kMla:
+        RmsNormRows(x.data(), l.attn_norm, n, c.rms_eps, xn.data());
         MlaAttention(c, l.mla, rope_inv_freq_, layer, cache, seqs, pos, xn.data(), delta.data());
+        add_delta();
         break;
     }
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
-    RmsNormRows(x.data(), l.ffn_norm, n, c.rms_eps, xn.data());
     switch (l.ffn) {
-      case FfnKind::kSwiGlu: FfnSwiGlu(layer, n, xn.data(), delta.data()); break;
-      case FfnKind::kMoe: MoeFfn(c, l.moe, n, xn.data(), delta.data()); break;
+      case FfnKind::kSwiGlu: FfnSwiGlu(layer, n, x.data()); break;
+      case FfnKind::kMoe:
+        RmsNormRows(x.data(), l.ffn_norm, n, c.rms_eps, xn.data());
+        MoeFfn(c, l.moe, n, xn.data(), delta.data());
+        add_delta();
+        break;
     }
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
   }
 
   int m = 0;

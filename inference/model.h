@@ -134,10 +134,11 @@ class Model {
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
   Status BindWeights();
 
-  // The blocks. x: n tokens x n_embd, normalised input; out: n tokens x n_embd. Positions per token.
+  // The dense blocks: x (n tokens x n_embd, the residual stream) += Block(RMSNorm(x)), the norm, the products, the
+  // attention and the residual add in one OpenMP parallel region. rope: cos, sin of n_rot / 2 angles per token.
   void AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> batch, const std::vector<int>& pos,
-                    const float* x, float* out);
-  void FfnSwiGlu(int layer, int n, const float* x, float* out);
+                    const float* rope, float* x);
+  void FfnSwiGlu(int layer, int n, float* x);
 
   GgufFile gguf_;
   ModelConfig config_;
