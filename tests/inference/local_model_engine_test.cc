@@ -7,33 +7,10 @@
 
 #include <gtest/gtest.h>
 
-#include "inference/local_model.h"
+#include "tests/inference/default_model.h"
 
 namespace lr::inference {
 namespace {
-
-const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-std::unique_ptr<LocalModel> OpenModel(int kv_budget_mib) {
-  LocalModelOptions o;
-  o.path = kDefaultModel;
-  o.n_ctx = 512;
-  o.kv_budget_mib = kv_budget_mib;
-  Result<std::unique_ptr<LocalModel>> lm = LocalModel::Open(o);
-  EXPECT_TRUE(lm.ok()) << lm.status().ToString();
-  return lm.ok() ? std::move(lm).value() : nullptr;
-}
-
-std::vector<int32_t> Encode(const LocalModel& lm, const std::string& text) {
-  return lm.tokenizer().Encode(text, /*parse_special=*/false);
-}
-
-SamplingParams Greedy(int max_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_tokens = max_tokens;
-  return p;
-}
 
 // Plain text the model continues for a long while without an end-of-turn token.
 const char* kFirst =
@@ -53,7 +30,7 @@ bool WaitFor(Pred pred) {
 }
 
 TEST(LocalModelEngine, ConcurrentRequestsShareStepsAndDecodeWhatTheyDecodeAlone) {
-  std::unique_ptr<LocalModel> lm = OpenModel(64);
+  std::unique_ptr<LocalModel> lm = OpenDefaultModel(512, 64);
   ASSERT_TRUE(lm);
   const std::vector<int32_t> first = Encode(*lm, kFirst), second = Encode(*lm, kSecond);
   auto alone_first = lm->Generate(first, Greedy(96), 2, nullptr, nullptr);
@@ -108,7 +85,7 @@ TEST(LocalModelEngine, ConcurrentRequestsShareStepsAndDecodeWhatTheyDecodeAlone)
 TEST(LocalModelEngine, RequestWaitsForPagesOthersReserved) {
   // 16 MiB of f16 KV: 23 pages of 32 tokens. Each request reserves its prompt's 2 pages and 2 x 7 pages for its
   // choices (16): two do not fit together, so the second waits until the first ends.
-  std::unique_ptr<LocalModel> lm = OpenModel(16);
+  std::unique_ptr<LocalModel> lm = OpenDefaultModel(512, 16);
   ASSERT_TRUE(lm);
   ASSERT_LT(lm->kv_stats().pages_total, 2 * 16);
   const std::vector<int32_t> first = Encode(*lm, kFirst), second = Encode(*lm, kSecond);
@@ -135,7 +112,7 @@ TEST(LocalModelEngine, RequestWaitsForPagesOthersReserved) {
 }
 
 TEST(LocalModelEngine, CancelledRequestEndsAndTheOtherGoesOn) {
-  std::unique_ptr<LocalModel> lm = OpenModel(64);
+  std::unique_ptr<LocalModel> lm = OpenDefaultModel(512, 64);
   ASSERT_TRUE(lm);
   const std::vector<int32_t> first = Encode(*lm, kFirst), second = Encode(*lm, kSecond);
   auto alone_second = lm->Generate(second, Greedy(48), 1, nullptr, nullptr);
@@ -163,7 +140,7 @@ TEST(LocalModelEngine, CancelledRequestEndsAndTheOtherGoesOn) {
 }
 
 TEST(LocalModelEngine, BadRequestsFailBeforeTheEngine) {
-  std::unique_ptr<LocalModel> lm = OpenModel(16);
+  std::unique_ptr<LocalModel> lm = OpenDefaultModel(512, 16);
   ASSERT_TRUE(lm);
   const std::vector<int32_t> outside = {1, 2, 1 << 30};
   EXPECT_EQ(lm->Generate(outside, Greedy(4), 1, nullptr, nullptr).status().code(), StatusCode::kInvalidArgument);

@@ -3,36 +3,13 @@
 // released after a request, its indexed pages staying cached; the budget is checked at open.
 #include <gtest/gtest.h>
 
-#include "inference/local_model.h"
+#include "tests/inference/default_model.h"
 
 namespace lr::inference {
 namespace {
 
-const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-std::unique_ptr<LocalModel> OpenModel() {
-  LocalModelOptions o;
-  o.path = kDefaultModel;
-  o.n_ctx = 512;
-  o.kv_budget_mib = 64;
-  Result<std::unique_ptr<LocalModel>> lm = LocalModel::Open(o);
-  EXPECT_TRUE(lm.ok()) << lm.status().ToString();
-  return lm.ok() ? std::move(lm).value() : nullptr;
-}
-
-std::vector<int32_t> Encode(const LocalModel& lm, const std::string& text) {
-  return lm.tokenizer().Encode(text, /*parse_special=*/false);
-}
-
-SamplingParams Greedy(int max_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_tokens = max_tokens;
-  return p;
-}
-
 TEST(LocalModelPrefix, RepeatedPromptAndRepairTurnComputeOnlyWhatIsNew) {
-  std::unique_ptr<LocalModel> warm = OpenModel(), cold = OpenModel();
+  std::unique_ptr<LocalModel> warm = OpenDefaultModel(), cold = OpenDefaultModel();
   ASSERT_TRUE(warm && cold);
   const std::vector<int32_t> prompt = Encode(
       *warm,
@@ -84,7 +61,7 @@ TEST(LocalModelPrefix, RepeatedPromptAndRepairTurnComputeOnlyWhatIsNew) {
 }
 
 TEST(LocalModelPrefix, CompleteReportsComputedPromptTokens) {
-  std::unique_ptr<LocalModel> lm = OpenModel();
+  std::unique_ptr<LocalModel> lm = OpenDefaultModel();
   ASSERT_TRUE(lm);
   CompletionRequest r;
   r.messages.push_back({"system", "You are a Lean 4 prover. Answer with one Lean proof in a code block, no prose; "

@@ -14,18 +14,27 @@
 
 #include "base/file.h"
 
-#include "inference/local_model.h"
 #include "inference/remote_model.h"
 #include "inference/serve.h"
+#include "tests/inference/default_model.h"
 
 namespace lr::inference {
 namespace {
 
-const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
 std::string LogText(const std::string& path) {
   Result<std::string> text = ReadFile(path);
   return text.ok() ? *text : "(no log at " + path + ")";
+}
+
+// A client of `server` (or of any port) on loopback, without retries.
+std::unique_ptr<RemoteModel> ClientOf(const std::string& port) {
+  RemoteOptions ro;
+  ro.base_url = "http://127.0.0.1:" + port + "/v1";
+  ro.model = "local";
+  ro.max_attempts = 1;
+  Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
+  EXPECT_TRUE(remote.ok()) << remote.status().ToString();
+  return remote.ok() ? std::move(remote).value() : nullptr;
 }
 
 #define SKIP_WITHOUT_DEFAULT_MODEL()                                                                  \
@@ -33,22 +42,14 @@ std::string LogText(const std::string& path) {
 
 TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   SKIP_WITHOUT_DEFAULT_MODEL();
-  LocalModelOptions lo;
-  lo.path = kDefaultModel;
-  lo.n_ctx = 512;
-  Result<std::unique_ptr<LocalModel>> local = LocalModel::Open(lo);
-  ASSERT_TRUE(local.ok()) << local.status().ToString();
-
+  std::unique_ptr<LocalModel> local = OpenDefaultModel();
+  ASSERT_TRUE(local);
   ServeOptions so;
   so.port = 0;
-  Server server(**local, so);
+  Server server(*local, so);
   ASSERT_TRUE(server.Start().ok());
-  RemoteOptions ro;
-  ro.base_url = "http://127.0.0.1:" + std::to_string(server.port()) + "/v1";
-  ro.model = "local";
-  ro.max_attempts = 1;
-  Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
-  ASSERT_TRUE(remote.ok());
+  std::unique_ptr<RemoteModel> remote = ClientOf(std::to_string(server.port()));
+  ASSERT_TRUE(remote);
 
   CompletionRequest r;
   r.messages.push_back({"user", "Complete the Lean proof: theorem t : 2 + 2 = 4 := by", {}, {}});
@@ -57,12 +58,12 @@ TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   r.sampling.max_tokens = 12;
 
   std::string streamed;
-  Result<Completion> over_http = (*remote)->Complete(r, [&](int i, std::string_view p) {
+  Result<Completion> over_http = remote->Complete(r, [&](int i, std::string_view p) {
     if (i == 0) streamed += p;
     return true;
   });
   ASSERT_TRUE(over_http.ok()) << over_http.status().ToString();
-  Result<Completion> direct = (*local)->Complete(r, nullptr);
+  Result<Completion> direct = local->Complete(r, nullptr);
   ASSERT_TRUE(direct.ok()) << direct.status().ToString();
 
   ASSERT_EQ(over_http->choices.size(), 2u);
@@ -79,15 +80,12 @@ TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
 
 TEST(RemoteModelOverServe, ConcurrentClientsShareDecodeSteps) {
   SKIP_WITHOUT_DEFAULT_MODEL();
-  LocalModelOptions lo;
-  lo.path = kDefaultModel;
-  lo.n_ctx = 512;
-  Result<std::unique_ptr<LocalModel>> local = LocalModel::Open(lo);
-  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  std::unique_ptr<LocalModel> local = OpenDefaultModel();
+  ASSERT_TRUE(local);
   ServeOptions so;
   so.port = 0;
   so.max_running = 4;
-  Server server(**local, so);
+  Server server(*local, so);
   ASSERT_TRUE(server.Start().ok());
 
   const char* questions[] = {"Write a long story about the number seven.", "Explain induction on natural numbers.",
@@ -100,31 +98,27 @@ TEST(RemoteModelOverServe, ConcurrentClientsShareDecodeSteps) {
     r.n = 2;
     r.sampling.temperature = 0.0f;
     r.sampling.max_tokens = 40;
-    Result<Completion> c = (*local)->Complete(r, nullptr);
+    Result<Completion> c = local->Complete(r, nullptr);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     alone.push_back(*c);
     requests.push_back(r);
   }
-  const long steps_alone = (*local)->engine_stats().steps;
+  const long steps_alone = local->engine_stats().steps;
 
   // Three clients at once, over HTTP: their choices decode together, and each gets what it got alone.
   std::vector<Result<Completion>> over_http(3, Internal("not run"));
   std::vector<std::thread> clients;
   for (size_t i = 0; i < 3; ++i)
     clients.emplace_back([&, i] {
-      RemoteOptions ro;
-      ro.base_url = "http://127.0.0.1:" + std::to_string(server.port()) + "/v1";
-      ro.model = "local";
-      ro.max_attempts = 1;
-      Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
-      if (remote.ok()) over_http[i] = (*remote)->Complete(requests[i], [](int, std::string_view) { return true; });
+      std::unique_ptr<RemoteModel> remote = ClientOf(std::to_string(server.port()));
+      if (remote) over_http[i] = remote->Complete(requests[i], [](int, std::string_view) { return true; });
     });
   for (std::thread& t : clients) t.join();
   for (size_t i = 0; i < 3; ++i) {
     ASSERT_TRUE(over_http[i].ok()) << i << ": " << over_http[i].status().ToString();
     for (size_t c = 0; c < 2; ++c) EXPECT_EQ(over_http[i]->choices[c].text, alone[i].choices[c].text) << i << "/" << c;
   }
-  const EngineStats e = (*local)->engine_stats();
+  const EngineStats e = local->engine_stats();
   EXPECT_GT(e.batched_steps, 0);
   EXPECT_GE(e.peak_requests, 2);
   EXPECT_LT(e.steps - steps_alone, steps_alone);  // fewer steps than one request after another
@@ -155,12 +149,8 @@ TEST(RemoteModelOverServe, LeanrotorServeExecutable) {
   }
   ASSERT_FALSE(port.empty()) << "leanrotor serve did not start: " << LogText(log);
 
-  RemoteOptions ro;
-  ro.base_url = "http://127.0.0.1:" + port + "/v1";
-  ro.model = "local";
-  ro.max_attempts = 1;
-  Result<std::unique_ptr<RemoteModel>> remote = RemoteModel::Create(ro);
-  ASSERT_TRUE(remote.ok());
+  std::unique_ptr<RemoteModel> remote = ClientOf(port);
+  ASSERT_TRUE(remote);
   CompletionRequest r;
   r.messages.push_back({"user", "Complete the Lean proof: theorem t : 2 + 2 = 4 := by", {}, {}});
   r.sampling.temperature = 0.0f;
@@ -168,7 +158,7 @@ TEST(RemoteModelOverServe, LeanrotorServeExecutable) {
   for (int n : {1, 3}) {
     r.n = n;
     std::vector<std::string> streamed(n);
-    Result<Completion> c = (*remote)->Complete(r, [&](int i, std::string_view p) {
+    Result<Completion> c = remote->Complete(r, [&](int i, std::string_view p) {
       if (i >= 0 && i < n) streamed[i] += p;
       return true;
     });
