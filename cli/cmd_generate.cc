@@ -42,7 +42,7 @@ int RunGenerate(GenerateFlags f) {
     inference::CompletionRequest request;
     request.messages.push_back({"user", f.prompt, {}, {}});
     request.sampling = f.sampling;
-    auto done = (*lm)->Complete(request, stream);
+    auto done = (*lm)->Complete(request, stream, &stats);
     status = done.status();
   } else {
     const inference::Tokenizer& tok = (*lm)->tokenizer();
@@ -60,12 +60,10 @@ int RunGenerate(GenerateFlags f) {
     std::fprintf(stderr, "leanrotor generate: %s\n", status.ToString().c_str());
     return 1;
   }
-  if (!f.chat) {
-    std::fprintf(stderr, "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s (%d threads, K %s, V %s)\n",
-                 stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9),
-                 stats.generated_tokens, stats.generated_tokens / std::max(stats.decode_seconds, 1e-9),
-                 omp_get_max_threads(), f.local.ctk.c_str(), f.local.ctv.c_str());
-  }
+  std::fprintf(stderr, "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s (%d threads, K %s, V %s)\n",
+               stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9),
+               stats.generated_tokens, stats.generated_tokens / std::max(stats.decode_seconds, 1e-9),
+               omp_get_max_threads(), f.local.ctk.c_str(), f.local.ctv.c_str());
   return 0;
 }
 

@@ -434,6 +434,11 @@ void LocalModel::Release(Request& r) {
 }
 
 Result<Completion> LocalModel::Complete(const CompletionRequest& request, const StreamCallback& on_piece) {
+  return Complete(request, on_piece, nullptr);
+}
+
+Result<Completion> LocalModel::Complete(const CompletionRequest& request, const StreamCallback& on_piece,
+                                        GenerateStats* stats_out) {
   LR_ASSIGN_OR_RETURN(std::string text, chat_.Render(request.messages, request.tools, request.continue_final_message));
   std::vector<int32_t> prompt;
   if (!chat_.renders_bos() && tokenizer_.add_bos() && tokenizer_.bos() >= 0) prompt.push_back(tokenizer_.bos());
@@ -451,6 +456,7 @@ Result<Completion> LocalModel::Complete(const CompletionRequest& request, const 
   out.usage.prompt_tokens = stats.prompt_tokens;
   out.usage.prompt_tokens_computed = stats.prompt_tokens_computed;
   out.usage.completion_tokens = stats.generated_tokens;
+  if (stats_out != nullptr) *stats_out = stats;
   return out;
 }
 

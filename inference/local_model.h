@@ -111,6 +111,8 @@ class LocalModel : public LanguageModel {
 
   std::string Name() const override;
   Result<Completion> Complete(const CompletionRequest& request, const StreamCallback& on_piece) override;
+  // The same, with the request's counters and timings.
+  Result<Completion> Complete(const CompletionRequest& request, const StreamCallback& on_piece, GenerateStats* stats);
 
  private:
   struct Request;  // one Generate call (local_model.cc)
