@@ -1,6 +1,7 @@
 #include "inference/kv_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <cstring>
 
@@ -16,8 +17,10 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     return InvalidArgument("KV cache: sink_tokens is " + std::to_string(options.sink_tokens) + "; expected 0.." +
                            std::to_string(kPageTokens));
   const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
-  if (options.sink_tokens > 0 && !all_f16 && shape.v_dim == 0)
-    return InvalidArgument("KV cache: sink rows are not supported for caches without value rows (MLA)");
+  if (options.window_tokens < 0)
+    return InvalidArgument("KV cache: window_tokens is " + std::to_string(options.window_tokens) + "; expected >= 0");
+  if ((options.sink_tokens > 0 || options.window_tokens > 0) && !all_f16 && shape.v_dim == 0)
+    return InvalidArgument("KV cache: sink and window rows are not supported for caches without value rows (MLA)");
   const KvCenters* centers = options.centers.get();
   if (centers != nullptr && (centers->shape.n_layer != shape.n_layer || centers->shape.n_head_kv != shape.n_head_kv ||
                              centers->shape.k_dim != shape.k_dim || centers->shape.v_dim != shape.v_dim))
@@ -39,11 +42,12 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     }
   }
   c.sink_tokens_ = all_f16 ? 0 : options.sink_tokens;
-  if (c.sink_tokens_ > 0) {
+  c.window_tokens_ = all_f16 ? 0 : options.window_tokens;
+  if (c.sink_tokens_ > 0 || c.window_tokens_ > 0) {
     for (int dim : {shape.k_dim, shape.v_dim}) {
       auto f16 = kvquant::RowCodec::Create("f16", dim, options.seed, 0, 0);
-      if (!f16.ok()) return f16.status().WithContext("KV cache sink rows");
-      c.sink_codecs_.push_back(std::move(f16).value());
+      if (!f16.ok()) return f16.status().WithContext("KV cache sink and window rows");
+      c.f16_codecs_.push_back(std::move(f16).value());
     }
   }
   c.k_row_bytes_ = c.k_codecs_[0].row_bytes();
@@ -52,10 +56,11 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   c.token_bytes_ = heads * (c.k_row_bytes_ + c.v_row_bytes_);
   c.page_bytes_ = c.token_bytes_ * kPageTokens;
   if (c.sink_tokens_ > 0)
-    c.sink_bytes_ = heads * c.sink_tokens_ * (c.sink_codecs_[0].row_bytes() + c.sink_codecs_[1].row_bytes());
+    c.sink_bytes_ = heads * c.sink_tokens_ * (c.f16_codecs_[0].row_bytes() + c.f16_codecs_[1].row_bytes());
   c.max_pages_ = (options.max_tokens + kPageTokens - 1) / kPageTokens;
   c.index_salt_ = PrefixIndex::Salt(options.identity + '\n' + options.k_format + '\n' + options.v_format + '\n' +
-                                    std::to_string(options.seed) + '\n' + std::to_string(c.sink_tokens_));
+                                    std::to_string(options.seed) + '\n' + std::to_string(c.sink_tokens_) + '\n' +
+                                    std::to_string(c.window_tokens_));
   return c;
 }
 
@@ -75,13 +80,17 @@ int KvCache::Fork(int seq) {
   const int id = NewSequence();
   seqs_[id].pages = seqs_[seq].pages;
   seqs_[id].length = seqs_[seq].length;
+  seqs_[id].window_begin = seqs_[seq].window_begin;
+  seqs_[id].window_slots = seqs_[seq].window_slots;
+  seqs_[id].stored = seqs_[seq].stored;
+  seqs_[id].window = seqs_[seq].window;  // a copy: the window rows are the sequence's own
   for (int p : seqs_[id].pages) ++refs_[p];
   return id;
 }
 
 void KvCache::Free(int seq) {
   Truncate(seq, 0);
-  seqs_[seq].live = false;
+  seqs_[seq] = Sequence{};
 }
 
 void KvCache::Truncate(int seq, int n_tokens) {
@@ -91,6 +100,8 @@ void KvCache::Truncate(int seq, int n_tokens) {
   for (size_t i = keep; i < s.pages.size(); ++i) ReleasePage(s.pages[i]);
   s.pages.resize(keep);
   s.length = n_tokens;
+  s.window_begin = std::min(s.window_begin, n_tokens);
+  s.stored = std::min(s.stored, n_tokens);
 }
 
 int KvCache::NewSequenceFromCache(std::span<const int32_t> tokens, int max_length) {
@@ -105,6 +116,7 @@ int KvCache::NewSequenceFromCache(std::span<const int32_t> tokens, int max_lengt
     s.pages.push_back(*page);
     s.length += kPageTokens;
   }
+  s.window_begin = s.stored = s.length;  // no window rows for cached pages
   if (s.length > max_length) Truncate(id, std::max(0, max_length));
   prefix_lookup_tokens_ += static_cast<long>(tokens.size());
   prefix_hit_tokens_ += s.length;
@@ -129,6 +141,7 @@ KvStats KvCache::Stats() const {
   st.pages_peak = pages_peak_;
   st.prefix_lookup_tokens = prefix_lookup_tokens_;
   st.prefix_hit_tokens = prefix_hit_tokens_;
+  for (const Sequence& s : seqs_) st.window_bytes += s.window.size();
   for (size_t page = 0; page < refs_.size(); ++page) {
     if (refs_[page] > 0 && sink_rows_[page] != nullptr) st.sink_bytes += sink_bytes_;
     const int users = refs_[page] - (index_.Holds(static_cast<int>(page)) ? 1 : 0);  // sequences referencing it
@@ -181,6 +194,7 @@ Result<int> KvCache::AppendSlot(int seq) {
   Sequence& s = seqs_[seq];
   assert(s.live);
   const int pos = s.length;
+  if (window_tokens_ > 0) PrepareWindow(s, pos);
   if (pos % kPageTokens == 0) {
     LR_ASSIGN_OR_RETURN(int page, AllocatePage());
     s.pages.push_back(page);
@@ -203,37 +217,112 @@ Result<int> KvCache::AppendSlot(int seq) {
 void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const float* v) {
   k_codec(layer, head).EncodeRow(k, KRow(seq, layer, head, pos));
   if (shape_.v_dim > 0) v_codec(layer, head).EncodeRow(v, VRow(seq, layer, head, pos));
+  const size_t k16 = f16_codecs_.empty() ? 0 : f16_codecs_[0].row_bytes();
+  const size_t v16 = f16_codecs_.empty() ? 0 : f16_codecs_[1].row_bytes();
+  Sequence& s = seqs_[seq];
   if (pos < sink_tokens_) {
-    const int page = seqs_[seq].pages[0];
-    sink_codecs_[0].EncodeRow(k, SinkK(page, layer, head) + pos * sink_codecs_[0].row_bytes());
-    sink_codecs_[1].EncodeRow(v, SinkV(page, layer, head) + pos * sink_codecs_[1].row_bytes());
+    f16_codecs_[0].EncodeRow(k, SinkK(s.pages[0], layer, head) + pos * k16);
+    f16_codecs_[1].EncodeRow(v, SinkV(s.pages[0], layer, head) + pos * v16);
   }
+  if (window_tokens_ > 0) {
+    const size_t slot = static_cast<size_t>(pos % s.window_slots);
+    f16_codecs_[0].EncodeRow(k, s.window.data() + WindowKOffset(s.window_slots, layer, head) + slot * k16);
+    f16_codecs_[1].EncodeRow(v, s.window.data() + WindowVOffset(s.window_slots, layer, head) + slot * v16);
+    if (layer == shape_.n_layer - 1 && head == shape_.n_head_kv - 1) {
+      std::atomic_ref<int> stored(s.stored);
+      int seen = stored.load(std::memory_order_relaxed);
+      while (seen < pos + 1 && !stored.compare_exchange_weak(seen, pos + 1, std::memory_order_relaxed)) {
+      }
+    }
+  }
+}
+
+size_t KvCache::WindowKOffset(int slots, int layer, int head) const {
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return h * slots * f16_codecs_[0].row_bytes();
+}
+
+size_t KvCache::WindowVOffset(int slots, int layer, int head) const {
+  const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
+  const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
+  return (heads * f16_codecs_[0].row_bytes() + h * f16_codecs_[1].row_bytes()) * slots;
+}
+
+void KvCache::PrepareWindow(Sequence& s, int pos) {
+  // Every position below `stored` has its rows; the tokens appended from here on attend to at most window_tokens_
+  // positions before them, so older window rows are no longer read.
+  s.window_begin = std::min(pos, std::max(s.window_begin, s.stored - window_tokens_));
+  const int need = pos + 1 - s.window_begin, keep = std::max(need, window_tokens_ + 1);
+  int slots;
+  if (need > s.window_slots) {
+    slots = std::max(keep, 2 * s.window_slots);
+  } else if (s.window_slots > 2 * keep) {  // after a long batch: back to about the window
+    slots = keep;
+  } else {
+    return;
+  }
+  const size_t k16 = f16_codecs_[0].row_bytes(), v16 = f16_codecs_[1].row_bytes();
+  const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
+  std::vector<uint8_t> ring(heads * slots * (k16 + v16));
+  for (int layer = 0; layer < shape_.n_layer; ++layer) {
+    for (int head = 0; head < shape_.n_head_kv; ++head) {
+      for (int p = s.window_begin; p < pos; ++p) {
+        const size_t from = static_cast<size_t>(p % s.window_slots), to = static_cast<size_t>(p % slots);
+        std::memcpy(&ring[WindowKOffset(slots, layer, head) + to * k16],
+                    &s.window[WindowKOffset(s.window_slots, layer, head) + from * k16], k16);
+        std::memcpy(&ring[WindowVOffset(slots, layer, head) + to * v16],
+                    &s.window[WindowVOffset(s.window_slots, layer, head) + from * v16], v16);
+      }
+    }
+  }
+  s.window.swap(ring);
+  s.window_slots = slots;
 }
 
 uint8_t* KvCache::SinkK(int page, int layer, int head) const {
   const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
-  return sink_rows_[page].get() + h * sink_tokens_ * sink_codecs_[0].row_bytes();
+  return sink_rows_[page].get() + h * sink_tokens_ * f16_codecs_[0].row_bytes();
 }
 
 uint8_t* KvCache::SinkV(int page, int layer, int head) const {
   const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
   const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
-  return sink_rows_[page].get() + heads * sink_tokens_ * sink_codecs_[0].row_bytes() +
-         h * sink_tokens_ * sink_codecs_[1].row_bytes();
+  return sink_rows_[page].get() + heads * sink_tokens_ * f16_codecs_[0].row_bytes() +
+         h * sink_tokens_ * f16_codecs_[1].row_bytes();
 }
 
 Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale,
                        float* out) const {
+  const Sequence& s = seqs_[seq];
+  // Positions [0, sink) from the sink rows, [sink, window) from the pages, [window, n_tokens) from the window ring.
+  const int sink = std::min(sink_tokens_, n_tokens);
+  const int window =
+      window_tokens_ > 0 ? std::max({sink, n_tokens - window_tokens_, std::min(s.window_begin, n_tokens)}) : n_tokens;
   thread_local std::vector<kvquant::RowSpan> spans;
   spans.clear();
-  const int sink = std::min(sink_tokens_, n_tokens);
-  AppendSpans(seq, layer, head, sink, n_tokens, &spans);
-  if (sink == 0) return kvquant::Attend(k_codec(layer, head), v_codec(layer, head), q, n_q, spans, scale, out);
-  const int page = seqs_[seq].pages[0];
-  const kvquant::RowSpan sink_span{SinkK(page, layer, head), SinkV(page, layer, head), sink};
-  const kvquant::CodedSpans parts[] = {{&sink_codecs_[0], &sink_codecs_[1], {&sink_span, 1}},
-                                       {&k_codec(layer, head), &v_codec(layer, head), spans}};
-  return kvquant::AttendMixed(parts, q, n_q, scale, out);
+  AppendSpans(seq, layer, head, sink, window, &spans);
+  if (sink == 0 && window == n_tokens)
+    return kvquant::Attend(k_codec(layer, head), v_codec(layer, head), q, n_q, spans, scale, out);
+  kvquant::CodedSpans parts[3];
+  int n_parts = 0;
+  kvquant::RowSpan sink_span{}, window_spans[2]{};
+  if (sink > 0) {
+    sink_span = {SinkK(s.pages[0], layer, head), SinkV(s.pages[0], layer, head), sink};
+    parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {&sink_span, 1}};
+  }
+  if (!spans.empty()) parts[n_parts++] = {&k_codec(layer, head), &v_codec(layer, head), spans};
+  if (window < n_tokens) {
+    // The ring's slots of positions [window, n_tokens): one run, or two where it wraps around.
+    const size_t k16 = f16_codecs_[0].row_bytes(), v16 = f16_codecs_[1].row_bytes();
+    const uint8_t* k = s.window.data() + WindowKOffset(s.window_slots, layer, head);
+    const uint8_t* v = s.window.data() + WindowVOffset(s.window_slots, layer, head);
+    const int first = window % s.window_slots, count = n_tokens - window;
+    const int run = std::min(count, s.window_slots - first);
+    window_spans[0] = {k + first * k16, v + first * v16, run};
+    window_spans[1] = {k, v, count - run};
+    parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {window_spans, 2}};
+  }
+  return kvquant::AttendMixed({parts, static_cast<size_t>(n_parts)}, q, n_q, scale, out);
 }
 
 size_t KvCache::KOffset(int layer, int head) const {

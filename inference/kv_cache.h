@@ -26,6 +26,15 @@
 // where a few exact rows help most. Cost: s f16 rows per sequence (the compressed slots of those positions stay in
 // the page, unused by attention).
 //
+// Window rows: with KvCacheOptions::window_tokens = w > 0 and a compressed format, attention reads the last w
+// positions before the attending token (its own included) from f16 rows too. Each sequence keeps f16 copies of its
+// recent rows in a ring of its own, beside the pages; the ring holds at least w rows and, while one forward pass
+// appends a batch, the whole batch as well (every token of a batch attends to its own window), so it is trimmed to
+// the last w stored positions at the next AppendSlot. A Fork copies the ring (its cost: w rows of every layer and
+// head); a sequence started from cached pages has no f16 rows for them (the window then begins at the first position
+// it computes itself), so its results differ slightly from a cold run's. Measured on the default model, the recent
+// tokens are where most of a compressed cache's loss is (docs/RESULTS.md).
+//
 // Not thread-safe for changes (NewSequence, Fork, Free, Truncate, AppendSlot); reading and writing rows of distinct
 // positions from several threads is fine.
 #pragma once
@@ -59,6 +68,9 @@ struct KvCacheOptions {
   // Positions [0, sink_tokens) of every sequence are kept as f16 rows too (see "Sink rows" above); 0..kPageTokens.
   // Ignored when both formats are f16. Not for caches without value rows (MLA).
   int sink_tokens = 0;
+  // The last window_tokens positions are read from f16 rows too (see "Window rows" above); >= 0. Ignored when both
+  // formats are f16. Not for caches without value rows (MLA).
+  int window_tokens = 0;
 };
 
 // Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.
@@ -70,11 +82,12 @@ struct KvStats {
   int pages_shared = 0;   // referenced by two or more sequences
   int pages_cached = 0;   // in the prefix index and referenced by no sequence (evictable)
   int pages_peak = 0;     // most pages allocated at once (private, shared or cached) since Create
-  size_t sink_bytes = 0;  // f16 sink rows held beside the pages in use
+  size_t sink_bytes = 0;    // f16 sink rows held beside the pages in use
+  size_t window_bytes = 0;  // f16 window rows held by the live sequences
   long prefix_lookup_tokens = 0;  // tokens looked up by NewSequenceFromCache, summed over calls
   long prefix_hit_tokens = 0;     // of those, how many were found in the index
   size_t bytes_in_use() const {
-    return page_bytes * static_cast<size_t>(pages_private + pages_shared + pages_cached) + sink_bytes;
+    return page_bytes * static_cast<size_t>(pages_private + pages_shared + pages_cached) + sink_bytes + window_bytes;
   }
   size_t bytes_peak() const { return page_bytes * static_cast<size_t>(pages_peak); }
 };
@@ -124,7 +137,8 @@ class KvCache {
   Result<int> AppendSlot(int seq);
 
   // Writes one position's key and value rows of one (layer, head), once, right after AppendSlot: encoded with the
-  // codecs, and as f16 sink rows too when pos < sink_tokens.
+  // codecs, as f16 sink rows too when pos < sink_tokens, and into the window ring when window_tokens > 0. Distinct
+  // positions and heads may be stored from several threads.
   void Store(int seq, int layer, int head, int pos, const float* k, const float* v);
   // The stored (encoded) rows of one position; Store writes them, or the caller with k_codec when the cache has no
   // value rows (MLA).
@@ -132,7 +146,8 @@ class KvCache {
   uint8_t* VRow(int seq, int layer, int head, int pos);
 
   // Attention of one KV head's query group over positions [0, n_tokens) of seq: kvquant::Attend over the pages, or
-  // kvquant::AttendMixed over the sink rows and the compressed rest. Arguments as kvquant::Attend's.
+  // kvquant::AttendMixed over the sink rows, the compressed middle and the window rows. Arguments as
+  // kvquant::Attend's.
   Status Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale, float* out) const;
   // Positions [0, n_tokens) of one (layer, head), as page-sized spans of the encoded rows (sink rows not used), for
   // kvquant::Attend / AttendSharedKV. Appends to *spans.
@@ -147,6 +162,13 @@ class KvCache {
     std::vector<int> pages;
     int length = 0;
     bool live = false;
+    // Window rows (window_tokens_ > 0): positions [window_begin, length) have f16 rows in `window`, position p in slot
+    // p % window_slots: for each (layer, head) window_slots key rows, then the same for values. `stored` is 1 + the
+    // highest position whose last (layer, head) Store finished (updated atomically by Store).
+    int window_begin = 0;
+    int window_slots = 0;
+    int stored = 0;
+    std::vector<uint8_t> window;
   };
 
   KvCache() = default;
@@ -160,12 +182,19 @@ class KvCache {
   // then the same for values. Allocated when the page first becomes a sequence's first page.
   uint8_t* SinkK(int page, int layer, int head) const;
   uint8_t* SinkV(int page, int layer, int head) const;
+  // The window ring's key and value rows of one (layer, head) in `slots` slots (Sequence::window's layout).
+  size_t WindowKOffset(int slots, int layer, int head) const;
+  size_t WindowVOffset(int slots, int layer, int head) const;
+  // Before appending position `pos`: drops window rows older than the last window_tokens_ stored positions and grows
+  // the ring to hold [window_begin, pos].
+  void PrepareWindow(Sequence& s, int pos);
 
   KvShape shape_;
   KvCacheOptions options_;
   std::vector<kvquant::RowCodec> k_codecs_, v_codecs_;  // [layer * n_head_kv + head]
   int sink_tokens_ = 0;                                  // 0 when both formats are f16
-  std::vector<kvquant::RowCodec> sink_codecs_;           // f16 codecs for sink key and value rows, when sink_tokens_
+  int window_tokens_ = 0;                                // 0 when both formats are f16
+  std::vector<kvquant::RowCodec> f16_codecs_;            // f16 codecs for sink and window key and value rows
   size_t sink_bytes_ = 0;                                // one page's sink rows
   std::vector<std::unique_ptr<uint8_t[]>> sink_rows_;    // per page: its sink rows, or null
   size_t k_row_bytes_ = 0, v_row_bytes_ = 0;

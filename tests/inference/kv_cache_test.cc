@@ -284,6 +284,65 @@ TEST(KvCache, SinkRowsAreReadInsteadOfTheFirstCompressedRows) {
   EXPECT_EQ(KvCache::Create(KvShape{2, 1, 320, 0}, o).status().code(), StatusCode::kInvalidArgument);
 }
 
+// Window rows: attention reads the last window_tokens positions from f16 rows, after a batch (all rows appended, then
+// stored) and after a decode step that trims the ring; a fork copies them; the stats count them.
+TEST(KvCache, WindowRowsAreReadForTheLastPositions) {
+  KvCacheOptions o;
+  o.k_format = "tq3";
+  o.v_format = "q4_0";
+  o.max_tokens = 4 * kPage;
+  o.sink_tokens = 2;
+  o.window_tokens = 5;
+  Result<KvCache> created = KvCache::Create(KvShape{2, 2, 64, 64}, o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  KvCache& cache = *created;
+  const int a = cache.NewSequence(), n = 41, layer = 1, head = 0;
+  std::vector<float> k(n * 64), v(n * 64), q(3 * 64);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::sin(0.37f * i) + (i % 64 == 3 ? 4.0f : 0.0f);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::cos(0.21f * i);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(1.3f * i);
+  auto store = [&](int seq, int pos) {
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 2; ++h) cache.Store(seq, l, h, pos, &k[pos * 64], &v[pos * 64]);
+  };
+  // One batch of 40 positions, then one decode step.
+  for (int pos = 0; pos < 40; ++pos) ASSERT_TRUE(cache.AppendSlot(a).ok());
+  for (int pos = 0; pos < 40; ++pos) store(a, pos);
+  const kvquant::RowCodec f16 = *kvquant::RowCodec::Create("f16", 64, 0, 0, 0);
+  std::vector<uint8_t> row(f16.row_bytes());
+  // Exact attention on rows decoded as the cache should read them for a token at position len - 1.
+  auto expect = [&](int seq, int len) {
+    SCOPED_TRACE(len);
+    std::vector<float> kd(len * 64), vd(len * 64);
+    for (int pos = 0; pos < len; ++pos) {
+      if (pos < 2 || pos >= len - 5) {
+        f16.EncodeRow(&k[pos * 64], row.data());
+        f16.DecodeRow(row.data(), &kd[pos * 64]);
+        f16.EncodeRow(&v[pos * 64], row.data());
+        f16.DecodeRow(row.data(), &vd[pos * 64]);
+      } else {
+        cache.k_codec(layer, head).DecodeRow(cache.KRow(seq, layer, head, pos), &kd[pos * 64]);
+        cache.v_codec(layer, head).DecodeRow(cache.VRow(seq, layer, head, pos), &vd[pos * 64]);
+      }
+    }
+    std::vector<float> want(3 * 64), got(3 * 64);
+    kvquant::AttendF32(kd.data(), vd.data(), len, 64, 64, q.data(), 3, 0.125f, want.data());
+    ASSERT_TRUE(cache.Attend(seq, layer, head, len, q.data(), 3, 0.125f, got.data()).ok());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5);
+  };
+  for (int len : {1, 3, 6, 7, 33, 40}) expect(a, len);
+  EXPECT_GE(cache.Stats().window_bytes, 40u * 2 * 2 * (128 + 128));  // the batch's rows, until the next step
+  ASSERT_TRUE(cache.AppendSlot(a).ok());
+  store(a, 40);
+  expect(a, 41);
+  EXPECT_EQ(cache.Stats().window_bytes, 6u * 2 * 2 * (128 + 128));  // trimmed to the window and the new row
+  const int b = cache.Fork(a);
+  cache.Free(a);
+  expect(b, 41);
+  o.window_tokens = -1;
+  EXPECT_EQ(KvCache::Create(KvShape{2, 2, 64, 64}, o).status().code(), StatusCode::kInvalidArgument);
+}
+
 // The forward pass once per KV format, on the tiny qwen3 fixture (head size 32, which every format but hx3 fits), else
 // on the default model (head size 64; hx3 needs a multiple of 64).
 class CacheLogits : public ::testing::TestWithParam<std::string> {
