@@ -235,72 +235,75 @@ size_t Model::weight_bytes_per_token() const {
 }
 
 void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> batch, const std::vector<int>& pos,
-                         const float* rope, float* x) {
+                         const float* rope, Scratch& s, float* x) {
   const ModelConfig& c = config_;
   const LayerWeights& l = layers_[layer];
   const int n = static_cast<int>(batch.size());
   const int e = c.n_embd, hd = c.head_dim, hdv = c.head_dim_v;
   const int qd = c.n_head * hd, kd = c.n_head_kv * hd, vd = c.n_head_kv * hdv, od = c.n_head * hdv;
   const int group = c.n_head / c.n_head_kv;
-  std::vector<float> xn(static_cast<size_t>(n) * e), q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kd),
-      v(static_cast<size_t>(n) * vd), attn(static_cast<size_t>(n) * od);
-  std::vector<BlockQ8> xq(static_cast<size_t>(n) * (std::max(e, od) / 32));
-  const MatMulOut qkv[] = {{&l.wq, q.data(), qd}, {&l.wk, k.data(), kd}, {&l.wv, v.data(), vd}};
+  float* q = s.q.data();
+  float* k = s.k.data();
+  float* v = s.v.data();
+  const MatMulOut qkv[] = {{&l.wq, q, qd}, {&l.wk, k, kd}, {&l.wv, v, vd}};
   const MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
   const int pairs = n * c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel
-  {
 #pragma omp for schedule(static)
-    for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.attn_norm.data(), e, c.rms_eps, &xn[i * e]);
-    MatMulManyTeam(qkv, xn.data(), n, xq.data());
-    // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
-    // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
+  for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.attn_norm.data(), e, c.rms_eps, &s.xn[i * e]);
+  MatMulManyTeam(qkv, s.xn.data(), n, s.xq.data());
+  // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
+  // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
 #pragma omp for schedule(static)
-    for (int ih = 0; ih < pairs; ++ih) {
-      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      const float* cos_sin = rope + static_cast<size_t>(i) * c.n_rot;
-      for (int j = 0; j < group; ++j) {
-        float* qh = q.data() + static_cast<size_t>(i) * qd + (h * group + j) * hd;
-        if (c.qk_norm) RmsNorm(qh, l.q_norm.data(), hd, c.rms_eps, qh);
-        Rope(qh, cos_sin, c.n_rot, c.rope_style);
-      }
-      float* kh = k.data() + static_cast<size_t>(i) * kd + h * hd;
-      if (c.qk_norm) RmsNorm(kh, l.k_norm.data(), hd, c.rms_eps, kh);
-      Rope(kh, cos_sin, c.n_rot, c.rope_style);
-      cache.Store(batch[i].seq, layer, h, pos[i], k.data() + static_cast<size_t>(i) * kd + h * hd,
-                  v.data() + static_cast<size_t>(i) * vd + h * hdv);
+  for (int ih = 0; ih < pairs; ++ih) {
+    const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+    const float* cos_sin = rope + static_cast<size_t>(i) * c.n_rot;
+    for (int j = 0; j < group; ++j) {
+      float* qh = q + static_cast<size_t>(i) * qd + (h * group + j) * hd;
+      if (c.qk_norm) RmsNorm(qh, l.q_norm.data(), hd, c.rms_eps, qh);
+      Rope(qh, cos_sin, c.n_rot, c.rope_style);
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int ih = 0; ih < pairs; ++ih) {
-      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      const Status s = cache.Attend(batch[i].seq, layer, h, pos[i] + 1,
-                                    q.data() + static_cast<size_t>(i) * qd + h * group * hd, group, scale,
-                                    attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
-      assert(s.ok());
-      (void)s;
-    }
-    MatMulManyTeam(residual, attn.data(), n, xq.data());
+    float* kh = k + static_cast<size_t>(i) * kd + h * hd;
+    if (c.qk_norm) RmsNorm(kh, l.k_norm.data(), hd, c.rms_eps, kh);
+    Rope(kh, cos_sin, c.n_rot, c.rope_style);
+    cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * kd + h * hd,
+                v + static_cast<size_t>(i) * vd + h * hdv);
   }
+#pragma omp for schedule(dynamic, 1)
+  for (int ih = 0; ih < pairs; ++ih) {
+    const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+    const Status st = cache.Attend(batch[i].seq, layer, h, pos[i] + 1, q + static_cast<size_t>(i) * qd + h * group * hd,
+                                   group, scale, s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
+    assert(st.ok());
+    (void)st;
+  }
+  MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
 }
 
-void Model::FfnSwiGlu(int layer, int n, float* x) {
+void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
   const LayerWeights& l = layers_[layer];
   const int e = config_.n_embd, ff = config_.n_ff;
-  std::vector<float> xn(static_cast<size_t>(n) * e), g(static_cast<size_t>(n) * ff), u(g.size());
-  std::vector<BlockQ8> xq(static_cast<size_t>(n) * (std::max(e, ff) / 32));
-  const MatMulOut gate_up[] = {{&l.gate, g.data(), ff}, {&l.up, u.data(), ff}};
+  float* g = s.g.data();
+  const float* u = s.u.data();
+  const MatMulOut gate_up[] = {{&l.gate, g, ff}, {&l.up, s.u.data(), ff}};
   const MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
-  const int64_t n_g = static_cast<int64_t>(g.size());
-#pragma omp parallel
-  {
+  const int64_t n_g = int64_t{n} * ff;
 #pragma omp for schedule(static)
-    for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.ffn_norm.data(), e, config_.rms_eps, &xn[i * e]);
-    MatMulManyTeam(gate_up, xn.data(), n, xq.data());
+  for (int i = 0; i < n; ++i)
+    RmsNorm(x + static_cast<size_t>(i) * e, l.ffn_norm.data(), e, config_.rms_eps, &s.xn[i * e]);
+  MatMulManyTeam(gate_up, s.xn.data(), n, s.xq.data());
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < n_g; ++i) g[i] = Silu(g[i]) * u[i];
-    MatMulManyTeam(residual, g.data(), n, xq.data());
-  }
+  for (int64_t i = 0; i < n_g; ++i) g[i] = Silu(g[i]) * u[i];
+  MatMulManyTeam(residual, g, n, s.xq.data());
+}
+
+void Model::Logits(const std::vector<int>& rows, Scratch& s, const float* x, float* logits) {
+  const int e = config_.n_embd, m = static_cast<int>(rows.size());
+  const MatMulOut out[] = {{&output_, logits, config_.n_vocab}};
+#pragma omp for schedule(static)
+  for (int j = 0; j < m; ++j)
+    RmsNorm(x + static_cast<size_t>(rows[j]) * e, output_norm_.data(), e, config_.rms_eps, &s.xn[j * e]);
+  MatMulManyTeam(out, s.xn.data(), m, s.xq.data());
 }
 
 Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
@@ -312,14 +315,16 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
     if (t.token < 0 || t.token >= c.n_vocab)
       return InvalidArgument("token id " + std::to_string(t.token) + " is outside the vocabulary (" +
                              std::to_string(c.n_vocab) + " tokens)");
-  std::vector<int> pos(static_cast<size_t>(n)), seqs(static_cast<size_t>(n));
+  std::vector<int> pos(static_cast<size_t>(n)), seqs(static_cast<size_t>(n)), logit_rows;
   for (int i = 0; i < n; ++i) {
     LR_ASSIGN_OR_RETURN(pos[i], cache.AppendSlot(batch[i].seq));
     seqs[i] = batch[i].seq;
+    if (batch[i].want_logits) logit_rows.push_back(i);
   }
+  logits->resize(logit_rows.size() * c.n_vocab);
 
   const int e = c.n_embd;
-  std::vector<float> x(static_cast<size_t>(n) * e), xn(x.size()), delta(x.size());
+  std::vector<float> x(static_cast<size_t>(n) * e), delta(x.size());
   for (int i = 0; i < n; ++i) DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * e], e);
   // The RoPE angles of each token's position, shared by the layers.
   std::vector<float> rope(static_cast<size_t>(n) * c.n_rot);
@@ -330,38 +335,54 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
       rope[static_cast<size_t>(i) * c.n_rot + 2 * j + 1] = std::sin(angle);
     }
   }
-  auto add_delta = [&] {
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+  Scratch s;
+  const size_t nz = static_cast<size_t>(n);
+  s.xn.resize(nz * e);
+  s.q.resize(nz * c.n_head * c.head_dim);
+  s.k.resize(nz * c.n_head_kv * c.head_dim);
+  s.v.resize(nz * c.n_head_kv * c.head_dim_v);
+  s.attn.resize(nz * c.n_head * c.head_dim_v);
+  s.g.resize(nz * c.n_ff);
+  s.u.resize(nz * c.n_ff);
+  s.xq.resize(nz * (std::max({e, c.n_head * c.head_dim_v, c.n_ff}) / 32));
+
+  // Step b < 2 * n_layer is block b % 2 (attention, FFN) of layer b / 2; step 2 * n_layer the logits. A run of dense
+  // steps shares one parallel region (one per forward step for a dense model); MLA and MoE blocks open their own.
+  const int n_steps = 2 * c.n_layer + 1;
+  auto dense = [&](int b) {
+    if (b == n_steps - 1) return true;
+    const LayerWeights& l = layers_[b / 2];
+    return b % 2 == 0 ? l.attention == AttentionKind::kGqa : l.ffn == FfnKind::kSwiGlu;
   };
-
-  for (int layer = 0; layer < c.n_layer; ++layer) {
-    const LayerWeights& l = layers_[layer];
-    switch (l.attention) {
-      case AttentionKind::kGqa: AttentionGqa(layer, cache, batch, pos, rope.data(), x.data()); break;
-      case AttentionKind::kMla:
-        RmsNormRows(x.data(), l.attn_norm, n, c.rms_eps, xn.data());
-        MlaAttention(c, l.mla, rope_inv_freq_, layer, cache, seqs, pos, xn.data(), delta.data());
-        add_delta();
-        break;
+  for (int b = 0; b < n_steps;) {
+    if (!dense(b)) {
+      const int layer = b / 2;
+      const LayerWeights& l = layers_[layer];
+      const bool attention = b % 2 == 0;
+      RmsNormRows(x.data(), attention ? l.attn_norm : l.ffn_norm, n, c.rms_eps, s.xn.data());
+      if (attention) {
+        MlaAttention(c, l.mla, rope_inv_freq_, layer, cache, seqs, pos, s.xn.data(), delta.data());
+      } else {
+        MoeFfn(c, l.moe, n, s.xn.data(), delta.data());
+      }
+      for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+      ++b;
+      continue;
     }
-    switch (l.ffn) {
-      case FfnKind::kSwiGlu: FfnSwiGlu(layer, n, x.data()); break;
-      case FfnKind::kMoe:
-        RmsNormRows(x.data(), l.ffn_norm, n, c.rms_eps, xn.data());
-        MoeFfn(c, l.moe, n, xn.data(), delta.data());
-        add_delta();
-        break;
+    int end = b + 1;
+    while (end < n_steps && dense(end)) ++end;
+#pragma omp parallel
+    for (int i = b; i < end; ++i) {
+      if (i == n_steps - 1) {
+        if (!logit_rows.empty()) Logits(logit_rows, s, x.data(), logits->data());
+      } else if (i % 2 == 0) {
+        AttentionGqa(i / 2, cache, batch, pos, rope.data(), s, x.data());
+      } else {
+        FfnSwiGlu(i / 2, n, s, x.data());
+      }
     }
+    b = end;
   }
-
-  int m = 0;
-  for (int i = 0; i < n; ++i) {
-    if (!batch[i].want_logits) continue;
-    RmsNorm(&x[i * e], output_norm_.data(), e, c.rms_eps, &xn[static_cast<size_t>(m) * e]);
-    ++m;
-  }
-  logits->resize(static_cast<size_t>(m) * c.n_vocab);
-  if (m > 0) MatMul(output_, xn.data(), m, logits->data(), c.n_vocab);
   return Status::Ok();
 }
 

@@ -134,11 +134,20 @@ class Model {
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
   Status BindWeights();
 
-  // The dense blocks: x (n tokens x n_embd, the residual stream) += Block(RMSNorm(x)), the norm, the products, the
-  // attention and the residual add in one OpenMP parallel region. rope: cos, sin of n_rot / 2 angles per token.
+  // Buffers of one forward step, sized for its batch and shared by the threads of its parallel regions.
+  struct Scratch {
+    std::vector<float> xn, q, k, v, attn, g, u;
+    std::vector<BlockQ8> xq;
+  };
+  // The dense steps, team functions (kernels.h): every thread of a parallel region calls them with the same
+  // arguments, so that a run of them shares one region (for a dense model, the whole step).
+  // The blocks: x (n tokens x n_embd, the residual stream) += Block(RMSNorm(x)). rope: cos, sin of n_rot / 2 angles
+  // per token.
   void AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> batch, const std::vector<int>& pos,
-                    const float* rope, float* x);
-  void FfnSwiGlu(int layer, int n, float* x);
+                    const float* rope, Scratch& s, float* x);
+  void FfnSwiGlu(int layer, int n, Scratch& s, float* x);
+  // The final norm and the logits of the tokens `rows` of x (n_vocab each, in that order).
+  void Logits(const std::vector<int>& rows, Scratch& s, const float* x, float* logits);
 
   GgufFile gguf_;
   ModelConfig config_;
