@@ -83,6 +83,7 @@ struct LocalModel::Request {
   std::vector<int32_t> prompt;
   SamplingParams params;
   int n = 1;
+  bool streams = false;  // the caller has an on_piece: pieces go back to it (otherwise it is woken only at the end)
   int pages = 0;  // the most pages it may hold: reserved while it runs
   std::chrono::steady_clock::time_point arrived;
 
@@ -187,6 +188,7 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   r->prompt.assign(prompt.begin(), prompt.end());
   r->params = params;
   r->n = n;
+  r->streams = static_cast<bool>(on_piece);
   r->pages = PagesNeeded(prompt_len, max_new, n);
   r->arrived = std::chrono::steady_clock::now();
   {
@@ -392,7 +394,7 @@ bool LocalModel::Advance(Request& r, int c, const float* logits) {
   auto emit = [&](std::string text) {
     if (text.empty()) return;
     choice.text += text;
-    r.outbox.emplace_back(c, std::move(text));
+    if (r.streams) r.outbox.emplace_back(c, std::move(text));
   };
   const int n_vocab = model_->config().n_vocab;
   const int32_t tok = l.sampler.Sample({logits, static_cast<size_t>(n_vocab)}, l.recent);
