@@ -1,4 +1,4 @@
-// Several clients at once on the in-process model: R requests of G greedy tokens each, on the default model,
+// Several clients at once on the in-process model: R requests of P prompt and G greedy tokens each, on the default model,
 // submitted one after another (each waits for the previous) and all at once from R threads (the engine decodes them
 // together, one Forward per step for all). Counters: generated tokens per second over all clients, and the most
 // requests the engine put in one step. Each run opens a fresh model, so no run finds another's prompts cached.
@@ -18,17 +18,15 @@ namespace lr::inference {
 namespace {
 
 const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-constexpr int kPromptTokens = 128;
-
-std::vector<std::vector<int32_t>> Prompts(const LocalModel& lm, int clients) {
+std::vector<std::vector<int32_t>> Prompts(const LocalModel& lm, int clients, int prompt_tokens) {
   std::ifstream in("/usr/share/common-licenses/GPL-3");
   std::stringstream text;
   text << in.rdbuf();
   const std::vector<int32_t> all = lm.tokenizer().Encode(text.str(), /*parse_special=*/false);
   std::vector<std::vector<int32_t>> prompts;
   for (int c = 0; c < clients; ++c) {
-    const size_t at = (static_cast<size_t>(c) * 997) % (all.size() - kPromptTokens);
-    prompts.emplace_back(all.begin() + at, all.begin() + at + kPromptTokens);
+    const size_t at = (static_cast<size_t>(c) * 997) % (all.size() - prompt_tokens);
+    prompts.emplace_back(all.begin() + at, all.begin() + at + prompt_tokens);
   }
   return prompts;
 }
@@ -37,6 +35,7 @@ void BM_Clients(benchmark::State& state) {
   const int clients = static_cast<int>(state.range(0));
   const int tokens = static_cast<int>(state.range(1));
   const bool together = state.range(2) != 0;
+  const int prompt_tokens = static_cast<int>(state.range(3));
   LocalModelOptions o;
   o.path = kDefaultModel;
   o.n_ctx = 1024;
@@ -45,7 +44,7 @@ void BM_Clients(benchmark::State& state) {
     state.SkipWithError(lm.status().ToString().c_str());
     return;
   }
-  const std::vector<std::vector<int32_t>> prompts = Prompts(**lm, clients);
+  const std::vector<std::vector<int32_t>> prompts = Prompts(**lm, clients, prompt_tokens);
   SamplingParams p;
   p.temperature = 0.0f;
   p.max_tokens = tokens;
@@ -68,13 +67,15 @@ void BM_Clients(benchmark::State& state) {
   state.counters["gen_tok_s"] = benchmark::Counter(static_cast<double>(generated), benchmark::Counter::kIsRate);
   state.counters["peak_requests_per_step"] = (*lm)->engine_stats().peak_requests;
 }
-// {clients, tokens each, together}
+// {clients, generated tokens each, together, prompt tokens each}: short prompts (decode-bound), then long ones.
 BENCHMARK(BM_Clients)
-    ->ArgNames({"clients", "tokens", "together"})
-    ->Args({4, 64, 0})
-    ->Args({4, 64, 1})
-    ->Args({8, 64, 0})
-    ->Args({8, 64, 1})
+    ->ArgNames({"clients", "tokens", "together", "prompt"})
+    ->Args({4, 64, 0, 32})
+    ->Args({4, 64, 1, 32})
+    ->Args({8, 64, 0, 32})
+    ->Args({8, 64, 1, 32})
+    ->Args({8, 64, 0, 256})
+    ->Args({8, 64, 1, 256})
     ->Iterations(1)
     ->UseRealTime()
     ->Unit(benchmark::kSecond);
