@@ -245,6 +245,19 @@ void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out) {
 }
 
 void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq) {
+  // Activations are quantized once, shared by all threads and all quantized matrices.
+  if (UsesQ8(outs)) QuantizeRowQ8Team(x, n_tokens * outs[0].w->cols, xq);
+  MatMulManyQuantizedTeam(outs, x, xq, n_tokens);
+}
+
+bool UsesQ8(std::span<const MatMulOut> outs) {
+  if (ActiveSimdLevel() == SimdLevel::kScalar) return false;
+  for (const MatMulOut& o : outs)
+    if (!IsFloatType(o.w->type.type)) return true;
+  return false;
+}
+
+void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, const BlockQ8* xq, int n_tokens) {
   const SimdLevel level = ActiveSimdLevel();
   // Rows in chunks of 16 (whole cache lines of output); chunk c belongs to the first product whose chunks end after c.
   constexpr int64_t kChunk = 16;
@@ -252,17 +265,12 @@ void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_token
   assert(!outs.empty() && outs.size() <= kMaxOuts);
   int64_t chunk_end[kMaxOuts];
   int64_t n_chunks = 0;
-  bool quantize = false;
-  const int64_t cols = outs[0].w->cols;
   for (size_t i = 0; i < outs.size(); ++i) {
     const WeightMatrix& w = *outs[i].w;
-    assert(w.cols == cols && RowIsWhole(w.type, w.cols) && outs[i].y_stride >= w.rows);
-    quantize = quantize || (level != SimdLevel::kScalar && !IsFloatType(w.type.type));
+    assert(w.cols == outs[0].w->cols && RowIsWhole(w.type, w.cols) && outs[i].y_stride >= w.rows);
     n_chunks += (w.rows + kChunk - 1) / kChunk;
     chunk_end[i] = n_chunks;
   }
-  // Activations are quantized once, shared by all threads and all quantized matrices.
-  if (quantize) QuantizeRowQ8Team(x, n_tokens * cols, xq);
   // Spread evenly over the threads.
 #pragma omp for schedule(static)
   for (int64_t c = 0; c < n_chunks; ++c) {

@@ -76,8 +76,13 @@ void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens);
 // QuantizeRowQ8 of x[0..n), the blocks split over the team.
 void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out);
 // MatMulMany inside a team. xq: room for n_tokens * cols / 32 blocks, shared by the team, where the activations are
-// quantized first when a product needs them (quantized weights at a SIMD level). Same results as MatMulMany.
+// quantized first when UsesQ8(outs). Same results as MatMulMany.
 void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq);
+// Whether the products read quantized activations (some weights are quantized and the SIMD level is not scalar).
+bool UsesQ8(std::span<const MatMulOut> outs);
+// MatMulManyTeam on activations the caller has already quantized into xq when UsesQ8(outs) (with the step that made
+// them, one barrier fewer).
+void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, const BlockQ8* xq, int n_tokens);
 
 enum class SimdLevel { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 const char* SimdLevelName(SimdLevel level);

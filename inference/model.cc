@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 namespace lr::inference {
 namespace {
@@ -249,9 +250,8 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   const MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
   const int pairs = n * c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp for schedule(static)
-  for (int i = 0; i < n; ++i) RmsNorm(x + static_cast<size_t>(i) * e, l.attn_norm.data(), e, c.rms_eps, &s.xn[i * e]);
-  MatMulManyTeam(qkv, s.xn.data(), n, s.xq.data());
+  NormTeam(x, l.attn_norm, s.tokens, UsesQ8(qkv), s);
+  MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
   // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
   // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
 #pragma omp for schedule(static)
@@ -288,22 +288,33 @@ void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
   const MatMulOut gate_up[] = {{&l.gate, g, ff}, {&l.up, s.u.data(), ff}};
   const MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
   const int64_t n_g = int64_t{n} * ff;
+  NormTeam(x, l.ffn_norm, s.tokens, UsesQ8(gate_up), s);
+  MatMulManyQuantizedTeam(gate_up, s.xn.data(), s.xq.data(), n);
+  // g = silu(g) * u, each block of 32 quantized for the down product as soon as it is done (q8 implies ff % 32 == 0).
+  const bool q8 = UsesQ8(residual);
 #pragma omp for schedule(static)
-  for (int i = 0; i < n; ++i)
-    RmsNorm(x + static_cast<size_t>(i) * e, l.ffn_norm.data(), e, config_.rms_eps, &s.xn[i * e]);
-  MatMulManyTeam(gate_up, s.xn.data(), n, s.xq.data());
+  for (int64_t b = 0; b < (n_g + 31) / 32; ++b) {
+    const int64_t end = std::min(n_g, 32 * b + 32);
+    for (int64_t i = 32 * b; i < end; ++i) g[i] = Silu(g[i]) * u[i];
+    if (q8) QuantizeRowQ8(g + 32 * b, 32, &s.xq[b]);
+  }
+  MatMulManyQuantizedTeam(residual, g, s.xq.data(), n);
+}
+
+void Model::NormTeam(const float* x, const std::vector<float>& w, const std::vector<int>& rows, bool q8, Scratch& s) {
+  const int e = config_.n_embd, m = static_cast<int>(rows.size());
 #pragma omp for schedule(static)
-  for (int64_t i = 0; i < n_g; ++i) g[i] = Silu(g[i]) * u[i];
-  MatMulManyTeam(residual, g, n, s.xq.data());
+  for (int j = 0; j < m; ++j) {
+    float* xn = &s.xn[static_cast<size_t>(j) * e];
+    RmsNorm(x + static_cast<size_t>(rows[j]) * e, w.data(), e, config_.rms_eps, xn);
+    if (q8) QuantizeRowQ8(xn, e, &s.xq[static_cast<size_t>(j) * (e / 32)]);
+  }
 }
 
 void Model::Logits(const std::vector<int>& rows, Scratch& s, const float* x, float* logits) {
-  const int e = config_.n_embd, m = static_cast<int>(rows.size());
   const MatMulOut out[] = {{&output_, logits, config_.n_vocab}};
-#pragma omp for schedule(static)
-  for (int j = 0; j < m; ++j)
-    RmsNorm(x + static_cast<size_t>(rows[j]) * e, output_norm_.data(), e, config_.rms_eps, &s.xn[j * e]);
-  MatMulManyTeam(out, s.xn.data(), m, s.xq.data());
+  NormTeam(x, output_norm_, rows, UsesQ8(out), s);
+  MatMulManyQuantizedTeam(out, s.xn.data(), s.xq.data(), static_cast<int>(rows.size()));
 }
 
 Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
@@ -337,6 +348,8 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   }
   Scratch s;
   const size_t nz = static_cast<size_t>(n);
+  s.tokens.resize(nz);
+  std::iota(s.tokens.begin(), s.tokens.end(), 0);
   s.xn.resize(nz * e);
   s.q.resize(nz * c.n_head * c.head_dim);
   s.k.resize(nz * c.n_head_kv * c.head_dim);

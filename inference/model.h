@@ -136,6 +136,7 @@ class Model {
 
   // Buffers of one forward step, sized for its batch and shared by the threads of its parallel regions.
   struct Scratch {
+    std::vector<int> tokens;  // 0 .. n - 1
     std::vector<float> xn, q, k, v, attn, g, u;
     std::vector<BlockQ8> xq;
   };
@@ -148,6 +149,8 @@ class Model {
   void FfnSwiGlu(int layer, int n, Scratch& s, float* x);
   // The final norm and the logits of the tokens `rows` of x (n_vocab each, in that order).
   void Logits(const std::vector<int>& rows, Scratch& s, const float* x, float* logits);
+  // Row j of s.xn = RMSNorm(row rows[j] of x) with weights w; with q8 also quantized into s.xq, row by row.
+  void NormTeam(const float* x, const std::vector<float>& w, const std::vector<int>& rows, bool q8, Scratch& s);
 
   GgufFile gguf_;
   ModelConfig config_;
