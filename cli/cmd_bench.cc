@@ -223,6 +223,12 @@ int RunBench(BenchFlags f) {
   if (!loaded.ok()) return Fail(loaded.status());
   inference::Model& model = **loaded;
   if (f.pass_k > 0) return RunPassK(f, model, threads);
+  const int n_ctx_train = model.config().n_ctx_train;
+  if (n_ctx_train > 0 && f.depth + std::max(f.n_prompt, f.n_gen) > n_ctx_train)
+    std::fprintf(stderr,
+                 "leanrotor bench: warning: depth %d + %d tokens is past the model's training context (%d tokens): "
+                 "the speed is measured all the same, but text at such positions would be meaningless\n",
+                 f.depth, std::max(f.n_prompt, f.n_gen), n_ctx_train);
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
