@@ -37,6 +37,8 @@ struct BenchFlags {
   int threads = 0;
   std::string ctk = "f16";
   std::string ctv = "f16";
+  int kv_sinks = 0;
+  int kv_window = 0;
   bool json = false;
   int pass_k = 0;  // > 0: the prefix-sharing bench
   int prompt_tokens = 2048;
@@ -97,12 +99,22 @@ struct PassKRun {
   std::vector<std::vector<int32_t>> attempts;
 };
 
+// "K hx3, V hx3", and the f16 sink and window rows when there are any.
+std::string KvLabel(const BenchFlags& f) {
+  std::string label = "K " + f.ctk + ", V " + f.ctv;
+  if (f.kv_sinks > 0) label += ", " + std::to_string(f.kv_sinks) + " f16 sinks";
+  if (f.kv_window > 0) label += ", f16 window " + std::to_string(f.kv_window);
+  return label;
+}
+
 int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
 
 Result<inference::KvCache> PassKCache(const inference::Model& model, const BenchFlags& f, int max_tokens) {
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
+  o.sink_tokens = f.kv_sinks;
+  o.window_tokens = f.kv_window;
   o.max_tokens = max_tokens;
   return inference::KvCache::Create(model.kv_shape(), o);
 }
@@ -199,8 +211,8 @@ int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
-  std::printf("model %s, %d threads, K %s, V %s: k=%d attempts, %d prompt tokens, %d generated tokens each\n",
-              f.model.c_str(), threads, f.ctk.c_str(), f.ctv.c_str(), f.pass_k, f.prompt_tokens, f.gen_tokens);
+  std::printf("model %s, %d threads, %s: k=%d attempts, %d prompt tokens, %d generated tokens each\n",
+              f.model.c_str(), threads, KvLabel(f).c_str(), f.pass_k, f.prompt_tokens, f.gen_tokens);
   for (const auto& [name, r] : {std::pair<const char*, const PassKRun&>{"shared", *shared}, {"naive", *naive}}) {
     std::printf("%-7s wall %8.2f s, prompt tokens computed %7ld, peak KV %8.2f MiB\n", name, r.wall_s,
                 r.prefill_tokens, r.kv_bytes / 1048576.0);
@@ -232,6 +244,8 @@ int RunBench(BenchFlags f) {
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
+  o.sink_tokens = f.kv_sinks;
+  o.window_tokens = f.kv_window;
   o.max_tokens = f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens;
   auto made = inference::KvCache::Create(model.kv_shape(), o);
   if (!made.ok()) return Fail(made.status());
@@ -285,8 +299,8 @@ int RunBench(BenchFlags f) {
                         {"simd", inference::SimdLevelName(inference::ActiveSimdLevel())}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("model %s, %d threads, %s kernels, K %s, V %s, depth %d\n", f.model.c_str(), threads,
-                inference::SimdLevelName(inference::ActiveSimdLevel()), f.ctk.c_str(), f.ctv.c_str(), f.depth);
+    std::printf("model %s, %d threads, %s kernels, %s, depth %d\n", f.model.c_str(), threads,
+                inference::SimdLevelName(inference::ActiveSimdLevel()), KvLabel(f).c_str(), f.depth);
     std::printf("prompt      %8.1f tok/s (%d tokens)\n", pp_tok_s, f.n_prompt);
     std::printf("generation  %8.1f tok/s (%d tokens)\n", tg_tok_s, f.n_gen);
     std::printf("read bandwidth %.2f GB/s; %.2f MB per generated token (weights %.2f MB, KV %.2f MB)\n",
@@ -311,6 +325,9 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
+  sub->add_option("--kv-sinks", flags->kv_sinks, "keep the first N positions as f16 rows too")->check(CLI::Range(0, 32));
+  sub->add_option("--kv-window", flags->kv_window, "attend to the last N positions from f16 rows too")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--pass-k", flags->pass_k,
                   "Prefix-sharing bench instead: K attempts at one prompt, shared (prefill once, fork, batched decode) "
                   "vs naive (prefill each, decode alone)")

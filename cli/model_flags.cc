@@ -8,6 +8,13 @@ void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
   sub->add_option("--ctk", f->ctk, "KV cache format for keys (f16 q8_0 q4_0 q4_0h tq4 tq3 tq2 planar3/4 iso3/4 hx3)")
       ->capture_default_str();
   sub->add_option("--ctv", f->ctv, "KV cache format for values")->capture_default_str();
+  sub->add_option("--kv-sinks", f->kv_sinks, "keep the first N positions as f16 rows too (compressed formats)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 32));
+  sub->add_option("--kv-window", f->kv_window,
+                  "attend to the last N positions from f16 rows too (compressed formats; docs/RESULTS.md)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("-c,--ctx", f->ctx, "longest sequence (prompt + reply tokens) of one request")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -26,6 +33,8 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   }
   o.kv.k_format = f.ctk;
   o.kv.v_format = f.ctv;
+  o.kv.sink_tokens = f.kv_sinks;
+  o.kv.window_tokens = f.kv_window;
   o.n_ctx = f.ctx;
   o.kv_budget_mib = f.kv_budget_mib;
   if (f.threads > 0) omp_set_num_threads(f.threads);

@@ -17,10 +17,12 @@ struct LocalModelFlags {
   std::string ctv = "f16";
   int ctx = 4096;
   int kv_budget_mib = 1024;
-  int threads = 0;  // 0: OpenMP's default
+  int kv_sinks = 0;   // f16 copies of the first positions (KvCacheOptions::sink_tokens)
+  int kv_window = 0;  // f16 copies of the most recent positions (KvCacheOptions::window_tokens)
+  int threads = 0;    // 0: OpenMP's default
 };
 
-// --ctk, --ctv, -c/--ctx, --kv-budget and -t/--threads, with the defaults *f holds.
+// --ctk, --ctv, --kv-sinks, --kv-window, -c/--ctx, --kv-budget and -t/--threads, with the defaults *f holds.
 void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f);
 
 // The options for LocalModel::Open, with the default model when f.model is empty (kNotFound saying where it looked).

@@ -287,8 +287,11 @@ void LocalModel::Admit(Request& r) {
   r.stats.queued_seconds = std::chrono::duration<double>(r.admitted - r.arrived).count();
   r.stats.prompt_tokens = static_cast<int>(r.prompt.size());
   r.choices.resize(static_cast<size_t>(r.n));
-  // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits.
-  r.root = cache_.NewSequenceFromCache(r.prompt, static_cast<int>(r.prompt.size()) - 1);
+  // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits, and so are the
+  // last window_tokens before it, whose f16 window rows cached pages do not have.
+  const KvCacheOptions& kv = cache_.options();
+  const int window = kv.k_format != "f16" || kv.v_format != "f16" ? kv.window_tokens : 0;
+  r.root = cache_.NewSequenceFromCache(r.prompt, std::max(0, static_cast<int>(r.prompt.size()) - 1 - window));
   r.seqs.push_back(r.root);
   r.prefilled = cache_.Length(r.root);
   r.stats.prompt_tokens_computed = static_cast<int>(r.prompt.size()) - r.prefilled;

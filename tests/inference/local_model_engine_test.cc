@@ -82,6 +82,45 @@ TEST(LocalModelEngine, ConcurrentRequestsShareStepsAndDecodeWhatTheyDecodeAlone)
   EXPECT_EQ(kv.pages_private + kv.pages_shared, 0);  // every sequence released
 }
 
+TEST(LocalModelEngine, CompressedCacheWithSinkAndWindowRowsBatchesExactlyToo) {
+  // hx3 keys and values with an f16 sink and a 32-token f16 window (per-sequence rings): two requests sharing steps,
+  // one prefilling while the other decodes, decode what each decodes alone.
+  LocalModelOptions o;
+  o.path = kDefaultModel;
+  o.n_ctx = 512;
+  o.kv_budget_mib = 64;
+  o.kv.k_format = o.kv.v_format = "hx3";
+  o.kv.sink_tokens = 1;
+  o.kv.window_tokens = 32;
+  Result<std::unique_ptr<LocalModel>> opened = LocalModel::Open(o);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  LocalModel& lm = **opened;
+  const std::vector<int32_t> first = Encode(lm, kFirst), second = Encode(lm, kSecond);
+  // Alone, each from a cold cache (prefix hits start without window rows for the cached part).
+  auto alone_first = lm.Generate(first, Greedy(64), 2, nullptr, nullptr);
+  Result<std::unique_ptr<LocalModel>> other = LocalModel::Open(o);
+  ASSERT_TRUE(other.ok());
+  auto alone_second = (*other)->Generate(second, Greedy(24), 2, nullptr, nullptr);
+  ASSERT_TRUE(alone_first.ok() && alone_second.ok());
+
+  Result<std::unique_ptr<LocalModel>> shared = LocalModel::Open(o);
+  ASSERT_TRUE(shared.ok());
+  std::future<Result<std::vector<Choice>>> second_run;
+  auto together_first = (*shared)->Generate(first, Greedy(64), 2, [&](int, std::string_view) {
+    if (!second_run.valid())
+      second_run = std::async(std::launch::async, [&] { return (*shared)->Generate(second, Greedy(24), 2, nullptr, nullptr); });
+    return true;
+  }, nullptr);
+  ASSERT_TRUE(together_first.ok()) << together_first.status().ToString();
+  auto together_second = second_run.get();
+  ASSERT_TRUE(together_second.ok()) << together_second.status().ToString();
+  for (size_t c = 0; c < 2; ++c) {
+    EXPECT_EQ((*together_first)[c].text, (*alone_first)[c].text) << c;
+    EXPECT_EQ((*together_second)[c].text, (*alone_second)[c].text) << c;
+  }
+  EXPECT_GT((*shared)->engine_stats().batched_steps, 0);
+}
+
 TEST(LocalModelEngine, RequestWaitsForPagesOthersReserved) {
   // 16 MiB of f16 KV: 23 pages of 32 tokens. Each request reserves its prompt's 2 pages and 2 x 7 pages for its
   // choices (16): two do not fit together, so the second waits until the first ends.
