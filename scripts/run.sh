@@ -4,21 +4,24 @@
 # every candidate checked by Lean. Where Lean is not installed it says so (nothing is claimed proved without Lean) and
 # shows what runs without it: the model runner on a Lean prompt with its compressed KV cache.
 #
-# Environment: CTK / CTV (KV-cache formats of keys / values, default q8_0 / hx3: on the default model the loss of a
-# compressed cache is in the keys, docs/RESULTS.md), K (attempts per theorem, default 4).
+# Environment: CTK / CTV (KV-cache formats of keys / values, default hx3 / hx3), KV_SINKS / KV_WINDOW (the first and
+# the most recent positions also kept as f16 rows, default 1 / 32: on the default model most of a compressed cache's
+# loss is in the recent tokens, docs/RESULTS.md), K (attempts per theorem, default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 
-ctk="${CTK:-q8_0}"
+ctk="${CTK:-hx3}"
 ctv="${CTV:-hx3}"
+kv=(--ctk "$ctk" --ctv "$ctv" --kv-sinks "${KV_SINKS:-1}" --kv-window "${KV_WINDOW:-32}")
+label="K $ctk / V $ctv, f16 sinks ${KV_SINKS:-1}, f16 window ${KV_WINDOW:-32}"
 k="${K:-4}"
 mkdir -p runs
 
 if command -v lake >/dev/null 2>&1 || command -v lean >/dev/null 2>&1; then
-  echo "== main job: leanrotor prove examples/Basic.lean (default model, k=$k, KV cache K $ctk / V $ctv), result in runs/"
-  exec build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" --turns 1 --ctk "$ctk" --ctv "$ctv"
+  echo "== main job: leanrotor prove examples/Basic.lean (default model, k=$k, KV cache $label), result in runs/"
+  exec build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" --turns 1 "${kv[@]}"
 fi
 
 cat <<EOF
@@ -33,14 +36,14 @@ cat <<EOF
 
 EOF
 theorem="$(sed -n "/^theorem add_zero'/,/sorry/p" examples/Basic.lean | sed '$d')"
-echo "== the default model continues a theorem from examples/Basic.lean (greedy, KV cache K $ctk / V $ctv)"
-build/leanrotor generate -p "$theorem" -n 48 --temp 0 --ctk "$ctk" --ctv "$ctv"
+echo "== the default model continues a theorem from examples/Basic.lean (greedy, KV cache $label)"
+build/leanrotor generate -p "$theorem" -n 48 --temp 0 "${kv[@]}"
 echo
 echo "== the price of the compressed cache: perplexity and KL divergence vs an f16 cache (2 windows of 512 tokens)"
-build/leanrotor perplexity -c 512 --chunks 2 --ctk "$ctk" --ctv "$ctv" 2>/dev/null
+build/leanrotor perplexity -c 512 --chunks 2 "${kv[@]}" 2>/dev/null
 echo
 echo "== pass@k without re-prefilling: $k attempts share one prefilled 512-token prompt (vs prefilling it $k times)"
-build/leanrotor bench --pass-k "$k" --prompt-tokens 512 --gen-tokens 32 --ctk "$ctk" --ctv "$ctv"
+build/leanrotor bench --pass-k "$k" --prompt-tokens 512 --gen-tokens 32 "${kv[@]}"
 echo
 echo "== leanrotor prove would now fail with exit code 2 and the same install hint:"
 build/leanrotor prove examples/Basic.lean --out runs/Basic.proved.lean -k "$k" || true
