@@ -215,8 +215,11 @@ void DotQ4_1x2(const uint8_t* row, const BlockQ8* const* a, const float* const* 
         for (int t = 0; t < NT; ++t) {
           const BlockQ8* at = a[t] + b;
           // [a_b.d, a_b.s, a_b+1.d, a_b+1.s] (d and s lead BlockQ8) times dm
-          const __m128 ds = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd(reinterpret_cast<const double*>(&at[0].d)),
-                                                       reinterpret_cast<const double*>(&at[1].d)));
+          // (BlockQ8 is only 4-byte aligned: two 8-byte memcpy loads, not double loads.)
+          uint64_t ds0, ds1;
+          std::memcpy(&ds0, &at[0].d, 8);
+          std::memcpy(&ds1, &at[1].d, 8);
+          const __m128 ds = _mm_castsi128_ps(_mm_set_epi64x(static_cast<long long>(ds1), static_cast<long long>(ds0)));
           const __m128 prod = _mm_mul_ps(dm, ds);
           offset[t] = _mm_add_ps(offset[t], prod);
           const __m512 scale = _mm512_permutexvar_ps(spread, _mm512_zextps128_ps512(prod));
