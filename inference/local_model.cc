@@ -116,6 +116,10 @@ struct LocalModel::Request {
 
 namespace {
 
+double Seconds(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
 // The most pages a request can hold: its prompt's, and for each choice the pages from the prompt's last partial one
 // (copied on write) to prompt + max_tokens.
 int PagesNeeded(int prompt_len, int max_new, int n) {
@@ -284,7 +288,7 @@ void LocalModel::EngineLoop() {
 // Starts a request's sequence from the prefix cache; its prefill then runs in Step.
 void LocalModel::Admit(Request& r) {
   r.admitted = std::chrono::steady_clock::now();
-  r.stats.queued_seconds = std::chrono::duration<double>(r.admitted - r.arrived).count();
+  r.stats.queued_seconds = Seconds(r.arrived, r.admitted);
   r.stats.prompt_tokens = static_cast<int>(r.prompt.size());
   r.choices.resize(static_cast<size_t>(r.n));
   // Cached pages cover a prefix of the prompt; the last token is always computed, for its logits, and so are the
@@ -369,7 +373,7 @@ void LocalModel::Step(const std::vector<std::shared_ptr<Request>>& running) {
 void LocalModel::StartChoices(Request& r, const float* logits) {
   cache_.IndexPages(r.root, r.prompt);
   r.prefill_done = std::chrono::steady_clock::now();
-  r.stats.prefill_seconds = std::chrono::duration<double>(r.prefill_done - r.admitted).count();
+  r.stats.prefill_seconds = Seconds(r.admitted, r.prefill_done);
   const size_t tail = std::min(r.prompt.size(), static_cast<size_t>(Sampler::kPenaltyWindow));
   for (int c = 0; c < r.n; ++c) {
     SamplingParams p = r.params;
@@ -432,9 +436,7 @@ void LocalModel::Release(Request& r) {
     for (const Request::Live& l : r.live) cache_.IndexPages(l.seq, l.tokens);
   for (int seq : r.seqs) cache_.Free(seq);
   r.seqs.clear();
-  if (r.decoding)
-    r.stats.decode_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - r.prefill_done).count();
+  if (r.decoding) r.stats.decode_seconds = Seconds(r.prefill_done, std::chrono::steady_clock::now());
   for (const Choice& c : r.choices) r.stats.generated_tokens += c.completion_tokens;
 }
 
