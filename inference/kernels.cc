@@ -238,11 +238,16 @@ void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens) {
   MatMulManyTeam(outs, x, n_tokens, xq_data);
 }
 
+namespace {
+
+// QuantizeRowQ8 of x[0..n), the blocks split over the team.
 void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out) {
   assert(n % 32 == 0);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < n / 32; ++b) QuantizeRowQ8(x + 32 * b, 32, out + b);
 }
+
+}  // namespace
 
 void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq) {
   // Activations are quantized once, shared by all threads and all quantized matrices.

@@ -9,7 +9,7 @@
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
-// products with one input in one parallel region. The team functions (QuantizeRowQ8Team, MatMulManyTeam) run inside
+// products with one input in one parallel region. The team functions (MatMulManyTeam, MatMulManyQuantizedTeam) run inside
 // a parallel region the caller opened, so that a forward step can run a whole block (norm, products, attention) in
 // one region with barriers between its ops instead of one fork and join per op.
 #pragma once
@@ -73,8 +73,6 @@ void MatMulMany(std::span<const MatMulOut> outs, const float* x, int n_tokens);
 // over the team and return when all of it is done (they end with a barrier). Called outside a parallel region, the
 // calling thread does all the work.
 //
-// QuantizeRowQ8 of x[0..n), the blocks split over the team.
-void QuantizeRowQ8Team(const float* x, int64_t n, BlockQ8* out);
 // MatMulMany inside a team. xq: room for n_tokens * cols / 32 blocks, shared by the team, where the activations are
 // quantized first when UsesQ8(outs). Same results as MatMulMany.
 void MatMulManyTeam(std::span<const MatMulOut> outs, const float* x, int n_tokens, BlockQ8* xq);
