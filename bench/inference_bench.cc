@@ -28,7 +28,7 @@ struct Matrix {
 Matrix MakeMatrix(TensorType type) {
   const TensorTypeInfo t = *LookupTensorType(static_cast<uint32_t>(type));
   const size_t row_bytes = RowBytes(t, kCols);
-  const int64_t rows = static_cast<int64_t>((size_t{48} << 20) / row_bytes) + 1;
+  const int64_t rows = ((size_t{48} << 20) / row_bytes + 16) / 16 * 16;  // >= 48 MiB, whole 16-row groups
   Matrix m;
   m.data.resize(row_bytes * rows);
   std::mt19937 rng(7);
@@ -58,26 +58,30 @@ Matrix MakeMatrix(TensorType type) {
   return m;
 }
 
-// args: weight type id, SIMD level, tokens per call
+// args: weight type id, SIMD level, tokens per call, layout (WeightLayout: 1 = repacked to 16 interleaved rows)
 void BM_MatMul(benchmark::State& state) {
   const auto type = static_cast<TensorType>(state.range(0));
   const auto level = static_cast<SimdLevel>(state.range(1));
   const int n_tokens = static_cast<int>(state.range(2));
+  const bool repacked = state.range(3) == static_cast<int64_t>(WeightLayout::kRows16);
   if (level > DetectSimdLevel()) {
     state.SkipWithError("SIMD level not available on this CPU");
     return;
   }
   SetSimdLevel(level);
   const Matrix m = MakeMatrix(type);
-  std::vector<float> x(static_cast<size_t>(kCols) * n_tokens, 0.5f), y(static_cast<size_t>(m.w.rows) * n_tokens);
+  OwnedWeightMatrix packed;
+  if (repacked) packed = Repack16(m.w);
+  const WeightMatrix& w = repacked ? packed.view : m.w;
+  std::vector<float> x(static_cast<size_t>(kCols) * n_tokens, 0.5f), y(static_cast<size_t>(w.rows) * n_tokens);
   for (auto _ : state) {
-    MatMul(m.w, x.data(), n_tokens, y.data(), m.w.rows);
+    MatMul(w, x.data(), n_tokens, y.data(), w.rows);
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(m.data.size()));
   state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n_tokens,
                                                benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(m.w.type.name) + " " + SimdLevelName(level));
+  state.SetLabel(std::string(m.w.type.name) + " " + SimdLevelName(level) + (repacked ? " rows16" : ""));
   SetSimdLevel(DetectSimdLevel());
 }
 
@@ -86,10 +90,14 @@ void Args(benchmark::internal::Benchmark* b) {
                               TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
                               TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
   for (TensorType t : types) {
-    for (int level : {1, 2}) b->Args({static_cast<int64_t>(t), level, 1});
-    b->Args({static_cast<int64_t>(t), 2, 16});
+    for (int level : {1, 2}) b->Args({static_cast<int64_t>(t), level, 1, 0});
+    b->Args({static_cast<int64_t>(t), 2, 16, 0});
   }
-  b->Args({static_cast<int64_t>(TensorType::kQ4_1), 0, 1});  // the scalar reference path, for scale
+  for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_1}) {  // the layout the model repacks these to
+    for (int level : {1, 2}) b->Args({static_cast<int64_t>(t), level, 1, 1});
+    b->Args({static_cast<int64_t>(t), 2, 16, 1});
+  }
+  b->Args({static_cast<int64_t>(TensorType::kQ4_1), 0, 1, 0});  // the scalar reference path, for scale
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 BENCHMARK(BM_MatMul)->Apply(Args);

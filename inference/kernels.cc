@@ -138,8 +138,11 @@ std::atomic<SimdLevel>& ActiveLevel() {
 void MatMulRowsScalar(const WeightMatrix& w, const float* x, int n_tokens, int64_t r0, int64_t r1, float* y,
                       int64_t y_stride, bool add) {
   std::vector<float> row(static_cast<size_t>(w.cols));
+  std::vector<uint8_t> row_bytes(w.layout == WeightLayout::kRows ? 0 : w.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
-    DequantizeRow(w.type, w.row(r), row.data(), w.cols);
+    const uint8_t* src = w.layout == WeightLayout::kRows ? w.row(r) : row_bytes.data();
+    if (w.layout != WeightLayout::kRows) CopyRowBytes(w, r, row_bytes.data());
+    DequantizeRow(w.type, src, row.data(), w.cols);
     for (int t = 0; t < n_tokens; ++t) {
       const float* xt = x + t * w.cols;
       float sum = 0;
@@ -168,6 +171,19 @@ void QuantizeRowQ8Scalar(const float* x, int64_t n, BlockQ8* out) {
     o.sum[1] = static_cast<int16_t>(sum[1]);
     o.s = d * static_cast<float>(sum[0] + sum[1]);
   }
+}
+
+// kRows16 (kernels.h): the f16 fields that lead a block (Q4_1: d and m; Q8_0: d) and the XOR applied to the other
+// bytes in a group.
+int Rows16HeaderBytes(TensorType t) { return t == TensorType::kQ4_1 ? 4 : 2; }
+uint8_t Rows16Bias(TensorType t) { return t == TensorType::kQ8_0 ? 0x80 : 0; }
+
+// Where byte i of row j's block (j = 0..15) sits in its kRows16 group: header field k's 16 values side by side, then
+// the rest in 4-byte words, 16 rows per 64 bytes.
+size_t Rows16Offset(int header_bytes, int j, int i) {
+  if (i < header_bytes) return static_cast<size_t>(32 * (i / 2) + 2 * j + i % 2);
+  const int k = i - header_bytes;
+  return static_cast<size_t>(16 * header_bytes + 64 * (k / 4) + 4 * j + k % 4);
 }
 
 bool IsFloatType(TensorType t) {
@@ -203,6 +219,51 @@ void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, i
       case TensorType::kQ6_K: DequantQ6_K(blk, y); break;
     }
   }
+}
+
+void CopyRowBytes(const WeightMatrix& w, int64_t r, uint8_t* out) {
+  if (w.layout == WeightLayout::kRows) {
+    std::memcpy(out, w.row(r), w.row_bytes);
+    return;
+  }
+  const int bb = static_cast<int>(w.type.block_bytes);
+  const int header = Rows16HeaderBytes(w.type.type);
+  const uint8_t bias = Rows16Bias(w.type.type);
+  const int j = static_cast<int>(r % 16);
+  const uint8_t* group = w.data + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
+  for (int64_t b = 0; b < w.cols / 32; ++b, group += 16 * bb, out += bb) {
+    for (int i = 0; i < bb; ++i) out[i] = static_cast<uint8_t>(group[Rows16Offset(header, j, i)] ^ (i < header ? 0 : bias));
+  }
+}
+
+bool Repack16Applies(const WeightMatrix& w) {
+  return w.layout == WeightLayout::kRows && w.rows > 0 && w.rows % 16 == 0 &&
+         (w.type.type == TensorType::kQ4_1 || w.type.type == TensorType::kQ8_0);
+}
+
+OwnedWeightMatrix Repack16(const WeightMatrix& w) {
+  assert(Repack16Applies(w));
+  constexpr size_t kAlign = 64;
+  OwnedWeightMatrix m;
+  const size_t total = w.row_bytes * static_cast<size_t>(w.rows);
+  m.bytes.resize(total + kAlign - 1);
+  const size_t skip = (kAlign - reinterpret_cast<uintptr_t>(m.bytes.data()) % kAlign) % kAlign;
+  uint8_t* dst = m.bytes.data() + skip;
+  const int bb = static_cast<int>(w.type.block_bytes);
+  const int header = Rows16HeaderBytes(w.type.type);
+  const uint8_t bias = Rows16Bias(w.type.type);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const int j = static_cast<int>(r % 16);
+    const uint8_t* src = w.row(r);
+    uint8_t* group = dst + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
+    for (int64_t b = 0; b < w.cols / 32; ++b, group += 16 * bb, src += bb) {
+      for (int i = 0; i < bb; ++i) group[Rows16Offset(header, j, i)] = static_cast<uint8_t>(src[i] ^ (i < header ? 0 : bias));
+    }
+  }
+  m.view = w;
+  m.view.data = dst;
+  m.view.layout = WeightLayout::kRows16;
+  return m;
 }
 
 const char* SimdLevelName(SimdLevel level) {
@@ -264,7 +325,8 @@ bool UsesQ8(std::span<const MatMulOut> outs) {
 
 void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, const BlockQ8* xq, int n_tokens) {
   const SimdLevel level = ActiveSimdLevel();
-  // Rows in chunks of 16 (whole cache lines of output); chunk c belongs to the first product whose chunks end after c.
+  // Rows in chunks of 16 (whole cache lines of output; one row group of a kRows16 matrix); chunk c belongs to the
+  // first product whose chunks end after c.
   constexpr int64_t kChunk = 16;
   constexpr size_t kMaxOuts = 4;
   assert(!outs.empty() && outs.size() <= kMaxOuts);
@@ -285,6 +347,7 @@ void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, co
     const WeightMatrix& w = *o.w;
     const int64_t r0 = (c - (i == 0 ? 0 : chunk_end[i - 1])) * kChunk;
     const int64_t r1 = std::min(w.rows, r0 + kChunk);
+    assert(w.layout == WeightLayout::kRows || r1 - r0 == 16);  // a chunk is one row group of a kRows16 matrix
     switch (level) {
       case SimdLevel::kAvx512Vnni: avx512::MatMulRows(w, xq, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;
       case SimdLevel::kAvx2: avx2::MatMulRows(w, xq, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;

@@ -5,7 +5,8 @@
 // activations once per call to BlockQ8 (32 int8 values and one scale) and multiplies with int8 dot products, as ggml
 // does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI: q4_1 and q8_0 on
 // 512-bit vectors, the other types on 256-bit ones) is picked at run time from the CPU; a CPU without AVX2 gets the
-// scalar path (dequantize a row, then dot).
+// scalar path (dequantize a row, then dot). Q4_1 and Q8_0 matrices repacked to 16 interleaved rows (Repack16, done by
+// the model at load) run kernels with no per-row reductions: the instruction-bound part of a decode step.
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
@@ -14,9 +15,11 @@
 // one region with barriers between its ops instead of one fork and join per op.
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "inference/tensor_type.h"
 
@@ -40,16 +43,48 @@ void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out);
 // The scalar reference: decodes the first `n` values of a row stored as `type` (n a multiple of its block size).
 void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, int64_t n);
 
-// A 2-D weight as GGUF stores it: `rows` rows of `cols` values (cols is ggml's ne0), rows `row_bytes` apart.
+// How a WeightMatrix's bytes are arranged.
+//   kRows: as GGUF stores it, row after row, each row its blocks in order.
+//   kRows16: 16 rows interleaved (Repack16), for Q4_1 and Q8_0 with rows a multiple of 16. A group is 16 consecutive
+//     rows x one 32-value block; groups are stored row group by row group, blocks in order within one. A Q4_1 group
+//     (320 bytes) holds the 16 rows' d (f16), then their m (f16), then for L = 0..3 and row j = 0..15 bytes
+//     [4L, 4L + 4) of row j's nibbles; a Q8_0 group (544 bytes) the 16 d, then for L = 0..7 and row j = 0..15 row
+//     j's int8 weights [4L, 4L + 4) plus 128 (as unsigned bytes). So one 64-byte load holds 4 weights of each of
+//     the 16 rows, one per 32-bit lane: the kernels multiply 16 rows with one broadcast activation word and store
+//     16 outputs at once, with no reduction across lanes. Same bytes per weight as GGUF's layout.
+enum class WeightLayout { kRows, kRows16 };
+
+// A 2-D weight: `rows` rows of `cols` values (cols is ggml's ne0), `row_bytes` bytes of them per row.
 struct WeightMatrix {
   TensorTypeInfo type;
   const uint8_t* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;
+  WeightLayout layout = WeightLayout::kRows;
 
-  const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
+  // Row r's blocks (layout kRows only; CopyRowBytes reads a row of any layout).
+  const uint8_t* row(int64_t r) const {
+    assert(layout == WeightLayout::kRows);
+    return data + static_cast<size_t>(r) * row_bytes;
+  }
 };
+
+// Row r of w in GGUF's block layout, whatever w's layout: row_bytes bytes at out.
+void CopyRowBytes(const WeightMatrix& w, int64_t r, uint8_t* out);
+
+// A weight matrix in a buffer of its own; view.data points into bytes (which may start up to 63 bytes before it:
+// the view is 64-byte aligned, so that every Q4_1 group fills whole cache lines).
+struct OwnedWeightMatrix {
+  std::vector<uint8_t> bytes;
+  WeightMatrix view;
+};
+
+// Whether Repack16 takes w: Q4_1 or Q8_0 in layout kRows with rows a positive multiple of 16.
+bool Repack16Applies(const WeightMatrix& w);
+// A copy of w (Repack16Applies(w)) in layout kRows16: allocates and copies rows * row_bytes bytes. The kernels then
+// read the copy, so the source pages (a mapped GGUF file) are no longer touched by products.
+OwnedWeightMatrix Repack16(const WeightMatrix& w);
 
 // y[t * y_stride + r] = sum_c W[r][c] * x[t * w.cols + c], for every row r and token t < n_tokens.
 // x holds n_tokens rows of w.cols floats; y_stride >= w.rows; w.cols is a whole number of blocks (the GGUF

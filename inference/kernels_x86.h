@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 
@@ -472,6 +473,165 @@ LR_KERNEL(DotQ5_K)
 LR_KERNEL(DotQ6_K)
 #undef LR_KERNEL
 
+// --- 16-row interleaved groups (WeightLayout::kRows16, kernels.h): one vector lane per weight row ---
+// A 64-byte word of a group holds 4 weights of each of 16 rows (row j in 32-bit lane j); its dot product with one
+// token is a vpdpbusd against that token's 4 matching activation bytes broadcast to every lane. The 16 rows' sums
+// stay in their lanes to the end, where one store writes 16 outputs. At the AVX-512 level a register covers the 16
+// rows; at the AVX2 level one covers 8 and a group runs as two halves (parts) of 8 rows.
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+constexpr int kLanes = 16;
+using VecI = __m512i;
+using VecF = __m512;
+VecI LoadI(const uint8_t* p) { return _mm512_loadu_si512(p); }
+VecI SetI(int v) { return _mm512_set1_epi32(v); }
+VecI AddI(VecI a, VecI b) { return _mm512_add_epi32(a, b); }
+VecI AndI(VecI a, VecI b) { return _mm512_and_si512(a, b); }
+VecI Srli4(VecI a) { return _mm512_srli_epi16(a, 4); }
+VecI Bytes(char v) { return _mm512_set1_epi8(v); }
+VecF ToF(VecI a) { return _mm512_cvtepi32_ps(a); }
+VecF ZeroF() { return _mm512_setzero_ps(); }
+VecF SetF(float v) { return _mm512_set1_ps(v); }
+VecF AddF(VecF a, VecF b) { return _mm512_add_ps(a, b); }
+VecF MulF(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
+VecF FmaF(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+VecF LoadF(const float* p) { return _mm512_loadu_ps(p); }
+void StoreF(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+// kLanes f16 values
+VecF LoadHalves(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+#else
+constexpr int kLanes = 8;
+using VecI = __m256i;
+using VecF = __m256;
+VecI LoadI(const uint8_t* p) { return Load32(p); }
+VecI SetI(int v) { return _mm256_set1_epi32(v); }
+VecI AddI(VecI a, VecI b) { return _mm256_add_epi32(a, b); }
+VecI AndI(VecI a, VecI b) { return _mm256_and_si256(a, b); }
+VecI Srli4(VecI a) { return _mm256_srli_epi16(a, 4); }
+VecI Bytes(char v) { return _mm256_set1_epi8(v); }
+VecF ToF(VecI a) { return _mm256_cvtepi32_ps(a); }
+VecF ZeroF() { return _mm256_setzero_ps(); }
+VecF SetF(float v) { return _mm256_set1_ps(v); }
+VecF AddF(VecF a, VecF b) { return _mm256_add_ps(a, b); }
+VecF MulF(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
+VecF FmaF(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+VecF LoadF(const float* p) { return _mm256_loadu_ps(p); }
+void StoreF(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+VecF LoadHalves(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+
+// The 4 activation bytes at q in every lane.
+VecI Broadcast4(const int8_t* q) {
+  int32_t v;
+  std::memcpy(&v, q, 4);
+  return SetI(v);
+}
+
+// acc + per lane the sum of its 4 products u * s, u unsigned, s signed. The AVX2 form (vpmaddubsw) saturates pairs
+// at 16 bits: it takes only u < 128 (q4_1's nibbles; q8_0 goes through DotSigned).
+VecI DotUnsigned(VecI acc, VecI u, VecI s) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(acc, u, s);
+#else
+  return AddI(acc, MulSum(u, s));
+#endif
+}
+
+// q8_0 in a group is stored as w + 128. Weights() turns a loaded word into what Dot() multiplies, and Bias(a) is the
+// integer sum a dot product of one block starts from so that it comes out as sum w * a.
+//   AVX-512: w + 128 times a in one vpdpbusd (no saturation); Bias = -128 * sum a.
+//   AVX2: back to w (XOR 0x80), then |w| times a with w's sign (vpmaddubsw would saturate on w + 128); Bias = 0.
+struct Q8Group {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  static VecI Weights(VecI u) { return u; }
+  static VecI Dot(VecI acc, VecI w, VecI s) { return DotUnsigned(acc, w, s); }
+  static int Bias(const BlockQ8& a) { return -128 * (a.sum[0] + a.sum[1]); }
+#else
+  static VecI Weights(VecI u) { return _mm256_xor_si256(u, Bytes(static_cast<char>(0x80))); }
+  static VecI Dot(VecI acc, VecI w, VecI s) { return AddI(acc, MulSum(_mm256_abs_epi8(w), _mm256_sign_epi8(s, w))); }
+  static int Bias(const BlockQ8&) { return 0; }
+#endif
+};
+
+// Rows [16 g, 16 g + 16) of a kRows16 Q4_1 or Q8_0 matrix against NT tokens: y[t][j] = (add ? y[t][j] : 0) + row j
+// . token t, for the row group starting at `group` (n_blocks groups of 32 values). a[t]: token t's BlockQ8s.
+template <int NT, TensorType kType>
+void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, float* const* y, bool add) {
+  constexpr bool kQ4 = kType == TensorType::kQ4_1;
+  constexpr int kHeader = kQ4 ? 64 : 32;   // bytes of f16 fields (d, m) before the weight words
+  constexpr int kWords = kQ4 ? 4 : 8;      // 64-byte words of weights per group
+  constexpr int kGroupBytes = kQ4 ? 320 : 544;
+  const VecI low4 = Bytes(0x0F);
+  for (int part = 0; part < 16 / kLanes; ++part) {
+    const int lane0 = part * kLanes;  // first row of this part
+    VecF acc[NT], off[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = off[t] = ZeroF();
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const uint8_t* g = group + b * kGroupBytes;
+      // w[k] multiplies the activations at q_at[k]: q4_1 word L holds values 4L.. (low nibbles) and 16 + 4L..
+      // (high nibbles) of each row, q8_0 word L values 4L..
+      VecI w[8];
+      int q_at[8];
+      for (int l = 0; l < kWords; ++l) {
+        const VecI v = LoadI(g + kHeader + 64 * l + 4 * lane0);
+        if constexpr (kQ4) {
+          w[2 * l] = AndI(v, low4);
+          w[2 * l + 1] = AndI(Srli4(v), low4);
+          q_at[2 * l] = 4 * l;
+          q_at[2 * l + 1] = 16 + 4 * l;
+        } else {
+          w[l] = Q8Group::Weights(v);
+          q_at[l] = 4 * l;
+        }
+      }
+      const VecF d = LoadHalves(g + 2 * lane0);
+      const VecF m = kQ4 ? LoadHalves(g + 32 + 2 * lane0) : ZeroF();
+      for (int t = 0; t < NT; ++t) {
+        const BlockQ8& at = a[t][b];
+        // Two integer chains, summed at the end of the block.
+        VecI sum[2] = {SetI(kQ4 ? 0 : Q8Group::Bias(at)), SetI(0)};
+        for (int k = 0; k < 8; ++k) {
+          const VecI s = Broadcast4(at.q + q_at[k]);
+          sum[k % 2] = kQ4 ? DotUnsigned(sum[k % 2], w[k], s) : Q8Group::Dot(sum[k % 2], w[k], s);
+        }
+        acc[t] = FmaF(ToF(AddI(sum[0], sum[1])), MulF(d, SetF(at.d)), acc[t]);
+        if constexpr (kQ4) off[t] = FmaF(m, SetF(at.s), off[t]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      float* dst = y[t] + lane0;
+      const VecF v = AddF(acc[t], off[t]);
+      StoreF(dst, add ? AddF(LoadF(dst), v) : v);
+    }
+  }
+}
+
+// MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to kTokenGroup, each
+// group's weights unpacked once.
+template <TensorType kType>
+void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y,
+            int64_t y_stride, bool add) {
+  const int64_t n_blocks = w.cols / 32;
+  const BlockQ8* a[kTokenGroup];
+  float* out[kTokenGroup];
+  for (int64_t r = r0; r < r1; r += 16) {
+    const uint8_t* group = w.data + static_cast<size_t>(r) * w.row_bytes;
+    for (int t = 0; t < n_tokens; t += kTokenGroup) {
+      const int nt = n_tokens - t < kTokenGroup ? n_tokens - t : kTokenGroup;
+      for (int k = 0; k < nt; ++k) {
+        a[k] = xq + (t + k) * n_blocks;
+        out[k] = y + (t + k) * y_stride + r;
+      }
+      switch (nt) {
+        case 1: GroupDot<1, kType>(group, n_blocks, a, out, add); break;
+        case 2: GroupDot<2, kType>(group, n_blocks, a, out, add); break;
+        case 3: GroupDot<3, kType>(group, n_blocks, a, out, add); break;
+        default: GroupDot<kTokenGroup, kType>(group, n_blocks, a, out, add); break;
+      }
+    }
+  }
+}
+
 // Sum of the 8 int32 lanes.
 int HSumInt(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -515,6 +675,16 @@ void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
 
 void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1,
                 float* y, int64_t y_stride, bool add) {
+  if (w.layout == WeightLayout::kRows16) {
+    assert(r0 % 16 == 0 && r1 % 16 == 0);
+    if (w.type.type == TensorType::kQ4_1) {
+      Groups<TensorType::kQ4_1>(w, xq, n_tokens, r0, r1, y, y_stride, add);
+    } else {
+      assert(w.type.type == TensorType::kQ8_0);
+      Groups<TensorType::kQ8_0>(w, xq, n_tokens, r0, r1, y, y_stride, add);
+    }
+    return;
+  }
   switch (w.type.type) {
     case TensorType::kF32: Rows<DotF32Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
     case TensorType::kF16: Rows<DotF16Kernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;

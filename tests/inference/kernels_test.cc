@@ -365,5 +365,111 @@ TEST(MatMulMany, EqualsOneMatMulPerMatrix) {
   SetSimdLevel(detected);
 }
 
+// --- Repack16: the 16-row interleaved layout against the GGUF rows it was made from ---
+
+struct RepackCase {
+  TensorType type;
+  int64_t rows;
+  int64_t cols;
+};
+
+class Repack16Test : public ::testing::TestWithParam<RepackCase> {};
+
+TEST_P(Repack16Test, RowsRoundTrip) {
+  const TensorTypeInfo t = Info(GetParam().type);
+  const int64_t rows = GetParam().rows, cols = GetParam().cols;
+  std::mt19937 rng(static_cast<uint32_t>(rows * 131 + cols));
+  const std::vector<uint8_t> data = RandomRows(t, rows, cols, rng);
+  const WeightMatrix w{t, data.data(), rows, cols, RowBytes(t, cols)};
+  ASSERT_TRUE(Repack16Applies(w));
+  const OwnedWeightMatrix packed = Repack16(w);
+  EXPECT_EQ(packed.view.layout, WeightLayout::kRows16);
+  EXPECT_EQ(packed.view.row_bytes, w.row_bytes);  // same bytes per weight
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(packed.view.data) % 64, 0u);
+  EXPECT_FALSE(Repack16Applies(packed.view));
+  std::vector<uint8_t> row(w.row_bytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    CopyRowBytes(packed.view, r, row.data());
+    ASSERT_EQ(0, std::memcmp(row.data(), w.row(r), w.row_bytes)) << t.name << " row " << r;
+  }
+}
+
+// MatMul on the repacked matrix, at every level, with 1..9 tokens (token groups of 4 and every remainder) and with
+// `add`, equals the scalar reference on the original rows within MatMulTest's tolerance.
+TEST_P(Repack16Test, MatMulMatchesOriginalAtEveryLevel) {
+  const TensorTypeInfo t = Info(GetParam().type);
+  const int64_t rows = GetParam().rows, cols = GetParam().cols;
+  std::mt19937 rng(static_cast<uint32_t>(rows * 7 + cols * 3 + static_cast<int>(t.type)));
+  const std::vector<uint8_t> data = RandomRows(t, rows, cols, rng);
+  const WeightMatrix w{t, data.data(), rows, cols, RowBytes(t, cols)};
+  const OwnedWeightMatrix packed = Repack16(w);
+  const int max_tokens = 9;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(cols * max_tokens);
+  for (float& v : x) v = nd(rng);
+  std::vector<float> wrow(cols);
+  const int64_t y_stride = rows + 3;
+  const SimdLevel detected = DetectSimdLevel();
+  for (int n_tokens = 1; n_tokens <= max_tokens; ++n_tokens) {
+    SetSimdLevel(SimdLevel::kScalar);
+    std::vector<float> ref(y_stride * n_tokens, -7.0f);
+    MatMul(w, x.data(), n_tokens, ref.data(), y_stride);
+    // f64 reference with the int8 activations the SIMD kernels multiply, and the tolerance scale of each output.
+    std::vector<double> ref_q8(rows * n_tokens), scale(rows * n_tokens);
+    std::vector<BlockQ8> xq(cols / 32);
+    for (int tok = 0; tok < n_tokens; ++tok) {
+      QuantizeRowQ8(x.data() + tok * cols, cols, xq.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        DequantizeRow(t, w.row(r), wrow.data(), cols);
+        double sum = 0, abs_sum = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          sum += static_cast<double>(wrow[c]) * xq[c / 32].d * xq[c / 32].q[c % 32];
+          abs_sum += std::fabs(static_cast<double>(wrow[c]) * x[tok * cols + c]);
+        }
+        ref_q8[tok * rows + r] = sum;
+        scale[tok * rows + r] = abs_sum;
+      }
+    }
+    for (int level = 0; level <= static_cast<int>(detected); ++level) {
+      SetSimdLevel(static_cast<SimdLevel>(level));
+      std::vector<float> y(y_stride * n_tokens, -7.0f), added(y_stride * n_tokens);
+      for (size_t j = 0; j < added.size(); ++j) added[j] = 0.5f * static_cast<float>(j % 3);
+      MatMul(packed.view, x.data(), n_tokens, y.data(), y_stride);
+      const MatMulOut add_out{&packed.view, added.data(), y_stride, /*add=*/true};
+      MatMulMany({&add_out, 1}, x.data(), n_tokens);
+      for (int tok = 0; tok < n_tokens; ++tok) {
+        for (int64_t r = 0; r < y_stride; ++r) {
+          const size_t j = static_cast<size_t>(tok * y_stride + r);
+          const float before = 0.5f * static_cast<float>(j % 3);
+          if (r >= rows) {  // padding untouched
+            ASSERT_EQ(y[j], -7.0f);
+            ASSERT_EQ(added[j], before);
+            continue;
+          }
+          const int i = static_cast<int>(tok * rows + r);
+          const double expect = level == 0 ? ref[j] : ref_q8[i];
+          const double tol = level == 0 ? 0.0 : 2e-5 * scale[i] + 1e-6;
+          ASSERT_NEAR(y[j], expect, tol) << t.name << " level " << level << " tokens " << n_tokens << " row " << r
+                                         << " token " << tok;
+          ASSERT_NEAR(added[j], before + y[j], 1e-5 * (1 + std::fabs(y[j]))) << t.name << " level " << level;
+        }
+      }
+    }
+  }
+  SetSimdLevel(detected);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Repack16Test,
+                         ::testing::Values(RepackCase{TensorType::kQ4_1, 16, 32}, RepackCase{TensorType::kQ4_1, 48, 96},
+                                           RepackCase{TensorType::kQ4_1, 192, 576},
+                                           RepackCase{TensorType::kQ4_1, 48, 64},
+                                           RepackCase{TensorType::kQ8_0, 16, 32}, RepackCase{TensorType::kQ8_0, 48, 96},
+                                           RepackCase{TensorType::kQ8_0, 192, 576},
+                                           RepackCase{TensorType::kQ8_0, 16, 64}),
+                         [](const auto& info) {
+                           return std::string(Info(info.param.type).name) + "_" + std::to_string(info.param.rows) +
+                                  "x" + std::to_string(info.param.cols);
+                         });
+
 }  // namespace
 }  // namespace lr::inference
