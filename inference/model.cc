@@ -210,6 +210,20 @@ Status Model::BindWeights() {
       LR_RETURN_IF_ERROR(matrix(p + "ffn_down.weight", c.n_embd, c.n_ff, &l.down));
     }
   }
+  // The dense blocks' Q4_1 / Q8_0 products and the output run on copies repacked to 16 interleaved rows where the
+  // CPU has kernels for them (kernels.h). A tied output copies token_embd; the lookup keeps reading its GGUF rows.
+  if (DetectSimdLevel() >= SimdLevel::kAvx2) {
+    auto repack = [&](WeightMatrix& w) {
+      if (!Repack16Applies(w)) return;
+      OwnedWeightMatrix copy = Repack16(w);
+      w = copy.view;
+      repacked_.push_back(std::move(copy.bytes));
+    };
+    repack(output_);
+    for (LayerWeights& l : layers_) {
+      for (WeightMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) repack(*w);
+    }
+  }
   rope_inv_freq_ = RopeInvFreq(c);
   return Status::Ok();
 }

@@ -113,7 +113,10 @@ struct BatchToken {
 class Model {
  public:
   // Opens and maps the GGUF file and checks every tensor the config needs (name, shape, type): kNotFound naming a
-  // missing tensor, kCorrupt naming a tensor of the wrong shape.
+  // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_1 / Q8_0 matrices of the
+  // dense blocks and the output matrix (rows a multiple of 16) are copied into the 16-row interleaved layout
+  // (kernels.h, Repack16) and the products read the copies: that memory is allocated (for SmolLM2-135M Q4_1, 96 MB,
+  // about the whole file) and those tensors' mapped pages are not read after the load.
   static Result<std::unique_ptr<Model>> Load(const std::string& path);
 
   const ModelConfig& config() const { return config_; }
@@ -154,7 +157,8 @@ class Model {
 
   GgufFile gguf_;
   ModelConfig config_;
-  WeightMatrix token_embd_, output_;
+  WeightMatrix token_embd_, output_;  // output_: a view of repacked_ when repacked (token_embd_ never is)
+  std::vector<std::vector<uint8_t>> repacked_;  // the buffers of the repacked matrices (BindWeights)
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<float> rope_inv_freq_;  // n_rot / 2
