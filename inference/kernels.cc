@@ -173,17 +173,24 @@ void QuantizeRowQ8Scalar(const float* x, int64_t n, BlockQ8* out) {
   }
 }
 
-// kRows16 (kernels.h): the f16 fields that lead a block (Q4_1: d and m; Q8_0: d) and the XOR applied to the other
-// bytes in a group.
-int Rows16HeaderBytes(TensorType t) { return t == TensorType::kQ4_1 ? 4 : 2; }
-uint8_t Rows16Bias(TensorType t) { return t == TensorType::kQ8_0 ? 0x80 : 0; }
+// kRows16 (kernels.h): calls move(i, at, n, x) for each piece of row j's block (j = 0..15): bytes [i, i + n) of the
+// block sit at offset `at` of its group, XORed with x (Q8_0's weights are stored + 128). The f16 fields that lead a
+// block (Q4_1: d and m; Q8_0: d) go to 16-value arrays, the rest to 4-byte words, 16 rows per 64 bytes.
+template <typename Move>
+void ForEachRows16Piece(const TensorTypeInfo& type, int j, Move&& move) {
+  const int header = type.type == TensorType::kQ4_1 ? 4 : 2;
+  const uint32_t bias = type.type == TensorType::kQ8_0 ? 0x80808080u : 0;
+  for (int i = 0; i < header; i += 2) move(i, 16 * i + 2 * j, 2, 0u);
+  for (int k = 0; header + 4 * k < static_cast<int>(type.block_bytes); ++k)
+    move(header + 4 * k, 16 * header + 64 * k + 4 * j, 4, bias);
+}
 
-// Where byte i of row j's block (j = 0..15) sits in its kRows16 group: header field k's 16 values side by side, then
-// the rest in 4-byte words, 16 rows per 64 bytes.
-size_t Rows16Offset(int header_bytes, int j, int i) {
-  if (i < header_bytes) return static_cast<size_t>(32 * (i / 2) + 2 * j + i % 2);
-  const int k = i - header_bytes;
-  return static_cast<size_t>(16 * header_bytes + 64 * (k / 4) + 4 * j + k % 4);
+// dst = src XOR x for n (2 or 4) bytes.
+void MovePiece(uint8_t* dst, const uint8_t* src, int n, uint32_t x) {
+  uint32_t v = 0;
+  std::memcpy(&v, src, n);
+  v ^= x;
+  std::memcpy(dst, &v, n);
 }
 
 bool IsFloatType(TensorType t) {
@@ -226,13 +233,11 @@ void CopyRowBytes(const WeightMatrix& w, int64_t r, uint8_t* out) {
     std::memcpy(out, w.row(r), w.row_bytes);
     return;
   }
-  const int bb = static_cast<int>(w.type.block_bytes);
-  const int header = Rows16HeaderBytes(w.type.type);
-  const uint8_t bias = Rows16Bias(w.type.type);
-  const int j = static_cast<int>(r % 16);
+  const size_t bb = w.type.block_bytes;
   const uint8_t* group = w.data + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
   for (int64_t b = 0; b < w.cols / 32; ++b, group += 16 * bb, out += bb) {
-    for (int i = 0; i < bb; ++i) out[i] = static_cast<uint8_t>(group[Rows16Offset(header, j, i)] ^ (i < header ? 0 : bias));
+    ForEachRows16Piece(w.type, static_cast<int>(r % 16),
+                       [&](int i, int at, int n, uint32_t x) { MovePiece(out + i, group + at, n, x); });
   }
 }
 
@@ -245,19 +250,16 @@ OwnedWeightMatrix Repack16(const WeightMatrix& w) {
   assert(Repack16Applies(w));
   constexpr size_t kAlign = 64;
   OwnedWeightMatrix m;
-  const size_t total = w.row_bytes * static_cast<size_t>(w.rows);
-  m.bytes.resize(total + kAlign - 1);
+  m.bytes.resize(w.row_bytes * static_cast<size_t>(w.rows) + kAlign - 1);
   const size_t skip = (kAlign - reinterpret_cast<uintptr_t>(m.bytes.data()) % kAlign) % kAlign;
   uint8_t* dst = m.bytes.data() + skip;
-  const int bb = static_cast<int>(w.type.block_bytes);
-  const int header = Rows16HeaderBytes(w.type.type);
-  const uint8_t bias = Rows16Bias(w.type.type);
+  const size_t bb = w.type.block_bytes;
   for (int64_t r = 0; r < w.rows; ++r) {
-    const int j = static_cast<int>(r % 16);
     const uint8_t* src = w.row(r);
     uint8_t* group = dst + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
     for (int64_t b = 0; b < w.cols / 32; ++b, group += 16 * bb, src += bb) {
-      for (int i = 0; i < bb; ++i) group[Rows16Offset(header, j, i)] = static_cast<uint8_t>(src[i] ^ (i < header ? 0 : bias));
+      ForEachRows16Piece(w.type, static_cast<int>(r % 16),
+                         [&](int i, int at, int n, uint32_t x) { MovePiece(group + at, src + i, n, x); });
     }
   }
   m.view = w;
