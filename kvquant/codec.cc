@@ -13,7 +13,7 @@
 namespace lr::kvquant {
 namespace {
 
-enum class Scale { kNone, kMaxQ8, kMaxQ4, kRms, kLeastSquares, kSelfDot, kNorm };
+enum class Scale { kNone, kMaxQ8, kMaxQ4, kLeastSquares, kSelfDot, kNorm };
 enum class Levels { kInt8, kOffset8, kLm2, kLm3, kLm4 };
 
 struct RunSpec {
@@ -38,12 +38,12 @@ constexpr FormatSpec kFormats[] = {
      RotationKind::kNone, Scale::kMaxQ4, 1, {{4, 32, Levels::kOffset8}}},
     {{"q4_0h", 32, 18, 4.5, "q4_0 after a Walsh-Hadamard rotation with random signs"},
      RotationKind::kHadamard, Scale::kMaxQ4, 1, {{4, 32, Levels::kOffset8}}},
-    {{"tq4", 32, 18, 4.5, "Hadamard + 4-bit Lloyd-Max, RMS scale per 32"},
-     RotationKind::kHadamard, Scale::kRms, 1, {{4, 32, Levels::kLm4}}},
+    {{"tq4", 32, 18, 4.5, "Hadamard + 4-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
+     RotationKind::kHadamard, Scale::kLeastSquares, 1, {{4, 32, Levels::kLm4}}},
     {{"tq3", 32, 14, 3.5, "Hadamard + 3-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
      RotationKind::kHadamard, Scale::kLeastSquares, 1, {{3, 32, Levels::kLm3}}},
-    {{"tq2", 32, 10, 2.5, "Hadamard + 2-bit Lloyd-Max, RMS scale per 32"},
-     RotationKind::kHadamard, Scale::kRms, 1, {{2, 32, Levels::kLm2}}},
+    {{"tq2", 32, 10, 2.5, "Hadamard + 2-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
+     RotationKind::kHadamard, Scale::kLeastSquares, 1, {{2, 32, Levels::kLm2}}},
     {{"planar3", 128, 50, 3.125, "Givens pairs + 3-bit Lloyd-Max, norm kept per 128"},
      RotationKind::kGivens, Scale::kNorm, 1, {{3, 128, Levels::kLm3}}},
     {{"planar4", 128, 66, 4.125, "Givens pairs + 4-bit Lloyd-Max, norm kept per 128"},
@@ -134,20 +134,15 @@ void EncodeBlock(Scale scale, const BlockLayout& b, const float* y, uint8_t* dst
       }
       break;
     }
-    case Scale::kRms:
     case Scale::kLeastSquares:
     case Scale::kSelfDot:
     case Scale::kNorm: {
       double ss = 0;
       for (int i = 0; i < n; ++i) ss += static_cast<double>(y[i]) * y[i];
       const float rms = static_cast<float>(std::sqrt(ss / n));
-      const float d0 = scale == Scale::kRms ? HalfToFloat(FloatToHalf(rms)) : rms;
-      const float id = d0 != 0 ? 1.0f / d0 : 0.0f;
+      const float id = rms != 0 ? 1.0f / rms : 0.0f;
       for (int i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(Nearest(lv[i], nl[i], y[i] * id));
-      if (scale == Scale::kRms || ss == 0) {
-        d = d0;
-        break;
-      }
+      if (ss == 0) break;
       double s1 = 0, s2 = 0;  // Σ y·l and Σ l², the least-squares scale is s1 / s2
       for (int i = 0; i < n; ++i) {
         const double l = lv[i][codes[i]];

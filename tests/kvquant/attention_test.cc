@@ -119,13 +119,12 @@ TEST(Attention, SeparateKeyAndValueFormats) {
 
 // Attention output against exact f32 attention on the unquantized rows (Gaussian data, 1024 rows, dim 128).
 // The tolerance per format is 1.2x to 1.5x its measured error, so a regression in a format's accuracy fails here.
-// (tq4 measures above q4_0 at the same 4.5 bits: its RMS-scaled Lloyd-Max levels shrink every key a little, which
-// lowers the score of the key a query resembles; see the dot-preserving scale in kvquant.h.)
+// (Measured: q4_0 0.104, tq4 0.105, tq3 0.207, tq2 0.445, hx3 0.157.)
 TEST(Attention, ErrorAgainstExactAttention) {
   const struct {
     const char* name;
     double tolerance;
-  } cases[] = {{"f16", 1e-3},     {"q8_0", 0.009}, {"q4_0", 0.14},    {"q4_0h", 0.13},   {"tq4", 0.19},
+  } cases[] = {{"f16", 1e-3},     {"q8_0", 0.009}, {"q4_0", 0.14},    {"q4_0h", 0.13},   {"tq4", 0.14},
                {"tq3", 0.26},     {"tq2", 0.55},   {"planar3", 0.26}, {"planar4", 0.14}, {"iso3", 0.26},
                {"iso4", 0.14},    {"hx3", 0.20}};
   for (const auto& cs : cases) {
