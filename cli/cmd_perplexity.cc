@@ -39,20 +39,20 @@ struct PerplexityFlags {
   std::vector<int> window = {0};
   int threads = 0;
   bool json = false;
-  bool no_center = false;
+  bool no_calibration = false;
 };
 
-// Logits of every position of one window, from an empty cache of the given formats and centers (null: none).
+// Logits of every position of one window, from an empty cache of the given formats and calibration (null: none).
 Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const std::string& ctk,
                     const std::string& ctv, int sinks, int window,
-                    std::shared_ptr<const inference::KvCenters> centers, std::vector<float>* logits) {
+                    std::shared_ptr<const inference::KvCalibration> calibration, std::vector<float>* logits) {
   inference::KvCacheOptions o;
   o.k_format = ctk;
   o.v_format = ctv;
   o.sink_tokens = sinks;
   o.window_tokens = window;
   o.max_tokens = n;
-  o.centers = std::move(centers);
+  o.calibration = std::move(calibration);
   LR_ASSIGN_OR_RETURN(inference::KvCache cache, inference::KvCache::Create(model.kv_shape(), o));
   const int seq = cache.NewSequence();
   std::vector<inference::BatchToken> batch;
@@ -117,14 +117,15 @@ int RunPerplexity(PerplexityFlags f) {
   const inference::Tokenizer& tok = (*lm)->tokenizer();
   const bool bos = tok.add_bos() && tok.bos() >= 0;
   const std::vector<int32_t> tokens = tok.Encode(*text, false);
-  // The channel centers compressed formats are stored with, as LocalModel computes them when it opens a cache.
-  std::shared_ptr<const inference::KvCenters> centers;
+  // The channel centers and weights compressed formats are stored with, as LocalModel computes them when it opens a
+  // cache.
+  std::shared_ptr<const inference::KvCalibration> calibration;
   const bool compressed =
       std::any_of(runs.begin(), runs.end(), [](const Run& r) { return !r.is_ref(); });
-  if (compressed && !f.no_center) {
-    Result<std::shared_ptr<const inference::KvCenters>> c = inference::ComputeKvCenters(model, tok);
+  if (compressed && !f.no_calibration) {
+    Result<std::shared_ptr<const inference::KvCalibration>> c = inference::ComputeKvCalibration(model, tok);
     if (!c.ok()) return Fail(c.status());
-    centers = *c;
+    calibration = *c;
   }
   // Each window holds ctx tokens, the first replaced by BOS when the model expects one (as llama.cpp does).
   int windows = static_cast<int>(tokens.size() / f.ctx);
@@ -146,7 +147,7 @@ int RunPerplexity(PerplexityFlags f) {
     for (Run& r : runs) {
       const bool is_ref = r.is_ref();
       if (!is_ref) {
-        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, centers, &logits);
+        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, calibration, &logits);
         if (!s.ok()) return Fail(s);
       }
       const std::vector<float>& got = is_ref ? ref_logits : logits;
@@ -204,8 +205,8 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
                   "Read the last N positions before each token from f16 rows too (recent window; repeatable)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  sub->add_flag("--no-center", flags->no_center,
-                "Store compressed rows without the model's KV channel centers (to measure what centering gives)");
+  sub->add_flag("--no-kv-calibration", flags->no_calibration,
+                "Store compressed rows without the model's KV channel centers and weights (to measure what they give)");
   sub->add_flag("--json", flags->json,
                 "Print {ppl, kld, tokens, ctk, ctv, sinks, window, bits_per_value} as JSON, one line per run");
   commands.Add(sub, [flags]() { return RunPerplexity(*flags); });

@@ -21,10 +21,10 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     return InvalidArgument("KV cache: window_tokens is " + std::to_string(options.window_tokens) + "; expected >= 0");
   if ((options.sink_tokens > 0 || options.window_tokens > 0) && !all_f16 && shape.v_dim == 0)
     return InvalidArgument("KV cache: sink and window rows are not supported for caches without value rows (MLA)");
-  const KvCenters* centers = options.centers.get();
-  if (centers != nullptr && (centers->shape.n_layer != shape.n_layer || centers->shape.n_head_kv != shape.n_head_kv ||
-                             centers->shape.k_dim != shape.k_dim || centers->shape.v_dim != shape.v_dim))
-    return InvalidArgument("KV cache: the centers' shape does not match the cache's (layers, KV heads, row sizes)");
+  const KvCalibration* cal = options.calibration.get();
+  if (cal != nullptr && (cal->shape.n_layer != shape.n_layer || cal->shape.n_head_kv != shape.n_head_kv ||
+                         cal->shape.k_dim != shape.k_dim || cal->shape.v_dim != shape.v_dim))
+    return InvalidArgument("KV cache: the calibration's shape does not match the cache's (layers, KV heads, row sizes)");
   KvCache c;
   c.shape_ = shape;
   c.options_ = options;
@@ -32,12 +32,18 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     for (int head = 0; head < shape.n_head_kv; ++head) {
       auto k = kvquant::RowCodec::Create(options.k_format, shape.k_dim, options.seed, layer, head);
       if (!k.ok()) return k.status().WithContext("KV cache keys (--ctk)");
-      if (centers != nullptr && !k->is_f16()) LR_RETURN_IF_ERROR(k->SetCenter(centers->K(layer, head)));
+      if (cal != nullptr && !k->is_f16()) {
+        LR_RETURN_IF_ERROR(k->SetCenter(cal->KCenter(layer, head)));
+        LR_RETURN_IF_ERROR(k->SetWeights(cal->KWeights(layer, head)));
+      }
       c.k_codecs_.push_back(std::move(k).value());
       if (shape.v_dim == 0) continue;
       auto v = kvquant::RowCodec::Create(options.v_format, shape.v_dim, options.seed, layer, head);
       if (!v.ok()) return v.status().WithContext("KV cache values (--ctv)");
-      if (centers != nullptr && !v->is_f16()) LR_RETURN_IF_ERROR(v->SetCenter(centers->V(layer, head)));
+      if (cal != nullptr && !v->is_f16()) {
+        LR_RETURN_IF_ERROR(v->SetCenter(cal->VCenter(layer, head)));
+        LR_RETURN_IF_ERROR(v->SetWeights(cal->VWeights(layer, head)));
+      }
       c.v_codecs_.push_back(std::move(v).value());
     }
   }
@@ -293,6 +299,7 @@ uint8_t* KvCache::SinkV(int page, int layer, int head) const {
 
 Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale,
                        float* out) const {
+  if (options_.observe_queries) options_.observe_queries(layer, head, q, n_q);
   const Sequence& s = seqs_[seq];
   // Positions [0, sink) from the sink rows, [sink, window) from the pages, [window, n_tokens) from the window ring.
   const int sink = std::min(sink_tokens_, n_tokens);

@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -52,7 +53,7 @@
 
 namespace lr::inference {
 
-struct KvCenters;  // inference/kv_calibration.h
+struct KvCalibration;  // inference/kv_calibration.h
 
 struct KvCacheOptions {
   std::string k_format = "f16";
@@ -62,15 +63,18 @@ struct KvCacheOptions {
   // The model the rows come from (e.g. its file name and size), hashed into the prefix index's keys together with
   // the formats and seed: pages of different models or formats never match.
   std::string identity;
-  // Per-channel centers of the model's rows, set on every codec except f16 ones (exact: inference/kv_calibration.h).
-  // Null: none. Must match the cache's shape.
-  std::shared_ptr<const KvCenters> centers;
+  // Per-channel centers and weights of the model's rows, set on every codec except f16 ones (exact:
+  // inference/kv_calibration.h). Null: none. Must match the cache's shape.
+  std::shared_ptr<const KvCalibration> calibration;
   // Positions [0, sink_tokens) of every sequence are kept as f16 rows too (see "Sink rows" above); 0..kPageTokens.
   // Ignored when both formats are f16. Not for caches without value rows (MLA).
   int sink_tokens = 0;
   // The last window_tokens positions are read from f16 rows too (see "Window rows" above); >= 0. Ignored when both
   // formats are f16. Not for caches without value rows (MLA).
   int window_tokens = 0;
+  // Called by Attend with each query group (n_q rows of k_dim) before attending: the KV calibration measures the
+  // queries through it. May be called from several threads at once. Null: none.
+  std::function<void(int layer, int head, const float* q, int n_q)> observe_queries;
 };
 
 // Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.

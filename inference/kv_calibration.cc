@@ -1,8 +1,12 @@
-// The calibration text, its prefill on an f16 cache, and the per-(layer, head) means of the stored rows.
+// The calibration text, its prefill on an f16 cache, and the statistics of its rows and queries.
 #include "inference/kv_calibration.h"
 
+#include <cmath>
+#include <functional>
+#include <mutex>
 #include <string>
 
+#include "inference/kernels.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
 
@@ -51,18 +55,81 @@ theorem sum_range_id (n : ℕ) : ∑ i ∈ range n, i = n * (n - 1) / 2 := by
   norm_num
 )";
 
+
+constexpr double kKeyWeightPower = 0.15;    // a in kv_calibration.h
+constexpr double kValueWeightPower = 0.2;   // b
+
+// Per-channel sums of squares of one (layer, head)'s stored rows minus `center`, over positions 1..n-1.
+std::vector<double> RowEnergy(const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, int n,
+                              std::span<const float> center) {
+  const int dim = codec.dim();
+  std::vector<double> energy(dim, 0.0);
+  std::vector<float> row(dim);
+  for (int pos = 1; pos < n; ++pos) {
+    codec.DecodeRow(row_at(pos), row.data());
+    for (int c = 0; c < dim; ++c) energy[c] += (static_cast<double>(row[c]) - center[c]) * (row[c] - center[c]);
+  }
+  return energy;
+}
+
+// w_c = (want_c / have_c)^power over the channels, both normalized to sum 1 (and floored at 1e-4 of the mean, so
+// that a channel without energy gets a large but finite weight), scaled to a geometric mean of 1.
+void ChannelWeights(const std::vector<double>& want, const std::vector<double>& have, double power, float* out) {
+  const int dim = static_cast<int>(want.size());
+  double want_sum = 0, have_sum = 0;
+  for (int c = 0; c < dim; ++c) want_sum += want[c], have_sum += have[c];
+  const double floor = 1e-4 / dim;
+  std::vector<double> log_w(dim);
+  double log_mean = 0;
+  for (int c = 0; c < dim; ++c) {
+    log_w[c] = power * (std::log(want[c] / want_sum + floor) - std::log(have[c] / have_sum + floor));
+    log_mean += log_w[c] / dim;
+  }
+  for (int c = 0; c < dim; ++c) out[c] = static_cast<float>(std::exp(log_w[c] - log_mean));
+}
+
+// Σ over rows of W_o[r][c]² for every column c of layer's attn_output (n_embd rows of n_head * v_dim).
+Result<std::vector<double>> OutputColumnEnergy(const Model& model, int layer, int v_dim) {
+  const ModelConfig& cfg = model.config();
+  const std::string name = "blk." + std::to_string(layer) + ".attn_output.weight";
+  LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, model.gguf().FindTensor(name));
+  const int64_t cols = static_cast<int64_t>(cfg.n_head) * v_dim;
+  if (t->shape.size() != 2 || t->shape[0] != cols || t->shape[1] != cfg.n_embd)
+    return Corrupt(model.gguf().path() + ": tensor " + name + " is not " + std::to_string(cfg.n_embd) + " rows of " +
+                   std::to_string(cols) + " values (n_head * value_length)");
+  const size_t row_bytes = RowBytes(t->type, cols);
+  std::vector<double> energy(cols, 0.0);
+  std::vector<float> row(cols);
+  for (int r = 0; r < cfg.n_embd; ++r) {
+    DequantizeRow(t->type, t->data + r * row_bytes, row.data(), cols);
+    for (int64_t c = 0; c < cols; ++c) energy[c] += static_cast<double>(row[c]) * row[c];
+  }
+  return energy;
+}
+
 }  // namespace
 
 std::string_view KvCalibrationText() { return kCalibrationText; }
 
-Result<std::shared_ptr<const KvCenters>> ComputeKvCenters(Model& model, const Tokenizer& tokenizer) {
+Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer) {
   std::vector<int32_t> tokens;
   if (tokenizer.add_bos() && tokenizer.bos() >= 0) tokens.push_back(tokenizer.bos());
   const std::vector<int32_t> text = tokenizer.Encode(kCalibrationText, false);
   tokens.insert(tokens.end(), text.begin(), text.end());
   const KvShape shape = model.kv_shape();
-  KvCacheOptions o;  // f16 keys and values, no centers: the rows as the model computed them
+  const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;
+  // Σ q_c² per (layer, head) over the queries of its group, all positions.
+  std::vector<double> q_energy(heads * shape.k_dim, 0.0);
+  size_t queries = 0;
+  std::mutex q_mutex;
+  KvCacheOptions o;  // f16 keys and values, no calibration: the rows as the model computed them
   o.max_tokens = static_cast<int>(tokens.size());
+  o.observe_queries = [&](int layer, int head, const float* q, int n_q) {
+    const std::lock_guard<std::mutex> lock(q_mutex);
+    double* e = &q_energy[(static_cast<size_t>(layer) * shape.n_head_kv + head) * shape.k_dim];
+    for (int i = 0; i < n_q * shape.k_dim; ++i) e[i % shape.k_dim] += static_cast<double>(q[i]) * q[i];
+    queries += n_q;
+  };
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, o));
   const int seq = cache.NewSequence();
   std::vector<BatchToken> batch;
@@ -70,36 +137,54 @@ Result<std::shared_ptr<const KvCenters>> ComputeKvCenters(Model& model, const To
   std::vector<float> logits;
   LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits).WithContext("KV calibration prefill"));
 
-  auto centers = std::make_shared<KvCenters>();
-  centers->shape = shape;
-  const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;
-  centers->k.resize(heads * shape.k_dim);
-  centers->v.resize(heads * shape.v_dim);
+  auto cal = std::make_shared<KvCalibration>();
+  cal->shape = shape;
+  cal->k_center.resize(heads * shape.k_dim);
+  cal->v_center.resize(heads * shape.v_dim);
   const int n = static_cast<int>(tokens.size());
-  std::vector<double> sum;
-  std::vector<float> row;
-  // Mean over positions 1..n-1 of one (layer, head)'s rows, decoded with the cache's f16 codec.
-  auto mean = [&](const kvquant::RowCodec& codec, auto row_at, float* out) {
+  // Centers: the mean row over positions 1..n-1, decoded with the cache's f16 codec.
+  auto mean = [&](const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, float* out) {
     const int dim = codec.dim();
-    sum.assign(dim, 0.0);
-    row.resize(dim);
+    std::vector<double> sum(dim, 0.0);
+    std::vector<float> row(dim);
     for (int pos = 1; pos < n; ++pos) {
       codec.DecodeRow(row_at(pos), row.data());
       for (int j = 0; j < dim; ++j) sum[j] += row[j];
     }
     for (int j = 0; j < dim; ++j) out[j] = static_cast<float>(sum[j] / (n - 1));
   };
+  // Weights need the queries (a cache whose attention does not go through KvCache::Attend, MLA, has none seen) and
+  // value rows of their own.
+  const bool weights = shape.v_dim > 0 && queries > 0;
+  if (weights) {
+    cal->k_weights.resize(heads * shape.k_dim);
+    cal->v_weights.resize(heads * shape.v_dim);
+  }
+  const ModelConfig& cfg = model.config();
+  const int group = cfg.n_head / cfg.n_head_kv;  // query heads head * group .. head * group + group - 1 read KV head
   for (int layer = 0; layer < shape.n_layer; ++layer) {
+    std::vector<double> out_energy;
+    if (weights) {
+      LR_ASSIGN_OR_RETURN(out_energy, OutputColumnEnergy(model, layer, shape.v_dim));
+    }
     for (int head = 0; head < shape.n_head_kv; ++head) {
       const size_t h = static_cast<size_t>(layer) * shape.n_head_kv + head;
-      mean(cache.k_codec(layer, head), [&](int pos) { return cache.KRow(seq, layer, head, pos); },
-           &centers->k[h * shape.k_dim]);
-      if (shape.v_dim > 0)
-        mean(cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); },
-             &centers->v[h * shape.v_dim]);
+      auto k_row = [&](int pos) -> const uint8_t* { return cache.KRow(seq, layer, head, pos); };
+      auto v_row = [&](int pos) -> const uint8_t* { return cache.VRow(seq, layer, head, pos); };
+      mean(cache.k_codec(layer, head), k_row, &cal->k_center[h * shape.k_dim]);
+      if (shape.v_dim > 0) mean(cache.v_codec(layer, head), v_row, &cal->v_center[h * shape.v_dim]);
+      if (!weights) continue;
+      const std::vector<double> q(q_energy.begin() + h * shape.k_dim, q_energy.begin() + (h + 1) * shape.k_dim);
+      ChannelWeights(q, RowEnergy(cache.k_codec(layer, head), k_row, n, cal->KCenter(layer, head)), kKeyWeightPower,
+                     &cal->k_weights[h * shape.k_dim]);
+      std::vector<double> out(shape.v_dim, 0.0);
+      for (int i = 0; i < group; ++i)
+        for (int c = 0; c < shape.v_dim; ++c) out[c] += out_energy[(static_cast<size_t>(head) * group + i) * shape.v_dim + c];
+      ChannelWeights(out, RowEnergy(cache.v_codec(layer, head), v_row, n, cal->VCenter(layer, head)),
+                     kValueWeightPower, &cal->v_weights[h * shape.v_dim]);
     }
   }
-  return std::shared_ptr<const KvCenters>(std::move(centers));
+  return std::shared_ptr<const KvCalibration>(std::move(cal));
 }
 
 }  // namespace lr::inference

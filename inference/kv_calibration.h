@@ -1,16 +1,27 @@
-// Per-channel centers of a model's KV rows, which the compressed KV cache subtracts before encoding.
+// Per-channel centers and weights of a model's KV rows, relative to which the compressed KV cache stores them.
 //
-// Small models have key and value channels with large constant offsets. A rotating format (tq*, hx3, planar*, iso*)
-// spreads such an offset over the whole block, so every code pays for it in scale. Storing k - mu_K and v - mu_V
-// instead is exact for attention: q·(k - mu_K) = q·k - q·mu_K shifts every score of one query by the same constant,
-// which the softmax ignores, and Σ_j p_j (v_j - mu_V) + mu_V = Σ_j p_j v_j because Σ_j p_j = 1 (kvquant::Attend adds
-// mu_V to its output once). So any center is correct; a good one (the channel means) leaves small, zero-mean rows.
+// Centers. Small models have key and value channels with large constant offsets. A rotating format (tq*, hx3,
+// planar*, iso*) spreads such an offset over the whole block, so every code pays for it in scale. Storing k - mu_K
+// and v - mu_V instead is exact for attention: q·(k - mu_K) = q·k - q·mu_K shifts every score of one query by the
+// same constant, which the softmax ignores, and Σ_j p_j (v_j - mu_V) + mu_V = Σ_j p_j v_j because Σ_j p_j = 1
+// (kvquant::Attend adds mu_V to its output once). So any center is correct; a good one (the channel means) leaves
+// small, zero-mean rows.
 //
-// The centers are a fixed function of the model: the mean key and value rows per (layer, KV head) over one prefill of
-// a calibration text compiled into the binary (Lean 4 code and English, 567 tokens for SmolLM2) on an f16 cache,
-// the first position left out (attention-sink tokens have atypical rows). Rows are what RowCodec::EncodeRow receives: after
-// RoPE, before any rotation of the format. Prefix sharing and rebuilt caches rely on the determinism.
-// Cost: that one prefill when a model is opened with a compressed format (see LocalModel::Open).
+// Weights (kvquant.h, "Channel weights"). Rows are stored as (x - mu) * w and attention undoes w exactly, so the
+// weights only decide where a format's rounding error lands. A rotating format spreads it evenly over the stored
+// channels; the error that matters is the key error along the queries and the value error along the output
+// projection. So a key channel is weighted by how much query energy meets how little key energy,
+// w_c = (E[q_c²] / E[(k_c - mu_c)²])^a, and a value channel by the energy of its columns of attn_output (summed over
+// the query heads that read it) over its own, w_c = (Σ W_o[:, c]² / E[(v_c - mu_c)²])^b; each head's weights are
+// scaled to a geometric mean of 1. The error-optimal exponent for isotropic rounding is 1/4; measured on Lean text
+// (the few-shot proofs of ../shared/data, -c 512, 4 windows) lower ones are better: a = 0.15, b = 0.2 (docs/RESULTS.md).
+// Models whose value rows are part of the key row (MLA) get no weights.
+//
+// Both are a fixed function of the model, measured on one prefill of a calibration text compiled into the binary
+// (Lean 4 code and English, 567 tokens for SmolLM2) on an f16 cache, the first position left out of the row
+// statistics (attention-sink tokens have atypical rows). Rows are what RowCodec::EncodeRow receives: after RoPE,
+// before any rotation of the format; queries are what KvCache::Attend receives. Prefix sharing and rebuilt caches rely
+// on the determinism. Cost: that one prefill when a model is opened with a compressed format (see LocalModel::Open).
 #pragma once
 
 #include <memory>
@@ -26,16 +37,23 @@ namespace lr::inference {
 class Model;
 class Tokenizer;
 
-struct KvCenters {
+struct KvCalibration {
   KvShape shape;
-  std::vector<float> k;  // n_layer × n_head_kv × k_dim, [layer][head][channel]
-  std::vector<float> v;  // n_layer × n_head_kv × v_dim; empty when v_dim is 0 (MLA)
+  // [layer][head][channel]: n_layer × n_head_kv × k_dim (keys) or v_dim (values; empty when v_dim is 0, MLA).
+  std::vector<float> k_center, v_center;
+  // Same layout; empty: no weights.
+  std::vector<float> k_weights, v_weights;
 
-  std::span<const float> K(int layer, int head) const {
-    return {&k[(static_cast<size_t>(layer) * shape.n_head_kv + head) * shape.k_dim], static_cast<size_t>(shape.k_dim)};
-  }
-  std::span<const float> V(int layer, int head) const {
-    return {&v[(static_cast<size_t>(layer) * shape.n_head_kv + head) * shape.v_dim], static_cast<size_t>(shape.v_dim)};
+  std::span<const float> KCenter(int layer, int head) const { return Slice(k_center, shape.k_dim, layer, head); }
+  std::span<const float> VCenter(int layer, int head) const { return Slice(v_center, shape.v_dim, layer, head); }
+  // Empty spans when there are no weights.
+  std::span<const float> KWeights(int layer, int head) const { return Slice(k_weights, shape.k_dim, layer, head); }
+  std::span<const float> VWeights(int layer, int head) const { return Slice(v_weights, shape.v_dim, layer, head); }
+
+ private:
+  std::span<const float> Slice(const std::vector<float>& v, int dim, int layer, int head) const {
+    if (v.empty()) return {};
+    return {&v[(static_cast<size_t>(layer) * shape.n_head_kv + head) * dim], static_cast<size_t>(dim)};
   }
 };
 
@@ -43,7 +61,8 @@ struct KvCenters {
 std::string_view KvCalibrationText();
 
 // Runs the calibration text through `model` (BOS first when the tokenizer asks for it) on a temporary f16 cache and
-// averages its rows. Errors are the forward pass's.
-Result<std::shared_ptr<const KvCenters>> ComputeKvCenters(Model& model, const Tokenizer& tokenizer);
+// measures its rows and queries. Errors are the forward pass's, or kCorrupt naming an attn_output tensor that is not
+// n_embd rows of n_head * v_dim.
+Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer);
 
 }  // namespace lr::inference

@@ -57,9 +57,10 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
   std::error_code ec;
   const uintmax_t file_size = std::filesystem::file_size(options.path, ec);
   kv.identity = options.path + " " + std::to_string(ec ? 0 : file_size);
-  // A compressed format stores rows minus the model's channel centers: one prefill of the calibration text.
-  if (kv.centers == nullptr && (kv.k_format != "f16" || kv.v_format != "f16")) {
-    LR_ASSIGN_OR_RETURN(kv.centers, ComputeKvCenters(*model, tokenizer));
+  // A compressed format stores rows relative to the model's channel centers and weights: one prefill of the
+  // calibration text.
+  if (kv.calibration == nullptr && (kv.k_format != "f16" || kv.v_format != "f16")) {
+    LR_ASSIGN_OR_RETURN(kv.calibration, ComputeKvCalibration(*model, tokenizer));
   }
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
   return std::unique_ptr<LocalModel>(

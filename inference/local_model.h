@@ -97,7 +97,7 @@ class LocalModel : public LanguageModel {
   // as Forward must not run concurrently with the engine's.
   Model& model() { return *model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
-  // The cache's options as opened: formats, pool size, and the centers computed for compressed formats.
+  // The cache's options as opened: formats, pool size, and the calibration computed for compressed formats.
   const KvCacheOptions& kv_options() const { return cache_.options(); }
 
   // n continuations of `prompt` (token ids, BOS included if the model wants one). on_piece streams each choice's

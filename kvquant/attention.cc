@@ -125,8 +125,8 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     return InvalidArgument("attention: the range is empty (" + std::to_string(parts.size()) +
                            " parts, 0 rows); expected at least one row");
 
-  // Per part: the queries rotated into its K domain with the softmax scale folded in, and the shift scale·q·mu_K
-  // that its key center took off every score.
+  // Per part: the queries divided by its key weights and rotated into its K domain with the softmax scale folded
+  // in, and the shift scale·q·mu_K that its key center took off every score.
   std::vector<std::vector<float>> qr(parts.size());
   std::vector<std::vector<float>> shift(parts.size());
   for (size_t p = 0; p < parts.size(); ++p) {
@@ -134,7 +134,12 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     qr[p].resize(static_cast<size_t>(n_q) * kdim);
     shift[p].assign(n_q, 0.0f);
     for (int i = 0; i < n_q; ++i) {
-      k.rotation().Apply(q + i * kdim, &qr[p][i * kdim]);
+      if (k.weights().empty()) {
+        k.rotation().Apply(q + i * kdim, &qr[p][i * kdim]);
+      } else {  // q / w, then rotated
+        for (int j = 0; j < kdim; ++j) qr[p][i * kdim + j] = q[i * kdim + j] / k.weights()[j];
+        k.rotation().Apply(&qr[p][i * kdim], &qr[p][i * kdim]);
+      }
       for (int j = 0; j < kdim; ++j) qr[p][i * kdim + j] *= scale;
       if (!k.center().empty()) {
         double dot = 0;
@@ -171,12 +176,13 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     const RowCodec& v = shared ? *part.k : *part.v;
     Partial& st = partial[j];
     Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), n_q, jobs[j].pieces, st);
-    // Into the common domain: V rotated back, V's center (the leading v_dim values of shared rows' center) added
+    // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of shared rows' center) added
     // with weight l (Σ p = 1 within the part), the key center's shift given back to the running max.
     const std::span<const float> center = v.center();
     for (int i = 0; i < n_q; ++i) {
       float* acc = &st.acc[static_cast<size_t>(i) * v_dim];
       v.rotation().Invert(acc, acc, v_dim);
+      for (size_t c = 0; c < v.weights().size() && c < static_cast<size_t>(v_dim); ++c) acc[c] /= v.weights()[c];
       if (!center.empty())
         for (int c = 0; c < v_dim; ++c) acc[c] += st.l[i] * center[c];
       st.m[i] += shift[jobs[j].part][i];

@@ -332,10 +332,24 @@ Status RowCodec::SetCenter(std::span<const float> center) {
   return Status::Ok();
 }
 
+Status RowCodec::SetWeights(std::span<const float> weights) {
+  if (!weights.empty() && weights.size() != static_cast<size_t>(dim_))
+    return InvalidArgument("KV format " + std::string(info_.name) + ": channel weights of " +
+                           std::to_string(weights.size()) + " values for rows of dim " + std::to_string(dim_) +
+                           "; expected dim values or none");
+  for (size_t i = 0; i < weights.size(); ++i)
+    if (!(weights[i] > 0) || !std::isfinite(weights[i]))
+      return InvalidArgument("KV format " + std::string(info_.name) + ": channel weight " + std::to_string(i) +
+                             " is " + std::to_string(weights[i]) + "; expected a positive finite number");
+  weights_.assign(weights.begin(), weights.end());
+  return Status::Ok();
+}
+
 void RowCodec::EncodeRow(const float* x, uint8_t* dst) const {
   float centered[kMaxDim];
-  if (!center_.empty()) {
-    for (int i = 0; i < dim_; ++i) centered[i] = x[i] - center_[i];
+  if (!center_.empty() || !weights_.empty()) {
+    for (int i = 0; i < dim_; ++i) centered[i] = center_.empty() ? x[i] : x[i] - center_[i];
+    for (size_t i = 0; i < weights_.size(); ++i) centered[i] *= weights_[i];
     x = centered;
   }
   if (is_f16()) {
@@ -366,6 +380,7 @@ void RowCodec::DecodeRowRotated(const uint8_t* src, float* y) const {
 void RowCodec::DecodeRow(const uint8_t* src, float* x) const {
   DecodeRowRotated(src, x);
   rotation_.Invert(x, x);
+  for (size_t i = 0; i < weights_.size(); ++i) x[i] /= weights_[i];
   for (size_t i = 0; i < center_.size(); ++i) x[i] += center_[i];
 }
 

@@ -32,6 +32,14 @@
 //   so the per-thread partial results of AttendParallel merge as before). A channel with a constant offset would
 //   otherwise be spread by the rotation over the whole block and inflate every scale; inference/kv_calibration.h
 //   gives the model's centers.
+// Channel weights: a codec may also hold per-channel weights w > 0 (RowCodec::SetWeights): EncodeRow stores
+//   (x - mu) * w, DecodeRow divides by w before adding mu. Attention divides the query by the key codec's weights
+//   before rotating it, so q·k is unchanged ((q / w)·((k - mu) * w) = q·(k - mu)), and divides the value output by
+//   the value codec's weights before adding its center. Exact before rounding, like the centers; what they change is
+//   where the rounding error goes. A rotating format spreads its error evenly over the channels of the stored row,
+//   so the score error q·e is smallest when channels that carry large query components are stored large relative to
+//   the others: w_c = (E[q_c²] / E[k_c²])^(1/4) minimizes E[(q·e)²] for a fixed total error (Cauchy-Schwarz);
+//   inference/kv_calibration.h measures them.
 // Rounding rules:
 //   least squares: codes start at the nearest levels for d = block RMS; then, twice over the block, each code may move
 //     to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²); the final
@@ -122,6 +130,12 @@ class RowCodec {
   Status SetCenter(std::span<const float> center);
   // The center, empty when none.
   std::span<const float> center() const { return center_; }
+  // Sets per-channel weights w > 0 (see "Channel weights" above): rows are stored as (x - center) * w. Rows encoded
+  // before the call decode wrongly after it. kInvalidArgument when the size is neither 0 nor dim(), or a weight is
+  // not a positive finite number.
+  Status SetWeights(std::span<const float> weights);
+  // The weights, empty when none (all 1).
+  std::span<const float> weights() const { return weights_; }
 
   // Append path: encodes one token's row of dim() floats (minus the center) into row_bytes() bytes at dst.
   void EncodeRow(const float* x, uint8_t* dst) const;
@@ -141,6 +155,7 @@ class RowCodec {
   Rotation rotation_;
   std::vector<BlockLayout> blocks_;  // empty for f16
   std::vector<float> center_;        // dim_ values, or empty
+  std::vector<float> weights_;       // dim_ values, or empty
 };
 
 // A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each.

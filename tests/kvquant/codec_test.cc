@@ -185,6 +185,35 @@ TEST(Codecs, GaussianMseNearAnalytic) {
   }
 }
 
+TEST(Weights, BadWeightsAreClearErrorsAndDecodeUndoesThem) {
+  auto codec = RowCodec::Create("q8_0", 64, 1, 0, 0);
+  ASSERT_TRUE(codec.ok());
+  const Status size = codec->SetWeights(std::vector<float>(32, 1.0f));
+  EXPECT_EQ(size.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(size.message().find("channel weights of 32 values"), std::string::npos) << size.message();
+  std::vector<float> w(64, 1.0f);
+  for (float bad : {0.0f, -1.0f, INFINITY, NAN}) {
+    w[7] = bad;
+    const Status s = codec->SetWeights(w);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.message().find("channel weight 7"), std::string::npos) << s.message();
+  }
+  EXPECT_TRUE(codec->weights().empty());  // a refused call changes nothing
+  // Weights 1/8 .. 8 on a q8_0 row of equal values: stored as x * w, decoded back to x within q8_0's step of the
+  // stored row (max |x * w| / 127, divided by w).
+  for (int j = 0; j < 64; ++j) w[j] = std::ldexp(1.0f, j % 7 - 3);
+  ASSERT_TRUE(codec->SetWeights(w).ok());
+  ASSERT_EQ(codec->weights().size(), 64u);
+  const std::vector<float> x(64, 1.0f);
+  std::vector<uint8_t> row(codec->row_bytes());
+  std::vector<float> back(64);
+  codec->EncodeRow(x.data(), row.data());
+  codec->DecodeRow(row.data(), back.data());
+  for (int j = 0; j < 64; ++j) EXPECT_NEAR(back[j], 1.0f, 0.5f * 8.0f / 127.0f / w[j] + 1e-6f) << j;
+  ASSERT_TRUE(codec->SetWeights({}).ok());
+  EXPECT_TRUE(codec->weights().empty());
+}
+
 TEST(Center, WrongSizeIsAClearErrorAndEmptyRemovesIt) {
   auto codec = RowCodec::Create("tq3", 64, 1, 0, 0);
   ASSERT_TRUE(codec.ok());
