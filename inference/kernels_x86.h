@@ -562,12 +562,15 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
   constexpr int kWords = kQ4 ? 4 : 8;      // 64-byte words of weights per group
   constexpr int kGroupBytes = kQ4 ? 320 : 544;
   const VecI low4 = Bytes(0x0F);
-  for (int part = 0; part < 16 / kLanes; ++part) {
-    const int lane0 = part * kLanes;  // first row of this part
-    VecF acc[NT], off[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = off[t] = ZeroF();
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      const uint8_t* g = group + b * kGroupBytes;
+  constexpr int kParts = 16 / kLanes;
+  VecF acc[kParts][NT], off[kParts][NT];
+  for (int p = 0; p < kParts; ++p) {
+    for (int t = 0; t < NT; ++t) acc[p][t] = off[p][t] = ZeroF();
+  }
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* g = group + b * kGroupBytes;
+    for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
+      const int lane0 = p * kLanes;  // first row of this part
       // w[k] multiplies the activations at q_at[k]: q4_1 word L holds values 4L.. (low nibbles) and 16 + 4L..
       // (high nibbles) of each row, q8_0 word L values 4L..
       VecI w[8];
@@ -594,20 +597,22 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
           const VecI s = Broadcast4(at.q + q_at[k]);
           sum[k % 2] = kQ4 ? DotUnsigned(sum[k % 2], w[k], s) : Q8Group::Dot(sum[k % 2], w[k], s);
         }
-        acc[t] = FmaF(ToF(AddI(sum[0], sum[1])), MulF(d, SetF(at.d)), acc[t]);
-        if constexpr (kQ4) off[t] = FmaF(m, SetF(at.s), off[t]);
+        acc[p][t] = FmaF(ToF(AddI(sum[0], sum[1])), MulF(d, SetF(at.d)), acc[p][t]);
+        if constexpr (kQ4) off[p][t] = FmaF(m, SetF(at.s), off[p][t]);
       }
     }
+  }
+  for (int p = 0; p < kParts; ++p) {
     for (int t = 0; t < NT; ++t) {
-      float* dst = y[t] + lane0;
-      const VecF v = AddF(acc[t], off[t]);
+      float* dst = y[t] + p * kLanes;
+      const VecF v = AddF(acc[p][t], off[p][t]);
       StoreF(dst, add ? AddF(LoadF(dst), v) : v);
     }
   }
 }
 
 // MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to kTokenGroup, each
-// group's weights unpacked once.
+// group's weights unpacked once for them.
 template <TensorType kType>
 void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y,
             int64_t y_stride, bool add) {
