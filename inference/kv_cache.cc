@@ -24,7 +24,8 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   const KvCalibration* cal = options.calibration.get();
   if (cal != nullptr && (cal->shape.n_layer != shape.n_layer || cal->shape.n_head_kv != shape.n_head_kv ||
                          cal->shape.k_dim != shape.k_dim || cal->shape.v_dim != shape.v_dim))
-    return InvalidArgument("KV cache: the calibration's shape does not match the cache's (layers, KV heads, row sizes)");
+    return InvalidArgument(
+        "KV cache: the calibration's shape does not match the cache's (layers, KV heads, row sizes)");
   KvCache c;
   c.shape_ = shape;
   c.options_ = options;

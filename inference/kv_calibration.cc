@@ -55,16 +55,21 @@ theorem sum_range_id (n : ℕ) : ∑ i ∈ range n, i = n * (n - 1) / 2 := by
   norm_num
 )";
 
+constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
+constexpr double kValueWeightPower = 0.2;  // b
 
-constexpr double kKeyWeightPower = 0.15;    // a in kv_calibration.h
-constexpr double kValueWeightPower = 0.2;   // b
-
-// Per-channel sums of squares of one (layer, head)'s stored rows minus `center`, over positions 1..n-1.
-std::vector<double> RowEnergy(const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, int n,
-                              std::span<const float> center) {
+// One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec): writes their mean to
+// center[0..dim) and returns the per-channel sums of squares about it.
+std::vector<double> RowMoments(const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, int n,
+                               float* center) {
   const int dim = codec.dim();
-  std::vector<double> energy(dim, 0.0);
+  std::vector<double> sum(dim, 0.0), energy(dim, 0.0);
   std::vector<float> row(dim);
+  for (int pos = 1; pos < n; ++pos) {
+    codec.DecodeRow(row_at(pos), row.data());
+    for (int c = 0; c < dim; ++c) sum[c] += row[c];
+  }
+  for (int c = 0; c < dim; ++c) center[c] = static_cast<float>(sum[c] / (n - 1));
   for (int pos = 1; pos < n; ++pos) {
     codec.DecodeRow(row_at(pos), row.data());
     for (int c = 0; c < dim; ++c) energy[c] += (static_cast<double>(row[c]) - center[c]) * (row[c] - center[c]);
@@ -142,17 +147,6 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
   cal->k_center.resize(heads * shape.k_dim);
   cal->v_center.resize(heads * shape.v_dim);
   const int n = static_cast<int>(tokens.size());
-  // Centers: the mean row over positions 1..n-1, decoded with the cache's f16 codec.
-  auto mean = [&](const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, float* out) {
-    const int dim = codec.dim();
-    std::vector<double> sum(dim, 0.0);
-    std::vector<float> row(dim);
-    for (int pos = 1; pos < n; ++pos) {
-      codec.DecodeRow(row_at(pos), row.data());
-      for (int j = 0; j < dim; ++j) sum[j] += row[j];
-    }
-    for (int j = 0; j < dim; ++j) out[j] = static_cast<float>(sum[j] / (n - 1));
-  };
   // Weights need the queries (a cache whose attention does not go through KvCache::Attend, MLA, has none seen) and
   // value rows of their own.
   const bool weights = shape.v_dim > 0 && queries > 0;
@@ -169,19 +163,21 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
     }
     for (int head = 0; head < shape.n_head_kv; ++head) {
       const size_t h = static_cast<size_t>(layer) * shape.n_head_kv + head;
-      auto k_row = [&](int pos) -> const uint8_t* { return cache.KRow(seq, layer, head, pos); };
-      auto v_row = [&](int pos) -> const uint8_t* { return cache.VRow(seq, layer, head, pos); };
-      mean(cache.k_codec(layer, head), k_row, &cal->k_center[h * shape.k_dim]);
-      if (shape.v_dim > 0) mean(cache.v_codec(layer, head), v_row, &cal->v_center[h * shape.v_dim]);
+      const std::vector<double> k_energy =
+          RowMoments(cache.k_codec(layer, head), [&](int pos) { return cache.KRow(seq, layer, head, pos); }, n,
+                     &cal->k_center[h * shape.k_dim]);
+      if (shape.v_dim == 0) continue;
+      const std::vector<double> v_energy =
+          RowMoments(cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); }, n,
+                     &cal->v_center[h * shape.v_dim]);
       if (!weights) continue;
       const std::vector<double> q(q_energy.begin() + h * shape.k_dim, q_energy.begin() + (h + 1) * shape.k_dim);
-      ChannelWeights(q, RowEnergy(cache.k_codec(layer, head), k_row, n, cal->KCenter(layer, head)), kKeyWeightPower,
-                     &cal->k_weights[h * shape.k_dim]);
+      ChannelWeights(q, k_energy, kKeyWeightPower, &cal->k_weights[h * shape.k_dim]);
       std::vector<double> out(shape.v_dim, 0.0);
       for (int i = 0; i < group; ++i)
-        for (int c = 0; c < shape.v_dim; ++c) out[c] += out_energy[(static_cast<size_t>(head) * group + i) * shape.v_dim + c];
-      ChannelWeights(out, RowEnergy(cache.v_codec(layer, head), v_row, n, cal->VCenter(layer, head)),
-                     kValueWeightPower, &cal->v_weights[h * shape.v_dim]);
+        for (int c = 0; c < shape.v_dim; ++c)
+          out[c] += out_energy[(static_cast<size_t>(head) * group + i) * shape.v_dim + c];
+      ChannelWeights(out, v_energy, kValueWeightPower, &cal->v_weights[h * shape.v_dim]);
     }
   }
   return std::shared_ptr<const KvCalibration>(std::move(cal));

@@ -176,8 +176,9 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     const RowCodec& v = shared ? *part.k : *part.v;
     Partial& st = partial[j];
     Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), n_q, jobs[j].pieces, st);
-    // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of shared rows' center) added
-    // with weight l (Σ p = 1 within the part), the key center's shift given back to the running max.
+    // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of
+    // shared rows' center) added with weight l (Σ p = 1 within the part), the key center's shift given back to the
+    // running max.
     const std::span<const float> center = v.center();
     for (int i = 0; i < n_q; ++i) {
       float* acc = &st.acc[static_cast<size_t>(i) * v_dim];
