@@ -6,7 +6,8 @@
 // does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI: q4_1 and q8_0 on
 // 512-bit vectors, the other types on 256-bit ones) is picked at run time from the CPU; a CPU without AVX2 gets the
 // scalar path (dequantize a row, then dot). Q4_1 and Q8_0 matrices repacked to 16 interleaved rows (Repack16, done by
-// the model at load) run kernels with no per-row reductions: the instruction-bound part of a decode step.
+// the model at load) run kernels without reductions across vector lanes, which made the row kernels bound by
+// instructions rather than by memory in a decode step.
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
