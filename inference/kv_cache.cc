@@ -72,13 +72,15 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
 }
 
 int KvCache::NewSequence() {
+  Sequence fresh;
+  fresh.live = true;
   for (size_t i = 0; i < seqs_.size(); ++i) {
     if (!seqs_[i].live) {
-      seqs_[i] = Sequence{{}, 0, true};
+      seqs_[i] = std::move(fresh);
       return static_cast<int>(i);
     }
   }
-  seqs_.push_back(Sequence{{}, 0, true});
+  seqs_.push_back(std::move(fresh));
   return static_cast<int>(seqs_.size() - 1);
 }
 
