@@ -300,39 +300,60 @@ uint8_t* KvCache::SinkV(int page, int layer, int head) const {
          h * sink_tokens_ * f16_codecs_[1].row_bytes();
 }
 
-Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale,
-                       float* out) const {
-  if (options_.observe_queries) options_.observe_queries(layer, head, q, n_q);
+// The parts of positions [begin, end) of the range [0, n_tokens) a token attends to: [0, sink) from the sink rows,
+// [sink, window) from the pages, [window, n_tokens) from the window ring, each cut to [begin, end). The spans live
+// in *spans, *sink_span and window_spans.
+int KvCache::Parts(int seq, int layer, int head, int n_tokens, int begin, int end, kvquant::CodedSpans parts[3],
+                   std::vector<kvquant::RowSpan>* spans, kvquant::RowSpan* sink_span,
+                   kvquant::RowSpan window_spans[2]) const {
   const Sequence& s = seqs_[seq];
-  // Positions [0, sink) from the sink rows, [sink, window) from the pages, [window, n_tokens) from the window ring.
   const int sink = std::min(sink_tokens_, n_tokens);
   const int window =
       window_tokens_ > 0 ? std::max({sink, n_tokens - window_tokens_, std::min(s.window_begin, n_tokens)}) : n_tokens;
-  thread_local std::vector<kvquant::RowSpan> spans;
-  spans.clear();
-  AppendSpans(seq, layer, head, sink, window, &spans);
-  if (sink == 0 && window == n_tokens)
-    return kvquant::Attend(k_codec(layer, head), v_codec(layer, head), q, n_q, spans, scale, out);
-  kvquant::CodedSpans parts[3];
   int n_parts = 0;
-  kvquant::RowSpan sink_span{}, window_spans[2]{};
-  if (sink > 0) {
-    sink_span = {SinkK(s.pages[0], layer, head), SinkV(s.pages[0], layer, head), sink};
-    parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {&sink_span, 1}};
+  const size_t k16 = f16_codecs_.empty() ? 0 : f16_codecs_[0].row_bytes();
+  const size_t v16 = f16_codecs_.empty() ? 0 : f16_codecs_[1].row_bytes();
+  if (const int b = std::max(0, begin), e = std::min(sink, end); b < e) {
+    *sink_span = {SinkK(s.pages[0], layer, head) + b * k16, SinkV(s.pages[0], layer, head) + b * v16, e - b};
+    parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {sink_span, 1}};
   }
-  if (!spans.empty()) parts[n_parts++] = {&k_codec(layer, head), &v_codec(layer, head), spans};
-  if (window < n_tokens) {
-    // The ring's slots of positions [window, n_tokens): one run, or two where it wraps around.
-    const size_t k16 = f16_codecs_[0].row_bytes(), v16 = f16_codecs_[1].row_bytes();
+  spans->clear();
+  if (const int b = std::max(sink, begin), e = std::min(window, end); b < e) {
+    AppendSpans(seq, layer, head, b, e, spans);
+    parts[n_parts++] = {&k_codec(layer, head), &v_codec(layer, head), *spans};
+  }
+  if (const int b = std::max(window, begin), e = std::min(n_tokens, end); b < e) {
+    // The ring's slots of positions [b, e): one run, or two where it wraps around.
     const uint8_t* k = s.window.data() + WindowKOffset(s.window_slots, layer, head);
     const uint8_t* v = s.window.data() + WindowVOffset(s.window_slots, layer, head);
-    const int first = window % s.window_slots, count = n_tokens - window;
+    const int first = b % s.window_slots, count = e - b;
     const int run = std::min(count, s.window_slots - first);
     window_spans[0] = {k + first * k16, v + first * v16, run};
     window_spans[1] = {k, v, count - run};
     parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {window_spans, 2}};
   }
+  return n_parts;
+}
+
+Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale,
+                       float* out) const {
+  if (options_.observe_queries) options_.observe_queries(layer, head, q, n_q);
+  thread_local std::vector<kvquant::RowSpan> spans;
+  kvquant::CodedSpans parts[3];
+  kvquant::RowSpan sink_span{}, window_spans[2]{};
+  const int n_parts = Parts(seq, layer, head, n_tokens, 0, n_tokens, parts, &spans, &sink_span, window_spans);
+  if (n_parts == 1 && parts[0].k == &k_codec(layer, head))
+    return kvquant::Attend(k_codec(layer, head), v_codec(layer, head), q, n_q, spans, scale, out);
   return kvquant::AttendMixed({parts, static_cast<size_t>(n_parts)}, q, n_q, scale, out);
+}
+
+Status KvCache::AttendState(int seq, int layer, int head, int n_tokens, int begin, int end, const float* q, int n_q,
+                            float scale, kvquant::AttentionState* state) const {
+  thread_local std::vector<kvquant::RowSpan> spans;
+  kvquant::CodedSpans parts[3];
+  kvquant::RowSpan sink_span{}, window_spans[2]{};
+  const int n_parts = Parts(seq, layer, head, n_tokens, begin, end, parts, &spans, &sink_span, window_spans);
+  return kvquant::AttendMixedState({parts, static_cast<size_t>(n_parts)}, q, n_q, scale, state);
 }
 
 size_t KvCache::KOffset(int layer, int head) const {

@@ -153,6 +153,11 @@ class KvCache {
   // kvquant::AttendMixed over the sink rows, the compressed middle and the window rows. Arguments as
   // kvquant::Attend's.
   Status Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale, float* out) const;
+  // The attention state (kvquant::AttentionState) of the same query group over positions [begin, end) of that range
+  // (0 <= begin < end <= n_tokens), read as Attend reads them: pieces of one range attended by different threads and
+  // merged with kvquant::FinishAttention give Attend's result up to float rounding. observe_queries is not called.
+  Status AttendState(int seq, int layer, int head, int n_tokens, int begin, int end, const float* q, int n_q,
+                     float scale, kvquant::AttentionState* state) const;
   // Positions [0, n_tokens) of one (layer, head), as page-sized spans of the encoded rows (sink rows not used), for
   // kvquant::Attend / AttendSharedKV. Appends to *spans.
   void Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const;
@@ -180,6 +185,10 @@ class KvCache {
   void ReleasePage(int page);
   size_t KOffset(int layer, int head) const;
   size_t VOffset(int layer, int head) const;
+  // The parts Attend reads for positions [begin, end) of a range [0, n_tokens): sink rows, pages, window rows (those
+  // that are not empty, in that order; their spans in *spans, *sink_span, window_spans). Returns how many.
+  int Parts(int seq, int layer, int head, int n_tokens, int begin, int end, kvquant::CodedSpans parts[3],
+            std::vector<kvquant::RowSpan>* spans, kvquant::RowSpan* sink_span, kvquant::RowSpan window_spans[2]) const;
   // Spans of positions [begin, end) of one (layer, head), appended to *spans.
   void AppendSpans(int seq, int layer, int head, int begin, int end, std::vector<kvquant::RowSpan>* spans) const;
   // The sink rows of a page holding positions 0..kPageTokens-1: for each (layer, head) sink_tokens_ f16 key rows,

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <omp.h>
+
 namespace lr::inference {
 namespace {
 
@@ -283,13 +285,35 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
     cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * kd + h * hd,
                 v + static_cast<size_t>(i) * vd + h * hdv);
   }
+  if (s.attention_split == 1) {
 #pragma omp for schedule(dynamic, 1)
-  for (int ih = 0; ih < pairs; ++ih) {
-    const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-    const Status st = cache.Attend(batch[i].seq, layer, h, pos[i] + 1, q + static_cast<size_t>(i) * qd + h * group * hd,
-                                   group, scale, s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
-    assert(st.ok());
-    (void)st;
+    for (int ih = 0; ih < pairs; ++ih) {
+      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+      const Status st = cache.Attend(batch[i].seq, layer, h, pos[i] + 1,
+                                     q + static_cast<size_t>(i) * qd + h * group * hd, group, scale,
+                                     s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
+      assert(st.ok());
+      (void)st;
+    }
+  } else {
+    const int split = s.attention_split;
+#pragma omp for schedule(static)
+    for (int j = 0; j < pairs * split; ++j) {
+      const int ih = j / split, piece = j % split;
+      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+      const int n_ctx = pos[i] + 1;
+      const Status st = cache.AttendState(batch[i].seq, layer, h, n_ctx, n_ctx * piece / split,
+                                          n_ctx * (piece + 1) / split, q + static_cast<size_t>(i) * qd + h * group * hd,
+                                          group, scale, &s.states[j]);
+      assert(st.ok());
+      (void)st;
+    }
+#pragma omp for schedule(static)
+    for (int ih = 0; ih < pairs; ++ih) {
+      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
+      kvquant::FinishAttention({&s.states[static_cast<size_t>(ih) * split], static_cast<size_t>(split)}, group, hdv,
+                               s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
+    }
   }
   MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
 }
@@ -372,6 +396,14 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   s.g.resize(nz * c.n_ff);
   s.u.resize(nz * c.n_ff);
   s.xq.resize(nz * (std::max({e, c.n_head * c.head_dim_v, c.n_ff}) / 32));
+  // Few (token, head) pairs for the threads and every range long: split each range between the threads.
+  const int threads = omp_get_max_threads();
+  const int min_ctx = *std::min_element(pos.begin(), pos.end()) + 1;
+  if (threads > 1 && n * c.n_head_kv < 2 * threads && min_ctx >= kSplitAttentionFrom &&
+      !cache.options().observe_queries) {
+    s.attention_split = threads;
+    s.states.resize(static_cast<size_t>(n) * c.n_head_kv * threads);
+  }
 
   // Step b < 2 * n_layer is block b % 2 (attention, FFN) of layer b / 2; step 2 * n_layer the logits. A run of dense
   // steps shares one parallel region (one per forward step for a dense model); MLA and MoE blocks open their own.

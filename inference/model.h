@@ -132,6 +132,10 @@ class Model {
   // kResourceExhausted when the cache is full (the cache then keeps the positions appended so far: truncate to
   // roll back); kInvalidArgument for a token id outside the vocabulary.
   Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits);
+  // A step with fewer (token, KV head) pairs than twice the threads, all at this many positions or more (decode with a
+  // long context), splits each pair's range between the threads and merges the pieces exactly: the attention of 3 KV
+  // heads on 2 threads would otherwise leave one thread working on two. Below it the merge costs more than it saves.
+  static constexpr int kSplitAttentionFrom = 256;
 
  private:
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
@@ -142,7 +146,12 @@ class Model {
     std::vector<int> tokens;  // 0 .. n - 1
     std::vector<float> xn, q, k, v, attn, g, u;
     std::vector<BlockQ8> xq;
+    // Decode with a long context: each (token, KV head)'s range is attended in attention_split pieces by different
+    // threads (3 KV heads on 2 threads would leave one thread attending for two), states[pair * split + piece].
+    int attention_split = 1;
+    std::vector<kvquant::AttentionState> states;
   };
+
   // The dense steps, team functions (kernels.h): every thread of a parallel region calls them with the same
   // arguments, so that a run of them shares one region (for a dense model, the whole step).
   // The blocks: x (n tokens x n_embd, the residual stream) += Block(RMSNorm(x)). rope: cos, sin of n_rot / 2 angles

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -21,14 +22,8 @@ struct Piece {
   int n_rows;
 };
 
-// Streaming-softmax state of one query: running max m, running sum l of exp(s - m), and Σ exp(s - m)·v in acc.
-struct Partial {
-  std::vector<float> m, l, acc;
-  Partial(int n_q, int v_dim) : m(n_q, -INFINITY), l(n_q, 0.0f), acc(static_cast<size_t>(n_q) * v_dim, 0.0f) {}
-};
-
 void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, int n_q,
-             std::span<const Piece> pieces, Partial& st) {
+             std::span<const Piece> pieces, AttentionState& st) {
   float scores[kChunkRows * 64];
   std::vector<float> big;
   float* s = scores;
@@ -55,7 +50,32 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
   }
 }
 
+// all := the merge of all and st (the same queries over disjoint rows): both rescaled to the larger max and added.
+void MergeState(AttentionState& all, const AttentionState& st, int n_q, int v_dim) {
+  for (int i = 0; i < n_q; ++i) {
+    const float m = std::max(all.m[i], st.m[i]);
+    if (m == -INFINITY) continue;
+    const float f0 = std::exp(all.m[i] - m), fj = std::exp(st.m[i] - m);
+    all.l[i] = all.l[i] * f0 + st.l[i] * fj;
+    for (int c = 0; c < v_dim; ++c) all.acc[i * v_dim + c] = all.acc[i * v_dim + c] * f0 + st.acc[i * v_dim + c] * fj;
+    all.m[i] = m;
+  }
+}
+
+void Normalize(const AttentionState& st, int n_q, int v_dim, float* out) {
+  for (int i = 0; i < n_q; ++i) {
+    const float inv = 1.0f / st.l[i];
+    for (int c = 0; c < v_dim; ++c) out[i * v_dim + c] = st.acc[i * v_dim + c] * inv;
+  }
+}
+
 }  // namespace
+
+void AttentionState::Reset(int n_q, int v_dim) {
+  m.assign(n_q, -INFINITY);
+  l.assign(n_q, 0.0f);
+  acc.assign(static_cast<size_t>(n_q) * v_dim, 0.0f);
+}
 
 const char* IsaName(Isa isa) {
   switch (isa) {
@@ -86,8 +106,11 @@ Isa BestIsa() {
   return best;
 }
 
-Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
-                  float scale, float* out, int n_threads) {
+namespace {
+
+// AttendWith without the final normalization: the merged state of the queries over all the parts' rows.
+Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
+                       int n_q, float scale, int n_threads, AttentionState* state) {
   if (n_q < 1) return InvalidArgument("attention: n_q is " + std::to_string(n_q) + "; expected at least 1 query");
   if (parts.empty()) return InvalidArgument("attention: no parts; expected at least one range of rows");
   const bool shared = shared_v_dim > 0;
@@ -170,11 +193,12 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     }
     jobs = std::move(split);
   }
-  std::vector<Partial> partial(jobs.size(), Partial(n_q, v_dim));
+  std::vector<AttentionState> partial(jobs.size());
+  for (AttentionState& st : partial) st.Reset(n_q, v_dim);
   auto run = [&](size_t j) {
     const CodedSpans& part = parts[jobs[j].part];
     const RowCodec& v = shared ? *part.k : *part.v;
-    Partial& st = partial[j];
+    AttentionState& st = partial[j];
     Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), n_q, jobs[j].pieces, st);
     // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of
     // shared rows' center) added with weight l (Σ p = 1 within the part), the key center's shift given back to the
@@ -196,22 +220,18 @@ Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shar
     for (size_t j = 0; j < jobs.size(); ++j) run(j);
   }
   // Merge: rescale every partial to the common max and add.
-  Partial& all = partial[0];
-  for (size_t j = 1; j < jobs.size(); ++j) {
-    for (int i = 0; i < n_q; ++i) {
-      const float m = std::max(all.m[i], partial[j].m[i]);
-      if (m == -INFINITY) continue;
-      const float f0 = std::exp(all.m[i] - m), fj = std::exp(partial[j].m[i] - m);
-      all.l[i] = all.l[i] * f0 + partial[j].l[i] * fj;
-      for (int c = 0; c < v_dim; ++c)
-        all.acc[i * v_dim + c] = all.acc[i * v_dim + c] * f0 + partial[j].acc[i * v_dim + c] * fj;
-      all.m[i] = m;
-    }
-  }
-  for (int i = 0; i < n_q; ++i) {
-    const float inv = 1.0f / all.l[i];
-    for (int c = 0; c < v_dim; ++c) out[i * v_dim + c] = all.acc[i * v_dim + c] * inv;
-  }
+  for (size_t j = 1; j < jobs.size(); ++j) MergeState(partial[0], partial[j], n_q, v_dim);
+  *state = std::move(partial[0]);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
+                  float scale, float* out, int n_threads) {
+  AttentionState st;
+  LR_RETURN_IF_ERROR(AttendStateWith(kn, parts, shared_v_dim, q, n_q, scale, n_threads, &st));
+  Normalize(st, n_q, shared_v_dim > 0 ? shared_v_dim : parts[0].v->dim(), out);
   return Status::Ok();
 }
 
@@ -223,6 +243,18 @@ Status Attend(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std
 
 Status AttendMixed(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, float* out) {
   return AttendWith(*GetKernels(BestIsa()), parts, 0, q, n_q, scale, out, 1);
+}
+
+Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n_q, float scale,
+                        AttentionState* state) {
+  return AttendStateWith(*GetKernels(BestIsa()), parts, 0, q, n_q, scale, 1, state);
+}
+
+void FinishAttention(std::span<const AttentionState> states, int n_q, int v_dim, float* out) {
+  assert(!states.empty());
+  AttentionState all = states[0];
+  for (size_t j = 1; j < states.size(); ++j) MergeState(all, states[j], n_q, v_dim);
+  Normalize(all, n_q, v_dim, out);
 }
 
 Status AttendParallel(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,

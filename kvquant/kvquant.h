@@ -187,6 +187,22 @@ Status Attend(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std
 // Errors as Attend, and kInvalidArgument for no parts, a null codec or unequal dims.
 Status AttendMixed(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, float* out);
 
+// The softmax state of n_q queries over some of the rows they attend to: for query i the largest scaled score m[i],
+// l[i] = Σ exp(s - m[i]) and acc[i·v_dim ..] = Σ exp(s - m[i])·v, with V rotated back and its weights and center
+// undone. States of the same queries over disjoint rows merge exactly (FinishAttention), so pieces of one range can
+// be attended by different threads.
+struct AttentionState {
+  std::vector<float> m, l, acc;
+  // n_q queries with no rows yet: m = -inf, l = 0, acc = 0 (v_dim values per query).
+  void Reset(int n_q, int v_dim);
+};
+// AttendMixed without the final normalization: the state of the queries over the parts' rows in *state. Errors as
+// AttendMixed's.
+Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, AttentionState* state);
+// Merges states of the same n_q queries over disjoint rows (at least one state, at least one row in all) and writes
+// softmax(scale·q·Kᵀ)·V over all their rows: out is n_q × v_dim.
+void FinishAttention(std::span<const AttentionState> states, int n_q, int v_dim, float* out);
+
 // MLA: keys and values share one stored row (DeepSeek-style latent plus rope key). K is the whole row of kv.dim()
 // values and V is its leading v_dim values; spans' k pointers are used, v pointers ignored. out is n_q × v_dim.
 // kInvalidArgument when v_dim does not end on a block boundary of the format and a segment boundary of its rotation

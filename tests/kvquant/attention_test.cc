@@ -250,6 +250,27 @@ TEST(Attention, SharedKeyValueRows) {
   EXPECT_EQ(AttendSharedKV(c.k, 321, c.q.data(), 1, c.spans, 1, out.data()).code(), StatusCode::kInvalidArgument);
 }
 
+// A range attended in pieces (AttendMixedState) and merged (FinishAttention) gives AttendMixed's result: what lets
+// the runner split one head's range between threads.
+TEST(Attention, StatesOfPiecesMergeToTheWholeRange) {
+  Cache c = MakeCache("hx3", "tq3", 128, 300, 3, 100, 4, Rows::kOffsetWeighted);
+  std::vector<float> want(3 * 128), got(3 * 128);
+  ASSERT_TRUE(AttendMixed(c.Parts(), c.q.data(), 3, 0.09f, want.data()).ok());
+  // Pieces of 1, 150 and 149 rows, the middle one across a page boundary.
+  const std::vector<RowSpan> pieces[] = {{{c.spans[0].k, c.spans[0].v, 1}},
+                                         {{c.spans[0].k + c.k.row_bytes(), c.spans[0].v + c.v.row_bytes(), 99},
+                                          {c.spans[1].k, c.spans[1].v, 51}},
+                                         {{c.spans[1].k + 51 * c.k.row_bytes(), c.spans[1].v + 51 * c.v.row_bytes(), 49},
+                                          c.spans[2]}};
+  std::vector<AttentionState> states(3);
+  for (int p = 0; p < 3; ++p) {
+    const CodedSpans part{&c.k, &c.v, pieces[p]};
+    ASSERT_TRUE(AttendMixedState({&part, 1}, c.q.data(), 3, 0.09f, &states[p]).ok());
+  }
+  FinishAttention(states, 3, 128, got.data());
+  EXPECT_LT(RelError(got, want), 2e-6);
+}
+
 // A range in two formats (the first rows f16, the rest centered hx3 keys and tq3 values, as the runner's cache with
 // f16 sink rows): every kernel build and the 2-thread split match the scalar reference, which decodes each part with
 // its own codec. The key center's shift matters here (it differs between the parts), unlike within one format.
