@@ -349,6 +349,7 @@ Status KvCache::Attend(int seq, int layer, int head, int n_tokens, const float* 
 
 Status KvCache::AttendState(int seq, int layer, int head, int n_tokens, int begin, int end, const float* q, int n_q,
                             float scale, kvquant::AttentionState* state) const {
+  if (options_.observe_queries && begin == 0) options_.observe_queries(layer, head, q, n_q);
   thread_local std::vector<kvquant::RowSpan> spans;
   kvquant::CodedSpans parts[3];
   kvquant::RowSpan sink_span{}, window_spans[2]{};

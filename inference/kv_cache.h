@@ -72,8 +72,9 @@ struct KvCacheOptions {
   // The last window_tokens positions are read from f16 rows too (see "Window rows" above); >= 0. Ignored when both
   // formats are f16. Not for caches without value rows (MLA).
   int window_tokens = 0;
-  // Called by Attend with each query group (n_q rows of k_dim) before attending: the KV calibration measures the
-  // queries through it. May be called from several threads at once. Null: none.
+  // Called with each query group (n_q rows of k_dim) once per attention (by Attend, or AttendState for the piece
+  // starting at position 0): the KV calibration measures the queries through it. May be called from several threads
+  // at once. Null: none.
   std::function<void(int layer, int head, const float* q, int n_q)> observe_queries;
 };
 
@@ -155,7 +156,8 @@ class KvCache {
   Status Attend(int seq, int layer, int head, int n_tokens, const float* q, int n_q, float scale, float* out) const;
   // The attention state (kvquant::AttentionState) of the same query group over positions [begin, end) of that range
   // (0 <= begin < end <= n_tokens), read as Attend reads them: pieces of one range attended by different threads and
-  // merged with kvquant::FinishAttention give Attend's result up to float rounding. observe_queries is not called.
+  // merged with kvquant::FinishAttention give Attend's result up to float rounding. observe_queries is called by the
+  // piece that starts at 0, so that each query group is seen once.
   Status AttendState(int seq, int layer, int head, int n_tokens, int begin, int end, const float* q, int n_q,
                      float scale, kvquant::AttentionState* state) const;
   // Positions [0, n_tokens) of one (layer, head), as page-sized spans of the encoded rows (sink rows not used), for

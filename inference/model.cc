@@ -7,8 +7,6 @@
 #include <cstring>
 #include <numeric>
 
-#include <omp.h>
-
 namespace lr::inference {
 namespace {
 
@@ -285,7 +283,7 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
     cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * kd + h * hd,
                 v + static_cast<size_t>(i) * vd + h * hdv);
   }
-  if (s.attention_split == 1) {
+  if (s.pieces.empty()) {
 #pragma omp for schedule(dynamic, 1)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
@@ -296,22 +294,20 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
       (void)st;
     }
   } else {
-    const int split = s.attention_split;
-#pragma omp for schedule(static)
-    for (int j = 0; j < pairs * split; ++j) {
-      const int ih = j / split, piece = j % split;
-      const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      const int n_ctx = pos[i] + 1;
-      const Status st = cache.AttendState(batch[i].seq, layer, h, n_ctx, n_ctx * piece / split,
-                                          n_ctx * (piece + 1) / split, q + static_cast<size_t>(i) * qd + h * group * hd,
-                                          group, scale, &s.states[j]);
+#pragma omp for schedule(dynamic, 1)
+    for (size_t j = 0; j < s.pieces.size(); ++j) {
+      const Scratch::Piece& p = s.pieces[j];
+      const int i = p.pair / c.n_head_kv, h = p.pair % c.n_head_kv;
+      const Status st = cache.AttendState(batch[i].seq, layer, h, pos[i] + 1, p.begin, p.end,
+                                          q + static_cast<size_t>(i) * qd + h * group * hd, group, scale, &s.states[j]);
       assert(st.ok());
       (void)st;
     }
 #pragma omp for schedule(static)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      kvquant::FinishAttention({&s.states[static_cast<size_t>(ih) * split], static_cast<size_t>(split)}, group, hdv,
+      const size_t first = s.first_piece[ih], count = s.first_piece[ih + 1] - s.first_piece[ih];
+      kvquant::FinishAttention({&s.states[first], count}, group, hdv,
                                s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
     }
   }
@@ -396,13 +392,23 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   s.g.resize(nz * c.n_ff);
   s.u.resize(nz * c.n_ff);
   s.xq.resize(nz * (std::max({e, c.n_head * c.head_dim_v, c.n_ff}) / 32));
-  // Few (token, head) pairs for the threads and every range long: split each range between the threads.
-  const int threads = omp_get_max_threads();
-  const int min_ctx = *std::min_element(pos.begin(), pos.end()) + 1;
-  if (threads > 1 && n * c.n_head_kv < 2 * threads && min_ctx >= kSplitAttentionFrom &&
-      !cache.options().observe_queries) {
-    s.attention_split = threads;
-    s.states.resize(static_cast<size_t>(n) * c.n_head_kv * threads);
+  // Ranges of kSplitAttentionFrom positions or more are attended in two halves.
+  if (*std::max_element(pos.begin(), pos.end()) + 1 >= kSplitAttentionFrom) {
+    for (int i = 0; i < n; ++i) {
+      const int n_ctx = pos[i] + 1;
+      for (int h = 0; h < c.n_head_kv; ++h) {
+        const int pair = i * c.n_head_kv + h;
+        s.first_piece.push_back(static_cast<int>(s.pieces.size()));
+        if (n_ctx >= kSplitAttentionFrom) {
+          s.pieces.push_back({pair, 0, n_ctx / 2});
+          s.pieces.push_back({pair, n_ctx / 2, n_ctx});
+        } else {
+          s.pieces.push_back({pair, 0, n_ctx});
+        }
+      }
+    }
+    s.first_piece.push_back(static_cast<int>(s.pieces.size()));
+    s.states.resize(s.pieces.size());
   }
 
   // Step b < 2 * n_layer is block b % 2 (attention, FFN) of layer b / 2; step 2 * n_layer the logits. A run of dense

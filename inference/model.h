@@ -132,9 +132,10 @@ class Model {
   // kResourceExhausted when the cache is full (the cache then keeps the positions appended so far: truncate to
   // roll back); kInvalidArgument for a token id outside the vocabulary.
   Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits);
-  // A step with fewer (token, KV head) pairs than twice the threads, all at this many positions or more (decode with a
-  // long context), splits each pair's range between the threads and merges the pieces exactly: the attention of 3 KV
-  // heads on 2 threads would otherwise leave one thread working on two. Below it the merge costs more than it saves.
+  // A token attending to this many positions or more does so in two halves of its range, merged exactly
+  // (kvquant::FinishAttention), whatever the batch and the thread count, so that its result depends on neither
+  // (a request decodes the same tokens alone or batched). The halves run on different threads: in a decode step 3 KV
+  // heads on 2 threads would otherwise leave one thread attending for two. Below it the merge costs more than it saves.
   static constexpr int kSplitAttentionFrom = 256;
 
  private:
@@ -146,9 +147,13 @@ class Model {
     std::vector<int> tokens;  // 0 .. n - 1
     std::vector<float> xn, q, k, v, attn, g, u;
     std::vector<BlockQ8> xq;
-    // Decode with a long context: each (token, KV head)'s range is attended in attention_split pieces by different
-    // threads (3 KV heads on 2 threads would leave one thread attending for two), states[pair * split + piece].
-    int attention_split = 1;
+    // Attention in pieces (kSplitAttentionFrom), when some range is that long: pair = token * n_head_kv + KV head;
+    // pair p's pieces are [first_piece[p], first_piece[p + 1]), their states in `states`. Empty otherwise.
+    struct Piece {
+      int pair, begin, end;
+    };
+    std::vector<Piece> pieces;
+    std::vector<int> first_piece;
     std::vector<kvquant::AttentionState> states;
   };
 
