@@ -250,11 +250,10 @@ Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n
   return AttendStateWith(*GetKernels(BestIsa()), parts, 0, q, n_q, scale, 1, state);
 }
 
-void FinishAttention(std::span<const AttentionState> states, int n_q, int v_dim, float* out) {
+void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float* out) {
   assert(!states.empty());
-  AttentionState all = states[0];
-  for (size_t j = 1; j < states.size(); ++j) MergeState(all, states[j], n_q, v_dim);
-  Normalize(all, n_q, v_dim, out);
+  for (size_t j = 1; j < states.size(); ++j) MergeState(states[0], states[j], n_q, v_dim);
+  Normalize(states[0], n_q, v_dim, out);
 }
 
 Status AttendParallel(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,

@@ -199,9 +199,10 @@ struct AttentionState {
 // AttendMixed without the final normalization: the state of the queries over the parts' rows in *state. Errors as
 // AttendMixed's.
 Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n_q, float scale, AttentionState* state);
-// Merges states of the same n_q queries over disjoint rows (at least one state, at least one row in all) and writes
-// softmax(scale·q·Kᵀ)·V over all their rows: out is n_q × v_dim.
-void FinishAttention(std::span<const AttentionState> states, int n_q, int v_dim, float* out);
+// Merges states of the same n_q queries over disjoint rows (at least one state, at least one row in all) into
+// states[0], in place (no copy on the decode path), and writes softmax(scale·q·Kᵀ)·V over all their rows: out is
+// n_q × v_dim.
+void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float* out);
 
 // MLA: keys and values share one stored row (DeepSeek-style latent plus rope key). K is the whole row of kv.dim()
 // values and V is its leading v_dim values; spans' k pointers are used, v pointers ignored. out is n_q × v_dim.
