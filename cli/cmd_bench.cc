@@ -39,6 +39,7 @@ struct BenchFlags {
   std::string ctv = "f16";
   int kv_sinks = 0;
   int kv_window = 0;
+  std::string kv_window_format = "f16";
   bool json = false;
   int pass_k = 0;  // > 0: the prefix-sharing bench
   int prompt_tokens = 2048;
@@ -99,11 +100,11 @@ struct PassKRun {
   std::vector<std::vector<int32_t>> attempts;
 };
 
-// "K hx3, V hx3", and the f16 sink and window rows when there are any.
+// "K hx3, V hx3", and the f16 sink rows and the window rows when there are any.
 std::string KvLabel(const BenchFlags& f) {
   std::string label = "K " + f.ctk + ", V " + f.ctv;
   if (f.kv_sinks > 0) label += ", " + std::to_string(f.kv_sinks) + " f16 sinks";
-  if (f.kv_window > 0) label += ", f16 window " + std::to_string(f.kv_window);
+  if (f.kv_window > 0) label += ", " + f.kv_window_format + " window " + std::to_string(f.kv_window);
   return label;
 }
 
@@ -115,6 +116,7 @@ Result<inference::KvCache> PassKCache(const inference::Model& model, const Bench
   o.v_format = f.ctv;
   o.sink_tokens = f.kv_sinks;
   o.window_tokens = f.kv_window;
+  o.window_format = f.kv_window_format;
   o.max_tokens = max_tokens;
   return inference::KvCache::Create(model.kv_shape(), o);
 }
@@ -246,6 +248,7 @@ int RunBench(BenchFlags f) {
   o.v_format = f.ctv;
   o.sink_tokens = f.kv_sinks;
   o.window_tokens = f.kv_window;
+  o.window_format = f.kv_window_format;
   o.max_tokens = f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens;
   auto made = inference::KvCache::Create(model.kv_shape(), o);
   if (!made.ok()) return Fail(made.status());
@@ -326,8 +329,9 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("--kv-sinks", flags->kv_sinks, "keep the first N positions as f16 rows too")->check(CLI::Range(0, 32));
-  sub->add_option("--kv-window", flags->kv_window, "attend to the last N positions from f16 rows too")
+  sub->add_option("--kv-window", flags->kv_window, "attend to the last N positions from window rows too")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--kv-window-format", flags->kv_window_format, "format of the window rows")->capture_default_str();
   sub->add_option("--pass-k", flags->pass_k,
                   "Prefix-sharing bench instead: K attempts at one prompt, shared (prefill once, fork, batched decode) "
                   "vs naive (prefill each, decode alone)")

@@ -3,10 +3,10 @@
 // As llama.cpp's perplexity: the text is cut into non-overlapping windows of CTX tokens; each window is run from an
 // empty cache and only its second half is scored (every scored token has at least CTX/2 tokens of context). With
 // --ctk/--ctv other than f16, every window also runs with an f16 cache, and the mean KL(p_f16 || p_cache) over the
-// scored tokens is reported. --ctk/--ctv/--kv-sinks/--kv-window may be given several times: run i is (ctk[i], ctv[i],
-// sinks[i], window[i]), and a list given once applies to every run. The f16 reference of each window is then computed once for all runs,
-// and one line (or JSON object) per run is printed: a whole table of formats costs one f16 pass plus one pass per
-// format.
+// scored tokens is reported. --ctk/--ctv/--kv-sinks/--kv-window/--kv-window-format may be given several times: run i
+// is (ctk[i], ctv[i], sinks[i], window[i], window_format[i]), and a list given once applies to every run. The f16
+// reference of each window is then computed once for all runs, and one line (or JSON object) per run is printed: a
+// whole table of formats costs one f16 pass plus one pass per format.
 #include <omp.h>
 
 #include <algorithm>
@@ -37,6 +37,7 @@ struct PerplexityFlags {
   std::vector<std::string> ctv = {"f16"};
   std::vector<int> sinks = {0};
   std::vector<int> window = {0};
+  std::vector<std::string> window_format = {"f16"};
   int threads = 0;
   bool json = false;
   bool no_calibration = false;
@@ -44,13 +45,14 @@ struct PerplexityFlags {
 
 // Logits of every position of one window, from an empty cache of the given formats and calibration (null: none).
 Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const std::string& ctk,
-                    const std::string& ctv, int sinks, int window,
+                    const std::string& ctv, int sinks, int window, const std::string& window_format,
                     std::shared_ptr<const inference::KvCalibration> calibration, std::vector<float>* logits) {
   inference::KvCacheOptions o;
   o.k_format = ctk;
   o.v_format = ctv;
   o.sink_tokens = sinks;
   o.window_tokens = window;
+  o.window_format = window_format;
   o.max_tokens = n;
   o.calibration = std::move(calibration);
   LR_ASSIGN_OR_RETURN(inference::KvCache cache, inference::KvCache::Create(model.kv_shape(), o));
@@ -64,18 +66,22 @@ Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const
 struct Run {
   std::string ctk, ctv;
   int sinks = 0, window = 0;
+  std::string window_format;
   double nll = 0, kld = 0;
   bool is_ref() const { return ctk == "f16" && ctv == "f16"; }
 };
 
 // Mean stored bits per cached value (K and V rows together, scales included) of a run on this model's rows, over a
-// context of ctx positions: the f16 copies of the sink and window rows are counted on top of every position's encoded
-// rows (the window as it stays between forward passes: a prefill batch holds its own rows in f16 while it runs).
+// context of ctx positions: the f16 copies of the sink rows and the window rows are counted on top of every position's
+// encoded rows (the window as it stays between forward passes: a prefill batch holds its own rows too while it runs).
 double BitsPerValue(const inference::KvShape& shape, const Run& r, int ctx) {
-  const size_t k = kvquant::RowCodec::Create(r.ctk, shape.k_dim, 0, 0, 0)->row_bytes();
-  const size_t v = shape.v_dim > 0 ? kvquant::RowCodec::Create(r.ctv, shape.v_dim, 0, 0, 0)->row_bytes() : 0;
-  const int f16_rows = r.is_ref() ? 0 : std::min(r.sinks, ctx) + std::min(r.window, ctx);
-  const double bytes = static_cast<double>(ctx) * (k + v) + 2.0 * f16_rows * (shape.k_dim + shape.v_dim);
+  auto row_bytes = [&](const std::string& format, int dim) {
+    return dim > 0 ? static_cast<double>(kvquant::RowCodec::Create(format, dim, 0, 0, 0)->row_bytes()) : 0.0;
+  };
+  const int sinks = r.is_ref() ? 0 : std::min(r.sinks, ctx), window = r.is_ref() ? 0 : std::min(r.window, ctx);
+  const double bytes = ctx * (row_bytes(r.ctk, shape.k_dim) + row_bytes(r.ctv, shape.v_dim)) +
+                       sinks * 2.0 * (shape.k_dim + shape.v_dim) +
+                       window * (row_bytes(r.window_format, shape.k_dim) + row_bytes(r.window_format, shape.v_dim));
   return 8.0 * bytes / (static_cast<double>(ctx) * (shape.k_dim + shape.v_dim));
 }
 
@@ -94,19 +100,21 @@ int RunPerplexity(PerplexityFlags f) {
   if (f.ctx < 4) return Fail(InvalidArgument("-c must be at least 4 tokens, got " + std::to_string(f.ctx)));
   Result<std::string> text = ReadFile(f.file);
   if (!text.ok()) return Fail(text.status());
-  const size_t n_runs = std::max({f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size()});
-  for (size_t size : {f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size()})
+  const size_t n_runs =
+      std::max({f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size(), f.window_format.size()});
+  for (size_t size : {f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size(), f.window_format.size()})
     if (size != 1 && size != n_runs)
       return Fail(InvalidArgument("--ctk given " + std::to_string(f.ctk.size()) + " times, --ctv " +
                                   std::to_string(f.ctv.size()) + ", --kv-sinks " + std::to_string(f.sinks.size()) +
-                                  " and --kv-window " + std::to_string(f.window.size()) +
+                                  ", --kv-window " + std::to_string(f.window.size()) + " and --kv-window-format " +
+                                  std::to_string(f.window_format.size()) +
                                   "; expected equal counts, or once for a value every run shares"));
   std::vector<Run> runs;
+  auto nth = [](const auto& list, size_t i) { return list[std::min(i, list.size() - 1)]; };
   for (size_t i = 0; i < n_runs; ++i)
-    runs.push_back({f.ctk[std::min(i, f.ctk.size() - 1)], f.ctv[std::min(i, f.ctv.size() - 1)],
-                    f.sinks[std::min(i, f.sinks.size() - 1)], f.window[std::min(i, f.window.size() - 1)]});
+    runs.push_back({nth(f.ctk, i), nth(f.ctv, i), nth(f.sinks, i), nth(f.window, i), nth(f.window_format, i)});
   for (const Run& r : runs) {
-    for (const std::string& name : {r.ctk, r.ctv})
+    for (const std::string& name : {r.ctk, r.ctv, r.window_format})
       if (Result<kvquant::FormatInfo> info = kvquant::FindFormat(name); !info.ok()) return Fail(info.status());
   }
   inference::LocalModelOptions options;
@@ -142,12 +150,13 @@ int RunPerplexity(PerplexityFlags f) {
     std::vector<int32_t> window(tokens.begin() + static_cast<long>(w) * f.ctx,
                                 tokens.begin() + static_cast<long>(w + 1) * f.ctx);
     if (bos) window[0] = tok.bos();
-    Status s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", 0, 0, nullptr, &ref_logits);
+    Status s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", 0, 0, "f16", nullptr, &ref_logits);
     if (!s.ok()) return Fail(s);
     for (Run& r : runs) {
       const bool is_ref = r.is_ref();
       if (!is_ref) {
-        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, calibration, &logits);
+        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, r.window_format, calibration,
+                         &logits);
         if (!s.ok()) return Fail(s);
       }
       const std::vector<float>& got = is_ref ? ref_logits : logits;
@@ -161,22 +170,29 @@ int RunPerplexity(PerplexityFlags f) {
     scored += f.ctx - 1 - first;
     if (!f.json)
       for (const Run& r : runs)
-        std::fprintf(stderr, "[%d/%d] K %s, V %s, %d sinks, window %d: ppl %.4f\n", w + 1, windows, r.ctk.c_str(),
-                     r.ctv.c_str(), r.sinks, r.window, std::exp(r.nll / static_cast<double>(scored)));
+        std::fprintf(stderr, "[%d/%d] K %s, V %s, %d sinks, %s window %d: ppl %.4f\n", w + 1, windows,
+                     r.ctk.c_str(), r.ctv.c_str(), r.sinks, r.window_format.c_str(), r.window,
+                     std::exp(r.nll / static_cast<double>(scored)));
   }
   for (const Run& r : runs) {
     const double ppl = std::exp(r.nll / static_cast<double>(scored));
     const double mean_kld = r.kld / static_cast<double>(scored);
     if (f.json) {
-      nlohmann::json j = {{"ppl", ppl},     {"kld", mean_kld}, {"tokens", scored},
-                          {"ctk", r.ctk},   {"ctv", r.ctv},    {"sinks", r.is_ref() ? 0 : r.sinks}, {"window", r.is_ref() ? 0 : r.window},
+      nlohmann::json j = {{"ppl", ppl},
+                          {"kld", mean_kld},
+                          {"tokens", scored},
+                          {"ctk", r.ctk},
+                          {"ctv", r.ctv},
+                          {"sinks", r.is_ref() ? 0 : r.sinks},
+                          {"window", r.is_ref() ? 0 : r.window},
+                          {"window_format", r.window_format},
                           {"bits_per_value", BitsPerValue(model.kv_shape(), r, f.ctx)}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s, %d sinks, f16 window %d "
+      std::printf("perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s, %d sinks, %s window %d "
                   "(%.3f bits/value)",
                   ppl, scored, windows, f.ctx, r.ctk.c_str(), r.ctv.c_str(), r.is_ref() ? 0 : r.sinks,
-                  r.is_ref() ? 0 : r.window, BitsPerValue(model.kv_shape(), r, f.ctx));
+                  r.window_format.c_str(), r.is_ref() ? 0 : r.window, BitsPerValue(model.kv_shape(), r, f.ctx));
       if (!r.is_ref()) std::printf(", mean KL vs f16 %.6f", mean_kld);
       std::printf("\n");
     }
@@ -202,13 +218,16 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
                   "Keep the first N positions of each window as f16 rows too (attention sinks; repeatable)")
       ->capture_default_str()->check(CLI::Range(0, inference::KvCache::kPageTokens));
   sub->add_option("--kv-window", flags->window,
-                  "Read the last N positions before each token from f16 rows too (recent window; repeatable)")
+                  "Read the last N positions before each token from window rows too (recent window; repeatable)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("--kv-window-format", flags->window_format, "Format of the window rows (repeatable)")
+      ->capture_default_str();
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-kv-calibration", flags->no_calibration,
                 "Store compressed rows without the model's KV channel centers and weights (to measure what they give)");
   sub->add_flag("--json", flags->json,
-                "Print {ppl, kld, tokens, ctk, ctv, sinks, window, bits_per_value} as JSON, one line per run");
+                "Print {ppl, kld, tokens, ctk, ctv, sinks, window, window_format, bits_per_value} as JSON, one line "
+                "per run");
   commands.Add(sub, [flags]() { return RunPerplexity(*flags); });
 }
 

@@ -12,9 +12,11 @@ void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
       ->capture_default_str()
       ->check(CLI::Range(0, 32));
   sub->add_option("--kv-window", f->kv_window,
-                  "attend to the last N positions from f16 rows too (compressed formats; docs/RESULTS.md)")
+                  "attend to the last N positions from window rows too (compressed formats; docs/RESULTS.md)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--kv-window-format", f->kv_window_format, "format of the window rows (f16, q8_0, ...)")
+      ->capture_default_str();
   sub->add_option("-c,--ctx", f->ctx, "longest sequence (prompt + reply tokens) of one request")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -35,6 +37,7 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   o.kv.v_format = f.ctv;
   o.kv.sink_tokens = f.kv_sinks;
   o.kv.window_tokens = f.kv_window;
+  o.kv.window_format = f.kv_window_format;
   o.n_ctx = f.ctx;
   o.kv_budget_mib = f.kv_budget_mib;
   if (f.threads > 0) omp_set_num_threads(f.threads);

@@ -18,11 +18,12 @@ struct LocalModelFlags {
   int ctx = 4096;
   int kv_budget_mib = 1024;
   int kv_sinks = 0;   // f16 copies of the first positions (KvCacheOptions::sink_tokens)
-  int kv_window = 0;  // f16 copies of the most recent positions (KvCacheOptions::window_tokens)
+  int kv_window = 0;  // second copies of the most recent positions (KvCacheOptions::window_tokens)
+  std::string kv_window_format = "f16";  // their format (KvCacheOptions::window_format)
   int threads = 0;    // 0: OpenMP's default
 };
 
-// --ctk, --ctv, --kv-sinks, --kv-window, -c/--ctx, --kv-budget and -t/--threads, with the defaults *f holds.
+// --ctk, --ctv, --kv-sinks, --kv-window, --kv-window-format, -c/--ctx, --kv-budget and -t/--threads, with the defaults *f holds.
 void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f);
 
 // The options for LocalModel::Open, with the default model when f.model is empty (kNotFound saying where it looked).

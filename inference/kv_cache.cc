@@ -50,12 +50,30 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   }
   c.sink_tokens_ = all_f16 ? 0 : options.sink_tokens;
   c.window_tokens_ = all_f16 ? 0 : options.window_tokens;
-  if (c.sink_tokens_ > 0 || c.window_tokens_ > 0) {
+  if (c.sink_tokens_ > 0) {
     for (int dim : {shape.k_dim, shape.v_dim}) {
       auto f16 = kvquant::RowCodec::Create("f16", dim, options.seed, 0, 0);
-      if (!f16.ok()) return f16.status().WithContext("KV cache sink and window rows");
+      if (!f16.ok()) return f16.status().WithContext("KV cache sink rows");
       c.f16_codecs_.push_back(std::move(f16).value());
     }
+  }
+  if (c.window_tokens_ > 0) {
+    for (int layer = 0; layer < shape.n_layer; ++layer) {
+      for (int head = 0; head < shape.n_head_kv; ++head) {
+        for (bool key : {true, false}) {
+          auto w = kvquant::RowCodec::Create(options.window_format, key ? shape.k_dim : shape.v_dim, options.seed,
+                                             layer, head);
+          if (!w.ok()) return w.status().WithContext("KV cache window rows (--kv-window-format)");
+          if (cal != nullptr && !w->is_f16()) {
+            LR_RETURN_IF_ERROR(w->SetCenter(key ? cal->KCenter(layer, head) : cal->VCenter(layer, head)));
+            LR_RETURN_IF_ERROR(w->SetWeights(key ? cal->KWeights(layer, head) : cal->VWeights(layer, head)));
+          }
+          c.window_codecs_.push_back(std::move(w).value());
+        }
+      }
+    }
+    c.window_k_bytes_ = c.window_codecs_[0].row_bytes();
+    c.window_v_bytes_ = c.window_codecs_[1].row_bytes();
   }
   c.k_row_bytes_ = c.k_codecs_[0].row_bytes();
   c.v_row_bytes_ = shape.v_dim == 0 ? 0 : c.v_codecs_[0].row_bytes();
@@ -67,7 +85,7 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
   c.max_pages_ = (options.max_tokens + kPageTokens - 1) / kPageTokens;
   c.index_salt_ = PrefixIndex::Salt(options.identity + '\n' + options.k_format + '\n' + options.v_format + '\n' +
                                     std::to_string(options.seed) + '\n' + std::to_string(c.sink_tokens_) + '\n' +
-                                    std::to_string(c.window_tokens_));
+                                    std::to_string(c.window_tokens_) + '\n' + options.window_format);
   return c;
 }
 
@@ -226,17 +244,17 @@ Result<int> KvCache::AppendSlot(int seq) {
 void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const float* v) {
   k_codec(layer, head).EncodeRow(k, KRow(seq, layer, head, pos));
   if (shape_.v_dim > 0) v_codec(layer, head).EncodeRow(v, VRow(seq, layer, head, pos));
-  const size_t k16 = f16_codecs_.empty() ? 0 : f16_codecs_[0].row_bytes();
-  const size_t v16 = f16_codecs_.empty() ? 0 : f16_codecs_[1].row_bytes();
   Sequence& s = seqs_[seq];
   if (pos < sink_tokens_) {
-    f16_codecs_[0].EncodeRow(k, SinkK(s.pages[0], layer, head) + pos * k16);
-    f16_codecs_[1].EncodeRow(v, SinkV(s.pages[0], layer, head) + pos * v16);
+    f16_codecs_[0].EncodeRow(k, SinkK(s.pages[0], layer, head) + pos * f16_codecs_[0].row_bytes());
+    f16_codecs_[1].EncodeRow(v, SinkV(s.pages[0], layer, head) + pos * f16_codecs_[1].row_bytes());
   }
   if (window_tokens_ > 0) {
     const size_t slot = static_cast<size_t>(pos % s.window_slots);
-    f16_codecs_[0].EncodeRow(k, s.window.data() + WindowKOffset(s.window_slots, layer, head) + slot * k16);
-    f16_codecs_[1].EncodeRow(v, s.window.data() + WindowVOffset(s.window_slots, layer, head) + slot * v16);
+    window_k_codec(layer, head)
+        .EncodeRow(k, s.window.data() + WindowKOffset(s.window_slots, layer, head) + slot * window_k_bytes_);
+    window_v_codec(layer, head)
+        .EncodeRow(v, s.window.data() + WindowVOffset(s.window_slots, layer, head) + slot * window_v_bytes_);
     if (layer == shape_.n_layer - 1 && head == shape_.n_head_kv - 1) {
       std::atomic_ref<int> stored(s.stored);
       int seen = stored.load(std::memory_order_relaxed);
@@ -248,13 +266,13 @@ void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const
 
 size_t KvCache::WindowKOffset(int slots, int layer, int head) const {
   const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
-  return h * slots * f16_codecs_[0].row_bytes();
+  return h * slots * window_k_bytes_;
 }
 
 size_t KvCache::WindowVOffset(int slots, int layer, int head) const {
   const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
   const size_t h = static_cast<size_t>(layer) * shape_.n_head_kv + head;
-  return (heads * f16_codecs_[0].row_bytes() + h * f16_codecs_[1].row_bytes()) * slots;
+  return (heads * window_k_bytes_ + h * window_v_bytes_) * slots;
 }
 
 void KvCache::PrepareWindow(Sequence& s, int pos) {
@@ -270,17 +288,17 @@ void KvCache::PrepareWindow(Sequence& s, int pos) {
   } else {
     return;
   }
-  const size_t k16 = f16_codecs_[0].row_bytes(), v16 = f16_codecs_[1].row_bytes();
+  const size_t kw = window_k_bytes_, vw = window_v_bytes_;
   const size_t heads = static_cast<size_t>(shape_.n_layer) * shape_.n_head_kv;
-  std::vector<uint8_t> ring(heads * slots * (k16 + v16));
+  std::vector<uint8_t> ring(heads * slots * (kw + vw));
   for (int layer = 0; layer < shape_.n_layer; ++layer) {
     for (int head = 0; head < shape_.n_head_kv; ++head) {
       for (int p = s.window_begin; p < pos; ++p) {
         const size_t from = static_cast<size_t>(p % s.window_slots), to = static_cast<size_t>(p % slots);
-        std::memcpy(&ring[WindowKOffset(slots, layer, head) + to * k16],
-                    &s.window[WindowKOffset(s.window_slots, layer, head) + from * k16], k16);
-        std::memcpy(&ring[WindowVOffset(slots, layer, head) + to * v16],
-                    &s.window[WindowVOffset(s.window_slots, layer, head) + from * v16], v16);
+        std::memcpy(&ring[WindowKOffset(slots, layer, head) + to * kw],
+                    &s.window[WindowKOffset(s.window_slots, layer, head) + from * kw], kw);
+        std::memcpy(&ring[WindowVOffset(slots, layer, head) + to * vw],
+                    &s.window[WindowVOffset(s.window_slots, layer, head) + from * vw], vw);
       }
     }
   }
@@ -328,9 +346,9 @@ int KvCache::Parts(int seq, int layer, int head, int n_tokens, int begin, int en
     const uint8_t* v = s.window.data() + WindowVOffset(s.window_slots, layer, head);
     const int first = b % s.window_slots, count = e - b;
     const int run = std::min(count, s.window_slots - first);
-    window_spans[0] = {k + first * k16, v + first * v16, run};
+    window_spans[0] = {k + first * window_k_bytes_, v + first * window_v_bytes_, run};
     window_spans[1] = {k, v, count - run};
-    parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {window_spans, 2}};
+    parts[n_parts++] = {&window_k_codec(layer, head), &window_v_codec(layer, head), {window_spans, 2}};
   }
   return n_parts;
 }

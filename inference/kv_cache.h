@@ -27,13 +27,15 @@
 // the page, unused by attention).
 //
 // Window rows: with KvCacheOptions::window_tokens = w > 0 and a compressed format, attention reads the last w
-// positions before the attending token (its own included) from f16 rows too. Each sequence keeps f16 copies of its
-// recent rows in a ring of its own, beside the pages; the ring holds at least w rows and, while one forward pass
-// appends a batch, the whole batch as well (every token of a batch attends to its own window), so it is trimmed to
-// the last w stored positions at the next AppendSlot. A Fork copies the ring (its cost: w rows of every layer and
-// head); a sequence started from cached pages has no f16 rows for them (the window then begins at the first position
-// it computes itself), so its results differ slightly from a cold run's. Measured on the default model, the recent
-// tokens are where most of a compressed cache's loss is (docs/RESULTS.md).
+// positions before the attending token (its own included) from window rows too, stored in
+// KvCacheOptions::window_format (f16, or a cheaper format such as q8_0 for a longer window at the same memory). Each
+// sequence keeps these second copies of its recent rows in a ring of its own, beside the pages; the ring holds at
+// least w rows and, while one forward pass appends a batch, the whole batch as well (every token of a batch attends
+// to its own window), so it is trimmed to the last w stored positions at the next AppendSlot. A Fork copies the ring
+// (its cost: w rows of every layer and head); a sequence started from cached pages has no window rows for them (the
+// window then begins at the first position it computes itself), so its results differ slightly from a cold run's.
+// Measured on the default model, the recent tokens are where most of a compressed cache's loss is
+// (docs/RESULTS.md).
 //
 // Not thread-safe for changes (NewSequence, Fork, Free, Truncate, AppendSlot); reading and writing rows of distinct
 // positions from several threads is fine.
@@ -69,9 +71,12 @@ struct KvCacheOptions {
   // Positions [0, sink_tokens) of every sequence are kept as f16 rows too (see "Sink rows" above); 0..kPageTokens.
   // Ignored when both formats are f16. Not for caches without value rows (MLA).
   int sink_tokens = 0;
-  // The last window_tokens positions are read from f16 rows too (see "Window rows" above); >= 0. Ignored when both
-  // formats are f16. Not for caches without value rows (MLA).
+  // The last window_tokens positions are read from window rows too (see "Window rows" above); >= 0. Ignored when
+  // both formats are f16. Not for caches without value rows (MLA).
   int window_tokens = 0;
+  // The format of the window rows (keys and values), any kvquant format; with the calibration like the others
+  // unless f16.
+  std::string window_format = "f16";
   // Called with each query group (n_q rows of k_dim) once per attention (by Attend, or AttendState for the piece
   // starting at position 0): the KV calibration measures the queries through it. May be called from several threads
   // at once. Null: none.
@@ -88,7 +93,7 @@ struct KvStats {
   int pages_cached = 0;   // in the prefix index and referenced by no sequence (evictable)
   int pages_peak = 0;     // most pages allocated at once (private, shared or cached) since Create
   size_t sink_bytes = 0;    // f16 sink rows held beside the pages in use
-  size_t window_bytes = 0;  // f16 window rows held by the live sequences
+  size_t window_bytes = 0;  // window rows held by the live sequences
   long prefix_lookup_tokens = 0;  // tokens looked up by NewSequenceFromCache, summed over calls
   long prefix_hit_tokens = 0;     // of those, how many were found in the index
   size_t bytes_in_use() const {
@@ -116,6 +121,13 @@ class KvCache {
   const KvCacheOptions& options() const { return options_; }
   const kvquant::RowCodec& k_codec(int layer, int head) const { return k_codecs_[layer * shape_.n_head_kv + head]; }
   const kvquant::RowCodec& v_codec(int layer, int head) const { return v_codecs_[layer * shape_.n_head_kv + head]; }
+  // The codecs of the window rows (window_tokens > 0 only).
+  const kvquant::RowCodec& window_k_codec(int layer, int head) const {
+    return window_codecs_[2 * (layer * shape_.n_head_kv + head)];
+  }
+  const kvquant::RowCodec& window_v_codec(int layer, int head) const {
+    return window_codecs_[2 * (layer * shape_.n_head_kv + head) + 1];
+  }
   // Bytes one token position takes over all layers and heads (keys and values).
   size_t bytes_per_token() const { return token_bytes_; }
 
@@ -142,8 +154,8 @@ class KvCache {
   Result<int> AppendSlot(int seq);
 
   // Writes one position's key and value rows of one (layer, head), once, right after AppendSlot: encoded with the
-  // codecs, as f16 sink rows too when pos < sink_tokens, and into the window ring when window_tokens > 0. Distinct
-  // positions and heads may be stored from several threads.
+  // codecs, as f16 sink rows too when pos < sink_tokens, and into the window ring (window_format) when
+  // window_tokens > 0. Distinct positions and heads may be stored from several threads.
   void Store(int seq, int layer, int head, int pos, const float* k, const float* v);
   // The stored (encoded) rows of one position; Store writes them, or the caller with k_codec when the cache has no
   // value rows (MLA).
@@ -209,7 +221,9 @@ class KvCache {
   std::vector<kvquant::RowCodec> k_codecs_, v_codecs_;  // [layer * n_head_kv + head]
   int sink_tokens_ = 0;                                  // 0 when both formats are f16
   int window_tokens_ = 0;                                // 0 when both formats are f16
-  std::vector<kvquant::RowCodec> f16_codecs_;            // f16 codecs for sink and window key and value rows
+  std::vector<kvquant::RowCodec> f16_codecs_;            // f16 codecs for sink key and value rows
+  std::vector<kvquant::RowCodec> window_codecs_;         // [2 * (layer * n_head_kv + head) + (0 key, 1 value)]
+  size_t window_k_bytes_ = 0, window_v_bytes_ = 0;       // one window row
   size_t sink_bytes_ = 0;                                // one page's sink rows
   std::vector<std::unique_ptr<uint8_t[]>> sink_rows_;    // per page: its sink rows, or null
   size_t k_row_bytes_ = 0, v_row_bytes_ = 0;

@@ -287,15 +287,19 @@ TEST(KvCache, SinkRowsAreReadInsteadOfTheFirstCompressedRows) {
   EXPECT_EQ(KvCache::Create(KvShape{2, 1, 320, 0}, o).status().code(), StatusCode::kInvalidArgument);
 }
 
-// Window rows: attention reads the last window_tokens positions from f16 rows, after a batch (all rows appended, then
-// stored) and after a decode step that trims the ring; a fork copies them; the stats count them.
-TEST(KvCache, WindowRowsAreReadForTheLastPositions) {
+// Window rows: attention reads the last window_tokens positions from window rows (f16, or another format), after a
+// batch (all rows appended, then stored) and after a decode step that trims the ring; a fork copies them; the stats
+// count them.
+class WindowRows : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(WindowRows, AreReadForTheLastPositions) {
   KvCacheOptions o;
   o.k_format = "tq3";
   o.v_format = "q4_0";
   o.max_tokens = 4 * kPage;
   o.sink_tokens = 2;
   o.window_tokens = 5;
+  o.window_format = GetParam();
   Result<KvCache> created = KvCache::Create(KvShape{2, 2, 64, 64}, o);
   ASSERT_TRUE(created.ok()) << created.status().ToString();
   KvCache& cache = *created;
@@ -312,6 +316,8 @@ TEST(KvCache, WindowRowsAreReadForTheLastPositions) {
   for (int pos = 0; pos < 40; ++pos) ASSERT_TRUE(cache.AppendSlot(a).ok());
   for (int pos = 0; pos < 40; ++pos) store(a, pos);
   const kvquant::RowCodec f16 = *kvquant::RowCodec::Create("f16", 64, 0, 0, 0);
+  const kvquant::RowCodec windowed = *kvquant::RowCodec::Create(GetParam(), 64, 0, layer, head);
+  const size_t window_row_bytes = windowed.row_bytes();
   std::vector<uint8_t> row(f16.row_bytes());
   // Exact attention on rows decoded as the cache should read them for a token at position len - 1.
   auto expect = [&](int seq, int len) {
@@ -319,10 +325,11 @@ TEST(KvCache, WindowRowsAreReadForTheLastPositions) {
     std::vector<float> kd(len * 64), vd(len * 64);
     for (int pos = 0; pos < len; ++pos) {
       if (pos < 2 || pos >= len - 5) {
-        f16.EncodeRow(&k[pos * 64], row.data());
-        f16.DecodeRow(row.data(), &kd[pos * 64]);
-        f16.EncodeRow(&v[pos * 64], row.data());
-        f16.DecodeRow(row.data(), &vd[pos * 64]);
+        const kvquant::RowCodec& c = pos < 2 ? f16 : windowed;  // the sink rows are f16 whatever the window's format
+        c.EncodeRow(&k[pos * 64], row.data());
+        c.DecodeRow(row.data(), &kd[pos * 64]);
+        c.EncodeRow(&v[pos * 64], row.data());
+        c.DecodeRow(row.data(), &vd[pos * 64]);
       } else {
         cache.k_codec(layer, head).DecodeRow(cache.KRow(seq, layer, head, pos), &kd[pos * 64]);
         cache.v_codec(layer, head).DecodeRow(cache.VRow(seq, layer, head, pos), &vd[pos * 64]);
@@ -345,17 +352,24 @@ TEST(KvCache, WindowRowsAreReadForTheLastPositions) {
     for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(merged[i], got[i], 1e-5);
   };
   for (int len : {1, 3, 6, 7, 33, 40}) expect(a, len);
-  EXPECT_GE(cache.Stats().window_bytes, 40u * 2 * 2 * (128 + 128));  // the batch's rows, until the next step
+  EXPECT_GE(cache.Stats().window_bytes, 40u * 2 * 2 * 2 * window_row_bytes);  // the batch's rows, until the next step
   ASSERT_TRUE(cache.AppendSlot(a).ok());
   store(a, 40);
   expect(a, 41);
-  EXPECT_EQ(cache.Stats().window_bytes, 6u * 2 * 2 * (128 + 128));  // trimmed to the window and the new row
+  EXPECT_EQ(cache.Stats().window_bytes, 6u * 2 * 2 * 2 * window_row_bytes);  // trimmed to the window and the new row
   const int b = cache.Fork(a);
   cache.Free(a);
   expect(b, 41);
   o.window_tokens = -1;
   EXPECT_EQ(KvCache::Create(KvShape{2, 2, 64, 64}, o).status().code(), StatusCode::kInvalidArgument);
+  o.window_tokens = 5;
+  o.window_format = "q7";
+  Result<KvCache> bad = KvCache::Create(KvShape{2, 2, 64, 64}, o);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().ToString().find("--kv-window-format"), std::string::npos) << bad.status().ToString();
 }
+
+INSTANTIATE_TEST_SUITE_P(F16AndQ8, WindowRows, ::testing::Values("f16", "q8_0"));
 
 // The forward pass once per KV format, on the tiny qwen3 fixture (head size 32, which every format but hx3 fits), else
 // on the default model (head size 64; hx3 needs a multiple of 64).
