@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "inference/kv_calibration.h"
 #include "inference/local_model.h"
 
 namespace lr::cli {
@@ -110,7 +111,10 @@ std::string KvLabel(const BenchFlags& f) {
 
 int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
 
-Result<inference::KvCache> PassKCache(const inference::Model& model, const BenchFlags& f, int max_tokens) {
+// The KV cache the flags ask for, for max_tokens positions, stored as the runner stores it: a compressed format with
+// the model's calibration (inference/kv_calibration.h), computed here once per process.
+Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags& f, int max_tokens) {
+  static std::shared_ptr<const inference::KvCalibration> calibration;
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
@@ -118,6 +122,11 @@ Result<inference::KvCache> PassKCache(const inference::Model& model, const Bench
   o.window_tokens = f.kv_window;
   o.window_format = f.kv_window_format;
   o.max_tokens = max_tokens;
+  if (calibration == nullptr && (o.k_format != "f16" || o.v_format != "f16")) {
+    LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
+    LR_ASSIGN_OR_RETURN(calibration, inference::ComputeKvCalibration(model, tok));
+  }
+  o.calibration = calibration;
   return inference::KvCache::Create(model.kv_shape(), o);
 }
 
@@ -126,7 +135,7 @@ Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const
   const int n_vocab = model.config().n_vocab;
   // The prompt's pages once, plus each attempt's own pages (its first one may be a copy of the prompt's last).
   LR_ASSIGN_OR_RETURN(inference::KvCache cache,
-                      PassKCache(model, f, f.prompt_tokens + f.pass_k * (f.gen_tokens + inference::KvCache::kPageTokens)));
+                      BenchCache(model, f, f.prompt_tokens + f.pass_k * (f.gen_tokens + inference::KvCache::kPageTokens)));
   PassKRun run;
   run.attempts.resize(static_cast<size_t>(f.pass_k));
   const double t0 = Now();
@@ -155,7 +164,7 @@ Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const
 // Each attempt prefills the prompt again and decodes alone.
 Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt) {
   const int n_vocab = model.config().n_vocab;
-  LR_ASSIGN_OR_RETURN(inference::KvCache cache, PassKCache(model, f, f.prompt_tokens + f.gen_tokens));
+  LR_ASSIGN_OR_RETURN(inference::KvCache cache, BenchCache(model, f, f.prompt_tokens + f.gen_tokens));
   PassKRun run;
   const double t0 = Now();
   std::vector<float> logits;
@@ -243,14 +252,7 @@ int RunBench(BenchFlags f) {
                  "leanrotor bench: warning: depth %d + %d tokens is past the model's training context (%d tokens): "
                  "the speed is measured all the same, but text at such positions would be meaningless\n",
                  f.depth, std::max(f.n_prompt, f.n_gen), n_ctx_train);
-  inference::KvCacheOptions o;
-  o.k_format = f.ctk;
-  o.v_format = f.ctv;
-  o.sink_tokens = f.kv_sinks;
-  o.window_tokens = f.kv_window;
-  o.window_format = f.kv_window_format;
-  o.max_tokens = f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens;
-  auto made = inference::KvCache::Create(model.kv_shape(), o);
+  auto made = BenchCache(model, f, f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens);
   if (!made.ok()) return Fail(made.status());
   inference::KvCache& cache = *made;
 

@@ -36,6 +36,7 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
       if (cal != nullptr && !k->is_f16()) {
         LR_RETURN_IF_ERROR(k->SetCenter(cal->KCenter(layer, head)));
         LR_RETURN_IF_ERROR(k->SetWeights(cal->KWeights(layer, head)));
+        LR_RETURN_IF_ERROR(k->SetRotatingCenter(cal->KRotatingCenter(layer, head)));
       }
       c.k_codecs_.push_back(std::move(k).value());
       if (shape.v_dim == 0) continue;
@@ -67,6 +68,7 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
           if (cal != nullptr && !w->is_f16()) {
             LR_RETURN_IF_ERROR(w->SetCenter(key ? cal->KCenter(layer, head) : cal->VCenter(layer, head)));
             LR_RETURN_IF_ERROR(w->SetWeights(key ? cal->KWeights(layer, head) : cal->VWeights(layer, head)));
+            if (key) LR_RETURN_IF_ERROR(w->SetRotatingCenter(cal->KRotatingCenter(layer, head)));
           }
           c.window_codecs_.push_back(std::move(w).value());
         }
@@ -242,8 +244,8 @@ Result<int> KvCache::AppendSlot(int seq) {
 }
 
 void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const float* v) {
-  k_codec(layer, head).EncodeRow(k, KRow(seq, layer, head, pos));
-  if (shape_.v_dim > 0) v_codec(layer, head).EncodeRow(v, VRow(seq, layer, head, pos));
+  k_codec(layer, head).EncodeRow(k, KRow(seq, layer, head, pos), pos);
+  if (shape_.v_dim > 0) v_codec(layer, head).EncodeRow(v, VRow(seq, layer, head, pos), pos);
   Sequence& s = seqs_[seq];
   if (pos < sink_tokens_) {
     f16_codecs_[0].EncodeRow(k, SinkK(s.pages[0], layer, head) + pos * f16_codecs_[0].row_bytes());
@@ -252,9 +254,9 @@ void KvCache::Store(int seq, int layer, int head, int pos, const float* k, const
   if (window_tokens_ > 0) {
     const size_t slot = static_cast<size_t>(pos % s.window_slots);
     window_k_codec(layer, head)
-        .EncodeRow(k, s.window.data() + WindowKOffset(s.window_slots, layer, head) + slot * window_k_bytes_);
+        .EncodeRow(k, s.window.data() + WindowKOffset(s.window_slots, layer, head) + slot * window_k_bytes_, pos);
     window_v_codec(layer, head)
-        .EncodeRow(v, s.window.data() + WindowVOffset(s.window_slots, layer, head) + slot * window_v_bytes_);
+        .EncodeRow(v, s.window.data() + WindowVOffset(s.window_slots, layer, head) + slot * window_v_bytes_, pos);
     if (layer == shape_.n_layer - 1 && head == shape_.n_head_kv - 1) {
       std::atomic_ref<int> stored(s.stored);
       int seen = stored.load(std::memory_order_relaxed);
@@ -332,7 +334,7 @@ int KvCache::Parts(int seq, int layer, int head, int n_tokens, int begin, int en
   const size_t k16 = f16_codecs_.empty() ? 0 : f16_codecs_[0].row_bytes();
   const size_t v16 = f16_codecs_.empty() ? 0 : f16_codecs_[1].row_bytes();
   if (const int b = std::max(0, begin), e = std::min(sink, end); b < e) {
-    *sink_span = {SinkK(s.pages[0], layer, head) + b * k16, SinkV(s.pages[0], layer, head) + b * v16, e - b};
+    *sink_span = {SinkK(s.pages[0], layer, head) + b * k16, SinkV(s.pages[0], layer, head) + b * v16, e - b, b};
     parts[n_parts++] = {&f16_codecs_[0], &f16_codecs_[1], {sink_span, 1}};
   }
   spans->clear();
@@ -346,8 +348,8 @@ int KvCache::Parts(int seq, int layer, int head, int n_tokens, int begin, int en
     const uint8_t* v = s.window.data() + WindowVOffset(s.window_slots, layer, head);
     const int first = b % s.window_slots, count = e - b;
     const int run = std::min(count, s.window_slots - first);
-    window_spans[0] = {k + first * window_k_bytes_, v + first * window_v_bytes_, run};
-    window_spans[1] = {k, v, count - run};
+    window_spans[0] = {k + first * window_k_bytes_, v + first * window_v_bytes_, run, b};
+    window_spans[1] = {k, v, count - run, b + run};
     parts[n_parts++] = {&window_k_codec(layer, head), &window_v_codec(layer, head), {window_spans, 2}};
   }
   return n_parts;
@@ -409,7 +411,7 @@ void KvCache::AppendSpans(int seq, int layer, int head, int begin, int end,
     const int in_page = pos % kPageTokens;
     const int n = std::min(kPageTokens - in_page, end - pos);
     const uint8_t* page = pages_[s.pages[pos / kPageTokens]].get();
-    spans->push_back({page + k_off + in_page * k_row_bytes_, page + v_off + in_page * v_row_bytes_, n});
+    spans->push_back({page + k_off + in_page * k_row_bytes_, page + v_off + in_page * v_row_bytes_, n, pos});
     pos += n;
   }
 }

@@ -1,6 +1,7 @@
 // The calibration text, its prefill on an f16 cache, and the statistics of its rows and queries.
 #include "inference/kv_calibration.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <mutex>
@@ -58,23 +59,76 @@ theorem sum_range_id (n : ℕ) : ∑ i ∈ range n, i = n * (n - 1) / 2 := by
 constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
 constexpr double kValueWeightPower = 0.2;  // b
 
-// One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec): writes their mean to
-// center[0..dim) and returns the per-channel sums of squares about it.
+// One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec), less the rotating
+// center at each row's position: writes their mean to center[0..dim) and returns the per-channel sums of squares
+// about it.
 std::vector<double> RowMoments(const kvquant::RowCodec& codec, const std::function<const uint8_t*(int)>& row_at, int n,
-                               float* center) {
+                               std::span<const kvquant::RotatingCenter> rotating, float* center) {
   const int dim = codec.dim();
   std::vector<double> sum(dim, 0.0), energy(dim, 0.0);
   std::vector<float> row(dim);
-  for (int pos = 1; pos < n; ++pos) {
+  auto decode = [&](int pos) {
     codec.DecodeRow(row_at(pos), row.data());
+    for (const kvquant::RotatingCenter& p : rotating) {
+      float ua, ub;
+      kvquant::RotatingCenterAt(p, pos, &ua, &ub);
+      row[p.a] -= ua;
+      row[p.b] -= ub;
+    }
+  };
+  for (int pos = 1; pos < n; ++pos) {
+    decode(pos);
     for (int c = 0; c < dim; ++c) sum[c] += row[c];
   }
   for (int c = 0; c < dim; ++c) center[c] = static_cast<float>(sum[c] / (n - 1));
   for (int pos = 1; pos < n; ++pos) {
-    codec.DecodeRow(row_at(pos), row.data());
+    decode(pos);
     for (int c = 0; c < dim; ++c) energy[c] += (static_cast<double>(row[c]) - center[c]) * (row[c] - center[c]);
   }
   return energy;
+}
+
+// The key rows' RoPE pairs with a constant offset before RoPE (kv_calibration.h, "Rotating centers"): for each pair,
+// the mean of the rows turned back by their positions' angles; pairs whose offset is at least kRotatingShare of the
+// rows' energy about their means, largest first, at most kMaxRotatingPairs.
+constexpr double kRotatingShare = 0.01;
+constexpr int kMaxRotatingPairs = 8;
+std::vector<kvquant::RotatingCenter> KeyRotatingCenter(const Model& model, const kvquant::RowCodec& codec,
+                                                       const std::function<const uint8_t*(int)>& row_at, int n) {
+  const ModelConfig& cfg = model.config();
+  const std::span<const float> theta = model.rope_inv_freq();
+  const int n_pairs = static_cast<int>(theta.size()), dim = codec.dim();
+  std::vector<kvquant::RotatingCenter> pairs(n_pairs);
+  for (int j = 0; j < n_pairs; ++j) {
+    const bool adjacent = cfg.rope_style == RopeStyle::kAdjacentPairs;
+    pairs[j] = {adjacent ? 2 * j : j, adjacent ? 2 * j + 1 : j + cfg.n_rot / 2, theta[j], 0.0f, 0.0f};
+  }
+  std::vector<double> sa(n_pairs, 0.0), sb(n_pairs, 0.0), sum(dim, 0.0), sq(dim, 0.0);
+  std::vector<float> row(dim);
+  for (int pos = 1; pos < n; ++pos) {
+    codec.DecodeRow(row_at(pos), row.data());
+    for (int c = 0; c < dim; ++c) sum[c] += row[c], sq[c] += static_cast<double>(row[c]) * row[c];
+    for (int j = 0; j < n_pairs; ++j) {  // R(-pos·theta)·(x_a, x_b)
+      const double angle = static_cast<double>(pos) * theta[j], c = std::cos(angle), s = std::sin(angle);
+      const double xa = row[pairs[j].a], xb = row[pairs[j].b];
+      sa[j] += xa * c + xb * s;
+      sb[j] += -xa * s + xb * c;
+    }
+  }
+  const double count = n - 1;
+  double spread = 0;  // Σ_c E[(x_c - mean_c)²]: the rows' energy about their plain means
+  for (int c = 0; c < dim; ++c) spread += sq[c] / count - (sum[c] / count) * (sum[c] / count);
+  for (int j = 0; j < n_pairs; ++j) {
+    pairs[j].ca = static_cast<float>(sa[j] / count);
+    pairs[j].cb = static_cast<float>(sb[j] / count);
+  }
+  auto offset = [](const kvquant::RotatingCenter& p) { return static_cast<double>(p.ca) * p.ca + p.cb * p.cb; };
+  std::sort(pairs.begin(), pairs.end(), [&](const auto& x, const auto& y) { return offset(x) > offset(y); });
+  size_t keep = 0;
+  while (keep < pairs.size() && static_cast<int>(keep) < kMaxRotatingPairs && offset(pairs[keep]) >= kRotatingShare * spread)
+    ++keep;
+  pairs.resize(keep);
+  return pairs;
 }
 
 // w_c = (want_c / have_c)^power over the channels, both normalized to sum 1 (and floored at 1e-4 of the mean, so
@@ -154,6 +208,7 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
     cal->k_weights.resize(heads * shape.k_dim);
     cal->v_weights.resize(heads * shape.v_dim);
   }
+  cal->k_rotating_center.resize(heads);
   const ModelConfig& cfg = model.config();
   const int group = cfg.n_head / cfg.n_head_kv;  // query heads head * group .. head * group + group - 1 read KV head
   for (int layer = 0; layer < shape.n_layer; ++layer) {
@@ -163,12 +218,14 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
     }
     for (int head = 0; head < shape.n_head_kv; ++head) {
       const size_t h = static_cast<size_t>(layer) * shape.n_head_kv + head;
+      const auto k_row = [&](int pos) { return cache.KRow(seq, layer, head, pos); };
+      if (weights) cal->k_rotating_center[h] = KeyRotatingCenter(model, cache.k_codec(layer, head), k_row, n);
       const std::vector<double> k_energy =
-          RowMoments(cache.k_codec(layer, head), [&](int pos) { return cache.KRow(seq, layer, head, pos); }, n,
+          RowMoments(cache.k_codec(layer, head), k_row, n, cal->KRotatingCenter(layer, head),
                      &cal->k_center[h * shape.k_dim]);
       if (shape.v_dim == 0) continue;
       const std::vector<double> v_energy =
-          RowMoments(cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); }, n,
+          RowMoments(cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); }, n, {},
                      &cal->v_center[h * shape.v_dim]);
       if (!weights) continue;
       const std::vector<double> q(q_energy.begin() + h * shape.k_dim, q_energy.begin() + (h + 1) * shape.k_dim);

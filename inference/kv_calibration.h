@@ -7,6 +7,14 @@
 // (kvquant::Attend adds mu_V to its output once). So any center is correct; a good one (the channel means) leaves
 // small, zero-mean rows.
 //
+// Rotating centers (kvquant.h). Keys are stored after RoPE, which turns each channel pair by an angle that grows with
+// the position: a pair with a constant offset c before RoPE carries R(pos)·c after it. A fixed center cannot remove
+// that, and the mean of such a pair over a context depends on the context's length (measured on the default model:
+// centers from the 567 calibration positions removed little of it at 2048). So for the key pairs whose offset
+// before RoPE is large (at least 1% of the rows' spread, the 8 largest at most), the rows are stored less R(pos)·c,
+// with c the mean of the calibration rows turned back by their angles; attention adds q·R(pos)·c back per row. The
+// fixed center is then the mean of what remains.
+//
 // Weights (kvquant.h, "Channel weights"). Rows are stored as (x - mu) * w and attention undoes w exactly, so the
 // weights only decide where a format's rounding error lands. A rotating format spreads it evenly over the stored
 // channels; the error that matters is the key error along the queries and the value error along the output
@@ -43,12 +51,18 @@ struct KvCalibration {
   std::vector<float> k_center, v_center;
   // Same layout; empty: no weights.
   std::vector<float> k_weights, v_weights;
+  // [layer * n_head_kv + head]: the key rows' rotating center (empty: none), or empty for all.
+  std::vector<std::vector<kvquant::RotatingCenter>> k_rotating_center;
 
   std::span<const float> KCenter(int layer, int head) const { return Slice(k_center, shape.k_dim, layer, head); }
   std::span<const float> VCenter(int layer, int head) const { return Slice(v_center, shape.v_dim, layer, head); }
   // Empty spans when there are no weights.
   std::span<const float> KWeights(int layer, int head) const { return Slice(k_weights, shape.k_dim, layer, head); }
   std::span<const float> VWeights(int layer, int head) const { return Slice(v_weights, shape.v_dim, layer, head); }
+  std::span<const kvquant::RotatingCenter> KRotatingCenter(int layer, int head) const {
+    if (k_rotating_center.empty()) return {};
+    return k_rotating_center[static_cast<size_t>(layer) * shape.n_head_kv + head];
+  }
 
  private:
   std::span<const float> Slice(const std::vector<float>& v, int dim, int layer, int head) const {

@@ -145,7 +145,7 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
       RopeAdjacentPairs(qh + nope, cos_sin.data(), rope);
       for (int d = 0; d < hd; ++d) qh[d] *= temperature;
     }
-    cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]));
+    cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]), pos[i]);
   }
 
   // Absorb k_b into the query: q_abs[i][h] = [k_b_hᵀ q_nope | q_rope], against the stored [latent | k_rope] rows.

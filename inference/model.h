@@ -120,6 +120,8 @@ class Model {
   static Result<std::unique_ptr<Model>> Load(const std::string& path);
 
   const ModelConfig& config() const { return config_; }
+  // RoPE's angle per position of each of the n_rot / 2 rotated pairs (radians).
+  std::span<const float> rope_inv_freq() const { return rope_inv_freq_; }
   const GgufFile& gguf() const { return gguf_; }
   // The shape a KvCache for this model must have.
   KvShape kv_shape() const;

@@ -15,15 +15,49 @@ namespace {
 
 constexpr int kChunkRows = 64;  // rows scored before their softmax weights are applied to V
 
-// A contiguous run of rows from one span.
+// A contiguous run of rows from one span, the first at position pos.
 struct Piece {
   const uint8_t* k;
   const uint8_t* v;
   int n_rows;
+  int pos;
 };
 
-void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, int n_q,
-             std::span<const Piece> pieces, AttentionState& st) {
+// Adds to the scores s[i * n + t] of n rows at positions pos.. what the key codec's rotating center took off them:
+// scale·q_i·u(pos + t). ab: per query and pair, scale·(q_a c_a + q_b c_b) and scale·(q_b c_a - q_a c_b), so that the
+// term is Σ_pairs ab_0 cos(angle) + ab_1 sin(angle). The angles advance by one rotation per row (in double, from the
+// exact angle at pos).
+void AddRotatingCenter(std::span<const RotatingCenter> pairs, const float* ab, int n_q, int pos, int n, float* s) {
+  constexpr int kBatch = 16;  // pairs advanced together (independent recurrences)
+  const int n_pairs = static_cast<int>(pairs.size());
+  for (int p0 = 0; p0 < n_pairs; p0 += kBatch) {
+    const int m = std::min(kBatch, n_pairs - p0);
+    double c[kBatch], sn[kBatch], step_c[kBatch], step_s[kBatch];
+    for (int p = 0; p < m; ++p) {
+      const double theta = pairs[p0 + p].theta;
+      c[p] = std::cos(static_cast<double>(pos) * theta);
+      sn[p] = std::sin(static_cast<double>(pos) * theta);
+      step_c[p] = std::cos(theta);
+      step_s[p] = std::sin(theta);
+    }
+    for (int t = 0; t < n; ++t) {
+      for (int i = 0; i < n_q; ++i) {
+        const float* f = &ab[(static_cast<size_t>(i) * n_pairs + p0) * 2];
+        double sum = 0;
+        for (int p = 0; p < m; ++p) sum += f[2 * p] * c[p] + f[2 * p + 1] * sn[p];
+        s[i * n + t] += static_cast<float>(sum);
+      }
+      for (int p = 0; p < m; ++p) {
+        const double c_next = c[p] * step_c[p] - sn[p] * step_s[p];
+        sn[p] = sn[p] * step_c[p] + c[p] * step_s[p];
+        c[p] = c_next;
+      }
+    }
+  }
+}
+
+void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, const float* ab,
+             int n_q, std::span<const Piece> pieces, AttentionState& st) {
   float scores[kChunkRows * 64];
   std::vector<float> big;
   float* s = scores;
@@ -35,6 +69,7 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
     for (int t0 = 0; t0 < pc.n_rows; t0 += kChunkRows) {
       const int n = std::min(kChunkRows, pc.n_rows - t0);
       kn.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, qr, n_q, s);
+      if (!k.rotating_center().empty()) AddRotatingCenter(k.rotating_center(), ab, n_q, pc.pos + t0, n, s);
       for (int i = 0; i < n_q; ++i) {
         float* si = s + i * n;
         float mx = st.m[i];
@@ -139,7 +174,7 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
                                " or a null row pointer; expected n_rows >= 0 and rows for K" +
                                (shared ? "" : " and V"));
       if (sp.n_rows == 0) continue;
-      job.pieces.push_back({sp.k, shared ? sp.k : sp.v, sp.n_rows});
+      job.pieces.push_back({sp.k, shared ? sp.k : sp.v, sp.n_rows, sp.pos});
       total += sp.n_rows;
     }
     if (!job.pieces.empty()) jobs.push_back(std::move(job));
@@ -149,14 +184,22 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
                            " parts, 0 rows); expected at least one row");
 
   // Per part: the queries divided by its key weights and rotated into its K domain with the softmax scale folded
-  // in, and the shift scale·q·mu_K that its key center took off every score.
+  // in, the shift scale·q·mu_K that its key center took off every score, and the coefficients of what its rotating
+  // center took off (AddRotatingCenter).
   std::vector<std::vector<float>> qr(parts.size());
   std::vector<std::vector<float>> shift(parts.size());
+  std::vector<std::vector<float>> ab(parts.size());
   for (size_t p = 0; p < parts.size(); ++p) {
     const RowCodec& k = *parts[p].k;
     qr[p].resize(static_cast<size_t>(n_q) * kdim);
     shift[p].assign(n_q, 0.0f);
+    const std::span<const RotatingCenter> pairs = k.rotating_center();
     for (int i = 0; i < n_q; ++i) {
+      for (const RotatingCenter& c : pairs) {
+        const float qa = q[i * kdim + c.a], qb = q[i * kdim + c.b];
+        ab[p].push_back(scale * (qa * c.ca + qb * c.cb));
+        ab[p].push_back(scale * (qb * c.ca - qa * c.cb));
+      }
       if (k.weights().empty()) {
         k.rotation().Apply(q + i * kdim, &qr[p][i * kdim]);
       } else {  // q / w, then rotated
@@ -185,7 +228,7 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
         for (int t = 0; t < pc.n_rows;) {
           const int take = std::min(pc.n_rows - t, (pos / per + 1) * per - pos);
           if (split.empty() || split.back().part != job.part || pos % per == 0) split.push_back({job.part, {}});
-          split.back().pieces.push_back({pc.k + t * k_bytes, pc.v + t * v_bytes, take});
+          split.back().pieces.push_back({pc.k + t * k_bytes, pc.v + t * v_bytes, take, pc.pos + t});
           t += take;
           pos += take;
         }
@@ -199,7 +242,7 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
     const CodedSpans& part = parts[jobs[j].part];
     const RowCodec& v = shared ? *part.k : *part.v;
     AttentionState& st = partial[j];
-    Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), n_q, jobs[j].pieces, st);
+    Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), ab[jobs[j].part].data(), n_q, jobs[j].pieces, st);
     // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of
     // shared rows' center) added with weight l (Σ p = 1 within the part), the key center's shift given back to the
     // running max.

@@ -42,12 +42,12 @@ void AttendReference(std::span<const CodedSpans> parts, int shared_v_dim, const 
     assert(k.dim() == k_dim && (shared || part.v->dim() == v_dim));
     for (const RowSpan& sp : part.spans) {
       for (int t = 0; t < sp.n_rows; ++t, ++n) {
-        k.DecodeRow(sp.k + t * k.row_bytes(), row.data());
+        k.DecodeRow(sp.k + t * k.row_bytes(), row.data(), sp.pos + t);
         kr.insert(kr.end(), row.begin(), row.end());
         if (shared) {
           vr.insert(vr.end(), row.begin(), row.begin() + v_dim);
         } else {
-          part.v->DecodeRow(sp.v + t * part.v->row_bytes(), vrow.data());
+          part.v->DecodeRow(sp.v + t * part.v->row_bytes(), vrow.data(), sp.pos + t);
           vr.insert(vr.end(), vrow.begin(), vrow.end());
         }
       }

@@ -345,10 +345,39 @@ Status RowCodec::SetWeights(std::span<const float> weights) {
   return Status::Ok();
 }
 
-void RowCodec::EncodeRow(const float* x, uint8_t* dst) const {
+Status RowCodec::SetRotatingCenter(std::span<const RotatingCenter> pairs) {
+  std::vector<bool> used(dim_, false);
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const RotatingCenter& p = pairs[i];
+    const bool in_range = p.a >= 0 && p.a < dim_ && p.b >= 0 && p.b < dim_ && p.a != p.b;
+    if (!in_range || used[p.a] || used[p.b] || !std::isfinite(p.theta) || !std::isfinite(p.ca) ||
+        !std::isfinite(p.cb))
+      return InvalidArgument("KV format " + std::string(info_.name) + ": rotating center pair " + std::to_string(i) +
+                             " (channels " + std::to_string(p.a) + ", " + std::to_string(p.b) +
+                             "); expected two distinct channels below " + std::to_string(dim_) +
+                             ", in no other pair, and finite values");
+    used[p.a] = used[p.b] = true;
+  }
+  rotating_.assign(pairs.begin(), pairs.end());
+  return Status::Ok();
+}
+
+void RotatingCenterAt(const RotatingCenter& p, int pos, float* ua, float* ub) {
+  const double angle = static_cast<double>(pos) * p.theta, c = std::cos(angle), s = std::sin(angle);
+  *ua = static_cast<float>(p.ca * c - p.cb * s);
+  *ub = static_cast<float>(p.ca * s + p.cb * c);
+}
+
+void RowCodec::EncodeRow(const float* x, uint8_t* dst, int pos) const {
   float centered[kMaxDim];
-  if (!center_.empty() || !weights_.empty()) {
+  if (!center_.empty() || !weights_.empty() || !rotating_.empty()) {
     for (int i = 0; i < dim_; ++i) centered[i] = center_.empty() ? x[i] : x[i] - center_[i];
+    for (const RotatingCenter& p : rotating_) {
+      float ua, ub;
+      RotatingCenterAt(p, pos, &ua, &ub);
+      centered[p.a] -= ua;
+      centered[p.b] -= ub;
+    }
     for (size_t i = 0; i < weights_.size(); ++i) centered[i] *= weights_[i];
     x = centered;
   }
@@ -377,11 +406,17 @@ void RowCodec::DecodeRowRotated(const uint8_t* src, float* y) const {
   for (const BlockLayout& b : blocks_) DecodeBlock(b, src + b.offset, y + b.begin);
 }
 
-void RowCodec::DecodeRow(const uint8_t* src, float* x) const {
+void RowCodec::DecodeRow(const uint8_t* src, float* x, int pos) const {
   DecodeRowRotated(src, x);
   rotation_.Invert(x, x);
   for (size_t i = 0; i < weights_.size(); ++i) x[i] /= weights_[i];
   for (size_t i = 0; i < center_.size(); ++i) x[i] += center_[i];
+  for (const RotatingCenter& p : rotating_) {
+    float ua, ub;
+    RotatingCenterAt(p, pos, &ua, &ub);
+    x[p.a] += ua;
+    x[p.b] += ub;
+  }
 }
 
 }  // namespace lr::kvquant

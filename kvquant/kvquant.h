@@ -40,6 +40,14 @@
 //   so the score error q·e is smallest when channels that carry large query components are stored large relative to
 //   the others: w_c = (E[q_c²] / E[k_c²])^(1/4) minimizes E[(q·e)²] for a fixed total error (Cauchy-Schwarz);
 //   inference/kv_calibration.h measures them.
+// Rotating centers: a codec may also hold pairs of channels (a, b) whose center turns with the row's position pos:
+//   (u_a, u_b) = (c_a cos(pos·theta) - c_b sin(pos·theta), c_a sin(pos·theta) + c_b cos(pos·theta))
+//   (RowCodec::SetRotatingCenter), subtracted by EncodeRow after the fixed center and added back by DecodeRow. This
+//   is RoPE's rotation: a key channel pair with a constant offset c before RoPE carries R(pos)·c after it, so no
+//   fixed center removes it, and the mean of such a pair over a context depends on the context's length. Attention
+//   adds scale·q·u(pos) back to every row's score (the rows carry their positions, RowSpan::pos), so it is exact
+//   like the fixed center; the cost is a few multiply-adds per row and pair. inference/kv_calibration.h gives the
+//   model's pairs.
 // Rounding rules:
 //   least squares: codes start at the nearest levels for d = block RMS; then, twice over the block, each code may move
 //     to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²); the final
@@ -57,9 +65,10 @@
 //   docs/ARCHITECTURE.md (kvquant) lists the candidates measured and why this one was kept.
 //
 // Row shapes: dim must be a multiple of 32 (any dim from 1 to 4096 for f16), and of 64 for hx3. In formats with
-// 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso keep one code
-// run of the block's length; hx3's short block of n elements has n/2 - 16 four-bit codes and the rest three-bit,
-// which keeps it at 3.5 bits (a 64-wide head: 16 + 48). RowCodec::row_bytes() is the exact size of one row.
+// 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso keep one
+// code run of the block's length; hx3's short block of n elements has n/2 - 16
+// four-bit codes and the rest three-bit, which keeps it at 3.5 bits (a 64-wide head: 16 + 48). RowCodec::row_bytes()
+// is the exact size of one row.
 //
 // Code runs (n codes, n a multiple of 16) are packed in 16- or 32-code pieces, so that a 512-bit register unpacks
 // 16 codes with a few shifts. 8-bit: byte j = code j. 4-bit: per group of 32 codes, 16 bytes, byte j holding code j
@@ -103,6 +112,15 @@ struct CodeRun {
   int count;             // codes in this run, a multiple of 16
   const float* levels;   // 2^bits levels indexed by code (zero-padded to 16 floats when bits <= 4)
 };
+// A channel pair whose center turns with the row's position (see "Rotating centers" above).
+struct RotatingCenter {
+  int a, b;     // channels, distinct, < dim
+  float theta;  // radians per position
+  float ca, cb; // the center at position 0
+};
+// The pair's center at position pos: (ua, ub) = R(pos·theta)·(ca, cb).
+void RotatingCenterAt(const RotatingCenter& p, int pos, float* ua, float* ub);
+
 struct BlockLayout {
   int begin;             // first element of the row in this block
   int size;              // elements in this block
@@ -136,11 +154,18 @@ class RowCodec {
   Status SetWeights(std::span<const float> weights);
   // The weights, empty when none (all 1).
   std::span<const float> weights() const { return weights_; }
+  // Sets the rotating center (see "Rotating centers" above); an empty span removes it. Rows encoded before the call
+  // decode wrongly after it. kInvalidArgument for a channel out of range, a pair of one channel, a channel in two
+  // pairs or a value that is not finite.
+  Status SetRotatingCenter(std::span<const RotatingCenter> pairs);
+  std::span<const RotatingCenter> rotating_center() const { return rotating_; }
 
-  // Append path: encodes one token's row of dim() floats (minus the center) into row_bytes() bytes at dst.
-  void EncodeRow(const float* x, uint8_t* dst) const;
-  // Reconstructs the row (rotated back, center added). For tests, evaluation and debugging; attention never calls it.
-  void DecodeRow(const uint8_t* src, float* x) const;
+  // Append path: encodes one token's row of dim() floats (minus the centers) into row_bytes() bytes at dst. pos: the
+  // row's position in its sequence, used by the rotating center only.
+  void EncodeRow(const float* x, uint8_t* dst, int pos = 0) const;
+  // Reconstructs the row (rotated back, centers added). For tests, evaluation and debugging; attention never calls
+  // it.
+  void DecodeRow(const uint8_t* src, float* x, int pos = 0) const;
   // Reconstructs the centered row in the rotated domain (no inverse rotation, no center): what attention scores
   // against.
   void DecodeRowRotated(const uint8_t* src, float* y) const;
@@ -156,13 +181,16 @@ class RowCodec {
   std::vector<BlockLayout> blocks_;  // empty for f16
   std::vector<float> center_;        // dim_ values, or empty
   std::vector<float> weights_;       // dim_ values, or empty
+  std::vector<RotatingCenter> rotating_;
 };
 
-// A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each.
+// A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each; pos is the
+// position of the first (read only by codecs with a rotating center).
 struct RowSpan {
   const uint8_t* k;
   const uint8_t* v;
   int n_rows;
+  int pos = 0;
 };
 
 // Rows of one KV head stored with one pair of codecs: one part of a range that AttendMixed reads.

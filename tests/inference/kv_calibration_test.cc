@@ -100,6 +100,41 @@ TEST_F(KvCalibrationTest, CentersAreDeterministicAndShaped) {
   EXPECT_EQ((*again)->v_center, cal_->v_center);
   EXPECT_EQ((*again)->k_weights, cal_->k_weights);
   EXPECT_EQ((*again)->v_weights, cal_->v_weights);
+  ASSERT_EQ((*again)->k_rotating_center.size(), cal_->k_rotating_center.size());
+  for (size_t h = 0; h < cal_->k_rotating_center.size(); ++h) {
+    const auto& a = (*again)->k_rotating_center[h];
+    const auto& b = cal_->k_rotating_center[h];
+    ASSERT_EQ(a.size(), b.size()) << h;
+    for (size_t p = 0; p < a.size(); ++p)
+      EXPECT_TRUE(a[p].a == b[p].a && a[p].b == b[p].b && a[p].theta == b[p].theta && a[p].ca == b[p].ca &&
+                  a[p].cb == b[p].cb)
+          << h << " " << p;
+  }
+}
+
+// Rotating centers: per (layer, head) at most 8 RoPE pairs of the model's layout (SmolLM2: adjacent channels 2j,
+// 2j + 1 turning at rope_inv_freq[j]), largest offsets first; the default model has offsets before RoPE in every head.
+TEST_F(KvCalibrationTest, RotatingCentersAreTheModelsRopePairs) {
+  const KvShape shape = model_->kv_shape();
+  ASSERT_EQ(cal_->k_rotating_center.size(), static_cast<size_t>(shape.n_layer) * shape.n_head_kv);
+  ASSERT_EQ(model_->config().rope_style, RopeStyle::kAdjacentPairs);
+  const std::span<const float> theta = model_->rope_inv_freq();
+  for (int layer = 0; layer < shape.n_layer; ++layer) {
+    for (int head = 0; head < shape.n_head_kv; ++head) {
+      const std::span<const kvquant::RotatingCenter> pairs = cal_->KRotatingCenter(layer, head);
+      EXPECT_GE(pairs.size(), 1u) << "layer " << layer << " head " << head;
+      EXPECT_LE(pairs.size(), 8u) << "layer " << layer << " head " << head;
+      double last = INFINITY;
+      for (const kvquant::RotatingCenter& p : pairs) {
+        ASSERT_EQ(p.a % 2, 0);
+        ASSERT_EQ(p.b, p.a + 1);
+        EXPECT_EQ(p.theta, theta[p.a / 2]);
+        const double offset = static_cast<double>(p.ca) * p.ca + static_cast<double>(p.cb) * p.cb;
+        EXPECT_LE(offset, last);
+        last = offset;
+      }
+    }
+  }
 }
 
 TEST_F(KvCalibrationTest, F16CacheIsUnchangedAndShapeMismatchIsRefused) {

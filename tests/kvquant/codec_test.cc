@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -212,6 +213,39 @@ TEST(Weights, BadWeightsAreClearErrorsAndDecodeUndoesThem) {
   for (int j = 0; j < 64; ++j) EXPECT_NEAR(back[j], 1.0f, 0.5f * 8.0f / 127.0f / w[j] + 1e-6f) << j;
   ASSERT_TRUE(codec->SetWeights({}).ok());
   EXPECT_TRUE(codec->weights().empty());
+}
+
+// Bad rotating centers are refused naming the pair and change nothing; a row equal to the rotating center at its
+// position is stored as zeros and decodes to that center (at that position only).
+TEST(RotatingCenter, BadPairsAreClearErrorsAndDecodeAddsTheCenterAtThePosition) {
+  auto codec = RowCodec::Create("q8_0", 64, 1, 0, 0);
+  ASSERT_TRUE(codec.ok());
+  const RotatingCenter good{4, 5, 0.3f, 2.0f, -1.0f};
+  for (const RotatingCenter& bad : {RotatingCenter{4, 4, 0.3f, 1, 1}, RotatingCenter{-1, 5, 0.3f, 1, 1},
+                                    RotatingCenter{4, 64, 0.3f, 1, 1}, RotatingCenter{6, 7, NAN, 1, 1},
+                                    RotatingCenter{6, 7, 0.1f, INFINITY, 1}, RotatingCenter{5, 9, 0.1f, 1, 1}}) {
+    const RotatingCenter pairs[] = {good, bad};
+    const Status s = codec->SetRotatingCenter(pairs);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad.a << " " << bad.b;
+    EXPECT_NE(s.message().find("rotating center pair 1"), std::string::npos) << s.message();
+  }
+  EXPECT_TRUE(codec->rotating_center().empty());
+  ASSERT_TRUE(codec->SetRotatingCenter({&good, 1}).ok());
+  std::vector<float> x(64, 0.0f), back(64);
+  float ua, ub;
+  RotatingCenterAt(good, 1234, &ua, &ub);
+  EXPECT_NEAR(ua * ua + ub * ub, 5.0f, 1e-4f);  // a rotation keeps the length
+  x[4] = ua, x[5] = ub;
+  std::vector<uint8_t> row(codec->row_bytes());
+  codec->EncodeRow(x.data(), row.data(), 1234);
+  EXPECT_TRUE(std::all_of(row.begin(), row.end(), [](uint8_t b) { return b == 0; }));
+  codec->DecodeRow(row.data(), back.data(), 1234);
+  for (int j = 0; j < 64; ++j) EXPECT_NEAR(back[j], x[j], 1e-6f) << j;
+  codec->DecodeRow(row.data(), back.data(), 0);  // at position 0 the center is (2, -1)
+  EXPECT_NEAR(back[4], 2.0f, 1e-6f);
+  EXPECT_NEAR(back[5], -1.0f, 1e-6f);
+  ASSERT_TRUE(codec->SetRotatingCenter({}).ok());
+  EXPECT_TRUE(codec->rotating_center().empty());
 }
 
 TEST(Center, WrongSizeIsAClearErrorAndEmptyRemovesIt) {
