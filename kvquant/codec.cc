@@ -54,6 +54,8 @@ constexpr FormatSpec kFormats[] = {
      RotationKind::kQuaternion, Scale::kNorm, 1, {{4, 128, Levels::kLm4}}},
     {{"hx3", 128, 56, 3.5, "ours: Hadamard + 48x4-bit/80x3-bit Lloyd-Max per 128, descent, dot-preserving scale"},
      RotationKind::kHadamard, Scale::kSelfDot, 2, {{4, 48, Levels::kLm4}, {3, 80, Levels::kLm3}}},
+    {{"hx3s", 128, 50, 3.125, "hx3's block with 3-bit codes only: Hadamard + 3-bit Lloyd-Max per 128, as hx3"},
+     RotationKind::kHadamard, Scale::kSelfDot, 1, {{3, 128, Levels::kLm3}}},
 };
 constexpr int kNumFormats = sizeof(kFormats) / sizeof(kFormats[0]);
 constexpr int kMaxDim = 4096;

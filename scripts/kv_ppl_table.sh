@@ -12,13 +12,14 @@ cd "$(dirname "$0")/.."
 bin=${1:-build/leanrotor}
 ctx=${2:-2048}
 shift $(( $# < 2 ? $# : 2 ))
-formats=(f16 q8_0 q4_0 q4_0h tq4 planar4 iso4 tq3 hx3 planar3 iso3 tq2)
+formats=(f16 q8_0 q4_0 q4_0h tq4 planar4 iso4 tq3 hx3 hx3s planar3 iso3 tq2)
 # K V sinks window window-format
 rows=("q8_0 q8_0 0 $ctx f16"
       "q8_0 hx3 0 0 f16" "q8_0 tq3 0 0 f16" "q8_0 tq2 0 0 f16" "tq4 hx3 0 0 f16" "hx3 tq4 0 0 f16"
       "tq4 tq4 4 0 f16" "hx3 hx3 1 0 f16"
       "q4_0h q4_0h 4 32 f16" "tq4 tq4 4 32 f16" "tq4 tq4 4 64 f16" "tq4 tq4 4 128 q8_0" "tq4 tq4 4 256 q8_0"
-      "hx3 hx3 1 15 f16" "hx3 hx3 1 32 f16" "hx3 tq2 1 63 f16" "hx3 tq2 1 120 q8_0" "hx3 iso3 1 15 f16")
+      "hx3 hx3 1 15 f16" "hx3 hx3 1 32 f16" "hx3 tq2 1 63 f16" "hx3 tq2 1 119 q8_0" "hx3 iso3 1 15 f16"
+      "hx3 hx3s 1 15 f16" "hx3 hx3s 1 27 q8_0" "hx3s hx3s 1 58 q8_0")
 args=()
 for f in "${formats[@]}"; do args+=(--ctk "$f" --ctv "$f" --kv-sinks 0 --kv-window 0 --kv-window-format f16); done
 for r in "${rows[@]}"; do

@@ -4,18 +4,21 @@
 # every candidate checked by Lean. Where Lean is not installed it says so (nothing is claimed proved without Lean) and
 # shows what runs without it: the model runner on a Lean prompt with its compressed KV cache.
 #
-# Environment: CTK / CTV (KV-cache formats of keys / values, default hx3 / hx3), KV_SINKS / KV_WINDOW (the first and
-# the most recent positions also kept as f16 rows, default 1 / 32: on the default model most of a compressed cache's
-# loss is in the recent tokens, docs/RESULTS.md), K (attempts per theorem, default 4).
+# Environment: CTK / CTV (KV-cache formats of keys / values, default hx3 / hx3s), KV_SINKS (the first positions also
+# kept as f16 rows, default 1), KV_WINDOW / KV_WINDOW_FORMAT (the most recent positions also kept in that format,
+# default 27 / q8_0: on the default model most of a compressed cache's loss is in the recent tokens; the defaults are
+# the best measured configuration within 3.5 bits per value at context 2048, docs/RESULTS.md), K (attempts per
+# theorem, default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 
 ctk="${CTK:-hx3}"
-ctv="${CTV:-hx3}"
-kv=(--ctk "$ctk" --ctv "$ctv" --kv-sinks "${KV_SINKS:-1}" --kv-window "${KV_WINDOW:-32}")
-label="K $ctk / V $ctv, f16 sinks ${KV_SINKS:-1}, f16 window ${KV_WINDOW:-32}"
+ctv="${CTV:-hx3s}"
+sinks="${KV_SINKS:-1}" window="${KV_WINDOW:-27}" window_format="${KV_WINDOW_FORMAT:-q8_0}"
+kv=(--ctk "$ctk" --ctv "$ctv" --kv-sinks "$sinks" --kv-window "$window" --kv-window-format "$window_format")
+label="K $ctk / V $ctv, f16 sinks $sinks, $window_format window $window"
 k="${K:-4}"
 mkdir -p runs
 
