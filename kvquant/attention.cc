@@ -14,6 +14,7 @@ namespace lr::kvquant {
 namespace {
 
 constexpr int kChunkRows = 64;  // rows scored before their softmax weights are applied to V
+static_assert(kChunkRows <= RowCodec::kRotatingTableRows, "AddRotatingCenter turns chunks with the codec's table");
 
 // A contiguous run of rows from one span, the first at position pos.
 struct Piece {
@@ -23,35 +24,24 @@ struct Piece {
   int pos;
 };
 
-// Adds to the scores s[i * n + t] of n rows at positions pos.. what the key codec's rotating center took off them:
-// scale·q_i·u(pos + t). ab: per query and pair, scale·(q_a c_a + q_b c_b) and scale·(q_b c_a - q_a c_b), so that the
-// term is Σ_pairs ab_0 cos(angle) + ab_1 sin(angle). The angles advance by one rotation per row (in double, from the
-// exact angle at pos).
-void AddRotatingCenter(std::span<const RotatingCenter> pairs, const float* ab, int n_q, int pos, int n, float* s) {
-  constexpr int kBatch = 16;  // pairs advanced together (independent recurrences)
+// Adds to the scores s[i * n + t] of n <= kRotatingTableRows rows at positions pos.. what the key codec's rotating
+// center took off them: scale·q_i·u(pos + t). ab: per query and pair, a = scale·(q_a c_a + q_b c_b) and
+// b = scale·(q_b c_a - q_a c_b), so that the term is Σ_pairs a cos(x + y) + b sin(x + y) with x = pos·theta and
+// y = t·theta, i.e. (a cos x + b sin x) cos y + (b cos x - a sin x) sin y: one sin/cos per pair and chunk, the
+// codec's table for y.
+void AddRotatingCenter(const RowCodec& k, const float* ab, int n_q, int pos, int n, float* s) {
+  constexpr int kRows = RowCodec::kRotatingTableRows;
+  const std::span<const RotatingCenter> pairs = k.rotating_center();
   const int n_pairs = static_cast<int>(pairs.size());
-  for (int p0 = 0; p0 < n_pairs; p0 += kBatch) {
-    const int m = std::min(kBatch, n_pairs - p0);
-    double c[kBatch], sn[kBatch], step_c[kBatch], step_s[kBatch];
-    for (int p = 0; p < m; ++p) {
-      const double theta = pairs[p0 + p].theta;
-      c[p] = std::cos(static_cast<double>(pos) * theta);
-      sn[p] = std::sin(static_cast<double>(pos) * theta);
-      step_c[p] = std::cos(theta);
-      step_s[p] = std::sin(theta);
-    }
-    for (int t = 0; t < n; ++t) {
-      for (int i = 0; i < n_q; ++i) {
-        const float* f = &ab[(static_cast<size_t>(i) * n_pairs + p0) * 2];
-        double sum = 0;
-        for (int p = 0; p < m; ++p) sum += f[2 * p] * c[p] + f[2 * p + 1] * sn[p];
-        s[i * n + t] += static_cast<float>(sum);
-      }
-      for (int p = 0; p < m; ++p) {
-        const double c_next = c[p] * step_c[p] - sn[p] * step_s[p];
-        sn[p] = sn[p] * step_c[p] + c[p] * step_s[p];
-        c[p] = c_next;
-      }
+  for (int p = 0; p < n_pairs; ++p) {
+    const double x = static_cast<double>(pos) * pairs[p].theta, cx = std::cos(x), sx = std::sin(x);
+    const float* cos_y = &k.rotating_table()[static_cast<size_t>(2 * p) * kRows];
+    const float* sin_y = cos_y + kRows;
+    for (int i = 0; i < n_q; ++i) {
+      const float a = ab[(static_cast<size_t>(i) * n_pairs + p) * 2], b = ab[(static_cast<size_t>(i) * n_pairs + p) * 2 + 1];
+      const float ca = static_cast<float>(a * cx + b * sx), cb = static_cast<float>(b * cx - a * sx);
+      float* si = s + i * n;
+      for (int t = 0; t < n; ++t) si[t] += ca * cos_y[t] + cb * sin_y[t];
     }
   }
 }
@@ -69,7 +59,7 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
     for (int t0 = 0; t0 < pc.n_rows; t0 += kChunkRows) {
       const int n = std::min(kChunkRows, pc.n_rows - t0);
       kn.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, qr, n_q, s);
-      if (!k.rotating_center().empty()) AddRotatingCenter(k.rotating_center(), ab, n_q, pc.pos + t0, n, s);
+      if (!k.rotating_center().empty()) AddRotatingCenter(k, ab, n_q, pc.pos + t0, n, s);
       for (int i = 0; i < n_q; ++i) {
         float* si = s + i * n;
         float mx = st.m[i];

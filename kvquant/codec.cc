@@ -361,6 +361,14 @@ Status RowCodec::SetRotatingCenter(std::span<const RotatingCenter> pairs) {
     used[p.a] = used[p.b] = true;
   }
   rotating_.assign(pairs.begin(), pairs.end());
+  rotating_table_.assign(pairs.size() * 2 * kRotatingTableRows, 0.0f);
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    for (int t = 0; t < kRotatingTableRows; ++t) {
+      const double angle = static_cast<double>(t) * pairs[p].theta;
+      rotating_table_[(2 * p) * kRotatingTableRows + t] = static_cast<float>(std::cos(angle));
+      rotating_table_[(2 * p + 1) * kRotatingTableRows + t] = static_cast<float>(std::sin(angle));
+    }
+  }
   return Status::Ok();
 }
 

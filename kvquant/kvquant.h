@@ -161,6 +161,10 @@ class RowCodec {
   // pairs or a value that is not finite.
   Status SetRotatingCenter(std::span<const RotatingCenter> pairs);
   std::span<const RotatingCenter> rotating_center() const { return rotating_; }
+  // cos(t·theta) and sin(t·theta) of every pair for t < kRotatingTableRows, [pair][cos, sin][t]: attention turns each
+  // chunk of rows' correction from its first position with it (no sin/cos per row).
+  static constexpr int kRotatingTableRows = 64;
+  std::span<const float> rotating_table() const { return rotating_table_; }
 
   // Append path: encodes one token's row of dim() floats (minus the centers) into row_bytes() bytes at dst. pos: the
   // row's position in its sequence, used by the rotating center only.
@@ -184,6 +188,7 @@ class RowCodec {
   std::vector<float> center_;        // dim_ values, or empty
   std::vector<float> weights_;       // dim_ values, or empty
   std::vector<RotatingCenter> rotating_;
+  std::vector<float> rotating_table_;
 };
 
 // A run of consecutive compressed rows (one page of the paged cache). k and v point at n_rows rows each; pos is the
