@@ -7,6 +7,12 @@
 // is (ctk[i], ctv[i], sinks[i], window[i], window_format[i]), and a list given once applies to every run. The f16
 // reference of each window is then computed once for all runs, and one line (or JSON object) per run is printed: a
 // whole table of formats costs one f16 pass plus one pass per format.
+//
+// Uncertainty. Both runs score the same tokens, so the perplexity ratio's uncertainty is that of a paired mean:
+// ln(PPL_run / PPL_f16) is the mean over scored tokens of d_t = nll_run(t) - nll_f16(t), reported with its standard
+// error sd(d) / sqrt(N); the mean KL likewise. Tokens are treated as independent, which neighbouring tokens are not
+// quite, so the error is a lower bound; on the default model it matches how far two runs that differ by float rounding
+// alone land apart (docs/RESULTS.md).
 #include <omp.h>
 
 #include <algorithm>
@@ -62,12 +68,25 @@ Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const
   return model.Forward(cache, batch, logits);
 }
 
+// Sum and sum of squares of a per-token quantity: its mean and the mean's standard error.
+struct PerToken {
+  double sum = 0, sum_sq = 0;
+  void Add(double x) { sum += x, sum_sq += x * x; }
+  double Mean(long n) const { return sum / static_cast<double>(n); }
+  double StandardError(long n) const {
+    if (n < 2) return 0;
+    const double mean = Mean(n), var = (sum_sq - n * mean * mean) / static_cast<double>(n - 1);
+    return std::sqrt(std::max(var, 0.0) / static_cast<double>(n));
+  }
+};
+
 // One (K, V) format pair with its sink and window rows to score, and what it accumulates.
 struct Run {
   std::string ctk, ctv;
   int sinks = 0, window = 0;
   std::string window_format;
-  double nll = 0, kld = 0;
+  double nll = 0;
+  PerToken nll_vs_ref, kld;  // d_t = nll(t) - nll_f16(t), and KL(p_f16 || p) per token
   bool is_ref() const { return ctk == "f16" && ctv == "f16"; }
 };
 
@@ -111,8 +130,11 @@ int RunPerplexity(PerplexityFlags f) {
                                   "; expected equal counts, or once for a value every run shares"));
   std::vector<Run> runs;
   auto nth = [](const auto& list, size_t i) { return list[std::min(i, list.size() - 1)]; };
-  for (size_t i = 0; i < n_runs; ++i)
-    runs.push_back({nth(f.ctk, i), nth(f.ctv, i), nth(f.sinks, i), nth(f.window, i), nth(f.window_format, i)});
+  for (size_t i = 0; i < n_runs; ++i) {
+    Run& r = runs.emplace_back();
+    r.ctk = nth(f.ctk, i), r.ctv = nth(f.ctv, i), r.window_format = nth(f.window_format, i);
+    r.sinks = nth(f.sinks, i), r.window = nth(f.window, i);
+  }
   for (const Run& r : runs) {
     for (const std::string& name : {r.ctk, r.ctv, r.window_format})
       if (Result<kvquant::FormatInfo> info = kvquant::FindFormat(name); !info.ok()) return Fail(info.status());
@@ -145,13 +167,18 @@ int RunPerplexity(PerplexityFlags f) {
   const int first = f.ctx / 2;
   long scored = 0;
   std::vector<float> logits, ref_logits;
-  std::vector<double> lp;
+  std::vector<double> lp, ref_nll;
   for (int w = 0; w < windows; ++w) {
     std::vector<int32_t> window(tokens.begin() + static_cast<long>(w) * f.ctx,
                                 tokens.begin() + static_cast<long>(w + 1) * f.ctx);
     if (bos) window[0] = tok.bos();
     Status s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", 0, 0, "f16", nullptr, &ref_logits);
     if (!s.ok()) return Fail(s);
+    ref_nll.clear();
+    for (int i = first; i < f.ctx - 1; ++i) {
+      inference::LogSoftmax({&ref_logits[static_cast<size_t>(i) * n_vocab], static_cast<size_t>(n_vocab)}, &lp);
+      ref_nll.push_back(-lp[window[i + 1]]);
+    }
     for (Run& r : runs) {
       const bool is_ref = r.is_ref();
       if (!is_ref) {
@@ -164,7 +191,9 @@ int RunPerplexity(PerplexityFlags f) {
         const std::span<const float> row(&got[static_cast<size_t>(i) * n_vocab], n_vocab);
         inference::LogSoftmax(row, &lp);
         r.nll -= lp[window[i + 1]];
-        if (!is_ref) r.kld += inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row);
+        r.nll_vs_ref.Add(-lp[window[i + 1]] - ref_nll[i - first]);
+        if (!is_ref)
+          r.kld.Add(inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row));
       }
     }
     scored += f.ctx - 1 - first;
@@ -176,10 +205,14 @@ int RunPerplexity(PerplexityFlags f) {
   }
   for (const Run& r : runs) {
     const double ppl = std::exp(r.nll / static_cast<double>(scored));
-    const double mean_kld = r.kld / static_cast<double>(scored);
+    const double mean_kld = r.kld.Mean(scored), ln_ratio = r.nll_vs_ref.Mean(scored);
+    const double ln_ratio_se = r.nll_vs_ref.StandardError(scored);
     if (f.json) {
       nlohmann::json j = {{"ppl", ppl},
                           {"kld", mean_kld},
+                          {"kld_se", r.kld.StandardError(scored)},
+                          {"ln_ppl_ratio", ln_ratio},
+                          {"ln_ppl_ratio_se", ln_ratio_se},
                           {"tokens", scored},
                           {"ctk", r.ctk},
                           {"ctv", r.ctv},
@@ -193,7 +226,9 @@ int RunPerplexity(PerplexityFlags f) {
                   "(%.3f bits/value)",
                   ppl, scored, windows, f.ctx, r.ctk.c_str(), r.ctv.c_str(), r.is_ref() ? 0 : r.sinks,
                   r.window_format.c_str(), r.is_ref() ? 0 : r.window, BitsPerValue(model.kv_shape(), r, f.ctx));
-      if (!r.is_ref()) std::printf(", mean KL vs f16 %.6f", mean_kld);
+      if (!r.is_ref())
+        std::printf(", vs f16 %+.2f%% +- %.2f%%, mean KL vs f16 %.6f +- %.6f", 100 * std::expm1(ln_ratio),
+                    100 * ln_ratio_se, mean_kld, r.kld.StandardError(scored));
       std::printf("\n");
     }
   }
@@ -226,8 +261,9 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
   sub->add_flag("--no-kv-calibration", flags->no_calibration,
                 "Store compressed rows without the model's KV channel centers and weights (to measure what they give)");
   sub->add_flag("--json", flags->json,
-                "Print {ppl, kld, tokens, ctk, ctv, sinks, window, window_format, bits_per_value} as JSON, one line "
-                "per run");
+                "Print {ppl, kld, kld_se, ln_ppl_ratio, ln_ppl_ratio_se, tokens, ctk, ctv, sinks, window, "
+                "window_format, bits_per_value} as JSON, one line per run (_se: standard errors over the scored "
+                "tokens)");
   commands.Add(sub, [flags]() { return RunPerplexity(*flags); });
 }
 

@@ -6,7 +6,8 @@
 # for K and V, then K/V splits, then formats with f16 sink rows (the first tokens) and window rows (the last tokens
 # before each one, f16 or q8_0). bits/value counts the sink and window rows at the context length. The first row
 # after f16 reads every position from f16 window rows: f16 with another summation order, i.e. the noise floor of the
-# KL and perplexity columns (docs/RESULTS.md).
+# KL and perplexity columns (docs/RESULTS.md). The ± columns are one standard error over the scored tokens (the
+# perplexity ratio's as a paired mean against the f16 run; cli/cmd_perplexity.cc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/leanrotor}
@@ -27,15 +28,16 @@ for r in "${rows[@]}"; do
   args+=(--ctk "$k" --ctv "$v" --kv-sinks "$s" --kv-window "$w" --kv-window-format "$wf")
 done
 out=$("$bin" perplexity -c "$ctx" --json "${args[@]}" "$@")
-echo "| K | V | f16 sinks | window | bits/value | perplexity | vs f16 | mean KL vs f16 |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| K | V | f16 sinks | window | bits/value | perplexity | vs f16 | ± | mean KL vs f16 | ± |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin if l.strip()]
 base = next(r["ppl"] for r in rows if r["ctk"] == "f16" and r["ctv"] == "f16")
 for r in rows:
     window = "%d %s" % (r["window"], r["window_format"]) if r["window"] else "0"
-    print("| %s | %s | %d | %s | %.3f | %.4f | %+.2f%% | %.5f |" % (r["ctk"], r["ctv"], r["sinks"], window,
-          r["bits_per_value"], r["ppl"], 100 * (r["ppl"] / base - 1), r["kld"]))
+    print("| %s | %s | %d | %s | %.3f | %.4f | %+.2f%% | %.2f%% | %.5f | %.5f |" % (r["ctk"], r["ctv"], r["sinks"],
+          window, r["bits_per_value"], r["ppl"], 100 * (r["ppl"] / base - 1), 100 * r["ln_ppl_ratio_se"], r["kld"],
+          r["kld_se"]))
 print("\n(%d scored tokens, windows of %s)" % (rows[0]["tokens"], sys.argv[1]))
 ' "$ctx" <<<"$out"
