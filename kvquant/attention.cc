@@ -24,26 +24,63 @@ struct Piece {
   int pos;
 };
 
+// The angles pos·theta of a key codec's rotating-center pairs at the first row of the chunk being scored, as
+// (cos, sin) in double. Chunks come in increasing positions; a chunk less than kRotatingTableRows past the last one
+// turns the last angles by the codec's table (no sin/cos), and every kMaxTurns turns, or after a jump, they are
+// computed afresh, which bounds the drift of the float table's rounding to about 1e-6.
+struct ChunkAngles {
+  static constexpr int kMaxTurns = 16;
+  int pos = -1;
+  int turns = 0;
+  double cos[RowCodec::kMaxRotatingPairs], sin[RowCodec::kMaxRotatingPairs];
+
+  void MoveTo(const RowCodec& k, int to) {
+    constexpr int kRows = RowCodec::kRotatingTableRows;
+    const std::span<const RotatingCenter> pairs = k.rotating_center();
+    const int n_pairs = static_cast<int>(pairs.size());
+    const int step = to - pos;
+    if (pos >= 0 && step >= 0 && step < kRows && turns < kMaxTurns) {
+      for (int p = 0; p < n_pairs; ++p) {
+        const double c = k.rotating_table()[(2 * p) * kRows + step], s = k.rotating_table()[(2 * p + 1) * kRows + step];
+        const double x = cos[p], y = sin[p];
+        cos[p] = x * c - y * s;
+        sin[p] = y * c + x * s;
+      }
+      ++turns;
+    } else {
+      for (int p = 0; p < n_pairs; ++p) {
+        const double x = static_cast<double>(to) * pairs[p].theta;
+        cos[p] = std::cos(x);
+        sin[p] = std::sin(x);
+      }
+      turns = 0;
+    }
+    pos = to;
+  }
+};
+
 // Adds to the scores s[i * n + t] of n <= kRotatingTableRows rows at positions pos.. what the key codec's rotating
 // center took off them: scale·q_i·u(pos + t). ab: per query and pair, a = scale·(q_a c_a + q_b c_b) and
 // b = scale·(q_b c_a - q_a c_b), so that the term is Σ_pairs a cos(x + y) + b sin(x + y) with x = pos·theta and
-// y = t·theta, i.e. (a cos x + b sin x) cos y + (b cos x - a sin x) sin y: one sin/cos per pair and chunk, the
-// codec's table for y.
-void AddRotatingCenter(const RowCodec& k, const float* ab, int n_q, int pos, int n, float* s) {
+// y = t·theta, i.e. (a cos x + b sin x) cos y + (b cos x - a sin x) sin y: x from the chunk angles, y from the
+// codec's table, whose rows the kernel adds with those coefficients.
+void AddRotatingCenter(const Kernels& kn, const RowCodec& k, const float* ab, int n_q, int pos, int n,
+                       ChunkAngles& angles, float* s) {
   constexpr int kRows = RowCodec::kRotatingTableRows;
-  const std::span<const RotatingCenter> pairs = k.rotating_center();
-  const int n_pairs = static_cast<int>(pairs.size());
-  for (int p = 0; p < n_pairs; ++p) {
-    const double x = static_cast<double>(pos) * pairs[p].theta, cx = std::cos(x), sx = std::sin(x);
-    const float* cos_y = &k.rotating_table()[static_cast<size_t>(2 * p) * kRows];
-    const float* sin_y = cos_y + kRows;
-    for (int i = 0; i < n_q; ++i) {
-      const float a = ab[(static_cast<size_t>(i) * n_pairs + p) * 2], b = ab[(static_cast<size_t>(i) * n_pairs + p) * 2 + 1];
-      const float ca = static_cast<float>(a * cx + b * sx), cb = static_cast<float>(b * cx - a * sx);
-      float* si = s + i * n;
-      for (int t = 0; t < n; ++t) si[t] += ca * cos_y[t] + cb * sin_y[t];
+  const int n_pairs = static_cast<int>(k.rotating_center().size());
+  angles.MoveTo(k, pos);
+  thread_local std::vector<float> c;
+  c.resize(static_cast<size_t>(n_q) * 2 * n_pairs);
+  for (int i = 0; i < n_q; ++i) {
+    const float* ab_i = ab + static_cast<size_t>(i) * n_pairs * 2;
+    float* c_i = &c[static_cast<size_t>(i) * n_pairs * 2];
+    for (int p = 0; p < n_pairs; ++p) {
+      const double a = ab_i[2 * p], b = ab_i[2 * p + 1], cx = angles.cos[p], sx = angles.sin[p];
+      c_i[2 * p] = static_cast<float>(a * cx + b * sx);
+      c_i[2 * p + 1] = static_cast<float>(b * cx - a * sx);
     }
   }
+  kn.add_rows(c.data(), n_q, k.rotating_table().data(), 2 * n_pairs, kRows, n, s);
 }
 
 void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, const float* ab,
@@ -55,11 +92,12 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
     big.resize(static_cast<size_t>(kChunkRows) * n_q);
     s = big.data();
   }
+  ChunkAngles angles;
   for (const Piece& pc : pieces) {
     for (int t0 = 0; t0 < pc.n_rows; t0 += kChunkRows) {
       const int n = std::min(kChunkRows, pc.n_rows - t0);
       kn.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, qr, n_q, s);
-      if (!k.rotating_center().empty()) AddRotatingCenter(k, ab, n_q, pc.pos + t0, n, s);
+      if (!k.rotating_center().empty()) AddRotatingCenter(kn, k, ab, n_q, pc.pos + t0, n, angles, s);
       for (int i = 0; i < n_q; ++i) {
         float* si = s + i * n;
         float mx = st.m[i];

@@ -348,6 +348,9 @@ Status RowCodec::SetWeights(std::span<const float> weights) {
 }
 
 Status RowCodec::SetRotatingCenter(std::span<const RotatingCenter> pairs) {
+  if (pairs.size() > kMaxRotatingPairs)
+    return InvalidArgument("KV format " + std::string(info_.name) + ": " + std::to_string(pairs.size()) +
+                           " rotating center pairs; expected at most " + std::to_string(kMaxRotatingPairs));
   std::vector<bool> used(dim_, false);
   for (size_t i = 0; i < pairs.size(); ++i) {
     const RotatingCenter& p = pairs[i];

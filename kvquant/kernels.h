@@ -27,6 +27,10 @@ struct Kernels {
                      int n_q, float* acc);
   // s[t] = exp(s[t] - max) for t < n (max >= every s[t]); returns the sum. Relative error below 1e-6 per value.
   float (*exp_sum)(float* s, int n, float max);
+  // s[i * n + t] += Σ_j c[i * n_rows + j] · rows[j * stride + t] for i < n_q, t < n and j < n_rows: a few table
+  // rows added into every query's scores with that query's coefficients (the rotating center's correction,
+  // attention.cc).
+  void (*add_rows)(const float* c, int n_q, const float* rows, int n_rows, int stride, int n, float* s);
 };
 
 // The kernels for `isa`, or nullptr when this CPU cannot run them.

@@ -159,6 +159,8 @@ class RowCodec {
   // Sets the rotating center (see "Rotating centers" above); an empty span removes it. Rows encoded before the call
   // decode wrongly after it. kInvalidArgument for a channel out of range, a pair of one channel, a channel in two
   // pairs or a value that is not finite.
+  // At most kMaxRotatingPairs pairs.
+  static constexpr int kMaxRotatingPairs = 64;
   Status SetRotatingCenter(std::span<const RotatingCenter> pairs);
   std::span<const RotatingCenter> rotating_center() const { return rotating_; }
   // cos(t·theta) and sin(t·theta) of every pair for t < kRotatingTableRows, [pair][cos, sin][t]: attention turns each

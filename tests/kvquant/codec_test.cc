@@ -217,8 +217,8 @@ TEST(Weights, BadWeightsAreClearErrorsAndDecodeUndoesThem) {
   EXPECT_TRUE(codec->weights().empty());
 }
 
-// Bad rotating centers are refused naming the pair and change nothing; a row equal to the rotating center at its
-// position is stored as zeros and decodes to that center (at that position only).
+// Bad rotating centers (a bad pair, or too many pairs) are refused with a clear error and change nothing; a row equal
+// to the rotating center at its position is stored as zeros and decodes to that center (at that position only).
 TEST(RotatingCenter, BadPairsAreClearErrorsAndDecodeAddsTheCenterAtThePosition) {
   auto codec = RowCodec::Create("q8_0", 64, 1, 0, 0);
   ASSERT_TRUE(codec.ok());
@@ -231,6 +231,13 @@ TEST(RotatingCenter, BadPairsAreClearErrorsAndDecodeAddsTheCenterAtThePosition) 
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad.a << " " << bad.b;
     EXPECT_NE(s.message().find("rotating center pair 1"), std::string::npos) << s.message();
   }
+  std::vector<RotatingCenter> too_many;
+  for (int p = 0; p <= RowCodec::kMaxRotatingPairs; ++p) too_many.push_back({p, p + 65, 0.1f, 1, 1});
+  auto wide = RowCodec::Create("q8_0", 256, 1, 0, 0);
+  ASSERT_TRUE(wide.ok());
+  const Status s = wide->SetRotatingCenter(too_many);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("expected at most"), std::string::npos) << s.message();
   EXPECT_TRUE(codec->rotating_center().empty());
   ASSERT_TRUE(codec->SetRotatingCenter({&good, 1}).ok());
   std::vector<float> x(64, 0.0f), back(64);
