@@ -111,10 +111,16 @@ std::string KvLabel(const BenchFlags& f) {
 
 int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
 
-// The KV cache the flags ask for, for max_tokens positions, stored as the runner stores it: a compressed format with
-// the model's calibration (inference/kv_calibration.h), computed here once per process.
-Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags& f, int max_tokens) {
-  static std::shared_ptr<const inference::KvCalibration> calibration;
+// The calibration the runner stores compressed rows with (inference/kv_calibration.h); none for an f16 cache.
+Result<std::shared_ptr<const inference::KvCalibration>> BenchCalibration(inference::Model& model, const BenchFlags& f) {
+  if (f.ctk == "f16" && f.ctv == "f16") return std::shared_ptr<const inference::KvCalibration>();
+  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
+  return inference::ComputeKvCalibration(model, tok);
+}
+
+// The KV cache the flags ask for, for max_tokens positions, stored as the runner stores it.
+Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags& f,
+                                      std::shared_ptr<const inference::KvCalibration> calibration, int max_tokens) {
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
   o.v_format = f.ctv;
@@ -122,20 +128,18 @@ Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags&
   o.window_tokens = f.kv_window;
   o.window_format = f.kv_window_format;
   o.max_tokens = max_tokens;
-  if (calibration == nullptr && (o.k_format != "f16" || o.v_format != "f16")) {
-    LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
-    LR_ASSIGN_OR_RETURN(calibration, inference::ComputeKvCalibration(model, tok));
-  }
-  o.calibration = calibration;
+  o.calibration = std::move(calibration);
   return inference::KvCache::Create(model.kv_shape(), o);
 }
 
 // Prefill once, fork K times (no copy), decode the K attempts together, one batched Forward per token.
-Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt) {
+Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
+                             std::shared_ptr<const inference::KvCalibration> calibration) {
   const int n_vocab = model.config().n_vocab;
   // The prompt's pages once, plus each attempt's own pages (its first one may be a copy of the prompt's last).
   LR_ASSIGN_OR_RETURN(inference::KvCache cache,
-                      BenchCache(model, f, f.prompt_tokens + f.pass_k * (f.gen_tokens + inference::KvCache::kPageTokens)));
+                      BenchCache(model, f, std::move(calibration),
+                                 f.prompt_tokens + f.pass_k * (f.gen_tokens + inference::KvCache::kPageTokens)));
   PassKRun run;
   run.attempts.resize(static_cast<size_t>(f.pass_k));
   const double t0 = Now();
@@ -162,9 +166,11 @@ Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const
 }
 
 // Each attempt prefills the prompt again and decodes alone.
-Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt) {
+Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
+                            std::shared_ptr<const inference::KvCalibration> calibration) {
   const int n_vocab = model.config().n_vocab;
-  LR_ASSIGN_OR_RETURN(inference::KvCache cache, BenchCache(model, f, f.prompt_tokens + f.gen_tokens));
+  LR_ASSIGN_OR_RETURN(inference::KvCache cache,
+                      BenchCache(model, f, std::move(calibration), f.prompt_tokens + f.gen_tokens));
   PassKRun run;
   const double t0 = Now();
   std::vector<float> logits;
@@ -206,9 +212,11 @@ Result<std::vector<int32_t>> PassKPrompt(const inference::Model& model, int n) {
 int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
   Result<std::vector<int32_t>> prompt = PassKPrompt(model, f.prompt_tokens);
   if (!prompt.ok()) return Fail(prompt.status());
-  Result<PassKRun> shared = PassKShared(model, f, *prompt);
+  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(model, f);
+  if (!calibration.ok()) return Fail(calibration.status());
+  Result<PassKRun> shared = PassKShared(model, f, *prompt, *calibration);
   if (!shared.ok()) return Fail(shared.status());
-  Result<PassKRun> naive = PassKNaive(model, f, *prompt);
+  Result<PassKRun> naive = PassKNaive(model, f, *prompt, *calibration);
   if (!naive.ok()) return Fail(naive.status());
   int same = 0;  // attempts whose tokens agree between the modes (batched and lone decodes round differently)
   for (int c = 0; c < f.pass_k; ++c) same += shared->attempts[c] == naive->attempts[c] ? 1 : 0;
@@ -252,7 +260,10 @@ int RunBench(BenchFlags f) {
                  "leanrotor bench: warning: depth %d + %d tokens is past the model's training context (%d tokens): "
                  "the speed is measured all the same, but text at such positions would be meaningless\n",
                  f.depth, std::max(f.n_prompt, f.n_gen), n_ctx_train);
-  auto made = BenchCache(model, f, f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens);
+  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(model, f);
+  if (!calibration.ok()) return Fail(calibration.status());
+  auto made =
+      BenchCache(model, f, *calibration, f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens);
   if (!made.ok()) return Fail(made.status());
   inference::KvCache& cache = *made;
 

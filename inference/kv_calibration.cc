@@ -149,8 +149,8 @@ std::vector<kvquant::RotatingCenter> KeyRotatingCenter(const Model& model, const
   const std::span<const float> theta = model.rope_inv_freq();
   const int n_pairs = static_cast<int>(theta.size()), dim = codec.dim();
   std::vector<kvquant::RotatingCenter> pairs(n_pairs);
+  const bool adjacent = cfg.rope_style == RopeStyle::kAdjacentPairs;
   for (int j = 0; j < n_pairs; ++j) {
-    const bool adjacent = cfg.rope_style == RopeStyle::kAdjacentPairs;
     pairs[j] = {adjacent ? 2 * j : j, adjacent ? 2 * j + 1 : j + cfg.n_rot / 2, theta[j], 0.0f, 0.0f};
   }
   std::vector<double> sa(n_pairs, 0.0), sb(n_pairs, 0.0), sum(dim, 0.0), sq(dim, 0.0);
