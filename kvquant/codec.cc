@@ -56,6 +56,8 @@ constexpr FormatSpec kFormats[] = {
      RotationKind::kHadamard, Scale::kSelfDot, 2, {{4, 48, Levels::kLm4}, {3, 80, Levels::kLm3}}},
     {{"hx3s", 128, 50, 3.125, "hx3's block with 3-bit codes only: Hadamard + 3-bit Lloyd-Max per 128, as hx3"},
      RotationKind::kHadamard, Scale::kSelfDot, 1, {{3, 128, Levels::kLm3}}},
+    {{"hx4", 128, 66, 4.125, "hx3's block with 4-bit codes only: Hadamard + 4-bit Lloyd-Max per 128, as hx3"},
+     RotationKind::kHadamard, Scale::kSelfDot, 1, {{4, 128, Levels::kLm4}}},
 };
 constexpr int kNumFormats = sizeof(kFormats) / sizeof(kFormats[0]);
 constexpr int kMaxDim = 4096;

@@ -24,6 +24,7 @@
 //   iso4     quaternion quads  128    66     4.125  4-bit Lloyd-Max                  norm-preserving
 //   hx3      Hadamard          128    56     3.5    48 × 4-bit then 80 × 3-bit LM    descent, dot-preserving
 //   hx3s     Hadamard          128    50     3.125  3-bit Lloyd-Max                  as hx3
+//   hx4      Hadamard          128    66     4.125  4-bit Lloyd-Max                  as hx3
 //
 // Rotations are described in kvquant/rotation.h; each codec's is fixed by (seed, layer, head).
 // Centering: a codec may hold a per-channel center mu (RowCodec::SetCenter). EncodeRow then stores x - mu, DecodeRow
@@ -61,13 +62,15 @@
 //   norm-preserving: codes are the nearest levels for d = ‖y‖/√n, then d = ‖y‖ / ‖level[codes]‖, so every decoded
 //     block has exactly the input block's length (up to fp16 rounding of d): the length is unbiased.
 // hx3s is hx3's block without the fourth bits, for values beside hx3 keys within a 3.5-bit budget (docs/RESULTS.md).
+// hx4 is hx3's block with four bits everywhere: tq4's codes with one scale per 128 instead of per 32 (4.125 bits; 4.25
+//   on a 64-wide head), which leaves room in tq4's 4.5 bits for a sink and a window (docs/RESULTS.md).
 // hx3 is our format. A 128-wide block spreads the 16-bit scale over more coordinates (0.125 bit/element instead of
 //   tq3's 0.5) and spends what that frees on a fourth bit for 48 of the 128 coordinates, at tq3's 3.5 bits. After
 //   the Hadamard rotation all coordinates have the same variance, so which ones get the fourth bit does not matter.
 //   docs/ARCHITECTURE.md (kvquant) lists the candidates measured and why this one was kept.
 //
 // Row shapes: dim must be a multiple of 32 (any dim from 1 to 4096 for f16), and of 64 for hx3. In formats with
-// 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso/hx3s keep one
+// 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso/hx3s/hx4 keep one
 // code run of the block's length (hx3s on a 64-wide head: 3.25 bits); hx3's short block of n elements has n/2 - 16
 // four-bit codes and the rest three-bit, which keeps it at 3.5 bits (a 64-wide head: 16 + 48). RowCodec::row_bytes()
 // is the exact size of one row.

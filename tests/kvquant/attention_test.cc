@@ -179,7 +179,7 @@ TEST(Attention, ErrorAgainstExactAttention) {
     double tolerance;
   } cases[] = {{"f16", 1e-3},     {"q8_0", 0.009}, {"q4_0", 0.14},    {"q4_0h", 0.13},   {"tq4", 0.14},
                {"tq3", 0.26},     {"tq2", 0.55},   {"planar3", 0.26}, {"planar4", 0.14}, {"iso3", 0.26},
-               {"iso4", 0.14},    {"hx3", 0.20},   {"hx3s", 0.26}};
+               {"iso4", 0.14},    {"hx3", 0.20},   {"hx3s", 0.26},    {"hx4", 0.14}};
   for (const auto& cs : cases) {
     Cache c = MakeCache(cs.name, cs.name, 128, 1024, 8, 256, 5);
     const float scale = 1.0f / std::sqrt(128.0f);

@@ -25,7 +25,7 @@ std::vector<float> Gaussian(size_t n, int seed) {
 TEST(Formats, TableIsConsistent) {
   const std::vector<FormatInfo> all = ListFormats();
   const std::vector<std::string> names = {"f16",     "q8_0",    "q4_0", "q4_0h", "tq4", "tq3", "tq2",
-                                          "planar3", "planar4", "iso3", "iso4",  "hx3", "hx3s"};
+                                          "planar3", "planar4", "iso3", "iso4",  "hx3", "hx3s", "hx4"};
   ASSERT_EQ(all.size(), names.size());
   for (size_t i = 0; i < all.size(); ++i) {
     EXPECT_EQ(all[i].name, names[i]);
@@ -40,6 +40,8 @@ TEST(Formats, TableIsConsistent) {
   EXPECT_LE(FindFormat("hx3")->bits_per_element, 3.5);
   EXPECT_DOUBLE_EQ(FindFormat("hx3s")->bits_per_element, 3.125);
   EXPECT_EQ(RowCodec::Create("hx3s", 64, 1, 0, 0)->row_bytes(), 26u);  // one short block: 64 three-bit codes + scale
+  EXPECT_DOUBLE_EQ(FindFormat("hx4")->bits_per_element, 4.125);
+  EXPECT_EQ(RowCodec::Create("hx4", 64, 1, 0, 0)->row_bytes(), 34u);  // 64 four-bit codes + scale: 4.25 bits
 }
 
 TEST(Formats, UnknownNameListsTheValidOnes) {
