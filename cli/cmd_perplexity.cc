@@ -180,20 +180,19 @@ int RunPerplexity(PerplexityFlags f) {
       ref_nll.push_back(-lp[window[i + 1]]);
     }
     for (Run& r : runs) {
-      const bool is_ref = r.is_ref();
-      if (!is_ref) {
-        s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, r.window_format, calibration,
-                         &logits);
-        if (!s.ok()) return Fail(s);
+      if (r.is_ref()) {  // its nll is the reference's, its differences and KL zero
+        for (double nll : ref_nll) r.nll += nll, r.nll_vs_ref.Add(0.0), r.kld.Add(0.0);
+        continue;
       }
-      const std::vector<float>& got = is_ref ? ref_logits : logits;
+      s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, r.window_format, calibration,
+                       &logits);
+      if (!s.ok()) return Fail(s);
       for (int i = first; i < f.ctx - 1; ++i) {
-        const std::span<const float> row(&got[static_cast<size_t>(i) * n_vocab], n_vocab);
+        const std::span<const float> row(&logits[static_cast<size_t>(i) * n_vocab], n_vocab);
         inference::LogSoftmax(row, &lp);
         r.nll -= lp[window[i + 1]];
         r.nll_vs_ref.Add(-lp[window[i + 1]] - ref_nll[i - first]);
-        if (!is_ref)
-          r.kld.Add(inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row));
+        r.kld.Add(inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row));
       }
     }
     scored += f.ctx - 1 - first;

@@ -160,9 +160,8 @@ class RowCodec {
   // The weights, empty when none (all 1).
   std::span<const float> weights() const { return weights_; }
   // Sets the rotating center (see "Rotating centers" above); an empty span removes it. Rows encoded before the call
-  // decode wrongly after it. kInvalidArgument for a channel out of range, a pair of one channel, a channel in two
-  // pairs or a value that is not finite.
-  // At most kMaxRotatingPairs pairs.
+  // decode wrongly after it. kInvalidArgument for more than kMaxRotatingPairs pairs, a channel out of range, a pair of
+  // one channel, a channel in two pairs or a value that is not finite.
   static constexpr int kMaxRotatingPairs = 64;
   Status SetRotatingCenter(std::span<const RotatingCenter> pairs);
   std::span<const RotatingCenter> rotating_center() const { return rotating_; }

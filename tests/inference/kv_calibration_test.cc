@@ -60,19 +60,27 @@ class KvCalibrationTest : public ::testing::Test {
     ASSERT_NE(cal_, nullptr);
   }
 
+  // A cache made with options o (sized for kText) after a prefill of kText as its sequence *seq; the logits of every
+  // position in *logits.
+  static KvCache Prefill(KvCacheOptions o, int* seq, std::vector<float>* logits) {
+    o.max_tokens = static_cast<int>(tokens_.size());
+    auto cache = KvCache::Create(model_->kv_shape(), o);
+    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+    *seq = cache->NewSequence();
+    std::vector<BatchToken> batch;
+    for (int32_t t : tokens_) batch.push_back({*seq, t, true});
+    EXPECT_TRUE(model_->Forward(*cache, batch, logits).ok());
+    return std::move(*cache);
+  }
+
   // Logits of every position of kText from an empty cache.
   static std::vector<float> Logits(const std::string& format, std::shared_ptr<const KvCalibration> cal) {
     KvCacheOptions o;
     o.k_format = o.v_format = format;
-    o.max_tokens = static_cast<int>(tokens_.size());
     o.calibration = std::move(cal);
-    auto cache = KvCache::Create(model_->kv_shape(), o);
-    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
-    const int seq = cache->NewSequence();
-    std::vector<BatchToken> batch;
-    for (int32_t t : tokens_) batch.push_back({seq, t, true});
+    int seq;
     std::vector<float> logits;
-    EXPECT_TRUE(model_->Forward(*cache, batch, &logits).ok());
+    Prefill(o, &seq, &logits);
     return logits;
   }
 
@@ -192,20 +200,15 @@ TEST_F(KvCalibrationTest, KeyWeightsLowerTheScoreError) {
   const KvShape shape = model_->kv_shape();
   std::vector<std::vector<float>> queries(static_cast<size_t>(shape.n_layer) * shape.n_head_kv);
   std::mutex mutex;
-  KvCacheOptions o;
-  o.max_tokens = static_cast<int>(tokens_.size());
+  KvCacheOptions o;  // f16 rows, as the model computed them
   o.observe_queries = [&](int layer, int head, const float* q, int n_q) {
     const std::lock_guard<std::mutex> lock(mutex);
     std::vector<float>& all = queries[static_cast<size_t>(layer) * shape.n_head_kv + head];
     all.insert(all.end(), q, q + static_cast<size_t>(n_q) * shape.k_dim);
   };
-  auto cache = KvCache::Create(shape, o);
-  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-  const int seq = cache->NewSequence();
-  std::vector<BatchToken> batch;
-  for (int32_t t : tokens_) batch.push_back({seq, t, true});
+  int seq;
   std::vector<float> logits;
-  ASSERT_TRUE(model_->Forward(*cache, batch, &logits).ok());
+  KvCache cache = Prefill(o, &seq, &logits);
   const int n = static_cast<int>(tokens_.size()), dim = shape.k_dim;
   for (const char* format : {"tq4", "hx3"}) {
     double err[2] = {0, 0};  // without, with the key weights
@@ -224,7 +227,7 @@ TEST_F(KvCalibrationTest, KeyWeightsLowerTheScoreError) {
           std::vector<float> k(dim), back(dim);
           std::vector<uint8_t> row(codec->row_bytes());
           for (int pos = 0; pos < n; ++pos) {
-            cache->k_codec(layer, head).DecodeRow(cache->KRow(seq, layer, head, pos), k.data());
+            cache.k_codec(layer, head).DecodeRow(cache.KRow(seq, layer, head, pos), k.data());
             codec->EncodeRow(k.data(), row.data(), pos);
             codec->DecodeRow(row.data(), back.data(), pos);
             for (size_t i = 0; i < q.size(); i += dim) {
