@@ -2,7 +2,8 @@
 // compressed rows (one KV head with a GQA group of 4 queries, head dim 128, pages of 256 rows, 1 and 2 threads).
 // "attend" repeats one head group's range, which then sits in the caches (16 MiB of f16 at 32K fits a 32 MiB L3).
 // "attend_stream" walks 16 copies of the range in turn (256 MiB of f16), as a decode step does when it visits every
-// layer's cache once: the rows come from memory, which is where fewer bytes per row pay.
+// layer's cache once: the rows come from memory, which is where fewer bytes per row pay. "attend_decode" is one
+// decode step of the default model at depth 8K, in the paged cache's layout (BM_Decode).
 // After the Google Benchmark table it prints every format's time as a ratio to f16's from the same run, twice: by
 // wall-clock time, and by the CPU time of the calling thread (for one thread, the figure to read on a machine shared
 // with other work, where wall-clock time mostly measures waiting for a core).
@@ -79,6 +80,47 @@ void BM_Attend(benchmark::State& state, std::string format, int ctx, int threads
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kb.size() + vb.size()));
 }
 
+// One decode step's attention on the default model's cache at depth 8K (SmolLM2-135M: 30 layers x 3 KV heads of
+// dim 64, GQA groups of 3 queries), laid out as the paged cache lays it out: pages of 32 positions, each holding, for
+// every (layer, head), its 32 key rows and then its 32 value rows. One iteration attends every (layer, head) in turn
+// over all its pages, so rows come from memory in 32-row runs a page apart (189 MB of f16 per step), as in
+// `leanrotor bench --depth 8192`.
+void BM_Decode(benchmark::State& state, std::string format, int threads) {
+  constexpr int kHeads = 90, kModelDim = 64, kModelGroup = 3, kPageTokens = 32, kDepth = 8192;
+  const RowCodec k = *RowCodec::Create(format, kModelDim, 1, 0, 0), v = *RowCodec::Create(format, kModelDim, 1, 0, 1);
+  const size_t kp = k.row_bytes() * kPageTokens, vp = v.row_bytes() * kPageTokens, page = kHeads * (kp + vp);
+  std::vector<uint8_t> pages(page * (kDepth / kPageTokens));
+  {
+    const std::vector<float> x = Gaussian(static_cast<size_t>(2) * kDepth * kModelDim, 2);
+    for (int t = 0; t < kDepth; ++t) {
+      uint8_t* base = &pages[page * (t / kPageTokens)];
+      for (int h = 0; h < kHeads; ++h) {
+        k.EncodeRow(&x[t * kModelDim], base + h * (kp + vp) + (t % kPageTokens) * k.row_bytes());
+        v.EncodeRow(&x[(kDepth + t) * kModelDim], base + h * (kp + vp) + kp + (t % kPageTokens) * v.row_bytes());
+      }
+    }
+  }
+  std::vector<std::vector<RowSpan>> spans(kHeads);
+  for (int h = 0; h < kHeads; ++h)
+    for (int t = 0; t < kDepth; t += kPageTokens) {
+      const uint8_t* base = &pages[page * (t / kPageTokens) + h * (kp + vp)];
+      spans[h].push_back({base, base + kp, kPageTokens, t});
+    }
+  const std::vector<float> q = Gaussian(kModelGroup * kModelDim, 3);
+  std::vector<float> out(kModelGroup * kModelDim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kModelDim));
+  for (auto _ : state) {
+    for (int h = 0; h < kHeads; ++h) {
+      const lr::Status s =
+          threads == 1 ? lr::kvquant::Attend(k, v, q.data(), kModelGroup, spans[h], scale, out.data())
+                       : lr::kvquant::AttendParallel(k, v, q.data(), kModelGroup, spans[h], scale, out.data(), threads);
+      if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+      benchmark::DoNotOptimize(out.data());
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(pages.size()));
+}
+
 // Console output as usual, plus the real time of every run, for the ratio table.
 class RecordingReporter : public benchmark::ConsoleReporter {
  public:
@@ -114,6 +156,12 @@ int main(int argc, char** argv) {
                                    BM_Attend, f, 32768, threads, 16)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
+  for (int threads : {1, 2})
+    for (const std::string& f : formats)
+      benchmark::RegisterBenchmark(("attend_decode/" + f + "/ctx:8192/threads:" + std::to_string(threads)).c_str(),
+                                   BM_Decode, f, threads)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   RecordingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
@@ -133,7 +181,7 @@ int main(int argc, char** argv) {
     std::printf("%-8s %7s", "format", "encode");
     for (int ctx : contexts)
       for (int threads : {1, 2}) std::printf("  %5dx%dt", ctx, threads);
-    std::printf("  stream32Kx1t  stream32Kx2t\n");
+    std::printf("  stream32Kx1t  stream32Kx2t  decode8Kx1t  decode8Kx2t\n");
     for (const std::string& f : formats) {
       std::printf("%-8s %7s", f.c_str(), ratio("encode/" + f, "encode/f16").c_str());
       for (int ctx : contexts)
@@ -145,6 +193,10 @@ int main(int argc, char** argv) {
       for (int threads : {1, 2}) {
         const std::string tail = "/ctx:32768/threads:" + std::to_string(threads) + "/real_time";
         std::printf("  %12s", ratio("attend_stream/" + f + tail, "attend_stream/f16" + tail).c_str());
+      }
+      for (int threads : {1, 2}) {
+        const std::string tail = "/ctx:8192/threads:" + std::to_string(threads) + "/real_time";
+        std::printf("  %11s", ratio("attend_decode/" + f + tail, "attend_decode/f16" + tail).c_str());
       }
       std::printf("\n");
     }
