@@ -83,6 +83,19 @@ void AddRotatingCenter(const Kernels& kn, const RowCodec& k, const float* ab, in
   kn.add_rows(c.data(), n_q, k.rotating_table().data(), 2 * n_pairs, kRows, n, s);
 }
 
+// Pieces are a page's rows of one (layer, head): a few hundred bytes to a few KiB each, pages apart, too short for the
+// hardware prefetchers to ramp up on. So the rows of the piece kPrefetchAhead ahead are requested while this one is
+// scored.
+constexpr size_t kPrefetchAhead = 2;
+
+void Prefetch(const Piece& pc, const RowCodec& k, const RowCodec& v) {
+  const size_t k_bytes = pc.n_rows * k.row_bytes();
+  for (size_t b = 0; b < k_bytes; b += 64) __builtin_prefetch(pc.k + b);
+  if (pc.v == pc.k) return;  // shared K/V rows
+  const size_t v_bytes = pc.n_rows * v.row_bytes();
+  for (size_t b = 0; b < v_bytes; b += 64) __builtin_prefetch(pc.v + b);
+}
+
 void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, const float* ab,
              int n_q, std::span<const Piece> pieces, AttentionState& st) {
   float scores[kChunkRows * 64];
@@ -93,18 +106,19 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
     s = big.data();
   }
   ChunkAngles angles;
-  for (const Piece& pc : pieces) {
+  for (size_t pi = 0; pi < pieces.size(); ++pi) {
+    const Piece& pc = pieces[pi];
+    if (pi + kPrefetchAhead < pieces.size()) Prefetch(pieces[pi + kPrefetchAhead], k, v);
     for (int t0 = 0; t0 < pc.n_rows; t0 += kChunkRows) {
       const int n = std::min(kChunkRows, pc.n_rows - t0);
       kn.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, qr, n_q, s);
       if (!k.rotating_center().empty()) AddRotatingCenter(kn, k, ab, n_q, pc.pos + t0, n, angles, s);
       for (int i = 0; i < n_q; ++i) {
-        float* si = s + i * n;
         float mx = st.m[i];
-        for (int t = 0; t < n; ++t) mx = std::max(mx, si[t]);
+        const float sum = kn.exp_sum(s + i * n, n, &mx);
         const float factor = std::exp(st.m[i] - mx);  // 0 on the first chunk (m = -inf)
         st.m[i] = mx;
-        st.l[i] = st.l[i] * factor + kn.exp_sum(si, n, mx);
+        st.l[i] = st.l[i] * factor + sum;
         if (factor != 1.0f)
           for (int j = 0; j < v_dim; ++j) st.acc[i * v_dim + j] *= factor;
       }

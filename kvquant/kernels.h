@@ -25,8 +25,9 @@ struct Kernels {
   // row, on a block boundary).
   void (*accumulate)(const RowCodec& v, const uint8_t* rows, size_t stride, int n_rows, int n, const float* p,
                      int n_q, float* acc);
-  // s[t] = exp(s[t] - max) for t < n (max >= every s[t]); returns the sum. Relative error below 1e-6 per value.
-  float (*exp_sum)(float* s, int n, float max);
+  // *max := the larger of *max and every s[t]; then s[t] = exp(s[t] - *max) for t < n, and returns their sum (one
+  // chunk of an online softmax). Relative error below 1e-6 per value.
+  float (*exp_sum)(float* s, int n, float* max);
   // s[i * n + t] += Σ_j c[i * n_rows + j] · rows[j * stride + t] for i < n_q, t < n and j < n_rows: a few table
   // rows added into every query's scores with that query's coefficients (the rotating center's correction,
   // attention.cc).
