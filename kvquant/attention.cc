@@ -83,16 +83,17 @@ void AddRotatingCenter(const Kernels& kn, const RowCodec& k, const float* ab, in
   kn.add_rows(c.data(), n_q, k.rotating_table().data(), 2 * n_pairs, kRows, n, s);
 }
 
-// Pieces are a page's rows of one (layer, head): a few hundred bytes to a few KiB each, pages apart, too short for the
-// hardware prefetchers to ramp up on. So the rows of the piece kPrefetchAhead ahead are requested while this one is
-// scored.
+// In the runner, pieces are a page's rows of one (layer, head): a few hundred bytes to 4 KiB each, pages apart, too
+// short for the hardware prefetchers to ramp up on. So the first kPrefetchBytes of the K and V rows of the piece
+// kPrefetchAhead ahead are requested while this one is scored (longer runs are left to the hardware).
 constexpr size_t kPrefetchAhead = 2;
+constexpr size_t kPrefetchBytes = 4096;
 
 void Prefetch(const Piece& pc, const RowCodec& k, const RowCodec& v) {
-  const size_t k_bytes = pc.n_rows * k.row_bytes();
+  const size_t k_bytes = std::min(kPrefetchBytes, pc.n_rows * k.row_bytes());
   for (size_t b = 0; b < k_bytes; b += 64) __builtin_prefetch(pc.k + b);
   if (pc.v == pc.k) return;  // shared K/V rows
-  const size_t v_bytes = pc.n_rows * v.row_bytes();
+  const size_t v_bytes = std::min(kPrefetchBytes, pc.n_rows * v.row_bytes());
   for (size_t b = 0; b < v_bytes; b += 64) __builtin_prefetch(pc.v + b);
 }
 

@@ -170,6 +170,58 @@ TEST_P(EveryFormat, KernelsMatchScalarReference) {
   }
 }
 
+// exp_sum of every build against plain double arithmetic: the running max taken over the chunk (exactly), then the
+// exponentials and their sum, for chunk lengths around the vector widths and a running max below or above the chunk's.
+TEST(Kernels, ExpSumMatchesScalar) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (Isa isa : SupportedIsas()) {
+    for (int n : {1, 7, 8, 15, 16, 17, 33, 64}) {
+      for (float start : {-INFINITY, 0.0f, 30.0f}) {
+        SCOPED_TRACE(std::string(IsaName(isa)) + " n " + std::to_string(n) + " start " + std::to_string(start));
+        std::vector<float> s(n);
+        for (float& x : s) x = normal(rng);
+        float want_max = start;
+        for (float x : s) want_max = std::max(want_max, x);
+        double want_sum = 0;
+        std::vector<double> want(n);
+        for (int t = 0; t < n; ++t) want_sum += want[t] = std::exp(static_cast<double>(s[t]) - want_max);
+        float max = start;
+        const float sum = GetKernels(isa)->exp_sum(s.data(), n, &max);
+        EXPECT_EQ(max, want_max);
+        EXPECT_NEAR(sum, want_sum, 2e-6 * want_sum + 1e-30);
+        for (int t = 0; t < n; ++t) EXPECT_NEAR(s[t], want[t], 2e-6 * want[t] + 1e-30) << t;
+      }
+    }
+  }
+}
+
+// add_rows of every build against the plain loop, for 1 to 6 queries and row counts off the vector widths.
+TEST(Kernels, AddRowsMatchesScalar) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> normal;
+  const int n_rows = 16, stride = 64;
+  std::vector<float> rows(static_cast<size_t>(n_rows) * stride);
+  for (float& x : rows) x = normal(rng);
+  for (Isa isa : SupportedIsas()) {
+    for (int n_q : {1, 3, 4, 6}) {
+      for (int n : {5, 16, 32, 37}) {
+        SCOPED_TRACE(std::string(IsaName(isa)) + " n_q " + std::to_string(n_q) + " n " + std::to_string(n));
+        std::vector<float> c(static_cast<size_t>(n_q) * n_rows), s(static_cast<size_t>(n_q) * n);
+        for (float& x : c) x = normal(rng);
+        for (float& x : s) x = normal(rng);
+        std::vector<double> want(s.begin(), s.end());
+        for (int i = 0; i < n_q; ++i)
+          for (int t = 0; t < n; ++t)
+            for (int j = 0; j < n_rows; ++j)
+              want[i * n + t] += static_cast<double>(c[i * n_rows + j]) * rows[j * stride + t];
+        GetKernels(isa)->add_rows(c.data(), n_q, rows.data(), n_rows, stride, n, s.data());
+        for (size_t k = 0; k < s.size(); ++k) EXPECT_NEAR(s[k], want[k], 1e-5 * (1 + std::abs(want[k]))) << k;
+      }
+    }
+  }
+}
+
 // Mixed key and value formats (the runner picks them separately).
 TEST(Attention, SeparateKeyAndValueFormats) {
   Cache c = MakeCache("hx3", "q8_0", 128, 200, 4, 64, 3);
