@@ -3,7 +3,8 @@
 // "attend" repeats one head group's range, which then sits in the caches (16 MiB of f16 at 32K fits a 32 MiB L3).
 // "attend_stream" walks 16 copies of the range in turn (256 MiB of f16), as a decode step does when it visits every
 // layer's cache once: the rows come from memory, which is where fewer bytes per row pay. "attend_decode" is one
-// decode step of the default model at depth 8K, in the paged cache's layout (BM_Decode).
+// decode step of the default model at depth 8K, in the paged cache's layout (BM_Decode); "attend_decode_isa" the same
+// step with each kernel build (generic, AVX2, AVX-512) this CPU runs.
 // After the Google Benchmark table it prints every format's time as a ratio to f16's from the same run, twice: by
 // wall-clock time, and by the CPU time of the calling thread (for one thread, the figure to read on a machine shared
 // with other work, where wall-clock time mostly measures waiting for a core).
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "kvquant/kernels.h"
 #include "kvquant/kvquant.h"
 
 namespace {
@@ -85,7 +87,7 @@ void BM_Attend(benchmark::State& state, std::string format, int ctx, int threads
 // every (layer, head), its 32 key rows and then its 32 value rows. One iteration attends every (layer, head) in turn
 // over all its pages, so rows come from memory in 32-row runs a page apart (189 MB of f16 per step), as in
 // `leanrotor bench --depth 8192`.
-void BM_Decode(benchmark::State& state, std::string format, int threads) {
+void BM_Decode(benchmark::State& state, std::string format, int threads, lr::kvquant::Isa isa) {
   constexpr int kHeads = 90, kModelDim = 64, kModelGroup = 3, kPageTokens = 32, kDepth = 8192;
   const RowCodec k = *RowCodec::Create(format, kModelDim, 1, 0, 0), v = *RowCodec::Create(format, kModelDim, 1, 0, 1);
   const size_t kp = k.row_bytes() * kPageTokens, vp = v.row_bytes() * kPageTokens, page = kHeads * (kp + vp);
@@ -109,11 +111,12 @@ void BM_Decode(benchmark::State& state, std::string format, int threads) {
   const std::vector<float> q = Gaussian(kModelGroup * kModelDim, 3);
   std::vector<float> out(kModelGroup * kModelDim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kModelDim));
+  const lr::kvquant::Kernels& kernels = *lr::kvquant::GetKernels(isa);
   for (auto _ : state) {
     for (int h = 0; h < kHeads; ++h) {
+      const lr::kvquant::CodedSpans part{&k, &v, spans[h]};
       const lr::Status s =
-          threads == 1 ? lr::kvquant::Attend(k, v, q.data(), kModelGroup, spans[h], scale, out.data())
-                       : lr::kvquant::AttendParallel(k, v, q.data(), kModelGroup, spans[h], scale, out.data(), threads);
+          lr::kvquant::AttendWith(kernels, {&part, 1}, 0, q.data(), kModelGroup, scale, out.data(), threads);
       if (!s.ok()) state.SkipWithError(s.ToString().c_str());
       benchmark::DoNotOptimize(out.data());
     }
@@ -159,9 +162,18 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2})
     for (const std::string& f : formats)
       benchmark::RegisterBenchmark(("attend_decode/" + f + "/ctx:8192/threads:" + std::to_string(threads)).c_str(),
-                                   BM_Decode, f, threads)
+                                   BM_Decode, f, threads, lr::kvquant::BestIsa())
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
+  // The same step with each kernel build this CPU runs (one thread), for the builds' speed against each other.
+  for (lr::kvquant::Isa isa : {lr::kvquant::Isa::kGeneric, lr::kvquant::Isa::kAvx2, lr::kvquant::Isa::kAvx512})
+    if (lr::kvquant::GetKernels(isa))
+      for (const std::string f : {"f16", "q8_0", "tq4", "hx3", "hx3s"})
+        benchmark::RegisterBenchmark(
+            ("attend_decode_isa/" + std::string(lr::kvquant::IsaName(isa)) + "/" + f + "/threads:1").c_str(),
+            BM_Decode, f, 1, isa)
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   RecordingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

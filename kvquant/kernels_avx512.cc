@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kvquant/codes.h"
 #include "kvquant/half.h"
 #include "kvquant/kernels.h"
 
