@@ -1,6 +1,6 @@
 // Attention kernels over compressed rows, one build per instruction set, chosen at run time.
 //
-// The same source (kernels_impl.h) is compiled three times: for baseline x86-64 (kGeneric), AVX2+FMA+F16C and
+// The same source (kernels_impl.inc) is compiled three times: for baseline x86-64 (kGeneric), AVX2+FMA+F16C and
 // AVX-512 (F/BW/VL/DQ). Attend uses the best one this CPU runs; tests run every supported one against the scalar
 // reference (attention_reference.h).
 #pragma once
