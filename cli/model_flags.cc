@@ -2,10 +2,24 @@
 
 #include <omp.h>
 
+#include <string>
+
+#include "kvquant/kvquant.h"
+
 namespace lr::cli {
+namespace {
+
+// Every KV format's name, space-separated, for the help text.
+std::string FormatNames() {
+  std::string names;
+  for (const kvquant::FormatInfo& f : kvquant::ListFormats()) names += (names.empty() ? "" : " ") + std::string(f.name);
+  return names;
+}
+
+}  // namespace
 
 void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
-  sub->add_option("--ctk", f->ctk, "KV cache format for keys (f16 q8_0 q4_0 q4_0h tq4 tq3 tq2 planar3/4 iso3/4 hx3)")
+  sub->add_option("--ctk", f->ctk, "KV cache format for keys (" + FormatNames() + ")")
       ->capture_default_str();
   sub->add_option("--ctv", f->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("--kv-sinks", f->kv_sinks, "keep the first N positions as f16 rows too (compressed formats)")
