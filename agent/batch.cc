@@ -228,7 +228,7 @@ double PassAtK(int n, int c, int k) {
   return 1.0 - none;
 }
 
-Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, inference::LanguageModel& model,
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
                               LeanChecker& checker, const BatchOptions& options, std::FILE* console) {
   LR_ASSIGN_OR_RETURN(std::vector<TaskResult> earlier, LoadResults(options.out_path));
   if (!earlier.empty() && !options.resume)

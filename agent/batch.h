@@ -18,7 +18,7 @@
 #include "agent/lean_checker.h"
 #include "agent/prover.h"
 #include "agent/task.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent {
 
@@ -83,7 +83,7 @@ struct BatchSummary {
 // Runs the tasks not yet finished, writes result lines as they end, prints progress to `console`, then writes the
 // report. Errors: LoadResults's, AppendLine's (kIo), and the first infrastructure failure (kUnavailable, kTimeout
 // from Lean or the model): the run stops there and every finished result stays in `out_path`.
-Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, inference::LanguageModel& model,
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
                               LeanChecker& checker, const BatchOptions& options, std::FILE* console);
 
 // The summary and per-task tables, pass@k, and solved-vs-check-budget as a text plot, in Markdown.

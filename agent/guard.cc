@@ -2,7 +2,7 @@
 
 #include <cctype>
 
-#include "agent/lean_text.h"
+#include "lsp/lean_text.h"
 
 namespace lr::agent {
 namespace {
@@ -88,13 +88,13 @@ bool SetsDebugOption(std::string_view masked) {
 }  // namespace
 
 Verdict RefuseProofText(std::string_view proof, const GuardOptions& options) {
-  const std::string masked = MaskCommentsAndStrings(proof);
-  if (NormalizeWhitespace(masked).empty()) return Verdict::Refuse("the proof is empty");
+  const std::string masked = lsp::MaskCommentsAndStrings(proof);
+  if (lsp::NormalizeWhitespace(masked).empty()) return Verdict::Refuse("the proof is empty");
   for (const RefusedToken& r : kIncomplete)
-    if (ContainsToken(masked, r.token)) return Verdict::Refuse(std::string(r.why));
+    if (lsp::ContainsToken(masked, r.token)) return Verdict::Refuse(std::string(r.why));
   if (!options.refuse_constructs) return Verdict::Accept();
   for (const RefusedToken& r : kRefused)
-    if (ContainsToken(masked, r.token)) return Verdict::Refuse("refused construct: the proof " + std::string(r.why));
+    if (lsp::ContainsToken(masked, r.token)) return Verdict::Refuse("refused construct: the proof " + std::string(r.why));
   if (std::string_view cmd = HashCommand(masked); !cmd.empty())
     return Verdict::Refuse("refused construct: the proof contains the command `" + std::string(cmd) + "`");
   if (SetsDebugOption(masked)) return Verdict::Refuse("refused construct: the proof sets a `debug.*` option");
@@ -104,16 +104,16 @@ Verdict RefuseProofText(std::string_view proof, const GuardOptions& options) {
 Verdict CheckSplice(const ProofTask& task, std::string_view proof) {
   const std::string text = CheckedText(task, proof);
   int after_preamble = 0;
-  const Declaration* found = nullptr;
-  std::vector<Declaration> decls = FindDeclarations(text);
-  for (const Declaration& d : decls) {
+  const lsp::Declaration* found = nullptr;
+  std::vector<lsp::Declaration> decls = lsp::FindDeclarations(text);
+  for (const lsp::Declaration& d : decls) {
     if (d.begin < task.preamble.size()) continue;
     ++after_preamble;
     if (d.begin == task.preamble.size()) found = &d;
   }
   if (found == nullptr || found->full_name != task.full_name)
     return Verdict::Refuse("the candidate does not keep the theorem `" + task.full_name + "` where it was");
-  if (!SameStatement(found->Header(text), task.statement))
+  if (!lsp::SameStatement(found->Header(text), task.statement))
     return Verdict::Refuse("the candidate changes the statement of `" + task.full_name + "`");
   if (after_preamble != 1) return Verdict::Refuse("the candidate adds declarations after the theorem");
   return Verdict::Accept();
@@ -162,7 +162,7 @@ bool ParseAxiomsReport(std::string_view message, std::string_view full_name, std
   while (start <= list.size()) {
     size_t comma = list.find(',', start);
     if (comma == std::string_view::npos) comma = list.size();
-    std::string name = NormalizeWhitespace(list.substr(start, comma - start));
+    std::string name = lsp::NormalizeWhitespace(list.substr(start, comma - start));
     if (!name.empty()) axioms->push_back(name);
     start = comma + 1;
   }

@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/lean_text.h"
+#include "lsp/lean_text.h"
 
 namespace lr::agent {
 namespace {
@@ -29,7 +29,7 @@ std::string CompletionCode(const ProofTask& task) {
 }
 
 bool IsSorryProof(std::string_view proof) {
-  std::string normalized = NormalizeWhitespace(MaskCommentsAndStrings(proof));
+  std::string normalized = lsp::NormalizeWhitespace(lsp::MaskCommentsAndStrings(proof));
   return normalized == "sorry" || normalized == "by sorry";
 }
 
@@ -64,7 +64,7 @@ std::string TrimRight(std::string_view s) {
 // `by` + the tactics of `body`, indented two spaces, unless `body` is already a `by` block or a term.
 std::string ProofFromTactics(std::string_view body) {
   std::string trimmed = TrimRight(body);
-  std::string words = NormalizeWhitespace(MaskCommentsAndStrings(trimmed));
+  std::string words = lsp::NormalizeWhitespace(lsp::MaskCommentsAndStrings(trimmed));
   if (words == "by" || words.rfind("by ", 0) == 0) {
     std::string out(1, ' ');
     out.append(trimmed, trimmed.find_first_not_of(" \t\n"));
@@ -92,7 +92,7 @@ Result<PromptStyle> ParsePromptStyle(std::string_view name) {
   return InvalidArgument("prompt style '" + std::string(name) + "': expected 'chat', 'completion' or 'tools'");
 }
 
-std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style) {
+std::vector<ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style) {
   if (style == PromptStyle::kCompletion) return {{"assistant", CompletionCode(task), {}, ""}};
   std::string user = "Prove the following Lean 4 theorem.\n\n```lean\n" + task.preamble + task.statement;
   if (IsSorryProof(task.proof)) {
@@ -104,7 +104,7 @@ std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptSty
   return {{"system", std::string(system), {}, ""}, {"user", user, {}, ""}};
 }
 
-inference::ToolSpec CheckProofTool() {
+ToolSpec CheckProofTool() {
   return {kCheckProof,
           "Checks a Lean 4 theorem with Lean. Returns Lean's errors and the open goals, or says the proof is accepted.",
           R"({"type": "object", "properties": {"code": {"type": "string", "description": )"
@@ -114,7 +114,7 @@ inference::ToolSpec CheckProofTool() {
 namespace {
 
 // The last check_proof call of a reply, or null.
-const inference::ToolCall* LastCheckProofCall(const inference::Choice& reply) {
+const ToolCall* LastCheckProofCall(const Choice& reply) {
   for (auto it = reply.tool_calls.rbegin(); it != reply.tool_calls.rend(); ++it)
     if (it->name == kCheckProof) return &*it;
   return nullptr;
@@ -122,8 +122,8 @@ const inference::ToolCall* LastCheckProofCall(const inference::Choice& reply) {
 
 }  // namespace
 
-Extracted ExtractProof(const inference::Choice& reply, PromptStyle style, const ProofTask& task) {
-  const inference::ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
+Extracted ExtractProof(const Choice& reply, PromptStyle style, const ProofTask& task) {
+  const ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
   if (call == nullptr) return ExtractProof(reply.text, style, task);
   const nlohmann::json args = nlohmann::json::parse(call->arguments_json, nullptr, /*allow_exceptions=*/false);
   if (!args.is_object() || !args.contains("code") || !args["code"].is_string()) {
@@ -135,8 +135,8 @@ Extracted ExtractProof(const inference::Choice& reply, PromptStyle style, const 
   return ExtractProof("```lean\n" + args["code"].get<std::string>() + "\n```", PromptStyle::kChat, task);
 }
 
-void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
-                      const inference::Choice& reply, const Feedback& feedback) {
+void AppendRepairTurn(std::vector<ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
+                      const Choice& reply, const Feedback& feedback) {
   if (style == PromptStyle::kCompletion) {
     // The conversation is one assistant message the model continues.
     std::string& code = conversation->back().content;
@@ -146,7 +146,7 @@ void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptS
             std::string(kCompletionProofStart);
     return;
   }
-  const inference::ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
+  const ToolCall* call = style == PromptStyle::kTools ? LastCheckProofCall(reply) : nullptr;
   if (call != nullptr) {
     std::string result = "Lean rejected this proof:\n" + feedback.errors + "\n";
     if (!feedback.goals.empty()) result += "\nGoals at the errors:\n" + feedback.goals + "\n";
@@ -165,7 +165,7 @@ Extracted ExtractProof(std::string_view reply, PromptStyle style, const ProofTas
   Extracted out;
   if (style == PromptStyle::kCompletion) {
     std::string_view body = reply.substr(0, reply.find("```"));
-    if (NormalizeWhitespace(body).empty()) {
+    if (lsp::NormalizeWhitespace(body).empty()) {
       out.problem = "the reply holds no proof";
       return out;
     }
@@ -176,16 +176,16 @@ Extracted ExtractProof(std::string_view reply, PromptStyle style, const ProofTas
   std::vector<Block> blocks = FencedBlocks(reply);
   for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
     if (it->lang != "lean" && it->lang != "lean4" && !it->lang.empty()) continue;
-    if (NormalizeWhitespace(it->body).empty()) continue;
-    std::vector<Declaration> decls = FindDeclarations(it->body);
+    if (lsp::NormalizeWhitespace(it->body).empty()) continue;
+    std::vector<lsp::Declaration> decls = lsp::FindDeclarations(it->body);
     if (decls.empty()) {
       out.found = true;
       out.proof = ProofFromTactics(it->body);
       return out;
     }
-    for (const Declaration& d : decls) {
+    for (const lsp::Declaration& d : decls) {
       if (d.name != task.name) continue;
-      if (!SameStatement(d.Header(it->body), task.statement)) {
+      if (!lsp::SameStatement(d.Header(it->body), task.statement)) {
         out.problem = "the reply changes the statement of `" + task.name + "`";
         return out;
       }

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "agent/task.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent {
 
@@ -31,7 +31,7 @@ enum class PromptStyle { kChat, kCompletion, kTools };
 Result<PromptStyle> ParsePromptStyle(std::string_view name);
 
 // The conversation that asks for a proof of `task`.
-std::vector<inference::ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style);
+std::vector<ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style);
 
 // What a repair turn tells the model about its candidate: Lean's errors (or the guard's refusal) and the goals.
 struct Feedback {
@@ -40,12 +40,12 @@ struct Feedback {
 };
 
 // The tool offered in kTools style: `check_proof` with one string argument, `code`, the complete theorem.
-inference::ToolSpec CheckProofTool();
+ToolSpec CheckProofTool();
 
 // Extends `conversation` (the candidate's own) with its `reply` and the feedback, asking for a fixed proof. kTools:
 // when the reply called check_proof, the feedback is that call's result (a "tool" message).
-void AppendRepairTurn(std::vector<inference::ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
-                      const inference::Choice& reply, const Feedback& feedback);
+void AppendRepairTurn(std::vector<ChatMessage>* conversation, PromptStyle style, const ProofTask& task,
+                      const Choice& reply, const Feedback& feedback);
 
 // What the model's reply offers as the proof of `task`: the text to put after the statement's `:=`.
 struct Extracted {
@@ -62,6 +62,6 @@ Extracted ExtractProof(std::string_view reply, PromptStyle style, const ProofTas
 
 // Reads the proof from a whole reply: in kTools style the code of its last check_proof call (read as a ```lean
 // block; a call whose arguments are not a JSON object with a string `code` is a problem), else its text as above.
-Extracted ExtractProof(const inference::Choice& reply, PromptStyle style, const ProofTask& task);
+Extracted ExtractProof(const Choice& reply, PromptStyle style, const ProofTask& task);
 
 }  // namespace lr::agent

@@ -9,7 +9,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Candidate {
-  std::vector<inference::ChatMessage> conversation;
+  std::vector<ChatMessage> conversation;
   bool done = false;
 };
 
@@ -36,14 +36,14 @@ Feedback FeedbackFor(const Verdict& verdict, const LeanReport* report, const Pro
 
 class Loop {
  public:
-  Loop(const ProofTask& task, inference::LanguageModel& model, LeanChecker& checker, const ProverOptions& options)
+  Loop(const ProofTask& task, LanguageModel& model, LeanChecker& checker, const ProverOptions& options)
       : task_(task), model_(model), checker_(checker), options_(options), start_(Clock::now()) {}
 
   Result<ProofOutcome> Run() {
     const int k = options_.k;
     std::vector<Candidate> candidates(k);
-    const std::vector<inference::ChatMessage> first = FirstPrompt(task_, options_.style);
-    LR_ASSIGN_OR_RETURN(inference::Completion completion, Request(first, 0, k, 0));
+    const std::vector<ChatMessage> first = FirstPrompt(task_, options_.style);
+    LR_ASSIGN_OR_RETURN(Completion completion, Request(first, 0, k, 0));
     out_.candidates = k;
     for (int i = 0; i < k && !Finished(); ++i) {
       candidates[i].conversation = first;
@@ -52,7 +52,7 @@ class Loop {
     for (int turn = 1; turn <= options_.turns && !Finished(); ++turn) {
       for (int i = 0; i < k && !Finished(); ++i) {
         if (candidates[i].done) continue;
-        LR_ASSIGN_OR_RETURN(inference::Completion repair, Request(candidates[i].conversation, i, 1, turn));
+        LR_ASSIGN_OR_RETURN(Completion repair, Request(candidates[i].conversation, i, 1, turn));
         ++out_.turns;
         LR_RETURN_IF_ERROR(Judge(&candidates[i], i, turn, repair.choices[0]));
       }
@@ -77,10 +77,10 @@ class Loop {
   }
 
   // Asks for the replies of candidates [first_candidate, first_candidate + n) at `turn`.
-  Result<inference::Completion> Request(const std::vector<inference::ChatMessage>& messages, int first_candidate, int n,
+  Result<Completion> Request(const std::vector<ChatMessage>& messages, int first_candidate, int n,
                                         int turn) {
     if (IsCancelled()) return Cancelled("proof of " + task_.name + " cancelled");
-    inference::CompletionRequest request;
+    CompletionRequest request;
     request.messages = messages;
     request.n = n;
     request.sampling = options_.sampling;
@@ -92,7 +92,7 @@ class Loop {
       if (observer != nullptr) observer->OnPiece(first_candidate + index, piece);
       return !IsCancelled();
     };
-    LR_ASSIGN_OR_RETURN(inference::Completion c, model_.Complete(request, keep_going));
+    LR_ASSIGN_OR_RETURN(Completion c, model_.Complete(request, keep_going));
     if (IsCancelled()) return Cancelled("proof of " + task_.name + " cancelled");
     if (static_cast<int>(c.choices.size()) != n)
       return Internal("model " + model_.Name() + " returned " + std::to_string(c.choices.size()) +
@@ -112,7 +112,7 @@ class Loop {
     return report;
   }
 
-  Status Judge(Candidate* candidate, int index, int turn, const inference::Choice& choice) {
+  Status Judge(Candidate* candidate, int index, int turn, const Choice& choice) {
     Attempt attempt;
     attempt.candidate = index;
     attempt.turn = turn;
@@ -152,7 +152,7 @@ class Loop {
   }
 
   const ProofTask& task_;
-  inference::LanguageModel& model_;
+  LanguageModel& model_;
   LeanChecker& checker_;
   const ProverOptions& options_;
   const Clock::time_point start_;
@@ -161,7 +161,7 @@ class Loop {
 
 }  // namespace
 
-Result<ProofOutcome> Prove(const ProofTask& task, inference::LanguageModel& model, LeanChecker& checker,
+Result<ProofOutcome> Prove(const ProofTask& task, LanguageModel& model, LeanChecker& checker,
                            const ProverOptions& options) {
   if (options.k < 1 || options.turns < 0)
     return InvalidArgument("prover options: k must be at least 1 and turns at least 0 (got k=" +

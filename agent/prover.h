@@ -23,7 +23,7 @@
 #include "agent/lean_checker.h"
 #include "agent/prompt.h"
 #include "agent/task.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent {
 
@@ -48,7 +48,7 @@ struct ProverOptions {
   int k = 4;      // candidates sampled from the first prompt
   int turns = 2;  // repair turns per candidate after its first reply
   PromptStyle style = PromptStyle::kChat;
-  inference::SamplingParams sampling;  // per request; sampling.max_tokens bounds one reply
+  SamplingParams sampling;  // per request; sampling.max_tokens bounds one reply
   long max_tokens = 0;      // budget: completion tokens over all requests; 0 = none
   double max_seconds = 0;   // budget: wall-clock seconds; 0 = none
   int max_checks = 0;       // budget: candidates judged (guard or Lean); 0 = none
@@ -91,7 +91,7 @@ struct ProofOutcome {
 
 // Proves `task`. Errors: the model's (kInvalidArgument, kUnavailable, kResourceExhausted, ...), the checker's after
 // (kUnavailable, kTimeout), kCancelled.
-Result<ProofOutcome> Prove(const ProofTask& task, inference::LanguageModel& model, LeanChecker& checker,
+Result<ProofOutcome> Prove(const ProofTask& task, LanguageModel& model, LeanChecker& checker,
                            const ProverOptions& options);
 
 }  // namespace lr::agent

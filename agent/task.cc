@@ -2,12 +2,12 @@
 
 #include <algorithm>
 
-#include "agent/lean_text.h"
+#include "lsp/lean_text.h"
 
 namespace lr::agent {
 namespace {
 
-ProofTask TaskFromDeclaration(std::string_view text, const Declaration& d) {
+ProofTask TaskFromDeclaration(std::string_view text, const lsp::Declaration& d) {
   ProofTask task;
   task.name = d.name;
   task.full_name = d.full_name;
@@ -25,7 +25,7 @@ Result<ProofTask> TaskFromStatement(std::string_view header, std::string_view in
   std::string text = std::string(header) + std::string(informal) + std::string(formal_statement);
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   text += "\n  sorry\n";
-  std::vector<Declaration> decls = FindDeclarations(text);
+  std::vector<lsp::Declaration> decls = lsp::FindDeclarations(text);
   const size_t statement_begin = header.size() + informal.size();
   if (decls.empty() || decls.back().name == "example" || decls.back().begin < statement_begin)
     return InvalidArgument(std::string(where) +
@@ -37,7 +37,7 @@ Result<ProofTask> TaskFromStatement(std::string_view header, std::string_view in
 
 std::vector<ProofTask> TasksFromSource(std::string_view text) {
   std::vector<ProofTask> tasks;
-  for (const Declaration& d : FindDeclarations(text))
+  for (const lsp::Declaration& d : lsp::FindDeclarations(text))
     if (d.keyword == "theorem" || d.keyword == "lemma") tasks.push_back(TaskFromDeclaration(text, d));
   return tasks;
 }
@@ -50,7 +50,7 @@ std::string CheckedText(const ProofTask& task, std::string_view proof) {
   return text;
 }
 
-int StatementLine(const ProofTask& task) { return LineOfOffset(task.preamble, task.preamble.size()); }
+int StatementLine(const ProofTask& task) { return lsp::LineOfOffset(task.preamble, task.preamble.size()); }
 
 int AxiomsLine(const ProofTask& task, std::string_view proof) {
   std::string text = CheckedText(task, proof);

@@ -4,7 +4,7 @@
 // "attend_stream" walks 16 copies of the range in turn (256 MiB of f16), as a decode step does when it visits every
 // layer's cache once: the rows come from memory, which is where fewer bytes per row pay. "attend_decode" is one
 // decode step of the default model at depth 8K, in the paged cache's layout (BM_Decode); "attend_decode_isa" the same
-// step with each kernel build (generic, AVX2, AVX-512) this CPU runs.
+// step with each kernel build (baseline, AVX2, AVX-512) this CPU runs.
 // After the Google Benchmark table it prints every format's time as a ratio to f16's from the same run, twice: by
 // wall-clock time, and by the CPU time of the calling thread (for one thread, the figure to read on a machine shared
 // with other work, where wall-clock time mostly measures waiting for a core).
@@ -87,7 +87,7 @@ void BM_Attend(benchmark::State& state, std::string format, int ctx, int threads
 // every (layer, head), its 32 key rows and then its 32 value rows. One iteration attends every (layer, head) in turn
 // over all its pages, so rows come from memory in 32-row runs a page apart (189 MB of f16 per step), as in
 // `leanrotor bench --depth 8192`.
-void BM_Decode(benchmark::State& state, std::string format, int threads, lr::kvquant::Isa isa) {
+void BM_Decode(benchmark::State& state, std::string format, int threads, lr::Isa isa) {
   constexpr int kHeads = 90, kModelDim = 64, kModelGroup = 3, kPageTokens = 32, kDepth = 8192;
   const RowCodec k = *RowCodec::Create(format, kModelDim, 1, 0, 0), v = *RowCodec::Create(format, kModelDim, 1, 0, 1);
   const size_t kp = k.row_bytes() * kPageTokens, vp = v.row_bytes() * kPageTokens, page = kHeads * (kp + vp);
@@ -162,15 +162,15 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2})
     for (const std::string& f : formats)
       benchmark::RegisterBenchmark(("attend_decode/" + f + "/ctx:8192/threads:" + std::to_string(threads)).c_str(),
-                                   BM_Decode, f, threads, lr::kvquant::BestIsa())
+                                   BM_Decode, f, threads, lr::BestIsa())
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
   // The same step with each kernel build this CPU runs (one thread), for the builds' speed against each other.
-  for (lr::kvquant::Isa isa : {lr::kvquant::Isa::kGeneric, lr::kvquant::Isa::kAvx2, lr::kvquant::Isa::kAvx512})
+  for (lr::Isa isa : {lr::Isa::kBaseline, lr::Isa::kAvx2, lr::Isa::kAvx512})
     if (lr::kvquant::GetKernels(isa))
       for (const std::string f : {"f16", "q8_0", "tq4", "hx3", "hx3s"})
         benchmark::RegisterBenchmark(
-            ("attend_decode_isa/" + std::string(lr::kvquant::IsaName(isa)) + "/" + f + "/threads:1").c_str(),
+            ("attend_decode_isa/" + std::string(lr::IsaName(isa)) + "/" + f + "/threads:1").c_str(),
             BM_Decode, f, 1, isa)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();

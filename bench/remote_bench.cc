@@ -8,11 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "inference/http_sse.h"
-#include "inference/remote_model.h"
-#include "inference/serve.h"
+#include "net/http_sse.h"
+#include "net/remote_model.h"
+#include "net/serve.h"
 
-namespace lr::inference {
+namespace lr::net {
 namespace {
 
 // Emits max_tokens pieces per choice at once.
@@ -118,6 +118,6 @@ void BM_StreamOverLoopback(benchmark::State& state) {
 BENCHMARK(BM_StreamOverLoopback)->Args({1, 256})->Args({4, 256})->UseRealTime();
 
 }  // namespace
-}  // namespace lr::inference
+}  // namespace lr::net
 
 BENCHMARK_MAIN();

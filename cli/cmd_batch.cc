@@ -55,7 +55,7 @@ int RunBatchCommand(const BatchFlags& f) {
   options.progress_bar = ::isatty(STDOUT_FILENO) != 0;
   options.cancel = InstallInterruptFlag();
 
-  Result<std::unique_ptr<inference::LanguageModel>> model = OpenModel(f.prover);
+  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover);
   if (!model.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", model.status().ToString().c_str());
     return 2;

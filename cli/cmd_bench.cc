@@ -312,11 +312,11 @@ int RunBench(BenchFlags f) {
                         {"depth", f.depth},       {"threads", threads},   {"ctk", f.ctk},
                         {"ctv", f.ctv},           {"read_gb_s", bandwidth / 1e9},
                         {"bytes_per_token", bytes_per_token},            {"bound_fraction", tg_tok_s / bound},
-                        {"simd", inference::SimdLevelName(inference::ActiveSimdLevel())}};
+                        {"simd", IsaName(ops::ActiveIsa())}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("model %s, %d threads, %s kernels, %s, depth %d\n", f.model.c_str(), threads,
-                inference::SimdLevelName(inference::ActiveSimdLevel()), KvLabel(f).c_str(), f.depth);
+                IsaName(ops::ActiveIsa()), KvLabel(f).c_str(), f.depth);
     std::printf("prompt      %8.1f tok/s (%d tokens)\n", pp_tok_s, f.n_prompt);
     std::printf("generation  %8.1f tok/s (%d tokens)\n", tg_tok_s, f.n_gen);
     std::printf("read bandwidth %.2f GB/s; %.2f MB per generated token (weights %.2f MB, KV %.2f MB)\n",

@@ -15,7 +15,7 @@ struct GenerateFlags {
   LocalModelFlags local;
   std::string prompt;
   int n_predict = 128;
-  inference::SamplingParams sampling;
+  SamplingParams sampling;
   bool chat = false;
 };
 
@@ -39,7 +39,7 @@ int RunGenerate(GenerateFlags f) {
   inference::GenerateStats stats;
   Status status;
   if (f.chat) {
-    inference::CompletionRequest request;
+    CompletionRequest request;
     request.messages.push_back({"user", f.prompt, {}, {}});
     request.sampling = f.sampling;
     auto done = (*lm)->Complete(request, stream, &stats);

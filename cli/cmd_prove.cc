@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/lean_text.h"
+#include "lsp/lean_text.h"
 #include "agent/prover.h"
 #include "base/file.h"
 #include "cli/command.h"
@@ -32,7 +32,7 @@ struct Row {
 };
 
 bool HasSorry(const agent::ProofTask& t) {
-  return agent::ContainsToken(agent::MaskCommentsAndStrings(t.proof), "sorry");
+  return lsp::ContainsToken(lsp::MaskCommentsAndStrings(t.proof), "sorry");
 }
 
 // The next theorem to work on in `text`: the first with a sorry whose name is not in `done` (and is `only`, if set).
@@ -85,7 +85,7 @@ int RunProve(const ProveFlags& f) {
   }
   const std::atomic<bool>* interrupted = InstallInterruptFlag();
   options->cancel = interrupted;
-  Result<std::unique_ptr<inference::LanguageModel>> model = OpenModel(f.prover);
+  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover);
   if (!model.ok()) {
     std::fprintf(stderr, "leanrotor prove: %s\n", model.status().ToString().c_str());
     return 2;

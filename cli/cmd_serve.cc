@@ -1,4 +1,4 @@
-// `leanrotor serve`: the in-process runner behind an OpenAI-compatible HTTP server (inference/serve.h).
+// `leanrotor serve`: the in-process runner behind an OpenAI-compatible HTTP server (net/serve.h).
 #include <signal.h>
 
 #include <cstdio>
@@ -7,7 +7,7 @@
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
-#include "inference/serve.h"
+#include "net/serve.h"
 
 namespace lr::cli {
 namespace {
@@ -25,7 +25,7 @@ struct ServeFlags {
 std::string ModelMetrics(const inference::LocalModel& model) {
   const inference::EngineStats e = model.engine_stats();
   const inference::KvStats kv = model.kv_stats();
-  using inference::PrometheusMetric;
+  using net::PrometheusMetric;
   return PrometheusMetric("leanrotor_engine_steps_total", "counter", "Forward passes of the in-process model.",
                           static_cast<double>(e.steps)) +
          PrometheusMetric("leanrotor_engine_batched_steps_total", "counter",
@@ -65,14 +65,14 @@ int RunServe(const ServeFlags& f) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  inference::ServeOptions so;
+  net::ServeOptions so;
   so.host = f.host;
   so.port = f.port;
   so.max_running = f.parallel;  // batched by the model's engine into shared decode steps
   so.max_queued = f.queue;
   so.model_id = f.model_id;
   so.extra_metrics = [lm = model->get()] { return ModelMetrics(*lm); };
-  inference::Server server(**model, so);
+  net::Server server(**model, so);
   Status started = server.Start();
   if (!started.ok()) {
     std::fprintf(stderr, "leanrotor serve: %s\n", started.ToString().c_str());

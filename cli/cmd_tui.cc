@@ -6,7 +6,7 @@
 
 #include "cli/command.h"
 #include "cli/model_flags.h"
-#include "inference/remote_model.h"
+#include "net/remote_model.h"
 #include "lsp/server_pool.h"
 #include "lsp/server_process.h"
 #include "tui/app.h"
@@ -21,7 +21,7 @@ struct TuiFlags {
   int k = 4;
   int turns = 2;
   std::string style = "chat";
-  inference::SamplingParams sampling;
+  SamplingParams sampling;
   std::string project;
   std::string lean_cmd;
 };
@@ -38,10 +38,10 @@ tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
     }
     tui::ModelHandle handle;
     if (!flags->url.empty()) {
-      inference::RemoteOptions options;
+      net::RemoteOptions options;
       options.base_url = flags->url;
       options.model = flags->local.model;
-      LR_ASSIGN_OR_RETURN(handle.model, inference::RemoteModel::Create(options));
+      LR_ASSIGN_OR_RETURN(handle.model, net::RemoteModel::Create(options));
       return handle;
     }
     LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(flags->local));

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "inference/local_model.h"
-#include "inference/remote_model.h"
+#include "net/remote_model.h"
 #include "lsp/server_process.h"
 
 namespace lr::cli {
@@ -76,18 +76,18 @@ Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& f) {
   return o;
 }
 
-Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& f) {
+Result<std::unique_ptr<LanguageModel>> OpenModel(const ProverFlags& f) {
   if (!f.remote.empty()) {
     if (f.remote_model.empty()) return InvalidArgument("--remote needs --model-id (e.g. labs-leanstral-2603)");
-    inference::RemoteOptions options;
+    net::RemoteOptions options;
     options.base_url = f.remote;
     options.model = f.remote_model;
-    LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::RemoteModel> remote, inference::RemoteModel::Create(options));
-    return std::unique_ptr<inference::LanguageModel>(std::move(remote));
+    LR_ASSIGN_OR_RETURN(std::unique_ptr<net::RemoteModel> remote, net::RemoteModel::Create(options));
+    return std::unique_ptr<LanguageModel>(std::move(remote));
   }
   LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(f.local));
   LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
-  return std::unique_ptr<inference::LanguageModel>(std::move(local));
+  return std::unique_ptr<LanguageModel>(std::move(local));
 }
 
 Status CheckLeanAvailable(const ProverFlags& f, const std::vector<std::string>& project_roots) {

@@ -11,7 +11,7 @@
 
 #include "agent/prover.h"
 #include "cli/model_flags.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 #include "lsp/server_pool.h"
 
 namespace lr::cli {
@@ -43,7 +43,7 @@ void AddProverFlags(CLI::App* sub, ProverFlags* flags);
 Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& flags);
 
 // The local model (LocalModel over -m or the default GGUF) or the remote one (RemoteModel over --remote).
-Result<std::unique_ptr<inference::LanguageModel>> OpenModel(const ProverFlags& flags);
+Result<std::unique_ptr<LanguageModel>> OpenModel(const ProverFlags& flags);
 
 // The server command for each project root (empty: lone files). kNotFound, with how to install Lean (elan), when
 // the flags name no command and Lean is not on PATH.

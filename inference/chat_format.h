@@ -22,7 +22,7 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::inference {
 

@@ -278,15 +278,15 @@ Status GgufFile::Parse() {
       t.shape.push_back(static_cast<int64_t>(dim));
     }
     LR_ASSIGN_OR_RETURN(uint32_t type_id, r.Read<uint32_t>(what + " type"));
-    std::optional<TensorTypeInfo> type = LookupTensorType(type_id);
+    std::optional<ops::TensorTypeInfo> type = ops::LookupTensorType(type_id);
     if (!type)
       return Unsupported(path_ + ": " + what + " has ggml type " + std::to_string(type_id) +
                          ", which this build does not support");
     t.type = *type;
-    if (!RowIsWhole(t.type, t.shape[0]))
+    if (!ops::RowIsWhole(t.type, t.shape[0]))
       return Corrupt(path_ + ": " + what + " row length " + std::to_string(t.shape[0]) + " is not a multiple of " +
                      std::string(t.type.name) + "'s block of " + std::to_string(t.type.block_elems));
-    uint64_t row_bytes = RowBytes(t.type, t.shape[0]);
+    uint64_t row_bytes = ops::RowBytes(t.type, t.shape[0]);
     uint64_t rows = static_cast<uint64_t>(elements / t.shape[0]);
     if (rows != 0 && row_bytes > std::numeric_limits<uint64_t>::max() / rows)
       return Corrupt(path_ + ": " + what + " is too large");

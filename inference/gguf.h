@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "base/status.h"
-#include "inference/tensor_type.h"
+#include "ops/tensor_type.h"
 
 namespace lr::inference {
 
@@ -81,7 +81,7 @@ class GgufFile {
   struct Tensor {
     std::string name;
     std::vector<int64_t> shape;
-    TensorTypeInfo type;
+    ops::TensorTypeInfo type;
     const uint8_t* data;
     size_t bytes;
   };

@@ -7,7 +7,7 @@
 #include <mutex>
 #include <string>
 
-#include "inference/kernels.h"
+#include "ops/kernels.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
 
@@ -206,11 +206,11 @@ Result<std::vector<double>> OutputColumnEnergy(const Model& model, int layer, in
   if (t->shape.size() != 2 || t->shape[0] != cols || t->shape[1] != cfg.n_embd)
     return Corrupt(model.gguf().path() + ": tensor " + name + " is not " + std::to_string(cfg.n_embd) + " rows of " +
                    std::to_string(cols) + " values (n_head * value_length)");
-  const size_t row_bytes = RowBytes(t->type, cols);
+  const size_t row_bytes = ops::RowBytes(t->type, cols);
   std::vector<double> energy(cols, 0.0);
   std::vector<float> row(cols);
   for (int r = 0; r < cfg.n_embd; ++r) {
-    DequantizeRow(t->type, t->data + r * row_bytes, row.data(), cols);
+    ops::DequantizeRow(t->type, t->data + r * row_bytes, row.data(), cols);
     for (int64_t c = 0; c < cols; ++c) energy[c] += static_cast<double>(row[c]) * row[c];
   }
   return energy;

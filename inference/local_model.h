@@ -43,7 +43,7 @@
 #include "base/status.h"
 #include "inference/chat_format.h"
 #include "inference/kv_cache.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
 

@@ -118,15 +118,15 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   std::vector<float> q(n * qd);
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n) * c.q_lora_rank);
-    MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
+    ops::MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
     for (int i = 0; i < n; ++i) RmsNormInPlace(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(),
                                                c.q_lora_rank, c.rms_eps);
-    MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
+    ops::MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
   } else {
-    MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
+    ops::MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
   }
   std::vector<float> kv(static_cast<size_t>(n) * row);
-  MatMul(w.wkv_a, x, n, kv.data(), row);
+  ops::MatMul(w.wkv_a, x, n, kv.data(), row);
 
   const float cs_factor = RopeCosSinFactor(c);
   std::vector<float> cos_sin(static_cast<size_t>(rope));
@@ -152,7 +152,7 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   std::vector<float> k_b(static_cast<size_t>(heads) * nope * lat);
   for (int h = 0; h < heads; ++h)
     for (int j = 0; j < nope; ++j)
-      DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
+      ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
                     &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
   std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
   for (int i = 0; i < n; ++i) {
@@ -191,12 +191,12 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   // Head h's output: v_b_h times its attended latent.
   std::vector<float> attn(static_cast<size_t>(n) * heads * vd);
   for (int h = 0; h < heads; ++h) {
-    const WeightMatrix v_b{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
+    const ops::WeightMatrix v_b{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
                            w.wkv_b.row_bytes};
-    MatMul(v_b, &latent_out[static_cast<size_t>(h) * n * lat], n, &attn[static_cast<size_t>(h) * vd],
+    ops::MatMul(v_b, &latent_out[static_cast<size_t>(h) * n * lat], n, &attn[static_cast<size_t>(h) * vd],
            static_cast<int64_t>(heads) * vd);
   }
-  MatMul(w.wo, attn.data(), n, out, c.n_embd);
+  ops::MatMul(w.wo, attn.data(), n, out, c.n_embd);
 }
 
 }  // namespace lr::inference

@@ -158,12 +158,12 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& path) {
 
 Status Model::BindWeights() {
   const ModelConfig& c = config_;
-  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, WeightMatrix* out) -> Status {
+  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, ops::WeightMatrix* out) -> Status {
     LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, gguf_.FindTensor(name));
     if (t->shape.size() != 2 || t->shape[0] != cols || t->shape[1] != rows)
       return Corrupt(gguf_.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
                      std::to_string(cols) + ", " + std::to_string(rows) + "]");
-    *out = WeightMatrix{t->type, t->data, rows, cols, RowBytes(t->type, cols)};
+    *out = ops::WeightMatrix{t->type, t->data, rows, cols, ops::RowBytes(t->type, cols)};
     return Status::Ok();
   };
   auto vector = [&](const std::string& name, int64_t n, std::vector<float>* out) -> Status {
@@ -172,7 +172,7 @@ Status Model::BindWeights() {
       return Corrupt(gguf_.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
                      std::to_string(n) + "]");
     out->resize(static_cast<size_t>(n));
-    DequantizeRow(t->type, t->data, out->data(), n);
+    ops::DequantizeRow(t->type, t->data, out->data(), n);
     return Status::Ok();
   };
   LR_RETURN_IF_ERROR(matrix("token_embd.weight", c.n_vocab, c.n_embd, &token_embd_));
@@ -212,16 +212,16 @@ Status Model::BindWeights() {
   }
   // The dense blocks' Q4_1 / Q8_0 products and the output run on copies repacked to 16 interleaved rows where the
   // CPU has kernels for them (kernels.h). A tied output copies token_embd; the lookup keeps reading its GGUF rows.
-  if (DetectSimdLevel() >= SimdLevel::kAvx2) {
-    auto repack = [&](WeightMatrix& w) {
-      if (!Repack16Applies(w)) return;
-      OwnedWeightMatrix copy = Repack16(w);
+  if (BestIsa() >= Isa::kAvx2) {
+    auto repack = [&](ops::WeightMatrix& w) {
+      if (!ops::Repack16Applies(w)) return;
+      ops::OwnedWeightMatrix copy = ops::Repack16(w);
       w = copy.view;
       repacked_.push_back(std::move(copy.bytes));
     };
     repack(output_);
     for (LayerWeights& l : layers_) {
-      for (WeightMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) repack(*w);
+      for (ops::WeightMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) repack(*w);
     }
   }
   rope_inv_freq_ = RopeInvFreq(c);
@@ -234,7 +234,7 @@ KvShape Model::kv_shape() const {
 }
 
 size_t Model::weight_bytes_per_token() const {
-  auto bytes = [](const WeightMatrix& w) { return w.row_bytes * static_cast<size_t>(w.rows); };
+  auto bytes = [](const ops::WeightMatrix& w) { return w.row_bytes * static_cast<size_t>(w.rows); };
   size_t total = bytes(output_) + token_embd_.row_bytes;
   for (const LayerWeights& l : layers_) {
     total += bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.gate) + bytes(l.up) + bytes(l.down);
@@ -260,12 +260,12 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   float* q = s.q.data();
   float* k = s.k.data();
   float* v = s.v.data();
-  const MatMulOut qkv[] = {{&l.wq, q, qd}, {&l.wk, k, kd}, {&l.wv, v, vd}};
-  const MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
+  const ops::MatMulOut qkv[] = {{&l.wq, q, qd}, {&l.wk, k, kd}, {&l.wv, v, vd}};
+  const ops::MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
   const int pairs = n * c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  NormTeam(x, l.attn_norm, s.tokens, UsesQ8(qkv), s);
-  MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
+  NormTeam(x, l.attn_norm, s.tokens, ops::UsesQ8(qkv), s);
+  ops::MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
   // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
   // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
 #pragma omp for schedule(static)
@@ -311,7 +311,7 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
                                s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
     }
   }
-  MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
+  ops::MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
 }
 
 void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
@@ -319,20 +319,20 @@ void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
   const int e = config_.n_embd, ff = config_.n_ff;
   float* g = s.g.data();
   const float* u = s.u.data();
-  const MatMulOut gate_up[] = {{&l.gate, g, ff}, {&l.up, s.u.data(), ff}};
-  const MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
+  const ops::MatMulOut gate_up[] = {{&l.gate, g, ff}, {&l.up, s.u.data(), ff}};
+  const ops::MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
   const int64_t n_g = int64_t{n} * ff;
-  NormTeam(x, l.ffn_norm, s.tokens, UsesQ8(gate_up), s);
-  MatMulManyQuantizedTeam(gate_up, s.xn.data(), s.xq.data(), n);
+  NormTeam(x, l.ffn_norm, s.tokens, ops::UsesQ8(gate_up), s);
+  ops::MatMulManyQuantizedTeam(gate_up, s.xn.data(), s.xq.data(), n);
   // g = silu(g) * u, each block of 32 quantized for the down product as soon as it is done (q8 implies ff % 32 == 0).
-  const bool q8 = UsesQ8(residual);
+  const bool q8 = ops::UsesQ8(residual);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < (n_g + 31) / 32; ++b) {
     const int64_t end = std::min(n_g, 32 * b + 32);
     for (int64_t i = 32 * b; i < end; ++i) g[i] = Silu(g[i]) * u[i];
-    if (q8) QuantizeRowQ8(g + 32 * b, 32, &s.xq[b]);
+    if (q8) ops::QuantizeRowQ8(g + 32 * b, 32, &s.xq[b]);
   }
-  MatMulManyQuantizedTeam(residual, g, s.xq.data(), n);
+  ops::MatMulManyQuantizedTeam(residual, g, s.xq.data(), n);
 }
 
 void Model::NormTeam(const float* x, const std::vector<float>& w, const std::vector<int>& rows, bool q8, Scratch& s) {
@@ -341,14 +341,14 @@ void Model::NormTeam(const float* x, const std::vector<float>& w, const std::vec
   for (int j = 0; j < m; ++j) {
     float* xn = &s.xn[static_cast<size_t>(j) * e];
     RmsNorm(x + static_cast<size_t>(rows[j]) * e, w.data(), e, config_.rms_eps, xn);
-    if (q8) QuantizeRowQ8(xn, e, &s.xq[static_cast<size_t>(j) * (e / 32)]);
+    if (q8) ops::QuantizeRowQ8(xn, e, &s.xq[static_cast<size_t>(j) * (e / 32)]);
   }
 }
 
 void Model::Logits(const std::vector<int>& rows, Scratch& s, const float* x, float* logits) {
-  const MatMulOut out[] = {{&output_, logits, config_.n_vocab}};
-  NormTeam(x, output_norm_, rows, UsesQ8(out), s);
-  MatMulManyQuantizedTeam(out, s.xn.data(), s.xq.data(), static_cast<int>(rows.size()));
+  const ops::MatMulOut out[] = {{&output_, logits, config_.n_vocab}};
+  NormTeam(x, output_norm_, rows, ops::UsesQ8(out), s);
+  ops::MatMulManyQuantizedTeam(out, s.xn.data(), s.xq.data(), static_cast<int>(rows.size()));
 }
 
 Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
@@ -370,7 +370,7 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
 
   const int e = c.n_embd;
   std::vector<float> x(static_cast<size_t>(n) * e), delta(x.size());
-  for (int i = 0; i < n; ++i) DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * e], e);
+  for (int i = 0; i < n; ++i) ops::DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * e], e);
   // The RoPE angles of each token's position, shared by the layers.
   std::vector<float> rope(static_cast<size_t>(n) * c.n_rot);
   for (int i = 0; i < n; ++i) {

@@ -23,7 +23,7 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
-#include "inference/kernels.h"
+#include "ops/kernels.h"
 #include "inference/kv_cache.h"
 #include "inference/mla.h"
 #include "inference/moe.h"
@@ -94,10 +94,10 @@ struct LayerWeights {
   AttentionKind attention = AttentionKind::kGqa;
   FfnKind ffn = FfnKind::kSwiGlu;
   std::vector<float> attn_norm;          // n_embd
-  WeightMatrix wq, wk, wv, wo;           // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
+  ops::WeightMatrix wq, wk, wv, wo;           // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
   std::vector<float> q_norm, k_norm;     // head_dim each, qk_norm only
   std::vector<float> ffn_norm;           // n_embd
-  WeightMatrix gate, up, down;           // SwiGLU: down(silu(gate x) * up x)
+  ops::WeightMatrix gate, up, down;           // SwiGLU: down(silu(gate x) * up x)
   MlaWeights mla;                        // kMla only (then wq..wo, q_norm, k_norm are empty)
   MoeWeights moe;                        // kMoe only (then gate, up, down are empty)
 };
@@ -148,7 +148,7 @@ class Model {
   struct Scratch {
     std::vector<int> tokens;  // 0 .. n - 1
     std::vector<float> xn, q, k, v, attn, g, u;
-    std::vector<BlockQ8> xq;
+    std::vector<ops::BlockQ8> xq;
     // Attention in pieces (kSplitAttentionFrom), when some range is that long: pair = token * n_head_kv + KV head;
     // pair p's pieces are [first_piece[p], first_piece[p + 1]), their states in `states`. Empty otherwise.
     struct Piece {
@@ -173,7 +173,7 @@ class Model {
 
   GgufFile gguf_;
   ModelConfig config_;
-  WeightMatrix token_embd_, output_;  // output_: a view of repacked_ when repacked (token_embd_ never is)
+  ops::WeightMatrix token_embd_, output_;  // output_: a view of repacked_ when repacked (token_embd_ never is)
   std::vector<std::vector<uint8_t>> repacked_;  // the buffers of the repacked matrices (BindWeights)
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;

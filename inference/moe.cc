@@ -17,30 +17,30 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 }
 
 // A 3D tensor of `count` stacked matrices of rows x cols, as one matrix of count*rows rows.
-Result<WeightMatrix> BindStacked(const GgufFile& g, const std::string& name, int64_t count, int64_t rows,
+Result<ops::WeightMatrix> BindStacked(const GgufFile& g, const std::string& name, int64_t count, int64_t rows,
                                  int64_t cols) {
   LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
   if (t->shape != std::vector<int64_t>{cols, rows, count})
     return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
                    std::to_string(cols) + ", " + std::to_string(rows) + ", " + std::to_string(count) + "]");
-  return WeightMatrix{t->type, t->data, count * rows, cols, RowBytes(t->type, cols)};
+  return ops::WeightMatrix{t->type, t->data, count * rows, cols, ops::RowBytes(t->type, cols)};
 }
 
 // Expert e's rows of a stacked matrix.
-WeightMatrix Expert(const WeightMatrix& stacked, int e, int64_t rows) {
-  return WeightMatrix{stacked.type, stacked.row(e * rows), rows, stacked.cols, stacked.row_bytes};
+ops::WeightMatrix Expert(const ops::WeightMatrix& stacked, int e, int64_t rows) {
+  return ops::WeightMatrix{stacked.type, stacked.row(e * rows), rows, stacked.cols, stacked.row_bytes};
 }
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-Result<WeightMatrix> BindMatrix(const GgufFile& g, const std::string& name, int64_t rows, int64_t cols) {
+Result<ops::WeightMatrix> BindMatrix(const GgufFile& g, const std::string& name, int64_t rows, int64_t cols) {
   LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
   if (t->shape != std::vector<int64_t>{cols, rows})
     return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
                    std::to_string(cols) + ", " + std::to_string(rows) + "]");
-  return WeightMatrix{t->type, t->data, rows, cols, RowBytes(t->type, cols)};
+  return ops::WeightMatrix{t->type, t->data, rows, cols, ops::RowBytes(t->type, cols)};
 }
 
 Result<std::vector<float>> BindVector(const GgufFile& g, const std::string& name, int64_t n) {
@@ -49,7 +49,7 @@ Result<std::vector<float>> BindVector(const GgufFile& g, const std::string& name
     return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
                    std::to_string(n) + "]");
   std::vector<float> out(static_cast<size_t>(n));
-  DequantizeRow(t->type, t->data, out.data(), n);
+  ops::DequantizeRow(t->type, t->data, out.data(), n);
   return out;
 }
 
@@ -141,20 +141,20 @@ void RouteToken(const ModelConfig& c, const std::vector<float>& score_bias, cons
   for (int k = 0; k < c.n_expert_used; ++k) weights[k] *= norm * c.expert_weights_scale;
 }
 
-void SwiGlu(const WeightMatrix& gate, const WeightMatrix& up, const WeightMatrix& down, int n, const float* x,
+void SwiGlu(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
             float* out) {
   const int64_t ff = gate.rows;
   std::vector<float> g(static_cast<size_t>(n * ff)), u(g.size());
-  const MatMulOut gate_up[] = {{&gate, g.data(), ff}, {&up, u.data(), ff}};
-  MatMulMany(gate_up, x, n);
+  const ops::MatMulOut gate_up[] = {{&gate, g.data(), ff}, {&up, u.data(), ff}};
+  ops::MatMulMany(gate_up, x, n);
   for (size_t i = 0; i < g.size(); ++i) g[i] = Silu(g[i]) * u[i];
-  MatMul(down, g.data(), n, out, down.rows);
+  ops::MatMul(down, g.data(), n, out, down.rows);
 }
 
 void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, float* out) {
   const int e_dim = c.n_embd, k = c.n_expert_used;
   std::vector<float> logits(static_cast<size_t>(n) * c.n_expert);
-  MatMul(w.router, x, n, logits.data(), c.n_expert);
+  ops::MatMul(w.router, x, n, logits.data(), c.n_expert);
   std::vector<int> chosen(static_cast<size_t>(n) * k);
   std::vector<float> weight(chosen.size());
   for (int t = 0; t < n; ++t)

@@ -18,23 +18,23 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
-#include "inference/kernels.h"
+#include "ops/kernels.h"
 
 namespace lr::inference {
 
 struct ModelConfig;  // inference/model.h
 
 struct MoeWeights {
-  WeightMatrix router;            // ffn_gate_inp: n_expert rows of n_embd
+  ops::WeightMatrix router;            // ffn_gate_inp: n_expert rows of n_embd
   std::vector<float> score_bias;  // exp_probs_b.bias: n_expert, empty when absent
-  WeightMatrix gate_exps, up_exps, down_exps;  // all experts stacked: n_expert * n_ff_exp (or n_embd) rows
+  ops::WeightMatrix gate_exps, up_exps, down_exps;  // all experts stacked: n_expert * n_ff_exp (or n_embd) rows
   // Shared experts, one SwiGLU of width n_ff_exp * n_expert_shared; rows == 0 when there is none.
-  WeightMatrix gate_shexp, up_shexp, down_shexp;
+  ops::WeightMatrix gate_shexp, up_shexp, down_shexp;
 };
 
 // A 2-D weight of rows x cols (ggml shape [cols, rows]) / a 1-D weight of n values, dequantized to f32: kNotFound
 // naming a missing tensor, kCorrupt naming one of another shape. Shared by the MoE and MLA binders.
-Result<WeightMatrix> BindMatrix(const GgufFile& gguf, const std::string& name, int64_t rows, int64_t cols);
+Result<ops::WeightMatrix> BindMatrix(const GgufFile& gguf, const std::string& name, int64_t rows, int64_t cols);
 Result<std::vector<float>> BindVector(const GgufFile& gguf, const std::string& name, int64_t n);
 
 // Binds layer `layer`'s tensors, checking names, shapes and the config's counts: kNotFound naming a missing tensor,
@@ -52,7 +52,7 @@ void RouteToken(const ModelConfig& config, const std::vector<float>& score_bias,
 void MoeFfn(const ModelConfig& config, const MoeWeights& w, int n, const float* x, float* out);
 
 // down(silu(gate x) * up x) for n tokens: the dense FFN, also one expert's.
-void SwiGlu(const WeightMatrix& gate, const WeightMatrix& up, const WeightMatrix& down, int n, const float* x,
+void SwiGlu(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
             float* out);
 
 }  // namespace lr::inference

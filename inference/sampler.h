@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::inference {
 

@@ -155,33 +155,16 @@ void AttentionState::Reset(int n_q, int v_dim) {
   acc.assign(static_cast<size_t>(n_q) * v_dim, 0.0f);
 }
 
-const char* IsaName(Isa isa) {
-  switch (isa) {
-    case Isa::kGeneric: return "generic";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kAvx512: return "avx512";
-  }
-  return "?";
-}
-
 const Kernels* GetKernels(Isa isa) {
   switch (isa) {
-    case Isa::kGeneric:
-      return &generic::Get();
+    case Isa::kBaseline:
+      return &baseline::Get();
     case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? &avx2::Get() : nullptr;
+      return IsaSupported(isa) ? &avx2::Get() : nullptr;
     case Isa::kAvx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-                 ? &avx512::Get()
-                 : nullptr;
+      return IsaSupported(isa) ? &avx512::Get() : nullptr;
   }
   return nullptr;
-}
-
-Isa BestIsa() {
-  static const Isa best = GetKernels(Isa::kAvx512) ? Isa::kAvx512 : GetKernels(Isa::kAvx2) ? Isa::kAvx2 : Isa::kGeneric;
-  return best;
 }
 
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "kvquant/codes.h"
-#include "kvquant/half.h"
+#include "base/half.h"
 #include "kvquant/kvquant.h"
 #include "kvquant/lloyd_max.h"
 

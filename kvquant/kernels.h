@@ -1,7 +1,7 @@
 // Attention kernels over compressed rows, one build per instruction set, chosen at run time.
 //
-// The same source (kernels_impl.inc) is compiled three times: for baseline x86-64 (kGeneric), AVX2+FMA+F16C and
-// AVX-512 (F/BW/VL/DQ). Attend uses the best one this CPU runs; tests run every supported one against the scalar
+// The same source (kernels_impl.inc) is compiled three times: for baseline x86-64 (Isa::kBaseline), AVX2+FMA+F16C and
+// AVX-512 (base/cpu.h). Attend uses the best one this CPU runs; tests run every supported one against the scalar
 // reference (attention_reference.h).
 #pragma once
 
@@ -9,12 +9,11 @@
 #include <cstdint>
 #include <span>
 
+#include "base/cpu.h"
 #include "base/status.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::kvquant {
-
-enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 struct Kernels {
   // scores[i * n_rows + t] = q_i · ŷ_t, ŷ_t the rotated-domain reconstruction of row t (rows[t * stride]), for
@@ -36,9 +35,6 @@ struct Kernels {
 
 // The kernels for `isa`, or nullptr when this CPU cannot run them.
 const Kernels* GetKernels(Isa isa);
-// The best instruction set this CPU runs.
-Isa BestIsa();
-const char* IsaName(Isa isa);
 
 // Attention for one KV head group with the chosen kernels, over the parts in order (as AttendMixed). In each part K
 // is its k's rows; V is its v's rows, or when shared_v_dim > 0 the leading shared_v_dim values of K's rows. Spans as
@@ -46,7 +42,7 @@ const char* IsaName(Isa isa);
 Status AttendWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
                   int n_q, float scale, float* out, int n_threads);
 
-namespace generic { const Kernels& Get(); }
+namespace baseline { const Kernels& Get(); }
 namespace avx2 { const Kernels& Get(); }
 namespace avx512 { const Kernels& Get(); }
 

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kvquant/half.h"
+#include "base/half.h"
 #include "kvquant/kernels.h"
 
 namespace lr::kvquant::avx2 {

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kvquant/half.h"
+#include "base/half.h"
 #include "kvquant/kernels.h"
 
 namespace lr::kvquant::avx512 {

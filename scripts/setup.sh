@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libboost-dev libboost-filesystem-dev   # Boost.Process (header-only in 1.74) and the filesystem library it uses
   nlohmann-json3-dev libcurl4-openssl-dev libncurses-dev
   libgtest-dev libgmock-dev libbenchmark-dev libomp-dev
-  libcli11-dev libpcre2-dev libxxhash-dev libhwy-dev
+  libcli11-dev libpcre2-dev libxxhash-dev
   libcpp-httplib-dev                     # leanrotor serve: the HTTP server
   tmux                                   # the terminal UI test drives leanrotor tui under tmux
 )

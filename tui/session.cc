@@ -147,7 +147,7 @@ void Session::Load(std::string path, std::string text) {
 void Session::SetText(std::string text) {
   text_ = std::move(text);
   lines_ = SplitLines(text_);
-  theorems_ = agent::FindDeclarations(text_);
+  theorems_ = lsp::FindDeclarations(text_);
   ++version_;
   cursor_ = std::clamp(cursor_, 0, static_cast<int>(lines_.size()) - 1);
 }
@@ -159,11 +159,11 @@ void Session::RequestCheck() {
 
 std::vector<Request> Session::TakeRequests() { return std::exchange(requests_, {}); }
 
-int Session::TheoremFirstLine(int i) const { return agent::LineOfOffset(text_, theorems_[i].begin); }
+int Session::TheoremFirstLine(int i) const { return lsp::LineOfOffset(text_, theorems_[i].begin); }
 
 int Session::TheoremLastLine(int i) const {
-  const agent::Declaration& d = theorems_[i];
-  return agent::LineOfOffset(text_, d.proof_end > d.begin ? d.proof_end - 1 : d.begin);
+  const lsp::Declaration& d = theorems_[i];
+  return lsp::LineOfOffset(text_, d.proof_end > d.begin ? d.proof_end - 1 : d.begin);
 }
 
 int Session::current_theorem() const {
@@ -214,7 +214,7 @@ void Session::JumpToSorry(int direction) {
 
 int Session::RunTheoremIndex() const {
   for (int i = 0; i < static_cast<int>(theorems_.size()); ++i)
-    if (agent::SameStatement(theorems_[i].Header(text_), run_.task.statement)) return i;
+    if (lsp::SameStatement(theorems_[i].Header(text_), run_.task.statement)) return i;
   return -1;
 }
 
@@ -222,7 +222,7 @@ void Session::Prove() {
   if (run_.running) return Note("a proof is running: Esc cancels it");
   const int t = current_theorem();
   if (t < 0) return Note("no theorem here: open a Lean file or add one with /theorem");
-  const agent::Declaration& d = theorems_[t];
+  const lsp::Declaration& d = theorems_[t];
   if (d.name == "example") return Note("examples have no name to check axioms of: make it a theorem to prove it");
   agent::ProofTask task;
   task.name = d.name;
@@ -277,7 +277,7 @@ void Session::Accept() {
                 ": only a proof Lean accepted can go into the file");
   const int t = RunTheoremIndex();
   if (t < 0) return Note("theorem " + run_.task.name + " is no longer in the buffer with the same statement");
-  const agent::Declaration d = theorems_[t];
+  const lsp::Declaration d = theorems_[t];
   std::string proof = a.proof;
   if (!proof.empty() && proof.front() != ' ' && proof.front() != '\n') proof.insert(0, " ");
   std::string text = text_.substr(0, d.header_end) + proof + text_.substr(d.proof_end);
@@ -450,7 +450,7 @@ void Session::RunCommand(std::string_view line) {
     if (!text.empty() && text.back() != '\n') text += '\n';
     if (!text.empty()) text += '\n';
     const int line = text.empty() ? 0 : static_cast<int>(SplitLines(text).size());
-    const size_t before = agent::FindDeclarations(text + decl + "\n").size();
+    const size_t before = lsp::FindDeclarations(text + decl + "\n").size();
     if (before != theorems_.size() + 1) return Note("/theorem: expected `NAME ... : TYPE := PROOF`, got: " + decl);
     SetText(text + decl + "\n");
     dirty_ = true;

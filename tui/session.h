@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "agent/lean_checker.h"
-#include "agent/lean_text.h"
+#include "lsp/lean_text.h"
 #include "agent/task.h"
 
 namespace lr::tui {
@@ -146,7 +146,7 @@ class Session {
   bool dirty() const { return dirty_; }
   int version() const { return version_; }
   int cursor() const { return cursor_; }
-  const std::vector<agent::Declaration>& theorems() const { return theorems_; }
+  const std::vector<lsp::Declaration>& theorems() const { return theorems_; }
   // Index into theorems() of the theorem under the cursor, -1 when there is none.
   int current_theorem() const;
   // First and last line (0-based, inclusive) of theorem `i`.
@@ -212,7 +212,7 @@ class Session {
   std::string path_;
   std::string text_;
   std::vector<std::string> lines_;
-  std::vector<agent::Declaration> theorems_;
+  std::vector<lsp::Declaration> theorems_;
   bool dirty_ = false;
   int version_ = 0;
   int cursor_ = 0;

@@ -22,7 +22,7 @@
 
 #include "agent/lean_checker.h"
 #include "agent/prover.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 #include "tui/session.h"
 
 namespace lr::tui {
@@ -40,7 +40,7 @@ class EventQueue {
 
 // A loaded model and what the status line says about it.
 struct ModelHandle {
-  std::unique_ptr<inference::LanguageModel> model;
+  std::unique_ptr<LanguageModel> model;
   std::string kv_formats;  // "K q8_0 / V iso3"; empty when the backend does not say (remote)
   // KV memory in use (bytes) and the fraction of it shared between sequences; empty when not known.
   std::function<void(double* bytes, double* shared)> kv_usage;

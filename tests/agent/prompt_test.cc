@@ -14,7 +14,7 @@ ProofTask Task() {
 }
 
 TEST(FirstPrompt, ChatAsksForTheTheoremInALeanBlock) {
-  std::vector<inference::ChatMessage> m = FirstPrompt(Task(), PromptStyle::kChat);
+  std::vector<ChatMessage> m = FirstPrompt(Task(), PromptStyle::kChat);
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[0].role, "system");
   EXPECT_EQ(m[1].role, "user");
@@ -23,7 +23,7 @@ TEST(FirstPrompt, ChatAsksForTheTheoremInALeanBlock) {
 }
 
 TEST(FirstPrompt, CompletionEndsAtTheProofStart) {
-  std::vector<inference::ChatMessage> m = FirstPrompt(Task(), PromptStyle::kCompletion);
+  std::vector<ChatMessage> m = FirstPrompt(Task(), PromptStyle::kCompletion);
   ASSERT_EQ(m.size(), 1u);
   EXPECT_EQ(m[0].role, "assistant");
   const std::string suffix = "n + 0 = 2 := by\n";
@@ -78,8 +78,8 @@ TEST(ExtractProof, CompletionRunsToTheClosingFence) {
   EXPECT_FALSE(ExtractProof("```", PromptStyle::kCompletion, Task()).found);
 }
 
-inference::Choice Reply(std::string text, std::vector<inference::ToolCall> calls = {}) {
-  inference::Choice c;
+Choice Reply(std::string text, std::vector<ToolCall> calls = {}) {
+  Choice c;
   c.text = std::move(text);
   c.tool_calls = std::move(calls);
   return c;
@@ -88,10 +88,10 @@ inference::Choice Reply(std::string text, std::vector<inference::ToolCall> calls
 TEST(ToolsStyle, OffersCheckProofAndReadsTheCallsCode) {
   EXPECT_EQ(ParsePromptStyle("tools").value(), PromptStyle::kTools);
   const ProofTask task = Task();
-  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
+  std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
   ASSERT_EQ(m.size(), 2u);
   EXPECT_NE(m[0].content.find("check_proof"), std::string::npos);
-  const inference::ToolSpec tool = CheckProofTool();
+  const ToolSpec tool = CheckProofTool();
   EXPECT_EQ(tool.name, "check_proof");
   EXPECT_TRUE(nlohmann::json::parse(tool.parameters_json_schema)["required"] == nlohmann::json({"code"}));
 
@@ -115,8 +115,8 @@ TEST(ToolsStyle, OffersCheckProofAndReadsTheCallsCode) {
 
 TEST(AppendRepairTurn, ToolsAnswersTheCallWithLeansFeedback) {
   ProofTask task = Task();
-  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
-  const inference::ToolCall call{"call_7", "check_proof", R"({"code": "theorem two_eq ..."})"};
+  std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
+  const ToolCall call{"call_7", "check_proof", R"({"code": "theorem two_eq ..."})"};
   AppendRepairTurn(&m, PromptStyle::kTools, task, Reply("Checking.", {call}), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[2].role, "assistant");
@@ -130,7 +130,7 @@ TEST(AppendRepairTurn, ToolsAnswersTheCallWithLeansFeedback) {
 
 TEST(AppendRepairTurn, ChatAddsTheReplyAndLeansFeedback) {
   ProofTask task = Task();
-  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kChat);
+  std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kChat);
   AppendRepairTurn(&m, PromptStyle::kChat, task, Reply("```lean\nbad\n```"), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[2].role, "assistant");
@@ -141,7 +141,7 @@ TEST(AppendRepairTurn, ChatAddsTheReplyAndLeansFeedback) {
 
 TEST(AppendRepairTurn, CompletionExtendsTheCode) {
   ProofTask task = Task();
-  std::vector<inference::ChatMessage> m = FirstPrompt(task, PromptStyle::kCompletion);
+  std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kCompletion);
   const std::string first = m[0].content;
   AppendRepairTurn(&m, PromptStyle::kCompletion, task, Reply("  bad\n```"), {"line 2: unknown tactic\n", ""});
   ASSERT_EQ(m.size(), 1u);

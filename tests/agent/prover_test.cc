@@ -80,12 +80,12 @@ TEST(Prove, ToolsStyleChecksTheCallsCodeAndAnswersTheCall) {
   EXPECT_TRUE(out->proved);
   EXPECT_EQ(out->proof, " by\n  subst h\n  rfl");
   EXPECT_EQ(lean.texts().size(), 2u);
-  const std::vector<inference::CompletionRequest> requests = model.requests();
+  const std::vector<CompletionRequest> requests = model.requests();
   ASSERT_EQ(requests.size(), 2u);
   ASSERT_EQ(requests[0].tools.size(), 1u);
   EXPECT_EQ(requests[0].tools[0].name, "check_proof");
   // The repair turn answers the model's call with Lean's verdict.
-  const inference::ChatMessage& answer = requests[1].messages.back();
+  const ChatMessage& answer = requests[1].messages.back();
   EXPECT_EQ(answer.role, "tool");
   EXPECT_EQ(answer.tool_call_id, "call_0");
   EXPECT_NE(answer.content.find("Lean rejected this proof"), std::string::npos) << answer.content;
@@ -100,7 +100,7 @@ TEST(Prove, RepairTurnContinuesTheCandidateWithLeansErrorsAndGoals) {
   EXPECT_EQ(out->turns, 1);
   ASSERT_EQ(out->attempts.size(), 2u);
   EXPECT_EQ(out->attempts[1].turn, 1);
-  std::vector<inference::CompletionRequest> requests = model.requests();
+  std::vector<CompletionRequest> requests = model.requests();
   ASSERT_EQ(requests.size(), 2u);
   const auto& repair = requests[1].messages;
   ASSERT_EQ(repair.size(), 4u);

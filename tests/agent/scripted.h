@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "agent/lean_checker.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent::testing {
 
@@ -20,15 +20,15 @@ namespace lr::agent::testing {
 // Tokens are counted as whitespace-separated words.
 using Replies = std::map<std::string, std::deque<std::string>>;
 
-class ScriptedModel : public inference::LanguageModel {
+class ScriptedModel : public LanguageModel {
  public:
   explicit ScriptedModel(Replies replies, int delay_ms = 0)
       : replies_(std::move(replies)), delay_ms_(delay_ms) {}
 
   std::string Name() const override { return "scripted"; }
 
-  Result<inference::Completion> Complete(const inference::CompletionRequest& request,
-                                         const inference::StreamCallback& on_piece) override {
+  Result<Completion> Complete(const CompletionRequest& request,
+                                         const StreamCallback& on_piece) override {
     if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     std::lock_guard<std::mutex> lock(mu_);
     requests_.push_back(request);
@@ -40,9 +40,9 @@ class ScriptedModel : public inference::LanguageModel {
         queue = &q;
         break;
       }
-    inference::Completion c;
+    Completion c;
     for (int i = 0; i < request.n; ++i) {
-      inference::Choice choice;
+      Choice choice;
       if (queue != nullptr && !queue->empty()) {
         choice.text = queue->front();
         queue->pop_front();
@@ -63,7 +63,7 @@ class ScriptedModel : public inference::LanguageModel {
     return c;
   }
 
-  std::vector<inference::CompletionRequest> requests() {
+  std::vector<CompletionRequest> requests() {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
   }
@@ -82,7 +82,7 @@ class ScriptedModel : public inference::LanguageModel {
 
   std::mutex mu_;
   Replies replies_;
-  std::vector<inference::CompletionRequest> requests_;
+  std::vector<CompletionRequest> requests_;
   int delay_ms_;
   int calls_ = 0;
 };

@@ -28,8 +28,8 @@ std::vector<uint8_t> SmallFile() {
   w.F32(-1.5f).F32(2.0f);
   w.Key("tokenizer.ggml.token_type", GgufType::kArray).U32(static_cast<uint32_t>(GgufType::kI32)).U64(2);
   w.I32(1).I32(-3);
-  w.TensorInfo("a.weight", {4, 2}, TensorType::kF32, 0);        // 32 bytes
-  w.TensorInfo("b.weight", {32, 1}, TensorType::kQ8_0, 32);     // 34 bytes
+  w.TensorInfo("a.weight", {4, 2}, ops::TensorType::kF32, 0);        // 32 bytes
+  w.TensorInfo("b.weight", {32, 1}, ops::TensorType::kQ8_0, 32);     // 34 bytes
   w.PadTo(32);
   for (int i = 0; i < 8; ++i) w.F32(static_cast<float>(i));
   for (int i = 0; i < 34; ++i) w.U8(static_cast<uint8_t>(i));
@@ -58,7 +58,7 @@ TEST(GgufTest, ReadsSmallFile) {
   auto a = f->FindTensor("a.weight");
   ASSERT_TRUE(a.ok());
   EXPECT_EQ((*a)->shape, (std::vector<int64_t>{4, 2}));
-  EXPECT_EQ((*a)->type.type, TensorType::kF32);
+  EXPECT_EQ((*a)->type.type, ops::TensorType::kF32);
   EXPECT_EQ((*a)->bytes, 32u);
   float x;
   std::memcpy(&x, (*a)->data + 4 * 5, 4);
@@ -104,7 +104,7 @@ TEST(GgufTest, AcceptsVersion2AndCustomAlignment) {
   GgufWriter w;
   w.Header(1, 1, 2);
   w.Key("general.alignment", GgufType::kU32).U32(64);
-  w.TensorInfo("t", {8}, TensorType::kF16, 0);
+  w.TensorInfo("t", {8}, ops::TensorType::kF16, 0);
   w.PadTo(64);
   for (int i = 0; i < 16; ++i) w.U8(1);
   auto f = Parse(w.bytes);
@@ -189,21 +189,21 @@ TEST(GgufTest, RejectsBadTensors) {
   ExpectError(OneTensor({4, 0}, 0, 0, 16), StatusCode::kCorrupt, "dim 1");
   ExpectError(OneTensor({uint64_t{1} << 40, uint64_t{1} << 40}, 0, 0, 16), StatusCode::kCorrupt, "dim 1");
   ExpectError(OneTensor({4}, 99, 0, 16), StatusCode::kUnsupported, "ggml type 99");
-  ExpectError(OneTensor({16}, static_cast<uint32_t>(TensorType::kQ4_0), 0, 64), StatusCode::kCorrupt,
+  ExpectError(OneTensor({16}, static_cast<uint32_t>(ops::TensorType::kQ4_0), 0, 64), StatusCode::kCorrupt,
               "not a multiple");
   ExpectError(OneTensor({4}, 0, 8, 64), StatusCode::kCorrupt, "alignment");
   ExpectError(OneTensor({4}, 0, uint64_t{1} << 62, 16), StatusCode::kCorrupt, "past the end");
 
   GgufWriter dup;
   dup.Header(2, 0);
-  dup.TensorInfo("t", {4}, TensorType::kF32, 0).TensorInfo("t", {4}, TensorType::kF32, 32);
+  dup.TensorInfo("t", {4}, ops::TensorType::kF32, 0).TensorInfo("t", {4}, ops::TensorType::kF32, 32);
   dup.PadTo(32);
   for (int i = 0; i < 64; ++i) dup.U8(0);
   ExpectError(dup.bytes, StatusCode::kCorrupt, "duplicate tensor 't'");
 
   GgufWriter overlap;
   overlap.Header(2, 0);
-  overlap.TensorInfo("a", {16}, TensorType::kF32, 0).TensorInfo("b", {4}, TensorType::kF32, 32);
+  overlap.TensorInfo("a", {16}, ops::TensorType::kF32, 0).TensorInfo("b", {4}, ops::TensorType::kF32, 32);
   overlap.PadTo(32);
   for (int i = 0; i < 64; ++i) overlap.U8(0);
   ExpectError(overlap.bytes, StatusCode::kCorrupt, "overlap");

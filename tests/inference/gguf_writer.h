@@ -50,7 +50,7 @@ class GgufWriter {
     for (int32_t x : v) I32(x);
     return *this;
   }
-  GgufWriter& TensorInfo(std::string_view name, std::vector<uint64_t> dims, TensorType type, uint64_t offset) {
+  GgufWriter& TensorInfo(std::string_view name, std::vector<uint64_t> dims, ops::TensorType type, uint64_t offset) {
     Str(name);
     U32(static_cast<uint32_t>(dims.size()));
     for (uint64_t d : dims) U64(d);

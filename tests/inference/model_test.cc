@@ -61,14 +61,14 @@ TEST_P(ScalarReference, MatchesTransformers) {
   auto model = Model::Load(kFixtures + GetParam() + ".gguf");
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   ASSERT_EQ((*model)->config().n_vocab, f.n_vocab);
-  SetSimdLevel(SimdLevel::kScalar);
+  ops::SetActiveIsa(Isa::kBaseline);
   KvCache cache = NewCache(**model);
   const int seq = cache.NewSequence();
   std::vector<BatchToken> batch;
   for (int32_t t : f.tokens) batch.push_back({seq, t, true});
   std::vector<float> logits;
   ASSERT_TRUE((*model)->Forward(cache, batch, &logits).ok());
-  SetSimdLevel(DetectSimdLevel());
+  ops::SetActiveIsa(BestIsa());
   ASSERT_EQ(logits.size(), f.logits.size());
   EXPECT_LE(MaxRelError(logits, f.logits), 1e-3) << GetParam();
 }

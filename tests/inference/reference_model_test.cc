@@ -13,7 +13,7 @@
 
 #include <gtest/gtest.h>
 
-#include "inference/kernels.h"
+#include "ops/kernels.h"
 #include "inference/sampler.h"
 #include "tests/inference/reference_util.h"
 
@@ -49,7 +49,7 @@ class SmolLm2ReferenceTest : public ::testing::Test {
 // and at the last prompt position the top-1 agrees with every one of the reference's top-20 logits within 0.02
 // (logits span ~30; measured worst 0.006).
 TEST_F(SmolLm2ReferenceTest, ScalarPathMatchesReference) {
-  SetSimdLevel(SimdLevel::kScalar);
+  ops::SetActiveIsa(Isa::kBaseline);
   for (const auto& case_json : reference_["greedy"]) {
     SCOPED_TRACE(case_json["prompt"].get<std::string>());
     const auto prompt = case_json["prompt_ids"].get<std::vector<int32_t>>();
@@ -85,7 +85,7 @@ TEST_F(SmolLm2ReferenceTest, ScalarPathMatchesReference) {
     }
     EXPECT_EQ(got, want);
   }
-  SetSimdLevel(DetectSimdLevel());
+  ops::SetActiveIsa(BestIsa());
 }
 
 // The fast path multiplies with int8-quantized activations (as ggml does), which moves logits by a few tenths, enough
@@ -100,8 +100,8 @@ TEST_F(SmolLm2ReferenceTest, FastPathsStayCloseToScalarPath) {
     ids.insert(ids.end(), cont.begin(), cont.end());
     sequences.push_back(std::move(ids));
   }
-  auto run_all = [&](SimdLevel level) {
-    SetSimdLevel(level);
+  auto run_all = [&](Isa level) {
+    ops::SetActiveIsa(level);
     std::vector<std::vector<float>> out;
     for (const auto& ids : sequences) {
       auto cache = KvCache::Create(model_->kv_shape(), KvCacheOptions{});
@@ -112,10 +112,10 @@ TEST_F(SmolLm2ReferenceTest, FastPathsStayCloseToScalarPath) {
     }
     return out;
   };
-  const auto scalar = run_all(SimdLevel::kScalar);
-  for (int level = 1; level <= static_cast<int>(DetectSimdLevel()); ++level) {
-    SCOPED_TRACE(SimdLevelName(static_cast<SimdLevel>(level)));
-    const auto fast = run_all(static_cast<SimdLevel>(level));
+  const auto scalar = run_all(Isa::kBaseline);
+  for (int level = 1; level <= static_cast<int>(BestIsa()); ++level) {
+    SCOPED_TRACE(IsaName(static_cast<Isa>(level)));
+    const auto fast = run_all(static_cast<Isa>(level));
     double kl_sum = 0;
     int positions = 0, same_top1 = 0;
     for (size_t s = 0; s < sequences.size(); ++s) {
@@ -132,11 +132,11 @@ TEST_F(SmolLm2ReferenceTest, FastPathsStayCloseToScalarPath) {
     const double agreement = static_cast<double>(same_top1) / positions;
     EXPECT_LE(mean_kl, 0.01);
     EXPECT_GE(agreement, 0.90);
-    RecordProperty(std::string("mean_kl_") + SimdLevelName(static_cast<SimdLevel>(level)), std::to_string(mean_kl));
+    RecordProperty(std::string("mean_kl_") + IsaName(static_cast<Isa>(level)), std::to_string(mean_kl));
     std::printf("%s vs scalar: mean KL %.5f nats, top-1 agreement %.3f over %d positions\n",
-                SimdLevelName(static_cast<SimdLevel>(level)), mean_kl, agreement, positions);
+                IsaName(static_cast<Isa>(level)), mean_kl, agreement, positions);
   }
-  SetSimdLevel(DetectSimdLevel());
+  ops::SetActiveIsa(BestIsa());
 }
 
 // The fixture's windowing rule (README): each 512-token window from an empty cache, the second half scored.

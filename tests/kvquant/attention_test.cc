@@ -129,7 +129,7 @@ double RelError(const std::vector<float>& got, const std::vector<float>& want) {
 
 std::vector<Isa> SupportedIsas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512})
+  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512})
     if (GetKernels(isa)) out.push_back(isa);
   return out;
 }

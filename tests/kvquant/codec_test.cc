@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kvquant/codes.h"
-#include "kvquant/half.h"
+#include "base/half.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::kvquant {

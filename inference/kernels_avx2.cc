@@ -1,3 +1,0 @@
-// AVX2 + FMA + F16C build of the row kernels (compile flags set in inference/CMakeLists.txt).
-#define LR_SIMD_NS avx2
-#include "inference/kernels_x86.h"
