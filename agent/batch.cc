@@ -82,35 +82,6 @@ Result<BatchTask> TaskFromLine(std::string_view line, const std::string& task_fi
   return t;
 }
 
-std::string FormatSeconds(double s) {
-  char buf[32];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
-  return buf;
-}
-
-std::string TaskLine(const TaskResult& r, int index, int total) {
-  char buf[512];
-  std::snprintf(buf, sizeof buf, "[%*d/%d] %-32s %-8s checks %3d  turns %2d  tokens %7ld  %6.1f s%s%s",
-                static_cast<int>(std::to_string(total).size()), index, total, r.name.c_str(),
-                r.proved ? "proved" : (r.error.empty() ? "failed" : "error"), r.checks, r.turns, r.tokens, r.seconds,
-                r.error.empty() ? "" : "  ", r.error.c_str());
-  return buf;
-}
-
-std::string ProgressBar(int done, int total, int proved, double elapsed, int done_this_run, int left) {
-  constexpr int kWidth = 30;
-  int filled = total > 0 ? done * kWidth / total : kWidth;
-  std::string bar(static_cast<size_t>(filled), '#');
-  bar.resize(kWidth, '.');
-  std::string eta = done_this_run > 0 ? FormatSeconds(elapsed / done_this_run * left) : "?";
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "[%s] %d/%d  proved %d  elapsed %s  ETA %s", bar.c_str(), done, total, proved,
-                FormatSeconds(elapsed).c_str(), eta.c_str());
-  return buf;
-}
-
 TaskResult ResultOf(const std::string& name, const ProofOutcome& o) {
   TaskResult r;
   r.name = name;
@@ -229,7 +200,7 @@ double PassAtK(int n, int c, int k) {
 }
 
 Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
-                              LeanChecker& checker, const BatchOptions& options, std::FILE* console) {
+                              LeanChecker& checker, const BatchOptions& options, BatchObserver* observer) {
   LR_ASSIGN_OR_RETURN(std::vector<TaskResult> earlier, LoadResults(options.out_path));
   if (!earlier.empty() && !options.resume)
     return InvalidArgument(options.out_path + " already holds " + std::to_string(earlier.size()) +
@@ -252,16 +223,19 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
   const int total = summary.tasks;
   int proved = 0;
   for (const TaskResult& r : results) proved += r.proved ? 1 : 0;
-  std::fprintf(console, "batch: %d tasks, %d finished earlier, %zu to run (k=%d, turns=%d, jobs=%d, model %s)\n",
-               total, summary.skipped, pending.size(), options.prover.k, options.prover.turns, options.jobs,
-               model.Name().c_str());
-  std::fflush(console);
+  BatchProgress progress;
+  progress.total = total;
+  progress.skipped = summary.skipped;
+  progress.pending = static_cast<int>(pending.size());
+  progress.done = summary.skipped;
+  progress.proved = proved;
+  if (observer != nullptr) observer->OnStart(progress, options, model.Name());
 
   ProverOptions prover = options.prover;
   prover.run_all_candidates = true;
   prover.cancel = options.cancel;
   const Clock::time_point start = Clock::now();
-  std::mutex mu;  // guards everything below, the output file and the console
+  std::mutex mu;  // guards everything below, the output file and the observer
   Status failure;
   int done_this_run = 0;
   std::atomic<size_t> next{0};
@@ -303,13 +277,11 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
       ++done_this_run;
       proved += r.proved ? 1 : 0;
       results.push_back(r);
-      const int done = static_cast<int>(results.size());
-      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      if (options.progress_bar) std::fputs("\r\033[K", console);
-      std::fprintf(console, "%s\n", TaskLine(r, done, total).c_str());
-      if (options.progress_bar)
-        std::fputs(ProgressBar(done, total, proved, elapsed, done_this_run, total - done).c_str(), console);
-      std::fflush(console);
+      progress.done = static_cast<int>(results.size());
+      progress.done_this_run = done_this_run;
+      progress.proved = proved;
+      progress.elapsed_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (observer != nullptr) observer->OnTaskDone(r, progress);
     }
   };
   const int jobs = std::max(1, std::min<int>(options.jobs, static_cast<int>(pending.size())));
@@ -317,7 +289,8 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
   for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);
   worker();
   for (std::thread& th : threads) th.join();
-  if (options.progress_bar) std::fputs("\n", console);
+  progress.elapsed_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (observer != nullptr) observer->OnEnd(progress);
 
   summary.cancelled = options.cancel != nullptr && options.cancel->load();
   summary.finished = static_cast<int>(results.size());

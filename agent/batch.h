@@ -66,7 +66,6 @@ struct BatchOptions {
   bool resume = false;   // skip tasks with a result in `out_path`; without it, an existing non-empty file is an error
   std::string out_path;
   std::string report_path;  // Markdown report; empty: none
-  bool progress_bar = false;  // redraw one progress line (for a terminal); otherwise one plain line per task
   const std::atomic<bool>* cancel = nullptr;  // set to stop: in-flight tasks are abandoned, not written
 };
 
@@ -80,11 +79,35 @@ struct BatchSummary {
   bool cancelled = false;
 };
 
-// Runs the tasks not yet finished, writes result lines as they end, prints progress to `console`, then writes the
+// Where a batch run stands, for progress reports.
+struct BatchProgress {
+  int total = 0;          // tasks in the task file
+  int skipped = 0;        // found finished by resume
+  int pending = 0;        // to run in this run
+  int done = 0;           // finished, this run and earlier ones
+  int done_this_run = 0;
+  int proved = 0;         // of the finished tasks
+  double elapsed_seconds = 0;  // since this run started
+};
+
+// What a batch run reports as it goes (the CLI draws its progress from it). Calls come from the run's worker threads,
+// one at a time, in the order of the events.
+class BatchObserver {
+ public:
+  virtual ~BatchObserver() = default;
+  // Before the first task: the counts, with the run's options and the model's name.
+  virtual void OnStart(const BatchProgress& progress, const BatchOptions& options, const std::string& model) {}
+  // A task finished and its result line was written.
+  virtual void OnTaskDone(const TaskResult& result, const BatchProgress& progress) {}
+  // The run ended (finished, failed or cancelled).
+  virtual void OnEnd(const BatchProgress& progress) {}
+};
+
+// Runs the tasks not yet finished, writes result lines as they end, tells `observer` (may be null), then writes the
 // report. Errors: LoadResults's, AppendLine's (kIo), and the first infrastructure failure (kUnavailable, kTimeout
 // from Lean or the model): the run stops there and every finished result stays in `out_path`.
 Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
-                              LeanChecker& checker, const BatchOptions& options, std::FILE* console);
+                              LeanChecker& checker, const BatchOptions& options, BatchObserver* observer);
 
 // The summary and per-task tables, pass@k, and solved-vs-check-budget as a text plot, in Markdown.
 std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, int k, const std::string& model_name);

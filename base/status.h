@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cassert>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -67,6 +68,26 @@ inline Status Timeout(std::string m) { return {StatusCode::kTimeout, std::move(m
 inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 inline Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+
+// The first error that any of several threads records (the rest are dropped): how a parallel region's failures
+// reach the Status its caller returns. Record is thread-safe.
+class FirstError {
+ public:
+  void Record(const Status& status) {
+    if (status.ok()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (first_.ok()) first_ = status;
+  }
+  // The recorded error (OK when none), and clears it.
+  Status Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(first_, Status::Ok());
+  }
+
+ private:
+  std::mutex mu_;
+  Status first_;
+};
 
 // A value or the Status that explains why there is none.
 template <typename T>

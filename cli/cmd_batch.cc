@@ -29,6 +29,63 @@ std::string DefaultReportPath(const std::string& out) {
   return out + ".md";
 }
 
+std::string FormatSeconds(double s) {
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
+  return buf;
+}
+
+std::string TaskLine(const agent::TaskResult& r, int index, int total) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "[%*d/%d] %-32s %-8s checks %3d  turns %2d  tokens %7ld  %6.1f s%s%s",
+                static_cast<int>(std::to_string(total).size()), index, total, r.name.c_str(),
+                r.proved ? "proved" : (r.error.empty() ? "failed" : "error"), r.checks, r.turns, r.tokens, r.seconds,
+                r.error.empty() ? "" : "  ", r.error.c_str());
+  return buf;
+}
+
+std::string ProgressBar(int done, int total, int proved, double elapsed, int done_this_run, int left) {
+  constexpr int kWidth = 30;
+  int filled = total > 0 ? done * kWidth / total : kWidth;
+  std::string bar(static_cast<size_t>(filled), '#');
+  bar.resize(kWidth, '.');
+  std::string eta = done_this_run > 0 ? FormatSeconds(elapsed / done_this_run * left) : "?";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "[%s] %d/%d  proved %d  elapsed %s  ETA %s", bar.c_str(), done, total, proved,
+                FormatSeconds(elapsed).c_str(), eta.c_str());
+  return buf;
+}
+
+// Progress on the console: one line per finished task; on a terminal also a progress bar with an ETA, redrawn
+// below the task lines.
+class ConsoleProgress : public agent::BatchObserver {
+ public:
+  ConsoleProgress(std::FILE* out, bool bar) : out_(out), bar_(bar) {}
+
+  void OnStart(const agent::BatchProgress& p, const agent::BatchOptions& options, const std::string& model) override {
+    std::fprintf(out_, "batch: %d tasks, %d finished earlier, %d to run (k=%d, turns=%d, jobs=%d, model %s)\n",
+                 p.total, p.skipped, p.pending, options.prover.k, options.prover.turns, options.jobs, model.c_str());
+    std::fflush(out_);
+  }
+  void OnTaskDone(const agent::TaskResult& r, const agent::BatchProgress& p) override {
+    if (bar_) std::fputs("\r\033[K", out_);
+    std::fprintf(out_, "%s\n", TaskLine(r, p.done, p.total).c_str());
+    if (bar_)
+      std::fputs(ProgressBar(p.done, p.total, p.proved, p.elapsed_seconds, p.done_this_run, p.total - p.done).c_str(),
+                 out_);
+    std::fflush(out_);
+  }
+  void OnEnd(const agent::BatchProgress&) override {
+    if (bar_) std::fputs("\n", out_);
+  }
+
+ private:
+  std::FILE* out_;
+  bool bar_;
+};
+
 int RunBatchCommand(const BatchFlags& f) {
   Result<std::vector<agent::BatchTask>> tasks = agent::LoadTasks(f.tasks);
   if (!tasks.ok()) {
@@ -52,7 +109,6 @@ int RunBatchCommand(const BatchFlags& f) {
   options.resume = f.resume;
   options.out_path = f.out;
   options.report_path = f.report.empty() ? DefaultReportPath(f.out) : f.report;
-  options.progress_bar = ::isatty(STDOUT_FILENO) != 0;
   options.cancel = InstallInterruptFlag();
 
   Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover);
@@ -65,7 +121,8 @@ int RunBatchCommand(const BatchFlags& f) {
   lsp::ServerPool pool(MakePoolOptions(pool_flags));
   agent::PoolChecker checker(pool);
 
-  Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, **model, checker, options, stdout);
+  ConsoleProgress progress(stdout, ::isatty(STDOUT_FILENO) != 0);
+  Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, **model, checker, options, &progress);
   if (!summary.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", summary.status().ToString().c_str());
     return 2;

@@ -30,6 +30,7 @@
 #include "inference/local_model.h"
 #include "inference/sampler.h"
 #include "kvquant/kvquant.h"
+#include "ops/ops.h"
 
 namespace lr::cli {
 namespace {
@@ -176,7 +177,7 @@ int RunPerplexity(PerplexityFlags f) {
     if (!s.ok()) return Fail(s);
     ref_nll.clear();
     for (int i = first; i < f.ctx - 1; ++i) {
-      inference::LogSoftmax({&ref_logits[static_cast<size_t>(i) * n_vocab], static_cast<size_t>(n_vocab)}, &lp);
+      ops::LogSoftmax({&ref_logits[static_cast<size_t>(i) * n_vocab], static_cast<size_t>(n_vocab)}, &lp);
       ref_nll.push_back(-lp[window[i + 1]]);
     }
     for (Run& r : runs) {
@@ -189,7 +190,7 @@ int RunPerplexity(PerplexityFlags f) {
       if (!s.ok()) return Fail(s);
       for (int i = first; i < f.ctx - 1; ++i) {
         const std::span<const float> row(&logits[static_cast<size_t>(i) * n_vocab], n_vocab);
-        inference::LogSoftmax(row, &lp);
+        ops::LogSoftmax(row, &lp);
         r.nll -= lp[window[i + 1]];
         r.nll_vs_ref.Add(-lp[window[i + 1]] - ref_nll[i - first]);
         r.kld.Add(inference::KlDivergence({&ref_logits[static_cast<size_t>(i) * n_vocab], row.size()}, row));

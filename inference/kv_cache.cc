@@ -5,7 +5,6 @@
 #include <cassert>
 #include <cstring>
 
-#include "inference/kv_calibration.h"
 
 namespace lr::inference {
 

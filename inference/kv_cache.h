@@ -50,12 +50,12 @@
 #include <vector>
 
 #include "base/status.h"
+#include "inference/kv_calibration.h"
+#include "inference/kv_shape.h"
 #include "inference/prefix_index.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::inference {
-
-struct KvCalibration;  // inference/kv_calibration.h
 
 struct KvCacheOptions {
   std::string k_format = "f16";
@@ -102,13 +102,6 @@ struct KvStats {
   size_t bytes_peak() const { return page_bytes * static_cast<size_t>(pages_peak); }
 };
 
-// The cache's shape, from the model (inference/model.h fills it from its config).
-struct KvShape {
-  int n_layer = 0;
-  int n_head_kv = 0;
-  int k_dim = 0;  // values per key row
-  int v_dim = 0;  // values per value row; 0: no value rows (MLA, whose values are part of the key row)
-};
 
 class KvCache {
  public:

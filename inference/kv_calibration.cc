@@ -8,103 +8,13 @@
 #include <string>
 
 #include "ops/kernels.h"
+#include "inference/kv_cache.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
 
 namespace lr::inference {
 namespace {
 
-// What the prover's contexts are made of: Lean 4 statements and tactic proofs, checker messages and English about
-// them; and, since rows and queries differ between kinds of text, English of other kinds too (rules, mathematics,
-// a story).
-constexpr std::string_view kCalibrationText = R"(Lean 4 is a functional programming language and an interactive theorem prover. A proof is a program whose type is the statement it proves, and tactics build that program step by step.
-
-theorem add_comm' (a b : Nat) : a + b = b + a := by
-  induction b with
-  | zero => simp
-  | succ n ih => omega
-
-The theorem above is proved by induction on the second argument. In the successor case the hypothesis ih says that a + n = n + a, and omega closes the goal, because it decides linear arithmetic over the natural numbers and the integers.
-
-def sumTo : Nat → Nat
-  | 0 => 0
-  | n + 1 => (n + 1) + sumTo n
-
-theorem sumTo_eq (n : Nat) : 2 * sumTo n = n * (n + 1) := by
-  induction n with
-  | zero => rfl
-  | succ k ih =>
-    simp only [sumTo]
-    rw [Nat.mul_add, ih]
-    ring
-
-example (p q : Prop) (hp : p) (hq : q) : p ∧ q := ⟨hp, hq⟩
-
-example (s : List Nat) : s.reverse.reverse = s := by simp
-
-When a tactic fails, Lean reports the remaining goals, for example "unsolved goals: x : ℝ, h : 0 < x ⊢ 0 < x ^ 2", and the next attempt can use positivity, nlinarith [sq_nonneg x], or a lemma found with exact?.
-
-theorem two_mul_le (x y : ℝ) (h : x ≤ y) : 2 * x ≤ 2 * y := by
-  linarith
-
-lemma card_pos {α : Type*} [Fintype α] [Nonempty α] : 0 < Fintype.card α :=
-  Fintype.card_pos
-
-The model reads the theorem statement, writes a proof between ```lean and ```, and the checker replies with the errors it found. A correct proof uses no sorry, no admit and no new axioms.
-
-open Finset in
-theorem sum_range_id (n : ℕ) : ∑ i ∈ range n, i = n * (n - 1) / 2 := by
-  rw [Finset.sum_range_id_mul_two, Nat.mul_div_cancel]
-  norm_num
-
-The proof assistant checks every step. When a student first meets it, the experience is often humbling: an argument that looked complete on paper turns out to skip a case, to divide by a number that might be zero, or to use a lemma whose hypotheses were never established. Over a few weeks the habit changes. One learns to state the exact claim, to name the assumptions, and to let the machine say what is still missing.
-
-Definitions. In this document, "the checker" means the program that verifies proofs; "a submission" means a file of Lean source code together with the statement it claims to prove. A submission is accepted only if (a) the checker reports no errors, (b) the statement is unchanged, and (c) no axiom other than propext, Quot.sound and Classical.choice is used. Each party may, at its own expense, run the checker again on any submission, and the result of that run shall be final unless the toolchain version differs from the one recorded with the submission.
-
-Let $f(x) = x^2 - 5x + 6$. Then $f(x) = (x - 2)(x - 3)$, so the roots are $x = 2$ and $x = 3$, and $f(x) < 0$ exactly when $2 < x < 3$. More generally, for real numbers $a, b$ with $a < b$, the quadratic $(x - a)(x - b)$ is negative on the open interval $(a, b)$ and nonnegative elsewhere. By the AM-GM inequality, $\frac{a + b}{2} \ge \sqrt{ab}$ for all $a, b \ge 0$, with equality if and only if $a = b$.
-
-structure Point where
-  x : ℝ
-  y : ℝ
-
-def Point.dist (p q : Point) : ℝ := Real.sqrt ((p.x - q.x) ^ 2 + (p.y - q.y) ^ 2)
-
-instance : Add Point := ⟨fun p q => ⟨p.x + q.x, p.y + q.y⟩⟩
-
-theorem abs_sub_lt_of_mem {a b x : ℝ} (h₁ : a < x) (h₂ : x < b) : |x - a| < b - a := by
-  rw [abs_of_pos (sub_pos.mpr h₁)]
-  linarith
-
-theorem exists_prime_gt (n : ℕ) : ∃ p, n < p ∧ p.Prime := by
-  obtain ⟨p, hp, hprime⟩ := Nat.exists_infinite_primes (n + 1)
-  exact ⟨p, by omega, hprime⟩
-
-example (a b : ℤ) (h : a ∣ b) (hb : b ∣ a) (ha : 0 ≤ a) (hb' : 0 ≤ b) : a = b :=
-  Int.dvd_antisymm ha hb' h hb
-
-theorem sq_sum_ge (x y : ℝ) : 2 * x * y ≤ x ^ 2 + y ^ 2 := by
-  have h : 0 ≤ (x - y) ^ 2 := sq_nonneg _
-  calc 2 * x * y = x ^ 2 + y ^ 2 - (x - y) ^ 2 := by ring
-    _ ≤ x ^ 2 + y ^ 2 := by linarith
-
-lemma mod_four_sq (n : ℤ) : n ^ 2 % 4 = 0 ∨ n ^ 2 % 4 = 1 := by
-  rcases Int.emod_two_eq_zero_or_one n with h | h <;>
-  · have := Int.emod_emod_of_dvd n (by norm_num : (2 : ℤ) ∣ 4)
-    omega
-
-error: type mismatch
-  h
-has type
-  a ≤ b : Prop
-but is expected to have type
-  a < b : Prop
-
-warning: declaration uses 'sorry'
-
-The report lists each attempt with its outcome: attempt 1 failed (linarith failed to find a contradiction), attempt 2 failed (unknown identifier 'Nat.succ_le_iff'), attempt 3 succeeded after 4.2 seconds. In total 37 of 244 problems were solved at k = 1 and 61 at k = 8; the remaining ones timed out or ran out of memory.
-
-A short story, to end. The lighthouse keeper kept a notebook of every ship that passed. Most entries were a single line: a name, an hour, the direction of the wind. On the night of the storm he wrote three pages, crossed out two of them, and in the morning could not remember why. His daughter, who later became a mathematician, said that the notebook taught her the difference between a record and an explanation.
-)";
 
 constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
 constexpr double kValueWeightPower = 0.2;  // b
@@ -149,9 +59,9 @@ std::vector<kvquant::RotatingCenter> KeyRotatingCenter(const Model& model, const
   const std::span<const float> theta = model.rope_inv_freq();
   const int n_pairs = static_cast<int>(theta.size()), dim = codec.dim();
   std::vector<kvquant::RotatingCenter> pairs(n_pairs);
-  const bool adjacent = cfg.rope_style == RopeStyle::kAdjacentPairs;
+  const bool adjacent = cfg.rope.style == ops::RopeStyle::kAdjacentPairs;
   for (int j = 0; j < n_pairs; ++j) {
-    pairs[j] = {adjacent ? 2 * j : j, adjacent ? 2 * j + 1 : j + cfg.n_rot / 2, theta[j], 0.0f, 0.0f};
+    pairs[j] = {adjacent ? 2 * j : j, adjacent ? 2 * j + 1 : j + cfg.rope.n_rot / 2, theta[j], 0.0f, 0.0f};
   }
   std::vector<double> sa(n_pairs, 0.0), sb(n_pairs, 0.0), sum(dim, 0.0), sq(dim, 0.0);
   std::vector<float> row(dim);
@@ -218,12 +128,10 @@ Result<std::vector<double>> OutputColumnEnergy(const Model& model, int layer, in
 
 }  // namespace
 
-std::string_view KvCalibrationText() { return kCalibrationText; }
-
 Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer) {
   std::vector<int32_t> tokens;
   if (tokenizer.add_bos() && tokenizer.bos() >= 0) tokens.push_back(tokenizer.bos());
-  const std::vector<int32_t> text = tokenizer.Encode(kCalibrationText, false);
+  const std::vector<int32_t> text = tokenizer.Encode(KvCalibrationText(), false);
   tokens.insert(tokens.end(), text.begin(), text.end());
   const KvShape shape = model.kv_shape();
   const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;

@@ -25,10 +25,9 @@
 // (the few-shot proofs of ../shared/data, -c 512, 4 windows) lower ones are better: a = 0.15, b = 0.2 (docs/RESULTS.md).
 // Models whose value rows are part of the key row (MLA) get no weights.
 //
-// Both are a fixed function of the model, measured on one prefill of a calibration text compiled into the binary
-// (Lean 4 code, checker messages and English of several kinds, 1697 tokens for SmolLM2; its first 567 tokens alone
-// gave a KL vs f16 10% higher for the 3.5-bit cache on GPL-3 and 9% higher for tq4 on Lean proofs, docs/RESULTS.md)
-// on an f16 cache, the first position left out of the row statistics (attention-sink tokens have atypical rows).
+// Both are a fixed function of the model, measured on one prefill of a calibration text (inference/data/
+// kv_calibration.txt, compiled into the binary; a longer, more varied text measures better: docs/RESULTS.md) on an
+// f16 cache, the first position left out of the row statistics (attention-sink tokens have atypical rows).
 // Rows are what RowCodec::EncodeRow receives: after RoPE, before any rotation of the format; queries are what
 // KvCache::Attend receives. Prefix sharing and rebuilt caches rely on the determinism. Cost: that one prefill when a
 // model is opened with a compressed format (see LocalModel::Open).
@@ -40,7 +39,8 @@
 #include <vector>
 
 #include "base/status.h"
-#include "inference/kv_cache.h"
+#include "inference/kv_shape.h"
+#include "kvquant/kvquant.h"
 
 namespace lr::inference {
 
@@ -73,7 +73,8 @@ struct KvCalibration {
   }
 };
 
-// The calibration text.
+// The calibration text: Lean 4 statements and tactic proofs, checker messages and English about them, and English of
+// other kinds (rules, mathematics, a story), since rows and queries differ between kinds of text.
 std::string_view KvCalibrationText();
 
 // Runs the calibration text through `model` (BOS first when the tokenizer asks for it) on a temporary f16 cache and

@@ -6,41 +6,16 @@
 #include <numbers>
 #include <string>
 
-#include "inference/model.h"
-#include "inference/moe.h"
+#include "inference/weights.h"
+#include "ops/ops.h"
 
 namespace lr::inference {
 namespace {
 
-void RmsNormInPlace(float* x, const float* w, int n, float eps) {
-  double ss = 0;
-  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-  const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
-  for (int i = 0; i < n; ++i) x[i] = x[i] * scale * w[i];
-}
-
-// Rotates adjacent pairs (x[2i], x[2i+1]) by the angles whose cos and sin are cos_sin[2i], cos_sin[2i+1].
-void RopeAdjacentPairs(float* x, const float* cos_sin, int n_rot) {
-  for (int i = 0; i < n_rot / 2; ++i) {
-    const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
-    const float x0 = x[2 * i], x1 = x[2 * i + 1];
-    x[2 * i] = x0 * c - x1 * s;
-    x[2 * i + 1] = x0 * s + x1 * c;
-  }
-}
-
-bool UsesYarn(const ModelConfig& c) { return c.rope_scaling_factor > 1.0f && c.rope_original_ctx > 0; }
-
-// YaRN's factor on cos and sin: 1 when the softmax scale carries mscale² (yarn_log_multiplier set, the DeepSeek and
-// Mistral-4 configs, whose mscale equals mscale_all_dim), else transformers' default 1 + 0.1 ln(factor).
-float RopeCosSinFactor(const ModelConfig& c) {
-  if (!UsesYarn(c) || c.yarn_log_multiplier > 0.0f) return 1.0f;
-  return 1.0f + 0.1f * std::log(c.rope_scaling_factor);
-}
-
 float SoftmaxScale(const ModelConfig& c) {
   float mscale = 1.0f;
-  if (UsesYarn(c) && c.yarn_log_multiplier > 0.0f) mscale = 1.0f + c.yarn_log_multiplier * std::log(c.rope_scaling_factor);
+  if (c.rope.yarn() && c.rope.yarn_log_multiplier > 0.0f)
+    mscale = 1.0f + c.rope.yarn_log_multiplier * std::log(c.rope.scaling_factor);
   return mscale * mscale / std::sqrt(static_cast<float>(c.head_dim));
 }
 
@@ -81,33 +56,7 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
 
 KvShape MlaKvShape(const ModelConfig& c) { return KvShape{c.n_layer, 1, c.kv_lora_rank + c.qk_rope_dim, 0}; }
 
-std::vector<float> RopeInvFreq(const ModelConfig& c) {
-  const int half = c.n_rot / 2;
-  const double base = c.rope_base;
-  double low = 0, high = 0;
-  if (UsesYarn(c)) {
-    // The dimension whose wavelength fits `rotations` times into the original context.
-    auto dim_for = [&](double rotations) {
-      return c.n_rot * std::log(c.rope_original_ctx / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
-    };
-    low = std::max(0.0, std::floor(dim_for(c.yarn_beta_fast)));
-    high = std::min(c.n_rot - 1.0, std::ceil(dim_for(c.yarn_beta_slow)));
-    if (low == high) high += 0.001;
-  }
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int i = 0; i < half; ++i) {
-    const double extrapolated = std::pow(base, -2.0 * i / c.n_rot);
-    if (!UsesYarn(c)) {
-      inv_freq[i] = static_cast<float>(extrapolated);
-      continue;
-    }
-    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
-    inv_freq[i] = static_cast<float>(extrapolated / c.rope_scaling_factor * ramp + extrapolated * (1 - ramp));
-  }
-  return inv_freq;
-}
-
-void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
+Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
                   KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
                   float* out) {
   const int n = static_cast<int>(pos.size());
@@ -119,8 +68,8 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n) * c.q_lora_rank);
     ops::MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
-    for (int i = 0; i < n; ++i) RmsNormInPlace(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(),
-                                               c.q_lora_rank, c.rms_eps);
+    for (int i = 0; i < n; ++i) ops::RmsNorm(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(),
+                                                c.q_lora_rank, c.rms_eps, &qa[static_cast<size_t>(i) * c.q_lora_rank]);
     ops::MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
   } else {
     ops::MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
@@ -128,21 +77,17 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   std::vector<float> kv(static_cast<size_t>(n) * row);
   ops::MatMul(w.wkv_a, x, n, kv.data(), row);
 
-  const float cs_factor = RopeCosSinFactor(c);
+  const float cs_factor = ops::RopeCosSinFactor(c.rope);
   std::vector<float> cos_sin(static_cast<size_t>(rope));
   for (int i = 0; i < n; ++i) {
-    for (int j = 0; j < rope / 2; ++j) {
-      const float angle = static_cast<float>(pos[i]) * inv_freq[j];
-      cos_sin[2 * j] = std::cos(angle) * cs_factor;
-      cos_sin[2 * j + 1] = std::sin(angle) * cs_factor;
-    }
+    ops::RopeCosSin(pos[i], inv_freq, cs_factor, cos_sin.data());
     float* kv_i = &kv[static_cast<size_t>(i) * row];
-    RmsNormInPlace(kv_i, w.kv_a_norm.data(), lat, c.rms_eps);
-    RopeAdjacentPairs(kv_i + lat, cos_sin.data(), rope);
+    ops::RmsNorm(kv_i, w.kv_a_norm.data(), lat, c.rms_eps, kv_i);
+    ops::Rope(kv_i + lat, cos_sin.data(), rope, ops::RopeStyle::kAdjacentPairs);
     const float temperature = QueryTemperature(c, pos[i]);
     for (int h = 0; h < heads; ++h) {
       float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
-      RopeAdjacentPairs(qh + nope, cos_sin.data(), rope);
+      ops::Rope(qh + nope, cos_sin.data(), rope, ops::RopeStyle::kAdjacentPairs);
       for (int d = 0; d < hd; ++d) qh[d] *= temperature;
     }
     cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]), pos[i]);
@@ -170,6 +115,7 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
   // Attention over the latent rows; results laid out [head][token][latent] for the per-head v_b products below.
   std::vector<float> latent_out(static_cast<size_t>(heads) * n * lat);
   const float scale = SoftmaxScale(c);
+  FirstError error;
 #pragma omp parallel
   {
     std::vector<kvquant::RowSpan> spans;
@@ -178,15 +124,15 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
     for (int i = 0; i < n; ++i) {
       spans.clear();
       cache.Spans(seq[i], layer, 0, pos[i] + 1, &spans);
-      const Status s = kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat,
+      error.Record(kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat,
                                                &q_abs[static_cast<size_t>(i) * heads * row], heads, spans, scale,
-                                               o.data());
-      assert(s.ok());
-      (void)s;
+                                               o.data()));
       for (int h = 0; h < heads; ++h)
         std::copy_n(&o[static_cast<size_t>(h) * lat], lat, &latent_out[(static_cast<size_t>(h) * n + i) * lat]);
     }
   }
+
+  LR_RETURN_IF_ERROR(error.Take());
 
   // Head h's output: v_b_h times its attended latent.
   std::vector<float> attn(static_cast<size_t>(n) * heads * vd);
@@ -197,6 +143,7 @@ void MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<f
            static_cast<int64_t>(heads) * vd);
   }
   ops::MatMul(w.wo, attn.data(), n, out, c.n_embd);
+  return Status::Ok();
 }
 
 }  // namespace lr::inference

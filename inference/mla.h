@@ -1,4 +1,4 @@
-// Multi-head latent attention (DeepSeek-V2/V3, Mistral 4 / Leanstral) and the RoPE frequencies it needs (YaRN).
+// Multi-head latent attention (DeepSeek-V2/V3, Mistral 4 / Leanstral).
 //
 // Per token: q = q_b(RMSNorm(q_a x)) (or q = attn_q x), each head [nope | rope]; kv_a_mqa x = [latent | k_rope],
 // latent = RMSNorm(latent) (kv_lora_rank values), k_rope one RoPE'd key shared by every head. The cache keeps only
@@ -18,12 +18,11 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
+#include "inference/model_config.h"
 #include "ops/kernels.h"
 #include "inference/kv_cache.h"
 
 namespace lr::inference {
-
-struct ModelConfig;  // inference/model.h
 
 struct MlaWeights {
   ops::WeightMatrix wq;               // attn_q: n_head * key_length rows (q_lora_rank == 0 only)
@@ -43,14 +42,10 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& gguf, const ModelConfig& confi
 // The cache shape: one row of kv_lora_rank + rope values per token and layer, no separate value rows.
 KvShape MlaKvShape(const ModelConfig& config);
 
-// RoPE inverse frequencies of the n_rot / 2 pairs: base^(-2i/n_rot), blended with YaRN's interpolated ones
-// (inv_freq / factor) when rope.scaling.factor > 1 and original_context_length is set, as transformers does.
-std::vector<float> RopeInvFreq(const ModelConfig& config);
-
 // The attention block. x: n tokens x n_embd (normalised); seq[i], pos[i]: token i's sequence and position (already
 // appended in `cache`); out: n tokens x n_embd. Every token's row is stored before any attends, so a token sees the
-// earlier tokens of its own batch.
-void MlaAttention(const ModelConfig& config, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
+// earlier tokens of its own batch. Errors are kvquant's (an attention over rows the cache holds does not fail).
+Status MlaAttention(const ModelConfig& config, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
                   KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
                   float* out);
 

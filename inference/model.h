@@ -24,68 +24,13 @@
 #include "base/status.h"
 #include "inference/gguf.h"
 #include "ops/kernels.h"
+#include "inference/model_config.h"
 #include "inference/kv_cache.h"
 #include "inference/mla.h"
 #include "inference/moe.h"
 
 namespace lr::inference {
 
-enum class RopeStyle {
-  kAdjacentPairs,  // rotate (x[2i], x[2i+1]): ggml mode 0 (llama)
-  kHalves,         // rotate (x[i], x[i + n_rot/2]): ggml NEOX mode (qwen2/3)
-};
-
-enum class ExpertGating { kSoftmax = 1, kSigmoid = 2 };  // {arch}.expert_gating_func, as llama.cpp numbers them
-
-struct ModelConfig {
-  std::string arch;     // general.architecture
-  std::string name;     // general.name (empty when absent)
-  int n_layer = 0;      // {arch}.block_count
-  int n_embd = 0;       // {arch}.embedding_length
-  int n_head = 0;       // {arch}.attention.head_count
-  int n_head_kv = 0;    // {arch}.attention.head_count_kv (default n_head)
-  int head_dim = 0;     // {arch}.attention.key_length (default n_embd / n_head)
-  int head_dim_v = 0;   // {arch}.attention.value_length (default head_dim)
-  int n_ff = 0;         // {arch}.feed_forward_length
-  int n_vocab = 0;      // rows of token_embd.weight
-  int n_ctx_train = 0;  // {arch}.context_length
-  float rms_eps = 1e-5f;        // {arch}.attention.layer_norm_rms_epsilon
-  float rope_base = 10000.0f;   // {arch}.rope.freq_base
-  int n_rot = 0;                // {arch}.rope.dimension_count (default head_dim)
-  RopeStyle rope_style = RopeStyle::kAdjacentPairs;
-  bool qk_norm = false;         // per-head RMSNorm of q and k (qwen3)
-  bool tied_output = false;     // no output.weight: the logits use token_embd.weight
-
-  // Mixture of experts (0 experts: dense FFN everywhere).
-  int n_expert = 0;                 // {arch}.expert_count
-  int n_expert_used = 0;            // {arch}.expert_used_count
-  int n_expert_shared = 0;          // {arch}.expert_shared_count
-  int n_ff_expert = 0;              // {arch}.expert_feed_forward_length (default n_ff)
-  int n_leading_dense = 0;          // {arch}.leading_dense_block_count: first layers with a dense FFN
-  ExpertGating gating = ExpertGating::kSoftmax;  // {arch}.expert_gating_func
-  bool expert_weights_norm = false; // {arch}.expert_weights_norm: renormalise the top-k weights
-  float expert_weights_scale = 1.0f;  // {arch}.expert_weights_scale: routed output scale
-  int n_expert_groups = 1;          // {arch}.expert_group_count
-  int n_expert_groups_used = 1;     // {arch}.expert_group_used_count
-
-  // Multi-head latent attention (kv_lora_rank 0: ordinary attention).
-  int q_lora_rank = 0;   // {arch}.attention.q_lora_rank (0: q projected directly)
-  int kv_lora_rank = 0;  // {arch}.attention.kv_lora_rank
-  int qk_rope_dim = 0;   // = n_rot for MLA
-  int qk_nope_dim = 0;   // head_dim - qk_rope_dim for MLA
-
-  // YaRN context extension ({arch}.rope.scaling.*; factor 1: off) and query temperature (Llama 4 / Mistral 4).
-  float rope_scaling_factor = 1.0f;     // rope.scaling.factor
-  int rope_original_ctx = 0;            // rope.scaling.original_context_length
-  float yarn_log_multiplier = 0.0f;     // rope.scaling.yarn_log_multiplier
-  float yarn_beta_fast = 32.0f;         // rope.scaling.yarn_beta_fast
-  float yarn_beta_slow = 1.0f;          // rope.scaling.yarn_beta_slow
-  float attn_temperature_scale = 0.0f;  // attention.temperature_scale (0: off)
-  int attn_temperature_length = 0;      // attention.temperature_length
-};
-
-// Reads and checks the config: kNotFound / kCorrupt naming the key, kUnsupported naming an unknown architecture.
-Result<ModelConfig> ReadModelConfig(const GgufFile& gguf);
 
 enum class AttentionKind { kGqa, kMla };
 enum class FfnKind { kSwiGlu, kMoe };
@@ -132,7 +77,8 @@ class Model {
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
   // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
   // kResourceExhausted when the cache is full (the cache then keeps the positions appended so far: truncate to
-  // roll back); kInvalidArgument for a token id outside the vocabulary.
+  // roll back); kInvalidArgument for a token id outside the vocabulary; kvquant's attention errors (an invariant of
+  // the cache, reported rather than asserted).
   Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits);
   // A token attending to this many positions or more does so in two halves of its range, merged exactly
   // (kvquant::FinishAttention), whatever the batch and the thread count, so that its result depends on neither
@@ -157,6 +103,7 @@ class Model {
     std::vector<Piece> pieces;
     std::vector<int> first_piece;
     std::vector<kvquant::AttentionState> states;
+    FirstError error;  // of the attention calls of a parallel region
   };
 
   // The dense steps, team functions (kernels.h): every thread of a parallel region calls them with the same

@@ -5,53 +5,18 @@
 #include <limits>
 #include <string>
 
-#include "inference/model.h"
+#include "inference/weights.h"
+#include "ops/ops.h"
 
 namespace lr::inference {
 namespace {
-
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-// A 3D tensor of `count` stacked matrices of rows x cols, as one matrix of count*rows rows.
-Result<ops::WeightMatrix> BindStacked(const GgufFile& g, const std::string& name, int64_t count, int64_t rows,
-                                 int64_t cols) {
-  LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
-  if (t->shape != std::vector<int64_t>{cols, rows, count})
-    return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
-                   std::to_string(cols) + ", " + std::to_string(rows) + ", " + std::to_string(count) + "]");
-  return ops::WeightMatrix{t->type, t->data, count * rows, cols, ops::RowBytes(t->type, cols)};
-}
 
 // Expert e's rows of a stacked matrix.
 ops::WeightMatrix Expert(const ops::WeightMatrix& stacked, int e, int64_t rows) {
   return ops::WeightMatrix{stacked.type, stacked.row(e * rows), rows, stacked.cols, stacked.row_bytes};
 }
 
-float Silu(float x) { return x / (1.0f + std::exp(-x)); }
-
 }  // namespace
-
-Result<ops::WeightMatrix> BindMatrix(const GgufFile& g, const std::string& name, int64_t rows, int64_t cols) {
-  LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
-  if (t->shape != std::vector<int64_t>{cols, rows})
-    return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
-                   std::to_string(cols) + ", " + std::to_string(rows) + "]");
-  return ops::WeightMatrix{t->type, t->data, rows, cols, ops::RowBytes(t->type, cols)};
-}
-
-Result<std::vector<float>> BindVector(const GgufFile& g, const std::string& name, int64_t n) {
-  LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
-  if (t->shape != std::vector<int64_t>{n})
-    return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +
-                   std::to_string(n) + "]");
-  std::vector<float> out(static_cast<size_t>(n));
-  ops::DequantizeRow(t->type, t->data, out.data(), n);
-  return out;
-}
 
 Result<MoeWeights> BindMoeWeights(const GgufFile& g, const ModelConfig& c, int layer) {
   const std::string a = c.arch + ".";
@@ -90,11 +55,8 @@ void RouteToken(const ModelConfig& c, const std::vector<float>& score_bias, cons
   const int n = c.n_expert;
   std::vector<float> score(static_cast<size_t>(n)), choice(static_cast<size_t>(n));
   if (c.gating == ExpertGating::kSoftmax) {
-    float max = logits[0];
-    for (int e = 1; e < n; ++e) max = std::max(max, logits[e]);
-    double sum = 0;
-    for (int e = 0; e < n; ++e) sum += score[e] = std::exp(logits[e] - max);
-    for (int e = 0; e < n; ++e) score[e] = static_cast<float>(score[e] / sum);
+    std::copy_n(logits, n, score.data());
+    ops::Softmax(score.data(), n);
   } else {
     for (int e = 0; e < n; ++e) score[e] = 1.0f / (1.0f + std::exp(-logits[e]));
   }
@@ -141,13 +103,13 @@ void RouteToken(const ModelConfig& c, const std::vector<float>& score_bias, cons
   for (int k = 0; k < c.n_expert_used; ++k) weights[k] *= norm * c.expert_weights_scale;
 }
 
-void SwiGlu(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
+void SwiGluFfn(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
             float* out) {
   const int64_t ff = gate.rows;
   std::vector<float> g(static_cast<size_t>(n * ff)), u(g.size());
   const ops::MatMulOut gate_up[] = {{&gate, g.data(), ff}, {&up, u.data(), ff}};
   ops::MatMulMany(gate_up, x, n);
-  for (size_t i = 0; i < g.size(); ++i) g[i] = Silu(g[i]) * u[i];
+  ops::SwiGlu(g.data(), u.data(), static_cast<int64_t>(g.size()));
   ops::MatMul(down, g.data(), n, out, down.rows);
 }
 
@@ -161,7 +123,7 @@ void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, fl
     RouteToken(c, w.score_bias, &logits[static_cast<size_t>(t) * c.n_expert], &chosen[t * k], &weight[t * k]);
 
   if (w.gate_shexp.rows > 0) {
-    SwiGlu(w.gate_shexp, w.up_shexp, w.down_shexp, n, x, out);
+    SwiGluFfn(w.gate_shexp, w.up_shexp, w.down_shexp, n, x, out);
   } else {
     std::fill(out, out + static_cast<size_t>(n) * e_dim, 0.0f);
   }
@@ -178,7 +140,7 @@ void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, fl
     ys.resize(xs.size());
     for (int j = 0; j < m; ++j)
       std::copy_n(x + static_cast<size_t>(s[j] / k) * e_dim, e_dim, &xs[static_cast<size_t>(j) * e_dim]);
-    SwiGlu(Expert(w.gate_exps, e, c.n_ff_expert), Expert(w.up_exps, e, c.n_ff_expert),
+    SwiGluFfn(Expert(w.gate_exps, e, c.n_ff_expert), Expert(w.up_exps, e, c.n_ff_expert),
            Expert(w.down_exps, e, e_dim), m, xs.data(), ys.data());
     for (int j = 0; j < m; ++j) {
       float* o = out + static_cast<size_t>(s[j] / k) * e_dim;

@@ -18,11 +18,10 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
+#include "inference/model_config.h"
 #include "ops/kernels.h"
 
 namespace lr::inference {
-
-struct ModelConfig;  // inference/model.h
 
 struct MoeWeights {
   ops::WeightMatrix router;            // ffn_gate_inp: n_expert rows of n_embd
@@ -34,9 +33,6 @@ struct MoeWeights {
 
 // A 2-D weight of rows x cols (ggml shape [cols, rows]) / a 1-D weight of n values, dequantized to f32: kNotFound
 // naming a missing tensor, kCorrupt naming one of another shape. Shared by the MoE and MLA binders.
-Result<ops::WeightMatrix> BindMatrix(const GgufFile& gguf, const std::string& name, int64_t rows, int64_t cols);
-Result<std::vector<float>> BindVector(const GgufFile& gguf, const std::string& name, int64_t n);
-
 // Binds layer `layer`'s tensors, checking names, shapes and the config's counts: kNotFound naming a missing tensor,
 // kCorrupt naming a tensor of the wrong shape or an inconsistent count (k > n_expert, groups not dividing experts).
 Result<MoeWeights> BindMoeWeights(const GgufFile& gguf, const ModelConfig& config, int layer);
@@ -52,7 +48,7 @@ void RouteToken(const ModelConfig& config, const std::vector<float>& score_bias,
 void MoeFfn(const ModelConfig& config, const MoeWeights& w, int n, const float* x, float* out);
 
 // down(silu(gate x) * up x) for n tokens: the dense FFN, also one expert's.
-void SwiGlu(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
+void SwiGluFfn(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
             float* out);
 
 }  // namespace lr::inference

@@ -3,22 +3,14 @@
 #include <algorithm>
 #include <cmath>
 
-namespace lr::inference {
+#include "ops/ops.h"
 
-void LogSoftmax(std::span<const float> logits, std::vector<double>* out) {
-  out->resize(logits.size());
-  double max = logits[0];
-  for (float x : logits) max = std::max(max, static_cast<double>(x));
-  double sum = 0;
-  for (float x : logits) sum += std::exp(x - max);
-  const double log_z = max + std::log(sum);
-  for (size_t i = 0; i < logits.size(); ++i) (*out)[i] = logits[i] - log_z;
-}
+namespace lr::inference {
 
 double KlDivergence(std::span<const float> p_logits, std::span<const float> q_logits) {
   std::vector<double> lp, lq;
-  LogSoftmax(p_logits, &lp);
-  LogSoftmax(q_logits, &lq);
+  ops::LogSoftmax(p_logits, &lp);
+  ops::LogSoftmax(q_logits, &lq);
   double kl = 0;
   for (size_t i = 0; i < lp.size(); ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
   return kl;

@@ -20,8 +20,6 @@
 
 namespace lr::inference {
 
-// Log-probabilities of one row of logits (log-softmax in double precision).
-void LogSoftmax(std::span<const float> logits, std::vector<double>* out);
 // KL(p || q) in nats between the distributions that two rows of logits define (p the reference).
 double KlDivergence(std::span<const float> p_logits, std::span<const float> q_logits);
 

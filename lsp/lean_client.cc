@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "lsp/jsonrpc.h"
+#include "lsp/lean_text.h"
 #include "lsp/utf16.h"
 
 namespace lr::lsp {
@@ -16,58 +17,16 @@ namespace {
 constexpr auto kShutdownTimeout = std::chrono::seconds(2);
 constexpr auto kNotifyTimeout = std::chrono::seconds(30);
 
-bool IsIdentChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '\'' ||
-         c == '!' || c == '?' || c == '.';
-}
-
-// Positions (UTF-8 columns) of `sorry` tokens outside comments and string literals.
+// Positions (UTF-8 columns) of `sorry` tokens outside comments, strings and char literals (lsp/lean_text.h).
 std::vector<Position> FindSorries(const std::string& text) {
   std::vector<Position> out;
   int line = 0;
-  size_t line_start = 0;
-  int block_depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '\n') {
-      ++line;
-      line_start = i + 1;
-      continue;
+  size_t line_start = 0, scanned = 0;
+  for (size_t offset : TokenOffsets(MaskCommentsAndStrings(text), "sorry")) {
+    for (; scanned < offset; ++scanned) {
+      if (text[scanned] == '\n') ++line, line_start = scanned + 1;
     }
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-      continue;
-    }
-    if (block_depth > 0) {
-      if (c == '/' && i + 1 < text.size() && text[i + 1] == '-') ++block_depth, ++i;
-      else if (c == '-' && i + 1 < text.size() && text[i + 1] == '/') --block_depth, ++i;
-      continue;
-    }
-    if (c == '-' && i + 1 < text.size() && text[i + 1] == '-') {
-      size_t nl = text.find('\n', i);
-      i = (nl == std::string::npos ? text.size() : nl) - 1;
-      continue;
-    }
-    if (c == '/' && i + 1 < text.size() && text[i + 1] == '-') {
-      block_depth = 1;
-      ++i;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-      continue;
-    }
-    if (text.compare(i, 5, "sorry") == 0 && (i == 0 || !IsIdentChar(text[i - 1])) &&
-        (i + 5 >= text.size() || !IsIdentChar(text[i + 5]) || text[i + 5] == '.')) {
-      out.push_back({line, static_cast<int>(i - line_start)});
-      i += 4;
-      continue;
-    }
-    if (IsIdentChar(c)) {  // skip the rest of an identifier so that `mysorry` is not a sorry
-      while (i + 1 < text.size() && IsIdentChar(text[i + 1])) ++i;
-    }
+    out.push_back({line, static_cast<int>(offset - line_start)});
   }
   return out;
 }

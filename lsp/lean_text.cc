@@ -166,15 +166,18 @@ std::string MaskCommentsAndStrings(std::string_view t) {
   return out;
 }
 
-bool ContainsToken(std::string_view masked, std::string_view token) {
+std::vector<size_t> TokenOffsets(std::string_view masked, std::string_view token) {
+  std::vector<size_t> out;
   for (size_t pos = masked.find(token); pos != std::string_view::npos; pos = masked.find(token, pos + 1)) {
-    bool left_ok = pos == 0 || !IsIdentByte(masked[pos - 1]);
-    size_t end = pos + token.size();
-    bool right_ok = end >= masked.size() || !IsIdentByte(masked[end]);
-    if (left_ok && right_ok) return true;
+    const bool left_ok = pos == 0 || !IsIdentByte(masked[pos - 1]);
+    const size_t end = pos + token.size();
+    const bool right_ok = end >= masked.size() || !IsIdentByte(masked[end]);
+    if (left_ok && right_ok) out.push_back(pos);
   }
-  return false;
+  return out;
 }
+
+bool ContainsToken(std::string_view masked, std::string_view token) { return !TokenOffsets(masked, token).empty(); }
 
 std::string NormalizeWhitespace(std::string_view text) {
   std::string out;

@@ -24,6 +24,8 @@ std::string MaskCommentsAndStrings(std::string_view text);
 // True if `token` occurs in `masked` as a whole token: the characters around it are not identifier characters
 // (letters, digits, `_`, `'`, `!`, `?`, `.`, any non-ASCII byte). `token` may start with `#`.
 bool ContainsToken(std::string_view masked, std::string_view token);
+// The byte offsets of those occurrences, in order.
+std::vector<size_t> TokenOffsets(std::string_view masked, std::string_view token);
 
 // Runs of whitespace collapsed to one space, ends trimmed.
 std::string NormalizeWhitespace(std::string_view text);

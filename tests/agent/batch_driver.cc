@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   options.out_path = argv[2];
   options.resume = resume;
   options.cancel = &g_cancel;
-  lr::Result<lr::agent::BatchSummary> summary = lr::agent::RunBatch(*tasks, model, lean, options, stdout);
+  lr::Result<lr::agent::BatchSummary> summary = lr::agent::RunBatch(*tasks, model, lean, options, nullptr);
   if (!summary.ok()) {
     std::fprintf(stderr, "%s\n", summary.status().ToString().c_str());
     return 1;

@@ -181,8 +181,7 @@ TEST(RunBatch, WritesOneLinePerTaskThenResumesWithoutDuplicates) {
   options.out_path = dir + "/results.jsonl";
   options.report_path = dir + "/report.md";
   options.jobs = 2;
-  std::FILE* console = std::tmpfile();
-  Result<BatchSummary> s = RunBatch(*tasks, model, lean, options, console);
+  Result<BatchSummary> s = RunBatch(*tasks, model, lean, options, nullptr);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->finished, 4);
   EXPECT_EQ(s->proved, 2);
@@ -204,14 +203,13 @@ TEST(RunBatch, WritesOneLinePerTaskThenResumesWithoutDuplicates) {
   EXPECT_NE(report->find("Solved vs budget"), std::string::npos);
 
   // Running again over the same file needs --resume, which then has nothing to do.
-  Result<BatchSummary> again = RunBatch(*tasks, model, lean, options, console);
+  Result<BatchSummary> again = RunBatch(*tasks, model, lean, options, nullptr);
   EXPECT_EQ(again.status().code(), StatusCode::kInvalidArgument);
   options.resume = true;
-  Result<BatchSummary> resumed = RunBatch(*tasks, model, lean, options, console);
+  Result<BatchSummary> resumed = RunBatch(*tasks, model, lean, options, nullptr);
   ASSERT_TRUE(resumed.ok());
   EXPECT_EQ(resumed->skipped, 4);
   EXPECT_EQ(FileLines(options.out_path).size(), 4u);
-  std::fclose(console);
 }
 
 TEST(RunBatch, AnInfrastructureFailureStopsTheRunAndKeepsNothingFalse) {
@@ -225,9 +223,7 @@ TEST(RunBatch, AnInfrastructureFailureStopsTheRunAndKeepsNothingFalse) {
   BatchOptions options;
   options.prover.k = 1;
   options.out_path = dir + "/results.jsonl";
-  std::FILE* console = std::tmpfile();
-  Result<BatchSummary> s = RunBatch(*tasks, model, lean, options, console);
-  std::fclose(console);
+  Result<BatchSummary> s = RunBatch(*tasks, model, lean, options, nullptr);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), StatusCode::kUnavailable);
   EXPECT_TRUE(FileLines(options.out_path).empty());  // no task is recorded as a failed proof

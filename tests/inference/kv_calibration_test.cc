@@ -127,7 +127,7 @@ TEST_F(KvCalibrationTest, CentersAreDeterministicAndShaped) {
 TEST_F(KvCalibrationTest, RotatingCentersAreTheModelsRopePairs) {
   const KvShape shape = model_->kv_shape();
   ASSERT_EQ(cal_->k_rotating_center.size(), static_cast<size_t>(shape.n_layer) * shape.n_head_kv);
-  ASSERT_EQ(model_->config().rope_style, RopeStyle::kAdjacentPairs);
+  ASSERT_EQ(model_->config().rope.style, ops::RopeStyle::kAdjacentPairs);
   const std::span<const float> theta = model_->rope_inv_freq();
   for (int layer = 0; layer < shape.n_layer; ++layer) {
     for (int head = 0; head < shape.n_head_kv; ++head) {

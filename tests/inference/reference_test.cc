@@ -130,7 +130,7 @@ TEST(LeanstralConfigTest, ReadsFromMetadata) {
   EXPECT_EQ(c.qk_nope_dim, 64);
   EXPECT_EQ(c.qk_rope_dim, 64);
   EXPECT_EQ(c.head_dim_v, 128);
-  EXPECT_EQ(c.rope_style, RopeStyle::kAdjacentPairs);
+  EXPECT_EQ(c.rope.style, ops::RopeStyle::kAdjacentPairs);
   const KvShape kv = MlaKvShape(c);
   EXPECT_EQ(kv.n_head_kv, 1);
   EXPECT_EQ(kv.k_dim, 320);
@@ -146,14 +146,14 @@ TEST(LeanstralConfigTest, ReadsFromMetadata) {
   EXPECT_FLOAT_EQ(c.expert_weights_scale, 1.0f);
   EXPECT_EQ(c.n_expert_groups, 1);
   // YaRN: theta 10000, factor 128 over 8192 positions, mscale_all_dim 1; query temperature beta 0.1 per 8192.
-  EXPECT_FLOAT_EQ(c.rope_base, 10000.0f);
-  EXPECT_FLOAT_EQ(c.rope_scaling_factor, 128.0f);
-  EXPECT_EQ(c.rope_original_ctx, 8192);
-  EXPECT_FLOAT_EQ(c.yarn_log_multiplier, 0.1f);
+  EXPECT_FLOAT_EQ(c.rope.base, 10000.0f);
+  EXPECT_FLOAT_EQ(c.rope.scaling_factor, 128.0f);
+  EXPECT_EQ(c.rope.original_ctx, 8192);
+  EXPECT_FLOAT_EQ(c.rope.yarn_log_multiplier, 0.1f);
   EXPECT_FLOAT_EQ(c.attn_temperature_scale, 0.1f);
   EXPECT_EQ(c.attn_temperature_length, 8192);
   // The highest-frequency pair is extrapolated (kept), the lowest interpolated (divided by the factor).
-  const std::vector<float> inv_freq = RopeInvFreq(c);
+  const std::vector<float> inv_freq = ops::RopeInvFreq(c.rope);
   ASSERT_EQ(inv_freq.size(), 32u);
   EXPECT_FLOAT_EQ(inv_freq[0], 1.0f);
   EXPECT_NEAR(inv_freq[31], std::pow(10000.0, -62.0 / 64) / 128, 1e-12);

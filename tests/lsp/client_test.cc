@@ -84,6 +84,18 @@ TEST(LeanClient, SorryInCommentsAndStringsIsNotAGoalSite) {
   EXPECT_TRUE(r->goals.empty());
 }
 
+TEST(LeanClient, ASorryAfterACharLiteralQuoteIsAGoalSite) {
+  // '"' is a char literal, not the start of a string: the sorry after it is real (the guard's scanner says so too).
+  auto client = StartScripted("normal");
+  ASSERT_TRUE(client);
+  auto r = client->Check(kUri, "def q := '\"'\ntheorem t : True := by\n  sorry\n", Soon());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->goals.size(), 1u);
+  EXPECT_EQ(r->goals[0].site, GoalSite::kSorry);
+  EXPECT_EQ(r->goals[0].position.line, 2);
+  EXPECT_EQ(r->goals[0].position.character, 2);
+}
+
 TEST(LeanClient, ProgressBeforeDiagnosticsIsNotTheBarrier) {
   auto client = StartScripted("progress_first");
   ASSERT_TRUE(client);
