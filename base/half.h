@@ -1,4 +1,5 @@
-// IEEE 754 binary16 <-> binary32 conversion, plain scalar code (the reference for the F16C paths).
+// IEEE 754 binary16 <-> binary32 conversion and bfloat16 -> binary32, plain scalar code (the reference for the F16C
+// paths); the loads read unaligned little-endian values from weight and cache bytes.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +54,22 @@ inline uint16_t FloatToHalf(float f) {
   const uint32_t rem = abs & 0x1fff;
   if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
   return sign | static_cast<uint16_t>(h);
+}
+
+// The binary16 / bfloat16 value stored at p (2 bytes, any alignment).
+inline float LoadHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return HalfToFloat(h);
+}
+
+inline float LoadBF16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 
 }  // namespace lr

@@ -13,21 +13,6 @@
 namespace lr::ops {
 namespace {
 
-float LoadHalf(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return HalfToFloat(h);
-}
-
-float LoadBF16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // q4_0 / q4_1 nibble order: byte j holds value j (low nibble) and value j + 16 (high nibble).
 void DequantQ4_0(const uint8_t* blk, float* y) {
   const float d = LoadHalf(blk);

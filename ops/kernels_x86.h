@@ -22,12 +22,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base/half.h"
 #include "ops/kernels_simd.h"
 
 namespace lr::ops::LR_SIMD_NS {
 namespace {
 
-float LoadHalf(const uint8_t* p) {
+float LoadHalfF16c(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return _cvtsh_ss(h);
@@ -115,7 +116,7 @@ void DotQ4_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
   Acc2<NT> acc;
   ForBlocks(n / 32, [&](int64_t b, int p) {
     const uint8_t* blk = row + b * 18;
-    const float d = LoadHalf(blk);
+    const float d = LoadHalfF16c(blk);
     const __m256i w = Nibbles16(blk + 2);
     for (int t = 0; t < NT; ++t) {
       const float da = d * a[t][b].d;
@@ -149,7 +150,7 @@ void DotQ8_0(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
   Acc2<NT> acc;
   ForBlocks(n / 32, [&](int64_t b, int p) {
     const uint8_t* blk = row + b * 34;
-    const float d = LoadHalf(blk);
+    const float d = LoadHalfF16c(blk);
     const __m256i w = Load32(blk + 2);
     const __m256i w_abs = _mm256_abs_epi8(w);
     for (int t = 0; t < NT; ++t) {
@@ -252,7 +253,7 @@ void DotQ8_0x2(const uint8_t* row, const BlockQ8* const* a, const float* const* 
         const __m512i w = _mm512_inserti64x4(_mm512_zextsi256_si512(Load32(blk + 2)), Load32(blk + 36), 1);
         const __m512i w_abs = _mm512_abs_epi8(w);
         const __mmask64 negative = _mm512_movepi8_mask(w);
-        const float d0 = LoadHalf(blk), d1 = LoadHalf(blk + 34);
+        const float d0 = LoadHalfF16c(blk), d1 = LoadHalfF16c(blk + 34);
         for (int t = 0; t < NT; ++t) {
           const BlockQ8* at = a[t] + b;
           // |w| * (a with w's sign): an unsigned x signed product equal to w * a.
@@ -282,8 +283,8 @@ void DotQ4Q5_K(const uint8_t* row, const BlockQ8* const* a, int64_t n, float* ou
   Acc2<NT> acc;  // sub-blocks j into [0], j + 1 into [1]
   for (int64_t b = 0; b < n / 256; ++b) {
     const uint8_t* blk = row + b * kBlockBytes;
-    const float d = LoadHalf(blk);
-    const float dmin = LoadHalf(blk + 2);
+    const float d = LoadHalfF16c(blk);
+    const float dmin = LoadHalfF16c(blk + 2);
     const uint8_t* scales = blk + 4;
     const uint8_t* qs = blk + (HighBits ? 48 : 16);
     const __m256i qh = HighBits ? Load32(blk + 16) : _mm256_setzero_si256();
@@ -329,7 +330,7 @@ void DotQ6_K(const uint8_t* row, const BlockQ8* const* a, const float* const*, i
   Acc2<NT> acc;  // even sub-blocks into [0], odd ones into [1]
   for (int64_t b = 0; b < n / 256; ++b) {
     const uint8_t* blk = row + b * 210;
-    const float d = LoadHalf(blk + 208);
+    const float d = LoadHalfF16c(blk + 208);
     for (int half = 0; half < 2; ++half) {
       const uint8_t* ql = blk + 64 * half;
       const uint8_t* qh = blk + 128 + 32 * half;
@@ -377,14 +378,6 @@ float ScalarF32(const uint8_t* p) {
   std::memcpy(&f, p, 4);
   return f;
 }
-float ScalarBF16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 template <int NT, int Bytes, __m256 (*Load8)(const uint8_t*), float (*Load1)(const uint8_t*)>
 void DotFloat(const uint8_t* row, const float* const* x, int64_t n, float* out) {
@@ -408,11 +401,11 @@ void DotF32(const uint8_t* row, const BlockQ8* const*, const float* const* x, in
 }
 template <int NT>
 void DotF16(const uint8_t* row, const BlockQ8* const*, const float* const* x, int64_t n, float* out) {
-  DotFloat<NT, 2, Load8F16, LoadHalf>(row, x, n, out);
+  DotFloat<NT, 2, Load8F16, LoadHalfF16c>(row, x, n, out);
 }
 template <int NT>
 void DotBF16(const uint8_t* row, const BlockQ8* const*, const float* const* x, int64_t n, float* out) {
-  DotFloat<NT, 2, Load8BF16, ScalarBF16>(row, x, n, out);
+  DotFloat<NT, 2, Load8BF16, LoadBF16>(row, x, n, out);
 }
 
 // Tokens per group in a multi-token call: enough to reuse each unpacked block, few enough to keep the accumulators
