@@ -60,11 +60,11 @@ struct ChunkAngles {
 };
 
 // Adds to the scores s[i * n + t] of n <= kRotatingTableRows rows at positions pos.. what the key codec's rotating
-// center took off them: scale·q_i·u(pos + t). ab: per query and pair, a = scale·(q_a c_a + q_b c_b) and
+// center took off them: scale·q_i·u(pos + t). center_coefs: per query and pair, a = scale·(q_a c_a + q_b c_b) and
 // b = scale·(q_b c_a - q_a c_b), so that the term is Σ_pairs a cos(x + y) + b sin(x + y) with x = pos·theta and
 // y = t·theta, i.e. (a cos x + b sin x) cos y + (b cos x - a sin x) sin y: x from the chunk angles, y from the
 // codec's table, whose rows the kernel adds with those coefficients.
-void AddRotatingCenter(const Kernels& kn, const RowCodec& k, const float* ab, int n_q, int pos, int n,
+void AddRotatingCenter(const Kernels& kernels, const RowCodec& k, const float* center_coefs, int n_q, int pos, int n,
                        ChunkAngles& angles, float* s) {
   constexpr int kRows = RowCodec::kRotatingTableRows;
   const int n_pairs = static_cast<int>(k.rotating_center().size());
@@ -72,15 +72,15 @@ void AddRotatingCenter(const Kernels& kn, const RowCodec& k, const float* ab, in
   thread_local std::vector<float> c;
   c.resize(static_cast<size_t>(n_q) * 2 * n_pairs);
   for (int i = 0; i < n_q; ++i) {
-    const float* ab_i = ab + static_cast<size_t>(i) * n_pairs * 2;
+    const float* center_coefs_i = center_coefs + static_cast<size_t>(i) * n_pairs * 2;
     float* c_i = &c[static_cast<size_t>(i) * n_pairs * 2];
     for (int p = 0; p < n_pairs; ++p) {
-      const double a = ab_i[2 * p], b = ab_i[2 * p + 1], cx = angles.cos[p], sx = angles.sin[p];
+      const double a = center_coefs_i[2 * p], b = center_coefs_i[2 * p + 1], cx = angles.cos[p], sx = angles.sin[p];
       c_i[2 * p] = static_cast<float>(a * cx + b * sx);
       c_i[2 * p + 1] = static_cast<float>(b * cx - a * sx);
     }
   }
-  kn.add_rows(c.data(), n_q, k.rotating_table().data(), 2 * n_pairs, kRows, n, s);
+  kernels.add_rows(c.data(), n_q, k.rotating_table().data(), 2 * n_pairs, kRows, n, s);
 }
 
 // In the runner, pieces are a page's rows of one (layer, head): a few hundred bytes to 4 KiB each, pages apart, too
@@ -97,7 +97,7 @@ void Prefetch(const Piece& pc, const RowCodec& k, const RowCodec& v) {
   for (size_t b = 0; b < v_bytes; b += 64) __builtin_prefetch(pc.v + b);
 }
 
-void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim, const float* qr, const float* ab,
+void Process(const Kernels& kernels, const RowCodec& k, const RowCodec& v, int v_dim, const float* q_rotated, const float* center_coefs,
              int n_q, std::span<const Piece> pieces, AttentionState& st) {
   float scores[kChunkRows * 64];
   std::vector<float> big;
@@ -112,18 +112,18 @@ void Process(const Kernels& kn, const RowCodec& k, const RowCodec& v, int v_dim,
     if (pi + kPrefetchAhead < pieces.size()) Prefetch(pieces[pi + kPrefetchAhead], k, v);
     for (int t0 = 0; t0 < pc.n_rows; t0 += kChunkRows) {
       const int n = std::min(kChunkRows, pc.n_rows - t0);
-      kn.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, qr, n_q, s);
-      if (!k.rotating_center().empty()) AddRotatingCenter(kn, k, ab, n_q, pc.pos + t0, n, angles, s);
+      kernels.score(k, pc.k + t0 * k.row_bytes(), k.row_bytes(), n, q_rotated, n_q, s);
+      if (!k.rotating_center().empty()) AddRotatingCenter(kernels, k, center_coefs, n_q, pc.pos + t0, n, angles, s);
       for (int i = 0; i < n_q; ++i) {
         float mx = st.m[i];
-        const float sum = kn.exp_sum(s + i * n, n, &mx);
+        const float sum = kernels.exp_sum(s + i * n, n, &mx);
         const float factor = std::exp(st.m[i] - mx);  // 0 on the first chunk (m = -inf)
         st.m[i] = mx;
         st.l[i] = st.l[i] * factor + sum;
         if (factor != 1.0f)
           for (int j = 0; j < v_dim; ++j) st.acc[i * v_dim + j] *= factor;
       }
-      kn.accumulate(v, pc.v + t0 * v.row_bytes(), v.row_bytes(), n, v_dim, s, n_q, st.acc.data());
+      kernels.accumulate(v, pc.v + t0 * v.row_bytes(), v.row_bytes(), n, v_dim, s, n_q, st.acc.data());
     }
   }
 }
@@ -170,7 +170,7 @@ const Kernels* GetKernels(Isa isa) {
 namespace {
 
 // AttendWith without the final normalization: the merged state of the queries over all the parts' rows.
-Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
+Status AttendStateWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
                        int n_q, float scale, int n_threads, AttentionState* state) {
   if (n_q < 1) return InvalidArgument("attention: n_q is " + std::to_string(n_q) + "; expected at least 1 query");
   if (parts.empty()) return InvalidArgument("attention: no parts; expected at least one range of rows");
@@ -182,7 +182,7 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
       return InvalidArgument("attention: part " + std::to_string(p) +
                              " has a null codec or row dims unlike part 0's; expected codecs of equal K and V dims");
   }
-  const int kdim = parts[0].k->dim();
+  const int k_dim = parts[0].k->dim();
   const int v_dim = shared ? shared_v_dim : parts[0].v->dim();
   // A job: rows of one part scored by one thread.
   struct Job {
@@ -212,30 +212,30 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
   // Per part: the queries divided by its key weights and rotated into its K domain with the softmax scale folded
   // in, the shift scale·q·mu_K that its key center took off every score, and the coefficients of what its rotating
   // center took off (AddRotatingCenter).
-  std::vector<std::vector<float>> qr(parts.size());
+  std::vector<std::vector<float>> q_rotated(parts.size());
   std::vector<std::vector<float>> shift(parts.size());
-  std::vector<std::vector<float>> ab(parts.size());
+  std::vector<std::vector<float>> center_coefs(parts.size());
   for (size_t p = 0; p < parts.size(); ++p) {
     const RowCodec& k = *parts[p].k;
-    qr[p].resize(static_cast<size_t>(n_q) * kdim);
+    q_rotated[p].resize(static_cast<size_t>(n_q) * k_dim);
     shift[p].assign(n_q, 0.0f);
     const std::span<const RotatingCenter> pairs = k.rotating_center();
     for (int i = 0; i < n_q; ++i) {
       for (const RotatingCenter& c : pairs) {
-        const float qa = q[i * kdim + c.a], qb = q[i * kdim + c.b];
-        ab[p].push_back(scale * (qa * c.ca + qb * c.cb));
-        ab[p].push_back(scale * (qb * c.ca - qa * c.cb));
+        const float qa = q[i * k_dim + c.a], qb = q[i * k_dim + c.b];
+        center_coefs[p].push_back(scale * (qa * c.ca + qb * c.cb));
+        center_coefs[p].push_back(scale * (qb * c.ca - qa * c.cb));
       }
       if (k.weights().empty()) {
-        k.rotation().Apply(q + i * kdim, &qr[p][i * kdim]);
+        k.rotation().Apply(q + i * k_dim, &q_rotated[p][i * k_dim]);
       } else {  // q / w, then rotated
-        for (int j = 0; j < kdim; ++j) qr[p][i * kdim + j] = q[i * kdim + j] / k.weights()[j];
-        k.rotation().Apply(&qr[p][i * kdim], &qr[p][i * kdim]);
+        for (int j = 0; j < k_dim; ++j) q_rotated[p][i * k_dim + j] = q[i * k_dim + j] / k.weights()[j];
+        k.rotation().Apply(&q_rotated[p][i * k_dim], &q_rotated[p][i * k_dim]);
       }
-      for (int j = 0; j < kdim; ++j) qr[p][i * kdim + j] *= scale;
+      for (int j = 0; j < k_dim; ++j) q_rotated[p][i * k_dim + j] *= scale;
       if (!k.center().empty()) {
         double dot = 0;
-        for (int j = 0; j < kdim; ++j) dot += static_cast<double>(q[i * kdim + j]) * k.center()[j];
+        for (int j = 0; j < k_dim; ++j) dot += static_cast<double>(q[i * k_dim + j]) * k.center()[j];
         shift[p][i] = static_cast<float>(scale * dot);
       }
     }
@@ -268,7 +268,7 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
     const CodedSpans& part = parts[jobs[j].part];
     const RowCodec& v = shared ? *part.k : *part.v;
     AttentionState& st = partial[j];
-    Process(kn, *part.k, v, v_dim, qr[jobs[j].part].data(), ab[jobs[j].part].data(), n_q, jobs[j].pieces, st);
+    Process(kernels, *part.k, v, v_dim, q_rotated[jobs[j].part].data(), center_coefs[jobs[j].part].data(), n_q, jobs[j].pieces, st);
     // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of
     // shared rows' center) added with weight l (Σ p = 1 within the part), the key center's shift given back to the
     // running max.
@@ -296,10 +296,10 @@ Status AttendStateWith(const Kernels& kn, std::span<const CodedSpans> parts, int
 
 }  // namespace
 
-Status AttendWith(const Kernels& kn, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
+Status AttendWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
                   float scale, float* out, int n_threads) {
   AttentionState st;
-  LR_RETURN_IF_ERROR(AttendStateWith(kn, parts, shared_v_dim, q, n_q, scale, n_threads, &st));
+  LR_RETURN_IF_ERROR(AttendStateWith(kernels, parts, shared_v_dim, q, n_q, scale, n_threads, &st));
   Normalize(st, n_q, shared_v_dim > 0 ? shared_v_dim : parts[0].v->dim(), out);
   return Status::Ok();
 }
