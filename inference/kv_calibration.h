@@ -9,11 +9,10 @@
 //
 // Rotating centers (kvquant.h). Keys are stored after RoPE, which turns each channel pair by an angle that grows with
 // the position: a pair with a constant offset c before RoPE carries R(pos)·c after it. A fixed center cannot remove
-// that, and the mean of such a pair over a context depends on the context's length (measured on the default model:
-// centers from 567 calibration positions removed little of it at 2048). So for the key pairs whose offset
-// before RoPE is large (at least 1% of the rows' spread, the 8 largest at most), the rows are stored less R(pos)·c,
-// with c the mean of the calibration rows turned back by their angles; attention adds q·R(pos)·c back per row. The
-// fixed center is then the mean of what remains.
+// that, and the mean of such a pair over a context depends on the context's length (docs/RESULTS.md, centering at
+// context 2048). So for the key pairs whose offset before RoPE is large (at least 1% of the rows' spread, the 8
+// largest at most), the rows are stored less R(pos)·c, with c the mean of the calibration rows turned back by their
+// angles; attention adds q·R(pos)·c back per row. The fixed center is then the mean of what remains.
 //
 // Weights (kvquant.h, "Channel weights"). Rows are stored as (x - mu) * w and attention undoes w exactly, so the
 // weights only decide where a format's rounding error lands. A rotating format spreads it evenly over the stored

@@ -6,8 +6,8 @@
 //
 // One KV cache lives as long as the model, its pool sized by kv_budget_mib. Across requests it is a prefix cache
 // (inference/prefix_index.h): a request starts from the longest run of cached full pages matching its prompt and
-// prefills only the rest (at least the prompt's last token, whose logits it needs, and with an f16 window the
-// window's tokens before it, whose f16 rows are not cached); the prompt's full pages, and
+// prefills only the rest (at least the prompt's last token, whose logits it needs, and with window rows the
+// window's tokens before it, whose window rows are not cached); the prompt's full pages, and
 // each finished choice's (prompt + reply, which a repair turn resends), are then indexed. Sequences are released at
 // the end of each request; their indexed pages stay cached until the pool needs room (least recently used first).
 //

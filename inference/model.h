@@ -4,7 +4,7 @@
 // attention block and an FFN block. Each layer records which block functions it uses (AttentionKind, FfnKind), so
 // that new kinds (MoE FFN, MLA attention) plug in as new block functions without touching the others:
 //   layer(x) = x + Attention(RMSNorm(x)) ; x + Ffn(RMSNorm(x))
-// Supported now: `llama` (also Mistral/SmolLM2; RoPE on adjacent pairs, as ggml's mode 0 after the GGUF converter's
+// Supported: `llama` (also Mistral/SmolLM2; RoPE on adjacent pairs, as ggml's mode 0 after the GGUF converter's
 // q/k permutation) and `qwen3` (per-head RMSNorm of q and k before RoPE, RoPE on the two halves of the head, ggml's
 // NEOX mode), and `deepseek2` (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have
 // MoE FFNs (inference/moe.h): Mixtral as llama + expert keys, DeepSeek/Mistral-4 with shared experts.

@@ -1,7 +1,7 @@
 // Mixture-of-experts FFN: a router picks k of n_expert SwiGLU experts per token and mixes their outputs; optional
 // shared experts are added for every token.
 //
-// Two router families, both read from GGUF metadata (ModelConfig, docs/ARCHITECTURE.md "Architectures and GGUF keys"):
+// Two router families, both read from GGUF metadata (inference/model_config.h names each key):
 //   Mixtral (llama + expert_count): softmax over all experts, top-k, weights renormalised to sum 1.
 //   DeepSeek-V3 / Mistral-4 (deepseek2): softmax or sigmoid scores; the choice may add a per-expert bias
 //     (exp_probs_b) and may first keep the best expert groups (a group scores the sum of its best two); the weights
@@ -31,8 +31,6 @@ struct MoeWeights {
   ops::WeightMatrix gate_shexp, up_shexp, down_shexp;
 };
 
-// A 2-D weight of rows x cols (ggml shape [cols, rows]) / a 1-D weight of n values, dequantized to f32: kNotFound
-// naming a missing tensor, kCorrupt naming one of another shape. Shared by the MoE and MLA binders.
 // Binds layer `layer`'s tensors, checking names, shapes and the config's counts: kNotFound naming a missing tensor,
 // kCorrupt naming a tensor of the wrong shape or an inconsistent count (k > n_expert, groups not dividing experts).
 Result<MoeWeights> BindMoeWeights(const GgufFile& gguf, const ModelConfig& config, int layer);

@@ -1,9 +1,9 @@
 // KV-cache compression formats and attention computed directly on the compressed rows.
 //
 // The model runner stores each (layer, KV head)'s keys and values as rows of `dim` values in one of the formats
-// below, chosen by name separately for keys and values (`--ctk NAME --ctv NAME`). A RowCodec encodes one token's row
-// (the append path) and Attend() computes softmax(scale·q·Kᵀ)·V over a range of stored rows without expanding K or V
-// to f32: the query is rotated once into the stored domain, each row is scored block by block from its codes
+// below, chosen by name separately for keys and values. A RowCodec encodes one token's row (the append path) and
+// Attend() computes softmax(scale·q·Kᵀ)·V over a range of stored rows without expanding K or V to f32: the query is
+// rotated once into the stored domain, each row is scored block by block from its codes
 // (scale × Σ q_i · level[code_i]), and V is accumulated in its rotated domain and rotated back once at the end.
 //
 // Formats. A row is a sequence of blocks; a block is an fp16 scale d followed by code runs, and block element i
@@ -27,47 +27,46 @@
 //   hx4      Hadamard          128    66     4.125  4-bit Lloyd-Max                  as hx3
 //
 // Rotations are described in kvquant/rotation.h; each codec's is fixed by (seed, layer, head).
-// Centering: a codec may hold a per-channel center mu (RowCodec::SetCenter). EncodeRow then stores x - mu, DecodeRow
-//   adds mu back, and Attend / AttendParallel / AttendSharedKV add V's center (for shared rows its leading v_dim
-//   values) to their output once. This is exact: the key center shifts all of one query's scores by q·mu, which the
-//   softmax ignores, and Σ p_j (v_j - mu) + mu = Σ p_j v_j since Σ p_j = 1 (every row of a head has the same center,
-//   so the per-thread partial results of AttendParallel merge as before). A channel with a constant offset would
-//   otherwise be spread by the rotation over the whole block and inflate every scale; inference/kv_calibration.h
-//   gives the model's centers.
-// Channel weights: a codec may also hold per-channel weights w > 0 (RowCodec::SetWeights): EncodeRow stores
-//   (x - mu) * w, DecodeRow divides by w before adding mu. Attention divides the query by the key codec's weights
-//   before rotating it, so q·k is unchanged ((q / w)·((k - mu) * w) = q·(k - mu)), and divides the value output by
-//   the value codec's weights before adding its center. Exact before rounding, like the centers; what they change is
-//   where the rounding error goes. A rotating format spreads its error evenly over the channels of the stored row,
-//   so the score error q·e is smallest when channels that carry large query components are stored large relative to
-//   the others: w_c = (E[q_c²] / E[k_c²])^(1/4) minimizes E[(q·e)²] for a fixed total error (Cauchy-Schwarz);
-//   inference/kv_calibration.h measures them.
-// Rotating centers: a codec may also hold pairs of channels (a, b) whose center turns with the row's position pos:
-//   (u_a, u_b) = (c_a cos(pos·theta) - c_b sin(pos·theta), c_a sin(pos·theta) + c_b cos(pos·theta))
-//   (RowCodec::SetRotatingCenter), subtracted by EncodeRow after the fixed center and added back by DecodeRow. This
-//   is RoPE's rotation: a key channel pair with a constant offset c before RoPE carries R(pos)·c after it, so no
-//   fixed center removes it, and the mean of such a pair over a context depends on the context's length. Attention
-//   adds scale·q·u(pos) back to every row's score (the rows carry their positions, RowSpan::pos), so it is exact
-//   like the fixed center; the cost is a few multiply-adds per row and pair. inference/kv_calibration.h gives the
-//   model's pairs.
-// Rounding rules:
-//   least squares: codes start at the nearest levels for d = block RMS; then, twice over the block, each code may move
-//     to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²); the final
-//     d is that least-squares scale. (tq4 and tq2 stored the block RMS with the nearest levels until this rule was
-//     measured on them: on the default model it lowers their mean KL vs f16 by 1.2x and 1.3x, docs/RESULTS.md.)
-//   descent, dot-preserving (hx3): the same descent, then d = Σx² / Σx·l, so that the decoded block x̂ has
-//     ⟨x̂, x⟩ = ⟨x, x⟩. The least-squares x̂ is a shrunk projection (⟨x̂, x⟩ = ‖x‖²·cos²): a query that resembles a
-//     stored key then scores it low by about (1 - cos²)·‖k‖², a bias the softmax does not average away, and the
-//     measured key-side attention error halves without it (docs/ARCHITECTURE.md). The extra MSE is second order.
-//   norm-preserving: codes are the nearest levels for d = ‖y‖/√n, then d = ‖y‖ / ‖level[codes]‖, so every decoded
-//     block has exactly the input block's length (up to fp16 rounding of d): the length is unbiased.
-// hx3s is hx3's block without the fourth bits, for values beside hx3 keys within a 3.5-bit budget (docs/RESULTS.md).
-// hx4 is hx3's block with four bits everywhere: tq4's codes with one scale per 128 instead of per 32 (4.125 bits; 4.25
-//   on a 64-wide head), which leaves room in tq4's 4.5 bits for a sink and a window (docs/RESULTS.md).
+//
 // hx3 is our format. A 128-wide block spreads the 16-bit scale over more coordinates (0.125 bit/element instead of
-//   tq3's 0.5) and spends what that frees on a fourth bit for 48 of the 128 coordinates, at tq3's 3.5 bits. After
-//   the Hadamard rotation all coordinates have the same variance, so which ones get the fourth bit does not matter.
-//   docs/ARCHITECTURE.md (kvquant) lists the candidates measured and why this one was kept.
+// tq3's 0.5) and spends what that frees on a fourth bit for 48 of the 128 coordinates, at tq3's 3.5 bits. After the
+// Hadamard rotation all coordinates have the same variance, so which ones get the fourth bit does not matter.
+// hx3s is hx3's block with 3-bit codes only, for values beside hx3 keys within a 3.5-bit budget; hx4 is hx3's block
+// with 4-bit codes only (tq4's levels, one scale per 128 instead of per 32), which leaves room in tq4's 4.5 bits for
+// sink and window rows. docs/RESULTS.md has the candidates measured for hx3 and the formats' errors.
+//
+// Rounding rules:
+//   least squares (tq*): codes start at the nearest levels for d = block RMS; then, twice over the block, each code
+//     may move to a neighbouring level when that lowers the block error with the scale re-solved (d = Σx·l / Σl²);
+//     the final d is that least-squares scale.
+//   descent, dot-preserving (hx3, hx3s, hx4): the same descent, then d = Σx² / Σx·l, so that the decoded block x̂ has
+//     ⟨x̂, x⟩ = ⟨x, x⟩. The least-squares x̂ is a shrunk projection (⟨x̂, x⟩ = ‖x‖²·cos²): a query that resembles a
+//     stored key would score it low by about (1 - cos²)·‖k‖², a bias the softmax does not average away. The extra
+//     MSE is second order.
+//   norm-preserving (planar*, iso*): codes are the nearest levels for d = ‖y‖/√n, then d = ‖y‖ / ‖level[codes]‖, so
+//     every decoded block has exactly the input block's length (up to fp16 rounding of d): the length is unbiased.
+//
+// Exact transforms a codec may hold (inference/kv_calibration.h measures them for a model). Rows encoded before one
+// is set decode wrongly after it.
+//   Centering (SetCenter, a center mu): EncodeRow stores x - mu, DecodeRow adds mu back, and Attend / AttendParallel /
+//     AttendSharedKV add V's center (for shared rows its leading v_dim values) to their output once. Exact: the key
+//     center shifts all of one query's scores by q·mu, which the softmax ignores, and Σ p_j (v_j - mu) + mu = Σ p_j v_j
+//     since Σ p_j = 1 (every row of a head has the same center, so partial results over pieces of a range merge
+//     exactly). A channel with a constant offset would otherwise be spread by the rotation over the whole block and
+//     inflate every scale.
+//   Channel weights w > 0 (SetWeights): EncodeRow stores (x - mu) * w, DecodeRow divides by w before adding mu.
+//     Attention divides the query by the key codec's weights before rotating it, so q·k is unchanged
+//     ((q / w)·((k - mu) * w) = q·(k - mu)), and divides the value output by the value codec's weights before adding
+//     its center. They change only where the rounding error goes: a rotating format spreads its error evenly over
+//     the stored channels, so the score error q·e is smallest when channels that carry large query components are
+//     stored large relative to the others; w_c = (E[q_c²] / E[k_c²])^(1/4) minimizes E[(q·e)²] for a fixed total
+//     error (Cauchy-Schwarz).
+//   Rotating centers (SetRotatingCenter): pairs of channels (a, b) whose center turns with the row's position pos,
+//     (u_a, u_b) = (c_a cos(pos·theta) - c_b sin(pos·theta), c_a sin(pos·theta) + c_b cos(pos·theta)), subtracted by
+//     EncodeRow after the fixed center and added back by DecodeRow. This is RoPE's rotation: a key channel pair with a
+//     constant offset c before RoPE carries R(pos)·c after it, which no fixed center removes. Attention adds
+//     scale·q·u(pos) back to every row's score (rows carry their positions, RowSpan::pos), so it is exact too; the
+//     cost is a few multiply-adds per row and pair.
 //
 // Row shapes: dim must be a multiple of 32 (any dim from 1 to 4096 for f16), and of 64 for hx3. In formats with
 // 128-element blocks a row whose dim is not a multiple of 128 ends with one shorter block: planar/iso/hx3s/hx4 keep one
@@ -82,9 +81,9 @@
 // bits 0-1, 2-3, 4-5, 6-7. 3-bit: per tile of 16 codes, the low two bits as a 2-bit tile, then the high bits as a
 // 16-bit word, code j at bit j. Scales, halves and words are little-endian.
 //
-// Threads: everything here is thread-safe on const codecs; Attend and AttendSharedKV run on the calling thread only
-// (the runner calls them from its own OpenMP loop over heads). AttendParallel splits one head group's range over
-// threads for long contexts and benchmarks.
+// Threads: everything here is thread-safe on const codecs; Attend, AttendMixed and AttendSharedKV run on the calling
+// thread only (the runner calls them from its own OpenMP loop over heads). AttendParallel splits one head group's
+// range over threads for long contexts and benchmarks.
 #pragma once
 
 #include <cstddef>

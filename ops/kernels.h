@@ -6,8 +6,8 @@
 // does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI: q4_1 and q8_0 on
 // 512-bit vectors, the other types on 256-bit ones) is picked at run time from the CPU; a CPU without AVX2 gets the
 // scalar path (dequantize a row, then dot). Q4_1 and Q8_0 matrices repacked to 16 interleaved rows (Repack16, done by
-// the model at load) run kernels without reductions across vector lanes, which made the row kernels bound by
-// instructions rather than by memory in a decode step.
+// the model at load) run kernels without reductions across vector lanes: the row kernels' reductions cost more
+// instructions per weight than a decode step can hide behind its memory reads (docs/RESULTS.md).
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
@@ -85,7 +85,7 @@ struct OwnedWeightMatrix {
 // Whether Repack16 takes w: Q4_1 or Q8_0 in layout kRows with rows a positive multiple of 16.
 bool Repack16Applies(const WeightMatrix& w);
 // A copy of w (Repack16Applies(w)) in layout kRows16: allocates and copies rows * row_bytes bytes. The kernels then
-// read the copy, so the source pages (a mapped GGUF file) are no longer touched by products.
+// read the copy, so the source pages (a mapped GGUF file) are not touched by products.
 OwnedWeightMatrix Repack16(const WeightMatrix& w);
 
 // y[t * y_stride + r] = sum_c W[r][c] * x[t * w.cols + c], for every row r and token t < n_tokens.

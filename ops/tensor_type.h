@@ -1,7 +1,7 @@
 // Weight tensor types as GGUF stores them (ggml's type ids) and their block layout.
 //
 // A tensor's rows are sequences of blocks; a block holds `block_elems` values in `block_bytes` bytes. The loader uses
-// this table to validate sizes; the kernels (inference/kernels_*.h) decode and multiply the blocks.
+// this table to validate sizes; the kernels (ops/kernels.h) decode and multiply the blocks.
 #pragma once
 
 #include <cstddef>
