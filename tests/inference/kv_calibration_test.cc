@@ -160,7 +160,7 @@ TEST_F(KvCalibrationTest, F16CacheIsUnchangedAndShapeMismatchIsRefused) {
 // Formats without a Hadamard rotation (q4_0: no rotation; iso3: 4-dimensional) carry a channel offset straight into
 // their block scales: with the centers their mean KL to the f16 cache's distributions falls. (On this short text the
 // Hadamard formats move within noise, tq3 0.191 to 0.190 and hx3 0.151 to 0.162; on 510 scored tokens of GPL-3 text
-// at -c 512 they fall, tq3 0.256 to 0.177, hx3 0.226 to 0.170: docs/ARCHITECTURE.md.)
+// at -c 512 they fall, tq3 0.256 to 0.177, hx3 0.226 to 0.170: docs/RESULTS.md.)
 TEST_F(KvCalibrationTest, CentersBringUnrotatedFormatsCloserToF16) {
   const std::vector<float> ref = Logits("f16", nullptr);
   for (const char* f : {"q4_0", "iso3"}) {
