@@ -4,7 +4,8 @@
 // "attend_stream" walks 16 copies of the range in turn (256 MiB of f16), as a decode step does when it visits every
 // layer's cache once: the rows come from memory, which is where fewer bytes per row pay. "attend_decode" is one
 // decode step of the default model at depth 8K, in the paged cache's layout (BM_Decode); "attend_decode_isa" the same
-// step with each kernel build (baseline, AVX2, AVX-512) this CPU runs.
+// step with each kernel build (baseline, AVX2, AVX-512) this CPU runs. "shared_prefix" is pass@16's attention for one
+// head at a 32K prompt, with the prompt's rows read once for all attempts or once per attempt.
 // After the Google Benchmark table it prints every format's time as a ratio to f16's from the same run, twice: by
 // wall-clock time, and by the CPU time of the calling thread (for one thread, the figure to read on a machine shared
 // with other work, where wall-clock time mostly measures waiting for a core).
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <map>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -124,6 +126,55 @@ void BM_Decode(benchmark::State& state, std::string format, int threads, lr::Isa
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(pages.size()));
 }
 
+// k = 16 attempts forked from one 32K-row prompt, one KV head with a GQA group of 4 queries each, every attempt with
+// 64 rows of its own: the decode step's attention for that head, with the prompt's rows read once for all 64
+// queries (AttendSharedPrefix, shared = true) or once per attempt (AttendMixed per attempt).
+void BM_SharedPrefix(benchmark::State& state, std::string format, bool shared) {
+  constexpr int kAttempts = 16, kPrompt = 32768, kOwn = 64;
+  const RowCodec k = *RowCodec::Create(format, kDim, 1, 0, 0), v = *RowCodec::Create(format, kDim, 1, 0, 1);
+  auto encode = [&](int rows, unsigned seed, std::vector<uint8_t>* kb, std::vector<uint8_t>* vb) {
+    const std::vector<float> x = Gaussian(static_cast<size_t>(2) * rows * kDim, seed);
+    kb->resize(k.row_bytes() * rows);
+    vb->resize(v.row_bytes() * rows);
+    for (int t = 0; t < rows; ++t) {
+      k.EncodeRow(&x[t * kDim], &(*kb)[t * k.row_bytes()]);
+      v.EncodeRow(&x[(rows + t) * kDim], &(*vb)[t * v.row_bytes()]);
+    }
+  };
+  std::vector<uint8_t> kb, vb;
+  encode(kPrompt, 2, &kb, &vb);
+  std::vector<RowSpan> prompt;
+  for (int t = 0; t < kPrompt; t += kPage) prompt.push_back({&kb[t * k.row_bytes()], &vb[t * v.row_bytes()], kPage});
+  std::vector<std::vector<uint8_t>> own_k(kAttempts), own_v(kAttempts);
+  std::vector<RowSpan> own_spans(kAttempts);
+  std::vector<lr::kvquant::CodedSpans> own_parts(kAttempts);
+  for (int a = 0; a < kAttempts; ++a) {
+    encode(kOwn, 10 + a, &own_k[a], &own_v[a]);
+    own_spans[a] = {own_k[a].data(), own_v[a].data(), kOwn};
+    own_parts[a] = {&k, &v, {&own_spans[a], 1}};
+  }
+  std::vector<std::span<const lr::kvquant::CodedSpans>> own;
+  for (int a = 0; a < kAttempts; ++a) own.push_back({&own_parts[a], 1});
+  const lr::kvquant::CodedSpans shared_part{&k, &v, prompt};
+  const std::vector<float> q = Gaussian(kAttempts * kGroup * kDim, 3);
+  std::vector<float> out(kAttempts * kGroup * kDim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  for (auto _ : state) {
+    if (shared) {
+      const lr::Status s = lr::kvquant::AttendSharedPrefix({&shared_part, 1}, own, q.data(), kGroup, scale, out.data());
+      if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+    } else {
+      for (int a = 0; a < kAttempts; ++a) {
+        const lr::kvquant::CodedSpans parts[] = {shared_part, own_parts[a]};
+        const lr::Status s = lr::kvquant::AttendMixed(parts, &q[a * kGroup * kDim], kGroup, scale,
+                                                      &out[a * kGroup * kDim]);
+        if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+
 // Console output as usual, plus the real time of every run, for the ratio table.
 class RecordingReporter : public benchmark::ConsoleReporter {
  public:
@@ -174,6 +225,12 @@ int main(int argc, char** argv) {
             BM_Decode, f, 1, isa)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
+  for (const std::string f : {"f16", "q8_0", "hx3"})
+    for (bool shared : {false, true})
+      benchmark::RegisterBenchmark(("shared_prefix/" + f + (shared ? "/shared" : "/per_attempt")).c_str(),
+                                   BM_SharedPrefix, f, shared)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   RecordingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

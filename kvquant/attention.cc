@@ -325,6 +325,32 @@ void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float
   Normalize(states[0], n_q, v_dim, out);
 }
 
+Status AttendSharedPrefix(std::span<const CodedSpans> shared, std::span<const std::span<const CodedSpans>> own,
+                          const float* q, int n_q, float scale, float* out) {
+  const Kernels& kernels = *GetKernels(BestIsa());
+  const int n_seq = static_cast<int>(own.size());
+  if (n_seq < 1) return InvalidArgument("shared-prefix attention: no sequences; expected at least one");
+  AttentionState all;
+  LR_RETURN_IF_ERROR(AttendStateWith(kernels, shared, 0, q, n_seq * n_q, scale, 1, &all));
+  const int k_dim = shared[0].k->dim(), v_dim = shared[0].v->dim();
+  AttentionState mine, tail;
+  for (int s = 0; s < n_seq; ++s) {
+    const size_t first = static_cast<size_t>(s) * n_q;
+    mine.m.assign(all.m.begin() + first, all.m.begin() + first + n_q);
+    mine.l.assign(all.l.begin() + first, all.l.begin() + first + n_q);
+    mine.acc.assign(all.acc.begin() + first * v_dim, all.acc.begin() + (first + n_q) * v_dim);
+    if (!own[s].empty()) {
+      LR_RETURN_IF_ERROR(AttendStateWith(kernels, own[s], 0, q + first * k_dim, n_q, scale, 1, &tail));
+      if (own[s][0].k->dim() != k_dim || own[s][0].v->dim() != v_dim)
+        return InvalidArgument("shared-prefix attention: sequence " + std::to_string(s) +
+                               "'s own rows have other dims than the shared rows'; expected equal K and V dims");
+      MergeState(mine, tail, n_q, v_dim);
+    }
+    Normalize(mine, n_q, v_dim, out + first * v_dim);
+  }
+  return Status::Ok();
+}
+
 Status AttendParallel(const RowCodec& k, const RowCodec& v, const float* q, int n_q, std::span<const RowSpan> spans,
                       float scale, float* out, int n_threads) {
   const CodedSpans part{&k, &v, spans};

@@ -242,6 +242,16 @@ Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n
 // n_q × v_dim.
 void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float* out);
 
+// Attention of n_seq sequences whose ranges begin with the same rows (pass@k attempts forked from one prompt, a
+// repair turn resending a conversation): the shared parts are read once for the queries of all of them (one block
+// of n_seq · n_q queries), then each sequence's own parts with its own n_q queries, and the two states merged
+// exactly. The result equals AttendMixed of each sequence over its shared and own parts, up to float rounding, while
+// the shared rows are read once instead of n_seq times. q: n_seq × n_q query rows of the K dim; own[s]: sequence s's
+// own parts (may be empty); out: n_seq × n_q × v_dim. Errors as AttendMixed's (for the shared parts and each
+// sequence's own).
+Status AttendSharedPrefix(std::span<const CodedSpans> shared, std::span<const std::span<const CodedSpans>> own,
+                          const float* q, int n_q, float scale, float* out);
+
 // MLA: keys and values share one stored row (DeepSeek-style latent plus rope key). K is the whole row of kv.dim()
 // values and V is its leading v_dim values; spans' k pointers are used, v pointers ignored. out is n_q × v_dim.
 // kInvalidArgument when v_dim does not end on a block boundary of the format and a segment boundary of its rotation

@@ -435,6 +435,33 @@ TEST(Attention, MixedFormatsMatchScalarReference) {
   EXPECT_EQ(AttendMixed({}, hx3.q.data(), 3, scale, got.data()).code(), StatusCode::kInvalidArgument);
 }
 
+// k sequences forked from one prompt: the shared pages read once for all their queries, then each sequence's own rows,
+// give what each sequence's own attention over the whole range gives (sequences with no own rows, and groups of 1 to
+// 6 queries: the fused and the scratch kernel paths).
+TEST(Attention, SharedPrefixEqualsPerSequenceAttention) {
+  for (const char* format : {"f16", "q8_0", "hx3"}) {
+    for (int n_q : {1, 3, 6}) {
+      SCOPED_TRACE(std::string(format) + " n_q " + std::to_string(n_q));
+      const int n_seq = 4, dim = 64, shared_rows = 96;
+      Cache prompt = MakeCache(format, format, dim, shared_rows, n_seq * n_q, 32, 21, Rows::kOffset);
+      std::vector<Cache> tails;
+      std::vector<std::vector<CodedSpans>> own(n_seq);
+      for (int s = 0; s < n_seq; ++s) tails.push_back(MakeCache(format, format, dim, 1 + 13 * s, 1, 32, 30 + s));
+      for (int s = 1; s < n_seq; ++s) own[s] = {{&prompt.k, &prompt.v, tails[s].spans}};  // sequence 0: no own rows
+      const std::vector<std::span<const CodedSpans>> own_spans(own.begin(), own.end());
+      std::vector<float> got(static_cast<size_t>(n_seq) * n_q * dim), want(static_cast<size_t>(n_q) * dim);
+      ASSERT_TRUE(AttendSharedPrefix(prompt.Parts(), own_spans, prompt.q.data(), n_q, 0.125f, got.data()).ok());
+      for (int s = 0; s < n_seq; ++s) {
+        std::vector<CodedSpans> whole = prompt.Parts();
+        whole.insert(whole.end(), own[s].begin(), own[s].end());
+        ASSERT_TRUE(AttendMixed(whole, prompt.q.data() + s * n_q * dim, n_q, 0.125f, want.data()).ok());
+        const std::vector<float> mine(got.begin() + s * n_q * dim, got.begin() + (s + 1) * n_q * dim);
+        EXPECT_LT(RelError(mine, want), 2e-6) << "sequence " << s;
+      }
+    }
+  }
+}
+
 TEST(Attention, BadRangesAreClearErrors) {
   Cache c = MakeCache("tq3", "tq3", 64, 10, 2, 10, 1);
   std::vector<float> out(2 * 64);
