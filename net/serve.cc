@@ -181,8 +181,8 @@ json ChunkReply(const ReplyHeader& h, int index, std::string_view piece, const s
 
 }  // namespace
 
-struct Server::Impl {
-  Impl(LanguageModel& m, ServeOptions o)
+struct Server::Endpoint {
+  Endpoint(LanguageModel& m, ServeOptions o)
       : model(m), options(std::move(o)), admission(options.max_running, options.max_queued) {
     if (options.model_id.empty()) options.model_id = model.Name();
   }
@@ -213,7 +213,7 @@ struct Server::Impl {
   // A streamed request holds its queue place until its content provider runs; if the client is gone before that, the
   // provider never runs and the place is given back here.
   struct StreamJob {
-    Impl* impl = nullptr;
+    Endpoint* impl = nullptr;
     WireRequest wire;
     ReplyHeader header;
     bool started = false;
@@ -228,7 +228,7 @@ struct Server::Impl {
   std::string MetricsText() const;
 };
 
-void Server::Impl::HandleCompletion(const httplib::Request& req, httplib::Response& res, bool chat) {
+void Server::Endpoint::HandleCompletion(const httplib::Request& req, httplib::Response& res, bool chat) {
   const char* path = chat ? kChatPath : kTextPath;
   Result<WireRequest> parsed = chat ? ChatRequestFromJson(req.body, path) : TextRequestFromJson(req.body, path);
   if (!parsed.ok()) return SendError(res, HttpStatusFor(parsed.status()), parsed.status().message());
@@ -267,7 +267,7 @@ void Server::Impl::HandleCompletion(const httplib::Request& req, httplib::Respon
 }
 
 // Returns false to drop the connection (the client is gone); true after sink.done().
-bool Server::Impl::RunStream(const WireRequest& wire, const ReplyHeader& header, httplib::DataSink& sink) {
+bool Server::Endpoint::RunStream(const WireRequest& wire, const ReplyHeader& header, httplib::DataSink& sink) {
   std::mutex write_mu;  // in case a model calls back from more than one thread
   bool client_gone = false;
   auto send = [&](const std::string& data) {
@@ -317,7 +317,7 @@ bool Server::Impl::RunStream(const WireRequest& wire, const ReplyHeader& header,
   return true;
 }
 
-void Server::Impl::Route() {
+void Server::Endpoint::Route() {
   http.set_payload_max_length(kMaxBodyBytes);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server share a busy port.
   http.set_socket_options([](socket_t sock) {
@@ -353,7 +353,7 @@ void Server::Impl::Route() {
   });
 }
 
-std::string Server::Impl::MetricsText() const {
+std::string Server::Endpoint::MetricsText() const {
   auto [queued, running] = admission.QueuedAndRunning();
   std::lock_guard<std::mutex> lock(metrics_mu);
   std::string out;
@@ -387,12 +387,12 @@ std::string PrometheusMetric(const std::string& name, const char* type, const st
   return "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + number + "\n";
 }
 
-Server::Server(LanguageModel& model, ServeOptions options) : impl_(std::make_unique<Impl>(model, std::move(options))) {}
+Server::Server(LanguageModel& model, ServeOptions options) : endpoint_(std::make_unique<Endpoint>(model, std::move(options))) {}
 
 Server::~Server() { Stop(); }
 
 Status Server::Start() {
-  Impl& s = *impl_;
+  Endpoint& s = *endpoint_;
   if (s.listener.joinable()) return InvalidArgument("server already started");
   if (s.options.max_running < 1 || s.options.max_queued < 0)
     return InvalidArgument("serve: max_running must be >= 1 and max_queued >= 0");
@@ -417,16 +417,16 @@ Status Server::Start() {
   return Status::Ok();
 }
 
-int Server::port() const { return impl_->port; }
+int Server::port() const { return endpoint_->port; }
 
 void Server::Stop() {
-  Impl& s = *impl_;
+  Endpoint& s = *endpoint_;
   if (!s.listener.joinable()) return;
   s.admission.Stop();
   s.http.stop();
   s.listener.join();
 }
 
-std::string Server::MetricsText() const { return impl_->MetricsText(); }
+std::string Server::MetricsText() const { return endpoint_->MetricsText(); }
 
 }  // namespace lr::net

@@ -57,8 +57,8 @@ class Server {
   std::string MetricsText() const;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  struct Endpoint;  // the HTTP server, admission and counters of one running server (serve.cc)
+  std::unique_ptr<Endpoint> endpoint_;
 };
 
 }  // namespace lr::net
