@@ -39,7 +39,9 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
   if (options.n_ctx < 1 || options.prefill_chunk < 1)
     return InvalidArgument("context size and prefill chunk must be positive");
   if (options.kv_budget_mib < 1) return InvalidArgument("--kv-budget must be a positive number of MiB");
+  auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
   LR_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(options.path));
+  if (cancelled()) return Cancelled("loading " + options.path + " cancelled");
   LR_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::FromGguf(model->gguf()));
   LR_ASSIGN_OR_RETURN(ChatFormat chat, ChatFormat::FromGguf(model->gguf()));
   // A one-page cache first: it checks --ctk/--ctv against the model and gives the bytes per token the pool size
@@ -57,10 +59,11 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
   std::error_code ec;
   const uintmax_t file_size = std::filesystem::file_size(options.path, ec);
   kv.identity = options.path + " " + std::to_string(ec ? 0 : file_size);
-  // A compressed format stores rows relative to the model's channel centers and weights: one prefill of the
-  // calibration text.
+  // A compressed format stores rows relative to the model's channel centers and weights: stored, or one prefill of
+  // the calibration text.
   if (kv.calibration == nullptr && (kv.k_format != "f16" || kv.v_format != "f16")) {
-    LR_ASSIGN_OR_RETURN(kv.calibration, ComputeKvCalibration(*model, tokenizer));
+    LR_ASSIGN_OR_RETURN(kv.calibration,
+                        CachedKvCalibration(*model, tokenizer, options.cache_dir, options.cancel, nullptr));
   }
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
   return std::unique_ptr<LocalModel>(

@@ -29,6 +29,7 @@
 // each choice's reply (tool calls for formats that have them).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -60,6 +61,11 @@ struct LocalModelOptions {
   int kv_budget_mib = 1024;
   // OpenMP threads of the engine's Forward calls; 0: omp_get_max_threads() of the thread that calls Open.
   int threads = 0;
+  // Where the KV calibration of compressed formats is stored and found (kv_calibration.h, CachedKvCalibration);
+  // empty: computed at every Open, not stored.
+  std::string cache_dir;
+  // Set while Open runs: Open returns kCancelled soon after (the calibration prefill checks it between chunks).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // The default model, models/SmolLM2-135M-Instruct.Q4_1.gguf: relative to the current directory, then to the running
@@ -88,7 +94,8 @@ struct EngineStats {
 
 class LocalModel : public LanguageModel {
  public:
-  // Loads the model and its tokenizer; checks the KV formats against the model's head sizes.
+  // Loads the model and its tokenizer; checks the KV formats against the model's head sizes; for compressed formats
+  // loads the stored KV calibration or computes (and stores) it.
   static Result<std::unique_ptr<LocalModel>> Open(const LocalModelOptions& options);
   // Fails the requests still queued or running with kUnavailable and joins the engine.
   ~LocalModel() override;
