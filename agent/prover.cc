@@ -85,6 +85,7 @@ class Loop {
     request.n = n;
     request.sampling = options_.sampling;
     request.continue_final_message = options_.style == PromptStyle::kCompletion;
+    request.cancel = options_.cancel;
     if (options_.style == PromptStyle::kTools) request.tools = {CheckProofTool()};
     ProverObserver* observer = options_.observer;
     if (observer != nullptr) observer->OnGenerating(first_candidate, n, turn);

@@ -178,7 +178,8 @@ std::string LocalModel::Name() const {
 }
 
 Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt, const SamplingParams& params, int n,
-                                                 const StreamCallback& on_piece, GenerateStats* stats) {
+                                                 const StreamCallback& on_piece, GenerateStats* stats,
+                                                 const std::atomic<bool>* cancel) {
   if (prompt.empty()) return InvalidArgument("empty prompt");
   if (n < 1) return InvalidArgument("n (number of choices) must be at least 1, got " + std::to_string(n));
   const int n_vocab = model_->config().n_vocab;
@@ -199,6 +200,7 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   r->streams = static_cast<bool>(on_piece);
   r->pages = PagesNeeded(prompt_len, max_new, n);
   r->arrived = std::chrono::steady_clock::now();
+  r->cancel = cancel != nullptr && cancel->load();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return Unavailable("the model is closing");
@@ -212,7 +214,9 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   for (bool finished = false; !finished;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      r->cv.wait(lock, [&] { return r->finished || !r->pieces.empty(); });
+      // Woken by pieces and the end; every 50 ms also, to see the caller's cancel flag.
+      while (!r->cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return r->finished || !r->pieces.empty(); }))
+        if (cancel != nullptr && cancel->load()) r->cancel = true;
       pieces.swap(r->pieces);
       finished = r->finished;
     }
@@ -457,7 +461,7 @@ Result<Completion> LocalModel::Complete(const CompletionRequest& request, const 
   prompt.insert(prompt.end(), ids.begin(), ids.end());
   GenerateStats stats;
   Completion out;
-  LR_ASSIGN_OR_RETURN(out.choices, Generate(prompt, request.sampling, request.n, on_piece, &stats));
+  LR_ASSIGN_OR_RETURN(out.choices, Generate(prompt, request.sampling, request.n, on_piece, &stats, request.cancel));
   for (Choice& c : out.choices) {
     LR_ASSIGN_OR_RETURN(AssistantReply reply, chat_.ParseReply(c.text));
     c.text = std::move(reply.text);

@@ -110,8 +110,11 @@ class LocalModel : public LanguageModel {
   // n continuations of `prompt` (token ids, BOS included if the model wants one). on_piece streams each choice's
   // text as it becomes safe to show (may be empty). kResourceExhausted when prompt + max_tokens exceeds n_ctx;
   // kInvalidArgument for an empty prompt, a token outside the vocabulary or n < 1. Safe to call from many threads.
+  // `cancel` (may be null), once set, ends the request at the engine's next step (a prefill chunk or a decode step)
+  // as if on_piece had returned false.
   Result<std::vector<Choice>> Generate(std::span<const int32_t> prompt, const SamplingParams& params, int n,
-                                       const StreamCallback& on_piece, GenerateStats* stats);
+                                       const StreamCallback& on_piece, GenerateStats* stats,
+                                       const std::atomic<bool>* cancel = nullptr);
 
   // The KV cache's accounting as of the engine's last admission or finished request; safe to call from any thread.
   KvStats kv_stats() const;
