@@ -24,7 +24,7 @@ namespace {
 
 
 constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
-constexpr size_t kPrefillChunk = 128;      // tokens per Forward call of the calibration prefill
+constexpr size_t kPrefillChunk = 64;       // tokens per Forward call of the calibration prefill (a cancel waits for one)
 constexpr double kValueWeightPower = 0.2;  // b
 
 // One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec), less the rotating
