@@ -166,7 +166,8 @@ TEST(CheckCommand, WithSigintIgnoredTheCheckFinishesNormally) {
   ::unlink(pid_file.c_str());
   pid_t cli = StartCheck(f, std::string(LR_SCRIPTED_LEAN_SERVER) + " --delay-ms 1500 --pid-file " + pid_file, log,
                          /*ignore_sigint=*/true);
-  ASSERT_GT(ServerPid(pid_file), 0);
+  const int server_pid = ServerPid(pid_file);
+  ASSERT_GT(server_pid, 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ASSERT_EQ(::kill(cli, SIGINT), 0);
   int status = 0;
@@ -177,6 +178,8 @@ TEST(CheckCommand, WithSigintIgnoredTheCheckFinishesNormally) {
   EXPECT_EQ(out.find("out of memory"), std::string::npos) << out;
   EXPECT_EQ(out.find("killed by signal"), std::string::npos) << out;
   EXPECT_NE(out.find("0 error(s)"), std::string::npos) << out;
+  // The same server answered: it was not killed by the SIGINT and replaced (each server rewrites the pid file).
+  EXPECT_EQ(ServerPid(pid_file), server_pid) << out;
 }
 
 TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
