@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
   const int h = blockIdx.x, i = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kd = pool.k_dim, vd = pool.v_dim, nv = vd / 32;
+  const int kd = pool.k_dim, vd = pool.v_dim, nv = (vd + 31) / 32;
   const float* qi = q + (static_cast<size_t>(i) * n_head + h * G) * kd;
   for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sq[idx] = qi[idx] * scale;
   __syncthreads();
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
       const __half* vrow = vbase + static_cast<size_t>(j) * vd;
 #pragma unroll
       for (int e = 0; e < kMaxV; ++e) {
-        if (e < nv) {
+        if (e < nv && lane + 32 * e < vd) {
           const float vv = __half2float(vrow[lane + 32 * e]);
 #pragma unroll
           for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * vv;
@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
     }
 #pragma unroll
     for (int e = 0; e < kMaxV; ++e)
-      if (e < nv) wacc[warp][g * vd + lane + 32 * e] = acc[g][e];
+      if (e < nv && lane + 32 * e < vd) wacc[warp][g * vd + lane + 32 * e] = acc[g][e];
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < G * vd; idx += blockDim.x) {
@@ -687,10 +687,9 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   if (n <= 0) return Status::Ok();
   if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
     return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
-  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim % 32 != 0 || pool.v_dim > kMaxHeadDim ||
-      pool.v_dim <= 0)
+  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0)
     return Unsupported("CUDA attention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
-                       std::to_string(pool.v_dim) + " values (expected multiples of 8 and 32, at most 256)");
+                       std::to_string(pool.v_dim) + " values (expected keys a multiple of 8, both at most 256)");
   const int group = n_head / pool.n_head_kv;
   const dim3 grid(pool.n_head_kv, n);
   const int threads = 32 * kAttnWarps;

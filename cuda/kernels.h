@@ -124,7 +124,7 @@ Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& place
 
 // out[i][head] = softmax(q . K^T * scale) V over positions 0..pos[i] of token i's sequence, for each of its n_head
 // query heads (q: n x n_head x k_dim; out: n x n_head x v_dim). n_head / n_head_kv (the group) at most 8; k_dim and
-// v_dim multiples of 8 and 32, at most 256.
+// k_dim a multiple of 8, both at most 256.
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
                  int n, float* out, Stream stream);
 

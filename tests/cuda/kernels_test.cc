@@ -39,7 +39,9 @@ template <typename T>
 DeviceBuffer ToDevice(const std::vector<T>& v) {
   auto b = DeviceBuffer::Allocate(std::max<size_t>(1, v.size() * sizeof(T)), "test input");
   EXPECT_TRUE(b.ok()) << b.status().ToString();
-  if (!v.empty()) EXPECT_TRUE(b->Upload(v.data(), v.size() * sizeof(T)).ok());
+  if (!v.empty()) {
+    EXPECT_TRUE(b->Upload(v.data(), v.size() * sizeof(T)).ok());
+  }
   return std::move(b).value();
 }
 
@@ -422,7 +424,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(AttnCase{9, 3, 64, 64, false, false},    // SmolLM2: group 3, llama RoPE
                                            AttnCase{16, 8, 128, 128, true, true},   // qwen3: halves, q/k norm
                                            AttnCase{8, 1, 96, 32, true, false},     // group 8, partial rotary
-                                           AttnCase{4, 4, 256, 128, false, true}),  // group 1, widest head
+                                           AttnCase{4, 4, 256, 128, false, true},   // group 1, widest head
+                                           AttnCase{4, 2, 16, 16, false, false}),   // the llama fixture's heads
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST_F(CudaKernels, GreedySamplingTakesTheFirstMaximum) {
