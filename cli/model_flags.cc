@@ -2,8 +2,10 @@
 
 #include <omp.h>
 
+#include <filesystem>
 #include <string>
 
+#include "cli/device.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::cli {
@@ -39,6 +41,7 @@ void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
       ->check(CLI::PositiveNumber);
   sub->add_option("-t,--threads", f->threads, "CPU threads (default: OpenMP's, all cores)")
       ->check(CLI::NonNegativeNumber);
+  AddDeviceFlag(sub, &f->device);
 }
 
 Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f) {
@@ -56,6 +59,12 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   o.kv_budget_mib = f.kv_budget_mib;
   if (f.threads > 0) omp_set_num_threads(f.threads);
   o.threads = f.threads;
+  std::error_code ec;
+  const size_t file_bytes = std::filesystem::file_size(o.path, ec);
+  // The CUDA backend stores f16 rows only: a compressed cache picks the CPU unless --device cuda says otherwise.
+  const bool compressed = f.ctk != "f16" || f.ctv != "f16";
+  LR_ASSIGN_OR_RETURN(o.device, ChooseDevice(compressed && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes,
+                                             static_cast<size_t>(f.kv_budget_mib) << 20));
   return o;
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -37,29 +38,13 @@ __device__ __forceinline__ float Half(const uint8_t* p) {
 
 __device__ __forceinline__ float Bf16Bits(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
 
-// 16 bytes (aligned) as bytes.
-struct Bytes16 {
-  uint8_t b[16];
-};
-__device__ __forceinline__ Bytes16 Load16(const uint8_t* p) {
-  const uint4 v = *reinterpret_cast<const uint4*>(p);
-  Bytes16 r;
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 16; ++i) r.b[i] = static_cast<uint8_t>(w[i / 4] >> (8 * (i % 4)));
-  return r;
-}
-
-// 32 bytes at a 2-byte aligned address.
-__device__ __forceinline__ void Load32Unaligned2(const uint8_t* p, uint8_t* out) {
+__device__ __forceinline__ uint32_t Load32(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// 4 bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t Load32Unaligned2(const uint8_t* p) {
   const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const uint16_t v = h[i];
-    out[2 * i] = static_cast<uint8_t>(v);
-    out[2 * i + 1] = static_cast<uint8_t>(v >> 8);
-  }
+  return static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16);
 }
+__device__ __forceinline__ int Byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFF; }
 
 __device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
   if (j < 4) {
@@ -71,40 +56,34 @@ __device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* s, int* scale, 
   }
 }
 
-// Decodes sub-block sb (values 32 sb .. 32 sb + 31) of row `row` of w into v, in registers.
+// Decodes quarter q (0..3) of sub-block sb (values 32 sb .. 32 sb + 31) of row `row` of w, in registers: v[0..3] =
+// values 4q .. 4q + 3 and v[4..7] = values 16 + 4q .. 16 + 4q + 3 of the sub-block. This split follows the 4-bit
+// formats, where byte j holds values j and j + 16: a quarter is 4 bytes of quants. Four lanes decode a sub-block,
+// so that consecutive lanes read consecutive activations (MatVec).
 template <WeightType T>
-__device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, int sb, float* v) {
+__device__ __forceinline__ void Dequant8(const DeviceMatrix& w, int64_t row, int sb, int q, float* v) {
   const uint8_t* r = w.q + static_cast<size_t>(row) * w.row_bytes;
   if constexpr (T == WeightType::kF32) {
-    const float4* p = reinterpret_cast<const float4*>(r) + 8 * sb;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float4 a = p[i];
-      v[4 * i] = a.x;
-      v[4 * i + 1] = a.y;
-      v[4 * i + 2] = a.z;
-      v[4 * i + 3] = a.w;
-    }
+    const float4* p = reinterpret_cast<const float4*>(r) + 8 * sb + q;
+    const float4 a = p[0], b = p[4];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   } else if constexpr (T == WeightType::kF16 || T == WeightType::kBF16) {
-    const uint4* p = reinterpret_cast<const uint4*>(r + 64 * sb);
+    const uint2* p = reinterpret_cast<const uint2*>(r + 64 * sb) + q;
+    const uint2 a = p[0], b = p[4];
+    const uint32_t u[4] = {a.x, a.y, b.x, b.y};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint4 a = p[i];
-      const uint32_t u[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (T == WeightType::kF16) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[j]));
-          v[8 * i + 2 * j] = f.x;
-          v[8 * i + 2 * j + 1] = f.y;
-        } else {
-          v[8 * i + 2 * j] = Bf16Bits(u[j] & 0xffff);
-          v[8 * i + 2 * j + 1] = Bf16Bits(u[j] >> 16);
-        }
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (T == WeightType::kF16) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[j]));
+        v[2 * j] = f.x;
+        v[2 * j + 1] = f.y;
+      } else {
+        v[2 * j] = Bf16Bits(u[j] & 0xffff);
+        v[2 * j + 1] = Bf16Bits(u[j] >> 16);
       }
     }
   } else if constexpr (T == WeightType::kQ4_0 || T == WeightType::kQ4_1) {
-    const Bytes16 q = Load16(r + 16 * sb);
+    const uint32_t b = Load32(r + 16 * sb + 4 * q);
     const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
     float d, m;
     if constexpr (T == WeightType::kQ4_0) {
@@ -116,18 +95,18 @@ __device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, in
       m = dm.y;
     }
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      v[j] = d * (q.b[j] & 0xF) + m;
-      v[j + 16] = d * (q.b[j] >> 4) + m;
+    for (int j = 0; j < 4; ++j) {
+      v[j] = d * (Byte(b, j) & 0xF) + m;
+      v[j + 4] = d * (Byte(b, j) >> 4) + m;
     }
   } else if constexpr (T == WeightType::kQ8_0) {
     const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
     const float d = Half(w.scales + 2 * blk);
+    const uint32_t lo = Load32(r + 32 * sb + 4 * q), hi = Load32(r + 32 * sb + 16 + 4 * q);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const Bytes16 q = Load16(r + 32 * sb + 16 * h);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) v[16 * h + j] = d * static_cast<int8_t>(q.b[j]);
+    for (int j = 0; j < 4; ++j) {
+      v[j] = d * static_cast<int8_t>(Byte(lo, j));
+      v[j + 4] = d * static_cast<int8_t>(Byte(hi, j));
     }
   } else if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ5_K) {
     constexpr int kBytes = T == WeightType::kQ4_K ? 144 : 176;
@@ -135,42 +114,64 @@ __device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, in
     const uint8_t* b = r + kBytes * (sb / 8);
     const int j = sb % 8;
     const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(b));
-    const uint4 sw = make_uint4(*reinterpret_cast<const uint32_t*>(b + 4), *reinterpret_cast<const uint32_t*>(b + 8),
-                                *reinterpret_cast<const uint32_t*>(b + 12), 0);
-    uint8_t s[12];
-#pragma unroll
-    for (int i = 0; i < 12; ++i) s[i] = static_cast<uint8_t>((i < 4 ? sw.x : i < 8 ? sw.y : sw.z) >> (8 * (i % 4)));
+    const uint32_t s0 = Load32(b + 4), s1 = Load32(b + 8), s2 = Load32(b + 12);
+    const uint8_t s[12] = {static_cast<uint8_t>(Byte(s0, 0)), static_cast<uint8_t>(Byte(s0, 1)),
+                           static_cast<uint8_t>(Byte(s0, 2)), static_cast<uint8_t>(Byte(s0, 3)),
+                           static_cast<uint8_t>(Byte(s1, 0)), static_cast<uint8_t>(Byte(s1, 1)),
+                           static_cast<uint8_t>(Byte(s1, 2)), static_cast<uint8_t>(Byte(s1, 3)),
+                           static_cast<uint8_t>(Byte(s2, 0)), static_cast<uint8_t>(Byte(s2, 1)),
+                           static_cast<uint8_t>(Byte(s2, 2)), static_cast<uint8_t>(Byte(s2, 3))};
     int sc, mn;
     ScaleMinK4(j, s, &sc, &mn);
     const float d = dd.x * sc, m = dd.y * mn;
     const int shift = (j % 2) * 4;
+    const uint8_t* qs = b + kQs + 32 * (j / 2);
+    const uint32_t lo = Load32(qs + 4 * q), hi = Load32(qs + 16 + 4 * q);
+    uint32_t hlo = 0, hhi = 0;
+    if constexpr (T == WeightType::kQ5_K) {
+      hlo = Load32(b + 16 + 4 * q);
+      hhi = Load32(b + 32 + 4 * q);
+    }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const Bytes16 q = Load16(b + kQs + 32 * (j / 2) + 16 * h);
-      if constexpr (T == WeightType::kQ4_K) {
-#pragma unroll
-        for (int l = 0; l < 16; ++l) v[16 * h + l] = d * ((q.b[l] >> shift) & 0xF) - m;
-      } else {
-        const Bytes16 qh = Load16(b + 16 + 16 * h);
-#pragma unroll
-        for (int l = 0; l < 16; ++l)
-          v[16 * h + l] = d * (((q.b[l] >> shift) & 0xF) | (((qh.b[l] >> j) & 1) << 4)) - m;
+    for (int l = 0; l < 4; ++l) {
+      int a = (Byte(lo, l) >> shift) & 0xF, c = (Byte(hi, l) >> shift) & 0xF;
+      if constexpr (T == WeightType::kQ5_K) {
+        a |= ((Byte(hlo, l) >> j) & 1) << 4;
+        c |= ((Byte(hhi, l) >> j) & 1) << 4;
       }
+      v[l] = d * a - m;
+      v[l + 4] = d * c - m;
     }
   } else if constexpr (T == WeightType::kQ6_K) {
     const uint8_t* b = r + 210 * (sb / 8);
     const int j = sb % 8, half = j / 4, k = j % 4;
-    uint8_t ql[32], qh[32];
-    Load32Unaligned2(b + 64 * half + 32 * (k % 2), ql);
-    Load32Unaligned2(b + 128 + 32 * half, qh);
+    const uint8_t* ql = b + 64 * half + 32 * (k % 2);
+    const uint8_t* qh = b + 128 + 32 * half;
+    const uint32_t l0 = Load32Unaligned2(ql + 4 * q), l1 = Load32Unaligned2(ql + 16 + 4 * q);
+    const uint32_t h0 = Load32Unaligned2(qh + 4 * q), h1 = Load32Unaligned2(qh + 16 + 4 * q);
     const float d = Half(b + 208);
     const uint16_t sc2 = *reinterpret_cast<const uint16_t*>(b + 192 + 8 * half + 2 * k);
     const float d0 = d * static_cast<int8_t>(sc2 & 0xff), d1 = d * static_cast<int8_t>(sc2 >> 8);
     const int lshift = 4 * (k / 2), hshift = 2 * k;
 #pragma unroll
-    for (int l = 0; l < 32; ++l) {
-      const int q = ((ql[l] >> lshift) & 0xF) | (((qh[l] >> hshift) & 3) << 4);
-      v[l] = (l < 16 ? d0 : d1) * (q - 32);
+    for (int l = 0; l < 4; ++l) {
+      v[l] = d0 * ((((Byte(l0, l) >> lshift) & 0xF) | (((Byte(h0, l) >> hshift) & 3) << 4)) - 32);
+      v[l + 4] = d1 * ((((Byte(l1, l) >> lshift) & 0xF) | (((Byte(h1, l) >> hshift) & 3) << 4)) - 32);
+    }
+  }
+}
+
+// The whole sub-block sb, v[0..31] in order (four quarters).
+template <WeightType T>
+__device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, int sb, float* v) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    float e[8];
+    Dequant8<T>(w, row, sb, q, e);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[4 * q + i] = e[i];
+      v[16 + 4 * q + i] = e[4 + i];
     }
   }
 }
@@ -187,42 +188,61 @@ __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float*
   for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
 }
 
-// One warp per weight row; lane l takes sub-blocks l, l + 32, ...; NT tokens' sums in registers.
-constexpr int kMatVecWarps = 4;
+// One warp per weight row. Four lanes decode one sub-block (a quarter each, Dequant8), so a warp takes 8 sub-blocks
+// per step and consecutive lanes read consecutive activations; the steps are unrolled so that several steps' weight
+// loads are in flight at once. NT tokens' sums in registers. The blocks are split among up to 3 products
+// (ProductSet); with `gate` the activations are silu(x) * gate.
+constexpr int kMatVecWarps = 4, kMaxProducts = 3;
+struct ProductSet {
+  Product p[kMaxProducts];
+  int count;
+  unsigned first_block[kMaxProducts + 1];
+};
+
+__device__ __forceinline__ float Silu(float a) { return a / (1.0f + expf(-a)); }
+
 template <WeightType T, int NT>
-__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(DeviceMatrix w, const float* __restrict__ x,
-                                                                   int n, float* __restrict__ y, int64_t y_stride,
-                                                                   int add) {
+__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x,
+                                                                   const float* __restrict__ gate, int n) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kMatVecWarps + warp;
+  const int k = set.count > 1 && blockIdx.x >= set.first_block[1] ? (set.count > 2 && blockIdx.x >= set.first_block[2]
+                                                                         ? 2 : 1) : 0;
+  const Product& p = k == 0 ? set.p[0] : k == 1 ? set.p[1] : set.p[2];
+  const DeviceMatrix& w = p.w;
+  const int64_t row = static_cast<int64_t>(blockIdx.x - set.first_block[k]) * kMatVecWarps + warp;
   if (row >= w.rows) return;
   const int nsb = static_cast<int>(w.cols / 32);
+  const int q = lane % 4;
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = 0;
-  for (int sb = lane; sb < nsb; sb += 32) {
-    float v[32];
-    Dequant32<T>(w, row, sb, v);
+#pragma unroll 4
+  for (int sb = lane / 4; sb < nsb; sb += 8) {
+    float v[8];
+    Dequant8<T>(w, row, sb, q, v);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       if (t < n) {
-        const float4* xp = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t) * w.cols + 32 * sb);
-        float s = 0;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float4 a = __ldg(xp + i);
-          s += v[4 * i] * a.x + v[4 * i + 1] * a.y + v[4 * i + 2] * a.z + v[4 * i + 3] * a.w;
+        const int64_t at = static_cast<int64_t>(t) * w.cols + 32 * sb + 4 * q;
+        float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
+        float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
+        if (gate != nullptr) {
+          const float4 ga = __ldg(reinterpret_cast<const float4*>(gate + at));
+          const float4 gb = __ldg(reinterpret_cast<const float4*>(gate + at + 16));
+          a = make_float4(Silu(a.x) * ga.x, Silu(a.y) * ga.y, Silu(a.z) * ga.z, Silu(a.w) * ga.w);
+          b = make_float4(Silu(b.x) * gb.x, Silu(b.y) * gb.y, Silu(b.z) * gb.z, Silu(b.w) * gb.w);
         }
-        acc[t] += s;
+        acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
+                  v[7] * b.w;
       }
     }
   }
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    const float s = WarpSum(acc[t]);
+    const float sum = WarpSum(acc[t]);
     if (lane == 0 && t < n) {
-      float* o = y + t * y_stride + row;
-      *o = add ? *o + s : s;
+      float* o = p.y + t * p.y_stride + row;
+      *o = p.add ? *o + sum : sum;
     }
   }
 }
@@ -388,13 +408,15 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
   for (int d = lane; d < pool.v_dim; d += 32) vd[d] = __float2half_rn(vs[d]);
 }
 
-// One block per (KV head, token): 4 warps take the sequence's pages in turn (a page's 32 positions, one per lane),
-// each with its own online softmax over its pages; the warps' states are merged at the end.
+// One block per (KV head, token, split): the split's share of the sequence's pages, which its 4 warps take in turn (a
+// page's 32 positions, one per lane), each warp with its own online softmax; the warps' states are merged at the
+// end. With one split the block writes the output; with several it writes its state (max, sum, unnormalised
+// output) to `part` and AttentionMergeKernel combines the splits.
 constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
 template <int G>
 __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* q, int n_head, float scale,
                                                                     KvPool pool, int layer, TokenPlaces places,
-                                                                    float* out) {
+                                                                    float* out, float* part) {
   __shared__ float sq[G * kMaxHeadDim];
   __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
@@ -418,7 +440,9 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
     for (int e = 0; e < kMaxV; ++e) acc[g][e] = 0;
   }
   const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
-  for (int pg = warp; pg < n_pages; pg += kAttnWarps) {
+  const int splits = gridDim.z, split = blockIdx.z;
+  const int pg_end = (split + 1) * n_pages / splits;
+  for (int pg = split * n_pages / splits + warp; pg < pg_end; pg += kAttnWarps) {
     const __half* page = reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes);
     const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
     const bool valid = lane < n_valid;
@@ -451,7 +475,9 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
       for (int e = 0; e < kMaxV; ++e) acc[g][e] *= corr;
     }
     const __half* vbase = page + v_off;
-    for (int j = 0; j < n_valid; ++j) {
+#pragma unroll 8
+    for (int j = 0; j < kPageTokens; ++j) {
+      if (j >= n_valid) break;
       float pj[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
@@ -489,7 +515,35 @@ __global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* 
       sum += wl[w][g] * f;
       a += wacc[w][idx] * f;
     }
-    out[(static_cast<size_t>(i) * n_head + h * G) * vd + idx] = a / sum;
+    const size_t head = static_cast<size_t>(i) * n_head + h * G + g;
+    if (splits == 1) {
+      out[head * vd + idx % vd] = a / sum;
+    } else {
+      const size_t at = head * splits + split;
+      part[at * (vd + 2) + idx % vd] = a;
+      if (idx % vd == 0) {
+        part[at * (vd + 2) + vd] = mx;
+        part[at * (vd + 2) + vd + 1] = sum;
+      }
+    }
+  }
+}
+
+// out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.
+__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out) {
+  const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  const float* p = part + head * splits * (vd + 2);
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (vd + 2) + vd]);
+  for (int d = threadIdx.x; d < vd; d += blockDim.x) {
+    float sum = 0, a = 0;
+    for (int s = 0; s < splits; ++s) {
+      const float m = p[s * (vd + 2) + vd];
+      const float f = m == -INFINITY ? 0.f : expf(m - mx);
+      sum += p[s * (vd + 2) + vd + 1] * f;
+      a += p[s * (vd + 2) + d] * f;
+    }
+    out[head * vd + d] = a / sum;
   }
 }
 
@@ -622,26 +676,42 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
   return CheckLaunch("DequantizeRows");
 }
 
-Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
-  LR_RETURN_IF_ERROR(CheckMatrix(w));
+Status MatVecMany(const Product* products, int count, const float* x, const float* gate, int n, Stream stream) {
+  if (count < 1 || count > kMaxProducts) return InvalidArgument("MatVecMany takes 1..3 products");
   if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
-  const unsigned grid = Blocks(w.rows, kMatVecWarps);
+  ProductSet set{};
+  set.count = count;
+  unsigned blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    LR_RETURN_IF_ERROR(CheckMatrix(products[i].w));
+    if (products[i].w.type != products[0].w.type || products[i].w.cols != products[0].w.cols)
+      return InvalidArgument("MatVecMany: the products' matrices differ in type or columns");
+    set.p[i] = products[i];
+    set.first_block[i] = blocks;
+    blocks += Blocks(products[i].w.rows, kMatVecWarps);
+  }
+  set.first_block[count] = blocks;
   const int threads = 32 * kMatVecWarps;
-  LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
+  LR_RETURN_IF_ERROR(DispatchType(products[0].w.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;
     if (n == 1) {
-      MatVecKernel<T, 1><<<grid, threads, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+      MatVecKernel<T, 1><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
     } else if (n == 2) {
-      MatVecKernel<T, 2><<<grid, threads, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+      MatVecKernel<T, 2><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
     } else if (n <= 4) {
-      MatVecKernel<T, 4><<<grid, threads, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+      MatVecKernel<T, 4><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
     } else if (n <= 8) {
-      MatVecKernel<T, 8><<<grid, threads, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+      MatVecKernel<T, 8><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
     } else {
-      MatVecKernel<T, 16><<<grid, threads, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+      MatVecKernel<T, 16><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
     }
   }));
   return CheckLaunch("MatVec");
+}
+
+Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
+  const Product p{w, y, y_stride, add};
+  return MatVecMany(&p, 1, x, nullptr, n, stream);
 }
 
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add,
@@ -664,7 +734,7 @@ Status MatMul(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
                Stream stream) {
   if (n <= 0) return Status::Ok();
-  RmsNormKernel<<<n, 256, 0, S(stream)>>>(x, rows, dim, w, eps, y);
+  RmsNormKernel<<<n, 1024, 0, S(stream)>>>(x, rows, dim, w, eps, y);
   return CheckLaunch("RmsNorm");
 }
 
@@ -682,8 +752,18 @@ Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& place
   return CheckLaunch("PrepareQkv");
 }
 
+int AttentionSplits(int n_head_kv, int n) {
+  if (n > kMaxMatVecTokens) return 1;
+  return std::clamp(kAttentionBlocks / (n_head_kv * n), 1, kMaxAttentionSplits);
+}
+
+size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim) {
+  const int splits = AttentionSplits(n_head_kv, n);
+  return splits == 1 ? 0 : static_cast<size_t>(n) * n_head * splits * (v_dim + 2);
+}
+
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, Stream stream) {
+                 int n, float* out, float* scratch, Stream stream) {
   if (n <= 0) return Status::Ok();
   if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
     return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
@@ -691,10 +771,12 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
     return Unsupported("CUDA attention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
                        std::to_string(pool.v_dim) + " values (expected keys a multiple of 8, both at most 256)");
   const int group = n_head / pool.n_head_kv;
-  const dim3 grid(pool.n_head_kv, n);
+  const int splits = AttentionSplits(pool.n_head_kv, n);
+  const dim3 grid(pool.n_head_kv, n, splits);
   const int threads = 32 * kAttnWarps;
   auto launch = [&](auto g) {
-    AttentionKernel<decltype(g)::value><<<grid, threads, 0, S(stream)>>>(q, n_head, scale, pool, layer, places, out);
+    AttentionKernel<decltype(g)::value>
+        <<<grid, threads, 0, S(stream)>>>(q, n_head, scale, pool, layer, places, out, scratch);
   };
   switch (group) {
     case 1: launch(std::integral_constant<int, 1>()); break;
@@ -708,7 +790,10 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
     default:
       return Unsupported("CUDA attention: " + std::to_string(group) + " query heads per KV head (at most 8)");
   }
-  return CheckLaunch("Attention");
+  LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
+  if (splits == 1) return Status::Ok();
+  AttentionMergeKernel<<<dim3(n_head, n), std::min(pool.v_dim, 256), 0, S(stream)>>>(scratch, splits, pool.v_dim, out);
+  return CheckLaunch("AttentionMerge");
 }
 
 Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out,

@@ -9,9 +9,9 @@
 // or 32 (8-bit) bytes per block of 32 values, then, in a second array, each block's f16 d (Q4_1: d and m): 16-byte
 // aligned quants that one vector load fetches, instead of GGUF's 18-, 20- and 34-byte blocks. Same bytes per weight.
 // The other types keep GGUF's row layout. Every matrix has a whole number of 32-value sub-blocks per row: the
-// kernels decode one sub-block (32 values) per thread step, in registers (Dequant32 in kernels.cu).
+// kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in kernels.cu).
 //
-// Products: MatVec for 1..16 tokens (one warp per weight row, each lane a sub-block at a time, f32 activations),
+// Products: MatVec for 1..16 tokens (one warp per weight row, four lanes per sub-block, f32 activations),
 // MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to f16 in shared memory, f16
 // activations, f32 accumulation; wmma 16x16x16). MatMul picks between them.
 //
@@ -77,6 +77,17 @@ Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int
 constexpr int kMaxMatVecTokens = 16;
 Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
               Stream stream);
+// One product of MatVecMany: y[t * y_stride + r] (+ with add)= sum_c W[r][c] * a[t * cols + c].
+struct Product {
+  DeviceMatrix w;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+  bool add = false;
+};
+// 1..3 products of matrices of one type and column count over the same activations a, in one launch (q, k and v;
+// gate and up): a = x, or with gate (non-null) a = silu(x) * gate elementwise (an FFN's down product, SwiGLU fused).
+Status MatVecMany(const Product* products, int count, const float* x, const float* gate, int n_tokens,
+                  Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
                    Stream stream);
 
@@ -123,10 +134,15 @@ struct QkvArgs {
 Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& places, int n, Stream stream);
 
 // out[i][head] = softmax(q . K^T * scale) V over positions 0..pos[i] of token i's sequence, for each of its n_head
-// query heads (q: n x n_head x k_dim; out: n x n_head x v_dim). n_head / n_head_kv (the group) at most 8; k_dim and
-// k_dim a multiple of 8, both at most 256.
+// query heads (q: n x n_head x k_dim; out: n x n_head x v_dim). n_head / n_head_kv (the group) at most 8; k_dim a
+// multiple of 8, both at most 256. A step of up to kMaxMatVecTokens tokens (decode) splits each range over
+// AttentionSplits blocks (so that a few heads still fill the device; the split depends on n alone, so that a captured
+// graph fits every depth) and merges their states; scratch: AttentionScratchFloats floats for that (null when 0).
+constexpr int kAttentionBlocks = 256, kMaxAttentionSplits = 32;
+int AttentionSplits(int n_head_kv, int n);
+size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim);
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, Stream stream);
+                 int n, float* out, float* scratch, Stream stream);
 
 // out[r] = the sampled token of logits row r (rows x vocab): the first maximum at temperature 0, else a draw from
 // softmax(logits / temperature) (the Gumbel-max trick: argmax of logits / T + Gumbel noise hashed from seed, the

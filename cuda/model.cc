@@ -296,6 +296,10 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     LR_ASSIGN_OR_RETURN(k_, DeviceBuffer::Allocate(t * c.n_head_kv * c.head_dim * 4, "keys"));
     LR_ASSIGN_OR_RETURN(v_, DeviceBuffer::Allocate(t * c.n_head_kv * c.head_dim_v * 4, "values"));
     LR_ASSIGN_OR_RETURN(attn_, DeviceBuffer::Allocate(t * c.n_head * c.head_dim_v * 4, "attention"));
+    size_t part = 0;  // the split attention's states: the most any step of up to `tokens` tokens needs
+    for (int k = 1; k <= std::min(tokens, kMaxMatVecTokens); ++k)
+      part = std::max(part, AttentionScratchFloats(k, c.n_head, c.n_head_kv, c.head_dim_v));
+    LR_ASSIGN_OR_RETURN(attn_part_, DeviceBuffer::Allocate(std::max<size_t>(part, 1) * 4, "attention splits"));
     LR_ASSIGN_OR_RETURN(g_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
     LR_ASSIGN_OR_RETURN(u_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
     const int rows = std::max({n_logits, cap_logits_, kMaxMatVecTokens});
@@ -333,13 +337,31 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
   float *attn = attn_.as<float>(), *g = g_.as<float>(), *u = u_.as<float>();
   void* s = stream_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  // Products over the same activations: one launch for those of one type (decode steps), else one product each on the
+  // tensor cores (prefill; the SwiGLU then runs on its own).
+  auto Products = [&](const Product* p, int count, float* in, const float* gate, int n_tokens) -> Status {
+    if (n_tokens <= kMaxMatVecTokens) {
+      for (int first = 0; first < count;) {
+        int end = first + 1;
+        while (end < count && p[end].w.type == p[first].w.type) ++end;
+        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, gate, n_tokens, s));
+        first = end;
+      }
+      return Status::Ok();
+    }
+    if (gate != nullptr) {
+      LR_RETURN_IF_ERROR(SwiGlu(in, gate, static_cast<int64_t>(n_tokens) * p[0].w.cols, s));
+    }
+    for (int i = 0; i < count; ++i)
+      LR_RETURN_IF_ERROR(MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, s));
+    return Status::Ok();
+  };
   LR_RETURN_IF_ERROR(DequantizeRows(embd_.m, tokens, n, x, s));
   for (int il = 0; il < c.n_layer; ++il) {
     const Layer& l = layers_[il];
     LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.attn_norm.as<float>(), c.rms_eps, xn, s));
-    LR_RETURN_IF_ERROR(MatMul(l.wq.m, xn, n, q, qd, false, s));
-    LR_RETURN_IF_ERROR(MatMul(l.wk.m, xn, n, k, kd, false, s));
-    LR_RETURN_IF_ERROR(MatMul(l.wv.m, xn, n, v, vd, false, s));
+    const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
+    LR_RETURN_IF_ERROR(Products(qkv, 3, xn, nullptr, n));
     QkvArgs a;
     a.q = q;
     a.k = k;
@@ -353,13 +375,13 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     a.halves = c.rope_style == inference::RopeStyle::kHalves;
     a.layer = il;
     LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
-    LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, s));
+    LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s));
     LR_RETURN_IF_ERROR(MatMul(l.wo.m, attn, n, x, e, true, s));
     LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.ffn_norm.as<float>(), c.rms_eps, xn, s));
-    LR_RETURN_IF_ERROR(MatMul(l.gate.m, xn, n, g, c.n_ff, false, s));
-    LR_RETURN_IF_ERROR(MatMul(l.up.m, xn, n, u, c.n_ff, false, s));
-    LR_RETURN_IF_ERROR(SwiGlu(g, u, static_cast<int64_t>(n) * c.n_ff, s));
-    LR_RETURN_IF_ERROR(MatMul(l.down.m, g, n, x, e, true, s));
+    const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
+    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, nullptr, n));
+    const Product down[] = {{l.down.m, x, e, /*add=*/true}};
+    LR_RETURN_IF_ERROR(Products(down, 1, g, u, n));
   }
   if (n_logits > 0) {
     LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));

@@ -211,6 +211,46 @@ TEST_P(TypeTest, MatVecMatchesReference) {
   for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, /*tiled=*/false, /*add=*/n % 2 == 1, 1e-5);
 }
 
+// Three products of different heights in one launch, over silu(x) * gate (the fused SwiGLU), one of them added.
+TEST_P(TypeTest, MatVecManyWithGateMatchesReference) {
+  const WeightType t = GetParam();
+  std::mt19937 rng(9);
+  const int64_t cols = OddCols(t);
+  const int n = 3;
+  const int64_t rows[3] = {5, 37, 64};
+  std::vector<TestMatrix> mats;
+  std::vector<std::vector<float>> w;
+  std::vector<DeviceBuffer> ys;
+  std::vector<std::vector<float>> y0;
+  Product products[3];
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<uint8_t> gguf = RandomGgufRows(t, rows[k], cols, rng);
+    mats.push_back(Upload(t, gguf, rows[k], cols));
+    w.push_back(DequantizeCpu(t, gguf, rows[k], cols));
+    y0.push_back(RandomFloats(n * rows[k], rng));
+    ys.push_back(k == 1 ? ToDevice(y0[k]) : Poisoned(n * rows[k]));
+    products[k] = Product{mats[k].m, ys[k].as<float>(), rows[k], /*add=*/k == 1};
+  }
+  const std::vector<float> x = RandomFloats(n * cols, rng), gate = RandomFloats(n * cols, rng);
+  DeviceBuffer dx = ToDevice(x), dgate = ToDevice(gate);
+  ASSERT_TRUE(MatVecMany(products, 3, dx.as<float>(), dgate.as<float>(), n, nullptr).ok());
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
+    std::vector<double> want;
+    for (int tk = 0; tk < n; ++tk) {
+      for (int64_t r = 0; r < rows[k]; ++r) {
+        double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double a = x[tk * cols + c], silu = a / (1.0 + std::exp(-a));
+          sum += static_cast<double>(w[k][r * cols + c]) * silu * gate[tk * cols + c];
+        }
+        want.push_back(sum);
+      }
+    }
+    EXPECT_LT(RelError(got, want), 1e-5) << "product " << k;
+  }
+}
+
 // f16 operands: the tolerance of half-precision inputs with f32 accumulation.
 TEST_P(TypeTest, MatMulTiledMatchesReference) {
   for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, /*tiled=*/true, /*add=*/n == 17, 3e-3);
@@ -338,7 +378,8 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   ASSERT_TRUE(PrepareQkv(a, pool, places, n, nullptr).ok());
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   DeviceBuffer dout = Poisoned(static_cast<size_t>(n) * c.n_head * hdv);
-  ASSERT_TRUE(Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr).ok());
+  ASSERT_TRUE(Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr, nullptr)
+                  .ok());
 
   // The reference: norm and RoPE in double, per head.
   auto prepare = [&](std::vector<float>& t, int heads, const std::vector<float>& w) {
@@ -418,6 +459,30 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
     }
   }
   EXPECT_LT(RelError(FromDevice<float>(dout, want.size()), want), 1e-5);
+
+  // A decode-sized step (split over blocks and merged): the last 3 tokens of the first sequence and the last 2 of the
+  // second, over the rows stored above.
+  const std::vector<int> picked = {lens[0] - 3, lens[0] - 2, lens[0] - 1, n - 2, n - 1};
+  const int m = static_cast<int>(picked.size());
+  std::vector<int32_t> ppos, pfirst;
+  std::vector<float> pq;
+  std::vector<double> pwant;
+  const size_t row_q = static_cast<size_t>(c.n_head) * hd, row_o = static_cast<size_t>(c.n_head) * hdv;
+  for (int i : picked) {
+    ppos.push_back(pos[i]);
+    pfirst.push_back(first[i]);
+    for (size_t e = 0; e < row_q; ++e) pq.push_back(static_cast<float>(rq[i * row_q + e]));
+    pwant.insert(pwant.end(), want.begin() + i * row_o, want.begin() + (i + 1) * row_o);
+  }
+  ASSERT_GT(AttentionSplits(c.n_head_kv, m), 1);
+  DeviceBuffer dpq = ToDevice(pq), dppos = ToDevice(ppos), dpfirst = ToDevice(pfirst);
+  DeviceBuffer scratch = Poisoned(AttentionScratchFloats(m, c.n_head, c.n_head_kv, hdv));
+  DeviceBuffer dpout = Poisoned(m * row_o);
+  const TokenPlaces pplaces{dppos.as<int32_t>(), dpfirst.as<int32_t>(), dpages.as<int32_t>()};
+  ASSERT_TRUE(Attention(dpq.as<float>(), c.n_head, scale, pool, layer, pplaces, m, dpout.as<float>(),
+                        scratch.as<float>(), nullptr)
+                  .ok());
+  EXPECT_LT(RelError(FromDevice<float>(dpout, pwant.size()), pwant), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
@@ -472,7 +537,7 @@ TEST_F(CudaKernels, BadShapesAreErrors) {
   pool.n_head_kv = 1;
   pool.k_dim = 64;
   pool.v_dim = 64;
-  EXPECT_EQ(Attention(nullptr, 16, 1.0f, pool, 0, TokenPlaces{}, 1, nullptr, nullptr).code(),
+  EXPECT_EQ(Attention(nullptr, 16, 1.0f, pool, 0, TokenPlaces{}, 1, nullptr, nullptr, nullptr).code(),
             StatusCode::kUnsupported);
 }
 

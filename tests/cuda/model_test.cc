@@ -1,8 +1,9 @@
-// The CUDA model against the CPU model (inference::Model) and the transformers references: whole-model logits on the
-// default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
-// multi-token step and single-token decode steps), 32 greedy tokens equal, forks that copy a shared page on the
-// device, the dense fixtures of tests/fixtures/models/ against their reference logits, and dummy weights. Skipped
-// when no CUDA device is present.
+// The CUDA model against the CPU model's scalar path (inference::Model at SimdLevel::kScalar: f32 activations, as the
+// device computes; the SIMD paths quantize activations to int8) and the transformers references: whole-model logits
+// on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
+// multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
+// continuations, forks that copy a shared page on the device, the dense fixtures of tests/fixtures/models/ against
+// their reference logits, and dummy weights. Skipped when no CUDA device is present.
 #include "cuda/model.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "inference/kernels.h"
 #include "inference/tokenizer.h"
 #include "tests/inference/reference_util.h"
 
@@ -33,7 +35,9 @@ class CudaModelTest : public ::testing::Test {
     if (!info.ok()) {
       GTEST_SKIP() << info.status().message();
     }
+    inference::SetSimdLevel(inference::SimdLevel::kScalar);
   }
+  void TearDown() override { inference::SetSimdLevel(inference::DetectSimdLevel()); }
 };
 
 KvCache NewCache(ForwardPass& fp, int max_tokens) {
@@ -136,7 +140,8 @@ TEST_F(CudaModelTest, DefaultModelLogitsMatchCpu) {
   const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
   ASSERT_EQ(cpu.size(), gpu.size());
   const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
-  std::printf("default model, 160 positions: mean KL %.6f, top-1 agreement %.4f\n", a.mean_kl, a.top1);
+  std::printf("default model, 160 positions, vs the CPU's scalar path: mean KL %.6f, top-1 agreement %.4f\n",
+              a.mean_kl, a.top1);
   EXPECT_LE(a.mean_kl, 0.005);
   EXPECT_GE(a.top1, 0.99);
   RecordProperty("mean_kl", std::to_string(a.mean_kl));
@@ -166,6 +171,32 @@ TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
   const std::vector<int32_t> cpu = generate(*m.cpu), gpu = generate(*m.gpu);
   EXPECT_EQ(cpu.size(), 32u);
   EXPECT_EQ(cpu, gpu);
+}
+
+// The reference's greedy continuations (transformers on the dequantized weights, tests/fixtures/models/
+// smollm2_reference.json): the device's own picks give the same 32 tokens after each prompt.
+TEST_F(CudaModelTest, DefaultModelGreedyEqualsReference) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const nlohmann::json reference =
+      inference::testing::ReadJsonFile(inference::testing::FixturePath("smollm2_reference.json"));
+  ASSERT_FALSE(reference["greedy"].empty());
+  for (const auto& c : reference["greedy"]) {
+    const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+    const auto want = c["continuation_ids"].get<std::vector<int32_t>>();
+    KvCache cache = NewCache(*m.gpu, static_cast<int>(prompt.size() + want.size()) + 64);
+    const int seq = cache.NewSequence();
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
+    std::vector<int32_t> got, ids;
+    while (got.size() < want.size()) {
+      ASSERT_TRUE(m.gpu->ForwardGreedy(cache, batch, &ids).ok());
+      ASSERT_EQ(ids.size(), 1u);
+      got.push_back(ids[0]);
+      batch = {{seq, ids[0], true}};
+    }
+    EXPECT_EQ(got, want) << c["prompt"].get<std::string>();
+  }
 }
 
 // Forks share the prompt's partial last page; each fork's first step copies it on the device (copy on write). Both
