@@ -189,9 +189,9 @@ __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float*
 }
 
 // One warp per weight row. Four lanes decode one sub-block (a quarter each, Dequant8), so a warp takes 8 sub-blocks
-// per step and consecutive lanes read consecutive activations; the steps are unrolled so that several steps' weight
-// loads are in flight at once. NT tokens' sums in registers. The blocks are split among up to 3 products
-// (ProductSet); with `gate` the activations are silu(x) * gate.
+// per step and consecutive lanes read consecutive activations. NT tokens' sums in registers. The blocks are split
+// among up to 3 products (ProductSet); with `gate` the activations are silu(x) * gate. (Decoding 4 steps before
+// multiplying, to have their loads in flight together, measured slower: 148 -> 105 tok/s on the 7B decode.)
 constexpr int kMatVecWarps = 4, kMaxProducts = 3;
 struct ProductSet {
   Product p[kMaxProducts];
@@ -554,7 +554,7 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-constexpr int kSampleThreads = 512;
+constexpr int kSampleThreads = 1024;
 __global__ void __launch_bounds__(kSampleThreads) SampleKernel(const float* logits, int vocab, float temperature,
                                                                uint64_t seed, int32_t* out) {
   const int r = blockIdx.x;

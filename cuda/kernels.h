@@ -28,7 +28,7 @@ namespace lr::cuda {
 
 using Stream = void*;  // cudaStream_t
 
-// ggml's type ids, as inference::TensorType.
+// ggml's type ids, as ops::TensorType.
 enum class WeightType : uint32_t {
   kF32 = 0,
   kF16 = 1,
@@ -49,7 +49,7 @@ size_t QuantRowBytes(WeightType t, int64_t cols);
 size_t ScaleBytesPerBlock(WeightType t);
 // GGUF's bytes per row of `cols` values.
 size_t GgufRowBytes(WeightType t, int64_t cols);
-// Whether the device kernels take this type (every type of inference::TensorType).
+// Whether the device kernels take this type (every type of ops::TensorType).
 bool IsSupported(uint32_t ggml_type);
 
 // GGUF rows -> the device layout, on the host: `rows` rows of `cols` values at src (GGUF's layout) into q

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <unordered_map>
 
-#include "inference/kernels.h"
 #include "inference/mla.h"
+#include "ops/kernels.h"
 
 namespace lr::cuda {
 namespace {
@@ -44,7 +44,7 @@ class DevicePages : public inference::KvPageStore {
   Status error_;
 };
 
-WeightType TypeOf(const inference::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }
+WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }
 
 bool DenseSupported(const ModelConfig& c, std::string* why) {
   if (c.n_expert > 0 || c.kv_lora_rank > 0) {
@@ -178,7 +178,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& mod
   auto vector = [&](const std::string& name, DeviceBuffer* out) -> Status {
     LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
     std::vector<float> v(static_cast<size_t>(t->shape[0]));
-    inference::DequantizeRow(t->type, t->data, v.data(), t->shape[0]);
+    ops::DequantizeRow(t->type, t->data, v.data(), t->shape[0]);
     LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(v.size() * 4, "norm weights"));
     return out->Upload(v.data(), v.size() * 4).WithContext(name);
   };

@@ -1,4 +1,4 @@
-// The CUDA model against the CPU model's scalar path (inference::Model at SimdLevel::kScalar: f32 activations, as the
+// The CUDA model against the CPU model's scalar path (inference::Model at Isa::kBaseline: f32 activations, as the
 // device computes; the SIMD paths quantize activations to int8) and the transformers references: whole-model logits
 // on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
 // multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
@@ -13,7 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "inference/kernels.h"
+#include "base/cpu.h"
+#include "ops/kernels.h"
 #include "inference/tokenizer.h"
 #include "tests/inference/reference_util.h"
 
@@ -35,9 +36,9 @@ class CudaModelTest : public ::testing::Test {
     if (!info.ok()) {
       GTEST_SKIP() << info.status().message();
     }
-    inference::SetSimdLevel(inference::SimdLevel::kScalar);
+    ops::SetActiveIsa(Isa::kBaseline);
   }
-  void TearDown() override { inference::SetSimdLevel(inference::DetectSimdLevel()); }
+  void TearDown() override { ops::SetActiveIsa(BestIsa()); }
 };
 
 KvCache NewCache(ForwardPass& fp, int max_tokens) {
