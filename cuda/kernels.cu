@@ -190,8 +190,9 @@ __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float*
 
 // One warp per weight row. Four lanes decode one sub-block (a quarter each, Dequant8), so a warp takes 8 sub-blocks
 // per step and consecutive lanes read consecutive activations. NT tokens' sums in registers. The blocks are split
-// among up to 3 products (ProductSet); with `gate` the activations are silu(x) * gate. (Decoding 4 steps before
-// multiplying, to have their loads in flight together, measured slower: 148 -> 105 tok/s on the 7B decode.)
+// among up to 3 products (ProductSet). (Measured slower on the 7B decode: decoding 4 steps before multiplying, to
+// have their loads in flight together, 148 -> 105 tok/s; the SwiGLU fused into the down product's input, which
+// computes silu once per weight row instead of once.)
 constexpr int kMatVecWarps = 4, kMaxProducts = 3;
 struct ProductSet {
   Product p[kMaxProducts];
@@ -199,11 +200,9 @@ struct ProductSet {
   unsigned first_block[kMaxProducts + 1];
 };
 
-__device__ __forceinline__ float Silu(float a) { return a / (1.0f + expf(-a)); }
-
 template <WeightType T, int NT>
 __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x,
-                                                                   const float* __restrict__ gate, int n) {
+                                                                   int n) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int k = set.count > 1 && blockIdx.x >= set.first_block[1] ? (set.count > 2 && blockIdx.x >= set.first_block[2]
                                                                          ? 2 : 1) : 0;
@@ -224,14 +223,8 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set
     for (int t = 0; t < NT; ++t) {
       if (t < n) {
         const int64_t at = static_cast<int64_t>(t) * w.cols + 32 * sb + 4 * q;
-        float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
-        float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
-        if (gate != nullptr) {
-          const float4 ga = __ldg(reinterpret_cast<const float4*>(gate + at));
-          const float4 gb = __ldg(reinterpret_cast<const float4*>(gate + at + 16));
-          a = make_float4(Silu(a.x) * ga.x, Silu(a.y) * ga.y, Silu(a.z) * ga.z, Silu(a.w) * ga.w);
-          b = make_float4(Silu(b.x) * gb.x, Silu(b.y) * gb.y, Silu(b.z) * gb.z, Silu(b.w) * gb.w);
-        }
+        const float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
         acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
                   v[7] * b.w;
       }
@@ -676,7 +669,7 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
   return CheckLaunch("DequantizeRows");
 }
 
-Status MatVecMany(const Product* products, int count, const float* x, const float* gate, int n, Stream stream) {
+Status MatVecMany(const Product* products, int count, const float* x, int n, Stream stream) {
   if (count < 1 || count > kMaxProducts) return InvalidArgument("MatVecMany takes 1..3 products");
   if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
   ProductSet set{};
@@ -695,15 +688,15 @@ Status MatVecMany(const Product* products, int count, const float* x, const floa
   LR_RETURN_IF_ERROR(DispatchType(products[0].w.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;
     if (n == 1) {
-      MatVecKernel<T, 1><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
+      MatVecKernel<T, 1><<<blocks, threads, 0, S(stream)>>>(set, x, n);
     } else if (n == 2) {
-      MatVecKernel<T, 2><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
+      MatVecKernel<T, 2><<<blocks, threads, 0, S(stream)>>>(set, x, n);
     } else if (n <= 4) {
-      MatVecKernel<T, 4><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
+      MatVecKernel<T, 4><<<blocks, threads, 0, S(stream)>>>(set, x, n);
     } else if (n <= 8) {
-      MatVecKernel<T, 8><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
+      MatVecKernel<T, 8><<<blocks, threads, 0, S(stream)>>>(set, x, n);
     } else {
-      MatVecKernel<T, 16><<<blocks, threads, 0, S(stream)>>>(set, x, gate, n);
+      MatVecKernel<T, 16><<<blocks, threads, 0, S(stream)>>>(set, x, n);
     }
   }));
   return CheckLaunch("MatVec");
@@ -711,7 +704,7 @@ Status MatVecMany(const Product* products, int count, const float* x, const floa
 
 Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
   const Product p{w, y, y_stride, add};
-  return MatVecMany(&p, 1, x, nullptr, n, stream);
+  return MatVecMany(&p, 1, x, n, stream);
 }
 
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add,

@@ -11,7 +11,7 @@
 // The other types keep GGUF's row layout. Every matrix has a whole number of 32-value sub-blocks per row: the
 // kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in kernels.cu).
 //
-// Products: MatVec for 1..16 tokens (one warp per weight row, four lanes per sub-block, f32 activations),
+// Products: MatVec / MatVecMany for 1..16 tokens (one warp per weight row, four lanes per sub-block, f32 activations),
 // MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to f16 in shared memory, f16
 // activations, f32 accumulation; wmma 16x16x16). MatMul picks between them.
 //
@@ -84,10 +84,9 @@ struct Product {
   int64_t y_stride = 0;
   bool add = false;
 };
-// 1..3 products of matrices of one type and column count over the same activations a, in one launch (q, k and v;
-// gate and up): a = x, or with gate (non-null) a = silu(x) * gate elementwise (an FFN's down product, SwiGLU fused).
-Status MatVecMany(const Product* products, int count, const float* x, const float* gate, int n_tokens,
-                  Stream stream);
+// 1..3 products of matrices of one type and column count over the same activations x, in one launch (q, k and v;
+// gate and up).
+Status MatVecMany(const Product* products, int count, const float* x, int n_tokens, Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
                    Stream stream);
 

@@ -338,19 +338,16 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
   void* s = stream_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   // Products over the same activations: one launch for those of one type (decode steps), else one product each on the
-  // tensor cores (prefill; the SwiGLU then runs on its own).
-  auto Products = [&](const Product* p, int count, float* in, const float* gate, int n_tokens) -> Status {
+  // tensor cores (prefill).
+  auto Products = [&](const Product* p, int count, const float* in, int n_tokens) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
       for (int first = 0; first < count;) {
         int end = first + 1;
         while (end < count && p[end].w.type == p[first].w.type) ++end;
-        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, gate, n_tokens, s));
+        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s));
         first = end;
       }
       return Status::Ok();
-    }
-    if (gate != nullptr) {
-      LR_RETURN_IF_ERROR(SwiGlu(in, gate, static_cast<int64_t>(n_tokens) * p[0].w.cols, s));
     }
     for (int i = 0; i < count; ++i)
       LR_RETURN_IF_ERROR(MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, s));
@@ -361,7 +358,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     const Layer& l = layers_[il];
     LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.attn_norm.as<float>(), c.rms_eps, xn, s));
     const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
-    LR_RETURN_IF_ERROR(Products(qkv, 3, xn, nullptr, n));
+    LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
     QkvArgs a;
     a.q = q;
     a.k = k;
@@ -379,9 +376,10 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     LR_RETURN_IF_ERROR(MatMul(l.wo.m, attn, n, x, e, true, s));
     LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.ffn_norm.as<float>(), c.rms_eps, xn, s));
     const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
-    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, nullptr, n));
+    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+    LR_RETURN_IF_ERROR(SwiGlu(g, u, static_cast<int64_t>(n) * c.n_ff, s));
     const Product down[] = {{l.down.m, x, e, /*add=*/true}};
-    LR_RETURN_IF_ERROR(Products(down, 1, g, u, n));
+    LR_RETURN_IF_ERROR(Products(down, 1, g, n));
   }
   if (n_logits > 0) {
     LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
