@@ -23,23 +23,14 @@
 #include <cstdint>
 
 #include "base/status.h"
+#include "ops/tensor_type.h"
 
 namespace lr::cuda {
 
 using Stream = void*;  // cudaStream_t
 
-// ggml's type ids, as ops::TensorType.
-enum class WeightType : uint32_t {
-  kF32 = 0,
-  kF16 = 1,
-  kQ4_0 = 2,
-  kQ4_1 = 3,
-  kQ8_0 = 8,
-  kQ4_K = 12,
-  kQ5_K = 13,
-  kQ6_K = 14,
-  kBF16 = 30,
-};
+// The weight types are GGUF's (ggml's type ids).
+using WeightType = ops::TensorType;
 
 // Whether the type is stored split on the device (Q4_0, Q4_1, Q8_0).
 bool IsSplit(WeightType t);

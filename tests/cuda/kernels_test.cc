@@ -18,6 +18,7 @@
 #include "base/half.h"
 #include "ops/kernels.h"
 #include "ops/tensor_type.h"
+#include "tests/ops/random_rows.h"
 
 namespace lr::cuda {
 namespace {
@@ -79,51 +80,10 @@ std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float sd = 1.0f) {
   return v;
 }
 
-void PutHalf(uint8_t* p, float v) {
-  const uint16_t h = FloatToHalf(v);
-  std::memcpy(p, &h, 2);
-}
-
 ops::TensorTypeInfo Info(WeightType t) { return *ops::LookupTensorType(static_cast<uint32_t>(t)); }
 
-// GGUF rows of random bytes with moderate f16 scales (random bits there would be NaNs and huge values).
 std::vector<uint8_t> RandomGgufRows(WeightType t, int64_t rows, int64_t cols, std::mt19937& rng) {
-  const ops::TensorTypeInfo info = Info(t);
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
-  std::normal_distribution<float> value(0.0f, 1.0f);
-  std::vector<uint8_t> data(GgufRowBytes(t, cols) * rows);
-  for (auto& b : data) b = static_cast<uint8_t>(byte(rng));
-  const int64_t blocks = rows * (cols / info.block_elems);
-  for (int64_t i = 0; i < blocks; ++i) {
-    uint8_t* blk = data.data() + i * info.block_bytes;
-    switch (t) {
-      case WeightType::kF32: {
-        const float v = value(rng);
-        std::memcpy(blk, &v, 4);
-        break;
-      }
-      case WeightType::kF16: PutHalf(blk, value(rng)); break;
-      case WeightType::kBF16: {
-        const float v = value(rng);
-        uint32_t bits;
-        std::memcpy(&bits, &v, 4);
-        const uint16_t top = static_cast<uint16_t>(bits >> 16);
-        std::memcpy(blk, &top, 2);
-        break;
-      }
-      case WeightType::kQ4_0:
-      case WeightType::kQ8_0: PutHalf(blk, scale(rng)); break;
-      case WeightType::kQ4_1:
-      case WeightType::kQ4_K:
-      case WeightType::kQ5_K:
-        PutHalf(blk, scale(rng));
-        PutHalf(blk + 2, scale(rng));
-        break;
-      case WeightType::kQ6_K: PutHalf(blk + 208, scale(rng)); break;
-    }
-  }
-  return data;
+  return ops::testing::RandomRows(Info(t), rows, cols, rng);
 }
 
 // A matrix on the device in the device layout, from GGUF rows.
