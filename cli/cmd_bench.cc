@@ -264,7 +264,8 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
                 tag.c_str(), name, r.wall_s, r.prefill_tokens, r.kv_bytes / 1048576.0, decoded / r.decode_s);
   }
   std::printf("%snaive / shared: wall %.2fx, prompt tokens %.2fx, KV %.2fx; %d of %d attempts decode the same tokens\n",
-              tag.c_str(), naive->wall_s / shared->wall_s, static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
+              tag.c_str(), naive->wall_s / shared->wall_s,
+              static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
               static_cast<double>(naive->kv_bytes) / shared->kv_bytes, same, f.pass_k);
   return 0;
 }

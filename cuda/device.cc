@@ -7,7 +7,8 @@ namespace lr::cuda {
 Status CheckCuda(int error, const char* what) {
   const cudaError_t e = static_cast<cudaError_t>(error);
   if (e == cudaSuccess) return Status::Ok();
-  const std::string text = std::string(what) + ": CUDA error " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+  const std::string text =
+      std::string(what) + ": CUDA error " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
   if (e == cudaErrorMemoryAllocation) return ResourceExhausted(text);
   if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || e == cudaErrorInitializationError)
     return Unavailable(text);

@@ -139,7 +139,8 @@ Status CudaModel::Init() {
 Result<CudaModel::Matrix> CudaModel::AllocateMatrix(WeightType type, int64_t rows, int64_t cols) {
   if (!IsSupported(static_cast<uint32_t>(type)))
     return Unsupported("weight type " + std::to_string(static_cast<uint32_t>(type)) + " on the CUDA backend");
-  if (cols % 32 != 0) return Unsupported("CUDA weight rows of " + std::to_string(cols) + " values (not a multiple of 32)");
+  if (cols % 32 != 0)
+    return Unsupported("CUDA weight rows of " + std::to_string(cols) + " values (not a multiple of 32)");
   Matrix mat;
   const size_t q_bytes = QuantRowBytes(type, cols) * static_cast<size_t>(rows);
   const size_t s_bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols / 32) * ScaleBytesPerBlock(type);

@@ -372,7 +372,8 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
     const size_t lh = static_cast<size_t>(layer) * c.n_head_kv + h;
     const size_t at = page * (pool.page_bytes / 2) +
                       (key ? (lh * kPageTokens + slot) * hd
-                           : static_cast<size_t>(n_layer) * c.n_head_kv * kPageTokens * hd + (lh * kPageTokens + slot) * hdv);
+                           : static_cast<size_t>(n_layer) * c.n_head_kv * kPageTokens * hd +
+                                 (lh * kPageTokens + slot) * hdv);
     return &pool_host[at];
   };
   std::vector<float> stored;
