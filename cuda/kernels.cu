@@ -382,6 +382,8 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
   for (int p = lane; p < half; p += 32) {
     float sn, cs;
     sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
+    sn *= a.cos_sin_factor;
+    cs *= a.cos_sin_factor;
     const int ia = a.halves ? p : 2 * p, ib = a.halves ? p + half : 2 * p + 1;
     const float x0 = v[ia], x1 = v[ib];
     v[ia] = x0 * cs - x1 * sn;

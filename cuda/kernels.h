@@ -106,7 +106,8 @@ struct TokenPlaces {
 // The attention block's step between the q/k/v products and attention, for n tokens: per head of q
 // (n x n_head x head_dim) and k (n x n_head_kv x head_dim), optionally the per-head RMSNorm (q_norm, k_norm: head_dim
 // weights each, null: none), then RoPE of the first n_rot values at the token's position (angles pos * inv_freq[j],
-// j < n_rot / 2; halves: false rotates pairs (2j, 2j+1), true pairs (j, j + n_rot / 2)); q and k in place. Then
+// j < n_rot / 2, cos and sin times cos_sin_factor; halves: false rotates pairs (2j, 2j+1), true pairs (j, j + n_rot
+// / 2)); q and k in place. Then
 // each token's k and v (n x n_head_kv x v_dim) rows are stored as f16 into its page slot of `layer`.
 struct QkvArgs {
   float* q = nullptr;
@@ -118,6 +119,7 @@ struct QkvArgs {
   float eps = 0;
   const float* inv_freq = nullptr;
   int n_rot = 0;
+  float cos_sin_factor = 1.0f;  // on cos and sin (YaRN's, ops::RopeCosSinFactor)
   bool halves = false;
   int layer = 0;
 };

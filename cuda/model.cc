@@ -7,8 +7,8 @@
 #include <cstring>
 #include <unordered_map>
 
-#include "inference/mla.h"
 #include "ops/kernels.h"
+#include "ops/ops.h"
 
 namespace lr::cuda {
 namespace {
@@ -77,7 +77,7 @@ Result<DummyPreset> FindDummyPreset(const std::string& name) {
     c.n_vocab = 32000;
     c.n_ctx_train = 4096;
     c.rms_eps = 1e-6f;
-    c.n_rot = 128;
+    c.rope.n_rot = 128;
     p.types = DummyTypes{WeightType::kQ4_0, WeightType::kQ4_0, WeightType::kQ6_K};
     return p;
   }
@@ -115,7 +115,7 @@ size_t CudaModel::UploadBytes(const inference::Model& model) {
     const size_t n = t.shape.size() == 1 ? static_cast<size_t>(t.shape[0]) : 0;
     total += n > 0 ? 4 * n : t.bytes;  // vectors (norms) go up as f32
   }
-  return total + static_cast<size_t>(model.config().n_rot) * 2;
+  return total + static_cast<size_t>(model.config().rope.n_rot) * 2;
 }
 
 Status CudaModel::Init() {
@@ -130,7 +130,7 @@ Status CudaModel::Init() {
   cudaStream_t s;
   LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
   stream_ = s;
-  const std::vector<float> inv_freq = inference::RopeInvFreq(config_);
+  const std::vector<float> inv_freq = ops::RopeInvFreq(config_.rope);
   LR_ASSIGN_OR_RETURN(inv_freq_, DeviceBuffer::Allocate(std::max<size_t>(4, inv_freq.size() * 4), "RoPE table"));
   if (!inv_freq.empty()) LR_RETURN_IF_ERROR(inv_freq_.Upload(inv_freq.data(), inv_freq.size() * 4));
   return Status::Ok();
@@ -369,8 +369,9 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     a.k_norm = c.qk_norm ? l.k_norm.as<float>() : nullptr;
     a.eps = c.rms_eps;
     a.inv_freq = inv_freq_.as<float>();
-    a.n_rot = c.n_rot;
-    a.halves = c.rope_style == inference::RopeStyle::kHalves;
+    a.n_rot = c.rope.n_rot;
+    a.cos_sin_factor = ops::RopeCosSinFactor(c.rope);
+    a.halves = c.rope.style == ops::RopeStyle::kHalves;
     a.layer = il;
     LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
     LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s));

@@ -329,6 +329,7 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   a.eps = 1e-6f;
   a.inv_freq = dfreq.as<float>();
   a.n_rot = c.n_rot;
+  a.cos_sin_factor = c.qk_norm ? 1.0f : 1.1386f;  // YaRN's 1 + 0.1 ln(4) in the cases without q/k norm
   a.halves = c.halves;
   a.layer = layer;
   const TokenPlaces places{dpos.as<int32_t>(), dfirst.as<int32_t>(), dpages.as<int32_t>()};
@@ -353,9 +354,9 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
         for (int j = 0; j < c.n_rot / 2; ++j) {
           const double ang = static_cast<double>(static_cast<float>(pos[i]) * inv_freq[j]);
           const int ia = c.halves ? j : 2 * j, ib = c.halves ? j + c.n_rot / 2 : 2 * j + 1;
-          const double x0 = x[ia], x1 = x[ib];
-          x[ia] = x0 * std::cos(ang) - x1 * std::sin(ang);
-          x[ib] = x0 * std::sin(ang) + x1 * std::cos(ang);
+          const double x0 = x[ia], x1 = x[ib], f = a.cos_sin_factor;
+          x[ia] = x0 * f * std::cos(ang) - x1 * f * std::sin(ang);
+          x[ib] = x0 * f * std::sin(ang) + x1 * f * std::cos(ang);
         }
       }
     }
