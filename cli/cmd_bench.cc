@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/device.h"
 #include "inference/kv_calibration.h"
 #include "inference/local_model.h"
 
@@ -45,6 +47,8 @@ struct BenchFlags {
   int pass_k = 0;  // > 0: the prefix-sharing bench
   int prompt_tokens = 2048;
   int gen_tokens = 256;
+  std::string device = "auto";
+  std::string load_format = "auto";  // "dummy": random weights on the device (cli/device.h)
 };
 
 double Now() {
@@ -75,7 +79,7 @@ double MeasureReadBandwidth() {
 }
 
 // Runs `tokens` through sequence `seq` in chunks of 512; *logits: the last token's.
-Status Feed(inference::Model& model, inference::KvCache& cache, int seq, const std::vector<int32_t>& tokens,
+Status Feed(inference::ForwardPass& model, inference::KvCache& cache, int seq, const std::vector<int32_t>& tokens,
             std::vector<float>* logits) {
   std::vector<inference::BatchToken> batch;
   for (size_t begin = 0; begin < tokens.size(); begin += 512) {
@@ -96,6 +100,7 @@ int Fail(const Status& s) {
 // tokens of each attempt.
 struct PassKRun {
   double wall_s = 0;
+  double decode_s = 0;  // of wall_s, the decode steps after each prefill
   long prefill_tokens = 0;
   size_t kv_bytes = 0;
   std::vector<std::vector<int32_t>> attempts;
@@ -112,15 +117,16 @@ std::string KvLabel(const BenchFlags& f) {
 int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
 
 // The calibration the runner stores compressed rows with (inference/kv_calibration.h; stored in the default cache
-// directory once computed); none for an f16 cache.
-Result<std::shared_ptr<const inference::KvCalibration>> BenchCalibration(inference::Model& model, const BenchFlags& f) {
+// directory once computed); none for an f16 cache. model: null for a dummy preset (whose cache is f16).
+Result<std::shared_ptr<const inference::KvCalibration>> BenchCalibration(inference::Model* model, const BenchFlags& f) {
   if (f.ctk == "f16" && f.ctv == "f16") return std::shared_ptr<const inference::KvCalibration>();
-  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
-  return inference::CachedKvCalibration(model, tok, inference::DefaultCacheDir(), nullptr, nullptr);
+  if (model == nullptr) return InvalidArgument("bench: compressed KV formats need a GGUF model, not a dummy preset");
+  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model->gguf()));
+  return inference::CachedKvCalibration(*model, tok, inference::DefaultCacheDir(), nullptr, nullptr);
 }
 
 // The KV cache the flags ask for, for max_tokens positions, stored as the runner stores it.
-Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags& f,
+Result<inference::KvCache> BenchCache(inference::ForwardPass& model, const BenchFlags& f,
                                       std::shared_ptr<const inference::KvCalibration> calibration, int max_tokens) {
   inference::KvCacheOptions o;
   o.k_format = f.ctk;
@@ -130,11 +136,12 @@ Result<inference::KvCache> BenchCache(inference::Model& model, const BenchFlags&
   o.window_format = f.kv_window_format;
   o.max_tokens = max_tokens;
   o.calibration = std::move(calibration);
+  LR_RETURN_IF_ERROR(model.ConfigureCache(&o));
   return inference::KvCache::Create(model.kv_shape(), o);
 }
 
 // Prefill once, fork K times (no copy), decode the K attempts together, one batched Forward per token.
-Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
+Result<PassKRun> PassKShared(inference::ForwardPass& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
                              std::shared_ptr<const inference::KvCalibration> calibration) {
   const int n_vocab = model.config().n_vocab;
   // The prompt's pages once, plus each attempt's own pages (its first one may be a copy of the prompt's last).
@@ -153,21 +160,23 @@ Result<PassKRun> PassKShared(inference::Model& model, const BenchFlags& f, const
   const int32_t first = Argmax(logits.data(), n_vocab);
   for (std::vector<int32_t>& a : run.attempts) a.push_back(first);
   std::vector<inference::BatchToken> batch;
+  std::vector<int32_t> ids;
+  const double t_decode = Now();
   for (int step = 1; step < f.gen_tokens; ++step) {
     batch.clear();
     for (int c = 0; c < f.pass_k; ++c) batch.push_back({seqs[c], run.attempts[c].back(), true});
-    LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits));
-    for (int c = 0; c < f.pass_k; ++c)
-      run.attempts[c].push_back(Argmax(logits.data() + static_cast<size_t>(c) * n_vocab, n_vocab));
+    LR_RETURN_IF_ERROR(model.ForwardGreedy(cache, batch, &ids));
+    for (int c = 0; c < f.pass_k; ++c) run.attempts[c].push_back(ids[c]);
   }
   run.wall_s = Now() - t0;
+  run.decode_s = Now() - t_decode;
   run.kv_bytes = cache.Stats().bytes_peak();
   for (int seq : seqs) cache.Free(seq);
   return run;
 }
 
 // Each attempt prefills the prompt again and decodes alone.
-Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
+Result<PassKRun> PassKNaive(inference::ForwardPass& model, const BenchFlags& f, const std::vector<int32_t>& prompt,
                             std::shared_ptr<const inference::KvCalibration> calibration) {
   const int n_vocab = model.config().n_vocab;
   LR_ASSIGN_OR_RETURN(inference::KvCache cache,
@@ -179,12 +188,14 @@ Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const 
     const int seq = cache.NewSequence();
     LR_RETURN_IF_ERROR(Feed(model, cache, seq, prompt, &logits));
     run.prefill_tokens += static_cast<long>(prompt.size());
-    std::vector<int32_t> attempt = {Argmax(logits.data(), n_vocab)};
+    std::vector<int32_t> attempt = {Argmax(logits.data(), n_vocab)}, ids;
+    const double t_decode = Now();
     for (int step = 1; step < f.gen_tokens; ++step) {
       const inference::BatchToken t{seq, attempt.back(), true};
-      LR_RETURN_IF_ERROR(model.Forward(cache, {&t, 1}, &logits));
-      attempt.push_back(Argmax(logits.data(), n_vocab));
+      LR_RETURN_IF_ERROR(model.ForwardGreedy(cache, {&t, 1}, &ids));
+      attempt.push_back(ids[0]);
     }
+    run.decode_s += Now() - t_decode;
     run.attempts.push_back(std::move(attempt));
     cache.Free(seq);
   }
@@ -193,14 +204,22 @@ Result<PassKRun> PassKNaive(inference::Model& model, const BenchFlags& f, const 
   return run;
 }
 
-// The bench's prompt: the first n tokens of the GPL-3 text (repeated if shorter), after BOS when the model wants one.
-Result<std::vector<int32_t>> PassKPrompt(const inference::Model& model, int n) {
+// The bench's prompt: the first n tokens of the GPL-3 text (repeated if shorter), after BOS when the model wants one;
+// for a dummy preset (model null: no tokenizer) n token ids drawn at random.
+Result<std::vector<int32_t>> PassKPrompt(const inference::Model* model, const inference::ModelConfig& config, int n) {
+  if (model == nullptr) {
+    std::mt19937 rng(99);
+    std::uniform_int_distribution<int32_t> any(0, config.n_vocab - 1);
+    std::vector<int32_t> prompt(static_cast<size_t>(n));
+    for (int32_t& id : prompt) id = any(rng);
+    return prompt;
+  }
   const char* path = "/usr/share/common-licenses/GPL-3";
   std::ifstream in(path);
   if (!in) return NotFound(std::string("bench --pass-k: cannot read the prompt text ") + path);
   std::stringstream text;
   text << in.rdbuf();
-  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
+  LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model->gguf()));
   const std::vector<int32_t> ids = tok.Encode(text.str(), /*parse_special=*/false);
   if (ids.empty()) return InvalidArgument(std::string("bench --pass-k: ") + path + " encodes to no tokens");
   std::vector<int32_t> prompt;
@@ -210,10 +229,11 @@ Result<std::vector<int32_t>> PassKPrompt(const inference::Model& model, int n) {
   return prompt;
 }
 
-int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
-  Result<std::vector<int32_t>> prompt = PassKPrompt(model, f.prompt_tokens);
+int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::ForwardPass& model, int threads,
+             const std::string& tag) {
+  Result<std::vector<int32_t>> prompt = PassKPrompt(cpu_model, model.config(), f.prompt_tokens);
   if (!prompt.ok()) return Fail(prompt.status());
-  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(model, f);
+  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(cpu_model, f);
   if (!calibration.ok()) return Fail(calibration.status());
   Result<PassKRun> shared = PassKShared(model, f, *prompt, *calibration);
   if (!shared.ok()) return Fail(shared.status());
@@ -221,24 +241,31 @@ int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
   if (!naive.ok()) return Fail(naive.status());
   int same = 0;  // attempts whose tokens agree between the modes (batched and lone decodes round differently)
   for (int c = 0; c < f.pass_k; ++c) same += shared->attempts[c] == naive->attempts[c] ? 1 : 0;
-  auto mode = [](const PassKRun& r) {
-    return nlohmann::json{{"wall_s", r.wall_s}, {"prefill_tokens", r.prefill_tokens}, {"kv_bytes", r.kv_bytes}};
+  const double decoded = static_cast<double>(f.pass_k) * (f.gen_tokens - 1);
+  auto mode = [&](const PassKRun& r) {
+    return nlohmann::json{{"wall_s", r.wall_s},
+                          {"prefill_tokens", r.prefill_tokens},
+                          {"kv_bytes", r.kv_bytes},
+                          {"decode_tok_s", decoded / r.decode_s}};
   };
   if (f.json) {
     nlohmann::json j = {{"k", f.pass_k},          {"prompt_tokens", f.prompt_tokens}, {"gen_tokens", f.gen_tokens},
                         {"ctk", f.ctk},           {"ctv", f.ctv},                     {"threads", threads},
-                        {"shared", mode(*shared)}, {"naive", mode(*naive)},            {"same_attempts", same}};
+                        {"shared", mode(*shared)}, {"naive", mode(*naive)},            {"same_attempts", same},
+                        {"device", model.device()}, {"dummy_weights", !tag.empty()}};
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
-  std::printf("model %s, %d threads, %s: k=%d attempts, %d prompt tokens, %d generated tokens each\n",
-              f.model.c_str(), threads, KvLabel(f).c_str(), f.pass_k, f.prompt_tokens, f.gen_tokens);
+  std::printf("%smodel %s on %s, %d threads, %s: k=%d attempts, %d prompt tokens, %d generated tokens each\n",
+              tag.c_str(), f.model.c_str(), model.device().c_str(), threads, KvLabel(f).c_str(), f.pass_k,
+              f.prompt_tokens, f.gen_tokens);
   for (const auto& [name, r] : {std::pair<const char*, const PassKRun&>{"shared", *shared}, {"naive", *naive}}) {
-    std::printf("%-7s wall %8.2f s, prompt tokens computed %7ld, peak KV %8.2f MiB\n", name, r.wall_s,
-                r.prefill_tokens, r.kv_bytes / 1048576.0);
+    std::printf("%s%-7s wall %8.2f s, prompt tokens computed %7ld, peak KV %8.2f MiB, decode %8.1f tok/s\n",
+                tag.c_str(), name, r.wall_s, r.prefill_tokens, r.kv_bytes / 1048576.0, decoded / r.decode_s);
   }
-  std::printf("naive / shared: wall %.2fx, prompt tokens %.2fx, KV %.2fx; %d of %d attempts decode the same tokens\n",
-              naive->wall_s / shared->wall_s, static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
+  std::printf("%snaive / shared: wall %.2fx, prompt tokens %.2fx, KV %.2fx; %d of %d attempts decode the same tokens\n",
+              tag.c_str(), naive->wall_s / shared->wall_s,
+              static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
               static_cast<double>(naive->kv_bytes) / shared->kv_bytes, same, f.pass_k);
   return 0;
 }
@@ -246,25 +273,55 @@ int RunPassK(const BenchFlags& f, inference::Model& model, int threads) {
 int RunBench(BenchFlags f) {
   if (f.threads > 0) omp_set_num_threads(f.threads);
   const int threads = omp_get_max_threads();
+  const bool dummy = f.load_format == "dummy";
   if (f.model.empty()) {
     Result<std::string> path = inference::FindDefaultModel();
     if (!path.ok()) return Fail(path.status());
     f.model = *path;
   }
-  auto loaded = inference::Model::Load(f.model);
-  if (!loaded.ok()) return Fail(loaded.status());
-  inference::Model& model = **loaded;
-  if (f.pass_k > 0) return RunPassK(f, model, threads);
+  // The CPU model (null for a dummy preset) and what runs the steps: it, or a device pass.
+  std::unique_ptr<inference::Model> cpu_model;
+  std::unique_ptr<inference::ForwardPass> device_pass;
+  if (!(dummy && IsDummyPreset(f.model))) {
+    auto loaded = inference::Model::Load(f.model);
+    if (!loaded.ok()) return Fail(loaded.status());
+    cpu_model = std::move(loaded).value();
+  }
+  const int max_tokens = std::max(f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens,
+                                  f.pass_k > 0 ? f.prompt_tokens + f.pass_k * (f.gen_tokens + 32) : 0);
+  if (dummy) {
+    Result<std::unique_ptr<inference::ForwardPass>> pass = MakeDummyPass(f.model, cpu_model.get());
+    if (!pass.ok()) return Fail(pass.status());
+    device_pass = std::move(pass).value();
+  } else {
+    const inference::KvShape kv = cpu_model->kv_shape();
+    const size_t kv_bytes = static_cast<size_t>(max_tokens) * kv.n_layer * kv.n_head_kv * (kv.k_dim + kv.v_dim) * 2;
+    const bool compressed = f.ctk != "f16" || f.ctv != "f16";
+    std::error_code ec;
+    const size_t file_bytes = std::filesystem::file_size(f.model, ec);
+    Result<DeviceFactory> device =
+        ChooseDevice(compressed && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes, kv_bytes);
+    if (!device.ok()) return Fail(device.status());
+    if (*device) {
+      Result<std::unique_ptr<inference::ForwardPass>> pass = (*device)(*cpu_model);
+      if (!pass.ok()) return Fail(pass.status());
+      device_pass = std::move(pass).value();
+    }
+  }
+  inference::ForwardPass& model = device_pass ? *device_pass : *cpu_model;
+  const bool on_cpu = device_pass == nullptr;
+  // Every line of a dummy-weights run says so.
+  const std::string tag = dummy ? "[dummy weights] " : "";
+  if (f.pass_k > 0) return RunPassK(f, cpu_model.get(), model, threads, tag);
   const int n_ctx_train = model.config().n_ctx_train;
   if (n_ctx_train > 0 && f.depth + std::max(f.n_prompt, f.n_gen) > n_ctx_train)
     std::fprintf(stderr,
                  "leanrotor bench: warning: depth %d + %d tokens is past the model's training context (%d tokens): "
                  "the speed is measured all the same, but text at such positions would be meaningless\n",
                  f.depth, std::max(f.n_prompt, f.n_gen), n_ctx_train);
-  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(model, f);
+  Result<std::shared_ptr<const inference::KvCalibration>> calibration = BenchCalibration(cpu_model.get(), f);
   if (!calibration.ok()) return Fail(calibration.status());
-  auto made =
-      BenchCache(model, f, *calibration, f.depth + std::max(f.n_prompt, f.n_gen) + inference::KvCache::kPageTokens);
+  auto made = BenchCache(model, f, *calibration, max_tokens);
   if (!made.ok()) return Fail(made.status());
   inference::KvCache& cache = *made;
 
@@ -284,6 +341,12 @@ int RunBench(BenchFlags f) {
   double pp_tok_s = 0;
   if (f.n_prompt > 0) {
     const std::vector<int32_t> prompt = random_tokens(f.n_prompt);
+    // A device's first steps load modules and capture graphs: one untimed pass of the same shape first.
+    if (!on_cpu) {
+      s = Feed(model, cache, seq, prompt, &feed_logits);
+      if (!s.ok()) return Fail(s);
+      cache.Truncate(seq, f.depth);
+    }
     const double t0 = Now();
     s = Feed(model, cache, seq, prompt, &feed_logits);
     if (!s.ok()) return Fail(s);
@@ -293,36 +356,55 @@ int RunBench(BenchFlags f) {
   double tg_tok_s = 0;
   if (f.n_gen > 0) {
     const std::vector<int32_t> gen = random_tokens(f.n_gen);
-    std::vector<float> logits;
+    std::vector<int32_t> ids;
+    if (!on_cpu) {
+      for (int i = 0; i < 2; ++i) {
+        const inference::BatchToken t{seq, gen[0], true};
+        s = model.ForwardGreedy(cache, {&t, 1}, &ids);
+        if (!s.ok()) return Fail(s);
+      }
+      cache.Truncate(seq, f.depth);
+    }
     const double t0 = Now();
     for (int32_t id : gen) {
       const inference::BatchToken t{seq, id, true};
-      s = model.Forward(cache, {&t, 1}, &logits);
+      s = model.ForwardGreedy(cache, {&t, 1}, &ids);
       if (!s.ok()) return Fail(s);
     }
     tg_tok_s = f.n_gen / (Now() - t0);
   }
 
-  const double bandwidth = MeasureReadBandwidth();
+  double bandwidth = 0;
+  if (on_cpu) {
+    bandwidth = MeasureReadBandwidth();
+  } else {
+    Result<double> copy = DeviceCopyBandwidth();
+    if (!copy.ok()) return Fail(copy.status());
+    bandwidth = *copy;
+  }
   // KV rows read per generated token: the context at the middle of the generation run.
   const double kv_bytes = static_cast<double>(cache.bytes_per_token()) * (f.depth + f.n_gen / 2.0);
   const double bytes_per_token = static_cast<double>(model.weight_bytes_per_token()) + kv_bytes;
   const double bound = bandwidth / bytes_per_token;
+  const char* kernels = on_cpu ? IsaName(ops::ActiveIsa()) : "cuda";
   if (f.json) {
     nlohmann::json j = {{"pp_tok_s", pp_tok_s},   {"tg_tok_s", tg_tok_s}, {"bound_tg_tok_s", bound},
                         {"depth", f.depth},       {"threads", threads},   {"ctk", f.ctk},
                         {"ctv", f.ctv},           {"read_gb_s", bandwidth / 1e9},
                         {"bytes_per_token", bytes_per_token},            {"bound_fraction", tg_tok_s / bound},
-                        {"simd", IsaName(ops::ActiveIsa())}};
+                        {"simd", kernels},        {"device", model.device()}, {"dummy_weights", dummy},
+                        {"n_prompt", f.n_prompt}, {"n_gen", f.n_gen}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("model %s, %d threads, %s kernels, %s, depth %d\n", f.model.c_str(), threads,
-                IsaName(ops::ActiveIsa()), KvLabel(f).c_str(), f.depth);
-    std::printf("prompt      %8.1f tok/s (%d tokens)\n", pp_tok_s, f.n_prompt);
-    std::printf("generation  %8.1f tok/s (%d tokens)\n", tg_tok_s, f.n_gen);
-    std::printf("read bandwidth %.2f GB/s; %.2f MB per generated token (weights %.2f MB, KV %.2f MB)\n",
-                bandwidth / 1e9, bytes_per_token / 1e6, model.weight_bytes_per_token() / 1e6, kv_bytes / 1e6);
-    std::printf("bandwidth bound %.1f tok/s; generation reaches %.0f%% of it\n", bound, 100.0 * tg_tok_s / bound);
+    std::printf("%smodel %s on %s, %d threads, %s kernels, %s, depth %d\n", tag.c_str(), f.model.c_str(),
+                model.device().c_str(), threads, kernels, KvLabel(f).c_str(), f.depth);
+    std::printf("%sprompt      %8.1f tok/s (%d tokens)\n", tag.c_str(), pp_tok_s, f.n_prompt);
+    std::printf("%sgeneration  %8.1f tok/s (%d tokens)\n", tag.c_str(), tg_tok_s, f.n_gen);
+    std::printf("%s%s %.2f GB/s; %.2f MB per generated token (weights %.2f MB, KV %.2f MB)\n", tag.c_str(),
+                on_cpu ? "read bandwidth" : "device copy bandwidth (read + write)", bandwidth / 1e9,
+                bytes_per_token / 1e6, model.weight_bytes_per_token() / 1e6, kv_bytes / 1e6);
+    std::printf("%sbandwidth bound %.1f tok/s; generation reaches %.0f%% of it\n", tag.c_str(), bound,
+                100.0 * tg_tok_s / bound);
   }
   return 0;
 }
@@ -354,6 +436,12 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--gen-tokens", flags->gen_tokens, "--pass-k: greedy tokens per attempt")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  AddDeviceFlag(sub, &flags->device);
+  sub->add_option("--load-format", flags->load_format,
+                  "auto: the model's weights; dummy: random weights generated on the CUDA device, of -m's shape and "
+                  "types, or of a preset (-m llama-7b-q4_0), for timing (every output line says so)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "dummy"}));
   sub->add_flag("--json", flags->json,
                 "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, depth, threads, ctk, ctv, ...}; with --pass-k "
                 "{k, prompt_tokens, gen_tokens, shared:{wall_s, prefill_tokens, kv_bytes}, naive:{...}}");

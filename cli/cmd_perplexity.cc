@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 
 #include "base/file.h"
 #include "cli/command.h"
+#include "cli/device.h"
 #include "inference/kv_calibration.h"
 #include "inference/local_model.h"
 #include "inference/sampler.h"
@@ -48,10 +50,11 @@ struct PerplexityFlags {
   int threads = 0;
   bool json = false;
   bool no_calibration = false;
+  std::string device = "auto";
 };
 
 // Logits of every position of one window, from an empty cache of the given formats and calibration (null: none).
-Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const std::string& ctk,
+Status WindowLogits(inference::ForwardPass& model, const int32_t* tokens, int n, const std::string& ctk,
                     const std::string& ctv, int sinks, int window, const std::string& window_format,
                     std::shared_ptr<const inference::KvCalibration> calibration, std::vector<float>* logits) {
   inference::KvCacheOptions o;
@@ -62,6 +65,7 @@ Status WindowLogits(inference::Model& model, const int32_t* tokens, int n, const
   o.window_format = window_format;
   o.max_tokens = n;
   o.calibration = std::move(calibration);
+  LR_RETURN_IF_ERROR(model.ConfigureCache(&o));
   LR_ASSIGN_OR_RETURN(inference::KvCache cache, inference::KvCache::Create(model.kv_shape(), o));
   const int seq = cache.NewSequence();
   std::vector<inference::BatchToken> batch;
@@ -142,18 +146,25 @@ int RunPerplexity(PerplexityFlags f) {
   }
   inference::LocalModelOptions options;
   options.path = f.model;
+  std::error_code ec;
+  const size_t file_bytes = std::filesystem::file_size(f.model, ec);
+  // The CUDA backend stores f16 rows only: compressed runs pick the CPU unless --device cuda says otherwise (and fails).
+  const bool any_compressed = std::any_of(runs.begin(), runs.end(), [](const Run& r) { return !r.is_ref(); });
+  Result<DeviceFactory> device = ChooseDevice(any_compressed && f.device == "auto" ? "cpu" : f.device,
+                                              ec ? 0 : file_bytes, static_cast<size_t>(options.kv_budget_mib) << 20);
+  if (!device.ok()) return Fail(device.status());
+  options.device = *device;
   auto lm = inference::LocalModel::Open(options);
   if (!lm.ok()) return Fail(lm.status());
   inference::Model& model = (*lm)->model();
+  inference::ForwardPass& pass = (*lm)->forward_pass();
   const inference::Tokenizer& tok = (*lm)->tokenizer();
   const bool bos = tok.add_bos() && tok.bos() >= 0;
   const std::vector<int32_t> tokens = tok.Encode(*text, false);
   // The channel centers and weights compressed formats are stored with, as LocalModel finds them when it opens a
   // cache (stored in the default cache directory once computed).
   std::shared_ptr<const inference::KvCalibration> calibration;
-  const bool compressed =
-      std::any_of(runs.begin(), runs.end(), [](const Run& r) { return !r.is_ref(); });
-  if (compressed && !f.no_calibration) {
+  if (any_compressed && !f.no_calibration) {
     Result<std::shared_ptr<const inference::KvCalibration>> c =
         inference::CachedKvCalibration(model, tok, inference::DefaultCacheDir(), nullptr, nullptr);
     if (!c.ok()) return Fail(c.status());
@@ -174,7 +185,7 @@ int RunPerplexity(PerplexityFlags f) {
     std::vector<int32_t> window(tokens.begin() + static_cast<long>(w) * f.ctx,
                                 tokens.begin() + static_cast<long>(w + 1) * f.ctx);
     if (bos) window[0] = tok.bos();
-    Status s = WindowLogits(model, window.data(), f.ctx, "f16", "f16", 0, 0, "f16", nullptr, &ref_logits);
+    Status s = WindowLogits(pass, window.data(), f.ctx, "f16", "f16", 0, 0, "f16", nullptr, &ref_logits);
     if (!s.ok()) return Fail(s);
     ref_nll.clear();
     for (int i = first; i < f.ctx - 1; ++i) {
@@ -186,7 +197,7 @@ int RunPerplexity(PerplexityFlags f) {
         for (double nll : ref_nll) r.nll += nll, r.nll_vs_ref.Add(0.0), r.kld.Add(0.0);
         continue;
       }
-      s = WindowLogits(model, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, r.window_format, calibration,
+      s = WindowLogits(pass, window.data(), f.ctx, r.ctk, r.ctv, r.sinks, r.window, r.window_format, calibration,
                        &logits);
       if (!s.ok()) return Fail(s);
       for (int i = first; i < f.ctx - 1; ++i) {
@@ -259,6 +270,7 @@ void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--kv-window-format", flags->window_format, "Format of the window rows (repeatable)")
       ->capture_default_str();
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  AddDeviceFlag(sub, &flags->device);
   sub->add_flag("--no-kv-calibration", flags->no_calibration,
                 "Store compressed rows without the model's KV channel centers and weights (to measure what they give)");
   sub->add_flag("--json", flags->json,

@@ -2,9 +2,11 @@
 
 #include <omp.h>
 
+#include <filesystem>
 #include <string>
 
 #include "net/remote_model.h"
+#include "cli/device.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::cli {
@@ -44,6 +46,7 @@ void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
                   "where KV calibrations are stored once computed (default: $LEANROTOR_CACHE_DIR, "
                   "$XDG_CACHE_HOME/leanrotor or ~/.cache/leanrotor)")
       ->capture_default_str();
+  AddDeviceFlag(sub, &f->device);
 }
 
 Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f) {
@@ -62,6 +65,12 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   if (f.threads > 0) omp_set_num_threads(f.threads);
   o.threads = f.threads;
   o.cache_dir = f.cache_dir;
+  std::error_code ec;
+  const size_t file_bytes = std::filesystem::file_size(o.path, ec);
+  // The CUDA backend stores f16 rows only: a compressed cache picks the CPU unless --device cuda says otherwise.
+  const bool compressed = f.ctk != "f16" || f.ctv != "f16";
+  LR_ASSIGN_OR_RETURN(o.device, ChooseDevice(compressed && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes,
+                                             static_cast<size_t>(f.kv_budget_mib) << 20));
   return o;
 }
 

@@ -26,14 +26,16 @@ struct LocalModelFlags {
   std::string kv_window_format = "f16";  // their format (KvCacheOptions::window_format)
   int threads = 0;    // 0: OpenMP's default
   std::string cache_dir = inference::DefaultCacheDir();  // --cache-dir: stored KV calibrations
+  std::string device = "auto";  // --device (cli/device.h)
 };
 
-// --ctk, --ctv, --kv-sinks, --kv-window, --kv-window-format, -c/--ctx, --kv-budget, -t/--threads and --cache-dir,
-// with the defaults *f holds.
+// --ctk, --ctv, --kv-sinks, --kv-window, --kv-window-format, -c/--ctx, --kv-budget, -t/--threads, --cache-dir and
+// --device, with the defaults *f holds.
 void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f);
 
 // The options for LocalModel::Open, with the default model when f.model is empty (kNotFound saying where it looked).
-// -t also sets this process's OpenMP threads, for work a command runs outside the model's engine.
+// -t also sets this process's OpenMP threads, for work a command runs outside the model's engine. --device is decided
+// here (and said on stderr): kUnavailable / kResourceExhausted for a --device cuda that cannot be.
 Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f);
 
 // A local GGUF model (-m) or a remote OpenAI-compatible one (--remote URL --model-id ID).

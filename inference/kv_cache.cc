@@ -16,6 +16,9 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     return InvalidArgument("KV cache: sink_tokens is " + std::to_string(options.sink_tokens) + "; expected 0.." +
                            std::to_string(kPageTokens));
   const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
+  if (options.page_store != nullptr && (!all_f16 || shape.v_dim == 0))
+    return InvalidArgument("KV cache on the device: keys and values are stored as f16 rows (--ctk f16 --ctv f16; "
+                           "got " + options.k_format + " / " + options.v_format + ")");
   if (options.window_tokens < 0)
     return InvalidArgument("KV cache: window_tokens is " + std::to_string(options.window_tokens) + "; expected >= 0");
   if ((options.sink_tokens > 0 || options.window_tokens > 0) && !all_f16 && shape.v_dim == 0)
@@ -196,7 +199,7 @@ Result<int> KvCache::AllocatePage() {
     free_pages_.pop_back();
   } else if (static_cast<int>(pages_.size()) < max_pages_) {
     page = static_cast<int>(pages_.size());
-    pages_.push_back(std::make_unique<uint8_t[]>(page_bytes_));
+    pages_.push_back(options_.page_store != nullptr ? nullptr : std::make_unique<uint8_t[]>(page_bytes_));
     sink_rows_.emplace_back();
     refs_.push_back(0);
   } else {
@@ -230,7 +233,11 @@ Result<int> KvCache::AppendSlot(int seq) {
   } else if (refs_[s.pages.back()] > 1) {  // shared partial page: copy before writing into it
     LR_ASSIGN_OR_RETURN(int page, AllocatePage());
     const int old = s.pages.back();
-    std::memcpy(pages_[page].get(), pages_[old].get(), page_bytes_);
+    if (options_.page_store != nullptr) {
+      options_.page_store->CopyPage(old, page);
+    } else {
+      std::memcpy(pages_[page].get(), pages_[old].get(), page_bytes_);
+    }
     if (sink_rows_[old] != nullptr) {
       sink_rows_[page] = std::make_unique<uint8_t[]>(sink_bytes_);
       std::memcpy(sink_rows_[page].get(), sink_rows_[old].get(), sink_bytes_);

@@ -57,6 +57,18 @@
 
 namespace lr::inference {
 
+// Page storage outside host memory (a GPU's: cuda/). The cache then keeps only the bookkeeping (page tables,
+// reference counts, the prefix index, LRU eviction) and the store holds page p's bytes, in the cache's page layout;
+// the cache asks it to copy a page when a sequence writes into a shared one (copy on write). Rows are then stored
+// and attended by the store's owner, not by Store / KRow / VRow / Attend / AttendState / Spans (which must not be
+// called).
+class KvPageStore {
+ public:
+  virtual ~KvPageStore() = default;
+  // Page `to` becomes a copy of page `from` (both allocated).
+  virtual void CopyPage(int from, int to) = 0;
+};
+
 struct KvCacheOptions {
   std::string k_format = "f16";
   std::string v_format = "f16";
@@ -81,6 +93,9 @@ struct KvCacheOptions {
   // starting at position 0): the KV calibration measures the queries through it. May be called from several threads
   // at once. Null: none.
   std::function<void(int layer, int head, const float* q, int n_q)> observe_queries;
+  // Pages kept by this store instead of host memory (see KvPageStore); null: host memory. Requires the f16 formats
+  // without sink or window rows.
+  std::shared_ptr<KvPageStore> page_store;
 };
 
 // Accounting, for reports and the TUI's status bar. Page counts are disjoint: private + shared + cached <= total.
@@ -168,6 +183,13 @@ class KvCache {
   // Positions [0, n_tokens) of one (layer, head), as page-sized spans of the encoded rows (sink rows not used), for
   // kvquant::Attend / AttendSharedKV. Appends to *spans.
   void Spans(int seq, int layer, int head, int n_tokens, std::vector<kvquant::RowSpan>* spans) const;
+
+  // The page ids of seq's positions, in order (page i holds positions [32 i, 32 i + 32)).
+  std::span<const int> PageTable(int seq) const { return seqs_[seq].pages; }
+  // The pool's capacity in pages (ids are 0 .. max_pages() - 1).
+  int max_pages() const { return max_pages_; }
+  // Bytes of one page: for each (layer, head) kPageTokens key rows, then the same for the value rows.
+  size_t page_bytes() const { return page_bytes_; }
 
   // Pages allocated now: referenced by a sequence or cached.
   int pages_in_use() const { return pages_in_use_; }

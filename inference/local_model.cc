@@ -65,9 +65,14 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
     LR_ASSIGN_OR_RETURN(kv.calibration,
                         CachedKvCalibration(*model, tokenizer, options.cache_dir, options.cancel, nullptr));
   }
+  std::unique_ptr<ForwardPass> device;
+  if (options.device) {
+    LR_ASSIGN_OR_RETURN(device, options.device(*model));
+    LR_RETURN_IF_ERROR(device->ConfigureCache(&kv));
+  }
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
-  return std::unique_ptr<LocalModel>(
-      new LocalModel(std::move(model), std::move(tokenizer), std::move(chat), options, std::move(cache)));
+  return std::unique_ptr<LocalModel>(new LocalModel(std::move(model), std::move(device), std::move(tokenizer),
+                                                    std::move(chat), options, std::move(cache)));
 }
 
 // One Generate call. The caller fills the inputs and then only touches the shared part, under mu_; the engine owns
@@ -135,9 +140,13 @@ int PagesNeeded(int prompt_len, int max_new, int n) {
 
 }  // namespace
 
-LocalModel::LocalModel(std::unique_ptr<Model> model, Tokenizer tokenizer, ChatFormat chat, LocalModelOptions options,
-                       KvCache cache)
-    : model_(std::move(model)), tokenizer_(std::move(tokenizer)), chat_(std::move(chat)), options_(std::move(options)),
+LocalModel::LocalModel(std::unique_ptr<Model> model, std::unique_ptr<ForwardPass> device, Tokenizer tokenizer,
+                       ChatFormat chat, LocalModelOptions options, KvCache cache)
+    : model_(std::move(model)),
+      device_(std::move(device)),
+      tokenizer_(std::move(tokenizer)),
+      chat_(std::move(chat)),
+      options_(std::move(options)),
       cache_(std::move(cache)) {
   end_of_turn_ = {tokenizer_.eos()};
   for (const char* marker : {"<|im_end|>", "<|endoftext|>", "</s>"})
@@ -347,7 +356,7 @@ void LocalModel::Step(const std::vector<std::shared_ptr<Request>>& running) {
   }
   if (batch.empty()) return;
   std::vector<float> logits;
-  const Status s = model_->Forward(cache_, batch, &logits);
+  const Status s = forward_pass().Forward(cache_, batch, &logits);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++engine_stats_.steps;

@@ -33,6 +33,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -66,6 +67,9 @@ struct LocalModelOptions {
   std::string cache_dir;
   // Set while Open runs: Open returns kCancelled soon after (the calibration prefill checks it between chunks).
   const std::atomic<bool>* cancel = nullptr;
+  // Runs the forward pass elsewhere (a GPU: cuda/CudaModel), made from the loaded model; null: on the CPU. The KV
+  // cache then takes its page storage from the pass (ForwardPass::ConfigureCache).
+  std::function<Result<std::unique_ptr<ForwardPass>>(const Model&)> device;
 };
 
 // The default model, models/SmolLM2-135M-Instruct.Q4_1.gguf: relative to the current directory, then to the running
@@ -103,6 +107,8 @@ class LocalModel : public LanguageModel {
   // The model itself, for callers that run Forward on a KvCache of their own (perplexity); not while requests run,
   // as Forward must not run concurrently with the engine's.
   Model& model() { return *model_; }
+  // What runs the forward steps: the model itself, or the device pass of LocalModelOptions::device. Same rule.
+  ForwardPass& forward_pass() { return device_ != nullptr ? *device_ : *model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   // The cache's options as opened: formats, pool size, and the calibration computed for compressed formats.
   const KvCacheOptions& kv_options() const { return cache_.options(); }
@@ -128,8 +134,8 @@ class LocalModel : public LanguageModel {
  private:
   struct Request;  // one Generate call (local_model.cc)
 
-  LocalModel(std::unique_ptr<Model> model, Tokenizer tokenizer, ChatFormat chat, LocalModelOptions options,
-             KvCache cache);
+  LocalModel(std::unique_ptr<Model> model, std::unique_ptr<ForwardPass> device, Tokenizer tokenizer, ChatFormat chat,
+             LocalModelOptions options, KvCache cache);
 
   // The engine thread's loop and its parts (which run on it and use the cache without a lock).
   void EngineLoop();
@@ -141,6 +147,7 @@ class LocalModel : public LanguageModel {
   void PublishStats();
 
   std::unique_ptr<Model> model_;
+  std::unique_ptr<ForwardPass> device_;  // null: model_ runs the steps
   Tokenizer tokenizer_;
   ChatFormat chat_;
   LocalModelOptions options_;

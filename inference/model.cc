@@ -200,6 +200,18 @@ void Model::Logits(const std::vector<int>& rows, Scratch& s, const float* x, flo
   ops::MatMulManyQuantizedTeam(out, s.xn.data(), s.xq.data(), static_cast<int>(rows.size()));
 }
 
+Status ForwardPass::ForwardGreedy(KvCache& cache, std::span<const BatchToken> batch, std::vector<int32_t>* ids) {
+  std::vector<float> logits;
+  LR_RETURN_IF_ERROR(Forward(cache, batch, &logits));
+  const size_t n_vocab = static_cast<size_t>(config().n_vocab);
+  ids->clear();
+  for (size_t r = 0; r < logits.size() / n_vocab; ++r) {
+    const float* row = logits.data() + r * n_vocab;
+    ids->push_back(static_cast<int32_t>(std::max_element(row, row + n_vocab) - row));
+  }
+  return Status::Ok();
+}
+
 Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
   const ModelConfig& c = config_;
   logits->clear();

@@ -55,7 +55,29 @@ struct BatchToken {
   bool want_logits;
 };
 
-class Model {
+// The forward pass as the engine, perplexity and the bench use it, whatever runs it: Model on the CPU, or a device
+// backend (cuda/CudaModel) over the same config and a KvCache whose pages it keeps in device memory.
+class ForwardPass {
+ public:
+  virtual ~ForwardPass() = default;
+  virtual const ModelConfig& config() const = 0;
+  // The shape a KvCache for this model must have.
+  virtual KvShape kv_shape() const = 0;
+  // Bytes of weights read by one decode step.
+  virtual size_t weight_bytes_per_token() const = 0;
+  // Where it runs, for reports: "cpu", or e.g. "cuda (NVIDIA H100 80GB HBM3)".
+  virtual std::string device() const = 0;
+  // Completes the options of a KvCache this pass will run on (a device pass puts the page storage there): call
+  // before KvCache::Create. kResourceExhausted when the pool does not fit.
+  virtual Status ConfigureCache(KvCacheOptions* options) { return Status::Ok(); }
+  // Model::Forward's contract.
+  virtual Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) = 0;
+  // Forward, then the greedy token (the first maximum) of each token that wants logits, in batch order, into *ids.
+  // A device pass picks them on the device and copies only the ids back.
+  virtual Status ForwardGreedy(KvCache& cache, std::span<const BatchToken> batch, std::vector<int32_t>* ids);
+};
+
+class Model : public ForwardPass {
  public:
   // Opens and maps the GGUF file and checks every tensor the config needs (name, shape, type): kNotFound naming a
   // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_1 / Q8_0 matrices of the
@@ -64,22 +86,23 @@ class Model {
   // about the whole file) and those tensors' mapped pages are not read after the load.
   static Result<std::unique_ptr<Model>> Load(const std::string& path);
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
   // RoPE's angle per position of each of the n_rot / 2 rotated pairs (radians).
   std::span<const float> rope_inv_freq() const { return rope_inv_freq_; }
   const GgufFile& gguf() const { return gguf_; }
   // The shape a KvCache for this model must have.
-  KvShape kv_shape() const;
+  KvShape kv_shape() const override;
   // Bytes of weights read by one decode step: every matrix once (the embedding table only for its one row unless
   // it is also the output matrix).
-  size_t weight_bytes_per_token() const;
+  size_t weight_bytes_per_token() const override;
+  std::string device() const override { return "cpu"; }
 
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
   // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
   // kResourceExhausted when the cache is full (the cache then keeps the positions appended so far: truncate to
   // roll back); kInvalidArgument for a token id outside the vocabulary; kvquant's attention errors (an invariant of
   // the cache, reported rather than asserted).
-  Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits);
+  Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) override;
   // A token attending to this many positions or more does so in two halves of its range, merged exactly
   // (kvquant::FinishAttention), whatever the batch and the thread count, so that its result depends on neither
   // (a request decodes the same tokens alone or batched). The halves run on different threads: in a decode step 3 KV

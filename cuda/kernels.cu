@@ -1,0 +1,851 @@
+// The kernels of kernels.h. Each launcher checks its arguments' invariants that the kernels rely on (sizes, group,
+// head dims), launches, and checks the launch.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "cuda/device.h"
+#include "cuda/kernels.h"
+
+namespace lr::cuda {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+cudaStream_t S(Stream s) { return static_cast<cudaStream_t>(s); }
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float Half(const uint8_t* p) {
+  return __half2float(*reinterpret_cast<const __half*>(p));
+}
+
+__device__ __forceinline__ float Bf16Bits(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
+
+__device__ __forceinline__ uint32_t Load32(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// 4 bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t Load32Unaligned2(const uint8_t* p) {
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+  return static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16);
+}
+__device__ __forceinline__ int Byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFF; }
+
+__device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *min = s[j + 4] & 63;
+  } else {
+    *scale = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Decodes quarter q (0..3) of sub-block sb (values 32 sb .. 32 sb + 31) of row `row` of w, in registers: v[0..3] =
+// values 4q .. 4q + 3 and v[4..7] = values 16 + 4q .. 16 + 4q + 3 of the sub-block. This split follows the 4-bit
+// formats, where byte j holds values j and j + 16: a quarter is 4 bytes of quants. Four lanes decode a sub-block,
+// so that consecutive lanes read consecutive activations (MatVec).
+template <WeightType T>
+__device__ __forceinline__ void Dequant8(const DeviceMatrix& w, int64_t row, int sb, int q, float* v) {
+  const uint8_t* r = w.q + static_cast<size_t>(row) * w.row_bytes;
+  if constexpr (T == WeightType::kF32) {
+    const float4* p = reinterpret_cast<const float4*>(r) + 8 * sb + q;
+    const float4 a = p[0], b = p[4];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else if constexpr (T == WeightType::kF16 || T == WeightType::kBF16) {
+    const uint2* p = reinterpret_cast<const uint2*>(r + 64 * sb) + q;
+    const uint2 a = p[0], b = p[4];
+    const uint32_t u[4] = {a.x, a.y, b.x, b.y};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (T == WeightType::kF16) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[j]));
+        v[2 * j] = f.x;
+        v[2 * j + 1] = f.y;
+      } else {
+        v[2 * j] = Bf16Bits(u[j] & 0xffff);
+        v[2 * j + 1] = Bf16Bits(u[j] >> 16);
+      }
+    }
+  } else if constexpr (T == WeightType::kQ4_0 || T == WeightType::kQ4_1) {
+    const uint32_t b = Load32(r + 16 * sb + 4 * q);
+    const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
+    float d, m;
+    if constexpr (T == WeightType::kQ4_0) {
+      d = Half(w.scales + 2 * blk);
+      m = -8.0f * d;
+    } else {
+      const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(w.scales + 4 * blk));
+      d = dm.x;
+      m = dm.y;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = d * (Byte(b, j) & 0xF) + m;
+      v[j + 4] = d * (Byte(b, j) >> 4) + m;
+    }
+  } else if constexpr (T == WeightType::kQ8_0) {
+    const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
+    const float d = Half(w.scales + 2 * blk);
+    const uint32_t lo = Load32(r + 32 * sb + 4 * q), hi = Load32(r + 32 * sb + 16 + 4 * q);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = d * static_cast<int8_t>(Byte(lo, j));
+      v[j + 4] = d * static_cast<int8_t>(Byte(hi, j));
+    }
+  } else if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ5_K) {
+    constexpr int kBytes = T == WeightType::kQ4_K ? 144 : 176;
+    constexpr int kQs = T == WeightType::kQ4_K ? 16 : 48;
+    const uint8_t* b = r + kBytes * (sb / 8);
+    const int j = sb % 8;
+    const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(b));
+    const uint32_t s0 = Load32(b + 4), s1 = Load32(b + 8), s2 = Load32(b + 12);
+    const uint8_t s[12] = {static_cast<uint8_t>(Byte(s0, 0)), static_cast<uint8_t>(Byte(s0, 1)),
+                           static_cast<uint8_t>(Byte(s0, 2)), static_cast<uint8_t>(Byte(s0, 3)),
+                           static_cast<uint8_t>(Byte(s1, 0)), static_cast<uint8_t>(Byte(s1, 1)),
+                           static_cast<uint8_t>(Byte(s1, 2)), static_cast<uint8_t>(Byte(s1, 3)),
+                           static_cast<uint8_t>(Byte(s2, 0)), static_cast<uint8_t>(Byte(s2, 1)),
+                           static_cast<uint8_t>(Byte(s2, 2)), static_cast<uint8_t>(Byte(s2, 3))};
+    int sc, mn;
+    ScaleMinK4(j, s, &sc, &mn);
+    const float d = dd.x * sc, m = dd.y * mn;
+    const int shift = (j % 2) * 4;
+    const uint8_t* qs = b + kQs + 32 * (j / 2);
+    const uint32_t lo = Load32(qs + 4 * q), hi = Load32(qs + 16 + 4 * q);
+    uint32_t hlo = 0, hhi = 0;
+    if constexpr (T == WeightType::kQ5_K) {
+      hlo = Load32(b + 16 + 4 * q);
+      hhi = Load32(b + 32 + 4 * q);
+    }
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      int a = (Byte(lo, l) >> shift) & 0xF, c = (Byte(hi, l) >> shift) & 0xF;
+      if constexpr (T == WeightType::kQ5_K) {
+        a |= ((Byte(hlo, l) >> j) & 1) << 4;
+        c |= ((Byte(hhi, l) >> j) & 1) << 4;
+      }
+      v[l] = d * a - m;
+      v[l + 4] = d * c - m;
+    }
+  } else if constexpr (T == WeightType::kQ6_K) {
+    const uint8_t* b = r + 210 * (sb / 8);
+    const int j = sb % 8, half = j / 4, k = j % 4;
+    const uint8_t* ql = b + 64 * half + 32 * (k % 2);
+    const uint8_t* qh = b + 128 + 32 * half;
+    const uint32_t l0 = Load32Unaligned2(ql + 4 * q), l1 = Load32Unaligned2(ql + 16 + 4 * q);
+    const uint32_t h0 = Load32Unaligned2(qh + 4 * q), h1 = Load32Unaligned2(qh + 16 + 4 * q);
+    const float d = Half(b + 208);
+    const uint16_t sc2 = *reinterpret_cast<const uint16_t*>(b + 192 + 8 * half + 2 * k);
+    const float d0 = d * static_cast<int8_t>(sc2 & 0xff), d1 = d * static_cast<int8_t>(sc2 >> 8);
+    const int lshift = 4 * (k / 2), hshift = 2 * k;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      v[l] = d0 * ((((Byte(l0, l) >> lshift) & 0xF) | (((Byte(h0, l) >> hshift) & 3) << 4)) - 32);
+      v[l + 4] = d1 * ((((Byte(l1, l) >> lshift) & 0xF) | (((Byte(h1, l) >> hshift) & 3) << 4)) - 32);
+    }
+  }
+}
+
+// The whole sub-block sb, v[0..31] in order (four quarters).
+template <WeightType T>
+__device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, int sb, float* v) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    float e[8];
+    Dequant8<T>(w, row, sb, q, e);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[4 * q + i] = e[i];
+      v[16 + 4 * q + i] = e[4 + i];
+    }
+  }
+}
+
+template <WeightType T>
+__global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float* out) {
+  const int i = blockIdx.y;
+  const int sb = blockIdx.x * blockDim.x + threadIdx.x;
+  if (sb >= w.cols / 32) return;
+  float v[32];
+  Dequant32<T>(w, rows[i], sb, v);
+  float4* o = reinterpret_cast<float4*>(out + static_cast<size_t>(i) * w.cols + 32 * sb);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+}
+
+// One warp per weight row. Four lanes decode one sub-block (a quarter each, Dequant8), so a warp takes 8 sub-blocks
+// per step and consecutive lanes read consecutive activations. NT tokens' sums in registers. The blocks are split
+// among up to 3 products (ProductSet). (Measured slower on the 7B decode: decoding 4 steps before multiplying, to
+// have their loads in flight together, 148 -> 105 tok/s; the SwiGLU fused into the down product's input, which
+// computes silu once per weight row instead of once.)
+constexpr int kMatVecWarps = 4, kMaxProducts = 3;
+struct ProductSet {
+  Product p[kMaxProducts];
+  int count;
+  unsigned first_block[kMaxProducts + 1];
+};
+
+template <WeightType T, int NT>
+__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x,
+                                                                   int n) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int k = set.count > 1 && blockIdx.x >= set.first_block[1] ? (set.count > 2 && blockIdx.x >= set.first_block[2]
+                                                                         ? 2 : 1) : 0;
+  const Product& p = k == 0 ? set.p[0] : k == 1 ? set.p[1] : set.p[2];
+  const DeviceMatrix& w = p.w;
+  const int64_t row = static_cast<int64_t>(blockIdx.x - set.first_block[k]) * kMatVecWarps + warp;
+  if (row >= w.rows) return;
+  const int nsb = static_cast<int>(w.cols / 32);
+  const int q = lane % 4;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = 0;
+#pragma unroll 4
+  for (int sb = lane / 4; sb < nsb; sb += 8) {
+    float v[8];
+    Dequant8<T>(w, row, sb, q, v);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t < n) {
+        const int64_t at = static_cast<int64_t>(t) * w.cols + 32 * sb + 4 * q;
+        const float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
+        acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
+                  v[7] * b.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float sum = WarpSum(acc[t]);
+    if (lane == 0 && t < n) {
+      float* o = p.y + t * p.y_stride + row;
+      *o = p.add ? *o + sum : sum;
+    }
+  }
+}
+
+// Tensor-core product: a block computes 128 rows x 64 tokens; 8 warps of 32 x 32 each (2 x 2 wmma tiles); per step
+// 64 values of k: every thread decodes one (row, sub-block) into f16 shared memory, and converts 16 activations.
+constexpr int kTileRows = 128, kTileTokens = 64, kTileK = 64, kTilePad = kTileK + 8;
+template <WeightType T>
+__global__ void __launch_bounds__(256) MatMulTiledKernel(DeviceMatrix w, const float* __restrict__ x, int n,
+                                                          float* __restrict__ y, int64_t y_stride, int add) {
+  using namespace nvcuda;
+  struct In {
+    __half a[kTileRows * kTilePad];
+    __half b[kTileTokens * kTilePad];
+  };
+  __shared__ union {
+    In in;
+    float c[8][32 * 32];
+  } sm;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  const int tok0 = blockIdx.y * kTileTokens;
+  const int wr = warp % 4, wc = warp / 4;
+  const int nsb = static_cast<int>(w.cols / 32);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
+  for (int k0 = 0; k0 < nsb; k0 += 2) {
+    {
+      const int r = tid >> 1, s = k0 + (tid & 1);
+      __half2* dst = reinterpret_cast<__half2*>(sm.in.a + r * kTilePad + (tid & 1) * 32);
+      if (row0 + r < w.rows && s < nsb) {
+        float v[32];
+        Dequant32<T>(w, row0 + r, s, v);
+#pragma unroll
+        for (int i = 0; i < 16; ++i) dst[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) dst[i] = __floats2half2_rn(0.f, 0.f);
+      }
+    }
+    {
+      const int t = tid >> 2, quarter = tid & 3;
+      const int64_t col = static_cast<int64_t>(k0) * 32 + quarter * 16;
+      __half2* dst = reinterpret_cast<__half2*>(sm.in.b + t * kTilePad + quarter * 16);
+      if (tok0 + t < n && col < w.cols) {
+        const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(tok0 + t) * w.cols + col);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 a = __ldg(src + i);
+          dst[2 * i] = __floats2half2_rn(a.x, a.y);
+          dst[2 * i + 1] = __floats2half2_rn(a.z, a.w);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dst[i] = __floats2half2_rn(0.f, 0.f);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], sm.in.a + (wr * 32 + i * 16) * kTilePad + kk, kTilePad);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], sm.in.b + (wc * 32 + j * 16) * kTilePad + kk, kTilePad);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+    }
+    __syncthreads();
+  }
+  // Element (row r, token t) of the warp's 32 x 32 tile at c[warp][t * 32 + r] (column-major), then written out with
+  // consecutive lanes on consecutive rows.
+  float* cw = sm.c[warp];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::store_matrix_sync(cw + (j * 16) * 32 + i * 16, c[i][j], 32, wmma::mem_col_major);
+  __syncwarp();
+  for (int idx = lane; idx < 32 * 32; idx += 32) {
+    const int t = tok0 + wc * 32 + idx / 32;
+    const int64_t r = row0 + wr * 32 + idx % 32;
+    if (t < n && r < w.rows) {
+      float* o = y + t * y_stride + r;
+      *o = add ? *o + cw[idx] : cw[idx];
+    }
+  }
+}
+
+__global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, const float* w, float eps, float* y) {
+  const int j = blockIdx.x;
+  const float* xr = x + static_cast<size_t>(rows != nullptr ? rows[j] : j) * dim;
+  float ss = 0;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  __shared__ float part[32];
+  ss = WarpSum(ss);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float t = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.f;
+    t = WarpSum(t);
+    if (threadIdx.x == 0) part[0] = t;
+  }
+  __syncthreads();
+  const float scale = rsqrtf(part[0] / dim + eps);
+  float* yr = y + static_cast<size_t>(j) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+}
+
+__global__ void SwiGluKernel(float* g, const float* u, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float a = g[i];
+  g[i] = a / (1.0f + expf(-a)) * u[i];
+}
+
+// One warp per head (n_head query heads, then n_head_kv key heads) of one token (blockIdx.y).
+__global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int i = blockIdx.y;
+  const int hi = blockIdx.x * 4 + warp;
+  const int hd = pool.k_dim;
+  if (hi >= a.n_head + pool.n_head_kv) return;
+  const bool is_q = hi < a.n_head;
+  const int h = is_q ? hi : hi - a.n_head;
+  float* v = is_q ? a.q + (static_cast<size_t>(i) * a.n_head + h) * hd
+                  : a.k + (static_cast<size_t>(i) * pool.n_head_kv + h) * hd;
+  const float* norm = is_q ? a.q_norm : a.k_norm;
+  if (norm != nullptr) {
+    float ss = 0;
+    for (int d = lane; d < hd; d += 32) ss += v[d] * v[d];
+    const float scale = rsqrtf(WarpSum(ss) / hd + a.eps);
+    __syncwarp();
+    for (int d = lane; d < hd; d += 32) v[d] = v[d] * scale * norm[d];
+    __syncwarp();
+  }
+  const int pos = places.pos[i];
+  const int half = a.n_rot / 2;
+  for (int p = lane; p < half; p += 32) {
+    float sn, cs;
+    sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
+    sn *= a.cos_sin_factor;
+    cs *= a.cos_sin_factor;
+    const int ia = a.halves ? p : 2 * p, ib = a.halves ? p + half : 2 * p + 1;
+    const float x0 = v[ia], x1 = v[ib];
+    v[ia] = x0 * cs - x1 * sn;
+    v[ib] = x0 * sn + x1 * cs;
+  }
+  __syncwarp();
+  if (is_q) return;
+  const int page = places.pages[places.first[i] + pos / kPageTokens];
+  const int slot = pos % kPageTokens;
+  const size_t lh = static_cast<size_t>(a.layer) * pool.n_head_kv + h;
+  __half* base = reinterpret_cast<__half*>(pool.base + static_cast<size_t>(page) * pool.page_bytes);
+  __half* kd = base + (lh * kPageTokens + slot) * hd;
+  __half* vd = base + static_cast<size_t>(pool.n_layer) * pool.n_head_kv * kPageTokens * hd +
+               (lh * kPageTokens + slot) * pool.v_dim;
+  const float* vs = a.v + (static_cast<size_t>(i) * pool.n_head_kv + h) * pool.v_dim;
+  for (int d = lane; d < hd; d += 32) kd[d] = __float2half_rn(v[d]);
+  for (int d = lane; d < pool.v_dim; d += 32) vd[d] = __float2half_rn(vs[d]);
+}
+
+// One block per (KV head, token, split): the split's share of the sequence's pages, which its 4 warps take in turn (a
+// page's 32 positions, one per lane), each warp with its own online softmax; the warps' states are merged at the
+// end. With one split the block writes the output; with several it writes its state (max, sum, unnormalised
+// output) to `part` and AttentionMergeKernel combines the splits.
+constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
+template <int G>
+__global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* q, int n_head, float scale,
+                                                                    KvPool pool, int layer, TokenPlaces places,
+                                                                    float* out, float* part) {
+  __shared__ float sq[G * kMaxHeadDim];
+  __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
+  __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
+  const int h = blockIdx.x, i = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kd = pool.k_dim, vd = pool.v_dim, nv = (vd + 31) / 32;
+  const float* qi = q + (static_cast<size_t>(i) * n_head + h * G) * kd;
+  for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sq[idx] = qi[idx] * scale;
+  __syncthreads();
+  const int n_ctx = places.pos[i] + 1;
+  const int32_t* table = places.pages + places.first[i];
+  const size_t lh = static_cast<size_t>(layer) * pool.n_head_kv + h;
+  const size_t k_off = lh * kPageTokens * kd;
+  const size_t v_off = static_cast<size_t>(pool.n_layer) * pool.n_head_kv * kPageTokens * kd + lh * kPageTokens * vd;
+  float m[G], l[G], acc[G][kMaxV];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0;
+#pragma unroll
+    for (int e = 0; e < kMaxV; ++e) acc[g][e] = 0;
+  }
+  const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
+  const int splits = gridDim.z, split = blockIdx.z;
+  const int pg_end = (split + 1) * n_pages / splits;
+  for (int pg = split * n_pages / splits + warp; pg < pg_end; pg += kAttnWarps) {
+    const __half* page = reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes);
+    const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
+    const bool valid = lane < n_valid;
+    float s[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) s[g] = 0;
+    if (valid) {
+      const __half* krow = page + k_off + static_cast<size_t>(lane) * kd;
+      for (int d = 0; d < kd; d += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(krow + d);
+        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+#pragma unroll
+          for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
+        }
+      }
+    }
+    float p[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mx = WarpMax(valid ? s[g] : -INFINITY);
+      const float m_new = fmaxf(m[g], mx);
+      const float corr = expf(m[g] - m_new);
+      p[g] = valid ? expf(s[g] - m_new) : 0.f;
+      l[g] = l[g] * corr + WarpSum(p[g]);
+      m[g] = m_new;
+#pragma unroll
+      for (int e = 0; e < kMaxV; ++e) acc[g][e] *= corr;
+    }
+    const __half* vbase = page + v_off;
+#pragma unroll 8
+    for (int j = 0; j < kPageTokens; ++j) {
+      if (j >= n_valid) break;
+      float pj[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
+      const __half* vrow = vbase + static_cast<size_t>(j) * vd;
+#pragma unroll
+      for (int e = 0; e < kMaxV; ++e) {
+        if (e < nv && lane + 32 * e < vd) {
+          const float vv = __half2float(vrow[lane + 32 * e]);
+#pragma unroll
+          for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * vv;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      wm[warp][g] = m[g];
+      wl[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < kMaxV; ++e)
+      if (e < nv && lane + 32 * e < vd) wacc[warp][g * vd + lane + 32 * e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * vd; idx += blockDim.x) {
+    const int g = idx / vd;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, wm[w][g]);
+    float sum = 0, a = 0;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) {
+      const float f = wm[w][g] == -INFINITY ? 0.f : expf(wm[w][g] - mx);
+      sum += wl[w][g] * f;
+      a += wacc[w][idx] * f;
+    }
+    const size_t head = static_cast<size_t>(i) * n_head + h * G + g;
+    if (splits == 1) {
+      out[head * vd + idx % vd] = a / sum;
+    } else {
+      const size_t at = head * splits + split;
+      part[at * (vd + 2) + idx % vd] = a;
+      if (idx % vd == 0) {
+        part[at * (vd + 2) + vd] = mx;
+        part[at * (vd + 2) + vd + 1] = sum;
+      }
+    }
+  }
+}
+
+// out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.
+__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out) {
+  const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  const float* p = part + head * splits * (vd + 2);
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (vd + 2) + vd]);
+  for (int d = threadIdx.x; d < vd; d += blockDim.x) {
+    float sum = 0, a = 0;
+    for (int s = 0; s < splits; ++s) {
+      const float m = p[s * (vd + 2) + vd];
+      const float f = m == -INFINITY ? 0.f : expf(m - mx);
+      sum += p[s * (vd + 2) + vd + 1] * f;
+      a += p[s * (vd + 2) + d] * f;
+    }
+    out[head * vd + d] = a / sum;
+  }
+}
+
+__device__ __forceinline__ uint64_t Mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+constexpr int kSampleThreads = 1024;
+__global__ void __launch_bounds__(kSampleThreads) SampleKernel(const float* logits, int vocab, float temperature,
+                                                               uint64_t seed, int32_t* out) {
+  const int r = blockIdx.x;
+  const float* row = logits + static_cast<size_t>(r) * vocab;
+  float best = -INFINITY;
+  int best_i = vocab;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    float v = row[i];
+    if (temperature > 0) {
+      const uint64_t h = Mix64(seed ^ Mix64((static_cast<uint64_t>(r) << 32) | static_cast<uint32_t>(i)));
+      const float u = (static_cast<float>(h >> 40) + 0.5f) * (1.0f / 16777216.0f);  // in (0, 1)
+      v = v / temperature - logf(-logf(u));
+    }
+    if (v > best) {  // ascending i: the first maximum of this thread's share
+      best = v;
+      best_i = i;
+    }
+  }
+  __shared__ float sv[kSampleThreads];
+  __shared__ int si[kSampleThreads];
+  sv[threadIdx.x] = best;
+  si[threadIdx.x] = best_i;
+  __syncthreads();
+  for (int o = kSampleThreads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      const float v2 = sv[threadIdx.x + o];
+      const int i2 = si[threadIdx.x + o];
+      if (v2 > sv[threadIdx.x] || (v2 == sv[threadIdx.x] && i2 < si[threadIdx.x])) {
+        sv[threadIdx.x] = v2;
+        si[threadIdx.x] = i2;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[r] = si[0] < vocab ? si[0] : 0;
+}
+
+__global__ void RandomBytesKernel(uint32_t* p, size_t words, uint64_t seed) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    p[i] = static_cast<uint32_t>(Mix64(seed ^ Mix64(i)));
+}
+
+// count halves at p, p + stride, ... (in bytes) set to random values of magnitude in [0.5, 1.5) * scale, signed
+// when `sign`.
+__global__ void RandomHalvesKernel(uint8_t* p, size_t count, size_t stride, float scale, bool sign, uint64_t seed) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = Mix64(seed ^ Mix64(i));
+    float v = scale * (0.5f + static_cast<float>(h >> 40) * (1.0f / 16777216.0f));
+    if (sign && (h & 1)) v = -v;
+    *reinterpret_cast<__half*>(p + i * stride) = __float2half_rn(v);
+  }
+}
+
+__global__ void RandomBf16Kernel(uint16_t* p, size_t count, float scale, uint64_t seed) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = Mix64(seed ^ Mix64(i));
+    float v = scale * (static_cast<float>(h >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    p[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);
+  }
+}
+
+__global__ void RandomF32Kernel(float* p, size_t count, float scale, uint64_t seed) {
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = Mix64(seed ^ Mix64(i));
+    p[i] = scale * (static_cast<float>(h >> 40) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+__global__ void FillKernel(float* p, int64_t count, float value) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) p[i] = value;
+}
+
+// Calls f(std::integral_constant<WeightType, T>()) for the run-time type t.
+template <WeightType T>
+using TypeTag = std::integral_constant<WeightType, T>;
+template <typename F>
+Status DispatchType(WeightType t, F&& f) {
+  switch (t) {
+    case WeightType::kF32: f(TypeTag<WeightType::kF32>()); break;
+    case WeightType::kF16: f(TypeTag<WeightType::kF16>()); break;
+    case WeightType::kBF16: f(TypeTag<WeightType::kBF16>()); break;
+    case WeightType::kQ4_0: f(TypeTag<WeightType::kQ4_0>()); break;
+    case WeightType::kQ4_1: f(TypeTag<WeightType::kQ4_1>()); break;
+    case WeightType::kQ8_0: f(TypeTag<WeightType::kQ8_0>()); break;
+    case WeightType::kQ4_K: f(TypeTag<WeightType::kQ4_K>()); break;
+    case WeightType::kQ5_K: f(TypeTag<WeightType::kQ5_K>()); break;
+    case WeightType::kQ6_K: f(TypeTag<WeightType::kQ6_K>()); break;
+    default: return Unsupported("CUDA kernels: weight type " + std::to_string(static_cast<uint32_t>(t)));
+  }
+  return Status::Ok();
+}
+
+Status CheckMatrix(const DeviceMatrix& w) {
+  const int64_t block = w.type == WeightType::kQ4_K || w.type == WeightType::kQ5_K || w.type == WeightType::kQ6_K
+                            ? 256 : 32;
+  if (w.cols <= 0 || w.cols % block != 0 || w.rows <= 0)
+    return InvalidArgument("CUDA matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                           ": columns must be a positive multiple of " + std::to_string(block));
+  return Status::Ok();
+}
+
+unsigned Blocks(int64_t count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
+
+}  // namespace
+
+Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* out, Stream stream) {
+  LR_RETURN_IF_ERROR(CheckMatrix(w));
+  if (n <= 0) return Status::Ok();
+  const dim3 grid(Blocks(w.cols / 32, 64), n);
+  LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    DequantizeRowsKernel<T><<<grid, 64, 0, S(stream)>>>(w, rows, out);
+  }));
+  return CheckLaunch("DequantizeRows");
+}
+
+Status MatVecMany(const Product* products, int count, const float* x, int n, Stream stream) {
+  if (count < 1 || count > kMaxProducts) return InvalidArgument("MatVecMany takes 1..3 products");
+  if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
+  ProductSet set{};
+  set.count = count;
+  unsigned blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    LR_RETURN_IF_ERROR(CheckMatrix(products[i].w));
+    if (products[i].w.type != products[0].w.type || products[i].w.cols != products[0].w.cols)
+      return InvalidArgument("MatVecMany: the products' matrices differ in type or columns");
+    set.p[i] = products[i];
+    set.first_block[i] = blocks;
+    blocks += Blocks(products[i].w.rows, kMatVecWarps);
+  }
+  set.first_block[count] = blocks;
+  const int threads = 32 * kMatVecWarps;
+  LR_RETURN_IF_ERROR(DispatchType(products[0].w.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    if (n == 1) {
+      MatVecKernel<T, 1><<<blocks, threads, 0, S(stream)>>>(set, x, n);
+    } else if (n == 2) {
+      MatVecKernel<T, 2><<<blocks, threads, 0, S(stream)>>>(set, x, n);
+    } else if (n <= 4) {
+      MatVecKernel<T, 4><<<blocks, threads, 0, S(stream)>>>(set, x, n);
+    } else if (n <= 8) {
+      MatVecKernel<T, 8><<<blocks, threads, 0, S(stream)>>>(set, x, n);
+    } else {
+      MatVecKernel<T, 16><<<blocks, threads, 0, S(stream)>>>(set, x, n);
+    }
+  }));
+  return CheckLaunch("MatVec");
+}
+
+Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
+  const Product p{w, y, y_stride, add};
+  return MatVecMany(&p, 1, x, n, stream);
+}
+
+Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add,
+                   Stream stream) {
+  LR_RETURN_IF_ERROR(CheckMatrix(w));
+  if (n <= 0) return Status::Ok();
+  const dim3 grid(Blocks(w.rows, kTileRows), Blocks(n, kTileTokens));
+  LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    MatMulTiledKernel<T><<<grid, 256, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+  }));
+  return CheckLaunch("MatMulTiled");
+}
+
+Status MatMul(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
+  if (n <= kMaxMatVecTokens) return MatVec(w, x, n, y, y_stride, add, stream);
+  return MatMulTiled(w, x, n, y, y_stride, add, stream);
+}
+
+Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
+               Stream stream) {
+  if (n <= 0) return Status::Ok();
+  RmsNormKernel<<<n, 1024, 0, S(stream)>>>(x, rows, dim, w, eps, y);
+  return CheckLaunch("RmsNorm");
+}
+
+Status SwiGlu(float* g, const float* u, int64_t count, Stream stream) {
+  if (count <= 0) return Status::Ok();
+  SwiGluKernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(g, u, count);
+  return CheckLaunch("SwiGlu");
+}
+
+Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& places, int n, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  if (a.n_rot > pool.k_dim || a.n_rot % 2 != 0) return InvalidArgument("PrepareQkv: n_rot must be even, <= k_dim");
+  const dim3 grid(Blocks(a.n_head + pool.n_head_kv, 4), n);
+  PrepareQkvKernel<<<grid, 128, 0, S(stream)>>>(a, pool, places);
+  return CheckLaunch("PrepareQkv");
+}
+
+int AttentionSplits(int n_head_kv, int n) {
+  if (n > kMaxMatVecTokens) return 1;
+  return std::clamp(kAttentionBlocks / (n_head_kv * n), 1, kMaxAttentionSplits);
+}
+
+size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim) {
+  const int splits = AttentionSplits(n_head_kv, n);
+  return splits == 1 ? 0 : static_cast<size_t>(n) * n_head * splits * (v_dim + 2);
+}
+
+Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
+                 int n, float* out, float* scratch, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
+    return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
+  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0)
+    return Unsupported("CUDA attention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
+                       std::to_string(pool.v_dim) + " values (expected keys a multiple of 8, both at most 256)");
+  const int group = n_head / pool.n_head_kv;
+  const int splits = AttentionSplits(pool.n_head_kv, n);
+  const dim3 grid(pool.n_head_kv, n, splits);
+  const int threads = 32 * kAttnWarps;
+  auto launch = [&](auto g) {
+    AttentionKernel<decltype(g)::value>
+        <<<grid, threads, 0, S(stream)>>>(q, n_head, scale, pool, layer, places, out, scratch);
+  };
+  switch (group) {
+    case 1: launch(std::integral_constant<int, 1>()); break;
+    case 2: launch(std::integral_constant<int, 2>()); break;
+    case 3: launch(std::integral_constant<int, 3>()); break;
+    case 4: launch(std::integral_constant<int, 4>()); break;
+    case 5: launch(std::integral_constant<int, 5>()); break;
+    case 6: launch(std::integral_constant<int, 6>()); break;
+    case 7: launch(std::integral_constant<int, 7>()); break;
+    case 8: launch(std::integral_constant<int, 8>()); break;
+    default:
+      return Unsupported("CUDA attention: " + std::to_string(group) + " query heads per KV head (at most 8)");
+  }
+  LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
+  if (splits == 1) return Status::Ok();
+  AttentionMergeKernel<<<dim3(n_head, n), std::min(pool.v_dim, 256), 0, S(stream)>>>(scratch, splits, pool.v_dim, out);
+  return CheckLaunch("AttentionMerge");
+}
+
+Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out,
+              Stream stream) {
+  if (rows <= 0) return Status::Ok();
+  SampleKernel<<<rows, kSampleThreads, 0, S(stream)>>>(logits, vocab, temperature, seed, out);
+  return CheckLaunch("Sample");
+}
+
+Status RandomizeMatrix(WeightType t, int64_t rows, int64_t cols, uint8_t* q, uint8_t* scales, uint64_t seed,
+                       Stream stream) {
+  const size_t q_bytes = QuantRowBytes(t, cols) * static_cast<size_t>(rows);
+  const size_t blocks32 = static_cast<size_t>(rows) * static_cast<size_t>(cols / 32);
+  const float unit = 1.0f / std::sqrt(static_cast<float>(cols));  // weight size that keeps a product's scale
+  constexpr int kThreads = 256, kGrid = 1024;
+  cudaStream_t s = S(stream);
+  switch (t) {
+    case WeightType::kF32:
+      RandomF32Kernel<<<kGrid, kThreads, 0, s>>>(reinterpret_cast<float*>(q), q_bytes / 4, 1.7f * unit, seed);
+      break;
+    case WeightType::kF16:
+      RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q, q_bytes / 2, 2, unit, true, seed);
+      break;
+    case WeightType::kBF16:
+      RandomBf16Kernel<<<kGrid, kThreads, 0, s>>>(reinterpret_cast<uint16_t*>(q), q_bytes / 2, 1.7f * unit, seed);
+      break;
+    default: {
+      // Random quants, 4 bytes at a time (a Q6_K matrix of an odd number of blocks keeps its last 2 bytes as they
+      // were: quants only, any value is valid), then scales that keep the products' size.
+      RandomBytesKernel<<<kGrid, kThreads, 0, s>>>(reinterpret_cast<uint32_t*>(q), q_bytes / 4, seed);
+      const uint64_t s2 = seed * 0x2545f4914f6cdd1dull + 1;
+      if (t == WeightType::kQ4_0 || t == WeightType::kQ8_0) {
+        const float spread = t == WeightType::kQ4_0 ? 4.6f : 74.0f;
+        RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(scales, blocks32, 2, unit / spread, false, s2);
+      } else if (t == WeightType::kQ4_1) {
+        RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(scales, blocks32, 4, unit / 4.6f, false, s2);
+        RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(scales + 2, blocks32, 4, 7.5f * unit / 4.6f, true, s2 + 1);
+      } else {
+        const size_t blocks256 = blocks32 / 8;
+        if (t == WeightType::kQ6_K) {
+          RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q + 208, blocks256, 210, unit / (74.0f * 18.0f), false, s2);
+        } else {
+          const size_t bytes = t == WeightType::kQ4_K ? 144 : 176;
+          RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q, blocks256, bytes, unit / (32.0f * 4.6f), false, s2);
+          RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q + 2, blocks256, bytes, unit / (32.0f * 4.6f), false,
+                                                        s2 + 1);
+        }
+      }
+    }
+  }
+  return CheckLaunch("RandomizeMatrix");
+}
+
+Status FillFloats(float* p, int64_t count, float value, Stream stream) {
+  if (count <= 0) return Status::Ok();
+  FillKernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(p, count, value);
+  return CheckLaunch("FillFloats");
+}
+
+}  // namespace lr::cuda

@@ -1,0 +1,517 @@
+#include "cuda/model.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+
+#include "ops/kernels.h"
+#include "ops/ops.h"
+
+namespace lr::cuda {
+namespace {
+
+using inference::BatchToken;
+using inference::KvCache;
+using inference::ModelConfig;
+
+cudaStream_t S(void* s) { return static_cast<cudaStream_t>(s); }
+
+std::string MiB(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
+
+// The device pages of one KvCache; copies run on the model's stream, before the step that needs them.
+class DevicePages : public inference::KvPageStore {
+ public:
+  DevicePages(DeviceBuffer buffer, size_t page_bytes, void* stream)
+      : buffer_(std::move(buffer)), page_bytes_(page_bytes), stream_(stream) {}
+  void CopyPage(int from, int to) override {
+    const cudaError_t e = cudaMemcpyAsync(buffer_.as<uint8_t>() + page_bytes_ * to,
+                                          buffer_.as<uint8_t>() + page_bytes_ * from, page_bytes_,
+                                          cudaMemcpyDeviceToDevice, S(stream_));
+    if (e != cudaSuccess && error_.ok()) error_ = CheckCuda(e, "copying a KV page");
+  }
+  uint8_t* base() const { return buffer_.as<uint8_t>(); }
+  size_t page_bytes() const { return page_bytes_; }
+  // The first copy's error since the last call, if any.
+  Status TakeError() { return std::exchange(error_, Status::Ok()); }
+
+ private:
+  DeviceBuffer buffer_;
+  size_t page_bytes_;
+  void* stream_;
+  Status error_;
+};
+
+WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }
+
+bool DenseSupported(const ModelConfig& c, std::string* why) {
+  if (c.n_expert > 0 || c.kv_lora_rank > 0) {
+    *why = "the CUDA backend runs dense models (llama, qwen3); this one has " +
+           std::string(c.n_expert > 0 ? "mixture-of-experts FFNs" : "multi-head latent attention");
+    return false;
+  }
+  if (c.arch != "llama" && c.arch != "qwen3") {
+    *why = "the CUDA backend runs llama and qwen3 models, not " + c.arch;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<DummyPreset> FindDummyPreset(const std::string& name) {
+  if (name == "llama-7b-q4_0") {
+    DummyPreset p;
+    ModelConfig& c = p.config;
+    c.arch = "llama";
+    c.name = "LLaMA-7B shape, dummy weights";
+    c.n_layer = 32;
+    c.n_embd = 4096;
+    c.n_head = 32;
+    c.n_head_kv = 32;
+    c.head_dim = 128;
+    c.head_dim_v = 128;
+    c.n_ff = 11008;
+    c.n_vocab = 32000;
+    c.n_ctx_train = 4096;
+    c.rms_eps = 1e-6f;
+    c.rope.n_rot = 128;
+    p.types = DummyTypes{WeightType::kQ4_0, WeightType::kQ4_0, WeightType::kQ6_K};
+    return p;
+  }
+  return NotFound("dummy preset '" + name + "' is unknown (presets: llama-7b-q4_0; or a GGUF file for its shape)");
+}
+
+CudaModel::~CudaModel() {
+  DropGraphs();
+  if (staging_ != nullptr) cudaFreeHost(staging_);
+  if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
+  if (stream_ != nullptr) cudaStreamDestroy(S(stream_));
+}
+
+void CudaModel::DropGraphs() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  graphs_.clear();
+}
+
+inference::KvShape CudaModel::kv_shape() const {
+  return inference::KvShape{config_.n_layer, config_.n_head_kv, config_.head_dim, config_.head_dim_v};
+}
+
+std::string CudaModel::device() const {
+  return "cuda (" + info_.name + ")" + (dummy_ ? ", dummy weights" : "");
+}
+
+size_t CudaModel::PoolBytes(const inference::KvShape& s, int max_tokens) {
+  const size_t pages = (static_cast<size_t>(max_tokens) + kPageTokens - 1) / kPageTokens;
+  return pages * static_cast<size_t>(s.n_layer) * s.n_head_kv * (s.k_dim + s.v_dim) * 2 * kPageTokens;
+}
+
+size_t CudaModel::UploadBytes(const inference::Model& model) {
+  size_t total = 0;
+  for (const inference::GgufFile::Tensor& t : model.gguf().tensors()) {
+    const size_t n = t.shape.size() == 1 ? static_cast<size_t>(t.shape[0]) : 0;
+    total += n > 0 ? 4 * n : t.bytes;  // vectors (norms) go up as f32
+  }
+  return total + static_cast<size_t>(model.config().rope.n_rot) * 2;
+}
+
+Status CudaModel::Init() {
+  std::string why;
+  if (!DenseSupported(config_, &why)) return Unsupported(why);
+  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 ||
+      config_.n_head / config_.n_head_kv > 8)
+    return Unsupported("the CUDA attention takes heads of at most 256 values (keys a multiple of 8) "
+                       "and at most 8 query heads per KV head; this model has " + std::to_string(config_.head_dim) +
+                       " / " + std::to_string(config_.head_dim_v) + " and " +
+                       std::to_string(config_.n_head / config_.n_head_kv));
+  cudaStream_t s;
+  LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+  stream_ = s;
+  const std::vector<float> inv_freq = ops::RopeInvFreq(config_.rope);
+  LR_ASSIGN_OR_RETURN(inv_freq_, DeviceBuffer::Allocate(std::max<size_t>(4, inv_freq.size() * 4), "RoPE table"));
+  if (!inv_freq.empty()) LR_RETURN_IF_ERROR(inv_freq_.Upload(inv_freq.data(), inv_freq.size() * 4));
+  return Status::Ok();
+}
+
+Result<CudaModel::Matrix> CudaModel::AllocateMatrix(WeightType type, int64_t rows, int64_t cols) {
+  if (!IsSupported(static_cast<uint32_t>(type)))
+    return Unsupported("weight type " + std::to_string(static_cast<uint32_t>(type)) + " on the CUDA backend");
+  if (cols % 32 != 0)
+    return Unsupported("CUDA weight rows of " + std::to_string(cols) + " values (not a multiple of 32)");
+  Matrix mat;
+  const size_t q_bytes = QuantRowBytes(type, cols) * static_cast<size_t>(rows);
+  const size_t s_bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols / 32) * ScaleBytesPerBlock(type);
+  LR_ASSIGN_OR_RETURN(mat.q, DeviceBuffer::Allocate(q_bytes, "weights"));
+  if (s_bytes > 0) {
+    LR_ASSIGN_OR_RETURN(mat.scales, DeviceBuffer::Allocate(s_bytes, "weight scales"));
+  }
+  mat.m = DeviceMatrix{type, rows, cols, mat.q.as<uint8_t>(), mat.scales.as<uint8_t>(), QuantRowBytes(type, cols)};
+  weight_bytes_ += q_bytes + s_bytes;
+  return mat;
+}
+
+Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& model) {
+  LR_ASSIGN_OR_RETURN(DeviceInfo info, QueryDevice());
+  const ModelConfig& c = model.config();
+  const size_t need = UploadBytes(model);
+  if (need > info.free_bytes)
+    return ResourceExhausted("the model's weights take " + MiB(need) + " on the device; " + info.name + " has " +
+                             MiB(info.free_bytes) + " free of " + MiB(info.total_bytes));
+  std::unique_ptr<CudaModel> m(new CudaModel(c, std::move(info)));
+  LR_RETURN_IF_ERROR(m->Init());
+  const inference::GgufFile& g = model.gguf();
+  std::vector<uint8_t> q, scales;
+  auto matrix = [&](const std::string& name, Matrix* out) -> Status {
+    LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
+    const int64_t cols = t->shape[0], rows = t->shape[1];
+    const WeightType type = TypeOf(t->type);
+    LR_ASSIGN_OR_RETURN(*out, m->AllocateMatrix(type, rows, cols));
+    q.resize(out->q.bytes());
+    scales.resize(out->scales.bytes());
+    SplitBlocks(type, t->data, rows, cols, q.data(), scales.data());
+    LR_RETURN_IF_ERROR(out->q.Upload(q.data(), q.size()).WithContext(name));
+    if (!scales.empty()) LR_RETURN_IF_ERROR(out->scales.Upload(scales.data(), scales.size()).WithContext(name));
+    return Status::Ok();
+  };
+  auto vector = [&](const std::string& name, DeviceBuffer* out) -> Status {
+    LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
+    std::vector<float> v(static_cast<size_t>(t->shape[0]));
+    ops::DequantizeRow(t->type, t->data, v.data(), t->shape[0]);
+    LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(v.size() * 4, "norm weights"));
+    return out->Upload(v.data(), v.size() * 4).WithContext(name);
+  };
+  LR_RETURN_IF_ERROR(matrix("token_embd.weight", &m->embd_));
+  if (c.tied_output) {
+    m->out_ = &m->embd_.m;
+  } else {
+    LR_RETURN_IF_ERROR(matrix("output.weight", &m->output_));
+    m->out_ = &m->output_.m;
+  }
+  LR_RETURN_IF_ERROR(vector("output_norm.weight", &m->output_norm_));
+  m->layers_.resize(static_cast<size_t>(c.n_layer));
+  for (int i = 0; i < c.n_layer; ++i) {
+    Layer& l = m->layers_[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    LR_RETURN_IF_ERROR(vector(p + "attn_norm.weight", &l.attn_norm));
+    LR_RETURN_IF_ERROR(vector(p + "ffn_norm.weight", &l.ffn_norm));
+    if (c.qk_norm) {
+      LR_RETURN_IF_ERROR(vector(p + "attn_q_norm.weight", &l.q_norm));
+      LR_RETURN_IF_ERROR(vector(p + "attn_k_norm.weight", &l.k_norm));
+    }
+    LR_RETURN_IF_ERROR(matrix(p + "attn_q.weight", &l.wq));
+    LR_RETURN_IF_ERROR(matrix(p + "attn_k.weight", &l.wk));
+    LR_RETURN_IF_ERROR(matrix(p + "attn_v.weight", &l.wv));
+    LR_RETURN_IF_ERROR(matrix(p + "attn_output.weight", &l.wo));
+    LR_RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", &l.gate));
+    LR_RETURN_IF_ERROR(matrix(p + "ffn_up.weight", &l.up));
+    LR_RETURN_IF_ERROR(matrix(p + "ffn_down.weight", &l.down));
+  }
+  m->weight_bytes_per_token_ = model.weight_bytes_per_token();
+  return m;
+}
+
+Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, const DummyTypes& types,
+                                                    uint64_t seed) {
+  LR_ASSIGN_OR_RETURN(DeviceInfo info, QueryDevice());
+  std::unique_ptr<CudaModel> m(new CudaModel(config, std::move(info)));
+  m->dummy_ = true;
+  LR_RETURN_IF_ERROR(m->Init());
+  const ModelConfig& c = m->config_;
+  const int e = c.n_embd;
+  auto matrix = [&](WeightType type, int64_t rows, int64_t cols, Matrix* out) -> Status {
+    LR_ASSIGN_OR_RETURN(*out, m->AllocateMatrix(type, rows, cols));
+    return RandomizeMatrix(type, rows, cols, out->q.as<uint8_t>(), out->scales.as<uint8_t>(), seed++, m->stream_);
+  };
+  auto ones = [&](int n, DeviceBuffer* out) -> Status {
+    LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(static_cast<size_t>(n) * 4, "norm weights"));
+    return FillFloats(out->as<float>(), n, 1.0f, m->stream_);
+  };
+  size_t per_token = 0;
+  auto bytes = [](const Matrix& x) { return x.q.bytes() + x.scales.bytes(); };
+  LR_RETURN_IF_ERROR(matrix(types.embedding, c.n_vocab, e, &m->embd_));
+  per_token += bytes(m->embd_) / static_cast<size_t>(c.n_vocab);
+  if (c.tied_output) {
+    m->out_ = &m->embd_.m;
+    per_token += bytes(m->embd_);
+  } else {
+    LR_RETURN_IF_ERROR(matrix(types.output, c.n_vocab, e, &m->output_));
+    m->out_ = &m->output_.m;
+    per_token += bytes(m->output_);
+  }
+  LR_RETURN_IF_ERROR(ones(e, &m->output_norm_));
+  m->layers_.resize(static_cast<size_t>(c.n_layer));
+  const int64_t qd = int64_t{c.n_head} * c.head_dim, kd = int64_t{c.n_head_kv} * c.head_dim;
+  const int64_t vd = int64_t{c.n_head_kv} * c.head_dim_v, od = int64_t{c.n_head} * c.head_dim_v;
+  for (Layer& l : m->layers_) {
+    LR_RETURN_IF_ERROR(ones(e, &l.attn_norm));
+    LR_RETURN_IF_ERROR(ones(e, &l.ffn_norm));
+    if (c.qk_norm) {
+      LR_RETURN_IF_ERROR(ones(c.head_dim, &l.q_norm));
+      LR_RETURN_IF_ERROR(ones(c.head_dim, &l.k_norm));
+    }
+    const WeightType t = types.matrices;
+    LR_RETURN_IF_ERROR(matrix(t, qd, e, &l.wq));
+    LR_RETURN_IF_ERROR(matrix(t, kd, e, &l.wk));
+    LR_RETURN_IF_ERROR(matrix(t, vd, e, &l.wv));
+    LR_RETURN_IF_ERROR(matrix(t, e, od, &l.wo));
+    LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.gate));
+    LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.up));
+    LR_RETURN_IF_ERROR(matrix(t, e, c.n_ff, &l.down));
+    for (const Matrix* x : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) per_token += bytes(*x);
+  }
+  m->weight_bytes_per_token_ = per_token;
+  LR_RETURN_IF_ERROR(CheckCuda(cudaStreamSynchronize(S(m->stream_)), "generating dummy weights"));
+  return m;
+}
+
+Status CudaModel::ConfigureCache(inference::KvCacheOptions* o) {
+  if (o->k_format != "f16" || o->v_format != "f16")
+    return InvalidArgument("the CUDA backend stores KV rows as f16 (--ctk f16 --ctv f16); got --ctk " + o->k_format +
+                           " --ctv " + o->v_format);
+  const size_t bytes = PoolBytes(kv_shape(), o->max_tokens);
+  size_t free_bytes = 0, total = 0;
+  LR_RETURN_IF_ERROR(CheckCuda(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo"));
+  if (bytes > free_bytes)
+    return ResourceExhausted("the KV pool (--kv-budget) takes " + MiB(bytes) + " on the device beside " +
+                             MiB(weight_bytes_) + " of weights; " + info_.name + " has " + MiB(free_bytes) +
+                             " free");
+  LR_ASSIGN_OR_RETURN(DeviceBuffer pool, DeviceBuffer::Allocate(bytes, "the KV page pool"));
+  const size_t page_bytes = PoolBytes(kv_shape(), kPageTokens);
+  o->page_store = std::make_shared<DevicePages>(std::move(pool), page_bytes, stream_);
+  return Status::Ok();
+}
+
+Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
+  const ModelConfig& c = config_;
+  if (n > cap_tokens_ || n_logits > cap_logits_) {
+    DropGraphs();
+    const int tokens = std::max({n, cap_tokens_, kMaxMatVecTokens});
+    const size_t t = static_cast<size_t>(tokens);
+    LR_ASSIGN_OR_RETURN(x_, DeviceBuffer::Allocate(t * c.n_embd * 4, "activations"));
+    const size_t widest = std::max({c.n_embd, c.n_head * c.head_dim_v, c.n_ff});
+    LR_ASSIGN_OR_RETURN(xn_, DeviceBuffer::Allocate(t * std::max<size_t>(c.n_embd, widest) * 4, "activations"));
+    LR_ASSIGN_OR_RETURN(q_, DeviceBuffer::Allocate(t * c.n_head * c.head_dim * 4, "queries"));
+    LR_ASSIGN_OR_RETURN(k_, DeviceBuffer::Allocate(t * c.n_head_kv * c.head_dim * 4, "keys"));
+    LR_ASSIGN_OR_RETURN(v_, DeviceBuffer::Allocate(t * c.n_head_kv * c.head_dim_v * 4, "values"));
+    LR_ASSIGN_OR_RETURN(attn_, DeviceBuffer::Allocate(t * c.n_head * c.head_dim_v * 4, "attention"));
+    size_t part = 0;  // the split attention's states: the most any step of up to `tokens` tokens needs
+    for (int k = 1; k <= std::min(tokens, kMaxMatVecTokens); ++k)
+      part = std::max(part, AttentionScratchFloats(k, c.n_head, c.n_head_kv, c.head_dim_v));
+    LR_ASSIGN_OR_RETURN(attn_part_, DeviceBuffer::Allocate(std::max<size_t>(part, 1) * 4, "attention splits"));
+    LR_ASSIGN_OR_RETURN(g_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
+    LR_ASSIGN_OR_RETURN(u_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
+    const int rows = std::max({n_logits, cap_logits_, kMaxMatVecTokens});
+    LR_ASSIGN_OR_RETURN(logits_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * c.n_vocab * 4, "logits"));
+    LR_ASSIGN_OR_RETURN(ids_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * 4, "token ids"));
+    if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
+    host_logits_ = nullptr;
+    host_logits_floats_ = static_cast<size_t>(rows) * c.n_vocab;
+    LR_RETURN_IF_ERROR(CheckCuda(cudaMallocHost(&host_logits_, host_logits_floats_ * 4), "pinned logits"));
+    cap_tokens_ = tokens;
+    cap_logits_ = rows;
+    cap_pages_ = 0;  // the step array's layout depends on cap_tokens_
+  }
+  if (n_pages > cap_pages_) {
+    DropGraphs();
+    cap_pages_ = std::max(n_pages, 2 * cap_pages_);
+    const size_t words = 4 * static_cast<size_t>(cap_tokens_) + cap_pages_;
+    LR_ASSIGN_OR_RETURN(step_, DeviceBuffer::Allocate(words * 4, "step arrays"));
+    if (staging_ != nullptr) cudaFreeHost(staging_);
+    staging_ = nullptr;
+    LR_RETURN_IF_ERROR(CheckCuda(cudaMallocHost(&staging_, words * 4), "pinned step arrays"));
+  }
+  return Status::Ok();
+}
+
+Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
+  const ModelConfig& c = config_;
+  const int e = c.n_embd;
+  const int qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim, vd = c.n_head_kv * c.head_dim_v;
+  int32_t* step = step_.as<int32_t>();
+  const int32_t* tokens = step;
+  const TokenPlaces places{step + cap_tokens_, step + 2 * cap_tokens_, step + 4 * cap_tokens_};
+  const int32_t* logit_rows = step + 3 * cap_tokens_;
+  float *x = x_.as<float>(), *xn = xn_.as<float>(), *q = q_.as<float>(), *k = k_.as<float>(), *v = v_.as<float>();
+  float *attn = attn_.as<float>(), *g = g_.as<float>(), *u = u_.as<float>();
+  void* s = stream_;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  // Products over the same activations: one launch for those of one type (decode steps), else one product each on the
+  // tensor cores (prefill).
+  auto Products = [&](const Product* p, int count, const float* in, int n_tokens) -> Status {
+    if (n_tokens <= kMaxMatVecTokens) {
+      for (int first = 0; first < count;) {
+        int end = first + 1;
+        while (end < count && p[end].w.type == p[first].w.type) ++end;
+        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s));
+        first = end;
+      }
+      return Status::Ok();
+    }
+    for (int i = 0; i < count; ++i)
+      LR_RETURN_IF_ERROR(MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, s));
+    return Status::Ok();
+  };
+  LR_RETURN_IF_ERROR(DequantizeRows(embd_.m, tokens, n, x, s));
+  for (int il = 0; il < c.n_layer; ++il) {
+    const Layer& l = layers_[il];
+    LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.attn_norm.as<float>(), c.rms_eps, xn, s));
+    const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
+    LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
+    QkvArgs a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.n_head = c.n_head;
+    a.q_norm = c.qk_norm ? l.q_norm.as<float>() : nullptr;
+    a.k_norm = c.qk_norm ? l.k_norm.as<float>() : nullptr;
+    a.eps = c.rms_eps;
+    a.inv_freq = inv_freq_.as<float>();
+    a.n_rot = c.rope.n_rot;
+    a.cos_sin_factor = ops::RopeCosSinFactor(c.rope);
+    a.halves = c.rope.style == ops::RopeStyle::kHalves;
+    a.layer = il;
+    LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
+    LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s));
+    LR_RETURN_IF_ERROR(MatMul(l.wo.m, attn, n, x, e, true, s));
+    LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.ffn_norm.as<float>(), c.rms_eps, xn, s));
+    const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
+    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+    LR_RETURN_IF_ERROR(SwiGlu(g, u, static_cast<int64_t>(n) * c.n_ff, s));
+    const Product down[] = {{l.down.m, x, e, /*add=*/true}};
+    LR_RETURN_IF_ERROR(Products(down, 1, g, n));
+  }
+  if (n_logits > 0) {
+    LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
+    LR_RETURN_IF_ERROR(MatMul(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, s));
+    if (greedy) LR_RETURN_IF_ERROR(Sample(logits_.as<float>(), n_logits, c.n_vocab, 0.0f, 0, ids_.as<int32_t>(), s));
+  }
+  return Status::Ok();
+}
+
+Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool greedy, int* n_logits) {
+  const ModelConfig& c = config_;
+  const int n = static_cast<int>(batch.size());
+  *n_logits = 0;
+  if (n == 0) return Status::Ok();
+  auto* pages = dynamic_cast<DevicePages*>(cache.options().page_store.get());
+  if (pages == nullptr || pages->page_bytes() != cache.page_bytes())
+    return InvalidArgument("the KV cache was not made for the CUDA model (ConfigureCache before KvCache::Create)");
+  for (const BatchToken& t : batch)
+    if (t.token < 0 || t.token >= c.n_vocab)
+      return InvalidArgument("token id " + std::to_string(t.token) + " is outside the vocabulary (" +
+                             std::to_string(c.n_vocab) + " tokens)");
+  std::vector<int32_t> pos(n), logit_rows;
+  for (int i = 0; i < n; ++i) {
+    LR_ASSIGN_OR_RETURN(pos[i], cache.AppendSlot(batch[i].seq));
+    if (batch[i].want_logits) logit_rows.push_back(i);
+  }
+  LR_RETURN_IF_ERROR(pages->TakeError());
+  // Each distinct sequence's page table once.
+  std::vector<int32_t> first(n), table;
+  std::unordered_map<int, int32_t> at;
+  for (int i = 0; i < n; ++i) {
+    auto [it, fresh] = at.try_emplace(batch[i].seq, static_cast<int32_t>(table.size()));
+    if (fresh) {
+      const std::span<const int> t = cache.PageTable(batch[i].seq);
+      table.insert(table.end(), t.begin(), t.end());
+    }
+    first[i] = it->second;
+  }
+  const int nl = static_cast<int>(logit_rows.size());
+  LR_RETURN_IF_ERROR(Reserve(n, nl, static_cast<int>(table.size())));
+  for (int i = 0; i < n; ++i) staging_[i] = batch[i].token;
+  std::memcpy(staging_ + cap_tokens_, pos.data(), n * 4);
+  std::memcpy(staging_ + 2 * cap_tokens_, first.data(), n * 4);
+  std::memcpy(staging_ + 3 * cap_tokens_, logit_rows.data(), nl * 4);
+  std::memcpy(staging_ + 4 * cap_tokens_, table.data(), table.size() * 4);
+  const size_t words = 4 * static_cast<size_t>(cap_tokens_) + table.size();
+  LR_RETURN_IF_ERROR(CheckCuda(cudaMemcpyAsync(step_.get(), staging_, words * 4, cudaMemcpyHostToDevice, S(stream_)),
+                               "copying the step's tokens"));
+  pool_ = KvPool{pages->base(), pages->page_bytes(), c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v};
+  if (n > kMaxMatVecTokens) {
+    LR_RETURN_IF_ERROR(Enqueue(n, nl, greedy));
+  } else {
+    if (graph_pool_ != pages->base()) {
+      DropGraphs();
+      graph_pool_ = pages->base();
+    }
+    const std::pair<int, int> key{n, 2 * nl + (greedy ? 1 : 0)};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaStreamBeginCapture(S(stream_), cudaStreamCaptureModeThreadLocal),
+                                   "cudaStreamBeginCapture"));
+      const Status enqueued = Enqueue(n, nl, greedy);
+      const cudaError_t ended = cudaStreamEndCapture(S(stream_), &graph);
+      LR_RETURN_IF_ERROR(enqueued);
+      LR_RETURN_IF_ERROR(CheckCuda(ended, "cudaStreamEndCapture"));
+      cudaGraphExec_t exec;
+      const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      LR_RETURN_IF_ERROR(CheckCuda(made, "cudaGraphInstantiate"));
+      it = graphs_.emplace(key, exec).first;
+    }
+    LR_RETURN_IF_ERROR(CheckCuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), S(stream_)),
+                                 "cudaGraphLaunch"));
+  }
+  *n_logits = nl;
+  return Status::Ok();
+}
+
+Status CudaModel::Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) {
+  logits->clear();
+  int nl = 0;
+  LR_RETURN_IF_ERROR(Step(cache, batch, /*greedy=*/false, &nl));
+  const size_t floats = static_cast<size_t>(nl) * config_.n_vocab;
+  if (floats > 0) {
+    LR_RETURN_IF_ERROR(CheckCuda(cudaMemcpyAsync(host_logits_, logits_.get(), floats * 4, cudaMemcpyDeviceToHost,
+                                                 S(stream_)),
+                                 "copying logits"));
+  }
+  LR_RETURN_IF_ERROR(CheckCuda(cudaStreamSynchronize(S(stream_)), "the forward step"));
+  logits->assign(host_logits_, host_logits_ + floats);
+  return Status::Ok();
+}
+
+Status CudaModel::ForwardGreedy(KvCache& cache, std::span<const BatchToken> batch, std::vector<int32_t>* ids) {
+  ids->clear();
+  int nl = 0;
+  LR_RETURN_IF_ERROR(Step(cache, batch, /*greedy=*/true, &nl));
+  ids->resize(static_cast<size_t>(nl));
+  if (nl > 0) {
+    LR_RETURN_IF_ERROR(CheckCuda(cudaMemcpyAsync(staging_, ids_.get(), nl * 4, cudaMemcpyDeviceToHost, S(stream_)),
+                                 "copying token ids"));
+  }
+  LR_RETURN_IF_ERROR(CheckCuda(cudaStreamSynchronize(S(stream_)), "the forward step"));
+  std::memcpy(ids->data(), staging_, nl * 4);
+  return Status::Ok();
+}
+
+Result<double> MeasureCopyBandwidth(size_t bytes) {
+  LR_ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(bytes, "the bandwidth test"));
+  LR_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bytes, "the bandwidth test"));
+  LR_RETURN_IF_ERROR(a.Fill(0x5A));
+  cudaEvent_t start, stop;
+  LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreate(&start), "cudaEventCreate"));
+  LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreate(&stop), "cudaEventCreate"));
+  double best = 0;
+  Status status;
+  for (int rep = 0; rep < 6 && status.ok(); ++rep) {
+    cudaEventRecord(start);
+    status = CheckCuda(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice), "device copy");
+    cudaEventRecord(stop);
+    if (status.ok()) status = CheckCuda(cudaEventSynchronize(stop), "device copy");
+    float ms = 0;
+    if (status.ok()) status = CheckCuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    if (status.ok() && rep > 0) best = std::max(best, 2.0 * static_cast<double>(bytes) / (ms * 1e-3));
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  LR_RETURN_IF_ERROR(status);
+  return best;
+}
+
+}  // namespace lr::cuda

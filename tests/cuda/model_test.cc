@@ -1,0 +1,316 @@
+// The CUDA model against the CPU model's scalar path (inference::Model at Isa::kBaseline: f32 activations, as the
+// device computes; the SIMD paths quantize activations to int8) and the transformers references: whole-model logits
+// on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
+// multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
+// continuations, forks that copy a shared page on the device, the dense fixtures of tests/fixtures/models/ against
+// their reference logits, and dummy weights. Skipped when no CUDA device is present.
+#include "cuda/model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/cpu.h"
+#include "ops/kernels.h"
+#include "inference/tokenizer.h"
+#include "tests/inference/reference_util.h"
+
+namespace lr::cuda {
+namespace {
+
+using inference::BatchToken;
+using inference::ForwardPass;
+using inference::KvCache;
+using inference::KvCacheOptions;
+using inference::Model;
+
+const std::string kDefaultModel = std::string(LR_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+class CudaModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const Result<DeviceInfo> info = QueryDevice();
+    if (!info.ok()) {
+      GTEST_SKIP() << info.status().message();
+    }
+    ops::SetActiveIsa(Isa::kBaseline);
+  }
+  void TearDown() override { ops::SetActiveIsa(BestIsa()); }
+};
+
+KvCache NewCache(ForwardPass& fp, int max_tokens) {
+  KvCacheOptions o;
+  o.max_tokens = max_tokens;
+  const Status s = fp.ConfigureCache(&o);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  auto cache = KvCache::Create(fp.kv_shape(), o);
+  EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+  return std::move(cache).value();
+}
+
+// Logits of every token of `tokens` in one sequence, fed in chunks of the given sizes (the last repeated).
+std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens, const std::vector<int>& chunks) {
+  KvCache cache = NewCache(fp, static_cast<int>(tokens.size()) + 64);
+  const int seq = cache.NewSequence();
+  std::vector<float> all, step;
+  size_t at = 0;
+  for (size_t c = 0; at < tokens.size(); ++c) {
+    const size_t n = std::min<size_t>(tokens.size() - at, chunks[std::min(c, chunks.size() - 1)]);
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < n; ++i) batch.push_back({seq, tokens[at + i], true});
+    const Status s = fp.Forward(cache, batch, &step);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!s.ok()) return {};
+    all.insert(all.end(), step.begin(), step.end());
+    at += n;
+  }
+  return all;
+}
+
+std::vector<double> Softmax(const float* x, int n) {
+  double mx = -INFINITY, sum = 0;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  std::vector<double> p(n);
+  for (int i = 0; i < n; ++i) sum += (p[i] = std::exp(x[i] - mx));
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+// Mean KL(cpu || gpu) and top-1 agreement over the rows.
+struct Agreement {
+  double mean_kl = 0;
+  double top1 = 0;
+};
+Agreement Compare(const std::vector<float>& cpu, const std::vector<float>& gpu, int n_vocab) {
+  Agreement a;
+  const size_t rows = cpu.size() / n_vocab;
+  for (size_t r = 0; r < rows; ++r) {
+    const std::vector<double> p = Softmax(&cpu[r * n_vocab], n_vocab), q = Softmax(&gpu[r * n_vocab], n_vocab);
+    double kl = 0;
+    for (int i = 0; i < n_vocab; ++i)
+      if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
+    a.mean_kl += kl / rows;
+    a.top1 += (inference::testing::ArgMax(&cpu[r * n_vocab], n_vocab) ==
+               inference::testing::ArgMax(&gpu[r * n_vocab], n_vocab)) / static_cast<double>(rows);
+  }
+  return a;
+}
+
+struct Loaded {
+  std::unique_ptr<Model> cpu;
+  std::unique_ptr<CudaModel> gpu;
+};
+Loaded Load(const std::string& path) {
+  Loaded l;
+  auto cpu = Model::Load(path);
+  EXPECT_TRUE(cpu.ok()) << cpu.status().ToString();
+  if (!cpu.ok()) return l;
+  l.cpu = std::move(cpu).value();
+  auto gpu = CudaModel::Upload(*l.cpu);
+  EXPECT_TRUE(gpu.ok()) << gpu.status().ToString();
+  if (gpu.ok()) l.gpu = std::move(gpu).value();
+  return l;
+}
+
+const char kText[] =
+    "theorem add_comm' (a b : Nat) : a + b = b + a := by\n  induction b with\n  | zero => simp\n  | succ n ih => "
+    "omega\n\nThe proof goes by induction on the second argument. In the base case both sides reduce to a, and the "
+    "inductive step follows from the hypothesis and the successor lemma. Lean checks each step of the tactic "
+    "script against the kernel, so a proof that compiles is correct, whatever model wrote it. We now state the "
+    "associativity of addition and prove it the same way, then multiplication distributes over addition.";
+
+std::vector<int32_t> TextTokens(const Model& model, size_t at_least) {
+  auto tok = inference::Tokenizer::FromGguf(model.gguf());
+  EXPECT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<int32_t> t = tok->Encode(kText, /*parse_special=*/false);
+  EXPECT_GE(t.size(), at_least);
+  return t;
+}
+
+TEST_F(CudaModelTest, DefaultModelLogitsMatchCpu) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  std::vector<int32_t> tokens = TextTokens(*m.cpu, 100);
+  while (tokens.size() < 160) tokens.insert(tokens.end(), tokens.begin(), tokens.begin() + 20);
+  tokens.resize(160);
+  // 100 tokens through the tensor-core product, 9 through a multi-token matvec, then single-token steps (graphs).
+  const std::vector<int> chunks = {100, 9, 1};
+  const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
+  ASSERT_EQ(cpu.size(), gpu.size());
+  const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
+  std::printf("default model, 160 positions, vs the CPU's scalar path: mean KL %.6f, top-1 agreement %.4f\n",
+              a.mean_kl, a.top1);
+  EXPECT_LE(a.mean_kl, 0.005);
+  EXPECT_GE(a.top1, 0.99);
+  RecordProperty("mean_kl", std::to_string(a.mean_kl));
+  RecordProperty("top1", std::to_string(a.top1));
+}
+
+// 32 greedy tokens after a prompt: the CPU's argmax of its logits and the device's own pick are the same tokens.
+TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const std::vector<int32_t> prompt = TextTokens(*m.cpu, 40);
+  auto generate = [&](ForwardPass& fp) {
+    KvCache cache = NewCache(fp, static_cast<int>(prompt.size()) + 64);
+    const int seq = cache.NewSequence();
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
+    std::vector<int32_t> out, ids;
+    for (int step = 0; step < 32; ++step) {
+      const Status s = fp.ForwardGreedy(cache, batch, &ids);
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      if (!s.ok() || ids.size() != 1) return out;
+      out.push_back(ids[0]);
+      batch = {{seq, ids[0], true}};
+    }
+    return out;
+  };
+  const std::vector<int32_t> cpu = generate(*m.cpu), gpu = generate(*m.gpu);
+  EXPECT_EQ(cpu.size(), 32u);
+  EXPECT_EQ(cpu, gpu);
+}
+
+// The reference's greedy continuations (transformers on the dequantized weights, tests/fixtures/models/
+// smollm2_reference.json): the device's own picks give the same 32 tokens after each prompt.
+TEST_F(CudaModelTest, DefaultModelGreedyEqualsReference) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const nlohmann::json reference =
+      inference::testing::ReadJsonFile(inference::testing::FixturePath("smollm2_reference.json"));
+  ASSERT_FALSE(reference["greedy"].empty());
+  for (const auto& c : reference["greedy"]) {
+    const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+    const auto want = c["continuation_ids"].get<std::vector<int32_t>>();
+    KvCache cache = NewCache(*m.gpu, static_cast<int>(prompt.size() + want.size()) + 64);
+    const int seq = cache.NewSequence();
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
+    std::vector<int32_t> got, ids;
+    while (got.size() < want.size()) {
+      ASSERT_TRUE(m.gpu->ForwardGreedy(cache, batch, &ids).ok());
+      ASSERT_EQ(ids.size(), 1u);
+      got.push_back(ids[0]);
+      batch = {{seq, ids[0], true}};
+    }
+    EXPECT_EQ(got, want) << c["prompt"].get<std::string>();
+  }
+}
+
+// Forks share the prompt's partial last page; each fork's first step copies it on the device (copy on write). Both
+// forks decode together in one step; their logits match the CPU's for the same operations.
+TEST_F(CudaModelTest, ForksCopySharedPagesOnTheDevice) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const std::vector<int32_t> prompt = TextTokens(*m.cpu, 45);
+  const int n_vocab = m.cpu->config().n_vocab;
+  auto run = [&](ForwardPass& fp) {
+    KvCache cache = NewCache(fp, 256);
+    const int root = cache.NewSequence();
+    std::vector<BatchToken> batch;
+    for (int i = 0; i < 45; ++i) batch.push_back({root, prompt[i], false});  // 45: a partial second page
+    std::vector<float> logits, all;
+    EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
+    const int fork = cache.Fork(root);
+    for (int step = 0; step < 4; ++step) {
+      batch = {{root, prompt[step], true}, {fork, prompt[10 + step], true}};
+      EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+  };
+  const std::vector<float> cpu = run(*m.cpu), gpu = run(*m.gpu);
+  ASSERT_EQ(cpu.size(), 8u * n_vocab);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  const Agreement a = Compare(cpu, gpu, n_vocab);
+  EXPECT_LE(a.mean_kl, 0.005);
+  EXPECT_GE(a.top1, 0.99);
+}
+
+struct Fixture {
+  const char* name;
+  double max_rel_error;  // per position, against the transformers reference (as tests/inference/reference_test.cc)
+};
+class CudaFixtureTest : public CudaModelTest, public ::testing::WithParamInterface<Fixture> {};
+
+TEST_P(CudaFixtureTest, LogitsMatchReference) {
+  const Fixture& f = GetParam();
+  using namespace inference::testing;
+  nlohmann::json manifest = ReadJsonFile(FixturePath(std::string(f.name) + ".json"));
+  const std::vector<int32_t> tokens = manifest["tokens"].get<std::vector<int32_t>>();
+  const int n_vocab = manifest["n_vocab"].get<int>();
+  const std::vector<float> want =
+      ReadF32File(FixturePath(manifest["logits"].get<std::string>()), tokens.size() * n_vocab);
+  Loaded m = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  ASSERT_TRUE(m.gpu);
+  for (bool one_at_a_time : {false, true}) {
+    SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
+    KvCache cache = NewCache(*m.gpu, 64);
+    auto got = RunSequence(*m.gpu, cache, cache.NewSequence(), tokens, one_at_a_time);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(got->size(), want.size());
+    for (size_t pos = 0; pos < tokens.size(); ++pos) {
+      EXPECT_LE(RowRelError(got->data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab), f.max_rel_error)
+          << "position " << pos;
+      EXPECT_EQ(ArgMax(got->data() + pos * n_vocab, n_vocab), ArgMax(want.data() + pos * n_vocab, n_vocab))
+          << "position " << pos;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dense, CudaFixtureTest,
+                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2},
+                                           Fixture{"qwen3", 2e-3}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(CudaModelTest, MoeAndMlaModelsAreUnsupported) {
+  for (const char* name : {"mixtral.gguf", "deepseek_v3.gguf"}) {
+    auto cpu = Model::Load(inference::testing::FixturePath(name));
+    ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+    auto gpu = CudaModel::Upload(**cpu);
+    ASSERT_FALSE(gpu.ok());
+    EXPECT_EQ(gpu.status().code(), StatusCode::kUnsupported) << gpu.status().ToString();
+  }
+}
+
+TEST_F(CudaModelTest, KvCacheOfAnotherKindIsAnError) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  auto cache = KvCache::Create(m.gpu->kv_shape(), KvCacheOptions{});  // host pages
+  ASSERT_TRUE(cache.ok());
+  std::vector<float> logits;
+  const BatchToken t{cache->NewSequence(), 1, true};
+  EXPECT_EQ(m.gpu->Forward(*cache, {&t, 1}, &logits).code(), StatusCode::kInvalidArgument);
+  KvCacheOptions q8;
+  q8.k_format = "q8_0";
+  EXPECT_EQ(m.gpu->ConfigureCache(&q8).code(), StatusCode::kInvalidArgument);
+}
+
+// Dummy weights of the default model's shape: finite logits, greedy ids inside the vocabulary, the device says so.
+TEST_F(CudaModelTest, DummyWeightsRun) {
+  auto cpu = Model::Load(kDefaultModel);
+  ASSERT_TRUE(cpu.ok());
+  auto gpu = CudaModel::Dummy((*cpu)->config(), DummyTypes{WeightType::kQ4_1, WeightType::kQ4_1, WeightType::kQ4_1}, 5);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  EXPECT_NE((*gpu)->device().find("dummy weights"), std::string::npos);
+  KvCache cache = NewCache(**gpu, 128);
+  const int seq = cache.NewSequence();
+  std::vector<BatchToken> batch;
+  for (int i = 0; i < 40; ++i) batch.push_back({seq, 100 + i, i == 39});
+  std::vector<float> logits;
+  ASSERT_TRUE((*gpu)->Forward(cache, batch, &logits).ok());
+  ASSERT_EQ(logits.size(), static_cast<size_t>((*cpu)->config().n_vocab));
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  std::vector<int32_t> ids;
+  batch = {{seq, 7, true}};
+  ASSERT_TRUE((*gpu)->ForwardGreedy(cache, batch, &ids).ok());
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_GE(ids[0], 0);
+  EXPECT_LT(ids[0], (*cpu)->config().n_vocab);
+}
+
+}  // namespace
+}  // namespace lr::cuda
