@@ -58,10 +58,11 @@ struct BatchToken {
 class Model {
  public:
   // Opens and maps the GGUF file and checks every tensor the config needs (name, shape, type): kNotFound naming a
-  // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_1 / Q8_0 matrices of the
-  // dense blocks and the output matrix (rows a multiple of 16) are copied into the 16-row interleaved layout
-  // (kernels.h, Repack16) and the products read the copies: that memory is allocated (for SmolLM2-135M Q4_1, 96 MB,
-  // about the whole file) and those tensors' mapped pages are not read after the load.
+  // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_0 / Q4_1 / Q8_0 matrices
+  // of the blocks (all but MLA's attn_kv_b; MoE experts stacked) and the output matrix (rows a multiple of 16) are
+  // copied into the 16-row interleaved layout (kernels.h, Repack16) and the products read the copies: that memory is
+  // allocated (for SmolLM2-135M Q4_1, 96 MB, about the whole file) and those tensors' mapped pages are not read after
+  // the load.
   static Result<std::unique_ptr<Model>> Load(const std::string& path);
 
   const ModelConfig& config() const { return config_; }

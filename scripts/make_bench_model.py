@@ -8,7 +8,9 @@ through the layers (weight std ~ 1/sqrt(fan_in)); norms are 1. No tokenizer meta
 
 Preset `leanstral-slice` (default): Leanstral's layer shapes (hidden 4096, MLA q_lora 1024 / kv_lora 256 /
 rope 64 / nope 64 / v 128, 32 heads, 128 routed experts top-4 + 1 shared, expert FFN 2048), 2 layers, vocab 32768.
-Experts (routed and shared) are Q4_0; attention, embedding and output Q8_0. About 3.8 GB.
+Experts (routed and shared) are Q4_0; attention, embedding and output Q8_0. About 4 GB.
+Preset `tiny`: the same structure at toy size (hidden 64, 8 experts top-2 + 1 shared), the test fixture
+tests/fixtures/models/moe_mla_q4_0.gguf.
 
 Usage: python3 scripts/make_bench_model.py [--preset leanstral-slice] [--layers N] [--vocab N] OUT.gguf
 Pure Python (no numpy): about a minute for the default preset.
@@ -28,6 +30,9 @@ ALIGN = 32
 PRESETS = {
     "leanstral-slice": dict(n_embd=4096, n_head=32, q_lora=1024, kv_lora=256, rope=64, nope=64, v=128,
                             n_expert=128, n_used=4, n_shared=1, ff_expert=2048, layers=2, vocab=32768),
+    # The same structure at toy size, for tests (tests/fixtures/models/moe_mla_q4_0.gguf, 100 KB).
+    "tiny": dict(n_embd=64, n_head=4, q_lora=32, kv_lora=32, rope=16, nope=16, v=16,
+                 n_expert=8, n_used=2, n_shared=1, ff_expert=32, layers=2, vocab=256),
 }
 
 
