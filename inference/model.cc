@@ -96,18 +96,18 @@ KvShape Model::kv_shape() const {
   return KvShape{config_.n_layer, config_.n_head_kv, config_.head_dim, config_.head_dim_v};
 }
 
-size_t Model::weight_bytes_per_token() const {
+size_t Model::WeightBytes(bool all_experts) const {
   auto bytes = [](const ops::WeightMatrix& w) { return w.row_bytes * static_cast<size_t>(w.rows); };
   size_t total = bytes(output_) + token_embd_.row_bytes;
   for (const LayerWeights& l : layers_) {
     total += bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.gate) + bytes(l.up) + bytes(l.down);
     const MlaWeights& a = l.mla;
     total += bytes(a.wq) + bytes(a.wq_a) + bytes(a.wq_b) + bytes(a.wkv_a) + bytes(a.wkv_b) + bytes(a.wo);
-    // MoE: the router, the shared experts and expert_used_count of the routed experts.
+    // MoE: the router, the shared experts and the routed experts read.
     const MoeWeights& m = l.moe;
     total += bytes(m.router) + bytes(m.gate_shexp) + bytes(m.up_shexp) + bytes(m.down_shexp);
-    if (config_.n_expert > 0)
-      total += (bytes(m.gate_exps) + bytes(m.up_exps) + bytes(m.down_exps)) / config_.n_expert * config_.n_expert_used;
+    const size_t experts = bytes(m.gate_exps) + bytes(m.up_exps) + bytes(m.down_exps);
+    if (config_.n_expert > 0) total += all_experts ? experts : experts / config_.n_expert * config_.n_expert_used;
   }
   return total;
 }

@@ -73,7 +73,10 @@ class Model {
   KvShape kv_shape() const;
   // Bytes of weights read by one decode step: every matrix once (the embedding table only for its one row unless
   // it is also the output matrix).
-  size_t weight_bytes_per_token() const;
+  size_t weight_bytes_per_token() const { return WeightBytes(/*all_experts=*/false); }
+  // Bytes of weights read by a prefill chunk at most: every matrix once, every expert included (a chunk of a few
+  // hundred tokens chooses nearly all of them), the embedding table as in a decode step.
+  size_t weight_bytes() const { return WeightBytes(/*all_experts=*/true); }
 
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
   // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
@@ -90,6 +93,8 @@ class Model {
  private:
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
   Status BindWeights();
+  // Every matrix once (the embedding table one row unless tied); of the routed experts all, or expert_used_count.
+  size_t WeightBytes(bool all_experts) const;
 
   // Buffers of one forward step, sized for its batch and shared by the threads of its parallel regions.
   struct Scratch {

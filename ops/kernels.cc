@@ -231,6 +231,8 @@ OwnedWeightMatrix Repack16(const WeightMatrix& w) {
   const size_t skip = (kAlign - reinterpret_cast<uintptr_t>(m.bytes.data()) % kAlign) % kAlign;
   uint8_t* dst = m.bytes.data() + skip;
   const size_t bb = w.type.block_bytes;
+  // Gigabytes for a large MoE model: the rows split over the threads.
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < w.rows; ++r) {
     const uint8_t* src = w.row(r);
     uint8_t* group = dst + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
