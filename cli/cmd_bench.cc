@@ -4,11 +4,20 @@
 // read bandwidth / bytes per token. The bandwidth is measured here (a streaming read of a buffer much larger than the
 // caches, with the same thread count) and the report says which fraction of that bound generation reaches.
 //
+// With --busy-neighbour, generation is timed twice: as above, then again while a child process spins on one of the
+// CPUs this process may run on (a build or another job sharing the machine), so that the report shows what the
+// OpenMP wait policy costs when a core is taken.
+//
 // With --pass-k K, the bench measures prefix sharing instead: K attempts at one prompt of P real tokens (the text of
 // /usr/share/common-licenses/GPL-3, repeated as needed), G greedy tokens each (end of sequence ignored), run "shared"
 // (prefill once, K forks of it, all K decoded in one batched step per token) and "naive" (each attempt prefills the
 // prompt again and decodes alone). It reports wall time, prompt tokens computed and the peak KV pool bytes of each.
 #include <omp.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -44,6 +53,7 @@ struct BenchFlags {
   int kv_window = 0;
   std::string kv_window_format = "f16";
   bool json = false;
+  bool busy_neighbour = false;
   int pass_k = 0;  // > 0: the prefix-sharing bench
   int prompt_tokens = 2048;
   int gen_tokens = 256;
@@ -77,6 +87,41 @@ double MeasureReadBandwidth() {
   if (sink == 42) std::fprintf(stderr, " ");  // keeps the reads
   return best;
 }
+
+// A child process that spins on the last CPU of this process's affinity mask until the object dies (or this process
+// does: PR_SET_PDEATHSIG).
+class BusyNeighbour {
+ public:
+  BusyNeighbour() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int cpu = -1;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &set)) cpu = c;
+    }
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (cpu >= 0) {
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        sched_setaffinity(0, sizeof(set), &set);
+      }
+      volatile uint64_t spin = 0;
+      for (;;) spin = spin + 1;
+    }
+  }
+  ~BusyNeighbour() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  bool ok() const { return pid_ > 0; }
+
+ private:
+  pid_t pid_;
+};
 
 // Runs `tokens` through sequence `seq` in chunks of 512; *logits: the last token's.
 Status Feed(inference::ForwardPass& model, inference::KvCache& cache, int seq, const std::vector<int32_t>& tokens,
@@ -353,11 +398,23 @@ int RunBench(BenchFlags f) {
     pp_tok_s = f.n_prompt / (Now() - t0);
     cache.Truncate(seq, f.depth);
   }
-  double tg_tok_s = 0;
-  if (f.n_gen > 0) {
-    const std::vector<int32_t> gen = random_tokens(f.n_gen);
+  // Generation speed from `depth` on; a device pass runs two steps first (its graphs are captured on first use).
+  const std::vector<int32_t> gen = random_tokens(f.n_gen);
+  auto generate = [&](double* tok_s) -> Status {
     std::vector<int32_t> ids;
+    const double t0 = Now();
+    for (int32_t id : gen) {
+      const inference::BatchToken t{seq, id, true};
+      LR_RETURN_IF_ERROR(model.ForwardGreedy(cache, {&t, 1}, &ids));
+    }
+    *tok_s = f.n_gen / (Now() - t0);
+    cache.Truncate(seq, f.depth);
+    return Status::Ok();
+  };
+  double tg_tok_s = 0, busy_tg_tok_s = 0;
+  if (f.n_gen > 0) {
     if (!on_cpu) {
+      std::vector<int32_t> ids;
       for (int i = 0; i < 2; ++i) {
         const inference::BatchToken t{seq, gen[0], true};
         s = model.ForwardGreedy(cache, {&t, 1}, &ids);
@@ -365,13 +422,14 @@ int RunBench(BenchFlags f) {
       }
       cache.Truncate(seq, f.depth);
     }
-    const double t0 = Now();
-    for (int32_t id : gen) {
-      const inference::BatchToken t{seq, id, true};
-      s = model.ForwardGreedy(cache, {&t, 1}, &ids);
+    s = generate(&tg_tok_s);
+    if (!s.ok()) return Fail(s);
+    if (f.busy_neighbour) {
+      BusyNeighbour neighbour;
+      if (!neighbour.ok()) return Fail(Internal("bench --busy-neighbour: fork failed"));
+      s = generate(&busy_tg_tok_s);
       if (!s.ok()) return Fail(s);
     }
-    tg_tok_s = f.n_gen / (Now() - t0);
   }
 
   double bandwidth = 0;
@@ -394,12 +452,19 @@ int RunBench(BenchFlags f) {
                         {"bytes_per_token", bytes_per_token},            {"bound_fraction", tg_tok_s / bound},
                         {"simd", kernels},        {"device", model.device()}, {"dummy_weights", dummy},
                         {"n_prompt", f.n_prompt}, {"n_gen", f.n_gen}};
+    if (cpu_model) j["pp_weight_bytes"] = cpu_model->weight_bytes();
+    if (f.busy_neighbour) j["busy_tg_tok_s"] = busy_tg_tok_s;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%smodel %s on %s, %d threads, %s kernels, %s, depth %d\n", tag.c_str(), f.model.c_str(),
                 model.device().c_str(), threads, kernels, KvLabel(f).c_str(), f.depth);
     std::printf("%sprompt      %8.1f tok/s (%d tokens)\n", tag.c_str(), pp_tok_s, f.n_prompt);
     std::printf("%sgeneration  %8.1f tok/s (%d tokens)\n", tag.c_str(), tg_tok_s, f.n_gen);
+    if (f.busy_neighbour)
+      std::printf("%sgeneration  %8.1f tok/s with a busy neighbour on one CPU\n", tag.c_str(), busy_tg_tok_s);
+    if (cpu_model)
+      std::printf("%sprompt chunks read at most %.2f MB of weights each (every matrix once, every expert included)\n",
+                  tag.c_str(), cpu_model->weight_bytes() / 1e6);
     std::printf("%s%s %.2f GB/s; %.2f MB per generated token (weights %.2f MB, KV %.2f MB)\n", tag.c_str(),
                 on_cpu ? "read bandwidth" : "device copy bandwidth (read + write)", bandwidth / 1e9,
                 bytes_per_token / 1e6, model.weight_bytes_per_token() / 1e6, kv_bytes / 1e6);
@@ -428,6 +493,8 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--kv-window", flags->kv_window, "attend to the last N positions from window rows too")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--kv-window-format", flags->kv_window_format, "format of the window rows")->capture_default_str();
+  sub->add_flag("--busy-neighbour", flags->busy_neighbour,
+                "Also time generation while a child process spins on one CPU (a shared machine)");
   sub->add_option("--pass-k", flags->pass_k,
                   "Prefix-sharing bench instead: K attempts at one prompt, shared (prefill once, fork, batched decode) "
                   "vs naive (prefill each, decode alone)")
@@ -443,7 +510,8 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "dummy"}));
   sub->add_flag("--json", flags->json,
-                "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, depth, threads, ctk, ctv, ...}; with --pass-k "
+                "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, bytes_per_token, pp_weight_bytes, busy_tg_tok_s, depth, "
+                "threads, ctk, ctv, ...}; with --pass-k "
                 "{k, prompt_tokens, gen_tokens, shared:{wall_s, prefill_tokens, kv_bytes}, naive:{...}}");
   commands.Add(sub, [flags]() { return RunBench(*flags); });
 }

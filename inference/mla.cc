@@ -100,16 +100,16 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
       ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
                     &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
   std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
-  for (int i = 0; i < n; ++i) {
-    for (int h = 0; h < heads; ++h) {
-      const float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
-      float* qa = &q_abs[(static_cast<size_t>(i) * heads + h) * row];
-      for (int j = 0; j < nope; ++j) {
-        const float* kb = &k_b[(static_cast<size_t>(h) * nope + j) * lat];
-        for (int l = 0; l < lat; ++l) qa[l] += qh[j] * kb[l];
-      }
-      std::copy_n(qh + nope, rope, qa + lat);
+#pragma omp parallel for schedule(static)
+  for (int ih = 0; ih < n * heads; ++ih) {
+    const int i = ih / heads, h = ih % heads;
+    const float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
+    float* qa = &q_abs[static_cast<size_t>(ih) * row];
+    for (int j = 0; j < nope; ++j) {
+      const float* kb = &k_b[(static_cast<size_t>(h) * nope + j) * lat];
+      for (int l = 0; l < lat; ++l) qa[l] += qh[j] * kb[l];
     }
+    std::copy_n(qh + nope, rope, qa + lat);
   }
 
   // Attention over the latent rows; results laid out [head][token][latent] for the per-head v_b products below.
@@ -134,13 +134,25 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
 
   LR_RETURN_IF_ERROR(error.Take());
 
-  // Head h's output: v_b_h times its attended latent.
+  // Head h's output: v_b_h times its attended latent, the heads' products in one region.
   std::vector<float> attn(static_cast<size_t>(n) * heads * vd);
+  std::vector<ops::MatMulTask> v_b;
   for (int h = 0; h < heads; ++h) {
-    const ops::WeightMatrix v_b{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
-                           w.wkv_b.row_bytes};
-    ops::MatMul(v_b, &latent_out[static_cast<size_t>(h) * n * lat], n, &attn[static_cast<size_t>(h) * vd],
-           static_cast<int64_t>(heads) * vd);
+    const ops::WeightMatrix w_h{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
+                                w.wkv_b.row_bytes};
+    v_b.push_back({w_h, &latent_out[static_cast<size_t>(h) * n * lat], nullptr, n, &attn[static_cast<size_t>(h) * vd],
+                   static_cast<int64_t>(heads) * vd});
+  }
+  const ops::MatMulOut probe[] = {{&w.wkv_b, nullptr, 0}};
+  std::vector<ops::BlockQ8> latent_q(ops::UsesQ8(probe) ? latent_out.size() / 32 : 0);
+  for (int h = 0; h < heads && !latent_q.empty(); ++h) v_b[h].xq = &latent_q[static_cast<size_t>(h) * n * lat / 32];
+#pragma omp parallel
+  {
+    if (!latent_q.empty()) {
+#pragma omp for schedule(static)
+      for (size_t b = 0; b < latent_q.size(); ++b) ops::QuantizeRowQ8(&latent_out[32 * b], 32, &latent_q[b]);
+    }
+    ops::MatMulTasksTeam(v_b);
   }
   ops::MatMul(w.wo, attn.data(), n, out, c.n_embd);
   return Status::Ok();

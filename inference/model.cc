@@ -64,8 +64,9 @@ Status Model::BindWeights() {
       LR_ASSIGN_OR_RETURN(l.down, BindMatrix(gguf_, p + "ffn_down.weight", c.n_embd, c.n_ff));
     }
   }
-  // The dense blocks' Q4_1 / Q8_0 products and the output run on copies repacked to 16 interleaved rows where the
-  // CPU has kernels for them (kernels.h). A tied output copies token_embd; the lookup keeps reading its GGUF rows.
+  // The Q4_0 / Q4_1 / Q8_0 products (dense, MLA but attn_kv_b, which is read by rows, MoE) and the output run on
+  // copies repacked to 16 interleaved rows where the CPU has kernels for them (kernels.h). A tied output copies
+  // token_embd; the lookup keeps reading its GGUF rows.
   if (BestIsa() >= Isa::kAvx2) {
     auto repack = [&](ops::WeightMatrix& w) {
       if (!ops::Repack16Applies(w)) return;
@@ -76,6 +77,14 @@ Status Model::BindWeights() {
     repack(output_);
     for (LayerWeights& l : layers_) {
       for (ops::WeightMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) repack(*w);
+      MlaWeights& a = l.mla;
+      for (ops::WeightMatrix* w : {&a.wq, &a.wq_a, &a.wq_b, &a.wkv_a, &a.wo}) repack(*w);
+      MoeWeights& m = l.moe;
+      for (ops::WeightMatrix* w : {&m.gate_shexp, &m.up_shexp, &m.down_shexp}) repack(*w);
+      // Stacked experts when each expert's rows are whole row groups (MoeFfn takes an expert's rows as a view).
+      if (c.n_ff_expert % 16 == 0 && c.n_embd % 16 == 0) {
+        for (ops::WeightMatrix* w : {&m.gate_exps, &m.up_exps, &m.down_exps}) repack(*w);
+      }
     }
   }
   rope_inv_freq_ = ops::RopeInvFreq(c.rope);
@@ -87,18 +96,18 @@ KvShape Model::kv_shape() const {
   return KvShape{config_.n_layer, config_.n_head_kv, config_.head_dim, config_.head_dim_v};
 }
 
-size_t Model::weight_bytes_per_token() const {
+size_t Model::WeightBytes(bool all_experts) const {
   auto bytes = [](const ops::WeightMatrix& w) { return w.row_bytes * static_cast<size_t>(w.rows); };
   size_t total = bytes(output_) + token_embd_.row_bytes;
   for (const LayerWeights& l : layers_) {
     total += bytes(l.wq) + bytes(l.wk) + bytes(l.wv) + bytes(l.wo) + bytes(l.gate) + bytes(l.up) + bytes(l.down);
     const MlaWeights& a = l.mla;
     total += bytes(a.wq) + bytes(a.wq_a) + bytes(a.wq_b) + bytes(a.wkv_a) + bytes(a.wkv_b) + bytes(a.wo);
-    // MoE: the router, the shared experts and expert_used_count of the routed experts.
+    // MoE: the router, the shared experts and the routed experts read.
     const MoeWeights& m = l.moe;
     total += bytes(m.router) + bytes(m.gate_shexp) + bytes(m.up_shexp) + bytes(m.down_shexp);
-    if (config_.n_expert > 0)
-      total += (bytes(m.gate_exps) + bytes(m.up_exps) + bytes(m.down_exps)) / config_.n_expert * config_.n_expert_used;
+    const size_t experts = bytes(m.gate_exps) + bytes(m.up_exps) + bytes(m.down_exps);
+    if (config_.n_expert > 0) total += all_experts ? experts : experts / config_.n_expert * config_.n_expert_used;
   }
   return total;
 }

@@ -80,10 +80,11 @@ class ForwardPass {
 class Model : public ForwardPass {
  public:
   // Opens and maps the GGUF file and checks every tensor the config needs (name, shape, type): kNotFound naming a
-  // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_1 / Q8_0 matrices of the
-  // dense blocks and the output matrix (rows a multiple of 16) are copied into the 16-row interleaved layout
-  // (kernels.h, Repack16) and the products read the copies: that memory is allocated (for SmolLM2-135M Q4_1, 96 MB,
-  // about the whole file) and those tensors' mapped pages are not read after the load.
+  // missing tensor, kCorrupt naming a tensor of the wrong shape. On a CPU with AVX2, the Q4_0 / Q4_1 / Q8_0 matrices
+  // of the blocks (all but MLA's attn_kv_b; MoE experts stacked) and the output matrix (rows a multiple of 16) are
+  // copied into the 16-row interleaved layout (kernels.h, Repack16) and the products read the copies: that memory is
+  // allocated (for SmolLM2-135M Q4_1, 96 MB, about the whole file) and those tensors' mapped pages are not read after
+  // the load.
   static Result<std::unique_ptr<Model>> Load(const std::string& path);
 
   const ModelConfig& config() const override { return config_; }
@@ -94,7 +95,10 @@ class Model : public ForwardPass {
   KvShape kv_shape() const override;
   // Bytes of weights read by one decode step: every matrix once (the embedding table only for its one row unless
   // it is also the output matrix).
-  size_t weight_bytes_per_token() const override;
+  size_t weight_bytes_per_token() const override { return WeightBytes(/*all_experts=*/false); }
+  // Bytes of weights read by a prefill chunk at most: every matrix once, every expert included (a chunk of a few
+  // hundred tokens chooses nearly all of them), the embedding table as in a decode step.
+  size_t weight_bytes() const { return WeightBytes(/*all_experts=*/true); }
   std::string device() const override { return "cpu"; }
 
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
@@ -112,6 +116,8 @@ class Model : public ForwardPass {
  private:
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
   Status BindWeights();
+  // Every matrix once (the embedding table one row unless tied); of the routed experts all, or expert_used_count.
+  size_t WeightBytes(bool all_experts) const;
 
   // Buffers of one forward step, sized for its batch and shared by the threads of its parallel regions.
   struct Scratch {

@@ -11,9 +11,12 @@
 namespace lr::inference {
 namespace {
 
-// Expert e's rows of a stacked matrix.
+// Expert e's rows of a stacked matrix (in either layout: an expert's rows are whole row groups when repacked).
 ops::WeightMatrix Expert(const ops::WeightMatrix& stacked, int e, int64_t rows) {
-  return ops::WeightMatrix{stacked.type, stacked.row(e * rows), rows, stacked.cols, stacked.row_bytes};
+  ops::WeightMatrix w = stacked;
+  w.data = stacked.data + static_cast<size_t>(e) * rows * stacked.row_bytes;
+  w.rows = rows;
+  return w;
 }
 
 }  // namespace
@@ -103,18 +106,9 @@ void RouteToken(const ModelConfig& c, const std::vector<float>& score_bias, cons
   for (int k = 0; k < c.n_expert_used; ++k) weights[k] *= norm * c.expert_weights_scale;
 }
 
-void SwiGluFfn(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
-            float* out) {
-  const int64_t ff = gate.rows;
-  std::vector<float> g(static_cast<size_t>(n * ff)), u(g.size());
-  const ops::MatMulOut gate_up[] = {{&gate, g.data(), ff}, {&up, u.data(), ff}};
-  ops::MatMulMany(gate_up, x, n);
-  ops::SwiGlu(g.data(), u.data(), static_cast<int64_t>(g.size()));
-  ops::MatMul(down, g.data(), n, out, down.rows);
-}
-
 void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, float* out) {
-  const int e_dim = c.n_embd, k = c.n_expert_used;
+  const int e_dim = c.n_embd, k = c.n_expert_used, ff = c.n_ff_expert;
+  const int64_t sh_ff = w.gate_shexp.rows;  // 0 without shared experts
   std::vector<float> logits(static_cast<size_t>(n) * c.n_expert);
   ops::MatMul(w.router, x, n, logits.data(), c.n_expert);
   std::vector<int> chosen(static_cast<size_t>(n) * k);
@@ -122,30 +116,92 @@ void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, fl
   for (int t = 0; t < n; ++t)
     RouteToken(c, w.score_bias, &logits[static_cast<size_t>(t) * c.n_expert], &chosen[t * k], &weight[t * k]);
 
-  if (w.gate_shexp.rows > 0) {
-    SwiGluFfn(w.gate_shexp, w.up_shexp, w.down_shexp, n, x, out);
-  } else {
-    std::fill(out, out + static_cast<size_t>(n) * e_dim, 0.0f);
+  // The permutation that groups the n * k (token, expert) slots by expert: slot order[j] is row j of the grouped
+  // inputs, expert e's rows are [first[e], first[e + 1]); row_of[slot] is its inverse.
+  const int slots = n * k;
+  std::vector<int> first(static_cast<size_t>(c.n_expert) + 1, 0), order(static_cast<size_t>(slots));
+  std::vector<int> row_of(static_cast<size_t>(slots));
+  for (int i = 0; i < slots; ++i) ++first[chosen[i] + 1];
+  for (int e = 0; e < c.n_expert; ++e) first[e + 1] += first[e];
+  {
+    std::vector<int> next(first.begin(), first.end() - 1);
+    for (int i = 0; i < slots; ++i) {
+      row_of[i] = next[chosen[i]]++;
+      order[row_of[i]] = i;
+    }
   }
 
-  // Each expert runs once on all the tokens routed to it.
-  std::vector<std::vector<int>> slots(static_cast<size_t>(c.n_expert));  // indices into chosen
-  for (size_t i = 0; i < chosen.size(); ++i) slots[chosen[i]].push_back(static_cast<int>(i));
-  std::vector<float> xs, ys;
+  // The products, routed experts then the shared one: gate and up of each, then down of each. One parallel region;
+  // every product reads its weights once for all its tokens and the threads split each product's rows.
+  // Inputs as the kernels read them: quantized when some product uses int8 activations, floats when some does not.
+  const ops::WeightMatrix* all[] = {&w.gate_exps, &w.up_exps, &w.down_exps, &w.gate_shexp, &w.up_shexp,
+                                    &w.down_shexp};
+  bool q8 = false, floats = false;
+  for (const ops::WeightMatrix* m : all) {
+    if (m->rows == 0) continue;
+    const ops::MatMulOut probe[] = {{m, nullptr, 0}};
+    (ops::UsesQ8(probe) ? q8 : floats) = true;
+  }
+  const int q_blocks = e_dim / 32;
+  std::vector<float> xs(floats ? static_cast<size_t>(slots) * e_dim : 0);  // grouped inputs
+  std::vector<ops::BlockQ8> xq(q8 ? static_cast<size_t>(n) * q_blocks : 0);
+  std::vector<ops::BlockQ8> xsq(q8 ? static_cast<size_t>(slots) * q_blocks : 0);
+  std::vector<float> g(static_cast<size_t>(slots) * ff), u(g.size()), ys(static_cast<size_t>(slots) * e_dim);
+  std::vector<float> gs(static_cast<size_t>(n * sh_ff)), us(gs.size());
+  std::vector<ops::BlockQ8> gq(q8 ? g.size() / 32 : 0), gsq(q8 ? gs.size() / 32 : 0);
+  std::vector<ops::MatMulTask> gate_up, down;
   for (int e = 0; e < c.n_expert; ++e) {
-    const std::vector<int>& s = slots[e];
-    if (s.empty()) continue;
-    const int m = static_cast<int>(s.size());
-    xs.resize(static_cast<size_t>(m) * e_dim);
-    ys.resize(xs.size());
-    for (int j = 0; j < m; ++j)
-      std::copy_n(x + static_cast<size_t>(s[j] / k) * e_dim, e_dim, &xs[static_cast<size_t>(j) * e_dim]);
-    SwiGluFfn(Expert(w.gate_exps, e, c.n_ff_expert), Expert(w.up_exps, e, c.n_ff_expert),
-           Expert(w.down_exps, e, e_dim), m, xs.data(), ys.data());
-    for (int j = 0; j < m; ++j) {
-      float* o = out + static_cast<size_t>(s[j] / k) * e_dim;
-      const float* y = &ys[static_cast<size_t>(j) * e_dim];
-      for (int i = 0; i < e_dim; ++i) o[i] += weight[s[j]] * y[i];
+    const int m = first[e + 1] - first[e];
+    if (m == 0) continue;
+    const size_t r = static_cast<size_t>(first[e]);
+    const float* xe = floats ? &xs[r * e_dim] : nullptr;
+    const ops::BlockQ8* xqe = q8 ? &xsq[r * q_blocks] : nullptr;
+    gate_up.push_back({Expert(w.gate_exps, e, ff), xe, xqe, m, &g[r * ff], ff});
+    gate_up.push_back({Expert(w.up_exps, e, ff), xe, xqe, m, &u[r * ff], ff});
+    down.push_back({Expert(w.down_exps, e, e_dim), &g[r * ff], q8 ? &gq[r * ff / 32] : nullptr, m, &ys[r * e_dim],
+                    e_dim});
+  }
+  if (sh_ff > 0) {
+    gate_up.push_back({w.gate_shexp, x, xq.data(), n, gs.data(), sh_ff});
+    gate_up.push_back({w.up_shexp, x, xq.data(), n, us.data(), sh_ff});
+    down.push_back({w.down_shexp, gs.data(), gsq.data(), n, out, e_dim});
+  }
+#pragma omp parallel
+  {
+    if (q8) {
+#pragma omp for schedule(static)
+      for (int t = 0; t < n; ++t)
+        ops::QuantizeRowQ8(x + static_cast<size_t>(t) * e_dim, e_dim, &xq[static_cast<size_t>(t) * q_blocks]);
+    }
+#pragma omp for schedule(static)
+    for (int j = 0; j < slots; ++j) {
+      const int t = order[j] / k;
+      if (q8) std::copy_n(&xq[static_cast<size_t>(t) * q_blocks], q_blocks, &xsq[static_cast<size_t>(j) * q_blocks]);
+      if (floats) std::copy_n(x + static_cast<size_t>(t) * e_dim, e_dim, &xs[static_cast<size_t>(j) * e_dim]);
+    }
+    ops::MatMulTasksTeam(gate_up);
+    // SwiGLU, each block of 32 quantized for the down products as soon as it is done (q8: ff is whole blocks).
+    const int64_t blocks = static_cast<int64_t>(g.size() + 31) / 32;
+    const int64_t sh_blocks = static_cast<int64_t>(gs.size() + 31) / 32;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks + sh_blocks; ++b) {
+      const bool shared = b >= blocks;
+      const int64_t i = 32 * (shared ? b - blocks : b);
+      std::vector<float>& gv = shared ? gs : g;
+      const int64_t count = std::min<int64_t>(32, static_cast<int64_t>(gv.size()) - i);
+      ops::SwiGlu(&gv[i], &(shared ? us : u)[i], count);
+      if (q8) ops::QuantizeRowQ8(&gv[i], 32, shared ? &gsq[i / 32] : &gq[i / 32]);
+    }
+    ops::MatMulTasksTeam(down);
+    // out[t] = shared expert (already there) + the chosen experts' outputs in choice order.
+#pragma omp for schedule(static)
+    for (int t = 0; t < n; ++t) {
+      float* o = out + static_cast<size_t>(t) * e_dim;
+      if (sh_ff == 0) std::fill(o, o + e_dim, 0.0f);
+      for (int i = t * k; i < (t + 1) * k; ++i) {
+        const float* y = &ys[static_cast<size_t>(row_of[i]) * e_dim];
+        for (int d = 0; d < e_dim; ++d) o[d] += weight[i] * y[d];
+      }
     }
   }
 }

@@ -41,12 +41,10 @@ void RouteToken(const ModelConfig& config, const std::vector<float>& score_bias,
                 float* weights);
 
 // out[t] = sum over the chosen experts e of weight_e * SwiGLU_e(x[t]) (+ the shared experts), for n tokens of
-// n_embd values. Tokens routed to one expert are multiplied together, so each expert's weights are read once per
-// call.
+// n_embd values. The (token, expert) pairs are grouped by expert (a permutation and its inverse), so each chosen
+// expert's weights are read once per call, as one product over its tokens; the shared experts are one product over
+// all n tokens. All products run in one parallel region, the threads splitting their rows (ops::MatMulTasksTeam), so
+// an expert few tokens chose still keeps every thread busy.
 void MoeFfn(const ModelConfig& config, const MoeWeights& w, int n, const float* x, float* out);
-
-// down(silu(gate x) * up x) for n tokens: the dense FFN, also one expert's.
-void SwiGluFfn(const ops::WeightMatrix& gate, const ops::WeightMatrix& up, const ops::WeightMatrix& down, int n, const float* x,
-            float* out);
 
 }  // namespace lr::inference

@@ -1,5 +1,7 @@
 #include "ops/kernels.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -150,7 +152,7 @@ void QuantizeRowQ8Scalar(const float* x, int64_t n, BlockQ8* out) {
 
 // kRows16 (kernels.h): calls move(i, at, n, x) for each piece of row j's block (j = 0..15): bytes [i, i + n) of the
 // block sit at offset `at` of its group, XORed with x (Q8_0's weights are stored + 128). The f16 fields that lead a
-// block (Q4_1: d and m; Q8_0: d) go to 16-value arrays, the rest to 4-byte words, 16 rows per 64 bytes.
+// block (Q4_1: d and m; Q4_0, Q8_0: d) go to 16-value arrays, the rest to 4-byte words, 16 rows per 64 bytes.
 template <typename Move>
 void ForEachRows16Piece(const TensorTypeInfo& type, int j, Move&& move) {
   const int header = type.type == TensorType::kQ4_1 ? 4 : 2;
@@ -218,7 +220,7 @@ void CopyRowBytes(const WeightMatrix& w, int64_t r, uint8_t* out) {
 
 bool Repack16Applies(const WeightMatrix& w) {
   return w.layout == WeightLayout::kRows && w.rows > 0 && w.rows % 16 == 0 &&
-         (w.type.type == TensorType::kQ4_1 || w.type.type == TensorType::kQ8_0);
+         (w.type.type == TensorType::kQ4_0 || w.type.type == TensorType::kQ4_1 || w.type.type == TensorType::kQ8_0);
 }
 
 OwnedWeightMatrix Repack16(const WeightMatrix& w) {
@@ -229,6 +231,8 @@ OwnedWeightMatrix Repack16(const WeightMatrix& w) {
   const size_t skip = (kAlign - reinterpret_cast<uintptr_t>(m.bytes.data()) % kAlign) % kAlign;
   uint8_t* dst = m.bytes.data() + skip;
   const size_t bb = w.type.block_bytes;
+  // Gigabytes for a large MoE model: the rows split over the threads.
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < w.rows; ++r) {
     const uint8_t* src = w.row(r);
     uint8_t* group = dst + static_cast<size_t>(r / 16) * 16 * w.row_bytes;
@@ -317,6 +321,33 @@ void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, co
       case Isa::kBaseline: MatMulRowsScalar(w, x, n_tokens, r0, r1, o.y, o.y_stride, o.add); break;
     }
   }
+}
+
+void MatMulTasksTeam(std::span<const MatMulTask> tasks) {
+  constexpr int64_t kChunk = 16;
+  // A chunk of task i costs its tokens plus kWeightCost token-equivalents for reading and unpacking its weights.
+  constexpr int64_t kWeightCost = 2;
+  int64_t total = 0;
+  for (const MatMulTask& t : tasks) total += (t.w.rows + kChunk - 1) / kChunk * (t.n_tokens + kWeightCost);
+  const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+  const int64_t lo = total * me / threads, hi = total * (me + 1) / threads;
+  const Isa level = ActiveIsa();
+  int64_t start = 0;  // cost before task i
+  for (const MatMulTask& t : tasks) {
+    const int64_t cost = t.n_tokens + kWeightCost, chunks = (t.w.rows + kChunk - 1) / kChunk;
+    // This thread's chunks of the task: those whose cost offset falls in [lo, hi).
+    const int64_t c0 = std::clamp((lo - start + cost - 1) / cost, int64_t{0}, chunks);
+    const int64_t c1 = std::clamp((hi - start + cost - 1) / cost, int64_t{0}, chunks);
+    start += chunks * cost;
+    if (c0 >= c1 || t.n_tokens == 0) continue;
+    const int64_t r0 = c0 * kChunk, r1 = std::min(t.w.rows, c1 * kChunk);
+    switch (level) {
+      case Isa::kAvx512: avx512::MatMulRows(t.w, t.xq, t.x, t.n_tokens, r0, r1, t.y, t.y_stride, false); break;
+      case Isa::kAvx2: avx2::MatMulRows(t.w, t.xq, t.x, t.n_tokens, r0, r1, t.y, t.y_stride, false); break;
+      case Isa::kBaseline: MatMulRowsScalar(t.w, t.x, t.n_tokens, r0, r1, t.y, t.y_stride, false); break;
+    }
+  }
+#pragma omp barrier
 }
 
 }  // namespace lr::ops

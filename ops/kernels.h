@@ -5,9 +5,9 @@
 // activations once per call to BlockQ8 (32 int8 values and one scale) and multiplies with int8 dot products, as ggml
 // does; the float types multiply f32 activations directly. The SIMD level (AVX2, or AVX-512 VNNI: q4_1 and q8_0 on
 // 512-bit vectors, the other types on 256-bit ones) is picked at run time from the CPU; a CPU without AVX2 gets the
-// scalar path (dequantize a row, then dot). Q4_1 and Q8_0 matrices repacked to 16 interleaved rows (Repack16, done by
-// the model at load) run kernels without reductions across vector lanes: the row kernels' reductions cost more
-// instructions per weight than a decode step can hide behind its memory reads (docs/RESULTS.md).
+// scalar path (dequantize a row, then dot). Q4_0, Q4_1 and Q8_0 matrices repacked to 16 interleaved rows (Repack16,
+// done by the model at load) run kernels without reductions across vector lanes: the row kernels' reductions cost
+// more instructions per weight than a decode step can hide behind its memory reads (docs/RESULTS.md).
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
@@ -47,11 +47,12 @@ void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, i
 
 // How a WeightMatrix's bytes are arranged.
 //   kRows: as GGUF stores it, row after row, each row its blocks in order.
-//   kRows16: 16 rows interleaved (Repack16), for Q4_1 and Q8_0 with rows a multiple of 16. A group is 16 consecutive
-//     rows x one 32-value block; groups are stored row group by row group, blocks in order within one. A Q4_1 group
-//     (320 bytes) holds the 16 rows' d (f16), then their m (f16), then for L = 0..3 and row j = 0..15 bytes
-//     [4L, 4L + 4) of row j's nibbles; a Q8_0 group (544 bytes) the 16 d, then for L = 0..7 and row j = 0..15 row
-//     j's int8 weights [4L, 4L + 4) plus 128 (as unsigned bytes). So one 64-byte load holds 4 weights of each of
+//   kRows16: 16 rows interleaved (Repack16), for Q4_0, Q4_1 and Q8_0 with rows a multiple of 16. A group is 16
+//     consecutive rows x one 32-value block; groups are stored row group by row group, blocks in order within one. A
+//     Q4_1 group (320 bytes) holds the 16 rows' d (f16), then their m (f16), then for L = 0..3 and row j = 0..15
+//     bytes [4L, 4L + 4) of row j's nibbles; a Q4_0 group (288 bytes) the same without the m; a Q8_0 group (544
+//     bytes) the 16 d, then for L = 0..7 and row j = 0..15 row j's int8 weights [4L, 4L + 4) plus 128 (as unsigned
+//     bytes). So one 64-byte load holds 4 weights of each of
 //     the 16 rows, one per 32-bit lane: the kernels multiply 16 rows with one broadcast activation word and store
 //     16 outputs at once, with no reduction across lanes. Same bytes per weight as GGUF's layout.
 enum class WeightLayout { kRows, kRows16 };
@@ -82,7 +83,7 @@ struct OwnedWeightMatrix {
   WeightMatrix view;
 };
 
-// Whether Repack16 takes w: Q4_1 or Q8_0 in layout kRows with rows a positive multiple of 16.
+// Whether Repack16 takes w: Q4_0, Q4_1 or Q8_0 in layout kRows with rows a positive multiple of 16.
 bool Repack16Applies(const WeightMatrix& w);
 // A copy of w (Repack16Applies(w)) in layout kRows16: allocates and copies rows * row_bytes bytes. The kernels then
 // read the copy, so the source pages (a mapped GGUF file) are not touched by products.
@@ -118,6 +119,21 @@ bool UsesQ8(std::span<const MatMulOut> outs);
 // MatMulManyTeam on activations the caller has already quantized into xq when UsesQ8(outs) (with the step that made
 // them, one barrier fewer).
 void MatMulManyQuantizedTeam(std::span<const MatMulOut> outs, const float* x, const BlockQ8* xq, int n_tokens);
+
+// One product of a grouped matrix multiply: w times its own n_tokens input rows, x (n_tokens rows of w.cols floats)
+// and xq (the same rows quantized, when UsesQ8 of w; else unused), into y[t * y_stride + r].
+struct MatMulTask {
+  WeightMatrix w;
+  const float* x;
+  const BlockQ8* xq;
+  int n_tokens;
+  float* y;
+  int64_t y_stride;
+};
+// Runs every task, a team function: the 16-row chunks of all tasks are split over the team in contiguous runs of
+// equal estimated cost (rows times tokens plus the weight read), so that a task of few tokens (an expert that few
+// tokens chose) is not a thread's whole share, and a task is split between threads when the split falls in it.
+void MatMulTasksTeam(std::span<const MatMulTask> tasks);
 
 // The instruction set the products use (base/cpu.h): BestIsa() unless lowered with SetActiveIsa (tests and
 // benchmarks compare levels; Isa::kBaseline is the scalar path).

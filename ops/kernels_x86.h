@@ -546,14 +546,15 @@ struct Q8Group {
 #endif
 };
 
-// Rows [16 g, 16 g + 16) of a kRows16 Q4_1 or Q8_0 matrix against NT tokens: y[t][j] = (add ? y[t][j] : 0) + row j
-// . token t, for the row group starting at `group` (n_blocks groups of 32 values). a[t]: token t's BlockQ8s.
+// Rows [16 g, 16 g + 16) of a kRows16 Q4_0, Q4_1 or Q8_0 matrix against NT tokens: y[t][j] = (add ? y[t][j] : 0) +
+// row j . token t, for the row group starting at `group` (n_blocks groups of 32 values). a[t]: token t's BlockQ8s.
 template <int NT, TensorType kType>
 void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, float* const* y, bool add) {
-  constexpr bool kQ4 = kType == TensorType::kQ4_1;
-  constexpr int kHeader = kQ4 ? 64 : 32;   // bytes of f16 fields (d, m) before the weight words
-  constexpr int kWords = kQ4 ? 4 : 8;      // 64-byte words of weights per group
-  constexpr int kGroupBytes = kQ4 ? 320 : 544;
+  constexpr bool kQ4 = kType != TensorType::kQ8_0;   // nibbles (q4_0: w - 8; q4_1: d w + m)
+  constexpr bool kMin = kType == TensorType::kQ4_1;  // a per-row min m
+  constexpr int kHeader = kMin ? 64 : 32;            // bytes of f16 fields (d, m) before the weight words
+  constexpr int kWords = kQ4 ? 4 : 8;                // 64-byte words of weights per group
+  constexpr int kGroupBytes = kHeader + 64 * kWords;
   const VecI low4 = Bytes(0x0F);
   constexpr int kParts = 16 / kLanes;
   VecF acc[kParts][NT], off[kParts][NT];
@@ -564,8 +565,8 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
     const uint8_t* g = group + b * kGroupBytes;
     for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
       const int lane0 = p * kLanes;  // first row of this part
-      // w[k] multiplies the activations at q_at[k]: q4_1 word L holds values 4L.. (low nibbles) and 16 + 4L..
-      // (high nibbles) of each row, q8_0 word L values 4L..
+      // w[k] multiplies the activations at q_at[k]: a nibble word L holds values 4L.. (low nibbles) and 16 + 4L..
+      // (high nibbles) of each row, a q8_0 word L values 4L..
       VecI w[8];
       int q_at[8];
       for (int l = 0; l < kWords; ++l) {
@@ -581,7 +582,8 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
         }
       }
       const VecF d = LoadHalves(g + 2 * lane0);
-      const VecF m = kQ4 ? LoadHalves(g + 32 + 2 * lane0) : ZeroF();
+      // The offset term per token: q4_1 adds m * sum(a), q4_0 subtracts 8 d * sum(a).
+      const VecF m = kMin ? LoadHalves(g + 32 + 2 * lane0) : kQ4 ? MulF(d, SetF(-8.0f)) : ZeroF();
       for (int t = 0; t < NT; ++t) {
         const BlockQ8& at = a[t][b];
         // Two integer chains, summed at the end of the block.
@@ -675,7 +677,9 @@ void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_
                 float* y, int64_t y_stride, bool add) {
   if (w.layout == WeightLayout::kRows16) {
     assert(r0 % 16 == 0 && r1 % 16 == 0);
-    if (w.type.type == TensorType::kQ4_1) {
+    if (w.type.type == TensorType::kQ4_0) {
+      Groups<TensorType::kQ4_0>(w, xq, n_tokens, r0, r1, y, y_stride, add);
+    } else if (w.type.type == TensorType::kQ4_1) {
       Groups<TensorType::kQ4_1>(w, xq, n_tokens, r0, r1, y, y_stride, add);
     } else {
       assert(w.type.type == TensorType::kQ8_0);

@@ -71,6 +71,39 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                                            Fixture{"deepseek_v3", 1e-3}),
                          [](const ::testing::TestParamInfo<Fixture>& info) { return std::string(info.param.name); });
 
+// A prompt run as one batch (MoE tokens grouped by expert, MLA products over the chunk) gives the logits of running
+// it one token per call, within float rounding: the MoE/MLA fixtures (f16 weights, float products) and
+// moe_mla_q4_0.gguf (scripts/make_bench_model.py --preset tiny: Q4_0 experts repacked to 16-row groups, Q8_0
+// attention, int8 activations; no reference logits, only this self-consistency).
+class PrefillEqualsDecodeTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PrefillEqualsDecodeTest, SameLogitsOnEveryPosition) {
+  auto model = Model::Load(FixturePath(std::string(GetParam()) + ".gguf"));
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const int n_vocab = (*model)->config().n_vocab;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back((i * 97 + 13) % n_vocab);
+  std::vector<float> got[2];
+  for (bool one_at_a_time : {false, true}) {
+    auto cache = KvCache::Create((*model)->kv_shape(), KvCacheOptions{});
+    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    auto logits = RunSequence(**model, *cache, cache->NewSequence(), tokens, one_at_a_time);
+    ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+    got[one_at_a_time] = std::move(*logits);
+  }
+  ASSERT_EQ(got[0].size(), tokens.size() * n_vocab);
+  ASSERT_EQ(got[1].size(), got[0].size());
+  for (size_t pos = 0; pos < tokens.size(); ++pos) {
+    const float* batch = got[0].data() + pos * n_vocab;
+    const float* step = got[1].data() + pos * n_vocab;
+    EXPECT_LE(RowRelError(batch, step, n_vocab), 1e-4) << "position " << pos;
+    EXPECT_EQ(testing::ArgMax(batch, n_vocab), testing::ArgMax(step, n_vocab)) << "position " << pos;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PrefillEqualsDecodeTest,
+                         ::testing::Values("mixtral", "mistral4", "deepseek_v3", "moe_mla_q4_0"));
+
 // Group-limited sigmoid routing worked by hand: 4 experts in 2 groups, 1 group and 1 expert kept, weights x2.
 TEST(MoeRoutingTest, GroupsBiasAndScale) {
   ModelConfig c;

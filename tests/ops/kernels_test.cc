@@ -324,6 +324,59 @@ TEST(MatMulMany, EqualsOneMatMulPerMatrix) {
   SetActiveIsa(detected);
 }
 
+// MatMulTasksTeam: each task (its own matrix, inputs and token count, as MoE experts are) must equal MatMul of that
+// task alone, bit for bit, at every level, with 1, 2 and 3 threads splitting the tasks' rows (a split may fall inside
+// a task), for row layouts and repacked ones, and a task of zero tokens writes nothing.
+TEST(MatMulTasksTeam, EqualsOneMatMulPerTask) {
+  const int64_t cols = 128;
+  std::mt19937 rng(23);
+  const TensorType types[] = {TensorType::kQ4_0, TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kF16,
+                              TensorType::kQ4_1};
+  const int64_t rows[] = {48, 80, 32, 21, 16};
+  const int tokens[] = {1, 7, 3, 2, 0};
+  constexpr int kTasks = 5;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<OwnedWeightMatrix> packed;
+  std::vector<WeightMatrix> ws;
+  for (int i = 0; i < kTasks; ++i) {
+    data.push_back(RandomRows(Info(types[i]), rows[i], cols, rng));
+    ws.push_back({Info(types[i]), data[i].data(), rows[i], cols, RowBytes(Info(types[i]), cols)});
+  }
+  for (int i : {1, 2}) {  // two of them repacked
+    packed.push_back(Repack16(ws[i]));
+    ws[i] = packed.back().view;
+  }
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<std::vector<float>> x(kTasks);
+  std::vector<std::vector<BlockQ8>> xq(kTasks);
+  for (int i = 0; i < kTasks; ++i) {
+    x[i].resize(static_cast<size_t>(cols * std::max(tokens[i], 1)));
+    for (float& v : x[i]) v = nd(rng);
+    xq[i].resize(x[i].size() / 32);
+  }
+  const Isa detected = BestIsa();
+  for (int level = 0; level <= static_cast<int>(detected); ++level) {
+    SetActiveIsa(static_cast<Isa>(level));
+    for (int i = 0; i < kTasks; ++i) QuantizeRowQ8(x[i].data(), static_cast<int64_t>(x[i].size()), xq[i].data());
+    for (int threads = 1; threads <= 3; ++threads) {
+      std::vector<std::vector<float>> one(kTasks), got(kTasks);
+      std::vector<MatMulTask> tasks;
+      for (int i = 0; i < kTasks; ++i) {
+        const int64_t stride = rows[i] + 2;
+        one[i].assign(static_cast<size_t>(stride * std::max(tokens[i], 1)), -1.0f);
+        got[i] = one[i];
+        if (tokens[i] > 0) MatMul(ws[i], x[i].data(), tokens[i], one[i].data(), stride);
+        tasks.push_back({ws[i], x[i].data(), xq[i].data(), tokens[i], got[i].data(), stride});
+      }
+#pragma omp parallel num_threads(threads)
+      MatMulTasksTeam(tasks);
+      for (int i = 0; i < kTasks; ++i) EXPECT_EQ(got[i], one[i]) << "task " << i << " level " << level << " threads "
+                                                                 << threads;
+    }
+  }
+  SetActiveIsa(detected);
+}
+
 // --- Repack16: the 16-row interleaved layout against the GGUF rows it was made from ---
 
 struct RepackCase {
@@ -419,7 +472,9 @@ TEST_P(Repack16Test, MatMulMatchesOriginalAtEveryLevel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Repack16Test,
-                         ::testing::Values(RepackCase{TensorType::kQ4_1, 16, 32}, RepackCase{TensorType::kQ4_1, 48, 96},
+                         ::testing::Values(RepackCase{TensorType::kQ4_0, 16, 32}, RepackCase{TensorType::kQ4_0, 48, 96},
+                                           RepackCase{TensorType::kQ4_0, 192, 576},
+                                           RepackCase{TensorType::kQ4_1, 16, 32}, RepackCase{TensorType::kQ4_1, 48, 96},
                                            RepackCase{TensorType::kQ4_1, 192, 576},
                                            RepackCase{TensorType::kQ4_1, 48, 64},
                                            RepackCase{TensorType::kQ8_0, 16, 32}, RepackCase{TensorType::kQ8_0, 48, 96},
