@@ -426,6 +426,23 @@ Result<std::string> LeanClient::Hover(const std::string& uri, Position position,
   return joined;
 }
 
+Result<Json> LeanClient::Query(const std::string& uri, const std::string& method, std::optional<Position> position,
+                               Clock::time_point deadline) {
+  std::string text;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->documents.find(uri);
+    if (it == impl_->documents.end())
+      return InvalidArgument(method + " in " + uri + ", which is not open (Check it first)");
+    text = it->second.text;
+  }
+  Json params = {{"textDocument", {{"uri", uri}}}};
+  if (position) params["position"] = PositionJson(text, *position);
+  auto r = impl_->connection->Request(method, params, deadline);
+  if (!r.ok() && IsInfrastructure(r.status())) return impl_->Failure(r.status().WithContext(method));
+  return r;
+}
+
 Status LeanClient::Close(const std::string& uri) {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);

@@ -29,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/status.h"
 #include "lsp/server_process.h"
 
@@ -130,6 +132,13 @@ class LeanClient {
 
   // Lean's hover text (markdown) at `position` (UTF-8 column); empty when there is none.
   Result<std::string> Hover(const std::string& uri, Position position, std::chrono::steady_clock::time_point deadline);
+
+  // Any other request about the document last checked as `uri` (textDocument/completion, textDocument/definition,
+  // textDocument/documentSymbol, $/lean/plainTermGoal, ...): params are {"textDocument": {"uri"}}, plus "position"
+  // (converted to UTF-16) when `position` (UTF-8 column) is given. Returns Lean's result as sent (positions in it
+  // are UTF-16). An error answer is kInternal naming the method; a dead or hung server is kUnavailable / kTimeout.
+  Result<nlohmann::json> Query(const std::string& uri, const std::string& method, std::optional<Position> position,
+                               std::chrono::steady_clock::time_point deadline);
 
   // Applies a ranged edit (UTF-8 columns) with didChange and waits for the barrier on the new version.
   Result<CheckResult> Edit(const std::string& uri, Range range, const std::string& new_text,

@@ -216,6 +216,15 @@ Result<CheckResult> ServerPool::Check(const CheckRequest& request) {
   });
 }
 
+Result<CheckResult> ServerPool::CheckThen(const CheckRequest& request, const DocumentQuery& query) {
+  return impl_->WithServer<CheckResult>(
+      request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<CheckResult> {
+        LR_ASSIGN_OR_RETURN(CheckResult checked, c.Check(uri, request.text, d));
+        LR_RETURN_IF_ERROR(query(c, uri, checked, d));
+        return checked;
+      });
+}
+
 Result<Goal> ServerPool::GoalAt(const CheckRequest& request, Position position) {
   return impl_->WithServer<Goal>(request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<Goal> {
     LR_RETURN_IF_ERROR(c.Check(uri, request.text, d).status());

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,13 @@ class ServerPool {
 
   // The goal at `position` (UTF-8 column) in request.text: checks it, then asks Lean there.
   Result<Goal> GoalAt(const CheckRequest& request, Position position);
+
+  // Checks request.text, then runs `query` on the same server while it is held, with the document's URI and the
+  // check's result (the document stays open as request.text). A non-OK Status from `query` fails the call; an
+  // infrastructure failure (kUnavailable, kTimeout) retries check and query once on a fresh server, like Check.
+  using DocumentQuery = std::function<Status(LeanClient& client, const std::string& uri, const CheckResult& checked,
+                                             std::chrono::steady_clock::time_point deadline)>;
+  Result<CheckResult> CheckThen(const CheckRequest& request, const DocumentQuery& query);
 
   // Tries each snippet in place of line `line` of request.text (see LeanClient::MultiAttempt).
   Result<std::vector<AttemptResult>> MultiAttempt(const CheckRequest& request, int line,
