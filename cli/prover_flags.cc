@@ -51,6 +51,10 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   sub->add_flag("--allow-refused-constructs", f->allow_constructs,
                 "do not refuse axiom/native_decide/#eval/macros/... before Lean (sorry and axioms are still checked)");
   AddLocalModelFlags(sub, &f->local);
+  AddLeanFlags(sub, f);
+}
+
+void AddLeanFlags(CLI::App* sub, ProverFlags* f) {
   sub->add_option("--lean-servers", f->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
   sub->add_option("--lean-command", f->lean_command, "Lean server command (default: lake serve / lean --server)");
   sub->add_option("--lean-memory", f->lean_memory_gib, "address-space limit of each Lean process, in GiB (0: none)")

@@ -39,6 +39,9 @@ struct ProverFlags {
 };
 
 void AddProverFlags(CLI::App* sub, ProverFlags* flags);
+// The Lean server pool's flags alone (--lean-servers, --lean-command, --lean-memory, --lean-cpu), for commands
+// without a model (`leanrotor mcp`).
+void AddLeanFlags(CLI::App* sub, ProverFlags* flags);
 
 Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& flags);
 
