@@ -6,7 +6,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/lean_text.h"
 #include "agent/task.h"
 #include "agent/working_copy.h"
 
@@ -26,8 +25,6 @@ constexpr std::string_view kSystem =
     "are 1-based. Keep every theorem statement exactly as it is and replace only the proofs; never use sorry, admit, "
     "axiom, native_decide or #eval. Work until Lean reports no errors and no sorry for the target theorems, then "
     "answer without a tool call.";
-
-bool HasSorry(const ProofTask& t) { return ContainsToken(MaskCommentsAndStrings(t.proof), "sorry"); }
 
 const ProofTask* FindTask(const std::vector<ProofTask>& tasks, const std::string& name) {
   for (const ProofTask& t : tasks)
@@ -58,7 +55,7 @@ std::string CallId(int n) {
 
 class Loop {
  public:
-  Loop(const RepositoryTask& task, inference::LanguageModel& model, ToolBox& tools, LeanChecker& checker,
+  Loop(const RepositoryTask& task, LanguageModel& model, ToolBox& tools, LeanChecker& checker,
        const AgentOptions& options)
       : task_(task), model_(model), tools_(tools), checker_(checker), options_(options), start_(Clock::now()) {}
 
@@ -81,12 +78,12 @@ class Loop {
     }
     checks_at_start_ = tools_.lean_checks();
 
-    std::vector<inference::ChatMessage> messages = {{"system", std::string(kSystem), {}, ""},
+    std::vector<ChatMessage> messages = {{"system", std::string(kSystem), {}, ""},
                                                     {"user", TaskPrompt(tasks), {}, ""}};
     int idle_stops = 0;
     while (!Finished()) {
-      LR_ASSIGN_OR_RETURN(inference::Choice reply, Request(messages));
-      inference::ChatMessage assistant{"assistant", reply.text, reply.tool_calls, ""};
+      LR_ASSIGN_OR_RETURN(Choice reply, Request(messages));
+      ChatMessage assistant{"assistant", reply.text, reply.tool_calls, ""};
       for (size_t i = 0; i < assistant.tool_calls.size(); ++i)
         if (assistant.tool_calls[i].id.empty()) assistant.tool_calls[i].id = CallId(out_.tool_calls + static_cast<int>(i));
       messages.push_back(assistant);
@@ -102,7 +99,7 @@ class Loop {
         continue;
       }
       bool edited = false;
-      for (const inference::ToolCall& call : assistant.tool_calls) {
+      for (const ToolCall& call : assistant.tool_calls) {
         std::string result = "not run: the tool-call budget is spent";
         if (!Finished()) {
           result = RunTool(call);
@@ -161,9 +158,9 @@ class Loop {
     return m + "Keep working with the tools.";
   }
 
-  Result<inference::Choice> Request(const std::vector<inference::ChatMessage>& messages) {
+  Result<Choice> Request(const std::vector<ChatMessage>& messages) {
     if (IsCancelled()) return Cancelled("agent on " + task_.file + " cancelled");
-    inference::CompletionRequest request;
+    CompletionRequest request;
     request.messages = messages;
     request.tools = tools_.Specs();
     request.sampling = options_.sampling;
@@ -173,7 +170,7 @@ class Loop {
       if (observer != nullptr) observer->OnPiece(piece);
       return !IsCancelled();
     };
-    LR_ASSIGN_OR_RETURN(inference::Completion c, model_.Complete(request, keep_going));
+    LR_ASSIGN_OR_RETURN(Completion c, model_.Complete(request, keep_going));
     if (IsCancelled()) return Cancelled("agent on " + task_.file + " cancelled");
     if (c.choices.size() != 1)
       return Internal("model " + model_.Name() + " returned " + std::to_string(c.choices.size()) + " choices, expected 1");
@@ -184,7 +181,7 @@ class Loop {
     return std::move(c.choices[0]);
   }
 
-  std::string RunTool(const inference::ToolCall& call) {
+  std::string RunTool(const ToolCall& call) {
     if (options_.observer != nullptr) options_.observer->OnToolCall(out_.turns, call.name, call.arguments_json);
     ToolCallContext context;
     context.cancel = options_.cancel;
@@ -252,7 +249,7 @@ class Loop {
   }
 
   const RepositoryTask& task_;
-  inference::LanguageModel& model_;
+  LanguageModel& model_;
   ToolBox& tools_;
   LeanChecker& checker_;
   const AgentOptions& options_;
@@ -277,7 +274,7 @@ std::string TruncateResult(const std::string& text, size_t budget) {
          " more bytes not shown; ask for less, e.g. a line range or a smaller limit]";
 }
 
-Result<AgentOutcome> RunAgent(const RepositoryTask& task, inference::LanguageModel& model, ToolBox& tools,
+Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools,
                               LeanChecker& checker, const AgentOptions& options) {
   return Loop(task, model, tools, checker, options).Run();
 }

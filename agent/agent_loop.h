@@ -26,7 +26,7 @@
 #include "agent/guard.h"
 #include "agent/lean_checker.h"
 #include "agent/tools.h"
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent {
 
@@ -48,7 +48,7 @@ class AgentObserver {
 };
 
 struct AgentOptions {
-  inference::SamplingParams sampling;  // per request
+  SamplingParams sampling;  // per request
   int max_tool_calls = 200;            // budget over the whole run; 0 = none
   int max_turns = 60;                  // model requests; 0 = none
   long max_tokens = 0;                 // completion tokens; 0 = none
@@ -84,7 +84,7 @@ struct AgentOutcome {
 // Runs one agent on `task` in `tools`' project. The ToolBox's working copy is reset first (each run starts from
 // the files on disk). Errors: kInvalidArgument (no such file, no such theorem, no theorem with a sorry), the
 // model's errors, a failed Lean check of the judge (kUnavailable, kTimeout), kCancelled.
-Result<AgentOutcome> RunAgent(const RepositoryTask& task, inference::LanguageModel& model, ToolBox& tools,
+Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools,
                               LeanChecker& checker, const AgentOptions& options);
 
 // A tool result cut to `budget` bytes (at a UTF-8 boundary) with a note saying how much was left out.

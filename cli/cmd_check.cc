@@ -9,6 +9,7 @@
 
 #include "base/file.h"
 #include "cli/command.h"
+#include "cli/prover_flags.h"
 #include "lsp/server_pool.h"
 #include "lsp/utf16.h"
 
@@ -24,17 +25,6 @@ struct CheckFlags {
   double memory_gib = 0;     // RLIMIT_AS of the server and each of its workers; 0: none
   int64_t cpu_seconds = 0;   // RLIMIT_CPU of each; 0: none
 };
-
-// The nearest directory at or above `dir` holding a lakefile, or "".
-std::string FindLakeRoot(std::filesystem::path dir) {
-  for (; !dir.empty(); dir = dir.parent_path()) {
-    std::error_code ec;
-    if (std::filesystem::exists(dir / "lakefile.lean", ec) || std::filesystem::exists(dir / "lakefile.toml", ec))
-      return dir.string();
-    if (dir == dir.parent_path()) break;
-  }
-  return "";
-}
 
 // Column as Lean's command line prints it: 0-based, in Unicode characters.
 int CharColumn(const std::string& text, lsp::Position p) {

@@ -30,19 +30,9 @@ struct McpFlags {
   ProverFlags lean;  // only the Lean pool's flags are used
 };
 
-// The nearest directory at or above `dir` holding a lakefile, or `dir` itself.
-std::string ProjectRootFrom(std::filesystem::path dir) {
-  for (std::filesystem::path d = dir; !d.empty(); d = d.parent_path()) {
-    std::error_code ec;
-    if (std::filesystem::exists(d / "lakefile.lean", ec) || std::filesystem::exists(d / "lakefile.toml", ec))
-      return d.string();
-    if (d == d.parent_path()) break;
-  }
-  return dir.string();
-}
-
 int RunMcp(const McpFlags& f) {
-  std::string root = f.project.empty() ? ProjectRootFrom(std::filesystem::current_path()) : f.project;
+  std::string root = f.project.empty() ? FindLakeRoot(std::filesystem::current_path()) : f.project;
+  if (root.empty()) root = std::filesystem::current_path().string();
   auto copy = agent::WorkingCopy::Open(root);
   if (!copy.ok()) {
     std::fprintf(stderr, "leanrotor mcp: --project: %s\n", copy.status().message().c_str());

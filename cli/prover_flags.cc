@@ -1,5 +1,7 @@
 #include "cli/prover_flags.h"
 
+#include <filesystem>
+
 #include <unistd.h>
 
 #include <csignal>
@@ -35,9 +37,13 @@ void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   auto* remote = sub->add_option("--remote", f->remote, "OpenAI-compatible endpoint instead, e.g. https://api.mistral.ai/v1");
   model->excludes(remote);
   sub->add_option("--model-id", f->remote_model, "model id for --remote, e.g. labs-leanstral-2603");
-  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models) or "
-                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool)")
-      ->check(CLI::IsMember({"chat", "completion", "tools"}));
+  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models), "
+                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool) "
+                                       "or agent (tool-calling models working in the project with the Lean and file "
+                                       "tools, as Leanstral does)")
+      ->check(CLI::IsMember({"chat", "completion", "tools", "agent"}));
+  sub->add_option("--max-tool-calls", f->max_tool_calls, "--style agent: stop an agent after this many tool calls "
+                                                         "(0: none)")->capture_default_str();
   sub->add_option("-k", f->k, "candidates sampled from one shared prompt")->check(CLI::Range(1, 1024));
   sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")->check(CLI::Range(0, 64));
   sub->add_option("--temperature", f->temperature, "sampling temperature (0: greedy)");
@@ -77,6 +83,28 @@ Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& f) {
   o.max_checks = f.check_budget;
   o.check_timeout_seconds = f.check_timeout;
   o.guard.refuse_constructs = !f.allow_constructs;
+  return o;
+}
+
+std::string FindLakeRoot(std::filesystem::path dir) {
+  for (; !dir.empty(); dir = dir.parent_path()) {
+    std::error_code ec;
+    if (std::filesystem::exists(dir / "lakefile.lean", ec) || std::filesystem::exists(dir / "lakefile.toml", ec))
+      return dir.string();
+    if (dir == dir.parent_path()) break;
+  }
+  return "";
+}
+
+agent::AgentOptions MakeAgentOptions(const ProverFlags& f, const agent::ProverOptions& prover) {
+  agent::AgentOptions o;
+  o.sampling = prover.sampling;
+  o.max_tool_calls = f.max_tool_calls;
+  o.max_tokens = f.token_budget;
+  o.max_seconds = f.time_budget;
+  o.max_checks = f.check_budget;
+  o.guard = prover.guard;
+  o.check_timeout_seconds = f.check_timeout;
   return o;
 }
 

@@ -5,10 +5,12 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "agent/agent_loop.h"
 #include "agent/prover.h"
 #include "cli/model_flags.h"
 #include "lm/language_model.h"
@@ -30,6 +32,7 @@ struct ProverFlags {
   long token_budget = 0;
   double time_budget = 0;
   int check_budget = 0;
+  int max_tool_calls = 200;  // --style agent
   double check_timeout = 300;
   bool allow_constructs = false;
   int lean_servers = 2;
@@ -44,6 +47,8 @@ void AddProverFlags(CLI::App* sub, ProverFlags* flags);
 void AddLeanFlags(CLI::App* sub, ProverFlags* flags);
 
 Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& flags);
+// The agent loop's options (--style agent): the same budgets and guard, plus --max-tool-calls.
+agent::AgentOptions MakeAgentOptions(const ProverFlags& flags, const agent::ProverOptions& prover);
 
 // The local model (LocalModel over -m or the default GGUF) or the remote one (RemoteModel over --remote).
 Result<std::unique_ptr<LanguageModel>> OpenModel(const ProverFlags& flags);
@@ -53,6 +58,9 @@ Result<std::unique_ptr<LanguageModel>> OpenModel(const ProverFlags& flags);
 Status CheckLeanAvailable(const ProverFlags& flags, const std::vector<std::string>& project_roots);
 
 lsp::PoolOptions MakePoolOptions(const ProverFlags& flags);
+
+// The nearest directory at or above `dir` holding a lakefile (lakefile.lean or lakefile.toml), or "".
+std::string FindLakeRoot(std::filesystem::path dir);
 
 // SIGINT sets the returned flag (the run stops cleanly, keeping what it finished); a second SIGINT exits at once.
 // Call before the first Lean server starts, so that the pool's handler defers to this one.

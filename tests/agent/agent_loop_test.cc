@@ -2,6 +2,7 @@
 // of tests/fixtures/lake_sorries: every sorry completed through the tools and judged by the guard; a cheat refused;
 // budgets; malformed calls answered with tool errors; nothing written to disk.
 #include "agent/agent_loop.h"
+#include "agent/batch.h"
 
 #include <unistd.h>
 
@@ -135,6 +136,61 @@ TEST_F(AgentLoopTest, BadTasksAreInvalidArguments) {
             StatusCode::kInvalidArgument);
   EXPECT_EQ(RunAgent({"../outside.lean", {}, ""}, model, *tools_, *checker_, AgentOptions()).status().code(),
             StatusCode::kInvalidArgument);
+}
+
+TEST_F(AgentLoopTest, BatchRunsRepositoryTasksWithPassAtKDiffAndTrace) {
+  const std::string tasks_file = root_ + "/../" + fs::path(root_).filename().string() + "_tasks.jsonl";
+  const std::string project = fs::path(root_).filename().string();
+  ASSERT_TRUE(WriteFileAtomic(tasks_file,
+                              "{\"name\": \"all\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
+                                  "\", \"theorems\": \"all sorries\", \"instructions\": \"Use the lemmas of "
+                                  "Sorries/Lemmas.lean.\"}\n"
+                                  "{\"name\": \"one\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
+                                  "\", \"theorems\": [\"swap_add\"]}\n")
+                  .ok());
+  auto tasks = LoadTasks(tasks_file);
+  ASSERT_TRUE(tasks.ok()) << tasks.status().ToString();
+  ASSERT_EQ(tasks->size(), 2u);
+  EXPECT_TRUE((*tasks)[0].repository);
+  EXPECT_TRUE((*tasks)[0].theorems.empty());
+  EXPECT_EQ((*tasks)[1].theorems, std::vector<std::string>{"swap_add"});
+
+  testing::ScriptedAgentModel model(kFile);
+  BatchOptions options;
+  options.prover.k = 2;
+  options.out_path = root_ + "/../" + project + "_results.jsonl";
+  fs::remove(options.out_path);
+  options.pool = pool_.get();
+  options.tools.search_roots = {root_ + "/none"};
+  std::FILE* console = std::tmpfile();
+  auto summary = RunBatch(*tasks, model, *checker_, options, console);
+  std::fclose(console);
+  ASSERT_TRUE(summary.ok()) << summary.status().ToString();
+  EXPECT_EQ(summary->proved, 2);
+  EXPECT_DOUBLE_EQ(summary->pass_at[0], 1.0);
+  auto results = LoadResults(options.out_path);
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->size(), 2u);
+  const TaskResult& all = (*results)[0].name == "all" ? (*results)[0] : (*results)[1];
+  EXPECT_TRUE(all.proved);
+  EXPECT_EQ(all.candidates, 2);
+  EXPECT_EQ(all.solved, 2);
+  EXPECT_EQ(all.stop_reason, "proved");
+  EXPECT_NE(all.diff.find("+  exact add_swap_helper a b\n"), std::string::npos) << all.diff;
+  auto trace = ReadFile(all.trace);
+  ASSERT_TRUE(trace.ok()) << all.trace;
+  EXPECT_NE(trace->find("{\"agent\":0,"), std::string::npos);
+  EXPECT_NE(trace->find("{\"agent\":1,"), std::string::npos);
+  EXPECT_NE(trace->find("\"tool\":\"lean_multi_attempt\""), std::string::npos);
+  EXPECT_EQ(*ReadFile(root_ + "/" + kFile), original_);  // the project is untouched
+
+  ASSERT_TRUE(WriteFileAtomic(tasks_file, "{\"name\": \"x\", \"project\": \"" + project + "\", \"file\": \"" +
+                                              kFile + "\", \"theorems\": [\"nope\"]}\n").ok());
+  EXPECT_NE(LoadTasks(tasks_file).status().message().find("field \"theorems\": no theorem or lemma named nope"),
+            std::string::npos);
+  ASSERT_TRUE(WriteFileAtomic(tasks_file, "{\"name\": \"x\", \"project\": \"" + project +
+                                              "\", \"file\": \"Sorries/Lemmas.lean\", \"theorems\": \"all sorries\"}\n").ok());
+  EXPECT_NE(LoadTasks(tasks_file).status().message().find("no theorem with a sorry"), std::string::npos);
 }
 
 TEST(TruncateResult, CutsAtACharacterWithANote) {

@@ -13,18 +13,18 @@
 
 #include <nlohmann/json.hpp>
 
-#include "inference/language_model.h"
+#include "lm/language_model.h"
 
 namespace lr::agent::testing {
 
-class ScriptedAgentModel : public inference::LanguageModel {
+class ScriptedAgentModel : public LanguageModel {
  public:
   ScriptedAgentModel(std::string file, bool cheat = false) : file_(std::move(file)), cheat_(cheat) {}
 
   std::string Name() const override { return cheat_ ? "scripted-agent-cheater" : "scripted-agent"; }
 
-  Result<inference::Completion> Complete(const inference::CompletionRequest& request,
-                                         const inference::StreamCallback&) override {
+  Result<Completion> Complete(const CompletionRequest& request,
+                                         const StreamCallback&) override {
     using Json = nlohmann::json;
     ++requests;
     tools_offered = request.tools.size();
@@ -33,7 +33,7 @@ class ScriptedAgentModel : public inference::LanguageModel {
     int last = -1;
     for (int i = 0; i < static_cast<int>(m.size()); ++i)
       if (m[i].role == "assistant") last = i;
-    inference::Choice c;
+    Choice c;
     c.finish_reason = "tool_calls";
     c.completion_tokens = 10;
     auto call = [&](const std::string& name, const Json& args) {
@@ -42,7 +42,7 @@ class ScriptedAgentModel : public inference::LanguageModel {
     auto result_of = [&](const std::string& tool) -> Json {  // the latest result of `tool`, parsed
       for (int i = static_cast<int>(m.size()) - 1; i >= 0; --i) {
         if (m[i].role != "assistant") continue;
-        for (const inference::ToolCall& tc : m[i].tool_calls) {
+        for (const ToolCall& tc : m[i].tool_calls) {
           if (tc.name != tool) continue;
           for (size_t j = i + 1; j < m.size() && m[j].role == "tool"; ++j)
             if (m[j].tool_call_id == tc.id) return Json::parse(m[j].content, nullptr, false);
@@ -97,7 +97,7 @@ class ScriptedAgentModel : public inference::LanguageModel {
       c.text = "I do not know what to do after " + step + ".";
       c.finish_reason = "stop";
     }
-    inference::Completion out;
+    Completion out;
     out.choices.push_back(std::move(c));
     out.usage.completion_tokens = 10;
     out.usage.prompt_tokens = 100;
