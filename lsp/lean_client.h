@@ -116,7 +116,8 @@ class LeanClient {
 
   // Checks `text` as the document `uri` (a file:// URI; the path need not exist): opens it, or replaces its text
   // with a full didChange when it is already open, waits for the barrier, then asks for goals at each sorry and each
-  // error. `deadline` bounds the whole call.
+  // error. `deadline` bounds the whole call. When the document already holds exactly `text` and its check completed,
+  // that result is returned without asking Lean again (elapsed_ms 0): diagnostics past the barrier are final.
   Result<CheckResult> Check(const std::string& uri, const std::string& text,
                             std::chrono::steady_clock::time_point deadline);
 
@@ -151,7 +152,7 @@ class LeanClient {
 
   // False once the process exited, the connection broke or a request timed out (a hung server is not reused).
   bool healthy() const;
-  // Resident memory of the server's whole process group, in bytes (0 when unknown).
+  // Resident memory of the server's whole process group, in bytes (0 when unknown), measured at most 250 ms ago.
   int64_t ResidentBytes() const;
   // The last lines the server wrote on stderr (for logs and error messages).
   std::string StderrTail() const;

@@ -9,7 +9,8 @@
 //    idle server is stopped; when none is idle, the check waits for one (up to its deadline).
 //  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes` when set; after each check, a server whose process group
 //    holds more than `server_resident_cap_bytes` resident is retired, and idle servers are stopped (least recently
-//    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes`.
+//    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes` (the figures are at most
+//    250 ms old: LeanClient::ResidentBytes).
 //  - Failures: when a server dies, hangs (misses the deadline of one request), crashes its worker or breaks the
 //    protocol during a check, it is killed, a fresh one is started and the check is retried once. If the retry fails
 //    too, Check returns kUnavailable (or kTimeout): an infrastructure error, never a failed proof.
