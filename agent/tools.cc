@@ -735,6 +735,7 @@ void ToolBox::RegisterLeanTools() {
              }
              LR_ASSIGN_OR_RETURN(int rc, RunProcess(options_.build_command, copy_.root(), deadline, context.cancel, on_line));
              if (rc != 0 && errors.empty()) errors.push_back("build failed with exit status " + std::to_string(rc));
+             if (rc == 0) pool_.StopIdle();  // running servers keep the old imports: later checks start afresh
              size_t keep = static_cast<size_t>(args.value("output_lines", 20));
              std::string output;
              for (size_t k = log.size() > keep ? log.size() - keep : 0; k < log.size(); ++k) output += log[k] + "\n";

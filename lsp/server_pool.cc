@@ -240,6 +240,17 @@ Result<std::vector<AttemptResult>> ServerPool::MultiAttempt(const CheckRequest& 
       });
 }
 
+void ServerPool::StopIdle() {
+  std::vector<std::unique_ptr<LeanClient>> graveyard;  // stopped outside the lock
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (auto it = impl_->servers.begin(); it != impl_->servers.end();) {
+    auto next = std::next(it);
+    if (!(*it)->busy) impl_->Discard(it, graveyard);
+    it = next;
+  }
+  impl_->cv.notify_all();
+}
+
 size_t ServerPool::live_servers() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->servers.size();

@@ -73,6 +73,10 @@ class ServerPool {
   Result<std::vector<AttemptResult>> MultiAttempt(const CheckRequest& request, int line,
                                                   const std::vector<std::string>& snippets);
 
+  // Stops every idle server (busy ones finish their check first), so that later checks start fresh servers: what
+  // a caller does after rebuilding the project's imports, which a running Lean server does not reload.
+  void StopIdle();
+
   // Servers alive now, and servers started since the pool was made (for logs and tests).
   size_t live_servers() const;
   size_t servers_started() const;
