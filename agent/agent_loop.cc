@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/diff.h"
 #include "agent/task.h"
 #include "agent/working_copy.h"
 

@@ -43,43 +43,52 @@ Result<std::string> StringField(const json& j, const char* key, const std::strin
   return it->get<std::string>();
 }
 
-Result<BatchTask> ProjectTask(const json& j, const std::string& task_file, const std::string& where) {
+// The project and file fields of a task: the project root (relative to the task file's folder), the file's path
+// in it, and the file's text.
+struct ProjectFile {
+  std::string root;
+  std::string path;
+  std::string text;
+};
+
+Result<ProjectFile> ReadProjectFile(const json& j, const std::string& task_file, const std::string& where) {
   LR_ASSIGN_OR_RETURN(std::string project, StringField(j, "project", where, true));
   LR_ASSIGN_OR_RETURN(std::string file, StringField(j, "file", where, true));
-  LR_ASSIGN_OR_RETURN(std::string theorem, StringField(j, "theorem", where, true));
   std::filesystem::path root(project);
   if (root.is_relative()) root = std::filesystem::path(task_file).parent_path() / root;
-  const std::string source_path = (root / file).string();
-  Result<std::string> source = ReadFile(source_path);
+  ProjectFile out{root.string(), (root / file).string(), ""};
+  Result<std::string> source = ReadFile(out.path);
   if (!source.ok()) return InvalidArgument(where + ": field \"file\": " + source.status().message());
-  for (ProofTask& task : TasksFromSource(*source)) {
+  out.text = std::move(*source);
+  return out;
+}
+
+Result<BatchTask> ProjectTask(const json& j, const std::string& task_file, const std::string& where) {
+  LR_ASSIGN_OR_RETURN(ProjectFile file, ReadProjectFile(j, task_file, where));
+  LR_ASSIGN_OR_RETURN(std::string theorem, StringField(j, "theorem", where, true));
+  for (ProofTask& task : TasksFromSource(file.text)) {
     if (task.name != theorem && task.full_name != theorem) continue;
     BatchTask t;
     t.task = std::move(task);
-    t.project_root = root.string();
-    t.path = source_path;
+    t.project_root = file.root;
+    t.path = file.path;
     return t;
   }
-  return InvalidArgument(where + ": field \"theorem\": no theorem or lemma named " + theorem + " in " + source_path);
+  return InvalidArgument(where + ": field \"theorem\": no theorem or lemma named " + theorem + " in " + file.path);
 }
 
 // {"project", "file", "theorems": [...] | "all sorries", "instructions"?}: checked against the file now, so that a
 // typo fails at load time.
 Result<BatchTask> RepositoryTaskFromJson(const json& j, const std::string& task_file, const std::string& where) {
-  LR_ASSIGN_OR_RETURN(std::string project, StringField(j, "project", where, true));
-  LR_ASSIGN_OR_RETURN(std::string file, StringField(j, "file", where, true));
+  LR_ASSIGN_OR_RETURN(ProjectFile file, ReadProjectFile(j, task_file, where));
   LR_ASSIGN_OR_RETURN(std::string instructions, StringField(j, "instructions", where, false));
-  std::filesystem::path root(project);
-  if (root.is_relative()) root = std::filesystem::path(task_file).parent_path() / root;
-  const std::string source_path = (root / file).string();
-  Result<std::string> source = ReadFile(source_path);
-  if (!source.ok()) return InvalidArgument(where + ": field \"file\": " + source.status().message());
   BatchTask t;
   t.repository = true;
-  t.project_root = root.string();
-  t.path = source_path;
+  t.project_root = file.root;
+  t.path = file.path;
   t.instructions = instructions;
-  std::vector<ProofTask> in_file = TasksFromSource(*source);
+  const std::string& source_path = file.path;
+  std::vector<ProofTask> in_file = TasksFromSource(file.text);
   const json& theorems = j["theorems"];
   if (theorems.is_string() && theorems.get<std::string>() == "all sorries") {
     bool any = false;

@@ -24,19 +24,9 @@ namespace {
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
-const char* SeverityName(lsp::Severity s) {
-  switch (s) {
-    case lsp::Severity::kError: return "error";
-    case lsp::Severity::kWarning: return "warning";
-    case lsp::Severity::kInformation: return "info";
-    case lsp::Severity::kHint: return "hint";
-  }
-  return "error";
-}
-
 // A diagnostic as lean-lsp-mcp gives it: 1-based line and column (UTF-16), severity by name, Lean's tags by name.
 Json DiagnosticJson(const lsp::Diagnostic& d) {
-  Json j = {{"severity", SeverityName(d.severity)},
+  Json j = {{"severity", lsp::SeverityName(d.severity)},
             {"message", d.message},
             {"line", d.range_utf16.start.line + 1},
             {"column", d.range_utf16.start.character + 1}};

@@ -1,25 +1,13 @@
 #include "agent/working_copy.h"
 
-#include <algorithm>
 #include <filesystem>
 
+#include "agent/diff.h"
 #include "base/file.h"
 
 namespace lr::agent {
 namespace fs = std::filesystem;
 namespace {
-
-std::vector<std::string> SplitLines(const std::string& text) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i < text.size()) {
-    size_t nl = text.find('\n', i);
-    if (nl == std::string::npos) nl = text.size();
-    out.push_back(text.substr(i, nl - i));
-    i = nl + 1;
-  }
-  return out;
-}
 
 bool Inside(const std::string& path, const std::string& root) {
   return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
@@ -114,70 +102,6 @@ Status WorkingCopy::Apply() const {
 void WorkingCopy::Reset() {
   std::lock_guard<std::mutex> lock(mu_);
   edits_.clear();
-}
-
-std::string UnifiedDiff(const std::string& a, const std::string& b, const std::string& a_name,
-                        const std::string& b_name) {
-  if (a == b) return "";
-  std::vector<std::string> x = SplitLines(a), y = SplitLines(b);
-  // Common prefix and suffix first, so that the quadratic table covers only the changed middle.
-  size_t pre = 0;
-  while (pre < x.size() && pre < y.size() && x[pre] == y[pre]) ++pre;
-  size_t suf = 0;
-  while (suf < x.size() - pre && suf < y.size() - pre && x[x.size() - 1 - suf] == y[y.size() - 1 - suf]) ++suf;
-  const size_t n = x.size() - pre - suf, m = y.size() - pre - suf;
-  // ops: ' ' keep, '-' delete from a, '+' insert from b, over the whole files.
-  std::string ops(pre, ' ');
-  if (n * m <= size_t{16} << 20) {
-    std::vector<std::vector<int>> lcs(n + 1, std::vector<int>(m + 1, 0));
-    for (size_t i = n; i-- > 0;)
-      for (size_t j = m; j-- > 0;)
-        lcs[i][j] = x[pre + i] == y[pre + j] ? lcs[i + 1][j + 1] + 1 : std::max(lcs[i + 1][j], lcs[i][j + 1]);
-    size_t i = 0, j = 0;
-    while (i < n || j < m) {
-      if (i < n && j < m && x[pre + i] == y[pre + j]) ops += ' ', ++i, ++j;
-      else if (i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1])) ops += '-', ++i;
-      else ops += '+', ++j;
-    }
-  } else {  // too large for the table: the middle as one replacement
-    ops += std::string(n, '-') + std::string(m, '+');
-  }
-  ops += std::string(suf, ' ');
-
-  std::string out = "--- " + a_name + "\n+++ " + b_name + "\n";
-  constexpr size_t kContext = 3;
-  size_t k = 0;
-  while (k < ops.size()) {
-    size_t change = ops.find_first_not_of(' ', k);
-    if (change == std::string::npos) break;
-    size_t start = change >= kContext ? change - kContext : 0;
-    // Extend the hunk while the next change is within 2 * context lines of the last one.
-    size_t end = change;
-    for (;;) {
-      while (end < ops.size() && ops[end] != ' ') ++end;
-      size_t next = ops.find_first_not_of(' ', end);
-      if (next == std::string::npos || next - end > 2 * kContext) break;
-      end = next;
-    }
-    end = std::min(ops.size(), end + kContext);
-    size_t ai = 0, bi = 0;  // line numbers (0-based) at `start`
-    for (size_t t = 0; t < start; ++t) {
-      if (ops[t] != '+') ++ai;
-      if (ops[t] != '-') ++bi;
-    }
-    size_t a_len = 0, b_len = 0;
-    std::string body;
-    size_t ax = ai, by = bi;
-    for (size_t t = start; t < end; ++t) {
-      if (ops[t] == ' ') body += " " + x[ax++] + "\n", ++by, ++a_len, ++b_len;
-      else if (ops[t] == '-') body += "-" + x[ax++] + "\n", ++a_len;
-      else body += "+" + y[by++] + "\n", ++b_len;
-    }
-    out += "@@ -" + std::to_string(a_len ? ai + 1 : ai) + "," + std::to_string(a_len) + " +" +
-           std::to_string(b_len ? bi + 1 : bi) + "," + std::to_string(b_len) + " @@\n" + body;
-    k = end;
-  }
-  return out;
 }
 
 }  // namespace lr::agent

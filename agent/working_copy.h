@@ -51,8 +51,4 @@ class WorkingCopy {
   std::map<std::string, std::string> edits_;  // absolute path -> text; guarded by mu_
 };
 
-// A unified diff of two texts with 3 lines of context, under the names `a_name` and `b_name`; empty when equal.
-std::string UnifiedDiff(const std::string& a, const std::string& b, const std::string& a_name,
-                        const std::string& b_name);
-
 }  // namespace lr::agent

@@ -35,16 +35,6 @@ int CharColumn(const std::string& text, lsp::Position p) {
   return chars;
 }
 
-const char* SeverityName(lsp::Severity s) {
-  switch (s) {
-    case lsp::Severity::kError: return "error";
-    case lsp::Severity::kWarning: return "warning";
-    case lsp::Severity::kInformation: return "info";
-    case lsp::Severity::kHint: return "hint";
-  }
-  return "error";
-}
-
 const char* SiteName(lsp::GoalSite s) {
   return s == lsp::GoalSite::kSorry ? "sorry" : s == lsp::GoalSite::kError ? "error" : "requested";
 }
@@ -62,7 +52,7 @@ void PrintText(const std::string& file, const std::string& text, const lsp::Chec
   for (const lsp::Diagnostic& d : r.diagnostics) {
     if (d.is_silent) continue;
     std::printf("%s:%d:%d: %s: %s\n", file.c_str(), d.range.start.line + 1, CharColumn(text, d.range.start),
-                SeverityName(d.severity), d.message.c_str());
+                lsp::SeverityName(d.severity), d.message.c_str());
   }
   for (const lsp::Goal& g : r.goals) {
     if (g.site != lsp::GoalSite::kSorry) continue;
@@ -89,7 +79,7 @@ void PrintJson(const std::string& file, const std::string& text, const lsp::Chec
                         {"uses_sorry", r.UsesSorry()}, {"ok", !r.HasErrors() && !r.UsesSorry()}};
   out["diagnostics"] = nlohmann::json::array();
   for (const lsp::Diagnostic& d : r.diagnostics)
-    out["diagnostics"].push_back({{"severity", SeverityName(d.severity)},
+    out["diagnostics"].push_back({{"severity", lsp::SeverityName(d.severity)},
                                   {"start", PositionJson(text, d.range.start)},
                                   {"end", PositionJson(text, d.range.end)},
                                   {"start_utf16", {{"line", d.range_utf16.start.line}, {"character", d.range_utf16.start.character}}},

@@ -81,6 +81,16 @@ bool IsInfrastructure(const Status& s) {
 
 }  // namespace
 
+const char* SeverityName(Severity severity) {
+  switch (severity) {
+    case Severity::kError: return "error";
+    case Severity::kWarning: return "warning";
+    case Severity::kInformation: return "info";
+    case Severity::kHint: return "hint";
+  }
+  return "error";
+}
+
 bool CheckResult::HasErrors() const {
   for (const Diagnostic& d : diagnostics)
     if (d.severity == Severity::kError) return true;

@@ -52,6 +52,9 @@ struct Range {
 
 enum class Severity { kError = 1, kWarning = 2, kInformation = 3, kHint = 4 };
 
+// "error", "warning", "info" or "hint", as Lean's command line and lean-lsp-mcp name them.
+const char* SeverityName(Severity severity);
+
 // Lean's own diagnostic tags (`leanTags`).
 enum class LeanTag { kUnsolvedGoals = 1, kGoalsAccomplished = 2 };
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <gtest/gtest.h>
 
+#include "agent/diff.h"
 #include "agent/local_search.h"
 #include "base/file.h"
 

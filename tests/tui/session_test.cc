@@ -47,11 +47,11 @@ TEST(DiffLinesTest, KeepsCommonLinesAndMarksChanges) {
   ASSERT_EQ(d.size(), 4u);
   EXPECT_EQ(d[0].op, ' ');
   EXPECT_EQ(d[0].text, "theorem t := by");
-  EXPECT_EQ(d[1].op, '+');
-  EXPECT_EQ(d[1].text, "  simp");
+  EXPECT_EQ(d[1].op, '-');
+  EXPECT_EQ(d[1].text, "  sorry");
   EXPECT_EQ(d[2].op, '+');
-  EXPECT_EQ(d[3].op, '-');
-  EXPECT_EQ(d[3].text, "  sorry");
+  EXPECT_EQ(d[2].text, "  simp");
+  EXPECT_EQ(d[3].op, '+');
   for (const DiffLine& l : DiffLines("x\ny", "x\ny")) EXPECT_EQ(l.op, ' ');
 }
 
@@ -169,10 +169,10 @@ TEST(SessionTest, AcceptWritesTheProofIntoTheBufferOnlyWhenLeanAcceptedIt) {
   std::vector<DiffLine> diff = s.SelectedDiff();
   ASSERT_EQ(diff.size(), 3u);
   EXPECT_EQ(diff[0].op, ' ');
-  EXPECT_EQ(diff[1].op, '+');
-  EXPECT_EQ(diff[1].text, "  omega");
-  EXPECT_EQ(diff[2].op, '-');
-  EXPECT_EQ(diff[2].text, "  sorry");
+  EXPECT_EQ(diff[1].op, '-');
+  EXPECT_EQ(diff[1].text, "  sorry");
+  EXPECT_EQ(diff[2].op, '+');
+  EXPECT_EQ(diff[2].text, "  omega");
 
   s.OnKey(Key::Char('a'));
   EXPECT_TRUE(s.dirty());
