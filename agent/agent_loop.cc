@@ -64,6 +64,7 @@ class Loop {
     WorkingCopy& copy = tools_.working_copy();
     copy.Reset();
     LR_ASSIGN_OR_RETURN(path_, copy.Resolve(task_.file));
+    if (!task_.text.empty()) copy.Write(path_, task_.text);
     LR_ASSIGN_OR_RETURN(original_, copy.Read(path_));
     std::vector<ProofTask> tasks = TasksFromSource(original_);
     if (task_.theorems.empty()) {
@@ -235,7 +236,7 @@ class Loop {
       out_.trace.push_back(Json{{"turn", out_.turns}, {"judge", name}, {"accepted", verdict.accepted},
                                 {"reason", verdict.reason}}
                                .dump(-1, ' ', false, Json::error_handler_t::replace));
-      if (options_.observer != nullptr) options_.observer->OnJudged(name, verdict);
+      if (options_.observer != nullptr) options_.observer->OnJudged(name, proof, verdict);
       if (verdict.accepted) {
         accepted_proofs_[name] = proof;
         out_.accepted.push_back(name);

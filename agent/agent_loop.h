@@ -34,6 +34,8 @@ struct RepositoryTask {
   std::string file;                   // the Lean file, relative to the ToolBox's project root (or absolute inside)
   std::vector<std::string> theorems;  // names (plain or namespaced); empty: every theorem whose proof has a sorry
   std::string instructions;           // extra text for the model; may be empty
+  // The file's text to start from (an editor's unsaved buffer); empty: the file on disk.
+  std::string text;
 };
 
 // Live progress, for a watcher such as the TUI; called on the loop's thread, in order. Defaults do nothing.
@@ -44,7 +46,8 @@ class AgentObserver {
   virtual void OnPiece(std::string_view piece) {}
   virtual void OnToolCall(int turn, const std::string& name, const std::string& arguments) {}
   virtual void OnToolResult(int turn, const std::string& name, bool is_error, const std::string& result) {}
-  virtual void OnJudged(const std::string& theorem, const Verdict& verdict) {}
+  // A target's proof (the text after its `:=`) was judged.
+  virtual void OnJudged(const std::string& theorem, const std::string& proof, const Verdict& verdict) {}
 };
 
 struct AgentOptions {
@@ -82,7 +85,7 @@ struct AgentOutcome {
 };
 
 // Runs one agent on `task` in `tools`' project. The ToolBox's working copy is reset first (each run starts from
-// the files on disk). Errors: kInvalidArgument (no such file, no such theorem, no theorem with a sorry), the
+// the files on disk, and task.text when given). Errors: kInvalidArgument (no such file, no such theorem, no theorem with a sorry), the
 // model's errors, a failed Lean check of the judge (kUnavailable, kTimeout), kCancelled.
 Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools,
                               LeanChecker& checker, const AgentOptions& options);

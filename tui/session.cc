@@ -215,7 +215,7 @@ void Session::Prove() {
   run_.attempts.assign(settings_.k, AttemptView{});
   selected_ = 0;
   diff_visible_ = false;
-  requests_.push_back(ProveRequest{run_.id, std::move(task), settings_.k, settings_.turns});
+  requests_.push_back(ProveRequest{run_.id, std::move(task), settings_.k, settings_.turns, path_, text_});
   Note("proving " + d.name + " (k=" + std::to_string(settings_.k) + ", turns=" + std::to_string(settings_.turns) +
        ")");
 }

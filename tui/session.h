@@ -74,6 +74,8 @@ struct ProveRequest {
   agent::ProofTask task;
   int k = 0;
   int turns = 0;
+  std::string path;  // the buffer's file and text, for agent runs (which work in the project around the file)
+  std::string text;
 };
 struct CancelRequest {};
 struct CheckRequest {     // check the whole buffer with Lean, for diagnostics and goals
