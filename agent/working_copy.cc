@@ -2,7 +2,6 @@
 
 #include <filesystem>
 
-#include "agent/diff.h"
 #include "base/file.h"
 
 namespace lr::agent {
@@ -75,28 +74,6 @@ std::vector<std::string> WorkingCopy::Changed() const {
     if (!disk.ok() || *disk != text) out.push_back(path);
   }
   return out;
-}
-
-std::string WorkingCopy::Diff() const {
-  std::string out;
-  for (const std::string& path : Changed()) {
-    auto disk = ReadFile(path);
-    auto now = Read(path);
-    std::string rel = Relative(path);
-    out += UnifiedDiff(disk.ok() ? *disk : "", now.ok() ? *now : "", disk.ok() ? "a/" + rel : "/dev/null",
-                       "b/" + rel);
-  }
-  return out;
-}
-
-Status WorkingCopy::Apply() const {
-  for (const std::string& path : Changed()) {
-    LR_ASSIGN_OR_RETURN(std::string text, Read(path));
-    std::error_code ec;
-    fs::create_directories(fs::path(path).parent_path(), ec);
-    LR_RETURN_IF_ERROR(WriteFileAtomic(path, text).WithContext("applying the edit of " + Relative(path)));
-  }
-  return Status::Ok();
 }
 
 void WorkingCopy::Reset() {

@@ -2,8 +2,9 @@
 //
 // Every path an agent names is resolved by Resolve(): relative paths are taken from the project root, symlinks are
 // followed, and the result must lie inside the (canonical) root; `..` that climbs out, an absolute path elsewhere or a
-// symlink that points out is kInvalidArgument, naming the path. Reads see the agent's edits; the user's files are
-// written only by Apply(), atomically per file (base/file.h), after the caller (the guard, the user) accepted them.
+// symlink that points out is kInvalidArgument, naming the path. Reads see the agent's edits; nothing here writes to
+// disk: what reaches the user's files is decided by the caller (the agent loop splices only guard-accepted proofs
+// into the original file, and the command writes that atomically).
 //
 // Thread-safe: several tool calls may read and edit at once; each Write replaces a whole file's text.
 #pragma once
@@ -33,15 +34,11 @@ class WorkingCopy {
 
   // The file's text with the agent's edits; kNotFound when it exists in neither.
   Result<std::string> Read(const std::string& absolute) const;
-  // Replaces the file's text in the working copy (a new file is created on Apply).
+  // Replaces the file's text in the working copy (the file need not exist on disk).
   void Write(const std::string& absolute, std::string text);
 
   // Files whose working text differs from the disk, sorted.
   std::vector<std::string> Changed() const;
-  // A unified diff (paths relative to the root, a/ and b/ prefixes) of every changed file against the disk.
-  std::string Diff() const;
-  // Writes every changed file (atomically each). kIo naming the file on failure.
-  Status Apply() const;
   // Forgets every edit.
   void Reset();
 
