@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "base/file.h"
+#include "tests/agent/lake_fixture.h"
 #include "tests/agent/scripted_agent_model.h"
 
 namespace lr::agent {
@@ -21,12 +22,8 @@ using Json = nlohmann::json;
 class AgentLoopTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    fs::path dir = fs::path(::testing::TempDir()) /
-                   ("lr_agent_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-                    std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::copy(fs::path(LR_SOURCE_DIR) / "tests/fixtures/lake_sorries", dir, fs::copy_options::recursive);
-    root_ = dir.string();
+    root_ = testing::CopyLakeFixture("agent_" +
+                                     std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     lsp::PoolOptions pool_options;
     pool_options.lean_command = {LR_SCRIPTED_LEAN_SERVER};
     pool_ = std::make_unique<lsp::ServerPool>(pool_options);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "base/file.h"
+#include "tests/agent/lake_fixture.h"
 
 namespace lr::agent {
 namespace {
@@ -21,9 +22,7 @@ using Json = nlohmann::json;
 class McpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    fs::path dir = fs::path(::testing::TempDir()) / ("lr_mcp_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::copy(fs::path(LR_SOURCE_DIR) / "tests/fixtures/lake_sorries", dir, fs::copy_options::recursive);
+    const fs::path dir = testing::CopyLakeFixture("mcp");
     lsp::PoolOptions pool_options;
     pool_options.lean_command = {LR_SCRIPTED_LEAN_SERVER};
     pool_ = std::make_unique<lsp::ServerPool>(pool_options);

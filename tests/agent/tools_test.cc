@@ -11,6 +11,7 @@
 #include "agent/diff.h"
 #include "agent/local_search.h"
 #include "base/file.h"
+#include "tests/agent/lake_fixture.h"
 
 namespace lr::agent {
 namespace {
@@ -20,10 +21,8 @@ using Json = nlohmann::json;
 
 // A fresh copy of tests/fixtures/lake_sorries, with a symlink pointing out of it and a file outside it.
 std::string FixtureCopy(const std::string& name) {
-  fs::path dir = fs::path(::testing::TempDir()) / ("lr_tools_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir / "project");
-  fs::copy(fs::path(LR_SOURCE_DIR) / "tests/fixtures/lake_sorries", dir / "project", fs::copy_options::recursive);
+  const fs::path project = testing::CopyLakeFixture("tools_" + name);
+  const fs::path dir = project.parent_path();
   EXPECT_TRUE(WriteFileAtomic((dir / "secret.lean").string(), "theorem secret : True := trivial\n").ok());
   fs::create_directory_symlink(dir, dir / "project" / "escape");
   return (dir / "project").string();

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "base/file.h"
+#include "tests/agent/lake_fixture.h"
 #include "tests/agent/scripted.h"
 #include "tests/agent/scripted_agent_model.h"
 
@@ -103,9 +104,7 @@ TEST(WorkerTest, ProvesStreamsAndReportsEachCandidate) {
 // proof can be accepted into the buffer.
 TEST(WorkerTest, AgentStyleStreamsToolCallsIntoThePaneAndAcceptsTheGuardedProof) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::path(::testing::TempDir()) / ("lr_tui_agent_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::copy(fs::path(LR_SOURCE_DIR) / "tests/fixtures/lake_sorries", dir, fs::copy_options::recursive);
+  const fs::path dir = agent::testing::CopyLakeFixture("tui_agent");
   const std::string file = (dir / "Sorries/Basic.lean").string();
   lsp::PoolOptions pool_options;
   pool_options.lean_command = {LR_SCRIPTED_LEAN_SERVER};
