@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <regex>
 #include <sstream>
 #include <cstring>
 
@@ -183,6 +182,29 @@ Result<int> RunProcess(const std::vector<std::string>& argv, const std::string& 
   std::string how = process->ExitDescription();
   if (how.rfind("exited with status ", 0) == 0) return std::stoi(how.substr(19));
   return -1;
+}
+
+// Lake's progress lines, "[n/m] Building Foo (1.2s)": n, m and the message without its timing.
+bool ParseBuildProgress(const std::string& line, double* done, double* total, std::string* message) {
+  const char* kDigits = "0123456789";
+  for (size_t open = line.find('['); open != std::string::npos; open = line.find('[', open + 1)) {
+    size_t slash = line.find('/', open), close = line.find(']', open);
+    if (slash == std::string::npos || close == std::string::npos || slash > close) continue;
+    std::string a = line.substr(open + 1, slash - open - 1), b = line.substr(slash + 1, close - slash - 1);
+    if (a.empty() || b.empty() || a.find_first_not_of(kDigits) != std::string::npos ||
+        b.find_first_not_of(kDigits) != std::string::npos)
+      continue;
+    *done = std::stod(a);
+    *total = std::stod(b);
+    std::string rest = line.substr(close + 1);
+    rest.erase(0, rest.find_first_not_of(" \t") == std::string::npos ? rest.size() : rest.find_first_not_of(" \t"));
+    size_t timing = rest.rfind(" (");
+    if (timing != std::string::npos && rest.size() > timing + 3 && rest.compare(rest.size() - 2, 2, "s)") == 0)
+      rest.erase(timing);
+    *message = rest;
+    return true;
+  }
+  return false;
 }
 
 Json StringProp(const char* description) { return {{"type", "string"}, {"description", description}}; }
@@ -708,16 +730,16 @@ void ToolBox::RegisterLeanTools() {
              auto deadline = Clock::now() + std::chrono::milliseconds(
                                                 static_cast<int64_t>(options_.build_timeout_seconds * 1000));
              std::vector<std::string> log, errors;
-             static const std::regex kProgress(R"(\[(\d+)/(\d+)\]\s*(.*))");
              auto on_line = [&](const std::string& l) {
                if (l.rfind("trace:", 0) == 0) return;
                log.push_back(l);
                std::string lower = l;
                std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
                if (lower.find("error") != std::string::npos) errors.push_back(l);
-               std::smatch m;
-               if (context.progress && std::regex_search(l, m, kProgress))
-                 context.progress(std::stod(m[1]), std::stod(m[2]), m[3]);
+               double done = 0, total = 0;
+               std::string message;
+               if (context.progress && ParseBuildProgress(l, &done, &total, &message))
+                 context.progress(done, total, message);
              };
              if (args.value("clean", false)) {
                LR_ASSIGN_OR_RETURN(int rc, RunProcess({"lake", "clean"}, copy_.root(), deadline, context.cancel, on_line));

@@ -250,8 +250,8 @@ TEST_F(ToolsTest, BadArgumentsAreToolErrorsNamingTheField) {
 
 TEST_F(ToolsTest, BuildRunsTheCommandAndReportsProgress) {
   ToolsOptions options;
-  options.build_command = {"sh", "-c", "echo '[1/2] Building Sorries.Lemmas'; echo '[2/2] Building Sorries.Basic'; "
-                                       "echo 'error: boom' >&2; exit 3"};
+  options.build_command = {"sh", "-c", "echo '[1/2] Building Sorries.Lemmas (0.4s)'; echo 'note [x/y] not progress'; "
+                                       "echo '[2/2] Building Sorries.Basic'; echo 'error: boom' >&2; exit 3"};
   ToolBox tools(*pool_, *copy_, options);
   std::vector<std::string> progress;
   ToolCallContext context;
