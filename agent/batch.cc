@@ -144,6 +144,7 @@ TaskResult ResultOf(const std::string& name, const ProofOutcome& o) {
   r.tokens = o.tokens;
   r.seconds = o.seconds;
   r.first_proof_check = o.first_proof_check;
+  r.worker_crashes = o.worker_crashes;
   r.stop_reason = o.stop_reason;
   return r;
 }
@@ -245,6 +246,7 @@ std::string ResultToJson(const TaskResult& r) {
             {"seconds", r.seconds},
             {"first_proof_check", r.first_proof_check},
             {"stop_reason", r.stop_reason}};
+  if (r.worker_crashes > 0) j["worker_crashes"] = r.worker_crashes;
   if (!r.error.empty()) j["error"] = r.error;
   if (!r.diff.empty()) j["diff"] = r.diff;
   if (!r.trace.empty()) j["trace"] = r.trace;
@@ -269,6 +271,7 @@ Result<TaskResult> ResultFromJson(std::string_view line, std::string_view where)
     r.seconds = j.value("seconds", 0.0);
     r.first_proof_check = j.value("first_proof_check", 0);
     r.stop_reason = j.value("stop_reason", "");
+    r.worker_crashes = j.value("worker_crashes", 0);
     r.error = j.value("error", "");
     r.diff = j.value("diff", "");
     r.trace = j.value("trace", "");
@@ -370,8 +373,8 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
         r.name = t.task.name;
         r.error = outcome.status().ToString();
       } else {
-        // A failure seen after an interrupt is the interrupt's doing (lsp kills the Lean servers on SIGINT): the
-        // task is abandoned like a cancelled one, to be run again by --resume.
+        // A task cut short by an interrupt (kCancelled, or whatever failure its cancelled work reported) is
+        // abandoned, not written: --resume runs it again.
         const bool interrupted = options.cancel != nullptr && options.cancel->load();
         if (outcome.status().code() != StatusCode::kCancelled && !interrupted && failure.ok())
           failure = outcome.status();
@@ -402,7 +405,10 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
   summary.cancelled = options.cancel != nullptr && options.cancel->load();
   summary.finished = static_cast<int>(results.size());
   summary.proved = proved;
-  for (const TaskResult& r : results) summary.errors += r.error.empty() ? 0 : 1;
+  for (const TaskResult& r : results) {
+    summary.errors += r.error.empty() ? 0 : 1;
+    summary.worker_crashes += r.worker_crashes;
+  }
   summary.pass_at = MeanPassAt(results, options.prover.k);
   if (!options.report_path.empty())
     LR_RETURN_IF_ERROR(WriteFileAtomic(options.report_path,
@@ -412,7 +418,7 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
 }
 
 std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, int k, const std::string& model_name) {
-  int proved = 0, max_checks = 0;
+  int proved = 0, max_checks = 0, crashes = 0;
   long tokens = 0, checks = 0;
   double seconds = 0;
   for (const TaskResult& r : results) {
@@ -421,6 +427,7 @@ std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, in
     max_checks = std::max(max_checks, r.checks);
     tokens += r.tokens;
     seconds += r.seconds;
+    crashes += r.worker_crashes;
   }
   const double n = results.empty() ? 1.0 : static_cast<double>(results.size());
   char buf[512];
@@ -433,6 +440,11 @@ std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, in
                 checks / n, tokens / n,
                 seconds / n);
   md += buf;
+  if (crashes > 0) {
+    std::snprintf(buf, sizeof buf, "%d candidate(s) crashed Lean's file worker repeatably and were rejected (column "
+                  "\"crashes\" below); Lean itself kept working.\n\n", crashes);
+    md += buf;
+  }
 
   md += "## pass@k (unbiased, over finished tasks; a sample is one candidate with its repair turns)\n\n| k | pass@k |\n|---|---|\n";
   std::vector<double> pass = MeanPassAt(results, k);
@@ -449,11 +461,13 @@ std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, in
     std::snprintf(buf, sizeof buf, "%6d  %s %d\n", b, std::string(static_cast<size_t>(width), '#').c_str(), solved);
     md += buf;
   }
-  md += "```\n\n## Tasks\n\n| task | proved | solved/candidates | checks | turns | tokens | seconds | stop |\n"
-        "|---|---|---|---|---|---|---|---|\n";
+  md += "```\n\n## Tasks\n\n"
+        "| task | proved | solved/candidates | checks | crashes | turns | tokens | seconds | stop |\n"
+        "|---|---|---|---|---|---|---|---|---|\n";
   for (const TaskResult& r : results) {
-    std::snprintf(buf, sizeof buf, "| %s | %s | %d/%d | %d | %d | %ld | %.1f | %s |\n", r.name.c_str(),
-                  r.proved ? "yes" : "no", r.solved, r.candidates, r.checks, r.turns, r.tokens, r.seconds,
+    std::snprintf(buf, sizeof buf, "| %s | %s | %d/%d | %d | %d | %d | %ld | %.1f | %s |\n", r.name.c_str(),
+                  r.proved ? "yes" : "no", r.solved, r.candidates, r.checks, r.worker_crashes, r.turns, r.tokens,
+                  r.seconds,
                   r.error.empty() ? r.stop_reason.c_str() : r.error.c_str());
     md += buf;
   }

@@ -13,7 +13,8 @@
 // diff and the path of the tool-call trace (JSONL, <out>.traces/<name>.jsonl, one line per tool call and judgement,
 // with the agent's index); nothing is written into the project.
 // Each result line is appended (base/file.h AppendLine) the moment its task ends, so a crash or Ctrl-C loses at most
-// the tasks in flight; `resume` skips the tasks whose results are already there. Every task runs all k candidate
+// the tasks in flight (an interrupt abandons them: they are not written, and --resume runs them again); `resume`
+// skips the tasks whose results are already there. Every task runs all k candidate
 // chains to their end (ProverOptions::run_all_candidates) so that the unbiased pass@1..k can be computed.
 #pragma once
 
@@ -57,6 +58,7 @@ struct TaskResult {
   long tokens = 0;
   double seconds = 0;
   int first_proof_check = 0;
+  int worker_crashes = 0;  // candidates refused because Lean's file worker crashed on them (not infrastructure)
   std::string stop_reason;
   std::string error;  // a task-specific failure (e.g. the prompt does not fit the context); not proved
   std::string diff;   // agent tasks: the unified diff of the first accepted result ("" when none)
@@ -93,6 +95,7 @@ struct BatchSummary {
   int skipped = 0;   // found finished by resume
   int proved = 0;
   int errors = 0;    // task-specific failures recorded with an "error" field
+  int worker_crashes = 0;  // candidates of finished tasks that crashed Lean's file worker
   std::vector<double> pass_at;  // pass_at[i] = mean pass@(i+1) over finished tasks
   bool cancelled = false;
 };

@@ -121,6 +121,7 @@ Verdict CheckSplice(const ProofTask& task, std::string_view proof) {
 
 Verdict JudgeLeanReport(const LeanReport& report, const ProofTask& task, std::string_view proof,
                         const GuardOptions& options) {
+  if (!report.worker_crash.empty()) return Verdict::Refuse(report.worker_crash);
   const int first_line = StatementLine(task);
   const int axioms_line = AxiomsLine(task, proof);
   std::string errors;

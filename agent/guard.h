@@ -4,8 +4,9 @@
 //  - before Lean sees it (RefuseProofText): text that is not a proof (`sorry`, `admit`) or that could cheat or touch
 //    the machine (`axiom`, `native_decide`, `#eval`, macros that redefine tactics, ...) is refused without being run;
 //    the spliced file must still hold the original statement, unchanged, and nothing else new (CheckSplice);
-//  - after Lean checked it (JudgeLeanReport): no error anywhere from the theorem on, no "declaration uses 'sorry'",
-//    and `#print axioms` (appended to every checked text) names only allowed axioms.
+//  - after Lean checked it (JudgeLeanReport): Lean's file worker did not crash on it, no error anywhere from the
+//    theorem on, no "declaration uses 'sorry'", and `#print axioms` (appended to every checked text) names only
+//    allowed axioms.
 // A candidate is accepted only when both pass.
 #pragma once
 

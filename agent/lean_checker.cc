@@ -16,6 +16,7 @@ LeanReport ReportFromCheck(const lsp::CheckResult& result) {
     if (!goal.goals.empty()) report.goals.push_back(std::move(goal));
   }
   report.seconds = static_cast<double>(result.elapsed_ms) / 1000.0;
+  report.worker_crash = result.worker_crash;
   return report;
 }
 
@@ -25,6 +26,7 @@ Result<LeanReport> PoolChecker::Check(const CheckRequest& request) {
   r.path = request.path;
   r.text = request.text;
   r.timeout = std::chrono::milliseconds(static_cast<int64_t>(request.timeout_seconds * 1000));
+  r.cancel = request.cancel;
   LR_ASSIGN_OR_RETURN(lsp::CheckResult result, pool_.Check(r));
   return ReportFromCheck(result);
 }

@@ -3,10 +3,12 @@
 // The production implementation is PoolChecker, over the Lean server pool (lsp/server_pool.h); tests script it.
 // These plain structs are what the agent and the terminal UI read; PoolChecker fills them from lsp::CheckResult.
 // Infrastructure failures (no server, a crash, a timeout) are non-OK Statuses (kUnavailable, kTimeout), never a
-// report: a report means Lean really elaborated the text. The pool already retries a failed check once on a fresh
-// server, so callers don't.
+// report: a report means Lean really elaborated the text, or that Lean's file worker crashed on this very text
+// repeatably while Lean itself works (`worker_crash`, a property of the text). The pool already retries a failed
+// check once on a fresh server, so callers don't. A set cancel flag ends a check with kCancelled.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,7 @@ struct LeanReport {
   std::vector<LeanMessage> messages;
   std::vector<LeanGoal> goals;
   double seconds = 0;  // time Lean took for this check
+  std::string worker_crash;  // non-empty: Lean's file worker crashed on this text, repeatably (why); no messages
 };
 
 struct CheckRequest {
@@ -37,6 +40,7 @@ struct CheckRequest {
   std::string project_root;  // Lake project to check in; empty: a standalone file
   std::string path;          // where the file would live (inside project_root for project tasks); may be empty
   double timeout_seconds = 300;  // for the whole check
+  const std::atomic<bool>* cancel = nullptr;  // set: the check stops with kCancelled (null: never)
 };
 
 class LeanChecker {

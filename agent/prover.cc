@@ -85,6 +85,7 @@ class Loop {
     request.n = n;
     request.sampling = options_.sampling;
     request.continue_final_message = options_.style == PromptStyle::kCompletion;
+    request.cancel = options_.cancel;
     if (options_.style == PromptStyle::kTools) request.tools = {CheckProofTool()};
     ProverObserver* observer = options_.observer;
     if (observer != nullptr) observer->OnGenerating(first_candidate, n, turn);
@@ -105,8 +106,9 @@ class Loop {
 
   Result<LeanReport> Check(const std::string& proof) {
     CheckRequest request{CheckedText(task_, proof), options_.project_root, options_.path,
-                         options_.check_timeout_seconds};
+                         options_.check_timeout_seconds, options_.cancel};
     Result<LeanReport> report = checker_.Check(request);
+    if (!report.ok() && IsCancelled()) return Cancelled("proof of " + task_.name + " cancelled");
     if (!report.ok()) return report.status().WithContext("checking a proof of " + task_.name);
     out_.lean_seconds += report->seconds;
     return report;
@@ -129,6 +131,7 @@ class Loop {
         if (options_.observer != nullptr) options_.observer->OnChecking(index, turn);
         LR_ASSIGN_OR_RETURN(report, Check(attempt.proof));
         attempt.verdict = JudgeLeanReport(*report, task_, attempt.proof, options_.guard);
+        if (!report->worker_crash.empty()) ++out_.worker_crashes;
       }
     }
     ++out_.checks;

@@ -6,7 +6,8 @@
 //      the completion up to its fence), then the guard's text checks (RefuseProofText, CheckSplice): refused text
 //      never reaches Lean.
 //   3. CheckedText (preamble + statement + proof + `#print axioms NAME`) goes to the LeanChecker; its report is judged
-//      by JudgeLeanReport. Accepted: done (or, for pass@k runs, this candidate is done).
+//      by JudgeLeanReport. Accepted: done (or, for pass@k runs, this candidate is done). A candidate that crashes
+//      Lean's file worker repeatably is refused with that reason (and counted), like one with errors.
 //   4. Otherwise the candidate's own conversation gets its reply plus Lean's errors and goals (AppendRepairTurn) and
 //      is sent again for one reply, up to `turns` times per candidate.
 // The loop stops at the first accepted proof (unless every candidate is to be run to its end), when every candidate
@@ -85,12 +86,13 @@ struct ProofOutcome {
   long prompt_tokens_computed = 0;  // of those, prefilled (not from the prefix cache)
   double seconds = 0;
   double lean_seconds = 0;
+  int worker_crashes = 0;   // judged candidates refused because Lean's file worker crashed on them
   std::string stop_reason;  // "proved", "all candidates done", "token budget", "time budget", "check budget"
   std::vector<Attempt> attempts;
 };
 
 // Proves `task`. Errors: the model's (kInvalidArgument, kUnavailable, kResourceExhausted, ...), the checker's after
-// (kUnavailable, kTimeout), kCancelled.
+// (kUnavailable, kTimeout), kCancelled (options.cancel reaches the model's stream and the Lean checks in flight).
 Result<ProofOutcome> Prove(const ProofTask& task, LanguageModel& model, LeanChecker& checker,
                            const ProverOptions& options);
 

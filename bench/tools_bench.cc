@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
 
   // 1. MCP overhead per call.
   McpClient client;
-  if (!client.Start({leanrotor, "mcp", "--project", (work / "project").string(), "--lean-command", lean_server,
+  if (!client.Start({leanrotor, "mcp", "--project", (work / "project").string(), "--lean-cmd", lean_server,
                      "--search-root", (work / "none").string()}))
     return 2;
   Json init = client.Call("initialize", {{"protocolVersion", "2025-11-25"}, {"capabilities", Json::object()},

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agent/batch.h"
+#include "base/interrupt.h"
 #include "cli/command.h"
 #include "cli/prover_flags.h"
 
@@ -94,7 +95,7 @@ int RunBatchCommand(const BatchFlags& f) {
   }
   std::set<std::string> roots;
   for (const agent::BatchTask& t : *tasks) roots.insert(t.project_root);
-  if (Status s = CheckLeanAvailable(f.prover, {roots.begin(), roots.end()}); !s.ok()) {
+  if (Status s = CheckLeanAvailable(f.prover.lean, {roots.begin(), roots.end()}); !s.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", s.message().c_str());
     return 2;
   }
@@ -109,16 +110,15 @@ int RunBatchCommand(const BatchFlags& f) {
   options.resume = f.resume;
   options.out_path = f.out;
   options.report_path = f.report.empty() ? DefaultReportPath(f.out) : f.report;
-  options.cancel = InstallInterruptFlag();
+  options.cancel = InstallInterruptHandler(
+      "\ninterrupted: abandoning the tasks in flight, keeping the finished ones (interrupt again to quit at once)\n");
 
-  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover);
+  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover.model, options.cancel);
   if (!model.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", model.status().ToString().c_str());
-    return 2;
+    return Interrupted() ? InterruptExitCode() : 2;
   }
-  ProverFlags pool_flags = f.prover;
-  pool_flags.lean_servers = std::max(f.prover.lean_servers, f.jobs);
-  lsp::ServerPool pool(MakePoolOptions(pool_flags));
+  lsp::ServerPool pool(MakePoolOptions(f.prover.lean, static_cast<size_t>(std::max(f.prover.lean_servers, f.jobs))));
   agent::PoolChecker checker(pool);
   options.pool = &pool;
   options.agent = MakeAgentOptions(f.prover, *prover);
@@ -127,17 +127,20 @@ int RunBatchCommand(const BatchFlags& f) {
   Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, **model, checker, options, &progress);
   if (!summary.ok()) {
     std::fprintf(stderr, "leanrotor batch: %s\n", summary.status().ToString().c_str());
-    return 2;
+    return Interrupted() ? InterruptExitCode() : 2;
   }
   const agent::BatchSummary& s = *summary;
   std::printf("\n%s: %d/%d tasks finished, %d proved (%.1f%%)%s\n", f.out.c_str(), s.finished, s.tasks, s.proved,
               s.finished > 0 ? 100.0 * s.proved / s.finished : 0.0, s.errors > 0 ? ", some with errors" : "");
   std::printf("unbiased pass@k over finished tasks:");
   for (size_t i = 0; i < s.pass_at.size(); ++i) std::printf("  pass@%zu %.3f", i + 1, s.pass_at[i]);
-  std::printf("\nreport: %s\n", options.report_path.c_str());
+  std::printf("\n");
+  if (s.worker_crashes > 0)
+    std::printf("%d candidate(s) crashed Lean's file worker and were rejected (see the report)\n", s.worker_crashes);
+  std::printf("report: %s\n", options.report_path.c_str());
   if (s.cancelled) {
     std::printf("interrupted: run again with --resume to finish the remaining %d tasks\n", s.tasks - s.finished);
-    return 130;
+    return InterruptExitCode();
   }
   return 0;
 }
@@ -156,7 +159,8 @@ void AddBatchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_flag("--resume", flags->resume, "continue an interrupted run: skip tasks already in the results file");
   AddProverFlags(sub, &flags->prover);
   sub->footer("Exit status: 0 when the run finished, 2 when it could not run or stopped on a failure (bad input, no "
-              "Lean, no model, a Lean server failure; finished results are kept), 130 when interrupted.");
+              "Lean, no model, a Lean server failure; finished results are kept), 130 when interrupted (143 for "
+              "SIGTERM; the tasks in flight are abandoned, --resume runs them).");
   commands.Add(sub, [flags] { return RunBatchCommand(*flags); });
 }
 

@@ -111,11 +111,12 @@ std::string KvLabel(const BenchFlags& f) {
 
 int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
 
-// The calibration the runner stores compressed rows with (inference/kv_calibration.h); none for an f16 cache.
+// The calibration the runner stores compressed rows with (inference/kv_calibration.h; stored in the default cache
+// directory once computed); none for an f16 cache.
 Result<std::shared_ptr<const inference::KvCalibration>> BenchCalibration(inference::Model& model, const BenchFlags& f) {
   if (f.ctk == "f16" && f.ctv == "f16") return std::shared_ptr<const inference::KvCalibration>();
   LR_ASSIGN_OR_RETURN(inference::Tokenizer tok, inference::Tokenizer::FromGguf(model.gguf()));
-  return inference::ComputeKvCalibration(model, tok);
+  return inference::CachedKvCalibration(model, tok, inference::DefaultCacheDir(), nullptr, nullptr);
 }
 
 // The KV cache the flags ask for, for max_tokens positions, stored as the runner stores it.

@@ -1,15 +1,16 @@
 // `leanrotor check FILE.lean [--project DIR] [--json] [--lean-cmd CMD] [--timeout S] [--lean-memory GIB]
 // [--lean-cpu S]`: one Lean check, printed.
-// Exit 0: no errors and no sorry; 1: errors or sorry; 2: Lean could not be run (or the file could not be read).
+// Exit 0: no errors and no sorry; 1: errors or sorry (or Lean's file worker crashed on this text, repeatably);
+// 2: Lean could not be run (or the file could not be read); 130/143: interrupted (SIGINT/SIGTERM).
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "base/file.h"
+#include "base/interrupt.h"
 #include "cli/command.h"
-#include "cli/prover_flags.h"
+#include "cli/lean_flags.h"
 #include "lsp/server_pool.h"
 #include "lsp/utf16.h"
 
@@ -19,11 +20,9 @@ namespace {
 struct CheckFlags {
   std::string file;
   std::string project;
-  std::string lean_cmd;
   bool json = false;
-  double timeout_s = 300;
-  double memory_gib = 0;     // RLIMIT_AS of the server and each of its workers; 0: none
-  int64_t cpu_seconds = 0;   // RLIMIT_CPU of each; 0: none
+  double timeout_s = 300;  // the whole check, the retry on a fresh server included
+  LeanFlags lean;
 };
 
 // Column as Lean's command line prints it: 0-based, in Unicode characters.
@@ -66,6 +65,7 @@ void PrintText(const std::string& file, const std::string& text, const lsp::Chec
     errors += d.severity == lsp::Severity::kError;
     warnings += d.severity == lsp::Severity::kWarning;
   }
+  if (!r.worker_crash.empty()) std::printf("%s: error: %s\n", file.c_str(), r.worker_crash.c_str());
   std::printf("%s: %d error(s), %d warning(s)%s; checked in %lld ms\n", file.c_str(), errors, warnings,
               r.UsesSorry() ? ", uses sorry" : "", static_cast<long long>(r.elapsed_ms));
 }
@@ -74,9 +74,12 @@ nlohmann::json PositionJson(const std::string& text, lsp::Position p) {
   return {{"line", p.line}, {"column", CharColumn(text, p)}, {"byte", p.character}};
 }
 
+bool Clean(const lsp::CheckResult& r) { return !r.HasErrors() && !r.UsesSorry() && r.worker_crash.empty(); }
+
 void PrintJson(const std::string& file, const std::string& text, const lsp::CheckResult& r) {
   nlohmann::json out = {{"file", file}, {"elapsed_ms", r.elapsed_ms}, {"has_errors", r.HasErrors()},
-                        {"uses_sorry", r.UsesSorry()}, {"ok", !r.HasErrors() && !r.UsesSorry()}};
+                        {"uses_sorry", r.UsesSorry()}, {"ok", Clean(r)}};
+  if (!r.worker_crash.empty()) out["worker_crash"] = r.worker_crash;
   out["diagnostics"] = nlohmann::json::array();
   for (const lsp::Diagnostic& d : r.diagnostics)
     out["diagnostics"].push_back({{"severity", lsp::SeverityName(d.severity)},
@@ -103,29 +106,23 @@ int RunCheck(const CheckFlags& flags) {
   }
   std::error_code ec;
   fs::path absolute = fs::absolute(flags.file, ec).lexically_normal();
-  lsp::PoolOptions options;
-  options.max_servers = 1;
-  options.server_memory_limit_bytes = static_cast<int64_t>(flags.memory_gib * double(int64_t{1} << 30));
-  options.server_cpu_limit_seconds = flags.cpu_seconds;
-  if (!flags.lean_cmd.empty()) {
-    std::istringstream words(flags.lean_cmd);
-    for (std::string w; words >> w;) options.lean_command.push_back(w);
-  }
   lsp::CheckRequest request;
   request.project_root = flags.project.empty() ? FindLakeRoot(absolute.parent_path())
                                                : fs::absolute(flags.project, ec).lexically_normal().string();
-  if (options.lean_command.empty()) {
-    auto command = lsp::DefaultLeanCommand(request.project_root);
-    if (!command.ok()) {
-      std::fprintf(stderr, "leanrotor check: %s\n", command.status().message().c_str());
-      return 2;
-    }
+  if (Status s = CheckLeanAvailable(flags.lean, {request.project_root}); !s.ok()) {
+    std::fprintf(stderr, "leanrotor check: %s\n", s.message().c_str());
+    return 2;
   }
   request.path = absolute.string();
   request.text = *text;
   request.timeout = std::chrono::milliseconds(static_cast<int64_t>(flags.timeout_s * 1000));
-  lsp::ServerPool pool(options);
+  request.cancel = InstallInterruptHandler(nullptr);
+  lsp::ServerPool pool(MakePoolOptions(flags.lean, 1));
   auto result = pool.Check(request);
+  if (!result.ok() && Interrupted()) {
+    std::fprintf(stderr, "leanrotor check: interrupted\n");
+    return InterruptExitCode();
+  }
   if (!result.ok()) {
     std::fprintf(stderr, "leanrotor check: Lean could not check %s: %s\n", flags.file.c_str(),
                  result.status().ToString().c_str());
@@ -133,7 +130,7 @@ int RunCheck(const CheckFlags& flags) {
   }
   if (flags.json) PrintJson(flags.file, *text, *result);
   else PrintText(flags.file, *text, *result);
-  return result->HasErrors() || result->UsesSorry() ? 1 : 0;
+  return Clean(*result) ? 0 : 1;
 }
 
 }  // namespace
@@ -145,13 +142,11 @@ void AddCheckCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("file", flags->file, "the .lean file")->required();
   sub->add_option("--project", flags->project, "Lake project root (default: the nearest directory with a lakefile)");
   sub->add_flag("--json", flags->json, "print the result as JSON");
-  sub->add_option("--lean-cmd", flags->lean_cmd,
-                  "the language server command (default: `lake serve` in a project, `lean --server` otherwise)");
-  sub->add_option("--timeout", flags->timeout_s, "seconds per attempt (default 300)")->check(CLI::PositiveNumber);
-  sub->add_option("--lean-memory", flags->memory_gib,
-                  "address-space limit of each Lean process, in GiB (default 8; 0: none)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--lean-cpu", flags->cpu_seconds, "CPU-time limit of each Lean process, in seconds (default: none)")
-      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--timeout", flags->timeout_s,
+                  "seconds for the whole check: starting Lean, the check, and its retry on a fresh server")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  AddLeanFlags(sub, &flags->lean);
   commands.Add(sub, [flags] { return RunCheck(*flags); });
 }
 

@@ -12,7 +12,7 @@
 #include "agent/tools.h"
 #include "agent/working_copy.h"
 #include "cli/command.h"
-#include "cli/prover_flags.h"
+#include "cli/lean_flags.h"
 
 #ifndef LEANROTOR_VERSION
 #define LEANROTOR_VERSION "unknown"
@@ -27,7 +27,8 @@ struct McpFlags {
   double check_timeout = 300;
   std::string build_command = "lake build";
   std::vector<std::string> search_roots;
-  ProverFlags lean;  // only the Lean pool's flags are used
+  int lean_servers = 2;
+  LeanFlags lean;
 };
 
 int RunMcp(const McpFlags& f) {
@@ -52,7 +53,7 @@ int RunMcp(const McpFlags& f) {
     return 2;
   }
   options.search_roots = f.search_roots;
-  lsp::ServerPool pool(MakePoolOptions(f.lean));
+  lsp::ServerPool pool(MakePoolOptions(f.lean, static_cast<size_t>(f.lean_servers)));
   agent::ToolBox tools(pool, **copy, options);
   agent::McpOptions mcp;
   mcp.workers = f.workers;
@@ -80,6 +81,7 @@ void AddMcpCommand(CLI::App& app, CommandSet& commands) {
       ->capture_default_str();
   sub->add_option("--search-root", flags->search_roots,
                   "extra source tree for lean_local_search (default: the toolchain's sources)");
+  sub->add_option("--lean-servers", flags->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
   AddLeanFlags(sub, &flags->lean);
   sub->footer("Edits made with edit_file/write_file stay in the server's working copy: Lean sees them, the files on "
               "disk do not change.");

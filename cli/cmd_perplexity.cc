@@ -148,13 +148,14 @@ int RunPerplexity(PerplexityFlags f) {
   const inference::Tokenizer& tok = (*lm)->tokenizer();
   const bool bos = tok.add_bos() && tok.bos() >= 0;
   const std::vector<int32_t> tokens = tok.Encode(*text, false);
-  // The channel centers and weights compressed formats are stored with, as LocalModel computes them when it opens a
-  // cache.
+  // The channel centers and weights compressed formats are stored with, as LocalModel finds them when it opens a
+  // cache (stored in the default cache directory once computed).
   std::shared_ptr<const inference::KvCalibration> calibration;
   const bool compressed =
       std::any_of(runs.begin(), runs.end(), [](const Run& r) { return !r.is_ref(); });
   if (compressed && !f.no_calibration) {
-    Result<std::shared_ptr<const inference::KvCalibration>> c = inference::ComputeKvCalibration(model, tok);
+    Result<std::shared_ptr<const inference::KvCalibration>> c =
+        inference::CachedKvCalibration(model, tok, inference::DefaultCacheDir(), nullptr, nullptr);
     if (!c.ok()) return Fail(c.status());
     calibration = *c;
   }

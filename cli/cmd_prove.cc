@@ -11,6 +11,7 @@
 #include "agent/tools.h"
 #include "agent/working_copy.h"
 #include "base/file.h"
+#include "base/interrupt.h"
 #include "cli/command.h"
 #include "cli/prover_flags.h"
 
@@ -33,6 +34,9 @@ struct Row {
   double seconds = 0;
   std::string note;
 };
+
+constexpr char kInterruptNote[] =
+    "\ninterrupted: stopping, keeping the theorems proved so far (interrupt again to quit at once)\n";
 
 // The next theorem to work on in `text`: the first with a sorry whose name is not in `done` (and is `only`, if set).
 const agent::ProofTask* NextTarget(const std::vector<agent::ProofTask>& tasks, const std::vector<std::string>& done,
@@ -83,7 +87,7 @@ int RunProveAgent(const ProveFlags& f, LanguageModel& model, lsp::ServerPool& po
   Result<agent::AgentOutcome> outcome = agent::RunAgent(task, model, tools, checker, options);
   if (!outcome.ok()) {
     std::fprintf(stderr, "leanrotor prove: %s\n", outcome.status().ToString().c_str());
-    return outcome.status().code() == StatusCode::kCancelled ? 130 : 2;
+    return Interrupted() ? InterruptExitCode() : 2;
   }
   const agent::AgentOutcome& o = *outcome;
   std::printf("%zu/%zu theorems proved; %d turns, %d tool calls (%d errors), %d Lean checks, %ld tokens, %.1f s; "
@@ -118,7 +122,7 @@ int RunProve(const ProveFlags& f) {
       std::printf("%s: no theorem or lemma with a `sorry`; nothing to do\n", f.file.c_str());
     return f.theorem.empty() ? 0 : 2;
   }
-  if (Status s = CheckLeanAvailable(f.prover, {""}); !s.ok()) {
+  if (Status s = CheckLeanAvailable(f.prover.lean, {""}); !s.ok()) {
     std::fprintf(stderr, "leanrotor prove: %s\n", s.message().c_str());
     return 2;
   }
@@ -127,14 +131,14 @@ int RunProve(const ProveFlags& f) {
     std::fprintf(stderr, "leanrotor prove: %s\n", options.status().ToString().c_str());
     return 2;
   }
-  const std::atomic<bool>* interrupted = InstallInterruptFlag();
+  const std::atomic<bool>* interrupted = InstallInterruptHandler(kInterruptNote);
   options->cancel = interrupted;
-  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover);
+  Result<std::unique_ptr<LanguageModel>> model = OpenModel(f.prover.model, interrupted);
   if (!model.ok()) {
     std::fprintf(stderr, "leanrotor prove: %s\n", model.status().ToString().c_str());
-    return 2;
+    return Interrupted() ? InterruptExitCode() : 2;
   }
-  lsp::ServerPool pool(MakePoolOptions(f.prover));
+  lsp::ServerPool pool(MakePoolOptions(f.prover.lean, static_cast<size_t>(f.prover.lean_servers)));
   if (options->style == agent::PromptStyle::kAgent) return RunProveAgent(f, **model, pool, *options);
   agent::PoolChecker checker(pool);
 
@@ -156,7 +160,7 @@ int RunProve(const ProveFlags& f) {
       row.note = outcome.status().ToString();
       rows.push_back(row);
       std::fprintf(stderr, "leanrotor prove: %s\n", outcome.status().ToString().c_str());
-      exit_code = outcome.status().code() == StatusCode::kCancelled ? 130 : 2;
+      exit_code = 2;
       break;
     }
     row.proved = outcome->proved;
@@ -177,8 +181,9 @@ int RunProve(const ProveFlags& f) {
     }
     rows.push_back(row);
   }
+  if (Interrupted()) exit_code = InterruptExitCode();
   PrintTable(rows);
-  if (changed) {
+  if (changed) {  // what was proved before an interrupt too
     const std::string out = f.out.empty() ? f.file : f.out;
     if (Status s = WriteFileAtomic(out, text); !s.ok()) {
       std::fprintf(stderr, "leanrotor prove: %s\n", s.ToString().c_str());
@@ -199,7 +204,8 @@ void AddProveCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("-o,--out", flags->out, "write the result here instead of over FILE");
   AddProverFlags(sub, &flags->prover);
   sub->footer("Exit status: 0 when every targeted theorem was proved, 1 when some were not, 2 when the run could not "
-              "be done (bad input, no Lean, no model, a Lean server failure), 130 when interrupted.");
+              "be done (bad input, no Lean, no model, a Lean server failure), 130 when interrupted (143 for SIGTERM; "
+              "the theorems proved by then are written).");
   commands.Add(sub, [flags] { return RunProve(*flags); });
 }
 

@@ -2,17 +2,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
-#include <sstream>
 #include <string>
 
 #include "agent/tools.h"
 #include "agent/working_copy.h"
+#include "base/interrupt.h"
 #include "cli/command.h"
+#include "cli/lean_flags.h"
 #include "cli/model_flags.h"
-#include "cli/prover_flags.h"
-#include "net/remote_model.h"
-#include "lsp/server_pool.h"
-#include "lsp/server_process.h"
 #include "tui/app.h"
 
 namespace lr::cli {
@@ -20,35 +17,35 @@ namespace {
 
 struct TuiFlags {
   std::string file;
-  LocalModelFlags local;  // local.model: a GGUF file, or with --url the server's model id
-  std::string url;
+  ModelChoiceFlags model;
   int k = 4;
   int turns = 2;
   std::string style = "chat";
   SamplingParams sampling;
   std::string project;
-  std::string lean_cmd;
+  LeanFlags lean;
 };
 
-// Opens the model named by the flags, or by /model and /kv later: a GGUF file run in-process, or, with --url, a model
-// id on an OpenAI-compatible server. `kv` is "K" or "K,V" (kvquant format names); empty keeps the current formats.
+// Opens the model named by the flags, or by /model and /kv later: a GGUF file run in-process, or, with --remote, a
+// model id on an OpenAI-compatible server. `kv` is "K" or "K,V" (kvquant format names); empty keeps the current
+// formats.
 tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
-  return [flags](const std::string& model, const std::string& kv) -> Result<tui::ModelHandle> {
-    if (!model.empty()) flags->local.model = model;
+  return [flags](const std::string& model, const std::string& kv,
+                 const std::atomic<bool>* cancel) -> Result<tui::ModelHandle> {
+    const bool remote = !flags->model.remote.empty();
+    if (!model.empty()) (remote ? flags->model.model_id : flags->model.local.model) = model;
     if (!kv.empty()) {
       const size_t comma = kv.find(',');
-      flags->local.ctk = kv.substr(0, comma);
-      flags->local.ctv = comma == std::string::npos ? flags->local.ctk : kv.substr(comma + 1);
+      flags->model.local.ctk = kv.substr(0, comma);
+      flags->model.local.ctv = comma == std::string::npos ? flags->model.local.ctk : kv.substr(comma + 1);
     }
     tui::ModelHandle handle;
-    if (!flags->url.empty()) {
-      net::RemoteOptions options;
-      options.base_url = flags->url;
-      options.model = flags->local.model;
-      LR_ASSIGN_OR_RETURN(handle.model, net::RemoteModel::Create(options));
+    if (remote) {
+      LR_ASSIGN_OR_RETURN(handle.model, OpenModel(flags->model, cancel));
       return handle;
     }
-    LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(flags->local));
+    LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(flags->model.local));
+    options.cancel = cancel;
     LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
     // Shared: pages several sequences use now, plus cached prefix pages a next request can start from.
     handle.kv_usage = [lm = local.get()](double* bytes, double* shared) {
@@ -58,7 +55,7 @@ tui::ModelOpener MakeOpener(std::shared_ptr<TuiFlags> flags) {
       *shared = pages == 0 ? 0.0 : static_cast<double>(st.pages_shared + st.pages_cached) / pages;
     };
     handle.model = std::move(local);
-    handle.kv_formats = "K " + flags->local.ctk + " / V " + flags->local.ctv;
+    handle.kv_formats = "K " + flags->model.local.ctk + " / V " + flags->model.local.ctv;
     return handle;
   };
 }
@@ -76,19 +73,13 @@ class PoolOwner : public agent::LeanChecker {
 };
 
 // The Lean side: a checker over the Lean server pool, or none and the reason (Lean is not installed, with how to
-// install it) for the status line. --lean-cmd is split at spaces.
+// install it) for the status line.
 void OpenLean(const TuiFlags& flags, tui::Worker::Options* worker) {
-  lsp::PoolOptions options;
-  std::istringstream words(flags.lean_cmd);
-  for (std::string w; words >> w;) options.lean_command.push_back(w);
-  if (options.lean_command.empty()) {
-    Result<std::vector<std::string>> command = lsp::DefaultLeanCommand(flags.project);
-    if (!command.ok()) {
-      worker->lean_state = "not found: " + command.status().message();
-      return;
-    }
+  if (Status s = CheckLeanAvailable(flags.lean, {flags.project}); !s.ok()) {
+    worker->lean_state = "not found: " + s.message();
+    return;
   }
-  auto owner = std::make_unique<PoolOwner>(std::move(options));
+  auto owner = std::make_unique<PoolOwner>(MakePoolOptions(flags.lean, 2));
   if (worker->prover.style == agent::PromptStyle::kAgent) {
     // The agent's tools work in the project around the file (its Lake root, or its folder).
     namespace fs = std::filesystem;
@@ -118,8 +109,8 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
     std::fprintf(stderr, "leanrotor tui: --style: %s\n", style.status().message().c_str());
     return 2;
   }
-  if (!flags->url.empty() && flags->local.model.empty()) {
-    std::fprintf(stderr, "leanrotor tui: --url needs --model MODEL_ID (the model name the server knows)\n");
+  if (!flags->model.remote.empty() && flags->model.model_id.empty()) {
+    std::fprintf(stderr, "leanrotor tui: --remote needs --model-id (the model name the server knows)\n");
     return 2;
   }
   tui::AppOptions options;
@@ -127,12 +118,12 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
   options.settings.k = flags->k;
   options.settings.turns = flags->turns;
   options.worker.open_model = MakeOpener(flags);
-  if (flags->local.model.empty()) {
+  if (flags->model.remote.empty() && flags->model.local.model.empty()) {
     // Without the default model the session still opens; the status line then says where it was looked for.
     Result<std::string> path = inference::FindDefaultModel();
-    flags->local.model = path.ok() ? *path : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    flags->model.local.model = path.ok() ? *path : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   }
-  options.worker.model = flags->local.model;
+  options.worker.model = flags->model.remote.empty() ? flags->model.local.model : flags->model.model_id;
   options.worker.project_root = flags->project;
   options.worker.prover.style = *style;
   options.worker.prover.sampling = flags->sampling;
@@ -143,24 +134,21 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
     std::fprintf(stderr, "leanrotor tui: %s\n", status.ToString().c_str());
     return status.code() == StatusCode::kUnavailable ? 2 : 1;
   }
-  return 0;
+  return Interrupted() ? InterruptExitCode() : 0;
 }
 
 }  // namespace
 
 void AddTuiCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<TuiFlags>();
-  flags->local.ctk = "q8_0";
-  flags->local.ctv = "q8_0";
+  flags->model.local.ctk = "q8_0";
+  flags->model.local.ctv = "q8_0";
   flags->sampling.temperature = 0.7f;
   flags->sampling.top_p = 0.95f;
   flags->sampling.max_tokens = 512;
   CLI::App* sub = app.add_subcommand("tui", "Interactive proving session in the terminal (? inside shows the keys)");
   sub->add_option("file", flags->file, "Lean file to open (created on save if it does not exist)");
-  sub->add_option("-m,--model", flags->local.model,
-                  "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf), or with --url the server's model id");
-  sub->add_option("--url", flags->url, "OpenAI-compatible endpoint, e.g. https://api.mistral.ai/v1");
-  AddLocalModelFlags(sub, &flags->local);
+  AddModelChoiceFlags(sub, &flags->model);
   sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()
       ->check(CLI::Range(0, 64));
@@ -171,9 +159,10 @@ void AddTuiCommand(CLI::App& app, CommandSet& commands) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--temperature", flags->sampling.temperature)->group("");  // another spelling, not listed
   sub->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();
   sub->add_option("--project", flags->project, "Lake project root the file belongs to");
-  sub->add_option("--lean-cmd", flags->lean_cmd, "Lean server command (default: lake serve / lean --server)");
+  AddLeanFlags(sub, &flags->lean);
   commands.Add(sub, [flags]() { return RunTui(flags); });
 }
 

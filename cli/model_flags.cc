@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "net/remote_model.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::cli {
@@ -39,6 +40,10 @@ void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
       ->check(CLI::PositiveNumber);
   sub->add_option("-t,--threads", f->threads, "CPU threads (default: OpenMP's, all cores)")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--cache-dir", f->cache_dir,
+                  "where KV calibrations are stored once computed (default: $LEANROTOR_CACHE_DIR, "
+                  "$XDG_CACHE_HOME/leanrotor or ~/.cache/leanrotor)")
+      ->capture_default_str();
 }
 
 Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags& f) {
@@ -56,7 +61,37 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   o.kv_budget_mib = f.kv_budget_mib;
   if (f.threads > 0) omp_set_num_threads(f.threads);
   o.threads = f.threads;
+  o.cache_dir = f.cache_dir;
   return o;
+}
+
+void AddModelChoiceFlags(CLI::App* sub, ModelChoiceFlags* f) {
+  auto* model = sub->add_option("-m,--model", f->local.model,
+                                "GGUF model file for the in-process runner (default: "
+                                "models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  auto* remote =
+      sub->add_option("--remote", f->remote, "OpenAI-compatible endpoint instead, e.g. https://api.mistral.ai/v1");
+  auto* url = sub->add_option("--url", f->remote)->group("");  // another spelling, not listed
+  model->excludes(remote);
+  model->excludes(url);
+  sub->add_option("--model-id", f->model_id, "model id for --remote, e.g. labs-leanstral-2603");
+  AddLocalModelFlags(sub, &f->local);
+}
+
+Result<std::unique_ptr<LanguageModel>> OpenModel(const ModelChoiceFlags& f,
+                                                            const std::atomic<bool>* cancel) {
+  if (!f.remote.empty()) {
+    if (f.model_id.empty()) return InvalidArgument("--remote needs --model-id (e.g. labs-leanstral-2603)");
+    net::RemoteOptions options;
+    options.base_url = f.remote;
+    options.model = f.model_id;
+    LR_ASSIGN_OR_RETURN(std::unique_ptr<net::RemoteModel> remote, net::RemoteModel::Create(options));
+    return std::unique_ptr<LanguageModel>(std::move(remote));
+  }
+  LR_ASSIGN_OR_RETURN(inference::LocalModelOptions options, MakeLocalModelOptions(f.local));
+  options.cancel = cancel;
+  LR_ASSIGN_OR_RETURN(std::unique_ptr<inference::LocalModel> local, inference::LocalModel::Open(options));
+  return std::unique_ptr<LanguageModel>(std::move(local));
 }
 
 }  // namespace lr::cli

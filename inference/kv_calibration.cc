@@ -1,22 +1,30 @@
 // The calibration text, its prefill on an f16 cache, and the statistics of its rows and queries.
 #include "inference/kv_calibration.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <string>
 
-#include "ops/kernels.h"
+#include "base/file.h"
 #include "inference/kv_cache.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
+#include "ops/kernels.h"
 
 namespace lr::inference {
 namespace {
 
 
 constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
+constexpr size_t kPrefillChunk = 64;       // tokens per Forward call of the calibration prefill (a cancel waits for one)
 constexpr double kValueWeightPower = 0.2;  // b
 
 // One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec), less the rotating
@@ -128,7 +136,8 @@ Result<std::vector<double>> OutputColumnEnergy(const Model& model, int layer, in
 
 }  // namespace
 
-Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer) {
+Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer,
+                                                                  const std::atomic<bool>* cancel) {
   std::vector<int32_t> tokens;
   if (tokenizer.add_bos() && tokenizer.bos() >= 0) tokens.push_back(tokenizer.bos());
   const std::vector<int32_t> text = tokenizer.Encode(KvCalibrationText(), false);
@@ -149,10 +158,14 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
   };
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape, o));
   const int seq = cache.NewSequence();
-  std::vector<BatchToken> batch;
-  for (size_t i = 0; i < tokens.size(); ++i) batch.push_back({seq, tokens[i], i + 1 == tokens.size()});
   std::vector<float> logits;
-  LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits).WithContext("KV calibration prefill"));
+  for (size_t begin = 0; begin < tokens.size(); begin += kPrefillChunk) {  // a cancel is seen between chunks
+    if (cancel != nullptr && cancel->load()) return Cancelled("KV calibration cancelled");
+    const size_t end = std::min(tokens.size(), begin + kPrefillChunk);
+    std::vector<BatchToken> batch;
+    for (size_t i = begin; i < end; ++i) batch.push_back({seq, tokens[i], i + 1 == end});
+    LR_RETURN_IF_ERROR(model.Forward(cache, batch, &logits).WithContext("KV calibration prefill"));
+  }
 
   auto cal = std::make_shared<KvCalibration>();
   cal->shape = shape;
@@ -196,6 +209,196 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
     }
   }
   return std::shared_ptr<const KvCalibration>(std::move(cal));
+}
+
+namespace {
+
+constexpr char kMagic[8] = {'L', 'R', 'K', 'V', 'C', 'A', 'L', '\0'};
+
+uint64_t Fnv1a(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+std::string Hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// The model fingerprint of kv_calibration.h: size, the first 4 MiB, 64 KiB at 64 evenly spaced offsets after that.
+Result<uint64_t> ModelFingerprint(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  uint64_t h = Fnv1a(&size, sizeof size);
+  constexpr off_t kHead = off_t{4} << 20, kSample = off_t{64} << 10;
+  constexpr int kSamples = 64;
+  std::vector<char> buf(static_cast<size_t>(kHead));
+  auto hash_range = [&](off_t offset, off_t n) -> Status {
+    n = std::min(n, size - offset);
+    if (n <= 0) return Status::Ok();
+    const ssize_t got = ::pread(fd, buf.data(), static_cast<size_t>(n), offset);
+    if (got != n) return IoError("cannot read " + path + " at byte " + std::to_string(offset));
+    h = Fnv1a(buf.data(), static_cast<size_t>(n), h);
+    return Status::Ok();
+  };
+  Status s = hash_range(0, kHead);
+  for (int i = 0; s.ok() && i < kSamples && size > kHead; ++i)
+    s = hash_range(kHead + (size - kHead) / kSamples * i, kSample);
+  ::close(fd);
+  if (!s.ok()) return s;
+  return h;
+}
+
+void Put(std::string* out, const void* p, size_t n) { out->append(static_cast<const char*>(p), n); }
+template <typename T>
+void PutValue(std::string* out, T v) { Put(out, &v, sizeof v); }
+void PutFloats(std::string* out, const std::vector<float>& v) {
+  PutValue<uint64_t>(out, v.size());
+  Put(out, v.data(), v.size() * sizeof(float));
+}
+
+// Reads what SaveKvCalibration wrote, failing on the first value that is not there.
+class Reader {
+ public:
+  Reader(std::string_view data, const std::string& path) : data_(data), path_(path) {}
+  template <typename T>
+  Result<T> Value(const char* what) {
+    T v;
+    if (data_.size() - pos_ < sizeof v) return Short(what);
+    std::memcpy(&v, data_.data() + pos_, sizeof v);
+    pos_ += sizeof v;
+    return v;
+  }
+  // `expected` values, or none when `may_be_empty`.
+  Result<std::vector<float>> Floats(const char* what, size_t expected, bool may_be_empty = false) {
+    LR_ASSIGN_OR_RETURN(uint64_t n, Value<uint64_t>(what));
+    if (n != expected && !(may_be_empty && n == 0))
+      return Corrupt(path_ + ": " + what + " holds " + std::to_string(n) + " values, the model needs " +
+                     std::to_string(expected) + " (delete the file to compute the calibration again)");
+    if ((data_.size() - pos_) / sizeof(float) < n) return Short(what);
+    std::vector<float> v(n);
+    std::memcpy(v.data(), data_.data() + pos_, n * sizeof(float));
+    pos_ += n * sizeof(float);
+    return v;
+  }
+  size_t pos() const { return pos_; }
+
+ private:
+  Status Short(const char* what) const {
+    return Corrupt(path_ + ": truncated at byte " + std::to_string(pos_) + " (" + what +
+                   "); delete the file to compute the calibration again");
+  }
+  std::string_view data_;
+  const std::string& path_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+std::string DefaultCacheDir() {
+  if (const char* dir = std::getenv("LEANROTOR_CACHE_DIR"); dir != nullptr && *dir != '\0') return dir;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0')
+    return std::string(xdg) + "/leanrotor";
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0')
+    return std::string(home) + "/.cache/leanrotor";
+  return "";
+}
+
+Result<std::string> KvCalibrationPath(const std::string& cache_dir, const std::string& gguf_path) {
+  LR_ASSIGN_OR_RETURN(uint64_t fingerprint, ModelFingerprint(gguf_path));
+  const std::string_view text = KvCalibrationText();
+  return cache_dir + "/kvcal-v" + std::to_string(kKvCalibrationVersion) + "-" + Hex(fingerprint) + "-" +
+         Hex(Fnv1a(text.data(), text.size())) + ".bin";
+}
+
+Status SaveKvCalibration(const KvCalibration& c, const std::string& path) {
+  std::string out;
+  Put(&out, kMagic, sizeof kMagic);
+  PutValue<uint32_t>(&out, kKvCalibrationVersion);
+  for (int v : {c.shape.n_layer, c.shape.n_head_kv, c.shape.k_dim, c.shape.v_dim}) PutValue<int32_t>(&out, v);
+  for (const auto* v : {&c.k_center, &c.v_center, &c.k_weights, &c.v_weights}) PutFloats(&out, *v);
+  PutValue<uint64_t>(&out, c.k_rotating_center.size());
+  for (const std::vector<kvquant::RotatingCenter>& head : c.k_rotating_center) {
+    PutValue<uint32_t>(&out, static_cast<uint32_t>(head.size()));
+    for (const kvquant::RotatingCenter& p : head) {
+      PutValue<int32_t>(&out, p.a);
+      PutValue<int32_t>(&out, p.b);
+      for (float f : {p.theta, p.ca, p.cb}) PutValue<float>(&out, f);
+    }
+  }
+  PutValue<uint64_t>(&out, Fnv1a(out.data(), out.size()));
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  if (ec) return IoError("cannot create " + std::filesystem::path(path).parent_path().string() + ": " + ec.message());
+  return WriteFileAtomic(path, out);
+}
+
+Result<std::shared_ptr<const KvCalibration>> LoadKvCalibration(const std::string& path, const KvShape& shape) {
+  LR_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
+  auto damaged = [&](const std::string& why) {
+    return Corrupt(path + ": " + why + "; delete the file to compute the calibration again");
+  };
+  if (data.size() < sizeof kMagic + sizeof(uint64_t) || std::memcmp(data.data(), kMagic, sizeof kMagic) != 0)
+    return damaged("not a leanrotor KV calibration file");
+  uint64_t checksum;
+  std::memcpy(&checksum, data.data() + data.size() - sizeof checksum, sizeof checksum);
+  if (checksum != Fnv1a(data.data(), data.size() - sizeof checksum)) return damaged("checksum mismatch (damaged)");
+  Reader in(std::string_view(data).substr(sizeof kMagic, data.size() - sizeof kMagic - sizeof checksum), path);
+  LR_ASSIGN_OR_RETURN(uint32_t version, in.Value<uint32_t>("version"));
+  if (version != static_cast<uint32_t>(kKvCalibrationVersion))
+    return damaged("calibration version " + std::to_string(version) + ", expected " +
+                   std::to_string(kKvCalibrationVersion));
+  auto c = std::make_shared<KvCalibration>();
+  for (int* v : {&c->shape.n_layer, &c->shape.n_head_kv, &c->shape.k_dim, &c->shape.v_dim}) {
+    LR_ASSIGN_OR_RETURN(*v, in.Value<int32_t>("shape"));
+  }
+  if (c->shape.n_layer != shape.n_layer || c->shape.n_head_kv != shape.n_head_kv || c->shape.k_dim != shape.k_dim ||
+      c->shape.v_dim != shape.v_dim)
+    return damaged("its KV shape does not match the model's");
+  const size_t heads = static_cast<size_t>(shape.n_layer) * shape.n_head_kv;
+  LR_ASSIGN_OR_RETURN(c->k_center, in.Floats("k_center", heads * shape.k_dim));
+  LR_ASSIGN_OR_RETURN(c->v_center, in.Floats("v_center", heads * shape.v_dim));
+  LR_ASSIGN_OR_RETURN(c->k_weights, in.Floats("k_weights", heads * shape.k_dim, /*may_be_empty=*/true));
+  LR_ASSIGN_OR_RETURN(c->v_weights, in.Floats("v_weights", c->k_weights.empty() ? 0 : heads * shape.v_dim));
+  LR_ASSIGN_OR_RETURN(uint64_t n_heads, in.Value<uint64_t>("rotating centers"));
+  if (n_heads != heads && n_heads != 0) return damaged("rotating centers for " + std::to_string(n_heads) + " heads");
+  c->k_rotating_center.resize(n_heads);
+  for (std::vector<kvquant::RotatingCenter>& head : c->k_rotating_center) {
+    LR_ASSIGN_OR_RETURN(uint32_t pairs, in.Value<uint32_t>("rotating center"));
+    if (pairs > static_cast<uint32_t>(shape.k_dim)) return damaged("a head with " + std::to_string(pairs) + " pairs");
+    head.resize(pairs);
+    for (kvquant::RotatingCenter& p : head) {
+      LR_ASSIGN_OR_RETURN(p.a, in.Value<int32_t>("pair"));
+      LR_ASSIGN_OR_RETURN(p.b, in.Value<int32_t>("pair"));
+      LR_ASSIGN_OR_RETURN(p.theta, in.Value<float>("pair"));
+      LR_ASSIGN_OR_RETURN(p.ca, in.Value<float>("pair"));
+      LR_ASSIGN_OR_RETURN(p.cb, in.Value<float>("pair"));
+      if (p.a < 0 || p.b < 0 || p.a >= shape.k_dim || p.b >= shape.k_dim || p.a == p.b)
+        return damaged("a rotating-center pair outside the key row");
+    }
+  }
+  if (in.pos() != data.size() - sizeof kMagic - sizeof checksum) return damaged("trailing bytes");
+  return std::shared_ptr<const KvCalibration>(std::move(c));
+}
+
+Result<std::shared_ptr<const KvCalibration>> CachedKvCalibration(Model& model, const Tokenizer& tokenizer,
+                                                                 const std::string& cache_dir,
+                                                                 const std::atomic<bool>* cancel, bool* loaded) {
+  if (loaded != nullptr) *loaded = false;
+  if (cache_dir.empty()) return ComputeKvCalibration(model, tokenizer, cancel);
+  LR_ASSIGN_OR_RETURN(std::string path, KvCalibrationPath(cache_dir, model.gguf().path()));
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    LR_ASSIGN_OR_RETURN(std::shared_ptr<const KvCalibration> stored, LoadKvCalibration(path, model.kv_shape()));
+    if (loaded != nullptr) *loaded = true;
+    return stored;
+  }
+  LR_ASSIGN_OR_RETURN(std::shared_ptr<const KvCalibration> computed, ComputeKvCalibration(model, tokenizer, cancel));
+  LR_RETURN_IF_ERROR(SaveKvCalibration(*computed, path).WithContext("storing the KV calibration"));
+  return computed;
 }
 
 }  // namespace lr::inference

@@ -29,11 +29,22 @@
 // f16 cache, the first position left out of the row statistics (attention-sink tokens have atypical rows).
 // Rows are what RowCodec::EncodeRow receives: after RoPE, before any rotation of the format; queries are what
 // KvCache::Attend receives. Prefix sharing and rebuilt caches rely on the determinism. Cost: that one prefill when a
-// model is opened with a compressed format (see LocalModel::Open).
+// model is opened with a compressed format (see LocalModel::Open), seconds on a small model and minutes on a large
+// one on a CPU; so it is stored once computed.
+//
+// Stored calibrations (CachedKvCalibration). A calibration depends on the model file and on this computation only
+// (the prefill runs on an f16 cache whatever formats the caller uses, so one file serves every KV format). It is
+// stored in a cache directory as kvcal-v<kKvCalibrationVersion>-<model fingerprint>-<text hash>.bin, written
+// atomically, and loaded by later opens of the same model. The model fingerprint hashes the file's size, its first
+// 4 MiB (the GGUF header, metadata and tensor table) and 64 KiB at 64 evenly spaced places of the rest, so a changed
+// model file gets a new calibration without the file being read whole. A stored file that cannot be read, is
+// damaged, or does not fit the model is an error naming it (kCorrupt; delete the file to compute it again).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -77,8 +88,33 @@ struct KvCalibration {
 std::string_view KvCalibrationText();
 
 // Runs the calibration text through `model` (BOS first when the tokenizer asks for it) on a temporary f16 cache and
-// measures its rows and queries. Errors are the forward pass's, or kCorrupt naming an attn_output tensor that is not
-// n_embd rows of n_head * v_dim.
-Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer);
+// measures its rows and queries. Errors are the forward pass's, kCorrupt naming an attn_output tensor that is not
+// n_embd rows of n_head * v_dim, or kCancelled soon after `cancel` (may be null) is set: the prefill runs in chunks
+// and checks it between them.
+Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, const Tokenizer& tokenizer,
+                                                                  const std::atomic<bool>* cancel = nullptr);
+
+// Raise when the computation (or what a stored file holds) changes: stored calibrations of other versions are then
+// not used.
+inline constexpr int kKvCalibrationVersion = 1;
+
+// Where calibrations are stored by default: $LEANROTOR_CACHE_DIR, else $XDG_CACHE_HOME/leanrotor, else
+// $HOME/.cache/leanrotor; empty when none of these is set.
+std::string DefaultCacheDir();
+
+// The stored file of the model at `gguf_path` in `cache_dir` (see above). kIo when the model file cannot be read.
+Result<std::string> KvCalibrationPath(const std::string& cache_dir, const std::string& gguf_path);
+
+// Writes `calibration` to `path` atomically (base/file.h), creating its directory.
+Status SaveKvCalibration(const KvCalibration& calibration, const std::string& path);
+// Reads a stored calibration; kCorrupt naming `path` when it is damaged or its shape is not `shape`.
+Result<std::shared_ptr<const KvCalibration>> LoadKvCalibration(const std::string& path, const KvShape& shape);
+
+// The calibration of `model` (the GGUF file at model.gguf().path()): loaded from `cache_dir` when stored there, else
+// computed (cancellable, as ComputeKvCalibration) and stored. `loaded` (may be null) says which. An empty cache_dir
+// computes without storing.
+Result<std::shared_ptr<const KvCalibration>> CachedKvCalibration(Model& model, const Tokenizer& tokenizer,
+                                                                 const std::string& cache_dir,
+                                                                 const std::atomic<bool>* cancel, bool* loaded);
 
 }  // namespace lr::inference

@@ -39,7 +39,9 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
   if (options.n_ctx < 1 || options.prefill_chunk < 1)
     return InvalidArgument("context size and prefill chunk must be positive");
   if (options.kv_budget_mib < 1) return InvalidArgument("--kv-budget must be a positive number of MiB");
+  auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
   LR_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(options.path));
+  if (cancelled()) return Cancelled("loading " + options.path + " cancelled");
   LR_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::FromGguf(model->gguf()));
   LR_ASSIGN_OR_RETURN(ChatFormat chat, ChatFormat::FromGguf(model->gguf()));
   // A one-page cache first: it checks --ctk/--ctv against the model and gives the bytes per token the pool size
@@ -57,10 +59,11 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& op
   std::error_code ec;
   const uintmax_t file_size = std::filesystem::file_size(options.path, ec);
   kv.identity = options.path + " " + std::to_string(ec ? 0 : file_size);
-  // A compressed format stores rows relative to the model's channel centers and weights: one prefill of the
-  // calibration text.
+  // A compressed format stores rows relative to the model's channel centers and weights: stored, or one prefill of
+  // the calibration text.
   if (kv.calibration == nullptr && (kv.k_format != "f16" || kv.v_format != "f16")) {
-    LR_ASSIGN_OR_RETURN(kv.calibration, ComputeKvCalibration(*model, tokenizer));
+    LR_ASSIGN_OR_RETURN(kv.calibration,
+                        CachedKvCalibration(*model, tokenizer, options.cache_dir, options.cancel, nullptr));
   }
   LR_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->kv_shape(), kv));
   return std::unique_ptr<LocalModel>(
@@ -175,7 +178,8 @@ std::string LocalModel::Name() const {
 }
 
 Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt, const SamplingParams& params, int n,
-                                                 const StreamCallback& on_piece, GenerateStats* stats) {
+                                                 const StreamCallback& on_piece, GenerateStats* stats,
+                                                 const std::atomic<bool>* cancel) {
   if (prompt.empty()) return InvalidArgument("empty prompt");
   if (n < 1) return InvalidArgument("n (number of choices) must be at least 1, got " + std::to_string(n));
   const int n_vocab = model_->config().n_vocab;
@@ -196,6 +200,7 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   r->streams = static_cast<bool>(on_piece);
   r->pages = PagesNeeded(prompt_len, max_new, n);
   r->arrived = std::chrono::steady_clock::now();
+  r->cancel = cancel != nullptr && cancel->load();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return Unavailable("the model is closing");
@@ -209,7 +214,9 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   for (bool finished = false; !finished;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      r->cv.wait(lock, [&] { return r->finished || !r->pieces.empty(); });
+      // Woken by pieces and the end; every 50 ms also, to see the caller's cancel flag.
+      while (!r->cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return r->finished || !r->pieces.empty(); }))
+        if (cancel != nullptr && cancel->load()) r->cancel = true;
       pieces.swap(r->pieces);
       finished = r->finished;
     }
@@ -454,7 +461,7 @@ Result<Completion> LocalModel::Complete(const CompletionRequest& request, const 
   prompt.insert(prompt.end(), ids.begin(), ids.end());
   GenerateStats stats;
   Completion out;
-  LR_ASSIGN_OR_RETURN(out.choices, Generate(prompt, request.sampling, request.n, on_piece, &stats));
+  LR_ASSIGN_OR_RETURN(out.choices, Generate(prompt, request.sampling, request.n, on_piece, &stats, request.cancel));
   for (Choice& c : out.choices) {
     LR_ASSIGN_OR_RETURN(AssistantReply reply, chat_.ParseReply(c.text));
     c.text = std::move(reply.text);

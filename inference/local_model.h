@@ -29,6 +29,7 @@
 // each choice's reply (tool calls for formats that have them).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -60,6 +61,11 @@ struct LocalModelOptions {
   int kv_budget_mib = 1024;
   // OpenMP threads of the engine's Forward calls; 0: omp_get_max_threads() of the thread that calls Open.
   int threads = 0;
+  // Where the KV calibration of compressed formats is stored and found (kv_calibration.h, CachedKvCalibration);
+  // empty: computed at every Open, not stored.
+  std::string cache_dir;
+  // Set while Open runs: Open returns kCancelled soon after (the calibration prefill checks it between chunks).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // The default model, models/SmolLM2-135M-Instruct.Q4_1.gguf: relative to the current directory, then to the running
@@ -88,7 +94,8 @@ struct EngineStats {
 
 class LocalModel : public LanguageModel {
  public:
-  // Loads the model and its tokenizer; checks the KV formats against the model's head sizes.
+  // Loads the model and its tokenizer; checks the KV formats against the model's head sizes; for compressed formats
+  // loads the stored KV calibration or computes (and stores) it.
   static Result<std::unique_ptr<LocalModel>> Open(const LocalModelOptions& options);
   // Fails the requests still queued or running with kUnavailable and joins the engine.
   ~LocalModel() override;
@@ -103,8 +110,11 @@ class LocalModel : public LanguageModel {
   // n continuations of `prompt` (token ids, BOS included if the model wants one). on_piece streams each choice's
   // text as it becomes safe to show (may be empty). kResourceExhausted when prompt + max_tokens exceeds n_ctx;
   // kInvalidArgument for an empty prompt, a token outside the vocabulary or n < 1. Safe to call from many threads.
+  // `cancel` (may be null), once set, ends the request at the engine's next step (a prefill chunk or a decode step)
+  // as if on_piece had returned false.
   Result<std::vector<Choice>> Generate(std::span<const int32_t> prompt, const SamplingParams& params, int n,
-                                       const StreamCallback& on_piece, GenerateStats* stats);
+                                       const StreamCallback& on_piece, GenerateStats* stats,
+                                       const std::atomic<bool>* cancel = nullptr);
 
   // The KV cache's accounting as of the engine's last admission or finished request; safe to call from any thread.
   KvStats kv_stats() const;

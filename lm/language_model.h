@@ -7,6 +7,7 @@
 // its KV pages still cached. A remote server does the same on its side (vLLM prefix caching).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -54,6 +55,9 @@ struct CompletionRequest {
   SamplingParams sampling;
   // Continue the last assistant message instead of starting a new one (a prefix the model must extend).
   bool continue_final_message = false;
+  // Set: the request ends soon after (within about 50 ms of the backend noticing: a prefill chunk, a poll of the
+  // connection), as if on_piece had returned false, also before the first piece. Null: never. Must outlive the call.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct Choice {

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -98,7 +99,7 @@ Status RpcErrorToStatus(const std::string& method, const Json& error) {
   switch (code) {
     case kWorkerCrashed:
     case kWorkerExited:
-      return Unavailable("Lean's file worker crashed or exited (" + message + ")");
+      return Unavailable(std::string(kWorkerCrashText) + " (" + message + ")");
     case kRequestCancelled:
       return Cancelled(message);
     case kContentModified:
@@ -160,6 +161,11 @@ void Connection::Break(Status why) {
   cv_.notify_all();
 }
 
+bool Connection::Cancelled() const {
+  const std::atomic<bool>* cancel = cancel_.load();
+  return cancel != nullptr && cancel->load();
+}
+
 Status Connection::Write(const std::string& frame, Clock::time_point deadline) {
   std::lock_guard<std::mutex> lock(write_mu_);
   LR_RETURN_IF_ERROR(broken());
@@ -173,8 +179,14 @@ Status Connection::Write(const std::string& frame, Clock::time_point deadline) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       pollfd p{write_fd_, POLLOUT, 0};
-      int r = ::poll(&p, 1, RemainingMs(deadline));
+      int r = ::poll(&p, 1, std::min<int>(RemainingMs(deadline), kCancelPoll.count()));
+      if (r == 0 && Clock::now() < deadline && !Cancelled()) continue;
       if (r == 0) {
+        if (Cancelled()) {
+          Status s = lr::Cancelled(peer_ + ": a write was cancelled");
+          if (off > 0) Break(Unavailable(s.message()));
+          return s;
+        }
         // Part of a frame may be out: the stream can no longer be trusted.
         Status s = Timeout(peer_ + " stopped reading its input (a write did not finish before the deadline)");
         if (off > 0) Break(Unavailable(s.message()));
@@ -211,13 +223,16 @@ Result<Json> Connection::Request(const std::string& method, const Json& params, 
     pending_.erase(id);
     return written;
   }
-  cv_.wait_until(lock, deadline, [&] { return pending.done; });
+  while (!pending.done && Clock::now() < deadline && !Cancelled())
+    cv_.wait_until(lock, std::min(deadline, Clock::now() + kCancelPoll));
   if (pending.done) {
     return std::move(pending.result);
   }
   pending_.erase(id);
   lock.unlock();
+  const bool cancelled = Cancelled();
   (void)Notify("$/cancelRequest", Json{{"id", id}}, Clock::now() + std::chrono::seconds(1));
+  if (cancelled) return lr::Cancelled(peer_ + ": " + method + " (request " + std::to_string(id) + ") was cancelled");
   return Timeout(peer_ + " did not answer " + method + " (request " + std::to_string(id) + ") before the deadline");
 }
 

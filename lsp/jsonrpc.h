@@ -16,6 +16,7 @@
 // (kUnavailable for a dead peer, kCorrupt for garbage). Writes never raise SIGPIPE and never block past a deadline.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -42,6 +43,8 @@ inline constexpr int kRequestCancelled = -32800;
 inline constexpr int kContentModified = -32801;
 inline constexpr int kWorkerExited = -32901;   // Lean: the file worker exited
 inline constexpr int kWorkerCrashed = -32902;  // Lean: the file worker crashed
+// What a Status from -32902/-32901 says (RpcErrorToStatus), so that a worker crash can be told from other failures.
+inline constexpr char kWorkerCrashText[] = "Lean's file worker crashed or exited";
 
 class FrameDecoder {
  public:
@@ -79,10 +82,16 @@ class Connection {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Sends a request and waits for its response until `deadline`. On timeout sends `$/cancelRequest` and returns
-  // kTimeout. The result is the response's `result` (possibly null).
+  // Sends a request and waits for its response until `deadline`, or until the cancel flag (SetCancel) is set. On
+  // timeout or cancellation sends `$/cancelRequest` and returns kTimeout or kCancelled. The result is the response's
+  // `result` (possibly null).
   Result<Json> Request(const std::string& method, const Json& params, Clock::time_point deadline);
   Status Notify(const std::string& method, const Json& params, Clock::time_point deadline);
+
+  // A flag that, once set, makes waiting and later requests and writes return kCancelled within kCancelPoll. Null:
+  // none. The flag must outlive its use here.
+  void SetCancel(const std::atomic<bool>* cancel) { cancel_.store(cancel); }
+  static constexpr std::chrono::milliseconds kCancelPoll{50};
 
   // OK while the connection works; otherwise why it broke.
   Status broken() const;
@@ -101,6 +110,7 @@ class Connection {
   void IoLoop();
   void Dispatch(const std::string& body);
   void Break(Status why);
+  bool Cancelled() const;
 
   std::string peer_;
   int write_fd_;
@@ -118,6 +128,7 @@ class Connection {
   std::string stderr_tail_;              // guarded by mu_
   uint64_t bytes_received_ = 0;          // guarded by mu_
   std::mutex write_mu_;
+  std::atomic<const std::atomic<bool>*> cancel_{nullptr};
   std::thread io_thread_;
 };
 

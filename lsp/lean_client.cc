@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <map>
 #include <mutex>
 
+#include "base/interrupt.h"
 #include "lsp/jsonrpc.h"
 #include "lsp/lean_text.h"
 #include "lsp/utf16.h"
@@ -76,6 +78,7 @@ Diagnostic ParseDiagnostic(const Json& j, const std::string& text) {
 
 bool IsInfrastructure(const Status& s) {
   return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout ||
+         s.code() == StatusCode::kCancelled ||
          s.code() == StatusCode::kCorrupt || s.code() == StatusCode::kIo;
 }
 
@@ -117,7 +120,8 @@ struct LeanClient::Impl {
   ClientOptions options;
   std::unique_ptr<ServerProcess> process;
   std::unique_ptr<Connection> connection;
-  std::atomic<bool> hung{false};
+  std::atomic<bool> hung{false};            // a request timed out or was cancelled: not reused
+  std::atomic<bool> worker_crashed{false};  // the last failure was a crash of Lean's file worker
 
   std::mutex mu;
   std::map<std::string, Document> documents;  // guarded by mu
@@ -129,7 +133,7 @@ struct LeanClient::Impl {
 
   void OnNotification(const std::string& method, const Json& params);
   std::optional<Json> OnRequest(const std::string& method, const Json& params);
-  Status Failure(Status s);
+  Status Failure(Status s, Clock::time_point deadline);
   Result<CheckResult> Sync(const std::string& uri, const std::string& text, const Json& content_changes,
                            Clock::time_point deadline);
   Result<Goal> GoalAt(const std::string& uri, const std::string& text, Position p, GoalSite site,
@@ -190,11 +194,17 @@ std::optional<Json> LeanClient::Impl::OnRequest(const std::string& method, const
   return std::nullopt;
 }
 
-// Adds what the process and its stderr say to an infrastructure failure, and marks a hung server.
-Status LeanClient::Impl::Failure(Status s) {
-  if (s.code() == StatusCode::kTimeout) hung = true;
-  // A server whose output ended is usually on its way out: give it a moment, so that its exit status is reported.
-  if (s.code() == StatusCode::kUnavailable) process->WaitForExit(std::chrono::seconds(1));
+// Adds what the process and its stderr say to an infrastructure failure, and marks a hung server or a worker crash.
+Status LeanClient::Impl::Failure(Status s, Clock::time_point deadline) {
+  if (s.code() == StatusCode::kTimeout || s.code() == StatusCode::kCancelled) hung = true;
+  if (s.message().find(kWorkerCrashText) != std::string::npos) worker_crashed = true;
+  // A server whose output ended is usually on its way out: give it a moment (within the deadline), so that its exit
+  // status is reported.
+  if (s.code() == StatusCode::kUnavailable && !connection->broken().ok()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    process->WaitForExit(std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(1000)));
+  }
+  if (!process->Running()) worker_crashed = false;  // the server itself died
   std::string detail = " [server " + process->ExitDescription();
   std::string tail = connection->StderrTail();
   if (!tail.empty()) {
@@ -207,7 +217,9 @@ Status LeanClient::Impl::Failure(Status s) {
 
 LeanClient::LeanClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, const ClientOptions& options) {
+Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, const ClientOptions& options,
+                                                     Clock::time_point deadline, const std::atomic<bool>* cancel) {
+  if (cancel != nullptr && cancel->load()) return Cancelled("Lean server start cancelled");
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->peer = "Lean server '" + (spec.argv.empty() ? std::string() : spec.argv[0]) + "'";
@@ -220,6 +232,7 @@ Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, c
       impl->peer, impl->process->stdin_fd(), impl->process->stdout_fd(), impl->process->stderr_fd(),
       [raw](const std::string& m, const Json& p) { raw->OnNotification(m, p); },
       [raw](const std::string& m, const Json& p) { return raw->OnRequest(m, p); });
+  impl->connection->SetCancel(cancel);
   std::unique_ptr<LeanClient> client(new LeanClient(std::move(impl)));
 
   std::string root = spec.working_dir.empty() ? std::string() : spec.working_dir;
@@ -230,19 +243,21 @@ Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, c
        {{"textDocument", {{"publishDiagnostics", {{"relatedInformation", true}}}}},
         {"window", {{"workDoneProgress", true}}}}},
       {"initializationOptions", {{"editDelay", 0}, {"hasWidgets", false}}}};
-  auto deadline = Clock::now() + options.initialize_timeout;
+  deadline = std::min(deadline, Clock::now() + options.initialize_timeout);
   auto init = client->impl_->connection->Request("initialize", params, deadline);
   if (!init.ok()) {
-    Status s = init.status().code() == StatusCode::kTimeout ? init.status() : Unavailable(init.status().message());
-    return client->impl_->Failure(s.WithContext("initialize"));
+    const StatusCode code = init.status().code();
+    Status s = code == StatusCode::kTimeout || code == StatusCode::kCancelled ? init.status()
+                                                                               : Unavailable(init.status().message());
+    return client->impl_->Failure(s.WithContext("initialize"), deadline);
   }
   Status s = client->impl_->connection->Notify("initialized", Json::object(), deadline);
-  if (!s.ok()) return client->impl_->Failure(Unavailable(s.message()).WithContext("initialized"));
+  if (!s.ok()) return client->impl_->Failure(Unavailable(s.message()).WithContext("initialized"), deadline);
   return client;
 }
 
 LeanClient::~LeanClient() {
-  bool alive = healthy();
+  bool alive = healthy() && !Interrupted();
   if (alive) {
     auto deadline = Clock::now() + kShutdownTimeout;
     if (impl_->connection->Request("shutdown", Json(), deadline).ok())
@@ -270,6 +285,10 @@ std::string LeanClient::StderrTail() const { return impl_->connection ? impl_->c
 
 void LeanClient::Kill() { impl_->process->Kill(); }
 
+void LeanClient::SetCancel(const std::atomic<bool>* cancel) { impl_->connection->SetCancel(cancel); }
+
+bool LeanClient::worker_crashed() const { return impl_->worker_crashed; }
+
 void LeanClient::SetProgressCallback(ProgressCallback callback) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->progress = std::move(callback);
@@ -278,6 +297,7 @@ void LeanClient::SetProgressCallback(ProgressCallback callback) {
 Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::string& text,
                                            const Json& content_changes, Clock::time_point deadline) {
   if (hung) return Unavailable(peer + " hung on an earlier request and is not reused");
+  worker_crashed = false;
   int version;
   bool opened;
   {
@@ -310,18 +330,21 @@ Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::st
                               {{"textDocument", {{"uri", uri}, {"version", version}}}, {"contentChanges", content_changes}},
                               deadline);
   }
-  if (!sent.ok()) return Failure(sent);
+  if (!sent.ok()) return Failure(sent, deadline);
   // The barrier: diagnostics for `version` are complete once Lean answers this request.
   auto barrier = connection->Request("textDocument/waitForDiagnostics", {{"uri", uri}, {"version", version}}, deadline);
-  if (!barrier.ok()) return Failure(barrier.status().WithContext(uri + " version " + std::to_string(version)));
+  if (!barrier.ok())
+    return Failure(barrier.status().WithContext(uri + " version " + std::to_string(version)), deadline);
   CheckResult result;
   result.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
   {
     std::lock_guard<std::mutex> lock(mu);
     const Document& doc = documents[uri];
     if (doc.fatal)
-      return Failure(Unavailable("Lean's file worker for " + uri + " failed (fileProgress fatalError) on version " +
-                                 std::to_string(version)));
+      return Failure(Unavailable(std::string(kWorkerCrashText) + ": the worker for " + uri +
+                                 " reported a fatal error (fileProgress fatalError) on version " +
+                                 std::to_string(version)),
+                     deadline);
     for (const Json& d : doc.diagnostics) result.diagnostics.push_back(ParseDiagnostic(d, text));
   }
   for (Position p : FindSorries(text)) {
@@ -350,7 +373,7 @@ Result<Goal> LeanClient::Impl::GoalAt(const std::string& uri, const std::string&
   Json params = {{"textDocument", {{"uri", uri}}}, {"position", PositionJson(text, p)}};
   auto plain = connection->Request("$/lean/plainGoal", params, deadline);
   if (!plain.ok()) {
-    if (IsInfrastructure(plain.status())) return Failure(plain.status().WithContext("$/lean/plainGoal"));
+    if (IsInfrastructure(plain.status())) return Failure(plain.status().WithContext("$/lean/plainGoal"), deadline);
     return goal;  // Lean has no goal there (e.g. an error answer for a position it has no snapshot for)
   }
   if (plain->is_object()) {
@@ -362,7 +385,8 @@ Result<Goal> LeanClient::Impl::GoalAt(const std::string& uri, const std::string&
   }
   auto term = connection->Request("$/lean/plainTermGoal", params, deadline);
   if (!term.ok()) {
-    if (IsInfrastructure(term.status())) return Failure(term.status().WithContext("$/lean/plainTermGoal"));
+    if (IsInfrastructure(term.status()))
+      return Failure(term.status().WithContext("$/lean/plainTermGoal"), deadline);
     return goal;
   }
   if (term->is_object() && term->contains("goal") && (*term)["goal"].is_string())
@@ -450,7 +474,7 @@ Result<std::string> LeanClient::Hover(const std::string& uri, Position position,
   }
   auto r = impl_->connection->Request(
       "textDocument/hover", {{"textDocument", {{"uri", uri}}}, {"position", PositionJson(text, position)}}, deadline);
-  if (!r.ok()) return IsInfrastructure(r.status()) ? impl_->Failure(r.status()) : r.status();
+  if (!r.ok()) return IsInfrastructure(r.status()) ? impl_->Failure(r.status(), deadline) : r.status();
   if (!r->is_object() || !r->contains("contents")) return std::string();
   const Json& c = (*r)["contents"];
   if (c.is_string()) return c.get<std::string>();
@@ -477,7 +501,7 @@ Result<Json> LeanClient::Query(const std::string& uri, const std::string& method
   Json params = {{"textDocument", {{"uri", uri}}}};
   if (position) params["position"] = PositionJson(text, *position);
   auto r = impl_->connection->Request(method, params, deadline);
-  if (!r.ok() && IsInfrastructure(r.status())) return impl_->Failure(r.status().WithContext(method));
+  if (!r.ok() && IsInfrastructure(r.status())) return impl_->Failure(r.status().WithContext(method), deadline);
   return r;
 }
 

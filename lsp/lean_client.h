@@ -11,8 +11,10 @@
 // for another version are never reported for this one.
 //
 // Infrastructure failures are Statuses, never results: the server died or broke its protocol (kUnavailable,
-// kInternal, kCorrupt), a deadline passed (kTimeout), Lean's file worker crashed (kUnavailable, LSP error -32902 or
-// -32901). A CheckResult means Lean elaborated the text to the end.
+// kInternal, kCorrupt), a deadline passed (kTimeout), the caller's cancel flag was set (kCancelled), Lean's file
+// worker crashed (kUnavailable, LSP error -32902 or -32901, or a fatalError fileProgress; worker_crashed() says so).
+// A CheckResult means Lean elaborated the text to the end. A client whose request timed out or was cancelled is
+// not healthy() any more (its server may still be busy with the abandoned request).
 //
 // Positions: Lean counts columns in UTF-16 code units; everything here is also given in UTF-8 bytes (what C++ string
 // offsets are), converted with lsp/utf16.h.
@@ -21,6 +23,7 @@
 // is internal.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -87,6 +90,10 @@ struct CheckResult {
   std::vector<Goal> goals;              // at each `sorry` token, then at each error's start
   int64_t elapsed_ms = 0;               // from didOpen/didChange to the waitForDiagnostics answer
   bool complete = false;                // Lean answered waitForDiagnostics (always true in a returned result)
+  // Set only by the pool (lsp/server_pool.h): Lean's file worker crashed on this text on two servers while the
+  // second checked the text's import header fine. That is a property of the text (deep recursion, a stack overflow
+  // in elaboration), a verdict like an error; the diagnostics and goals are then empty.
+  std::string worker_crash;
 
   bool HasErrors() const;
   // True when a warning says "declaration uses 'sorry'" (Lean's text for sorry and admit).
@@ -103,7 +110,7 @@ struct AttemptResult {
 struct ClientOptions {
   // How Lean builds the imports of an opened file: "never", "once" or "always" (Lean's dependencyBuildMode).
   std::string dependency_build_mode = "once";
-  std::chrono::milliseconds initialize_timeout{60000};
+  std::chrono::milliseconds initialize_timeout{60000};  // at most this for initialize, and never past Start's deadline
 };
 
 // Live progress for a UI: Lean's `$/lean/fileProgress` ranges (UTF-8 columns); empty means Lean says it is done
@@ -113,9 +120,14 @@ using ProgressCallback = std::function<void(const std::string& uri, int version,
 class LeanClient {
  public:
   // Starts the server with `spec` and runs initialize/initialized. kUnavailable when the command cannot be started
-  // or dies during initialize, kTimeout when it does not answer in options.initialize_timeout.
-  static Result<std::unique_ptr<LeanClient>> Start(const ProcessSpec& spec, const ClientOptions& options);
-  ~LeanClient();  // shutdown/exit when alive (briefly), then kills the process group
+  // or dies during initialize, kTimeout when it does not answer by `deadline` (or options.initialize_timeout),
+  // kCancelled when `cancel` is set meanwhile. `cancel` (may be null) stays this client's cancel flag (SetCancel).
+  static Result<std::unique_ptr<LeanClient>> Start(const ProcessSpec& spec, const ClientOptions& options,
+                                                   std::chrono::steady_clock::time_point deadline,
+                                                   const std::atomic<bool>* cancel = nullptr);
+  // shutdown/exit when healthy (briefly; not while the process is being interrupted, base/interrupt.h), then kills
+  // the process group.
+  ~LeanClient();
 
   // Checks `text` as the document `uri` (a file:// URI; the path need not exist): opens it, or replaces its text
   // with a full didChange when it is already open, waits for the barrier, then asks for goals at each sorry and each
@@ -152,6 +164,12 @@ class LeanClient {
   Status Close(const std::string& uri);
 
   void SetProgressCallback(ProgressCallback callback);
+  // Every wait of this client's requests ends with kCancelled soon after `cancel` is set (null: none). The flag must
+  // outlive its use here.
+  void SetCancel(const std::atomic<bool>* cancel);
+  // True when the last failed check or goal request failed because Lean's file worker crashed or exited (or
+  // reported a fatal error) while the server itself kept running.
+  bool worker_crashed() const;
 
   // False once the process exited, the connection broke or a request timed out (a hung server is not reused).
   bool healthy() const;

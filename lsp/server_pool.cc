@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <list>
+#include <type_traits>
 #include <mutex>
 
 #include "lsp/jsonrpc.h"
@@ -11,6 +12,7 @@ namespace lr::lsp {
 namespace {
 
 constexpr char kScratchName[] = "LeanrotorCheck.lean";
+constexpr char kHeaderCheckName[] = "LeanrotorHeaderCheck.lean";  // the known-good text after a worker crash
 
 bool StartsWithWord(std::string_view line, std::string_view word) {
   return line.rfind(word, 0) == 0 && (line.size() == word.size() || line[word.size()] == ' ' || line[word.size()] == '\t');
@@ -62,7 +64,8 @@ struct ServerPool::Impl {
   std::list<std::unique_ptr<Server>> servers;  // guarded by mu
   size_t started = 0;                          // guarded by mu
 
-  Result<Server*> Acquire(const std::string& key, const std::string& project_root, Clock::time_point deadline);
+  Result<Server*> Acquire(const std::string& key, const std::string& project_root, Clock::time_point deadline,
+                          const std::atomic<bool>* cancel);
   void Release(Server* server, bool keep);
   void Discard(std::list<std::unique_ptr<Server>>::iterator it, std::vector<std::unique_ptr<LeanClient>>& graveyard);
   template <typename T, typename Fn>
@@ -76,7 +79,9 @@ void ServerPool::Impl::Discard(std::list<std::unique_ptr<Server>>::iterator it,
 }
 
 Result<ServerPool::Impl::Server*> ServerPool::Impl::Acquire(const std::string& key, const std::string& project_root,
-                                                           Clock::time_point deadline) {
+                                                           Clock::time_point deadline,
+                                                           const std::atomic<bool>* cancel) {
+  auto cancelled = [cancel] { return cancel != nullptr && cancel->load(); };
   std::vector<std::unique_ptr<LeanClient>> graveyard;  // stopped outside the lock
   Server* fresh = nullptr;
   {
@@ -93,10 +98,12 @@ Result<ServerPool::Impl::Server*> ServerPool::Impl::Acquire(const std::string& k
         }
         if (!s.busy && s.key == key) {
           s.busy = true;
+          s.client->SetCancel(cancel);
           return &s;
         }
         ++it;
       }
+      if (cancelled()) return Cancelled("Lean check cancelled before a server was started");
       if (servers.size() < options.max_servers) break;
       // Full: stop the least recently used idle server of another key, or wait for one to come back.
       auto lru = servers.end();
@@ -106,8 +113,10 @@ Result<ServerPool::Impl::Server*> ServerPool::Impl::Acquire(const std::string& k
         Discard(lru, graveyard);
         continue;
       }
-      if (cv.wait_until(lock, deadline) == std::cv_status::timeout)
+      if (cancelled()) return Cancelled("waiting for a Lean server: cancelled");
+      if (Clock::now() >= deadline)
         return Timeout("all " + std::to_string(options.max_servers) + " Lean servers stayed busy until the deadline");
+      cv.wait_until(lock, std::min(deadline, Clock::now() + Connection::kCancelPoll));
     }
     servers.push_back(std::make_unique<Server>());
     fresh = servers.back().get();
@@ -126,13 +135,13 @@ Result<ServerPool::Impl::Server*> ServerPool::Impl::Acquire(const std::string& k
     auto command = DefaultLeanCommand(project_root);
     if (command.ok()) {
       spec.argv = *command;
-      client = LeanClient::Start(spec, options.client);
+      client = LeanClient::Start(spec, options.client, deadline, cancel);
     } else {
       client = command.status();
     }
   } else {
     spec.argv = options.lean_command;
-    client = LeanClient::Start(spec, options.client);
+    client = LeanClient::Start(spec, options.client, deadline, cancel);
   }
   std::lock_guard<std::mutex> lock(mu);
   if (!client.ok()) {
@@ -154,6 +163,7 @@ void ServerPool::Impl::Release(Server* server, bool keep) {
     } else {
       server->busy = false;
       server->last_used = Clock::now();
+      server->client->SetCancel(nullptr);
     }
     // Pool-wide memory: stop idle servers, least recently used first, while the total is over the cap.
     for (;;) {
@@ -181,24 +191,51 @@ Result<T> ServerPool::Impl::WithServer(const CheckRequest& request, Fn fn) {
   fs::path absolute = fs::absolute(path, ec);
   std::string uri = PathToUri(ec ? path : absolute.lexically_normal().string());
   std::string key = request.project_root + '\n' + ImportHeader(request.text);
+  const Clock::time_point deadline = Clock::now() + request.timeout;  // the whole check, the retry included
+  auto cancelled = [&] { return request.cancel != nullptr && request.cancel->load(); };
   Status first;
+  bool first_crash = false;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto deadline = Clock::now() + request.timeout;
-    auto server = Acquire(key, request.project_root, deadline);
+    if (cancelled()) return Cancelled("Lean check of " + uri + " cancelled");
+    auto server = Acquire(key, request.project_root, deadline, request.cancel);
     Result<T> result = server.ok() ? fn(*(*server)->client, uri, deadline) : Result<T>(server.status());
+    const bool crash = server.ok() && !result.ok() && (*server)->client->worker_crashed();
+    if constexpr (std::is_same_v<T, CheckResult>) {
+      // The same text crashed the worker of a fresh server too: a known-good text on that server tells the text's
+      // fault from Lean's.
+      if (crash && first_crash && !cancelled()) {
+        const std::string good_uri = uri.substr(0, uri.rfind('/') + 1) + kHeaderCheckName;
+        LeanClient& client = *(*server)->client;
+        Result<CheckResult> good = client.Check(good_uri, ImportHeader(request.text) + "\n", deadline);
+        if (good.ok() && client.Close(good_uri).ok()) {
+          Release(*server, false);  // its worker state after a crash is not worth keeping
+          CheckResult verdict;
+          verdict.complete = true;
+          verdict.worker_crash = "Lean's file worker crashed on this text on two servers (which check its imports "
+                                 "fine): " + first.message();
+          return verdict;
+        }
+      }
+    }
     if (server.ok()) Release(*server, result.ok());
     if (result.ok()) return result;
+    if (cancelled()) return Cancelled("Lean check of " + uri + " cancelled");
     const Status& s = result.status();
-    if (s.code() == StatusCode::kInvalidArgument) return s;  // the caller's mistake: a retry cannot help
+    if (s.code() == StatusCode::kInvalidArgument || s.code() == StatusCode::kCancelled)
+      return s;  // the caller's mistake or wish: a retry cannot help
     if (!server.ok() && s.code() == StatusCode::kNotFound)
       return Unavailable(s.message());  // Lean is not installed: no retry
-    if (attempt == 0) {
+    if (attempt == 0 && Clock::now() < deadline) {
       first = s;
+      first_crash = crash;
       continue;
     }
     StatusCode code = s.code() == StatusCode::kTimeout ? StatusCode::kTimeout : StatusCode::kUnavailable;
-    return Status(code, "Lean could not check " + uri + " (an infrastructure failure, not a verdict on the proof); "
-                        "first attempt: " + first.ToString() + "; retry on a fresh server: " + s.ToString());
+    const std::string attempts = attempt == 0 ? "no time left for a retry: " + s.ToString()
+                                              : "first attempt: " + first.ToString() +
+                                                    "; retry on a fresh server: " + s.ToString();
+    return Status(code, "Lean could not check " + uri + " (an infrastructure failure, not a verdict on the proof); " +
+                        attempts);
   }
   return Internal("unreachable");
 }

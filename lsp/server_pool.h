@@ -11,13 +11,21 @@
 //    holds more than `server_resident_cap_bytes` resident is retired, and idle servers are stopped (least recently
 //    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes` (the figures are at most
 //    250 ms old: LeanClient::ResidentBytes).
+//  - Deadline: CheckRequest::timeout bounds the whole check: starting a server, initialize, the didOpen barrier, the
+//    goals, and the retry below all share one deadline.
 //  - Failures: when a server dies, hangs (misses the deadline of one request), crashes its worker or breaks the
-//    protocol during a check, it is killed, a fresh one is started and the check is retried once. If the retry fails
-//    too, Check returns kUnavailable (or kTimeout): an infrastructure error, never a failed proof.
+//    protocol during a check, it is killed, a fresh one is started and the check is retried once (if time is left).
+//    If the retry fails too, Check returns kUnavailable (or kTimeout): an infrastructure error, never a failed proof.
+//  - A text that crashes Lean's file worker on both servers, while the second then checks the text's import header
+//    (known-good text) fine, is not an infrastructure failure: Check returns a CheckResult with `worker_crash` set
+//    (a verdict on the text). A crash on the header too is an infrastructure failure.
+//  - Cancellation: when the request's cancel flag is set, every wait of the check ends (kCancelled) within about
+//    50 ms, its server is killed, and no server is started or restarted for it.
 //
 // Thread-safe: several threads may call Check at once; each gets its own server.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -47,6 +55,7 @@ struct CheckRequest {
   std::string path;          // where the file lives or would live; empty: a scratch name in project_root or /tmp
   std::string text;          // the whole file
   std::chrono::milliseconds timeout{300000};  // for the whole check, retry included
+  const std::atomic<bool>* cancel = nullptr;  // set: the check stops with kCancelled (null: never)
 };
 
 class ServerPool {

@@ -20,6 +20,8 @@
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 
+#include "base/interrupt.h"
+
 namespace bp = boost::process;
 
 namespace lr::lsp {
@@ -45,16 +47,15 @@ void KillAllGroups() {
 }
 
 void OnFatalSignal(int sig) {
-  KillAllGroups();
   for (int i = 0; i < 3; ++i) {
     if (kSignals[i] != sig) continue;
     const struct sigaction& prev = g_previous[i];
     if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-      prev.sa_handler(sig);  // someone else (a UI) handles this signal: let it
+      prev.sa_handler(sig);  // the application handles interrupts (base/interrupt.h): it cancels the checks
       return;
     }
-    if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_IGN) return;
   }
+  KillAllGroups();
   ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
@@ -64,11 +65,15 @@ void InstallCleanupOnce() {
   std::call_once(once, [] {
     ::signal(SIGPIPE, SIG_IGN);  // a write to a dead server is an EPIPE error, not the end of leanrotor
     for (int i = 0; i < 3; ++i) {
+      ::sigaction(kSignals[i], nullptr, &g_previous[i]);
+      if (!(g_previous[i].sa_flags & SA_SIGINFO) && g_previous[i].sa_handler == SIG_IGN) continue;  // stays ignored
+      if (InterruptHandlerOwns(kSignals[i])) continue;  // base/interrupt.h handles it and runs our exit hook
       struct sigaction sa {};
       sa.sa_handler = OnFatalSignal;
       sigemptyset(&sa.sa_mask);
-      ::sigaction(kSignals[i], &sa, &g_previous[i]);
+      ::sigaction(kSignals[i], &sa, nullptr);
     }
+    AddInterruptExitHook(KillAllGroups);
     std::atexit(KillAllGroups);
   });
 }

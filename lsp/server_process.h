@@ -5,9 +5,12 @@
 // (RLIMIT_CPU) set in the child before exec. The limits and the group cover every process the server starts (Lean's
 // per-file workers), so Kill() ends the whole tree.
 //
-// No server outlives leanrotor: every live process group is recorded, and SIGINT, SIGTERM, SIGHUP and a normal exit
-// (atexit) kill them all before leanrotor goes. Children are always reaped (waitpid), so none is left a zombie.
-// A server also sees end-of-file on its stdin when leanrotor dies any other way.
+// No server outlives leanrotor: every live process group is recorded, and a normal exit (atexit), a second interrupt
+// (base/interrupt.h's exit hook) and SIGINT, SIGTERM or SIGHUP without an interrupt handler (the signal then ends the
+// process) kill them all before leanrotor goes. With base/interrupt.h's handler installed, a first interrupt kills
+// nothing here: the checks are cancelled and stop their own servers. A signal ignored when the first server starts
+// stays ignored. Children are always reaped (waitpid), so none is left a zombie. A server also sees end-of-file on
+// its stdin when leanrotor dies any other way.
 #pragma once
 
 #include <chrono>

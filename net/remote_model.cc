@@ -82,6 +82,7 @@ class ChunkReader {
   }
 
   bool cancelled() const { return cancelled_; }
+  void Cancel() { cancelled_ = true; }  // the caller's cancel flag: the choices seen so far end as "cancelled"
   bool delivered() const { return delivered_; }
   bool done() const { return done_; }
   bool all_finished() const {
@@ -358,7 +359,7 @@ namespace {
 
 // Runs one HTTP exchange for `request`, delivering pieces with indices shifted by `index_offset`.
 Attempt RunAttempt(const RemoteOptions& options, const std::string& endpoint, const std::string& body,
-                   int n, int index_offset, const StreamCallback& on_piece) {
+                   int n, int index_offset, const StreamCallback& on_piece, const std::atomic<bool>* cancel) {
   Attempt attempt;
   const std::string where = "POST " + endpoint;
   const std::string key_var = ApiKeyVariable(options.base_url);
@@ -403,6 +404,10 @@ Attempt RunAttempt(const RemoteOptions& options, const std::string& endpoint, co
       return attempt;
     }
     if (running == 0) break;
+    if (cancel != nullptr && cancel->load()) {
+      reader.Cancel();
+      break;
+    }
     if (Clock::now() - t.last_byte > read_timeout) {
       timed_out = true;
       break;
@@ -482,8 +487,10 @@ Result<Completion> RemoteModel::Complete(const CompletionRequest& request, const
     const std::string body = ChatRequestToJson(part, options_.model, dialect_).dump();
     Attempt attempt;
     for (int tries = 1;; ++tries) {
-      attempt = RunAttempt(options_, endpoint_, body, part.n, static_cast<int>(out.choices.size()), on_piece);
+      attempt = RunAttempt(options_, endpoint_, body, part.n, static_cast<int>(out.choices.size()), on_piece,
+                           request.cancel);
       if (attempt.result.ok() || !attempt.retryable || tries >= options_.max_attempts) break;
+      if (request.cancel != nullptr && request.cancel->load()) break;
       int cap = options_.backoff_initial_ms;
       for (int i = 1; i < tries && cap < options_.backoff_max_ms; ++i) cap *= 2;
       cap = std::min(cap, options_.backoff_max_ms);
@@ -498,6 +505,8 @@ Result<Completion> RemoteModel::Complete(const CompletionRequest& request, const
       return s;
     }
     Completion& got = attempt.result.value();
+    if (request.cancel != nullptr && request.cancel->load()) cancelled = true;  // the rest end as "cancelled"
+    if (got.choices.empty() && cancelled) break;
     if (got.choices.empty()) return Corrupt("POST " + endpoint_ + ": the server returned no choices");
     for (Choice& c : got.choices) {
       cancelled = cancelled || c.finish_reason == "cancelled";

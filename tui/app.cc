@@ -4,14 +4,11 @@
 #include <memory>
 
 #include "base/file.h"
+#include "base/interrupt.h"
 #include "tui/screen.h"
 
 namespace lr::tui {
 namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-void OnStopSignal(int sig) { g_stop_signal = sig; }
 
 void OnFatalSignal(int sig) {
   RestoreTerminal();
@@ -48,7 +45,8 @@ Status RunApp(AppOptions options) {
     else if (read.status().code() != StatusCode::kNotFound) return read.status();
   }
   LR_ASSIGN_OR_RETURN(std::unique_ptr<Screen> screen, Screen::Open());
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, OnStopSignal);
+  InstallInterruptHandler(nullptr);
+  AddInterruptExitHook(RestoreTerminal);
   for (int sig : {SIGSEGV, SIGABRT, SIGBUS, SIGFPE}) std::signal(sig, OnFatalSignal);
 
   EventQueue events;
@@ -58,7 +56,7 @@ Status RunApp(AppOptions options) {
   if (!options.file.empty() && session.text().empty()) session.OnEvent(MessageEvent{"new file " + options.file});
 
   // Drawing every turn is cheap (curses sends only what changed) and covers resizes and streamed text alike.
-  while (g_stop_signal == 0) {
+  while (!Interrupted()) {
     if (!Carry(session, worker)) break;
     for (Event& e : events.Drain()) session.OnEvent(std::move(e));
     screen->Draw(session);

@@ -5,8 +5,9 @@
 // posted, redraw when anything changed, then wait up to 50 ms for a key. So a key is answered within one turn however
 // long a prefill, a decode or a Lean check takes.
 //
-// The terminal is restored on every way out: quit, an error, SIGINT/SIGTERM/SIGHUP (the loop ends cleanly), and
-// fatal signals (restored, then the signal is re-raised).
+// The terminal is restored on every way out: quit, an error, SIGINT/SIGTERM/SIGHUP (base/interrupt.h: the loop ends
+// cleanly, the workers cancel the model and Lean work in flight; a second one exits at once), and fatal signals
+// (restored, then the signal is re-raised).
 #pragma once
 
 #include <string>
@@ -23,7 +24,8 @@ struct AppOptions {
   Worker::Options worker;
 };
 
-// Runs the session until the user quits. Errors: kUnavailable without a terminal, the file's read error.
+// Runs the session until the user quits or an interrupt arrives (base/interrupt.h's Interrupted() then says so).
+// Errors: kUnavailable without a terminal, the file's read error.
 Status RunApp(AppOptions options);
 
 }  // namespace lr::tui

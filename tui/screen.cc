@@ -148,6 +148,7 @@ Role StateRole(AttemptState s) {
     case AttemptState::kChecking: return kChecking;
     case AttemptState::kAccepted: return kAccepted;
     case AttemptState::kFailed: return kFailed;
+    case AttemptState::kCancelled: case AttemptState::kNotChecked: return kInfo;
   }
   return kInfo;
 }
@@ -215,11 +216,13 @@ void DrawAttempts(const Session& s, const Box& box, bool color) {
   for (int i = list_top; i < list_top + list_rows; ++i, ++row) {
     const AttemptView& a = run.attempts[i];
     char head[96];
-    std::snprintf(head, sizeof head, "%c%2d %-10s turn %d  %5d tok  ", i == s.selected_attempt() ? '>' : ' ', i + 1,
-                  std::string(AttemptStateName(a.state)).c_str(), a.turn, a.tokens);
+    std::snprintf(head, sizeof head, "%c%2d %-11s turn %d  %5d tok  ", i == s.selected_attempt() ? '>' : ' ', i + 1,
+                  std::string(AttemptStateName(a.state)).c_str(), a.turn, a.shown_tokens());
     Put(in.y + row, in.x, in.w, head, Attr(color, StateRole(a.state)));
     const int used = DisplayWidth(head);
-    Put(in.y + row, in.x + used, in.w - used, a.state == AttemptState::kFailed ? a.reason : "", Attr(color, kInfo));
+    const bool ended = a.state == AttemptState::kFailed || a.state == AttemptState::kCancelled ||
+                       a.state == AttemptState::kNotChecked;
+    Put(in.y + row, in.x + used, in.w - used, ended ? a.reason : "", Attr(color, kInfo));
   }
   if (!run.running && !run.outcome.empty() && row < in.h)
     Put(in.y + row++, in.x, in.w, "result: " + run.outcome, Attr(color, kBoxTitle));

@@ -60,6 +60,8 @@ std::string_view AttemptStateName(AttemptState state) {
     case AttemptState::kChecking: return "checking";
     case AttemptState::kAccepted: return "accepted";
     case AttemptState::kFailed: return "failed";
+    case AttemptState::kCancelled: return "cancelled";
+    case AttemptState::kNotChecked: return "not checked";
   }
   return "?";
 }
@@ -458,19 +460,23 @@ void Session::OnEvent(Event event) {
 void Session::Apply(PieceEvent& e) {
   if (e.run_id != run_.id || e.candidate < 0 || e.candidate >= static_cast<int>(run_.attempts.size())) return;
   run_.attempts[e.candidate].stream += e.piece;
+  ++run_.attempts[e.candidate].streamed;
 }
 
 void Session::Apply(AttemptEvent& e) {
   if (e.run_id != run_.id || e.candidate < 0 || e.candidate >= static_cast<int>(run_.attempts.size())) return;
   AttemptView& a = run_.attempts[e.candidate];
-  if (e.state == AttemptState::kGenerating && (a.state != AttemptState::kGenerating || a.turn != e.turn))
+  if (e.state == AttemptState::kGenerating && (a.state != AttemptState::kGenerating || a.turn != e.turn)) {
     a.stream.clear();
+    a.streamed = 0;
+  }
   a.state = e.state;
   a.turn = e.turn;
   if (e.state == AttemptState::kAccepted || e.state == AttemptState::kFailed) {
     a.proof = std::move(e.proof);
     a.reason = std::move(e.reason);
-    a.tokens += e.tokens;
+    a.tokens += e.tokens;  // the model's count replaces the streamed estimate
+    a.streamed = 0;
     if (e.state == AttemptState::kAccepted && run_.attempts[selected_].state != AttemptState::kAccepted)
       selected_ = e.candidate;
   }
@@ -480,9 +486,13 @@ void Session::Apply(RunFinishedEvent& e) {
   if (e.run_id != run_.id) return;
   run_.running = false;
   run_.outcome = std::move(e.outcome);
-  for (AttemptView& a : run_.attempts)
-    if (a.state == AttemptState::kGenerating || a.state == AttemptState::kChecking || a.state == AttemptState::kWaiting)
-      a.state = AttemptState::kFailed, a.reason = a.reason.empty() ? "stopped: " + run_.outcome : a.reason;
+  const bool cancelled = run_.outcome == "cancelled";
+  for (AttemptView& a : run_.attempts) {
+    if (a.state != AttemptState::kGenerating && a.state != AttemptState::kChecking && a.state != AttemptState::kWaiting)
+      continue;
+    a.state = cancelled ? AttemptState::kCancelled : AttemptState::kNotChecked;
+    a.reason = cancelled ? "never judged: the run was cancelled" : "never judged: the run ended (" + run_.outcome + ")";
+  }
   Note(run_.task.name + ": " + run_.outcome +
        (run_.outcome.rfind("proved", 0) == 0 ? "  (a accepts the proof, d shows the diff)" : ""));
 }

@@ -34,9 +34,12 @@ struct Key {
   static Key Special(Kind k) { return {k, 0}; }
 };
 
-enum class AttemptState { kWaiting, kGenerating, kChecking, kAccepted, kFailed };
+// kFailed: judged and refused (by the guard or Lean). kCancelled and kNotChecked end a candidate that was never
+// judged: the run was cancelled, or it ended otherwise (another candidate was accepted first, a budget ran out, Lean
+// or the model failed).
+enum class AttemptState { kWaiting, kGenerating, kChecking, kAccepted, kFailed, kCancelled, kNotChecked };
 
-// "waiting", "generating", "checking", "accepted", "failed".
+// "waiting", "generating", "checking", "accepted", "failed", "cancelled", "not checked".
 std::string_view AttemptStateName(AttemptState state);
 
 // One candidate of a proof run, as of its latest turn.
@@ -45,8 +48,12 @@ struct AttemptView {
   int turn = 0;         // 0: first reply; n: n-th repair
   std::string stream;   // the model's text for this turn so far
   std::string proof;    // the proof extracted from the last judged reply (empty when none was found)
-  std::string reason;   // why the last judged reply was refused
-  int tokens = 0;       // completion tokens over all turns so far
+  std::string reason;   // why the last judged reply was refused, or why it was never judged
+  int tokens = 0;       // completion tokens of the judged turns (as the model counted them)
+  int streamed = 0;     // pieces streamed in the current, not yet judged turn (one piece is one token)
+
+  // What the attempt shows: every judged turn's tokens plus the current turn's so far.
+  int shown_tokens() const { return tokens + streamed; }
 };
 
 // A proof run: one theorem, k candidates.

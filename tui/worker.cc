@@ -145,13 +145,18 @@ Worker::Worker(Options options, EventQueue* events) : options_(std::move(options
   }
 }
 
-Worker::~Worker() { cancel_.store(true); }
+Worker::~Worker() {
+  std::lock_guard<std::mutex> lock(cancel_mu_);
+  shutdown_.store(true);
+  cancel_.store(true);
+}
 
 void Worker::Handle(const Request& request) {
   if (const auto* r = std::get_if<ProveRequest>(&request)) {
     last_run_ = r->run_id;
     model_thread_.Post([this, r = *r] { RunProof(r); });
   } else if (std::holds_alternative<CancelRequest>(request)) {
+    std::lock_guard<std::mutex> lock(cancel_mu_);
     cancel_run_.store(last_run_);
     cancel_.store(true);
   } else if (const auto* r = std::get_if<CheckRequest>(&request)) {
@@ -180,7 +185,8 @@ void Worker::LoadModel(const std::string& model, const std::string& kv) {
     model_error_ = "no model backend in this build";
     return PostStatus(0);
   }
-  Result<ModelHandle> handle = options_.open_model(model, kv);
+  Result<ModelHandle> handle = options_.open_model(model, kv, &shutdown_);
+  if (shutdown_.load()) return;
   if (!handle.ok()) {
     // Keep the model we had, if any, and say why the new one did not load.
     events_->Post(MessageEvent{"model: " + handle.status().ToString()});
@@ -193,7 +199,11 @@ void Worker::LoadModel(const std::string& model, const std::string& kv) {
 }
 
 void Worker::RunProof(const ProveRequest& request) {
-  cancel_.store(cancel_run_.load() >= request.run_id);
+  {
+    std::lock_guard<std::mutex> lock(cancel_mu_);
+    if (shutdown_.load()) return;
+    cancel_.store(cancel_run_.load() >= request.run_id);
+  }
   if (model_.model == nullptr) return events_->Post(RunFinishedEvent{request.run_id, "cannot prove: " + model_error_});
   if (options_.checker == nullptr)
     return events_->Post(RunFinishedEvent{request.run_id, "cannot prove: Lean " + options_.lean_state});
@@ -266,12 +276,16 @@ void Worker::CheckBuffer(const CheckRequest& request) {
     return events_->Post(CheckedEvent{request.version, false, {}, "Lean " + options_.lean_state});
   events_->Post(LeanStateEvent{"checking"});
   agent::CheckRequest check{request.text, options_.project_root, request.path};
+  check.cancel = &shutdown_;
   Result<agent::LeanReport> report = options_.checker->Check(check);
+  if (shutdown_.load()) return;
   if (!report.ok()) {
     events_->Post(LeanStateEvent{"error: " + report.status().ToString()});
     return events_->Post(CheckedEvent{request.version, false, {}, report.status().ToString()});
   }
   events_->Post(LeanStateEvent{"ready"});
+  if (!report->worker_crash.empty())  // a verdict on the buffer's text, without messages to show
+    return events_->Post(CheckedEvent{request.version, false, {}, report->worker_crash});
   events_->Post(CheckedEvent{request.version, true, std::move(report).value(), ""});
 }
 

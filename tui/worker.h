@@ -7,7 +7,8 @@
 // streamed text, checking, judged) and a tokens-per-second figure for the status line.
 //
 // Cancel (Esc) sets the running proof's cancel flag at once, from the UI thread; the prover stops at its next piece
-// or request and the run ends as "cancelled".
+// or request, or its Lean check stops, and the run ends as "cancelled". Destroying the worker cancels everything in
+// flight the same way (a model load, a proof, a check of the buffer) before it joins the threads.
 //
 // With the agent style, candidate i is the i-th agent run (agent/agent_loop.h) on the theorem, from the buffer's
 // text: its replies, tool calls ("> name {arguments}") and results ("< result", cut to a few lines) stream into its
@@ -52,8 +53,9 @@ struct ModelHandle {
 };
 
 // Opens a model by name or path with the given KV formats; an empty argument means "as before". Called on the model
-// thread.
-using ModelOpener = std::function<Result<ModelHandle>(const std::string& model, const std::string& kv)>;
+// thread; returns kCancelled soon after `cancel` is set (the worker is going away).
+using ModelOpener = std::function<Result<ModelHandle>(const std::string& model, const std::string& kv,
+                                                      const std::atomic<bool>* cancel)>;
 
 // One thread running posted jobs in order. The destructor drops the jobs not yet started and joins.
 class JobThread {
@@ -91,7 +93,7 @@ class Worker {
   };
 
   Worker(Options options, EventQueue* events);
-  ~Worker();  // cancels a running proof and joins both threads
+  ~Worker();  // cancels a model load, a running proof and a Lean check, and joins both threads
 
   // Takes the requests that need the model or Lean: ProveRequest, CancelRequest, CheckRequest, LoadModelRequest.
   // Others are the caller's (open, save, quit). Returns at once.
@@ -108,7 +110,9 @@ class Worker {
   EventQueue* events_;
   ModelHandle model_;            // model thread only
   std::string model_error_;      // model thread only: why there is no model
+  std::mutex cancel_mu_;              // orders the writes of cancel_ (the prover's flag)
   std::atomic<bool> cancel_{false};
+  std::atomic<bool> shutdown_{false};  // the worker is going away: everything stops
   std::atomic<int> cancel_run_{0};    // runs up to this id are cancelled
   int last_run_ = 0;                  // UI thread only
   std::atomic<int> latest_check_{0};  // checks of older buffer versions are skipped

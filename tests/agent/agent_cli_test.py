@@ -136,7 +136,7 @@ def main(args):
     url = "http://127.0.0.1:%d/v1" % server.server_address[1]
     work = tempfile.mkdtemp(prefix="lr_agent_cli_")
     common = ["--style", "agent", "--remote", url, "--model-id", "scripted-leanstral",
-              "--lean-command", args.lean_server, "--max-tool-calls", "60"]
+              "--lean-cmd", args.lean_server, "--max-tool-calls", "60"]
     try:
         project = os.path.join(work, "project")
         shutil.copytree(args.fixture, project)

@@ -224,7 +224,7 @@ async def main(args):
         project, build = make_project(workdir, args.fixture)
         params = StdioServerParameters(
             command=args.leanrotor,
-            args=["mcp", "--project", project, "--lean-command", args.lean_server, "--build-command", "sh " + build,
+            args=["mcp", "--project", project, "--lean-cmd", args.lean_server, "--build-command", "sh " + build,
                   "--search-root", os.path.join(workdir, "no_toolchain")],
             cwd=project)
         async with stdio_client(params) as (read, write):

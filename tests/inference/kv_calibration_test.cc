@@ -4,6 +4,9 @@
 // f16 cache's and its key weights lower the keys' score error.
 #include "inference/kv_calibration.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -14,6 +17,8 @@
 
 #include <gtest/gtest.h>
 
+#include "base/file.h"
+#include "inference/local_model.h"
 #include "inference/model.h"
 #include "kvquant/kvquant.h"
 #include "inference/sampler.h"
@@ -242,6 +247,92 @@ TEST_F(KvCalibrationTest, KeyWeightsLowerTheScoreError) {
     EXPECT_LT(err[1] * 1.2, err[0]) << format << " score error: " << err[0] << " without key weights, " << err[1]
                                     << " with";
   }
+}
+
+
+bool SameCalibration(const KvCalibration& a, const KvCalibration& b) {
+  if (a.k_center != b.k_center || a.v_center != b.v_center || a.k_weights != b.k_weights ||
+      a.v_weights != b.v_weights || a.k_rotating_center.size() != b.k_rotating_center.size())
+    return false;
+  for (size_t h = 0; h < a.k_rotating_center.size(); ++h) {
+    if (a.k_rotating_center[h].size() != b.k_rotating_center[h].size()) return false;
+    for (size_t p = 0; p < a.k_rotating_center[h].size(); ++p) {
+      const kvquant::RotatingCenter &x = a.k_rotating_center[h][p], &y = b.k_rotating_center[h][p];
+      if (x.a != y.a || x.b != y.b || x.theta != y.theta || x.ca != y.ca || x.cb != y.cb) return false;
+    }
+  }
+  return true;
+}
+
+std::string EmptyDir(const std::string& name) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("lr_kvcal_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir.string();
+}
+
+TEST_F(KvCalibrationTest, StoredOnceThenLoadedWithIdenticalValues) {
+  const std::string dir = EmptyDir("store");
+  bool loaded = true;
+  auto first = CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, &loaded);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_FALSE(loaded);  // computed, then stored
+  auto path = KvCalibrationPath(dir, kModelPath);
+  ASSERT_TRUE(path.ok());
+  EXPECT_TRUE(std::filesystem::exists(*path)) << *path;
+  EXPECT_TRUE(SameCalibration(**first, *cal_));
+  auto second = CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, &loaded);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_TRUE(loaded);  // from the file, no prefill
+  EXPECT_TRUE(SameCalibration(**second, *cal_));
+  // A whole LocalModel open in a compressed format uses the stored file (and gives the same calibration).
+  LocalModelOptions o;
+  o.path = kModelPath;
+  o.n_ctx = 512;
+  o.kv_budget_mib = 64;
+  o.kv.k_format = o.kv.v_format = "q8_0";
+  o.cache_dir = dir;
+  auto lm = LocalModel::Open(o);
+  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  ASSERT_NE((*lm)->kv_options().calibration, nullptr);
+  EXPECT_TRUE(SameCalibration(*(*lm)->kv_options().calibration, *cal_));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(KvCalibrationTest, ADamagedStoredCalibrationIsAnErrorNamingTheFile) {
+  const std::string dir = EmptyDir("damaged");
+  ASSERT_TRUE(CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, nullptr).ok());
+  const std::string path = *KvCalibrationPath(dir, kModelPath);
+  std::string bytes = *ReadFile(path);
+  for (const std::string& damaged : {bytes.substr(0, bytes.size() / 2), std::string("not a calibration"),
+                                     bytes.substr(0, 100) + std::string(1, static_cast<char>(bytes[100] ^ 1)) +
+                                         bytes.substr(101)}) {
+    ASSERT_TRUE(WriteFileAtomic(path, damaged).ok());
+    auto r = CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kCorrupt) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(path), std::string::npos) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("delete the file"), std::string::npos) << r.status().ToString();
+  }
+  // Another model's shape is refused too.
+  ASSERT_TRUE(SaveKvCalibration(*cal_, path).ok());
+  KvShape other = model_->kv_shape();
+  other.n_layer += 1;
+  EXPECT_EQ(LoadKvCalibration(path, other).status().code(), StatusCode::kCorrupt);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(KvCalibrationTest, CalibratingAndLoadingAreCancellable) {
+  std::atomic<bool> cancel{true};
+  auto r = ComputeKvCalibration(*model_, *tokenizer_, &cancel);
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  LocalModelOptions o;
+  o.path = kModelPath;
+  o.n_ctx = 512;
+  o.kv_budget_mib = 64;
+  o.kv.k_format = o.kv.v_format = "q8_0";
+  o.cancel = &cancel;
+  EXPECT_EQ(LocalModel::Open(o).status().code(), StatusCode::kCancelled);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // LocalModel's engine on the real default model: requests from several threads share decode steps (continuous
 // batching) and each decodes what it decodes alone; a request that does not fit beside the running ones waits for
 // their pages; a cancelled request ends without disturbing the others.
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <thread>
@@ -187,6 +188,38 @@ TEST(LocalModelEngine, BadRequestsFailBeforeTheEngine) {
   EXPECT_EQ(lm->Generate(ok, Greedy(4), 0, nullptr, nullptr).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(lm->Generate(ok, Greedy(600), 1, nullptr, nullptr).status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(lm->engine_stats().steps, 0);
+}
+
+TEST(LocalModelEngine, TheCancelFlagStopsARequestDuringItsPrefill) {
+  LocalModelOptions o;
+  o.path = kDefaultModel;
+  o.n_ctx = 2048;
+  o.kv_budget_mib = 128;
+  o.prefill_chunk = 32;  // many prefill steps: the flag is seen between two of them
+  Result<std::unique_ptr<LocalModel>> lm = LocalModel::Open(o);
+  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  std::string text;
+  while (Encode(**lm, text).size() < 1500) text += std::string(kFirst) + " ";
+  const std::vector<int32_t> prompt = Encode(**lm, text);
+  // The flag is set once the prefill has run two of its ~47 steps.
+  std::atomic<bool> cancel{false};
+  std::thread canceller([&] {
+    WaitFor([&] { return (*lm)->engine_stats().steps >= 2; });
+    cancel.store(true);
+  });
+  GenerateStats stats;
+  auto r = (*lm)->Generate(prompt, Greedy(16), 2, nullptr, &stats, &cancel);
+  canceller.join();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 2u);
+  for (const Choice& c : *r) EXPECT_EQ(c.finish_reason, "cancelled");
+  EXPECT_EQ(stats.generated_tokens, 0);
+  const long full_prefill = static_cast<long>(prompt.size()) / o.prefill_chunk;
+  EXPECT_LT((*lm)->engine_stats().steps, full_prefill / 2) << "the prefill went on after the cancel";
+  // The model is still usable.
+  auto next = (*lm)->Generate(Encode(**lm, kSecond), Greedy(4), 1, nullptr, nullptr);
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  EXPECT_EQ((*next)[0].finish_reason, "length");
 }
 
 }  // namespace

@@ -107,6 +107,81 @@ bool Gone(int pid) {
   return false;
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+TEST(CheckCommand, TimeoutBoundsTheWholeCheckFromTheHandshakeOn) {
+  // The server never answers initialize. The handshake's own cap (60 s) and a retry with a fresh deadline (6 s) were
+  // both wrong: --timeout 3 is the whole check.
+  std::string f = WriteLean("hung_init", "theorem t : True := by\n  trivial\n");
+  const auto start = std::chrono::steady_clock::now();
+  CliRun r = Leanrotor("check " + f + " --timeout 3 " + Scripted("hang_initialize"));
+  const double seconds = SecondsSince(start);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("initialize"), std::string::npos) << r.out;
+  EXPECT_LT(seconds, 5.5) << r.out;
+  std::printf("check --timeout 3 against a server that hangs at initialize: %.2f s\n", seconds);
+}
+
+TEST(CheckCommand, ATextThatCrashesLeansWorkerIsAVerdictNotAnInfrastructureFailure) {
+  std::string f = WriteLean("crash_text", "theorem t : True := by\n  exact DEEP_RECURSION\n");
+  CliRun r = Leanrotor("check " + f + " --lean-cmd '" + LR_SCRIPTED_LEAN_SERVER + " --crash-on DEEP_RECURSION'");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("file worker crashed on this text"), std::string::npos) << r.out;
+  std::string clean = WriteLean("crash_clean", "theorem t : True := by\n  trivial\n");
+  CliRun ok = Leanrotor("check " + clean + " --lean-cmd '" + LR_SCRIPTED_LEAN_SERVER + " --crash-on DEEP_RECURSION'");
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+}
+
+// Starts `leanrotor check FILE --lean-cmd SERVER` with stdout and stderr in `log`; `ignore_sigint` starts it with
+// SIGINT ignored, as a shell starts a background job.
+pid_t StartCheck(const std::string& file, const std::string& server, const std::string& log, bool ignore_sigint) {
+  pid_t cli = ::fork();
+  if (cli == 0) {
+    if (ignore_sigint) ::signal(SIGINT, SIG_IGN);
+    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    ::execl(LR_LEANROTOR, LR_LEANROTOR, "check", file.c_str(), "--lean-cmd", server.c_str(), nullptr);
+    std::_Exit(127);
+  }
+  return cli;
+}
+
+// Waits for the scripted server to write its pid to `pid_file`; 0 when it never does.
+int ServerPid(const std::string& pid_file) {
+  for (int i = 0; i < 1000; ++i) {
+    auto text = lr::ReadFile(pid_file);
+    if (text.ok() && !text->empty()) return std::atoi(text->c_str());
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return 0;
+}
+
+TEST(CheckCommand, WithSigintIgnoredTheCheckFinishesNormally) {
+  std::string f = WriteLean("ignored", "theorem t : True := by\n  trivial\n");
+  std::string pid_file = ::testing::TempDir() + "/ignored_pid_" + std::to_string(::getpid());
+  std::string log = ::testing::TempDir() + "/ignored_log_" + std::to_string(::getpid());
+  ::unlink(pid_file.c_str());
+  pid_t cli = StartCheck(f, std::string(LR_SCRIPTED_LEAN_SERVER) + " --delay-ms 1500 --pid-file " + pid_file, log,
+                         /*ignore_sigint=*/true);
+  const int server_pid = ServerPid(pid_file);
+  ASSERT_GT(server_pid, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(::kill(cli, SIGINT), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(cli, &status, 0), cli);
+  auto read = lr::ReadFile(log);
+  std::string out = read.ok() ? *read : "";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << "\n" << out;
+  EXPECT_EQ(out.find("out of memory"), std::string::npos) << out;
+  EXPECT_EQ(out.find("killed by signal"), std::string::npos) << out;
+  EXPECT_NE(out.find("0 error(s)"), std::string::npos) << out;
+  // The same server answered: it was not killed by the SIGINT and replaced (each server rewrites the pid file).
+  EXPECT_EQ(ServerPid(pid_file), server_pid) << out;
+}
+
 TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
   // Servers orphaned by leanrotor are re-parented to this test, so a surviving one is seen, and a killed one reaped.
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
@@ -135,10 +210,14 @@ TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
     ASSERT_EQ(::kill(server_pid, 0), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the check reach the hanging server
     ASSERT_EQ(::kill(cli, sig), 0);
+    const auto start = std::chrono::steady_clock::now();
     int status = 0;
     ASSERT_EQ(::waitpid(cli, &status, 0), cli);
-    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "status " << status;
+    const double seconds = SecondsSince(start);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + sig) << "status " << status;
+    EXPECT_LT(seconds, 5.0);
     EXPECT_TRUE(Gone(server_pid)) << "the Lean server outlived leanrotor after signal " << sig;
+    std::printf("check: signal %d to exit: %.3f s\n", sig, seconds);
   }
 }
 

@@ -17,7 +17,7 @@ std::unique_ptr<LeanClient> StartScripted(const std::string& scenario) {
   spec.argv = {LR_SCRIPTED_LEAN_SERVER, "--scenario", scenario};
   ClientOptions options;
   options.initialize_timeout = std::chrono::seconds(10);
-  auto client = LeanClient::Start(spec, options);
+  auto client = LeanClient::Start(spec, options, Clock::now() + std::chrono::seconds(10));
   EXPECT_TRUE(client.ok()) << client.status().ToString();
   return client.ok() ? std::move(*client) : nullptr;
 }
@@ -185,7 +185,7 @@ TEST(LeanClient, DeathMidMessageIsUnavailable) {
 TEST(LeanClient, NonJsonOnStdoutBreaksTheConnection) {
   ProcessSpec spec;
   spec.argv = {LR_SCRIPTED_LEAN_SERVER, "--scenario", "noise_stdout"};
-  auto client = LeanClient::Start(spec, ClientOptions{});
+  auto client = LeanClient::Start(spec, ClientOptions{}, Clock::now() + std::chrono::seconds(10));
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(client.status().message().find("downloading toolchain"), std::string::npos);
@@ -202,7 +202,7 @@ TEST(LeanClient, NonJsonOnStderrIsLogged) {
 TEST(LeanClient, ServerThatExitsAtStartIsUnavailable) {
   ProcessSpec spec;
   spec.argv = {LR_SCRIPTED_LEAN_SERVER, "--scenario", "exit_on_start"};
-  auto client = LeanClient::Start(spec, ClientOptions{});
+  auto client = LeanClient::Start(spec, ClientOptions{}, Clock::now() + std::chrono::seconds(10));
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(client.status().message().find("exited with status 3"), std::string::npos);

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <thread>
@@ -124,11 +126,67 @@ TEST(ServerPool, CrashedWorkerIsReplacedAndRetriedOnce) {
   EXPECT_EQ(pool.servers_started(), 2u);
 }
 
-TEST(ServerPool, HungServerIsReplacedAndRetriedOnce) {
+TEST(ServerPool, HungServerUsesTheWholeDeadlineAndIsReplacedForTheNextCheck) {
   ServerPool pool(Scripted("hang", OnceFile("hang")));
   auto r = pool.Check(Request(kCore, 500));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kTimeout) << r.status().ToString();
+  EXPECT_EQ(pool.servers_started(), 1u);  // no time was left for a retry: the timeout bounds the whole check
+  auto next = pool.Check(Request(kCore));
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
   EXPECT_EQ(pool.servers_started(), 2u);
+}
+
+TEST(ServerPool, TheDeadlineCoversInitialize) {
+  // The handshake has its own cap (10 s here); the check's 600 ms deadline ends it first.
+  ServerPool pool(Scripted("hang_initialize"));
+  const auto start = std::chrono::steady_clock::now();
+  auto r = pool.Check(Request(kCore, 600));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kTimeout) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("initialize"), std::string::npos) << r.status().ToString();
+  EXPECT_EQ(pool.servers_started(), 1u);
+  EXPECT_LT(seconds, 5.0);  // 10 s when the handshake ignored the deadline, 1.2 s when the retry got its own
+}
+
+TEST(ServerPool, CancelStopsTheCheckAndStartsNothing) {
+  ServerPool pool(Scripted("hang"));
+  std::atomic<bool> cancel{false};
+  CheckRequest request = Request(kCore, 60000);
+  request.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    cancel.store(true);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto r = pool.Check(request);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  canceller.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  EXPECT_EQ(pool.servers_started(), 1u);  // the cancelled server is not taken for a crash and restarted
+  EXPECT_EQ(pool.live_servers(), 0u);     // it is stopped
+  EXPECT_LT(seconds, 5.0);
+  // Already set: nothing starts.
+  auto again = pool.Check(request);
+  EXPECT_EQ(again.status().code(), StatusCode::kCancelled);
+  EXPECT_EQ(pool.servers_started(), 1u);
+}
+
+TEST(ServerPool, ATextThatCrashesTheWorkerOnTwoServersIsAVerdict) {
+  PoolOptions o = Scripted("normal");
+  o.lean_command.insert(o.lean_command.end(), {"--crash-on", "CRASH_HERE"});
+  ServerPool pool(o);
+  auto r = pool.Check(Request("theorem t : True := by\n  exact CRASH_HERE\n"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_NE(r->worker_crash.find("crashed"), std::string::npos) << r->worker_crash;
+  EXPECT_TRUE(r->diagnostics.empty());
+  EXPECT_EQ(pool.servers_started(), 2u);  // the first server and the retry's fresh one
+  auto clean = pool.Check(Request(kCore));
+  ASSERT_TRUE(clean.ok()) << clean.status().ToString();
+  EXPECT_TRUE(clean->worker_crash.empty());
+  EXPECT_TRUE(clean->UsesSorry());
 }
 
 TEST(ServerPool, PersistentFailureIsAnInfrastructureError) {

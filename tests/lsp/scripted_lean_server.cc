@@ -20,7 +20,8 @@
 // the names with the identifier's prefix, plus a few fixed Nat lemmas).
 // Columns are UTF-16 code units, as Lean's.
 //
-// Usage: scripted_lean_server [--scenario NAME] [--once-file PATH] [--pid-file PATH]
+// Usage: scripted_lean_server [--scenario NAME] [--once-file PATH] [--pid-file PATH] [--hang-on TEXT]
+//                             [--crash-on TEXT] [--delay-ms N]
 // Scenarios (behaviour on every document update unless said otherwise):
 //   normal           as above
 //   progress_first   fileProgress says "done" before the diagnostics, which come 100 ms later
@@ -34,6 +35,10 @@
 //   noise_stdout     writes a non-JSON line on stdout before its messages
 //   noise_stderr     writes non-JSON lines on stderr (stdout stays clean)
 //   exit_on_start    exits with status 3 before reading anything
+//   hang_initialize  reads everything and answers nothing, initialize included (exits at end of input)
+// --hang-on TEXT: behave as `hang` for a document whose text contains TEXT (normal otherwise).
+// --crash-on TEXT: behave as `crash_worker` for a document whose text contains TEXT (normal otherwise).
+// --delay-ms N: wait N ms before processing each document update (a slow elaboration).
 // With --once-file, the scenario applies only while PATH does not exist (the first server creates it); later
 // servers behave as `normal`. That is how the pool's retry on a fresh server is tested.
 // With --pid-file, the server writes its process id there (atomically) before it reads anything, so that a test can
@@ -42,6 +47,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -67,6 +73,8 @@ using lr::lsp::Utf8ToUtf16Column;
 namespace {
 
 std::string g_scenario = "normal";
+std::string g_hang_on, g_crash_on;
+int g_delay_ms = 0;
 std::map<std::string, std::pair<int, std::string>> g_docs;  // uri -> (version, text)
 lr::lsp::FrameDecoder g_decoder;
 std::deque<Json> g_backlog;  // client messages read while waiting for answers to our own requests
@@ -353,8 +361,13 @@ void Publish(const std::string& uri) {
     Notify("$/lean/fileProgress", {{"textDocument", doc}, {"processing", Json::array()}});
 }
 
+bool Contains(const std::string& uri, const std::string& marker) {
+  return !marker.empty() && g_docs[uri].second.find(marker) != std::string::npos;
+}
+
 void OnDocumentUpdate(const std::string& uri) {
-  if (g_scenario == "hang") {
+  if (g_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(g_delay_ms));
+  if (g_scenario == "hang" || Contains(uri, g_hang_on)) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(60));
   }
   if (g_scenario == "die_mid_message") {
@@ -375,6 +388,7 @@ void Handle(const Json& m) {
   std::string method = m.value("method", "");
   const Json& p = m.contains("params") ? m["params"] : Json();
   bool request = m.contains("id");
+  if (g_scenario == "hang_initialize") return;
   if (method == "initialize") {
     Reply(m["id"], {{"capabilities", {{"textDocumentSync", {{"openClose", true}, {"change", 2}}}, {"hoverProvider", true},
                                      {"completionProvider", Json::object()}, {"definitionProvider", true},
@@ -406,7 +420,7 @@ void Handle(const Json& m) {
     g_docs.erase(p["textDocument"]["uri"].get<std::string>());
   } else if (method == "textDocument/waitForDiagnostics") {
     std::string uri = p["uri"];
-    if (g_scenario == "crash_worker") {
+    if (g_scenario == "crash_worker" || Contains(uri, g_crash_on)) {
       ReplyError(m["id"], -32902, "Server process for " + uri + " crashed, likely due to a stack overflow or a bug.");
       return;
     }
@@ -496,6 +510,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--scenario") == 0) g_scenario = argv[i + 1];
     if (std::strcmp(argv[i], "--once-file") == 0) once_file = argv[i + 1];
     if (std::strcmp(argv[i], "--pid-file") == 0) pid_file = argv[i + 1];
+    if (std::strcmp(argv[i], "--hang-on") == 0) g_hang_on = argv[i + 1];
+    if (std::strcmp(argv[i], "--crash-on") == 0) g_crash_on = argv[i + 1];
+    if (std::strcmp(argv[i], "--delay-ms") == 0) g_delay_ms = std::atoi(argv[i + 1]);
   }
   if (!pid_file.empty() && !lr::WriteFileAtomic(pid_file, std::to_string(::getpid()) + "\n").ok()) return 4;
   if (!once_file.empty()) {

@@ -1,7 +1,9 @@
 // The remote backend: SSE framing, the request mapping, and RemoteModel's error paths against a scripted server.
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -397,6 +399,29 @@ TEST(RemoteModel, CallbackFalseCancelsPromptly) {
   EXPECT_EQ(c->choices[0].text, "one");
   EXPECT_EQ(c->choices[1].finish_reason, "cancelled");
   EXPECT_LT(ms, 1500);
+}
+
+TEST(RemoteModel, TheRequestsCancelFlagStopsItBeforeTheFirstPiece) {
+  // The server answers after 3 s (a long prefill, a busy API); the cancel flag is set after 200 ms.
+  ScriptedReply slow = SseReply({Delta(0, "late"), Finish(0, "stop"), "[DONE]"}, /*delay_ms=*/3000);
+  ScriptedHttpServer server({slow});
+  auto model = Make(FastOptions(server));
+  std::atomic<bool> cancel{false};
+  CompletionRequest request = Simple(2);
+  request.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel.store(true);
+  });
+  auto start = std::chrono::steady_clock::now();
+  Result<Completion> c = model->Complete(request, nullptr);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  canceller.join();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_EQ(c->choices.size(), 2u);
+  for (const Choice& choice : c->choices) EXPECT_EQ(choice.finish_reason, "cancelled");
+  EXPECT_LT(ms, 1500);
+  EXPECT_EQ(server.requests().size(), 1u);
 }
 
 TEST(RemoteModel, AsksAgainWhenTheServerReturnsFewerChoices) {

@@ -47,11 +47,12 @@ TEST(DiffLinesTest, KeepsCommonLinesAndMarksChanges) {
   ASSERT_EQ(d.size(), 4u);
   EXPECT_EQ(d[0].op, ' ');
   EXPECT_EQ(d[0].text, "theorem t := by");
-  EXPECT_EQ(d[1].op, '-');
+  EXPECT_EQ(d[1].op, '-');  // the old line first, then the new ones
   EXPECT_EQ(d[1].text, "  sorry");
   EXPECT_EQ(d[2].op, '+');
   EXPECT_EQ(d[2].text, "  simp");
   EXPECT_EQ(d[3].op, '+');
+  EXPECT_EQ(d[3].text, "  ring");
   for (const DiffLine& l : DiffLines("x\ny", "x\ny")) EXPECT_EQ(l.op, ' ');
 }
 
@@ -145,7 +146,47 @@ TEST(SessionTest, EventsDriveTheAttemptsAndOldRunsAreIgnored) {
   s.OnEvent(RunFinishedEvent{id, "proved"});
   EXPECT_FALSE(s.run().running);
   EXPECT_EQ(s.run().outcome, "proved");
-  EXPECT_EQ(s.run().attempts[0].state, AttemptState::kFailed);  // never started: stopped
+  EXPECT_EQ(s.run().attempts[0].state, AttemptState::kNotChecked);  // never judged: not "failed"
+  EXPECT_EQ(AttemptStateName(s.run().attempts[0].state), "not checked");
+}
+
+TEST(SessionTest, TokensCountWhileStreamingAndTheModelsCountWhenJudged) {
+  Session s = Loaded();
+  s.OnKey(Key::Char('p'));
+  const int id = s.run().id;
+  s.OnEvent(AttemptEvent{id, 0, 0, AttemptState::kGenerating, "", ""});
+  EXPECT_EQ(s.run().attempts[0].shown_tokens(), 0);
+  for (const char* piece : {"```", "lean", "\n", "theorem"}) s.OnEvent(PieceEvent{id, 0, piece});
+  EXPECT_EQ(s.run().attempts[0].shown_tokens(), 4);  // one piece, one token, as they stream
+  s.OnEvent(AttemptEvent{id, 0, 0, AttemptState::kFailed, " by\n  simp", "unsolved goals", 5});
+  EXPECT_EQ(s.run().attempts[0].shown_tokens(), 5);  // the model's own count once judged
+  s.OnEvent(AttemptEvent{id, 0, 1, AttemptState::kGenerating, "", ""});
+  s.OnEvent(PieceEvent{id, 0, "```"});
+  s.OnEvent(PieceEvent{id, 0, "lean"});
+  EXPECT_EQ(s.run().attempts[0].shown_tokens(), 7);  // earlier turns plus this one's so far
+}
+
+TEST(SessionTest, AttemptsNeverJudgedShowWhyNotFailed) {
+  Session s = Loaded();
+  s.OnKey(Key::Char('p'));
+  int id = s.run().id;
+  s.OnEvent(AttemptEvent{id, 0, 0, AttemptState::kGenerating, "", ""});
+  s.OnEvent(PieceEvent{id, 0, "```lean"});
+  s.OnEvent(AttemptEvent{id, 1, 0, AttemptState::kChecking, "", ""});
+  s.OnEvent(RunFinishedEvent{id, "cancelled"});
+  for (const AttemptView& a : s.run().attempts) {
+    EXPECT_EQ(a.state, AttemptState::kCancelled);
+    EXPECT_NE(a.reason.find("cancelled"), std::string::npos) << a.reason;
+  }
+  EXPECT_EQ(s.run().attempts[0].shown_tokens(), 1);  // its text streamed: not "0 tok"
+  // A Lean failure ends the run: the candidate being checked was not judged either.
+  s.TakeRequests();
+  s.OnKey(Key::Char('p'));
+  id = s.run().id;
+  s.OnEvent(AttemptEvent{id, 0, 0, AttemptState::kChecking, "", ""});
+  s.OnEvent(RunFinishedEvent{id, "error: Lean could not check ..."});
+  EXPECT_EQ(s.run().attempts[0].state, AttemptState::kNotChecked);
+  EXPECT_NE(s.run().attempts[0].reason.find("Lean could not check"), std::string::npos);
 }
 
 TEST(SessionTest, AcceptWritesTheProofIntoTheBufferOnlyWhenLeanAcceptedIt) {

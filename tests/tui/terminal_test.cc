@@ -47,7 +47,8 @@ class TerminalTest : public ::testing::Test {
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    socket_ = "lr-tui-" + std::to_string(getpid());
+    static int tests = 0;  // a tmux server per test: one that is still exiting does not take the next test's session
+    socket_ = "lr-tui-" + std::to_string(getpid()) + "-" + std::to_string(++tests);
   }
 
   void TearDown() override {
@@ -71,13 +72,15 @@ class TerminalTest : public ::testing::Test {
   }
 
   // Runs `leanrotor tui ARGS` in the pane, with `env` (VAR=value ...) in front. The command goes through script
-  // files so that ARGS may hold quotes of their own. tui.pid gets the TUI's process id; once it ends, stty.txt gets
-  // the terminal's settings, to show whether the TUI gave the terminal back.
+  // files so that ARGS may hold quotes of their own. tui.pid gets the TUI's process id; once it ends, exit.txt gets
+  // its exit status and stty.txt the terminal's settings, to show whether the TUI gave the terminal back.
   void StartTui(const std::string& args, const std::string& env = "") {
     std::ofstream(dir_ / "tui.sh") << "echo $$ > " << (dir_ / "tui.pid").string() << "\n"
                                    << "exec env LANG=C.UTF-8 LC_ALL=C.UTF-8 " << env << " " << binary_ << " tui "
                                    << args << " 2>" << (dir_ / "stderr.txt").string() << "\n";
     std::ofstream(dir_ / "run.sh") << "cd " << dir_.string() << " && sh " << (dir_ / "tui.sh").string() << "\n"
+                                   << "echo $? > " << (dir_ / "exit.txt").string() << ".tmp && mv "
+                                   << (dir_ / "exit.txt").string() << ".tmp " << (dir_ / "exit.txt").string() << "\n"
                                    << "stty -a > " << (dir_ / "stty.txt").string() << ".tmp && mv "
                                    << (dir_ / "stty.txt").string() << ".tmp " << (dir_ / "stty.txt").string() << "\n"
                                    << "sleep 0.5\n";
@@ -94,6 +97,16 @@ class TerminalTest : public ::testing::Test {
     std::set<std::string> out;
     for (std::string w; words >> w;) out.insert(w);
     return out;
+  }
+
+  // Waits (up to 30 s) for the TUI to end; returns its exit status (-1 when it did not end) and the seconds from
+  // `since` to the moment its exit was seen (within 20 ms).
+  int ExitStatus(std::chrono::steady_clock::time_point since, double* seconds) {
+    for (int i = 0; i < 1500 && !fs::exists(dir_ / "exit.txt"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+    if (!fs::exists(dir_ / "exit.txt")) return -1;
+    return std::atoi(ReadAll(dir_ / "exit.txt").c_str());
   }
 
   std::string Screen() { return Shell("tmux -L " + socket_ + " capture-pane -p 2>/dev/null"); }
@@ -134,7 +147,7 @@ TEST_F(TerminalTest, ProveWatchAcceptSave) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
   const std::string url = StartModelServer(std::string("{\"add_zero'\": [\"") + kBadReply + "\", \"" + kGoodReply +
                                            "\"]}");
-  StartTui("Basic.lean --url " + url + " -m scripted -k 2 --turns 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
+  StartTui("Basic.lean --remote " + url + " --model-id scripted -k 2 --turns 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
            "/tests/tui/scripted_lean.py'");
 
   // The file opens at its first sorry; Lean's check of the buffer shows the goal there, with its Unicode.
@@ -149,7 +162,7 @@ TEST_F(TerminalTest, ProveWatchAcceptSave) {
   screen = WaitFor("result: proved");
   EXPECT_NE(screen.find("1 failed"), std::string::npos) << screen;
   EXPECT_NE(screen.find("2 accepted"), std::string::npos) << screen;
-  EXPECT_NE(screen.find("1 failed     turn 0     12 tok  Lean reports errors"), std::string::npos) << screen;
+  EXPECT_NE(screen.find("1 failed      turn 0     12 tok  Lean reports errors"), std::string::npos) << screen;
   EXPECT_NE(screen.find(">"), std::string::npos) << screen;
 
   // The diff against the current proof, then accept it into the file and save.
@@ -157,6 +170,7 @@ TEST_F(TerminalTest, ProveWatchAcceptSave) {
   screen = WaitFor("against the current proof");
   EXPECT_NE(screen.find("+   simp"), std::string::npos) << screen;
   EXPECT_NE(screen.find("-   sorry"), std::string::npos) << screen;
+  EXPECT_LT(screen.find("-   sorry"), screen.find("+   simp")) << screen;  // the old line first
   Keys("a");
   screen = WaitFor("accepted attempt 2 into add_zero'");
   EXPECT_NE(screen.find("Basic.lean [+]"), std::string::npos) << screen;
@@ -185,7 +199,7 @@ TEST_F(TerminalTest, WithoutLeanTheSessionOpensAndSaysHowToInstallIt) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
   const std::string url = StartModelServer("{}");
   // No --lean-cmd, and a PATH without lean or lake.
-  StartTui("Basic.lean --url " + url + " -m scripted", "PATH=/usr/bin:/bin");
+  StartTui("Basic.lean --remote " + url + " --model-id scripted", "PATH=/usr/bin:/bin");
   WaitFor("Lean: not found");
   WaitFor("elan");  // the install hint may be drawn a refresh after the status line
   Keys("Enter");
@@ -198,7 +212,7 @@ TEST_F(TerminalTest, WithoutLeanTheSessionOpensAndSaysHowToInstallIt) {
 TEST_F(TerminalTest, NarrowTerminalAndResize) {
   std::ofstream(dir_ / "New.lean") << "";
   const std::string url = StartModelServer("{}");
-  StartTui("New.lean --url " + url + " -m scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
+  StartTui("New.lean --remote " + url + " --model-id scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
            "/tests/tui/scripted_lean.py'");
   WaitFor("Lean: ready");
   // Type a theorem with Unicode into the command line; it is added to the buffer and checked.
@@ -215,7 +229,7 @@ TEST_F(TerminalTest, CancelHelpAndTheTerminalGivenBackOnSigterm) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
   // A slow model: the reply takes seconds to stream, so the proof is still running when Esc comes.
   const std::string url = StartModelServer(std::string("{\"add_zero'\": [\"") + kGoodReply + "\"]}", "0.3");
-  StartTui("Basic.lean --url " + url + " -m scripted -k 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
+  StartTui("Basic.lean --remote " + url + " --model-id scripted -k 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
            "/tests/tui/scripted_lean.py'");
   WaitFor("Lean: ready");
   Keys("Enter");
@@ -240,10 +254,46 @@ TEST_F(TerminalTest, CancelHelpAndTheTerminalGivenBackOnSigterm) {
   EXPECT_TRUE(SessionGone()) << Screen();
 }
 
+TEST_F(TerminalTest, SigtermWithLeanAndTheModelBusyExitsAtOnce) {
+  fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
+  // A slow model and a Lean server that never finishes a check: both are busy when SIGTERM comes.
+  const std::string url = StartModelServer(std::string("{\"add_zero'\": [\"") + kGoodReply + "\"]}", "0.3");
+  StartTui("Basic.lean --remote " + url + " --model-id scripted -k 1 --lean-cmd '" + LR_SCRIPTED_LEAN_SERVER +
+           " --scenario hang'");
+  WaitFor("Lean: checking");
+  Keys("Enter");
+  WaitFor("generating");
+  const int tui = std::atoi(ReadAll(dir_ / "tui.pid").c_str());
+  ASSERT_GT(tui, 0);
+  ASSERT_EQ(::kill(tui, SIGTERM), 0);
+  double seconds = 0;
+  EXPECT_EQ(ExitStatus(std::chrono::steady_clock::now(), &seconds), 143) << ReadAll(dir_ / "stderr.txt");
+  EXPECT_LT(seconds, 5.0);
+  std::printf("tui: SIGTERM to exit with a Lean check and a model request in flight: %.2f s\n", seconds);
+  EXPECT_EQ(TerminalSettingsAfterExit().count("icanon"), 1u);
+}
+
+TEST_F(TerminalTest, QuitWhileTheModelLoadsAndCalibrates) {
+  const fs::path model = fs::path(LR_SOURCE_DIR) / "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!fs::exists(model)) GTEST_SKIP() << "no default model at " << model;
+  fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
+  // An empty calibration cache: the q8_0 cache needs the model's KV calibration, a prefill of seconds.
+  StartTui("Basic.lean -m " + model.string() + " --ctk q8_0 --ctv q8_0 --lean-cmd 'python3 " + LR_SOURCE_DIR +
+               "/tests/tui/scripted_lean.py'",
+           "LEANROTOR_CACHE_DIR=" + (dir_ / "cache").string());
+  WaitFor("loading");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // well into the calibration prefill
+  Keys("q");
+  double seconds = 0;
+  EXPECT_EQ(ExitStatus(std::chrono::steady_clock::now(), &seconds), 0) << ReadAll(dir_ / "stderr.txt");
+  EXPECT_LT(seconds, 5.0);
+  std::printf("tui: q to exit while the model calibrates: %.2f s\n", seconds);
+}
+
 TEST_F(TerminalTest, QuitGivesTheTerminalBack) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
   const std::string url = StartModelServer("{}");
-  StartTui("Basic.lean --url " + url + " -m scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
+  StartTui("Basic.lean --remote " + url + " --model-id scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
            "/tests/tui/scripted_lean.py'");
   WaitFor("Lean: ready");
   Keys("q");
@@ -257,7 +307,7 @@ TEST_F(TerminalTest, QuitGivesTheTerminalBack) {
 TEST_F(TerminalTest, FatalSignalGivesTheTerminalBack) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
   const std::string url = StartModelServer("{}");
-  StartTui("Basic.lean --url " + url + " -m scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
+  StartTui("Basic.lean --remote " + url + " --model-id scripted --lean-cmd 'python3 " + std::string(LR_SOURCE_DIR) +
            "/tests/tui/scripted_lean.py'");
   WaitFor("Lean: ready");
   // A crash (here a SIGSEGV sent from outside) restores the terminal before the signal takes its course.

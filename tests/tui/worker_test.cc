@@ -28,7 +28,8 @@ constexpr char kBad[] = "```lean\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 =
 
 Worker::Options Options(Replies replies, int delay_ms, bool with_lean) {
   Worker::Options o;
-  o.open_model = [replies, delay_ms](const std::string&, const std::string& kv) -> Result<ModelHandle> {
+  o.open_model = [replies, delay_ms](const std::string&, const std::string& kv,
+                                         const std::atomic<bool>*) -> Result<ModelHandle> {
     ModelHandle h;
     h.model = std::make_unique<ScriptedModel>(replies, delay_ms);
     h.kv_formats = kv;
@@ -114,7 +115,7 @@ TEST(WorkerTest, AgentStyleStreamsToolCallsIntoThePaneAndAcceptsTheGuardedProof)
   agent::ToolsOptions tools_options;
   tools_options.search_roots = {(dir / "none").string()};
   Worker::Options o;
-  o.open_model = [file](const std::string&, const std::string&) -> Result<ModelHandle> {
+  o.open_model = [file](const std::string&, const std::string&, const std::atomic<bool>*) -> Result<ModelHandle> {
     ModelHandle h;
     h.model = std::make_unique<agent::testing::ScriptedAgentModel>(file);
     return h;
@@ -176,7 +177,7 @@ TEST(WorkerTest, AModelThatFailsToLoadIsReported) {
   EventQueue q;
   Session s({});
   Worker::Options o;
-  o.open_model = [](const std::string& m, const std::string&) -> Result<ModelHandle> {
+  o.open_model = [](const std::string& m, const std::string&, const std::atomic<bool>*) -> Result<ModelHandle> {
     return NotFound(m + ": no such file");
   };
   o.model = "missing.gguf";
