@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/working_copy.h"
 #include "base/file.h"
 
 namespace lr::agent {
@@ -42,24 +43,71 @@ Result<std::string> StringField(const json& j, const char* key, const std::strin
   return it->get<std::string>();
 }
 
-Result<BatchTask> ProjectTask(const json& j, const std::string& task_file, const std::string& where) {
+// The project and file fields of a task: the project root (relative to the task file's folder), the file's path
+// in it, and the file's text.
+struct ProjectFile {
+  std::string root;
+  std::string path;
+  std::string text;
+};
+
+Result<ProjectFile> ReadProjectFile(const json& j, const std::string& task_file, const std::string& where) {
   LR_ASSIGN_OR_RETURN(std::string project, StringField(j, "project", where, true));
   LR_ASSIGN_OR_RETURN(std::string file, StringField(j, "file", where, true));
-  LR_ASSIGN_OR_RETURN(std::string theorem, StringField(j, "theorem", where, true));
   std::filesystem::path root(project);
   if (root.is_relative()) root = std::filesystem::path(task_file).parent_path() / root;
-  const std::string source_path = (root / file).string();
-  Result<std::string> source = ReadFile(source_path);
+  ProjectFile out{root.string(), (root / file).string(), ""};
+  Result<std::string> source = ReadFile(out.path);
   if (!source.ok()) return InvalidArgument(where + ": field \"file\": " + source.status().message());
-  for (ProofTask& task : TasksFromSource(*source)) {
+  out.text = std::move(*source);
+  return out;
+}
+
+Result<BatchTask> ProjectTask(const json& j, const std::string& task_file, const std::string& where) {
+  LR_ASSIGN_OR_RETURN(ProjectFile file, ReadProjectFile(j, task_file, where));
+  LR_ASSIGN_OR_RETURN(std::string theorem, StringField(j, "theorem", where, true));
+  for (ProofTask& task : TasksFromSource(file.text)) {
     if (task.name != theorem && task.full_name != theorem) continue;
     BatchTask t;
     t.task = std::move(task);
-    t.project_root = root.string();
-    t.path = source_path;
+    t.project_root = file.root;
+    t.path = file.path;
     return t;
   }
-  return InvalidArgument(where + ": field \"theorem\": no theorem or lemma named " + theorem + " in " + source_path);
+  return InvalidArgument(where + ": field \"theorem\": no theorem or lemma named " + theorem + " in " + file.path);
+}
+
+// {"project", "file", "theorems": [...] | "all sorries", "instructions"?}: checked against the file now, so that a
+// typo fails at load time.
+Result<BatchTask> RepositoryTaskFromJson(const json& j, const std::string& task_file, const std::string& where) {
+  LR_ASSIGN_OR_RETURN(ProjectFile file, ReadProjectFile(j, task_file, where));
+  LR_ASSIGN_OR_RETURN(std::string instructions, StringField(j, "instructions", where, false));
+  BatchTask t;
+  t.repository = true;
+  t.project_root = file.root;
+  t.path = file.path;
+  t.instructions = instructions;
+  const std::string& source_path = file.path;
+  std::vector<ProofTask> in_file = TasksFromSource(file.text);
+  const json& theorems = j["theorems"];
+  if (theorems.is_string() && theorems.get<std::string>() == "all sorries") {
+    bool any = false;
+    for (const ProofTask& p : in_file) any = any || HasSorry(p);
+    if (!any) return InvalidArgument(where + ": field \"theorems\": no theorem with a sorry in " + source_path);
+    return t;
+  }
+  if (!theorems.is_array() || theorems.empty())
+    return InvalidArgument(where + ": field \"theorems\" must be a non-empty array of names or \"all sorries\"");
+  for (const json& name : theorems) {
+    if (!name.is_string()) return InvalidArgument(where + ": field \"theorems\" must hold strings");
+    const std::string n = name.get<std::string>();
+    bool found = false;
+    for (const ProofTask& p : in_file) found = found || p.name == n || p.full_name == n;
+    if (!found) return InvalidArgument(where + ": field \"theorems\": no theorem or lemma named " + n + " in " +
+                                       source_path);
+    t.theorems.push_back(n);
+  }
+  return t;
 }
 
 Result<BatchTask> TaskFromLine(std::string_view line, const std::string& task_file, const std::string& where) {
@@ -72,11 +120,13 @@ Result<BatchTask> TaskFromLine(std::string_view line, const std::string& task_fi
     LR_ASSIGN_OR_RETURN(std::string informal, StringField(j, "informal_prefix", where, false));
     LR_ASSIGN_OR_RETURN(std::string statement, StringField(j, "formal_statement", where, true));
     LR_ASSIGN_OR_RETURN(t.task, TaskFromStatement(header, informal, statement, where));
+  } else if (j.contains("project") && j.contains("theorems")) {
+    LR_ASSIGN_OR_RETURN(t, RepositoryTaskFromJson(j, task_file, where));
   } else if (j.contains("project")) {
     LR_ASSIGN_OR_RETURN(t, ProjectTask(j, task_file, where));
   } else {
     return InvalidArgument(where + ": expected the fields \"header\" and \"formal_statement\", or \"project\", "
-                                   "\"file\" and \"theorem\"");
+                                   "\"file\" and \"theorem\" (or \"theorems\")");
   }
   t.task.name = name;  // results are keyed by the task's name
   return t;
@@ -96,6 +146,54 @@ TaskResult ResultOf(const std::string& name, const ProofOutcome& o) {
   r.first_proof_check = o.first_proof_check;
   r.worker_crashes = o.worker_crashes;
   r.stop_reason = o.stop_reason;
+  return r;
+}
+
+// Runs k agents on an agent task, one after another, each from the files on disk; writes their trace.
+Result<TaskResult> RunAgentTask(const BatchTask& t, LanguageModel& model, LeanChecker& checker,
+                                const BatchOptions& options, const std::atomic<bool>* cancel) {
+  if (options.pool == nullptr) return InvalidArgument("agent tasks need a Lean server pool (BatchOptions::pool)");
+  LR_ASSIGN_OR_RETURN(std::unique_ptr<WorkingCopy> copy, WorkingCopy::Open(t.project_root));
+  ToolBox tools(*options.pool, *copy, options.tools);
+  RepositoryTask task{t.path, t.theorems, t.instructions};
+  if (!t.repository) task.theorems = {t.task.full_name.empty() ? t.task.name : t.task.full_name};
+  TaskResult r;
+  r.name = t.task.name;
+  std::string trace;
+  const int k = std::max(1, options.prover.k);
+  for (int i = 0; i < k; ++i) {
+    AgentOptions a = options.agent;
+    a.sampling = options.prover.sampling;
+    a.sampling.seed = options.prover.sampling.seed + static_cast<uint64_t>(i);
+    a.guard = options.prover.guard;
+    a.check_timeout_seconds = options.prover.check_timeout_seconds;
+    a.cancel = cancel;
+    LR_ASSIGN_OR_RETURN(AgentOutcome o, RunAgent(task, model, tools, checker, a));
+    ++r.candidates;
+    r.checks += o.checks;
+    r.turns += o.turns;
+    r.tokens += o.tokens;
+    r.seconds += o.seconds;
+    for (const std::string& line : o.trace) trace += "{\"agent\":" + std::to_string(i) + "," + line.substr(1) + "\n";
+    if (o.proved) {
+      ++r.solved;
+      if (!r.proved) {
+        r.proved = true;
+        r.diff = o.diff;
+        r.first_proof_check = r.checks;
+        r.stop_reason = o.stop_reason;
+      }
+    } else if (!r.proved) {
+      r.stop_reason = o.stop_reason + (o.last_refusal.empty() ? "" : "; last refusal: " + o.last_refusal);
+    }
+  }
+  std::string safe = r.name;
+  for (char& c : safe)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.') c = '_';
+  r.trace = options.out_path + ".traces/" + safe + ".jsonl";
+  std::error_code ec;
+  std::filesystem::create_directories(options.out_path + ".traces", ec);
+  LR_RETURN_IF_ERROR(WriteFileAtomic(r.trace, trace));
   return r;
 }
 
@@ -150,6 +248,8 @@ std::string ResultToJson(const TaskResult& r) {
             {"stop_reason", r.stop_reason}};
   if (r.worker_crashes > 0) j["worker_crashes"] = r.worker_crashes;
   if (!r.error.empty()) j["error"] = r.error;
+  if (!r.diff.empty()) j["diff"] = r.diff;
+  if (!r.trace.empty()) j["trace"] = r.trace;
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -173,6 +273,8 @@ Result<TaskResult> ResultFromJson(std::string_view line, std::string_view where)
     r.stop_reason = j.value("stop_reason", "");
     r.worker_crashes = j.value("worker_crashes", 0);
     r.error = j.value("error", "");
+    r.diff = j.value("diff", "");
+    r.trace = j.value("trace", "");
   } catch (const json::exception& e) {
     return Corrupt(w + ": a field has the wrong type (" + e.what() + ")");
   }
@@ -256,12 +358,17 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
       ProverOptions p = prover;
       p.project_root = t.project_root;
       p.path = t.path;
-      Result<ProofOutcome> outcome = Prove(t.task, model, checker, p);
+      auto run = [&]() -> Result<TaskResult> {
+        if (t.repository || p.style == PromptStyle::kAgent) return RunAgentTask(t, model, checker, options, p.cancel);
+        LR_ASSIGN_OR_RETURN(ProofOutcome proof, Prove(t.task, model, checker, p));
+        return ResultOf(t.task.name, proof);
+      };
+      Result<TaskResult> outcome = run();
 
       std::lock_guard<std::mutex> lock(mu);
       TaskResult r;
       if (outcome.ok()) {
-        r = ResultOf(t.task.name, *outcome);
+        r = std::move(*outcome);
       } else if (IsTaskError(outcome.status().code())) {
         r.name = t.task.name;
         r.error = outcome.status().ToString();

@@ -5,6 +5,13 @@
 //                                                                 such as "split" and "goal" are ignored)
 //   {"name", "project", "file", "theorem"}                        a theorem in a file of a Lake project (FLTEval-like);
 //                                                                 project is relative to the task file's folder
+//   {"name", "project", "file", "theorems": [...] | "all sorries", "instructions"?}
+//                                                                 a repository task: the agent loop (agent_loop.h)
+//                                                                 completes the theorems inside the project
+// Repository tasks, and every project task under --style agent, run the agent loop: k agents one after another (the
+// shared prompt prefix is cached by the backend), each from the files on disk. Their result line adds the final
+// diff and the path of the tool-call trace (JSONL, <out>.traces/<name>.jsonl, one line per tool call and judgement,
+// with the agent's index); nothing is written into the project.
 // Each result line is appended (base/file.h AppendLine) the moment its task ends, so a crash or Ctrl-C loses at most
 // the tasks in flight (an interrupt abandons them: they are not written, and --resume runs them again); `resume`
 // skips the tasks whose results are already there. Every task runs all k candidate
@@ -16,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/agent_loop.h"
 #include "agent/lean_checker.h"
 #include "agent/prover.h"
 #include "agent/task.h"
@@ -24,9 +32,12 @@
 namespace lr::agent {
 
 struct BatchTask {
-  ProofTask task;
+  ProofTask task;            // for repository tasks only its name is set
   std::string project_root;  // project tasks: the Lake project; empty otherwise
   std::string path;          // project tasks: the file's path
+  bool repository = false;   // a repository task: `theorems` (empty: every theorem with a sorry), `instructions`
+  std::vector<std::string> theorems;
+  std::string instructions;
 };
 
 // Reads a task file. A task's name is its "name" field; a name seen before gets "@LINE" appended (ProofNet repeats
@@ -50,6 +61,8 @@ struct TaskResult {
   int worker_crashes = 0;  // candidates refused because Lean's file worker crashed on them (not infrastructure)
   std::string stop_reason;
   std::string error;  // a task-specific failure (e.g. the prompt does not fit the context); not proved
+  std::string diff;   // agent tasks: the unified diff of the first accepted result ("" when none)
+  std::string trace;  // agent tasks: the tool-call trace file
 };
 
 std::string ResultToJson(const TaskResult& result);
@@ -69,6 +82,11 @@ struct BatchOptions {
   std::string out_path;
   std::string report_path;  // Markdown report; empty: none
   const std::atomic<bool>* cancel = nullptr;  // set to stop: in-flight tasks are abandoned, not written
+  // Agent tasks (repository tasks, or project tasks with prover.style kAgent): the servers the tools use, the
+  // loop's budgets (sampling comes from `prover`) and the tools' options.
+  lsp::ServerPool* pool = nullptr;
+  AgentOptions agent;
+  ToolsOptions tools;
 };
 
 struct BatchSummary {

@@ -89,7 +89,8 @@ Result<PromptStyle> ParsePromptStyle(std::string_view name) {
   if (name == "chat") return PromptStyle::kChat;
   if (name == "completion") return PromptStyle::kCompletion;
   if (name == "tools") return PromptStyle::kTools;
-  return InvalidArgument("prompt style '" + std::string(name) + "': expected 'chat', 'completion' or 'tools'");
+  if (name == "agent") return PromptStyle::kAgent;
+  return InvalidArgument("prompt style '" + std::string(name) + "': expected 'chat', 'completion', 'tools' or 'agent'");
 }
 
 std::vector<ChatMessage> FirstPrompt(const ProofTask& task, PromptStyle style) {

@@ -25,9 +25,10 @@
 
 namespace lr::agent {
 
-enum class PromptStyle { kChat, kCompletion, kTools };
+// kAgent: no prompt of this file; the agent loop (agent_loop.h) works inside the project with the full tool set.
+enum class PromptStyle { kChat, kCompletion, kTools, kAgent };
 
-// "chat", "completion" or "tools"; kInvalidArgument otherwise.
+// "chat", "completion", "tools" or "agent"; kInvalidArgument otherwise.
 Result<PromptStyle> ParsePromptStyle(std::string_view name);
 
 // The conversation that asks for a proof of `task`.

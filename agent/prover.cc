@@ -166,6 +166,8 @@ class Loop {
 
 Result<ProofOutcome> Prove(const ProofTask& task, LanguageModel& model, LeanChecker& checker,
                            const ProverOptions& options) {
+  if (options.style == PromptStyle::kAgent)
+    return InvalidArgument("prover options: the agent style runs the agent loop (RunAgent), not Prove");
   if (options.k < 1 || options.turns < 0)
     return InvalidArgument("prover options: k must be at least 1 and turns at least 0 (got k=" +
                            std::to_string(options.k) + ", turns=" + std::to_string(options.turns) + ")");

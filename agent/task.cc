@@ -42,6 +42,10 @@ std::vector<ProofTask> TasksFromSource(std::string_view text) {
   return tasks;
 }
 
+bool HasSorry(const ProofTask& task) {
+  return lsp::ContainsToken(lsp::MaskCommentsAndStrings(task.proof), "sorry");
+}
+
 std::string TheoremText(const ProofTask& task, std::string_view proof) { return task.statement + std::string(proof); }
 
 std::string CheckedText(const ProofTask& task, std::string_view proof) {

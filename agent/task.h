@@ -29,6 +29,9 @@ Result<ProofTask> TaskFromStatement(std::string_view header, std::string_view in
 // value is not a proof: both are skipped). The preamble of each is the file up to it.
 std::vector<ProofTask> TasksFromSource(std::string_view text);
 
+// True when the task's proof holds the token `sorry` outside comments and strings.
+bool HasSorry(const ProofTask& task);
+
 // The file Lean checks: preamble, statement, `proof`, and `#print axioms` for the theorem on the last line.
 std::string CheckedText(const ProofTask& task, std::string_view proof);
 

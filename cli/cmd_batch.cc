@@ -120,6 +120,8 @@ int RunBatchCommand(const BatchFlags& f) {
   }
   lsp::ServerPool pool(MakePoolOptions(f.prover.lean, static_cast<size_t>(std::max(f.prover.lean_servers, f.jobs))));
   agent::PoolChecker checker(pool);
+  options.pool = &pool;
+  options.agent = MakeAgentOptions(f.prover, *prover);
 
   ConsoleProgress progress(stdout, ::isatty(STDOUT_FILENO) != 0);
   Result<agent::BatchSummary> summary = agent::RunBatch(*tasks, **model, checker, options, &progress);
@@ -148,8 +150,9 @@ int RunBatchCommand(const BatchFlags& f) {
 void AddBatchCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<BatchFlags>();
   CLI::App* sub = app.add_subcommand("batch", "prove a JSONL task set headlessly; results as JSONL, pass@k, report");
-  sub->add_option("tasks", flags->tasks, "task file: {name, header, formal_statement, informal_prefix?} or "
-                                         "{name, project, file, theorem} per line")->required();
+  sub->add_option("tasks", flags->tasks, "task file: {name, header, formal_statement, informal_prefix?}, "
+                                         "{name, project, file, theorem} or {name, project, file, theorems: [...] | "
+                                         "\"all sorries\", instructions?} (agent) per line")->required();
   sub->add_option("-o,--out", flags->out, "results file (JSONL, one line per finished task)")->required();
   sub->add_option("--report", flags->report, "Markdown report (default: the results path with .md)");
   sub->add_option("-j,--jobs", flags->jobs, "tasks in flight at once (the in-process model batches their generations into shared steps)")->check(CLI::Range(1, 256));

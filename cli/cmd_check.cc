@@ -25,17 +25,6 @@ struct CheckFlags {
   LeanFlags lean;
 };
 
-// The nearest directory at or above `dir` holding a lakefile, or "".
-std::string FindLakeRoot(std::filesystem::path dir) {
-  for (; !dir.empty(); dir = dir.parent_path()) {
-    std::error_code ec;
-    if (std::filesystem::exists(dir / "lakefile.lean", ec) || std::filesystem::exists(dir / "lakefile.toml", ec))
-      return dir.string();
-    if (dir == dir.parent_path()) break;
-  }
-  return "";
-}
-
 // Column as Lean's command line prints it: 0-based, in Unicode characters.
 int CharColumn(const std::string& text, lsp::Position p) {
   std::string_view line = lsp::LineOf(text, p.line);
@@ -43,16 +32,6 @@ int CharColumn(const std::string& text, lsp::Position p) {
   for (int i = 0; i < p.character && i < static_cast<int>(line.size()); ++i)
     chars += (static_cast<unsigned char>(line[i]) & 0xC0) != 0x80;
   return chars;
-}
-
-const char* SeverityName(lsp::Severity s) {
-  switch (s) {
-    case lsp::Severity::kError: return "error";
-    case lsp::Severity::kWarning: return "warning";
-    case lsp::Severity::kInformation: return "info";
-    case lsp::Severity::kHint: return "hint";
-  }
-  return "error";
 }
 
 const char* SiteName(lsp::GoalSite s) {
@@ -72,7 +51,7 @@ void PrintText(const std::string& file, const std::string& text, const lsp::Chec
   for (const lsp::Diagnostic& d : r.diagnostics) {
     if (d.is_silent) continue;
     std::printf("%s:%d:%d: %s: %s\n", file.c_str(), d.range.start.line + 1, CharColumn(text, d.range.start),
-                SeverityName(d.severity), d.message.c_str());
+                lsp::SeverityName(d.severity), d.message.c_str());
   }
   for (const lsp::Goal& g : r.goals) {
     if (g.site != lsp::GoalSite::kSorry) continue;
@@ -103,7 +82,7 @@ void PrintJson(const std::string& file, const std::string& text, const lsp::Chec
   if (!r.worker_crash.empty()) out["worker_crash"] = r.worker_crash;
   out["diagnostics"] = nlohmann::json::array();
   for (const lsp::Diagnostic& d : r.diagnostics)
-    out["diagnostics"].push_back({{"severity", SeverityName(d.severity)},
+    out["diagnostics"].push_back({{"severity", lsp::SeverityName(d.severity)},
                                   {"start", PositionJson(text, d.range.start)},
                                   {"end", PositionJson(text, d.range.end)},
                                   {"start_utf16", {{"line", d.range_utf16.start.line}, {"character", d.range_utf16.start.character}}},

@@ -1,5 +1,6 @@
 // `leanrotor prove FILE.lean`: fills the file's `sorry`s with proofs the model finds and Lean accepts.
 #include <algorithm>
+#include <filesystem>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -7,6 +8,8 @@
 
 #include "lsp/lean_text.h"
 #include "agent/prover.h"
+#include "agent/tools.h"
+#include "agent/working_copy.h"
 #include "base/file.h"
 #include "base/interrupt.h"
 #include "cli/command.h"
@@ -35,16 +38,12 @@ struct Row {
 constexpr char kInterruptNote[] =
     "\ninterrupted: stopping, keeping the theorems proved so far (interrupt again to quit at once)\n";
 
-bool HasSorry(const agent::ProofTask& t) {
-  return lsp::ContainsToken(lsp::MaskCommentsAndStrings(t.proof), "sorry");
-}
-
 // The next theorem to work on in `text`: the first with a sorry whose name is not in `done` (and is `only`, if set).
 const agent::ProofTask* NextTarget(const std::vector<agent::ProofTask>& tasks, const std::vector<std::string>& done,
                                    const std::string& only) {
   for (const agent::ProofTask& t : tasks) {
     if (!only.empty() && t.name != only && t.full_name != only) continue;
-    if (!HasSorry(t)) continue;
+    if (!agent::HasSorry(t)) continue;
     if (std::find(done.begin(), done.end(), t.full_name) != done.end()) continue;
     return &t;
   }
@@ -60,6 +59,51 @@ void PrintTable(const std::vector<Row>& rows) {
     std::printf("%-*s  %-6s  %8d  %5d  %7ld  %8.1f%s%s\n", static_cast<int>(width), r.name.c_str(),
                 r.proved ? "yes" : "no", r.checks, r.turns, r.tokens, r.seconds, r.note.empty() ? "" : "  ",
                 r.note.c_str());
+}
+
+// --style agent: the agent loop in the project around the file (its Lake root, or the file's folder), for every
+// theorem with a sorry (or --theorem); the accepted proofs are written back atomically.
+int RunProveAgent(const ProveFlags& f, LanguageModel& model, lsp::ServerPool& pool,
+                  const agent::ProverOptions& prover) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path file = fs::absolute(f.file, ec);
+  std::string root = FindLakeRoot(file.parent_path());
+  if (root.empty()) root = file.parent_path().string();
+  Result<std::unique_ptr<agent::WorkingCopy>> copy = agent::WorkingCopy::Open(root);
+  if (!copy.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", copy.status().ToString().c_str());
+    return 2;
+  }
+  agent::ToolBox tools(pool, **copy, agent::ToolsOptions());
+  agent::PoolChecker checker(pool);
+  agent::AgentOptions options = MakeAgentOptions(f.prover, prover);
+  options.cancel = prover.cancel;
+  agent::RepositoryTask task{file.string(), {}, ""};
+  if (!f.theorem.empty()) task.theorems = {f.theorem};
+  std::printf("agent on %s (project %s, model %s) ...\n", f.file.c_str(), (*copy)->root().c_str(),
+              model.Name().c_str());
+  std::fflush(stdout);
+  Result<agent::AgentOutcome> outcome = agent::RunAgent(task, model, tools, checker, options);
+  if (!outcome.ok()) {
+    std::fprintf(stderr, "leanrotor prove: %s\n", outcome.status().ToString().c_str());
+    return Interrupted() ? InterruptExitCode() : 2;
+  }
+  const agent::AgentOutcome& o = *outcome;
+  std::printf("%zu/%zu theorems proved; %d turns, %d tool calls (%d errors), %d Lean checks, %ld tokens, %.1f s; "
+              "stop: %s\n",
+              o.accepted.size(), o.targets.size(), o.turns, o.tool_calls, o.tool_errors, o.checks, o.tokens,
+              o.seconds, o.stop_reason.c_str());
+  if (!o.proved && !o.last_refusal.empty()) std::printf("last refusal: %s\n", o.last_refusal.c_str());
+  if (!o.accepted.empty()) {
+    const std::string out = f.out.empty() ? f.file : f.out;
+    if (Status s = WriteFileAtomic(out, o.final_text); !s.ok()) {
+      std::fprintf(stderr, "leanrotor prove: %s\n", s.ToString().c_str());
+      return 2;
+    }
+    std::printf("%swrote %s\n", o.diff.c_str(), out.c_str());
+  }
+  return o.proved ? 0 : 1;
 }
 
 int RunProve(const ProveFlags& f) {
@@ -95,6 +139,7 @@ int RunProve(const ProveFlags& f) {
     return Interrupted() ? InterruptExitCode() : 2;
   }
   lsp::ServerPool pool(MakePoolOptions(f.prover.lean, static_cast<size_t>(f.prover.lean_servers)));
+  if (options->style == agent::PromptStyle::kAgent) return RunProveAgent(f, **model, pool, *options);
   agent::PoolChecker checker(pool);
 
   std::vector<Row> rows;

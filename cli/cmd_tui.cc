@@ -1,8 +1,11 @@
 // `leanrotor tui [FILE.lean]`: the interactive proving session (tui/app.h).
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
+#include "agent/tools.h"
+#include "agent/working_copy.h"
 #include "base/interrupt.h"
 #include "cli/command.h"
 #include "cli/lean_flags.h"
@@ -62,6 +65,7 @@ class PoolOwner : public agent::LeanChecker {
  public:
   explicit PoolOwner(lsp::PoolOptions options) : pool_(std::move(options)), checker_(pool_) {}
   Result<agent::LeanReport> Check(const agent::CheckRequest& request) override { return checker_.Check(request); }
+  lsp::ServerPool& pool() { return pool_; }
 
  private:
   lsp::ServerPool pool_;
@@ -75,7 +79,27 @@ void OpenLean(const TuiFlags& flags, tui::Worker::Options* worker) {
     worker->lean_state = "not found: " + s.message();
     return;
   }
-  worker->checker = std::make_unique<PoolOwner>(MakePoolOptions(flags.lean, 2));
+  auto owner = std::make_unique<PoolOwner>(MakePoolOptions(flags.lean, 2));
+  if (worker->prover.style == agent::PromptStyle::kAgent) {
+    // The agent's tools work in the project around the file (its Lake root, or its folder).
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::path dir = flags.file.empty() ? fs::current_path(ec) : fs::absolute(flags.file, ec).parent_path();
+    std::string root = !flags.project.empty() ? flags.project : FindLakeRoot(dir);
+    if (root.empty()) root = dir.string();
+    auto copy = agent::WorkingCopy::Open(root);
+    if (copy.ok()) {
+      struct Tools {
+        std::unique_ptr<agent::WorkingCopy> copy;
+        std::unique_ptr<agent::ToolBox> tools;
+      };
+      auto bundle = std::make_shared<Tools>();
+      bundle->copy = std::move(*copy);
+      bundle->tools = std::make_unique<agent::ToolBox>(owner->pool(), *bundle->copy, agent::ToolsOptions());
+      worker->tools = std::shared_ptr<agent::ToolBox>(bundle, bundle->tools.get());
+    }
+  }
+  worker->checker = std::move(owner);
   worker->lean_state = "ready";
 }
 
@@ -103,6 +127,7 @@ int RunTui(std::shared_ptr<TuiFlags> flags) {
   options.worker.project_root = flags->project;
   options.worker.prover.style = *style;
   options.worker.prover.sampling = flags->sampling;
+  options.worker.agent.sampling = flags->sampling;
   OpenLean(*flags, &options.worker);
   Status status = tui::RunApp(std::move(options));
   if (!status.ok()) {
@@ -127,7 +152,9 @@ void AddTuiCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()
       ->check(CLI::Range(0, 64));
-  sub->add_option("--style", flags->style, "Prompt style: chat or completion")->capture_default_str();
+  sub->add_option("--style", flags->style, "Prompt style: chat, completion, tools or agent (a tool-calling model "
+                                          "working in the project; its tool calls show in the attempt pane)")
+      ->capture_default_str();
   sub->add_option("--max-tokens", flags->sampling.max_tokens, "Tokens per reply")->capture_default_str()
       ->check(CLI::PositiveNumber);
   sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()

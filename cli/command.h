@@ -43,5 +43,6 @@ void AddProveCommand(CLI::App& app, CommandSet& commands);
 void AddBatchCommand(CLI::App& app, CommandSet& commands);
 void AddServeCommand(CLI::App& app, CommandSet& commands);
 void AddCheckCommand(CLI::App& app, CommandSet& commands);
+void AddMcpCommand(CLI::App& app, CommandSet& commands);
 
 }  // namespace lr::cli

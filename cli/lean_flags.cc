@@ -52,4 +52,14 @@ lsp::PoolOptions MakePoolOptions(const LeanFlags& f, size_t max_servers) {
   return o;
 }
 
+std::string FindLakeRoot(std::filesystem::path dir) {
+  for (; !dir.empty(); dir = dir.parent_path()) {
+    std::error_code ec;
+    if (std::filesystem::exists(dir / "lakefile.lean", ec) || std::filesystem::exists(dir / "lakefile.toml", ec))
+      return dir.string();
+    if (dir == dir.parent_path()) break;
+  }
+  return "";
+}
+
 }  // namespace lr::cli

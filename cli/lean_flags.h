@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,8 @@ void AddLeanFlags(CLI::App* sub, LeanFlags* f);
 Status CheckLeanAvailable(const LeanFlags& f, const std::vector<std::string>& project_roots);
 
 lsp::PoolOptions MakePoolOptions(const LeanFlags& f, size_t max_servers);
+
+// The nearest directory at or above `dir` holding a lakefile (lakefile.lean or lakefile.toml), or "".
+std::string FindLakeRoot(std::filesystem::path dir);
 
 }  // namespace lr::cli

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   lr::cli::AddBatchCommand(app, commands);
   lr::cli::AddServeCommand(app, commands);
   lr::cli::AddCheckCommand(app, commands);
+  lr::cli::AddMcpCommand(app, commands);
 
   CLI11_PARSE(app, argc, argv);
   int rc = commands.RunSelected();

@@ -4,9 +4,13 @@ namespace lr::cli {
 
 void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   AddModelChoiceFlags(sub, &f->model);
-  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models) or "
-                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool)")
-      ->check(CLI::IsMember({"chat", "completion", "tools"}));
+  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models), "
+                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool) "
+                                       "or agent (tool-calling models working in the project with the Lean and file "
+                                       "tools, as Leanstral does)")
+      ->check(CLI::IsMember({"chat", "completion", "tools", "agent"}));
+  sub->add_option("--max-tool-calls", f->max_tool_calls, "--style agent: stop an agent after this many tool calls "
+                                                         "(0: none)")->capture_default_str();
   sub->add_option("-k", f->k, "candidates sampled from one shared prompt")->check(CLI::Range(1, 1024));
   sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")->check(CLI::Range(0, 64));
   sub->add_option("--temp", f->temperature, "sampling temperature (0: greedy)")->capture_default_str();
@@ -41,6 +45,18 @@ Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& f) {
   o.max_checks = f.check_budget;
   o.check_timeout_seconds = f.check_timeout;
   o.guard.refuse_constructs = !f.allow_constructs;
+  return o;
+}
+
+agent::AgentOptions MakeAgentOptions(const ProverFlags& f, const agent::ProverOptions& prover) {
+  agent::AgentOptions o;
+  o.sampling = prover.sampling;
+  o.max_tool_calls = f.max_tool_calls;
+  o.max_tokens = f.token_budget;
+  o.max_seconds = f.time_budget;
+  o.max_checks = f.check_budget;
+  o.guard = prover.guard;
+  o.check_timeout_seconds = f.check_timeout;
   return o;
 }
 

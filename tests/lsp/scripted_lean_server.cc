@@ -2,14 +2,22 @@
 //
 // It speaks LSP on stdin/stdout with the message shapes of Lean 4's server (initialize, didOpen with
 // dependencyBuildMode, full and ranged didChange, publishDiagnostics with version/fullRange/leanTags, fileProgress,
-// textDocument/waitForDiagnostics, $/lean/plainGoal, $/lean/plainTermGoal, hover, shutdown/exit), and computes
+// textDocument/waitForDiagnostics, $/lean/plainGoal, $/lean/plainTermGoal, hover, completion, definition,
+// documentSymbol, shutdown/exit), and computes
 // diagnostics from the text with fixed rules:
 //   - a `sorry` token: warning "declaration uses 'sorry'" on the name of the declaration that contains it;
 //   - `ERROR: msg` on a line: an error "msg" from the marker to the end of the line;
 //   - `UNSOLVED` on a line: an error "unsolved goals\n<goal>" with leanTags [1];
 //   - `#print axioms NAME`: information "'NAME' depends on axioms: [propext]".
-// plainGoal: null before the first `by`; [] on a line holding `rfl` or `decide`; otherwise the goal named by the last
+//   - `exact NAME ...` where NAME is no known declaration (see below), on a line without the markers above: an
+//     error "unknown identifier 'NAME'".
+// plainGoal: null before the first `by`; [] on a line holding `rfl`, `decide` or `exact` (without markers); otherwise the goal named by the last
 // `-- goal: ...` comment above the position (`\n` in it is a newline), or "⊢ True".
+// Declarations are the lines that start with theorem/lemma/def/abbrev/instance/structure/inductive (after modifiers
+// such as `private` or `@[simp]`); their names, with the open documents and every .lean file under the working
+// directory, answer documentSymbol (DocumentSymbol[], one per declaration, kind 6 as Lean's), definition
+// (LocationLink[]), hover (the declaration's signature line, in a ```lean block) and completion (a CompletionList of
+// the names with the identifier's prefix, plus a few fixed Nat lemmas).
 // Columns are UTF-16 code units, as Lean's.
 //
 // Usage: scripted_lean_server [--scenario NAME] [--once-file PATH] [--pid-file PATH] [--hang-on TEXT]
@@ -42,6 +50,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
@@ -52,6 +61,7 @@
 
 #include "base/file.h"
 #include "lsp/jsonrpc.h"
+#include "lsp/lean_client.h"
 #include "lsp/utf16.h"
 
 using Json = nlohmann::json;
@@ -142,6 +152,10 @@ std::string GoalFor(const std::string& text, int line) {
   return "⊢ True";
 }
 
+struct Decl;
+std::vector<Decl> AllDecls();
+const Decl* Resolve(const std::vector<Decl>& decls, const std::string& name);
+
 Json Diagnostics(const std::string& text) {
   Json out = Json::array();
   auto lines = Lines(text);
@@ -180,6 +194,18 @@ Json Diagnostics(const std::string& text) {
       out.push_back({{"source", "Lean 4"}, {"severity", 1}, {"range", r}, {"fullRange", r},
                      {"message", "unsolved goals\n" + GoalFor(text, l)}, {"leanTags", {1}}});
     }
+    size_t x = code.find("exact ");
+    bool marked = s.find("ERROR:") != std::string::npos || code.find("UNSOLVED") != std::string::npos;
+    if (x != std::string::npos && !marked) {
+      size_t a = x + 6, b = a;
+      while (b < code.size() && IsIdent(code[b])) ++b;
+      std::string name = code.substr(a, b - a);
+      if (!name.empty() && Resolve(AllDecls(), name) == nullptr) {
+        Json r = Range(text, l, static_cast<int>(a), static_cast<int>(b));
+        out.push_back({{"source", "Lean 4"}, {"severity", 1}, {"range", r}, {"fullRange", r},
+                       {"message", "unknown identifier '" + name + "'"}});
+      }
+    }
     if (s.rfind("#print axioms ", 0) == 0) {
       std::string name = s.substr(14);
       Json r = Range(text, l, 0, 6);
@@ -188,6 +214,100 @@ Json Diagnostics(const std::string& text) {
     }
   }
   return out;
+}
+
+// A declaration the scripted server knows: from a line that starts with a declaration keyword.
+struct Decl {
+  std::string name;
+  std::string signature;  // the declaration's first line, without the keyword and the trailing `:= ...`
+  std::string uri;
+  int line = 0;
+  int name_col = 0;  // byte column
+  int end_line = 0;  // last line before the next declaration or the end
+};
+
+std::vector<Decl> DeclsIn(const std::string& uri, const std::string& text) {
+  std::vector<Decl> out;
+  auto lines = Lines(text);
+  const int last_line = static_cast<int>(lines.size()) - 1;
+  auto close = [&](int l) {  // the open declaration, if any, ends before line l
+    if (!out.empty() && out.back().end_line == last_line) out.back().end_line = l - 1;
+  };
+  for (int l = 0; l < static_cast<int>(lines.size()); ++l) {
+    std::string s = lines[l];
+    size_t k = 0;
+    for (;;) {  // skip attributes and modifiers
+      if (s.compare(k, 2, "@[") == 0) {
+        size_t close = s.find(']', k);
+        if (close == std::string::npos) break;
+        k = close + 1;
+      } else if (s.compare(k, 8, "private ") == 0 || s.compare(k, 10, "protected ") == 0 ||
+                 s.compare(k, 12, "noncomputable ") == 0) {
+        k = s.find(' ', k);
+      } else {
+        break;
+      }
+      while (k < s.size() && s[k] == ' ') ++k;
+    }
+    bool found = false;
+    for (const char* kw : {"theorem ", "lemma ", "def ", "abbrev ", "instance ", "structure ", "inductive "}) {
+      if (s.compare(k, std::strlen(kw), kw) != 0) continue;
+      k += std::strlen(kw);
+      found = true;
+      break;
+    }
+    if (!found) {
+      if (!s.empty() && s[0] != ' ' && s.rfind("--", 0) != 0) close(l);
+      continue;
+    }
+    size_t b = k;
+    while (b < s.size() && IsIdent(s[b])) ++b;
+    if (b == k) continue;
+    close(l);
+    Decl d{s.substr(k, b - k), s.substr(k), uri, l, static_cast<int>(k), last_line};
+    size_t assign = d.signature.find(":=");
+    if (assign != std::string::npos) d.signature = d.signature.substr(0, assign);
+    while (!d.signature.empty() && d.signature.back() == ' ') d.signature.pop_back();
+    out.push_back(d);
+  }
+  for (Decl& d : out)
+    while (d.end_line > d.line && lines[d.end_line].find_first_not_of(" \t\r") == std::string::npos) --d.end_line;
+  return out;
+}
+
+// Declarations of the open documents, then of the .lean files under the working directory that are not open.
+std::vector<Decl> AllDecls() {
+  std::vector<Decl> out;
+  for (const auto& [uri, doc] : g_docs)
+    for (Decl& d : DeclsIn(uri, doc.second)) out.push_back(std::move(d));
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(".", ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->path().extension() != ".lean" || !it->is_regular_file()) continue;
+    std::string uri = lr::lsp::PathToUri(std::filesystem::absolute(it->path()).lexically_normal().string());
+    if (g_docs.count(uri)) continue;
+    std::ifstream in(it->path());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (Decl& d : DeclsIn(uri, text)) out.push_back(std::move(d));
+  }
+  for (const char* fixed : {"Nat.add_comm (n m : Nat) : n + m = m + n", "Nat.add_zero (n : Nat) : n + 0 = n",
+                            "Nat.zero_add (n : Nat) : 0 + n = n", "Nat.mul_comm (n m : Nat) : n * m = m * n",
+                            "Nat.two_mul (n : Nat) : 2 * n = n + n"}) {
+    std::string sig = fixed;
+    out.push_back({sig.substr(0, sig.find(' ')), sig, "", 0, 0, 0});
+  }
+  return out;
+}
+
+// The declaration `name` refers to: an exact match, or one whose last components are `name`.
+const Decl* Resolve(const std::vector<Decl>& decls, const std::string& name) {
+  for (const Decl& d : decls)
+    if (d.name == name) return &d;
+  for (const Decl& d : decls)
+    if (d.name.size() > name.size() && d.name.compare(d.name.size() - name.size(), name.size(), name) == 0 &&
+        d.name[d.name.size() - name.size() - 1] == '.')
+      return &d;
+  return nullptr;
 }
 
 void AwaitAnswers(std::vector<int> ids) {
@@ -270,7 +390,9 @@ void Handle(const Json& m) {
   bool request = m.contains("id");
   if (g_scenario == "hang_initialize") return;
   if (method == "initialize") {
-    Reply(m["id"], {{"capabilities", {{"textDocumentSync", {{"openClose", true}, {"change", 2}}}, {"hoverProvider", true}}},
+    Reply(m["id"], {{"capabilities", {{"textDocumentSync", {{"openClose", true}, {"change", 2}}}, {"hoverProvider", true},
+                                     {"completionProvider", Json::object()}, {"definitionProvider", true},
+                                     {"documentSymbolProvider", true}}},
                     {"serverInfo", {{"name", "scripted-lean-server (a test tool, not Lean)"}, {"version", "0"}}}});
   } else if (method == "textDocument/didOpen") {
     std::string uri = p["textDocument"]["uri"];
@@ -310,7 +432,19 @@ void Handle(const Json& m) {
       Notify("$/lean/fileProgress", {{"textDocument", {{"uri", uri}, {"version", g_docs[uri].first}}},
                                      {"processing", Json::array()}});
     Reply(m["id"], Json::object());
-  } else if (method == "$/lean/plainGoal" || method == "$/lean/plainTermGoal" || method == "textDocument/hover") {
+  } else if (method == "textDocument/documentSymbol") {
+    std::string uri = p["textDocument"]["uri"];
+    const std::string& text = g_docs[uri].second;
+    Json out = Json::array();
+    for (const Decl& d : DeclsIn(uri, text)) {
+      std::string last(LineOf(text, d.end_line));
+      Json range = {{"start", Pos(text, d.line, 0)}, {"end", Pos(text, d.end_line, static_cast<int>(last.size()))}};
+      out.push_back({{"name", d.name}, {"kind", 6}, {"range", range},
+                     {"selectionRange", Range(text, d.line, d.name_col, d.name_col + static_cast<int>(d.name.size()))}});
+    }
+    Reply(m["id"], out);
+  } else if (method == "$/lean/plainGoal" || method == "$/lean/plainTermGoal" || method == "textDocument/hover" ||
+             method == "textDocument/definition" || method == "textDocument/completion") {
     std::string uri = p["textDocument"]["uri"];
     const std::string& text = g_docs[uri].second;
     int line = p["position"]["line"];
@@ -318,18 +452,42 @@ void Handle(const Json& m) {
     size_t offset = lr::lsp::OffsetOf(text, line, col);
     bool in_tactics = text.substr(0, offset).find(" by") != std::string::npos;
     std::string line_text(LineOf(text, line));
-    if (method == "textDocument/hover") {
-      size_t a = col, b = col;
-      while (a > 0 && IsIdent(line_text[a - 1])) --a;
-      while (b < line_text.size() && IsIdent(line_text[b])) ++b;
-      if (a == b) return Reply(m["id"], Json());
-      return Reply(m["id"], {{"contents", {{"kind", "markdown"}, {"value", "```lean\n" + line_text.substr(a, b - a) + "\n```"}}},
-                             {"range", Range(text, line, static_cast<int>(a), static_cast<int>(b))}});
+    size_t a = col, b = col;
+    while (a > 0 && IsIdent(line_text[a - 1])) --a;
+    while (b < line_text.size() && IsIdent(line_text[b])) ++b;
+    std::string word = line_text.substr(a, b - a);
+    if (method == "textDocument/completion") {
+      std::string prefix = line_text.substr(a, col - a);
+      Json items = Json::array();
+      for (const Decl& d : AllDecls()) {
+        std::string last = d.name.substr(d.name.rfind('.') == std::string::npos ? 0 : d.name.rfind('.') + 1);
+        if (d.name.rfind(prefix, 0) != 0 && last.rfind(prefix, 0) != 0) continue;
+        items.push_back({{"label", d.name}, {"kind", 3}, {"detail", d.signature.substr(d.name.size() + 1)}});
+      }
+      return Reply(m["id"], {{"isIncomplete", true}, {"items", items}});
+    }
+    if (method == "textDocument/definition" || method == "textDocument/hover") {
+      if (word.empty()) return Reply(m["id"], Json());
+      std::vector<Decl> decls = AllDecls();
+      const Decl* d = Resolve(decls, word);
+      Json origin = Range(text, line, static_cast<int>(a), static_cast<int>(b));
+      if (method == "textDocument/hover")
+        return Reply(m["id"], {{"contents", {{"kind", "markdown"},
+                                             {"value", "```lean\n" + (d ? d->signature : word) + "\n```"}}},
+                               {"range", origin}});
+      if (d == nullptr || d->uri.empty()) return Reply(m["id"], Json::array());
+      Json target = {{"start", {{"line", d->line}, {"character", 0}}}, {"end", {{"line", d->end_line}, {"character", 0}}}};
+      Json selection = {{"start", {{"line", d->line}, {"character", d->name_col}}},
+                        {"end", {{"line", d->line}, {"character", d->name_col + static_cast<int>(d->name.size())}}}};
+      return Reply(m["id"], Json::array({{{"originSelectionRange", origin}, {"targetUri", d->uri},
+                                          {"targetRange", target}, {"targetSelectionRange", selection}}}));
     }
     if (method == "$/lean/plainTermGoal")
       return Reply(m["id"], {{"goal", "⊢ Prop"}, {"range", Range(text, line, col, col)}});
     if (!in_tactics) return Reply(m["id"], Json());
-    bool solved = line_text.find("rfl") != std::string::npos || line_text.find("decide") != std::string::npos;
+    bool solved = line_text.find("rfl") != std::string::npos || line_text.find("decide") != std::string::npos ||
+                  (line_text.find("exact ") != std::string::npos && line_text.find("ERROR:") == std::string::npos &&
+                   line_text.find("UNSOLVED") == std::string::npos);
     Json goals = solved ? Json::array() : Json::array({GoalFor(text, line)});
     std::string rendered = "```lean\n";
     for (const Json& g : goals) rendered += g.get<std::string>() + "\n";

@@ -4,10 +4,16 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
+#include "base/file.h"
+#include "tests/agent/lake_fixture.h"
 #include "tests/agent/scripted.h"
+#include "tests/agent/scripted_agent_model.h"
 
 namespace lr::tui {
 namespace {
@@ -92,6 +98,52 @@ TEST(WorkerTest, ProvesStreamsAndReportsEachCandidate) {
   s.OnKey(Key::Char('a'));
   EXPECT_TRUE(s.dirty());
   EXPECT_EQ(s.text(), "import Mathlib\n\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  subst h\n  rfl\n");
+}
+
+// The agent style: the scripted Leanstral-like model calls the tools (real ToolBox, real pool, scripted Lean server)
+// on a copy of tests/fixtures/lake_sorries; the calls and results stream into the candidate's pane and the guarded
+// proof can be accepted into the buffer.
+TEST(WorkerTest, AgentStyleStreamsToolCallsIntoThePaneAndAcceptsTheGuardedProof) {
+  namespace fs = std::filesystem;
+  const fs::path dir = agent::testing::CopyLakeFixture("tui_agent");
+  const std::string file = (dir / "Sorries/Basic.lean").string();
+  lsp::PoolOptions pool_options;
+  pool_options.lean_command = {LR_SCRIPTED_LEAN_SERVER};
+  lsp::ServerPool pool(pool_options);  // outlives the worker
+  auto copy = agent::WorkingCopy::Open(dir.string());
+  ASSERT_TRUE(copy.ok());
+  agent::ToolsOptions tools_options;
+  tools_options.search_roots = {(dir / "none").string()};
+  Worker::Options o;
+  o.open_model = [file](const std::string&, const std::string&, const std::atomic<bool>*) -> Result<ModelHandle> {
+    ModelHandle h;
+    h.model = std::make_unique<agent::testing::ScriptedAgentModel>(file);
+    return h;
+  };
+  o.model = "scripted";
+  o.checker = std::make_unique<agent::PoolChecker>(pool);
+  o.prover.style = agent::PromptStyle::kAgent;
+  o.tools = std::make_shared<agent::ToolBox>(pool, **copy, tools_options);
+  EventQueue q;
+  Session s({.k = 1, .turns = 0});
+  Worker w(std::move(o), &q);
+  std::string text = *ReadFile(file);
+  s.Load(file, text);
+  Pump(s, w, q, [&] { return s.status().model == "scripted-agent"; });
+  s.OnKey(Key::Special(Key::kEnter));  // the cursor is on double_zero, the first sorry
+  Pump(s, w, q, [&] { return !s.run().running; });
+  ASSERT_FALSE(s.run().running);
+  EXPECT_EQ(s.run().outcome.rfind("proved (1 agents", 0), 0u) << s.run().outcome;
+  const AttemptView& a0 = s.run().attempts[0];
+  EXPECT_EQ(a0.state, AttemptState::kAccepted);
+  EXPECT_EQ(a0.proof, " by\n  -- goal: ⊢ double 0 = 0\n  rfl");
+  EXPECT_NE(a0.stream.find("> lean_goal {"), std::string::npos) << a0.stream;
+  EXPECT_NE(a0.stream.find("< {\"goals_after\""), std::string::npos) << a0.stream;
+  EXPECT_NE(a0.stream.find("> lean_goal {oops\n< Error: lean_goal: the arguments are not valid JSON"),
+            std::string::npos);
+  EXPECT_EQ(*ReadFile(file), text);  // the agent's edits stayed in its working copy
+  s.OnKey(Key::Char('a'));
+  EXPECT_NE(s.text().find("-- goal: ⊢ double 0 = 0\n  rfl\n"), std::string::npos);
 }
 
 TEST(WorkerTest, CancelStopsTheRunningProof) {
