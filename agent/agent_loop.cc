@@ -80,14 +80,14 @@ class Loop {
     }
     checks_at_start_ = tools_.lean_checks();
 
-    std::vector<ChatMessage> messages = {{"system", std::string(kSystem), {}, ""},
-                                                    {"user", TaskPrompt(tasks), {}, ""}};
+    std::vector<ChatMessage> messages = {{"system", std::string(kSystem), {}, ""}, {"user", TaskPrompt(tasks), {}, ""}};
     int idle_stops = 0;
     while (!Finished()) {
       LR_ASSIGN_OR_RETURN(Choice reply, Request(messages));
       ChatMessage assistant{"assistant", reply.text, reply.tool_calls, ""};
       for (size_t i = 0; i < assistant.tool_calls.size(); ++i)
-        if (assistant.tool_calls[i].id.empty()) assistant.tool_calls[i].id = CallId(out_.tool_calls + static_cast<int>(i));
+        if (assistant.tool_calls[i].id.empty())
+          assistant.tool_calls[i].id = CallId(out_.tool_calls + static_cast<int>(i));
       messages.push_back(assistant);
       if (assistant.tool_calls.empty()) {
         size_t before = out_.accepted.size();
@@ -127,13 +127,18 @@ class Loop {
 
   bool Finished() {
     if (!out_.stop_reason.empty()) return true;
-    if (out_.proved) out_.stop_reason = "proved";
+    if (out_.proved)
+      out_.stop_reason = "proved";
     else if (options_.max_tool_calls > 0 && out_.tool_calls >= options_.max_tool_calls)
       out_.stop_reason = "tool-call budget";
-    else if (options_.max_turns > 0 && out_.turns >= options_.max_turns) out_.stop_reason = "turn budget";
-    else if (options_.max_tokens > 0 && out_.tokens >= options_.max_tokens) out_.stop_reason = "token budget";
-    else if (options_.max_seconds > 0 && Seconds() >= options_.max_seconds) out_.stop_reason = "time budget";
-    else if (options_.max_checks > 0 && Checks() >= options_.max_checks) out_.stop_reason = "check budget";
+    else if (options_.max_turns > 0 && out_.turns >= options_.max_turns)
+      out_.stop_reason = "turn budget";
+    else if (options_.max_tokens > 0 && out_.tokens >= options_.max_tokens)
+      out_.stop_reason = "token budget";
+    else if (options_.max_seconds > 0 && Seconds() >= options_.max_seconds)
+      out_.stop_reason = "time budget";
+    else if (options_.max_checks > 0 && Checks() >= options_.max_checks)
+      out_.stop_reason = "check budget";
     return !out_.stop_reason.empty();
   }
 
@@ -175,7 +180,8 @@ class Loop {
     LR_ASSIGN_OR_RETURN(Completion c, model_.Complete(request, keep_going));
     if (IsCancelled()) return Cancelled("agent on " + task_.file + " cancelled");
     if (c.choices.size() != 1)
-      return Internal("model " + model_.Name() + " returned " + std::to_string(c.choices.size()) + " choices, expected 1");
+      return Internal("model " + model_.Name() + " returned " + std::to_string(c.choices.size()) +
+                      " choices, expected 1");
     ++out_.turns;
     out_.tokens += c.usage.completion_tokens;
     out_.prompt_tokens += c.usage.prompt_tokens;
@@ -192,12 +198,16 @@ class Loop {
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     ++out_.tool_calls;
     out_.tool_errors += outcome.is_error ? 1 : 0;
-    std::string shown = TruncateResult(outcome.is_error ? "Error: " + outcome.text : outcome.text,
-                                       options_.result_bytes);
-    out_.trace.push_back(Json{{"turn", out_.turns}, {"id", call.id}, {"tool", call.name},
-                              {"arguments", call.arguments_json}, {"is_error", outcome.is_error},
-                              {"result", shown}, {"ms", ms}}
-                             .dump(-1, ' ', false, Json::error_handler_t::replace));
+    std::string shown =
+        TruncateResult(outcome.is_error ? "Error: " + outcome.text : outcome.text, options_.result_bytes);
+    out_.trace.push_back(Json{
+        {"turn", out_.turns},
+        {"id", call.id},
+        {"tool", call.name},
+        {"arguments", call.arguments_json},
+        {"is_error", outcome.is_error},
+        {"result", shown},
+        {"ms", ms}}.dump(-1, ' ', false, Json::error_handler_t::replace));
     if (options_.observer != nullptr) options_.observer->OnToolResult(out_.turns, call.name, outcome.is_error, shown);
     return shown;
   }
@@ -233,9 +243,9 @@ class Loop {
           verdict = JudgeLeanReport(*report, task, proof, options_.guard);
         }
       }
-      out_.trace.push_back(Json{{"turn", out_.turns}, {"judge", name}, {"accepted", verdict.accepted},
-                                {"reason", verdict.reason}}
-                               .dump(-1, ' ', false, Json::error_handler_t::replace));
+      out_.trace.push_back(
+          Json{{"turn", out_.turns}, {"judge", name}, {"accepted", verdict.accepted}, {"reason", verdict.reason}}.dump(
+              -1, ' ', false, Json::error_handler_t::replace));
       if (options_.observer != nullptr) options_.observer->OnJudged(name, proof, verdict);
       if (verdict.accepted) {
         accepted_proofs_[name] = proof;
@@ -276,8 +286,8 @@ std::string TruncateResult(const std::string& text, size_t budget) {
          " more bytes not shown; ask for less, e.g. a line range or a smaller limit]";
 }
 
-Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools,
-                              LeanChecker& checker, const AgentOptions& options) {
+Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools, LeanChecker& checker,
+                              const AgentOptions& options) {
   return Loop(task, model, tools, checker, options).Run();
 }
 

@@ -51,13 +51,13 @@ class AgentObserver {
 };
 
 struct AgentOptions {
-  SamplingParams sampling;  // per request
-  int max_tool_calls = 200;            // budget over the whole run; 0 = none
-  int max_turns = 60;                  // model requests; 0 = none
-  long max_tokens = 0;                 // completion tokens; 0 = none
-  double max_seconds = 0;              // wall clock; 0 = none
-  int max_checks = 0;                  // Lean checks (tools' and the judge's); 0 = none
-  size_t result_bytes = 8000;          // a tool result longer than this is cut, with a note
+  SamplingParams sampling;     // per request
+  int max_tool_calls = 200;    // budget over the whole run; 0 = none
+  int max_turns = 60;          // model requests; 0 = none
+  long max_tokens = 0;         // completion tokens; 0 = none
+  double max_seconds = 0;      // wall clock; 0 = none
+  int max_checks = 0;          // Lean checks (tools' and the judge's); 0 = none
+  size_t result_bytes = 8000;  // a tool result longer than this is cut, with a note
   GuardOptions guard;
   double check_timeout_seconds = 300;
   const std::atomic<bool>* cancel = nullptr;  // set to stop: RunAgent returns kCancelled
@@ -71,9 +71,9 @@ struct AgentOutcome {
   std::string final_text;             // the original file with the accepted proofs spliced in
   std::string diff;                   // unified diff of final_text against the original file ("" when none)
   std::vector<std::string> trace;     // JSONL lines: one per tool call and per judgement
-  std::string stop_reason;  // "proved", "tool-call budget", "turn budget", "token budget", "time budget",
-                            // "check budget", "model stopped"
-  std::string last_refusal;  // why the last judged candidate was refused, for reports
+  std::string stop_reason;            // "proved", "tool-call budget", "turn budget", "token budget", "time budget",
+                                      // "check budget", "model stopped"
+  std::string last_refusal;           // why the last judged candidate was refused, for reports
   int turns = 0;
   int tool_calls = 0;
   int tool_errors = 0;
@@ -85,10 +85,10 @@ struct AgentOutcome {
 };
 
 // Runs one agent on `task` in `tools`' project. The ToolBox's working copy is reset first (each run starts from
-// the files on disk, and task.text when given). Errors: kInvalidArgument (no such file, no such theorem, no theorem with a sorry), the
-// model's errors, a failed Lean check of the judge (kUnavailable, kTimeout), kCancelled.
-Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools,
-                              LeanChecker& checker, const AgentOptions& options);
+// the files on disk, and task.text when given). Errors: kInvalidArgument (no such file, no such theorem, no theorem
+// with a sorry), the model's errors, a failed Lean check of the judge (kUnavailable, kTimeout), kCancelled.
+Result<AgentOutcome> RunAgent(const RepositoryTask& task, LanguageModel& model, ToolBox& tools, LeanChecker& checker,
+                              const AgentOptions& options);
 
 // A tool result cut to `budget` bytes (at a UTF-8 boundary) with a note saying how much was left out.
 std::string TruncateResult(const std::string& text, size_t budget);

@@ -103,8 +103,8 @@ Result<BatchTask> RepositoryTaskFromJson(const json& j, const std::string& task_
     const std::string n = name.get<std::string>();
     bool found = false;
     for (const ProofTask& p : in_file) found = found || p.name == n || p.full_name == n;
-    if (!found) return InvalidArgument(where + ": field \"theorems\": no theorem or lemma named " + n + " in " +
-                                       source_path);
+    if (!found)
+      return InvalidArgument(where + ": field \"theorems\": no theorem or lemma named " + n + " in " + source_path);
     t.theorems.push_back(n);
   }
   return t;
@@ -125,8 +125,9 @@ Result<BatchTask> TaskFromLine(std::string_view line, const std::string& task_fi
   } else if (j.contains("project")) {
     LR_ASSIGN_OR_RETURN(t, ProjectTask(j, task_file, where));
   } else {
-    return InvalidArgument(where + ": expected the fields \"header\" and \"formal_statement\", or \"project\", "
-                                   "\"file\" and \"theorem\" (or \"theorems\")");
+    return InvalidArgument(where +
+                           ": expected the fields \"header\" and \"formal_statement\", or \"project\", "
+                           "\"file\" and \"theorem\" (or \"theorems\")");
   }
   t.task.name = name;  // results are keyed by the task's name
   return t;
@@ -225,7 +226,8 @@ Result<std::vector<BatchTask>> LoadTasks(const std::string& path) {
     const std::string where = path + ":" + std::to_string(i + 1);
     LR_ASSIGN_OR_RETURN(BatchTask t, TaskFromLine(lines[i], path, where));
     if (!names.insert(t.task.name).second) {
-      t.task.name.append("@").append(std::to_string(i + 1));  // real sets repeat names (ProofNet): the line keeps them apart
+      t.task.name.append("@").append(
+          std::to_string(i + 1));  // real sets repeat names (ProofNet): the line keeps them apart
       names.insert(t.task.name);
     }
     tasks.push_back(std::move(t));
@@ -304,8 +306,8 @@ double PassAtK(int n, int c, int k) {
   return 1.0 - none;
 }
 
-Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
-                              LeanChecker& checker, const BatchOptions& options, BatchObserver* observer) {
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model, LeanChecker& checker,
+                              const BatchOptions& options, BatchObserver* observer) {
   LR_ASSIGN_OR_RETURN(std::vector<TaskResult> earlier, LoadResults(options.out_path));
   if (!earlier.empty() && !options.resume)
     return InvalidArgument(options.out_path + " already holds " + std::to_string(earlier.size()) +
@@ -411,9 +413,10 @@ Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel
   }
   summary.pass_at = MeanPassAt(results, options.prover.k);
   if (!options.report_path.empty())
-    LR_RETURN_IF_ERROR(WriteFileAtomic(options.report_path,
-                                       MarkdownReport(results, total, options.prover.k, model.Name())));
-  if (!failure.ok()) return failure.WithContext("batch stopped (finished results are kept in " + options.out_path + ")");
+    LR_RETURN_IF_ERROR(
+        WriteFileAtomic(options.report_path, MarkdownReport(results, total, options.prover.k, model.Name())));
+  if (!failure.ok())
+    return failure.WithContext("batch stopped (finished results are kept in " + options.out_path + ")");
   return summary;
 }
 
@@ -436,17 +439,20 @@ std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, in
                 "| model | tasks | finished | proved | k | mean checks | mean tokens | mean seconds |\n"
                 "|---|---|---|---|---|---|---|---|\n"
                 "| %s | %d | %zu | %d (%.1f%%) | %d | %.1f | %.0f | %.1f |\n\n",
-                model_name.c_str(), tasks, results.size(), proved, 100.0 * proved / n, k,
-                checks / n, tokens / n,
+                model_name.c_str(), tasks, results.size(), proved, 100.0 * proved / n, k, checks / n, tokens / n,
                 seconds / n);
   md += buf;
   if (crashes > 0) {
-    std::snprintf(buf, sizeof buf, "%d candidate(s) crashed Lean's file worker repeatably and were rejected (column "
-                  "\"crashes\" below); Lean itself kept working.\n\n", crashes);
+    std::snprintf(buf, sizeof buf,
+                  "%d candidate(s) crashed Lean's file worker repeatably and were rejected (column "
+                  "\"crashes\" below); Lean itself kept working.\n\n",
+                  crashes);
     md += buf;
   }
 
-  md += "## pass@k (unbiased, over finished tasks; a sample is one candidate with its repair turns)\n\n| k | pass@k |\n|---|---|\n";
+  md +=
+      "## pass@k (unbiased, over finished tasks; a sample is one candidate with its repair turns)\n\n| k | pass@k "
+      "|\n|---|---|\n";
   std::vector<double> pass = MeanPassAt(results, k);
   for (int i = 0; i < k; ++i) {
     std::snprintf(buf, sizeof buf, "| %d | %.3f |\n", i + 1, pass[i]);
@@ -461,14 +467,14 @@ std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, in
     std::snprintf(buf, sizeof buf, "%6d  %s %d\n", b, std::string(static_cast<size_t>(width), '#').c_str(), solved);
     md += buf;
   }
-  md += "```\n\n## Tasks\n\n"
-        "| task | proved | solved/candidates | checks | crashes | turns | tokens | seconds | stop |\n"
-        "|---|---|---|---|---|---|---|---|---|\n";
+  md +=
+      "```\n\n## Tasks\n\n"
+      "| task | proved | solved/candidates | checks | crashes | turns | tokens | seconds | stop |\n"
+      "|---|---|---|---|---|---|---|---|---|\n";
   for (const TaskResult& r : results) {
     std::snprintf(buf, sizeof buf, "| %s | %s | %d/%d | %d | %d | %d | %ld | %.1f | %s |\n", r.name.c_str(),
                   r.proved ? "yes" : "no", r.solved, r.candidates, r.checks, r.worker_crashes, r.turns, r.tokens,
-                  r.seconds,
-                  r.error.empty() ? r.stop_reason.c_str() : r.error.c_str());
+                  r.seconds, r.error.empty() ? r.stop_reason.c_str() : r.error.c_str());
     md += buf;
   }
   return md;

@@ -80,7 +80,7 @@ struct BatchOptions {
   int jobs = 1;          // tasks proved at once (the model and the checker are called from `jobs` threads)
   bool resume = false;   // skip tasks with a result in `out_path`; without it, an existing non-empty file is an error
   std::string out_path;
-  std::string report_path;  // Markdown report; empty: none
+  std::string report_path;                    // Markdown report; empty: none
   const std::atomic<bool>* cancel = nullptr;  // set to stop: in-flight tasks are abandoned, not written
   // Agent tasks (repository tasks, or project tasks with prover.style kAgent): the servers the tools use, the
   // loop's budgets (sampling comes from `prover`) and the tools' options.
@@ -94,20 +94,20 @@ struct BatchSummary {
   int finished = 0;  // with a result line (this run and earlier ones)
   int skipped = 0;   // found finished by resume
   int proved = 0;
-  int errors = 0;    // task-specific failures recorded with an "error" field
-  int worker_crashes = 0;  // candidates of finished tasks that crashed Lean's file worker
+  int errors = 0;               // task-specific failures recorded with an "error" field
+  int worker_crashes = 0;       // candidates of finished tasks that crashed Lean's file worker
   std::vector<double> pass_at;  // pass_at[i] = mean pass@(i+1) over finished tasks
   bool cancelled = false;
 };
 
 // Where a batch run stands, for progress reports.
 struct BatchProgress {
-  int total = 0;          // tasks in the task file
-  int skipped = 0;        // found finished by resume
-  int pending = 0;        // to run in this run
-  int done = 0;           // finished, this run and earlier ones
+  int total = 0;    // tasks in the task file
+  int skipped = 0;  // found finished by resume
+  int pending = 0;  // to run in this run
+  int done = 0;     // finished, this run and earlier ones
   int done_this_run = 0;
-  int proved = 0;         // of the finished tasks
+  int proved = 0;              // of the finished tasks
   double elapsed_seconds = 0;  // since this run started
 };
 
@@ -127,8 +127,8 @@ class BatchObserver {
 // Runs the tasks not yet finished, writes result lines as they end, tells `observer` (may be null), then writes the
 // report. Errors: LoadResults's, AppendLine's (kIo), and the first infrastructure failure (kUnavailable, kTimeout
 // from Lean or the model): the run stops there and every finished result stays in `out_path`.
-Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model,
-                              LeanChecker& checker, const BatchOptions& options, BatchObserver* observer);
+Result<BatchSummary> RunBatch(const std::vector<BatchTask>& tasks, LanguageModel& model, LeanChecker& checker,
+                              const BatchOptions& options, BatchObserver* observer);
 
 // The summary and per-task tables, pass@k, and solved-vs-check-budget as a text plot, in Markdown.
 std::string MarkdownReport(const std::vector<TaskResult>& results, int tasks, int k, const std::string& model_name);

@@ -37,9 +37,12 @@ std::vector<DiffLine> DiffLines(std::string_view before, std::string_view after)
         lcs[i][j] = x[pre + i] == y[pre + j] ? lcs[i + 1][j + 1] + 1 : std::max(lcs[i + 1][j], lcs[i][j + 1]);
     size_t i = 0, j = 0;
     while (i < n || j < m) {
-      if (i < n && j < m && x[pre + i] == y[pre + j]) out.push_back({' ', x[pre + i]}), ++i, ++j;
-      else if (i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1])) out.push_back({'-', x[pre + i++]});
-      else out.push_back({'+', y[pre + j++]});
+      if (i < n && j < m && x[pre + i] == y[pre + j])
+        out.push_back({' ', x[pre + i]}), ++i, ++j;
+      else if (i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]))
+        out.push_back({'-', x[pre + i++]});
+      else
+        out.push_back({'+', y[pre + j++]});
     }
   } else {
     for (size_t k = 0; k < n; ++k) out.push_back({'-', x[pre + k]});

@@ -94,7 +94,8 @@ Verdict RefuseProofText(std::string_view proof, const GuardOptions& options) {
     if (lsp::ContainsToken(masked, r.token)) return Verdict::Refuse(std::string(r.why));
   if (!options.refuse_constructs) return Verdict::Accept();
   for (const RefusedToken& r : kRefused)
-    if (lsp::ContainsToken(masked, r.token)) return Verdict::Refuse("refused construct: the proof " + std::string(r.why));
+    if (lsp::ContainsToken(masked, r.token))
+      return Verdict::Refuse("refused construct: the proof " + std::string(r.why));
   if (std::string_view cmd = HashCommand(masked); !cmd.empty())
     return Verdict::Refuse("refused construct: the proof contains the command `" + std::string(cmd) + "`");
   if (SetsDebugOption(masked)) return Verdict::Refuse("refused construct: the proof sets a `debug.*` option");

@@ -31,14 +31,14 @@ struct LeanGoal {
 struct LeanReport {
   std::vector<LeanMessage> messages;
   std::vector<LeanGoal> goals;
-  double seconds = 0;  // time Lean took for this check
+  double seconds = 0;        // time Lean took for this check
   std::string worker_crash;  // non-empty: Lean's file worker crashed on this text, repeatably (why); no messages
 };
 
 struct CheckRequest {
-  std::string text;          // the whole file
-  std::string project_root;  // Lake project to check in; empty: a standalone file
-  std::string path;          // where the file would live (inside project_root for project tasks); may be empty
+  std::string text;              // the whole file
+  std::string project_root;      // Lake project to check in; empty: a standalone file
+  std::string path;              // where the file would live (inside project_root for project tasks); may be empty
   double timeout_seconds = 300;  // for the whole check
   const std::atomic<bool>* cancel = nullptr;  // set: the check stops with kCancelled (null: never)
 };

@@ -49,7 +49,8 @@ Result<std::vector<DeclarationHit>> SearchDeclarations(const std::vector<std::st
       "^[ \\t]*(?:@\\[[^\\]\\n]*\\][ \\t\\n]*)*"
       "(?:(?:private|protected|noncomputable|partial|unsafe|nonrec|scoped)[ \\t]+)*"
       "(theorem|lemma|def|abbrev|instance|structure|class|inductive|axiom|opaque)[ \\t]+"
-      "((?:[^\\s.(:{\\[]+\\.)*" + Quote(query) + "[^\\s(:{\\[]*)";
+      "((?:[^\\s.(:{\\[]+\\.)*" +
+      Quote(query) + "[^\\s(:{\\[]*)";
   int error = 0;
   PCRE2_SIZE offset = 0;
   std::unique_ptr<pcre2_code, CodeDeleter> code(
@@ -58,8 +59,8 @@ Result<std::vector<DeclarationHit>> SearchDeclarations(const std::vector<std::st
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(error, msg, sizeof msg);
-    return Internal("lean_local_search: the pattern for '" + query + "' does not compile: " +
-                    reinterpret_cast<char*>(msg));
+    return Internal("lean_local_search: the pattern for '" + query +
+                    "' does not compile: " + reinterpret_cast<char*>(msg));
   }
   pcre2_jit_compile(code.get(), PCRE2_JIT_COMPLETE);  // the interpreter runs when JIT is unavailable
   std::unique_ptr<pcre2_match_data, DataDeleter> data(pcre2_match_data_create_from_pattern(code.get(), nullptr));

@@ -118,7 +118,8 @@ class Server {
     job->params = params;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (jobs_.count(Dump(id))) return SendError(id, kInvalidRequest, "a request with id " + Dump(id) + " is in flight");
+      if (jobs_.count(Dump(id)))
+        return SendError(id, kInvalidRequest, "a request with id " + Dump(id) + " is in flight");
       jobs_[Dump(id)] = job;
       queue_.push_back(job);
     }
@@ -203,10 +204,10 @@ class Server {
   std::mutex mu_;
   std::condition_variable cv_;
   std::condition_variable idle_cv_;
-  std::deque<std::shared_ptr<Job>> queue_;             // guarded by mu_
-  std::map<std::string, std::shared_ptr<Job>> jobs_;   // queued and running, by id as JSON; guarded by mu_
-  int running_ = 0;                                    // guarded by mu_
-  bool stopping_ = false;                              // guarded by mu_
+  std::deque<std::shared_ptr<Job>> queue_;            // guarded by mu_
+  std::map<std::string, std::shared_ptr<Job>> jobs_;  // queued and running, by id as JSON; guarded by mu_
+  int running_ = 0;                                   // guarded by mu_
+  bool stopping_ = false;                             // guarded by mu_
   std::vector<std::thread> workers_;
 };
 

@@ -69,16 +69,19 @@ class Loop {
   // True when the loop must stop; sets the reason once.
   bool Finished() {
     if (!out_.stop_reason.empty()) return true;
-    if (out_.proved && !options_.run_all_candidates) out_.stop_reason = "proved";
-    else if (options_.max_tokens > 0 && out_.tokens >= options_.max_tokens) out_.stop_reason = "token budget";
-    else if (options_.max_seconds > 0 && Seconds() >= options_.max_seconds) out_.stop_reason = "time budget";
-    else if (options_.max_checks > 0 && out_.checks >= options_.max_checks) out_.stop_reason = "check budget";
+    if (out_.proved && !options_.run_all_candidates)
+      out_.stop_reason = "proved";
+    else if (options_.max_tokens > 0 && out_.tokens >= options_.max_tokens)
+      out_.stop_reason = "token budget";
+    else if (options_.max_seconds > 0 && Seconds() >= options_.max_seconds)
+      out_.stop_reason = "time budget";
+    else if (options_.max_checks > 0 && out_.checks >= options_.max_checks)
+      out_.stop_reason = "check budget";
     return !out_.stop_reason.empty();
   }
 
   // Asks for the replies of candidates [first_candidate, first_candidate + n) at `turn`.
-  Result<Completion> Request(const std::vector<ChatMessage>& messages, int first_candidate, int n,
-                                        int turn) {
+  Result<Completion> Request(const std::vector<ChatMessage>& messages, int first_candidate, int n, int turn) {
     if (IsCancelled()) return Cancelled("proof of " + task_.name + " cancelled");
     CompletionRequest request;
     request.messages = messages;

@@ -59,7 +59,7 @@ struct ProverOptions {
   GuardOptions guard;
   std::string project_root;  // passed to the checker (Lake project tasks)
   std::string path;
-  double check_timeout_seconds = 300;  // one Lean check, the pool's retry included
+  double check_timeout_seconds = 300;         // one Lean check, the pool's retry included
   const std::atomic<bool>* cancel = nullptr;  // set to stop: Prove returns kCancelled
   ProverObserver* observer = nullptr;         // may be null
 };
@@ -70,18 +70,18 @@ struct Attempt {
   int turn = 0;       // 0: first reply; 1..turns: repairs
   std::string proof;  // what was extracted (empty when nothing was)
   Verdict verdict;
-  int tokens = 0;     // completion tokens of this reply
+  int tokens = 0;  // completion tokens of this reply
 };
 
 struct ProofOutcome {
   bool proved = false;
-  std::string proof;      // the first accepted proof: the text after the statement's `:=`
-  int candidates = 0;     // candidate chains started
-  int solved = 0;         // of those, how many ended in an accepted proof
-  int checks = 0;         // candidates judged
-  int first_proof_check = 0;  // 1-based index of the check that first accepted a proof; 0 when none did
-  int turns = 0;          // model requests
-  long tokens = 0;        // completion tokens
+  std::string proof;                // the first accepted proof: the text after the statement's `:=`
+  int candidates = 0;               // candidate chains started
+  int solved = 0;                   // of those, how many ended in an accepted proof
+  int checks = 0;                   // candidates judged
+  int first_proof_check = 0;        // 1-based index of the check that first accepted a proof; 0 when none did
+  int turns = 0;                    // model requests
+  long tokens = 0;                  // completion tokens
   long prompt_tokens = 0;           // prompt tokens over all requests
   long prompt_tokens_computed = 0;  // of those, prefilled (not from the prefix cache)
   double seconds = 0;

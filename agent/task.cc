@@ -28,8 +28,9 @@ Result<ProofTask> TaskFromStatement(std::string_view header, std::string_view in
   std::vector<lsp::Declaration> decls = lsp::FindDeclarations(text);
   const size_t statement_begin = header.size() + informal.size();
   if (decls.empty() || decls.back().name == "example" || decls.back().begin < statement_begin)
-    return InvalidArgument(std::string(where) +
-                           ": field formal_statement: expected a `theorem NAME ... :=` (or `:= by`, or a `def`) declaration");
+    return InvalidArgument(
+        std::string(where) +
+        ": field formal_statement: expected a `theorem NAME ... :=` (or `:= by`, or a `def`) declaration");
   ProofTask task = TaskFromDeclaration(text, decls.back());
   task.informal = std::string(informal);
   return task;
@@ -42,9 +43,7 @@ std::vector<ProofTask> TasksFromSource(std::string_view text) {
   return tasks;
 }
 
-bool HasSorry(const ProofTask& task) {
-  return lsp::ContainsToken(lsp::MaskCommentsAndStrings(task.proof), "sorry");
-}
+bool HasSorry(const ProofTask& task) { return lsp::ContainsToken(lsp::MaskCommentsAndStrings(task.proof), "sorry"); }
 
 std::string TheoremText(const ProofTask& task, std::string_view proof) { return task.statement + std::string(proof); }
 

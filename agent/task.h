@@ -19,9 +19,9 @@ struct ProofTask {
   std::string informal;   // an informal statement for the prompt, may be empty
 };
 
-// A task from a theorem (or def) statement that ends with `:=` or `:= by` (the miniF2F / DeepSeek-Prover shape). `where`
-// names the source in errors ("tasks.jsonl:12"). Errors: kInvalidArgument when `formal_statement` holds no theorem
-// with a `:=`.
+// A task from a theorem (or def) statement that ends with `:=` or `:= by` (the miniF2F / DeepSeek-Prover shape).
+// `where` names the source in errors ("tasks.jsonl:12"). Errors: kInvalidArgument when `formal_statement` holds no
+// theorem with a `:=`.
 Result<ProofTask> TaskFromStatement(std::string_view header, std::string_view informal,
                                     std::string_view formal_statement, std::string_view where);
 

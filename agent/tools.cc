@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
-#include <cstring>
 
 #include "agent/local_search.h"
 #include "base/file.h"
@@ -84,8 +84,7 @@ int ByteColumn(const std::string& line_text, int column) {
 }
 
 Json GoalsJson(const Result<Json>& plain) {
-  if (!plain.ok() || !plain->is_object() || !plain->contains("goals") || !(*plain)["goals"].is_array())
-    return Json();
+  if (!plain.ok() || !plain->is_object() || !plain->contains("goals") || !(*plain)["goals"].is_array()) return Json();
   Json out = Json::array();
   for (const Json& g : (*plain)["goals"])
     if (g.is_string()) out.push_back(g);
@@ -95,25 +94,24 @@ Json GoalsJson(const Result<Json>& plain) {
 // An LSP failure that a query may shrug off (Lean answered with an error: nothing there) versus one that must stop
 // the call (the server is gone or hung).
 bool IsInfrastructure(const Status& s) {
-  return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout ||
-         s.code() == StatusCode::kCorrupt || s.code() == StatusCode::kIo;
+  return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout || s.code() == StatusCode::kCorrupt ||
+         s.code() == StatusCode::kIo;
 }
 
 const char* CompletionKindName(int kind) {
-  static const char* kNames[] = {"",          "text",     "method",  "function",      "constructor", "field",
-                                 "variable",  "class",    "interface", "module",      "property",    "unit",
-                                 "value",     "enum",     "keyword", "snippet",       "color",       "file",
-                                 "reference", "folder",   "enumMember", "constant",   "struct",      "event",
-                                 "operator",  "typeParameter"};
+  static const char* kNames[] = {"",         "text",      "method", "function", "constructor",  "field",  "variable",
+                                 "class",    "interface", "module", "property", "unit",         "value",  "enum",
+                                 "keyword",  "snippet",   "color",  "file",     "reference",    "folder", "enumMember",
+                                 "constant", "struct",    "event",  "operator", "typeParameter"};
   return kind >= 1 && kind <= 25 ? kNames[kind] : "";
 }
 
 // lean-lsp-mcp's outline kinds, from the declaration keyword at the start of a symbol's range.
 std::string OutlineKind(const std::string& line_text) {
   static const std::pair<const char*, const char*> kKinds[] = {
-      {"theorem", "Thm"}, {"lemma", "Thm"},    {"def", "Def"},          {"abbrev", "Def"},
+      {"theorem", "Thm"},       {"lemma", "Thm"},        {"def", "Def"},     {"abbrev", "Def"},
       {"instance", "Instance"}, {"structure", "Struct"}, {"class", "Class"}, {"inductive", "Inductive"},
-      {"namespace", "Ns"}, {"section", "Section"}, {"example", "Ex"},   {"axiom", "Axiom"},
+      {"namespace", "Ns"},      {"section", "Section"},  {"example", "Ex"},  {"axiom", "Axiom"},
       {"opaque", "Opaque"}};
   std::istringstream words(line_text);
   std::string w;
@@ -212,7 +210,9 @@ Json IntProp(const char* description, int minimum) {
   return {{"type", "integer"}, {"description", description}, {"minimum", minimum}};
 }
 Json Schema(Json properties, std::vector<std::string> required) {
-  return {{"type", "object"}, {"properties", std::move(properties)}, {"required", required},
+  return {{"type", "object"},
+          {"properties", std::move(properties)},
+          {"required", required},
           {"additionalProperties", false}};
 }
 
@@ -237,8 +237,7 @@ Status ValidateArguments(const Json& schema, const Json& arguments) {
               (type == "boolean" && v.is_boolean()) || (type == "array" && v.is_array());
     if (!ok) return InvalidArgument("argument `" + it.key() + "` must be of type " + type + ", got " + Dump(v));
     if (type == "integer" && p.contains("minimum") && v.get<long>() < p["minimum"].get<long>())
-      return InvalidArgument("argument `" + it.key() + "` must be at least " + Dump(p["minimum"]) + ", got " +
-                             Dump(v));
+      return InvalidArgument("argument `" + it.key() + "` must be at least " + Dump(p["minimum"]) + ", got " + Dump(v));
     if (type == "array") {
       for (const Json& e : v)
         if (!e.is_string()) return InvalidArgument("argument `" + it.key() + "` must hold strings, got " + Dump(e));
@@ -312,7 +311,9 @@ std::vector<std::string> ToolBox::SearchRoots() {
     if (search_roots_.empty() && lsp::FindOnPath("lean")) {
       std::string prefix;
       auto rc = RunProcess({"lean", "--print-prefix"}, copy_.root(), Clock::now() + std::chrono::seconds(30), nullptr,
-                           [&](const std::string& line) { if (prefix.empty()) prefix = line; });
+                           [&](const std::string& line) {
+                             if (prefix.empty()) prefix = line;
+                           });
       if (rc.ok() && *rc == 0 && !prefix.empty()) search_roots_.push_back(prefix + "/src/lean");
     }
   }
@@ -326,29 +327,27 @@ void ToolBox::RegisterLeanTools() {
   const Json line = IntProp("Line number (1-indexed)", 1);
 
   Register("lean_file_outline", "Get imports and declarations with type signatures. Token-efficient.",
-           Schema({{"file_path", file_path}}, {"file_path"}), [this](const Json& args, const ToolCallContext&) -> Result<Json> {
+           Schema({{"file_path", file_path}}, {"file_path"}),
+           [this](const Json& args, const ToolCallContext&) -> Result<Json> {
              LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
              const std::string& text = file.second;
              Json declarations = Json::array();
              // Lean's DocumentSymbol tree, with each symbol's signature from hover at its name.
-             std::function<Result<Json>(lsp::LeanClient&, const std::string&, const Json&, Clock::time_point)>
-                 entries = [&](lsp::LeanClient& c, const std::string& uri, const Json& symbols,
-                               Clock::time_point deadline) -> Result<Json> {
+             std::function<Result<Json>(lsp::LeanClient&, const std::string&, const Json&, Clock::time_point)> entries =
+                 [&](lsp::LeanClient& c, const std::string& uri, const Json& symbols,
+                     Clock::time_point deadline) -> Result<Json> {
                Json out = Json::array();
                if (!symbols.is_array()) return out;
                for (const Json& s : symbols) {
                  if (!s.is_object() || !s.contains("range")) continue;
                  int start = s["range"]["start"].value("line", 0), end = s["range"]["end"].value("line", 0);
-                 Json e = {{"name", s.value("name", "")},
-                           {"kind", OutlineKind(std::string(lsp::LineOf(text, start)))},
-                           {"start_line", start + 1},
-                           {"end_line", end + 1},
-                           {"type_signature", Json()},
-                           {"children", Json::array()}};
+                 Json e = {{"name", s.value("name", "")}, {"kind", OutlineKind(std::string(lsp::LineOf(text, start)))},
+                           {"start_line", start + 1},     {"end_line", end + 1},
+                           {"type_signature", Json()},    {"children", Json::array()}};
                  const Json& sel = s.contains("selectionRange") ? s["selectionRange"] : s["range"];
                  int sel_line = sel["start"].value("line", 0);
-                 lsp::Position at{sel_line, lsp::Utf16ToUtf8Column(lsp::LineOf(text, sel_line),
-                                                                   sel["start"].value("character", 0))};
+                 lsp::Position at{
+                     sel_line, lsp::Utf16ToUtf8Column(lsp::LineOf(text, sel_line), sel["start"].value("character", 0))};
                  auto hover = c.Hover(uri, at, deadline);
                  if (!hover.ok() && IsInfrastructure(hover.status())) return hover.status();
                  if (hover.ok() && !hover->empty()) e["type_signature"] = StripFences(*hover);
@@ -359,15 +358,16 @@ void ToolBox::RegisterLeanTools() {
                }
                return out;
              };
-             auto checked = CheckThen(file.first, text, [&](lsp::LeanClient& c, const std::string& uri,
-                                                             const lsp::CheckResult&, Clock::time_point d) {
-               auto symbols = c.Query(uri, "textDocument/documentSymbol", std::nullopt, d);
-               if (!symbols.ok()) return IsInfrastructure(symbols.status()) ? symbols.status() : Status::Ok();
-               auto e = entries(c, uri, *symbols, d);
-               if (!e.ok()) return e.status();
-               declarations = std::move(*e);
-               return Status::Ok();
-             });
+             auto checked = CheckThen(
+                 file.first, text,
+                 [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                   auto symbols = c.Query(uri, "textDocument/documentSymbol", std::nullopt, d);
+                   if (!symbols.ok()) return IsInfrastructure(symbols.status()) ? symbols.status() : Status::Ok();
+                   auto e = entries(c, uri, *symbols, d);
+                   if (!e.ok()) return e.status();
+                   declarations = std::move(*e);
+                   return Status::Ok();
+                 });
              if (!checked.ok()) return checked.status();
              Json imports = Json::array();
              std::istringstream header(lsp::ImportHeader(text));
@@ -389,33 +389,35 @@ void ToolBox::RegisterLeanTools() {
              int first = args.value("start_line", 1), last = args.value("end_line", 1 << 30);
              std::string declaration = args.value("declaration_name", "");
              bool found = declaration.empty();
-             auto checked = CheckThen(file.first, file.second, [&](lsp::LeanClient& c, const std::string& uri,
-                                                                    const lsp::CheckResult&, Clock::time_point d) {
-               if (declaration.empty()) return Status::Ok();
-               auto symbols = c.Query(uri, "textDocument/documentSymbol", std::nullopt, d);
-               if (!symbols.ok()) return IsInfrastructure(symbols.status()) ? symbols.status() : Status::Ok();
-               std::function<void(const Json&)> find = [&](const Json& list) {
-                 if (!list.is_array()) return;
-                 for (const Json& s : list) {
-                   if (!s.is_object()) continue;
-                   std::string name = s.value("name", "");
-                   if (name == declaration || (name.size() > declaration.size() &&
-                                               name.compare(name.size() - declaration.size(), declaration.size(),
-                                                            declaration) == 0 &&
-                                               name[name.size() - declaration.size() - 1] == '.')) {
-                     found = true;
-                     first = s["range"]["start"].value("line", 0) + 1;
-                     last = s["range"]["end"].value("line", 0) + 1;
-                     return;
-                   }
-                   if (s.contains("children")) find(s["children"]);
-                 }
-               };
-               find(*symbols);
-               return Status::Ok();
-             });
+             auto checked = CheckThen(
+                 file.first, file.second,
+                 [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                   if (declaration.empty()) return Status::Ok();
+                   auto symbols = c.Query(uri, "textDocument/documentSymbol", std::nullopt, d);
+                   if (!symbols.ok()) return IsInfrastructure(symbols.status()) ? symbols.status() : Status::Ok();
+                   std::function<void(const Json&)> find = [&](const Json& list) {
+                     if (!list.is_array()) return;
+                     for (const Json& s : list) {
+                       if (!s.is_object()) continue;
+                       std::string name = s.value("name", "");
+                       if (name == declaration ||
+                           (name.size() > declaration.size() &&
+                            name.compare(name.size() - declaration.size(), declaration.size(), declaration) == 0 &&
+                            name[name.size() - declaration.size() - 1] == '.')) {
+                         found = true;
+                         first = s["range"]["start"].value("line", 0) + 1;
+                         last = s["range"]["end"].value("line", 0) + 1;
+                         return;
+                       }
+                       if (s.contains("children")) find(s["children"]);
+                     }
+                   };
+                   find(*symbols);
+                   return Status::Ok();
+                 });
              if (!checked.ok()) return checked.status();
-             if (!found) return NotFound("declaration '" + declaration + "' not found in " + copy_.Relative(file.first));
+             if (!found)
+               return NotFound("declaration '" + declaration + "' not found in " + copy_.Relative(file.first));
              Json items = DiagnosticsJson(checked->diagnostics, first, last);
              bool success = true;
              for (const Json& i : items) success = success && i["severity"] != "error";
@@ -425,7 +427,8 @@ void ToolBox::RegisterLeanTools() {
   Register("lean_goal",
            "Get proof goals at a position. Omit column to see goals_before (line start) and goals_after (line end), "
            "showing how the tactic transforms the state. An empty list means no goals: the proof is complete there.",
-           Schema({{"file_path", file_path}, {"line", line},
+           Schema({{"file_path", file_path},
+                   {"line", line},
                    {"column", IntProp("Column (1-indexed). Omit for before/after", 1)}},
                   {"file_path", "line"}),
            [this](const Json& args, const ToolCallContext&) -> Result<Json> {
@@ -433,29 +436,31 @@ void ToolBox::RegisterLeanTools() {
              const int l = args["line"].get<int>();
              LR_ASSIGN_OR_RETURN(std::string line_text, LineText(file.second, l, copy_.Relative(file.first)));
              Json out = {{"line_context", line_text}};
-             auto checked = CheckThen(file.first, file.second, [&](lsp::LeanClient& c, const std::string& uri,
-                                                                    const lsp::CheckResult&, Clock::time_point d) {
-               auto at = [&](int byte_col) -> Result<Json> {
-                 auto plain = c.Query(uri, "$/lean/plainGoal", lsp::Position{l - 1, byte_col}, d);
-                 if (!plain.ok() && IsInfrastructure(plain.status())) return plain.status();
-                 return GoalsJson(plain);
-               };
-               if (args.contains("column")) {
-                 LR_ASSIGN_OR_RETURN(out["goals"], at(ByteColumn(line_text, args["column"].get<int>())));
-               } else {
-                 size_t indent = line_text.find_first_not_of(" \t");
-                 LR_ASSIGN_OR_RETURN(out["goals_before"],
-                                     at(indent == std::string::npos ? 0 : static_cast<int>(indent)));
-                 LR_ASSIGN_OR_RETURN(out["goals_after"], at(static_cast<int>(line_text.size())));
-               }
-               return Status::Ok();
-             });
+             auto checked = CheckThen(
+                 file.first, file.second,
+                 [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                   auto at = [&](int byte_col) -> Result<Json> {
+                     auto plain = c.Query(uri, "$/lean/plainGoal", lsp::Position{l - 1, byte_col}, d);
+                     if (!plain.ok() && IsInfrastructure(plain.status())) return plain.status();
+                     return GoalsJson(plain);
+                   };
+                   if (args.contains("column")) {
+                     LR_ASSIGN_OR_RETURN(out["goals"], at(ByteColumn(line_text, args["column"].get<int>())));
+                   } else {
+                     size_t indent = line_text.find_first_not_of(" \t");
+                     LR_ASSIGN_OR_RETURN(out["goals_before"],
+                                         at(indent == std::string::npos ? 0 : static_cast<int>(indent)));
+                     LR_ASSIGN_OR_RETURN(out["goals_after"], at(static_cast<int>(line_text.size())));
+                   }
+                   return Status::Ok();
+                 });
              if (!checked.ok()) return checked.status();
              return out;
            });
 
   Register("lean_term_goal", "Get the expected type at a position.",
-           Schema({{"file_path", file_path}, {"line", line},
+           Schema({{"file_path", file_path},
+                   {"line", line},
                    {"column", IntProp("Column (1-indexed; defaults to end of line)", 1)}},
                   {"file_path", "line"}),
            [this](const Json& args, const ToolCallContext&) -> Result<Json> {
@@ -465,117 +470,128 @@ void ToolBox::RegisterLeanTools() {
              int col = args.contains("column") ? ByteColumn(line_text, args["column"].get<int>())
                                                : static_cast<int>(line_text.size());
              Json expected;
-             auto checked = CheckThen(file.first, file.second, [&](lsp::LeanClient& c, const std::string& uri,
-                                                                    const lsp::CheckResult&, Clock::time_point d) {
-               auto term = c.Query(uri, "$/lean/plainTermGoal", lsp::Position{l - 1, col}, d);
-               if (!term.ok()) return IsInfrastructure(term.status()) ? term.status() : Status::Ok();
-               if (term->is_object() && term->contains("goal") && (*term)["goal"].is_string())
-                 expected = StripFences((*term)["goal"].get<std::string>());
-               return Status::Ok();
-             });
+             auto checked = CheckThen(
+                 file.first, file.second,
+                 [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                   auto term = c.Query(uri, "$/lean/plainTermGoal", lsp::Position{l - 1, col}, d);
+                   if (!term.ok()) return IsInfrastructure(term.status()) ? term.status() : Status::Ok();
+                   if (term->is_object() && term->contains("goal") && (*term)["goal"].is_string())
+                     expected = StripFences((*term)["goal"].get<std::string>());
+                   return Status::Ok();
+                 });
              if (!checked.ok()) return checked.status();
              return Json{{"line_context", line_text}, {"expected_type", expected}};
            });
 
-  Register("lean_hover_info", "Get type signature and docs for a symbol. Column at the START of the identifier.",
-           Schema({{"file_path", file_path}, {"line", line},
-                   {"column", IntProp("Column at START of identifier (1-indexed)", 1)}},
-                  {"file_path", "line", "column"}),
-           [this](const Json& args, const ToolCallContext&) -> Result<Json> {
-             LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
-             const int l = args["line"].get<int>(), column = args["column"].get<int>();
-             LR_ASSIGN_OR_RETURN(std::string line_text, LineText(file.second, l, copy_.Relative(file.first)));
-             const int col = ByteColumn(line_text, column);
-             Json hover;
-             auto checked = CheckThen(file.first, file.second, [&](lsp::LeanClient& c, const std::string& uri,
-                                                                    const lsp::CheckResult&, Clock::time_point d) {
-               auto h = c.Query(uri, "textDocument/hover", lsp::Position{l - 1, col}, d);
-               if (!h.ok()) return IsInfrastructure(h.status()) ? h.status() : Status::Ok();
-               hover = std::move(*h);
-               return Status::Ok();
-             });
-             if (!checked.ok()) return checked.status();
-             if (!hover.is_object() || !hover.contains("contents"))
-               return NotFound("no hover information at line " + std::to_string(l) + ", column " +
-                               std::to_string(column));
-             std::string symbol;
-             if (hover.contains("range") && hover["range"]["start"].value("line", -1) == l - 1) {
-               int a = lsp::Utf16ToUtf8Column(line_text, hover["range"]["start"].value("character", 0));
-               int b = hover["range"]["end"].value("line", -1) == l - 1
-                           ? lsp::Utf16ToUtf8Column(line_text, hover["range"]["end"].value("character", 0))
-                           : static_cast<int>(line_text.size());
-               symbol = line_text.substr(a, std::max(0, b - a));
-             }
-             const Json& contents = hover["contents"];
-             std::string info = contents.is_string() ? contents.get<std::string>() : contents.value("value", "");
-             Json diagnostics = Json::array();
-             for (const lsp::Diagnostic& d : checked->diagnostics) {
-               const lsp::Range& r = d.range_utf16;
-               bool after_start = l - 1 > r.start.line || (l - 1 == r.start.line && column - 1 >= r.start.character);
-               bool before_end = l - 1 < r.end.line || (l - 1 == r.end.line && column - 1 <= r.end.character);
-               if (after_start && before_end && !d.is_silent) diagnostics.push_back(DiagnosticJson(d));
-             }
-             return Json{{"symbol", symbol}, {"info", StripFences(info)}, {"diagnostics", diagnostics}};
-           });
+  Register(
+      "lean_hover_info", "Get type signature and docs for a symbol. Column at the START of the identifier.",
+      Schema({{"file_path", file_path},
+              {"line", line},
+              {"column", IntProp("Column at START of identifier (1-indexed)", 1)}},
+             {"file_path", "line", "column"}),
+      [this](const Json& args, const ToolCallContext&) -> Result<Json> {
+        LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
+        const int l = args["line"].get<int>(), column = args["column"].get<int>();
+        LR_ASSIGN_OR_RETURN(std::string line_text, LineText(file.second, l, copy_.Relative(file.first)));
+        const int col = ByteColumn(line_text, column);
+        Json hover;
+        auto checked =
+            CheckThen(file.first, file.second,
+                      [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                        auto h = c.Query(uri, "textDocument/hover", lsp::Position{l - 1, col}, d);
+                        if (!h.ok()) return IsInfrastructure(h.status()) ? h.status() : Status::Ok();
+                        hover = std::move(*h);
+                        return Status::Ok();
+                      });
+        if (!checked.ok()) return checked.status();
+        if (!hover.is_object() || !hover.contains("contents"))
+          return NotFound("no hover information at line " + std::to_string(l) + ", column " + std::to_string(column));
+        std::string symbol;
+        if (hover.contains("range") && hover["range"]["start"].value("line", -1) == l - 1) {
+          int a = lsp::Utf16ToUtf8Column(line_text, hover["range"]["start"].value("character", 0));
+          int b = hover["range"]["end"].value("line", -1) == l - 1
+                      ? lsp::Utf16ToUtf8Column(line_text, hover["range"]["end"].value("character", 0))
+                      : static_cast<int>(line_text.size());
+          symbol = line_text.substr(a, std::max(0, b - a));
+        }
+        const Json& contents = hover["contents"];
+        std::string info = contents.is_string() ? contents.get<std::string>() : contents.value("value", "");
+        Json diagnostics = Json::array();
+        for (const lsp::Diagnostic& d : checked->diagnostics) {
+          const lsp::Range& r = d.range_utf16;
+          bool after_start = l - 1 > r.start.line || (l - 1 == r.start.line && column - 1 >= r.start.character);
+          bool before_end = l - 1 < r.end.line || (l - 1 == r.end.line && column - 1 <= r.end.character);
+          if (after_start && before_end && !d.is_silent) diagnostics.push_back(DiagnosticJson(d));
+        }
+        return Json{{"symbol", symbol}, {"info", StripFences(info)}, {"diagnostics", diagnostics}};
+      });
 
-  Register("lean_completions", "Get IDE autocompletions. Use on INCOMPLETE code (after `.` or a partial name).",
-           Schema({{"file_path", file_path}, {"line", line}, {"column", IntProp("Column number (1-indexed)", 1)},
-                   {"max_completions", IntProp("Max completions (default 32)", 1)}},
-                  {"file_path", "line", "column"}),
-           [this](const Json& args, const ToolCallContext&) -> Result<Json> {
-             LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
-             const int l = args["line"].get<int>();
-             LR_ASSIGN_OR_RETURN(std::string line_text, LineText(file.second, l, copy_.Relative(file.first)));
-             const int col = ByteColumn(line_text, args["column"].get<int>());
-             Json raw;
-             auto checked = CheckThen(file.first, file.second, [&](lsp::LeanClient& c, const std::string& uri,
-                                                                    const lsp::CheckResult&, Clock::time_point d) {
-               auto r = c.Query(uri, "textDocument/completion", lsp::Position{l - 1, col}, d);
-               if (!r.ok()) return IsInfrastructure(r.status()) ? r.status() : Status::Ok();
-               raw = std::move(*r);
-               return Status::Ok();
-             });
-             if (!checked.ok()) return checked.status();
-             const Json& list = raw.is_object() ? raw.value("items", Json::array()) : raw;
-             struct Item {
-               std::string label;
-               Json kind, detail;
-             };
-             std::vector<Item> items;
-             if (list.is_array())
-               for (const Json& c : list) {
-                 if (!c.is_object() || !c.contains("label") || !c["label"].is_string()) continue;
-                 Item it{c["label"].get<std::string>(), Json(), Json()};
-                 if (c.contains("kind") && c["kind"].is_number_integer() && *CompletionKindName(c["kind"].get<int>()))
-                   it.kind = CompletionKindName(c["kind"].get<int>());
-                 if (c.contains("detail") && c["detail"].is_string()) it.detail = c["detail"];
-                 items.push_back(std::move(it));
-               }
-             // Prefix matches first, then containing matches, then the rest, alphabetically within each.
-             std::string before = line_text.substr(0, col), prefix;
-             if (before.empty() || before.back() != '.') {
-               size_t k = before.find_last_of(" \t()[]{},:;.");
-               prefix = before.substr(k == std::string::npos ? 0 : k + 1);
-               std::transform(prefix.begin(), prefix.end(), prefix.begin(), ::tolower);
-             }
-             auto key = [&](const Item& i) {
-               std::string lower = i.label;
-               std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-               int rank = prefix.empty() ? 0 : lower.rfind(prefix, 0) == 0 ? 0 : lower.find(prefix) != std::string::npos ? 1 : 2;
-               return std::make_pair(rank, lower);
-             };
-             std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) { return key(a) < key(b); });
-             size_t max = static_cast<size_t>(args.value("max_completions", 32));
-             Json out = Json::array();
-             for (size_t i = 0; i < items.size() && i < max; ++i)
-               out.push_back({{"label", items[i].label}, {"kind", items[i].kind}, {"detail", items[i].detail}});
-             return Json{{"items", out}};
-           });
+  Register(
+      "lean_completions", "Get IDE autocompletions. Use on INCOMPLETE code (after `.` or a partial name).",
+      Schema({{"file_path", file_path},
+              {"line", line},
+              {"column", IntProp("Column number (1-indexed)", 1)},
+              {"max_completions", IntProp("Max completions (default 32)", 1)}},
+             {"file_path", "line", "column"}),
+      [this](const Json& args, const ToolCallContext&) -> Result<Json> {
+        LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
+        const int l = args["line"].get<int>();
+        LR_ASSIGN_OR_RETURN(std::string line_text, LineText(file.second, l, copy_.Relative(file.first)));
+        const int col = ByteColumn(line_text, args["column"].get<int>());
+        Json raw;
+        auto checked =
+            CheckThen(file.first, file.second,
+                      [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                        auto r = c.Query(uri, "textDocument/completion", lsp::Position{l - 1, col}, d);
+                        if (!r.ok()) return IsInfrastructure(r.status()) ? r.status() : Status::Ok();
+                        raw = std::move(*r);
+                        return Status::Ok();
+                      });
+        if (!checked.ok()) return checked.status();
+        const Json& list = raw.is_object() ? raw.value("items", Json::array()) : raw;
+        struct Item {
+          std::string label;
+          Json kind, detail;
+        };
+        std::vector<Item> items;
+        if (list.is_array())
+          for (const Json& c : list) {
+            if (!c.is_object() || !c.contains("label") || !c["label"].is_string()) continue;
+            Item it{c["label"].get<std::string>(), Json(), Json()};
+            if (c.contains("kind") && c["kind"].is_number_integer() && *CompletionKindName(c["kind"].get<int>()))
+              it.kind = CompletionKindName(c["kind"].get<int>());
+            if (c.contains("detail") && c["detail"].is_string()) it.detail = c["detail"];
+            items.push_back(std::move(it));
+          }
+        // Prefix matches first, then containing matches, then the rest, alphabetically within each.
+        std::string before = line_text.substr(0, col), prefix;
+        if (before.empty() || before.back() != '.') {
+          size_t k = before.find_last_of(" \t()[]{},:;.");
+          prefix = before.substr(k == std::string::npos ? 0 : k + 1);
+          std::transform(prefix.begin(), prefix.end(), prefix.begin(), ::tolower);
+        }
+        auto key = [&](const Item& i) {
+          std::string lower = i.label;
+          std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+          int rank = prefix.empty()                            ? 0
+                     : lower.rfind(prefix, 0) == 0             ? 0
+                     : lower.find(prefix) != std::string::npos ? 1
+                                                               : 2;
+          return std::make_pair(rank, lower);
+        };
+        std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) { return key(a) < key(b); });
+        size_t max = static_cast<size_t>(args.value("max_completions", 32));
+        Json out = Json::array();
+        for (size_t i = 0; i < items.size() && i < max; ++i)
+          out.push_back({{"label", items[i].label}, {"kind", items[i].kind}, {"detail", items[i].detail}});
+        return Json{{"items", out}};
+      });
 
   Register("lean_declaration_file",
            "Get the file where a symbol is declared, with the declaration's source. The symbol must appear in the "
            "file first.",
-           Schema({{"file_path", file_path}, {"symbol", StringProp("Symbol (case sensitive, must be in file)")},
+           Schema({{"file_path", file_path},
+                   {"symbol", StringProp("Symbol (case sensitive, must be in file)")},
                    {"full_file", {{"type", "boolean"}, {"description", "Return the whole file, not the declaration"}}}},
                   {"file_path", "symbol"}),
            [this](const Json& args, const ToolCallContext&) -> Result<Json> {
@@ -596,17 +612,21 @@ void ToolBox::RegisterLeanTools() {
                return NotFound("symbol `" + symbol + "` (case sensitive) not found in " + copy_.Relative(file.first) +
                                ". Add it first.");
              int l = static_cast<int>(std::count(text.begin(), text.begin() + at, '\n'));
-             int col = static_cast<int>(at - (text.rfind('\n', at) == std::string::npos ? 0 : text.rfind('\n', at) + 1));
+             int col =
+                 static_cast<int>(at - (text.rfind('\n', at) == std::string::npos ? 0 : text.rfind('\n', at) + 1));
              if (at == 0 || text[at - 1] == '\n') col = 0;
              Json target;
-             auto checked = CheckThen(file.first, text, [&](lsp::LeanClient& c, const std::string& uri,
-                                                            const lsp::CheckResult&, Clock::time_point d) {
-               auto r = c.Query(uri, "textDocument/definition", lsp::Position{l, col}, d);
-               if (!r.ok()) return IsInfrastructure(r.status()) ? r.status() : Status::Ok();
-               if (r->is_array() && !r->empty()) target = (*r)[0];
-               else if (r->is_object()) target = *r;
-               return Status::Ok();
-             });
+             auto checked = CheckThen(
+                 file.first, text,
+                 [&](lsp::LeanClient& c, const std::string& uri, const lsp::CheckResult&, Clock::time_point d) {
+                   auto r = c.Query(uri, "textDocument/definition", lsp::Position{l, col}, d);
+                   if (!r.ok()) return IsInfrastructure(r.status()) ? r.status() : Status::Ok();
+                   if (r->is_array() && !r->empty())
+                     target = (*r)[0];
+                   else if (r->is_object())
+                     target = *r;
+                   return Status::Ok();
+                 });
              if (!checked.ok()) return checked.status();
              if (!target.is_object()) return NotFound("no declaration available for `" + symbol + "`");
              std::string uri = target.value("targetUri", target.value("uri", ""));
@@ -646,9 +666,13 @@ void ToolBox::RegisterLeanTools() {
   Register("lean_multi_attempt",
            "Try several tactic snippets in place of one line without changing the file. Returns the goals and the "
            "diagnostics after each snippet.",
-           Schema({{"file_path", file_path}, {"line", line},
-                   {"snippets", {{"type", "array"}, {"items", {{"type", "string"}}}, {"minItems", 1},
-                                 {"description", "Tactics to try (3+ recommended)"}}}},
+           Schema({{"file_path", file_path},
+                   {"line", line},
+                   {"snippets",
+                    {{"type", "array"},
+                     {"items", {{"type", "string"}}},
+                     {"minItems", 1},
+                     {"description", "Tactics to try (3+ recommended)"}}}},
                   {"file_path", "line", "snippets"}),
            [this](const Json& args, const ToolCallContext&) -> Result<Json> {
              LR_ASSIGN_OR_RETURN(auto file, LeanFile(args));
@@ -693,98 +717,106 @@ void ToolBox::RegisterLeanTools() {
              return Json{{"success", !checked->HasErrors()}, {"diagnostics", diagnostics}};
            });
 
-  Register("lean_local_search",
-           "Fast local search to verify that declarations exist: names in the project, its dependencies and the "
-           "toolchain's sources. Use BEFORE trying a lemma name.",
-           Schema({{"query", StringProp("Declaration name or prefix")}, {"limit", IntProp("Max matches (default 10)", 1)},
-                   {"project_root", StringProp("Project root (the server's project; other roots are refused)")}},
-                  {"query"}),
-           [this](const Json& args, const ToolCallContext&) -> Result<Json> {
-             if (args.contains("project_root")) {
-               LR_ASSIGN_OR_RETURN(std::string root, copy_.Resolve(args["project_root"].get<std::string>()));
-               if (root != copy_.root())
-                 return InvalidArgument("project_root " + root + " is not this server's project " + copy_.root());
-             }
-             LR_ASSIGN_OR_RETURN(std::vector<DeclarationHit> hits,
-                                 SearchDeclarations(SearchRoots(), args["query"].get<std::string>(),
-                                                    static_cast<size_t>(args.value("limit", 10))));
-             Json items = Json::array();
-             for (const DeclarationHit& h : hits)
-               items.push_back({{"name", h.name}, {"kind", h.kind}, {"file", copy_.Relative(h.file)}, {"line", h.line}});
-             return Json{{"items", items}};
-           });
+  Register(
+      "lean_local_search",
+      "Fast local search to verify that declarations exist: names in the project, its dependencies and the "
+      "toolchain's sources. Use BEFORE trying a lemma name.",
+      Schema({{"query", StringProp("Declaration name or prefix")},
+              {"limit", IntProp("Max matches (default 10)", 1)},
+              {"project_root", StringProp("Project root (the server's project; other roots are refused)")}},
+             {"query"}),
+      [this](const Json& args, const ToolCallContext&) -> Result<Json> {
+        if (args.contains("project_root")) {
+          LR_ASSIGN_OR_RETURN(std::string root, copy_.Resolve(args["project_root"].get<std::string>()));
+          if (root != copy_.root())
+            return InvalidArgument("project_root " + root + " is not this server's project " + copy_.root());
+        }
+        LR_ASSIGN_OR_RETURN(std::vector<DeclarationHit> hits,
+                            SearchDeclarations(SearchRoots(), args["query"].get<std::string>(),
+                                               static_cast<size_t>(args.value("limit", 10))));
+        Json items = Json::array();
+        for (const DeclarationHit& h : hits)
+          items.push_back({{"name", h.name}, {"kind", h.kind}, {"file", copy_.Relative(h.file)}, {"line", h.line}});
+        return Json{{"items", items}};
+      });
 
-  Register("lean_build",
-           "Build the Lean project (lake build) and return the end of its log. Use only if needed (e.g. new imports). "
-           "Builds the files on disk: edits held in the working copy are not part of the build.",
-           Schema({{"lean_project_path", StringProp("Path to the Lean project (must be the server's project)")},
-                   {"clean", {{"type", "boolean"}, {"description", "Run lake clean first (slow)"}}},
-                   {"output_lines", IntProp("Return last N lines of build log (0=none; default 20)", 0)}},
-                  {}),
-           [this](const Json& args, const ToolCallContext& context) -> Result<Json> {
-             if (args.contains("lean_project_path")) {
-               LR_ASSIGN_OR_RETURN(std::string root, copy_.Resolve(args["lean_project_path"].get<std::string>()));
-               if (root != copy_.root())
-                 return InvalidArgument("lean_project_path " + root + " is not this server's project " + copy_.root());
-             }
-             auto deadline = Clock::now() + std::chrono::milliseconds(
-                                                static_cast<int64_t>(options_.build_timeout_seconds * 1000));
-             std::vector<std::string> log, errors;
-             auto on_line = [&](const std::string& l) {
-               if (l.rfind("trace:", 0) == 0) return;
-               log.push_back(l);
-               std::string lower = l;
-               std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-               if (lower.find("error") != std::string::npos) errors.push_back(l);
-               double done = 0, total = 0;
-               std::string message;
-               if (context.progress && ParseBuildProgress(l, &done, &total, &message))
-                 context.progress(done, total, message);
-             };
-             if (args.value("clean", false)) {
-               LR_ASSIGN_OR_RETURN(int rc, RunProcess({"lake", "clean"}, copy_.root(), deadline, context.cancel, on_line));
-               if (rc != 0) errors.push_back("lake clean exited with status " + std::to_string(rc));
-             }
-             LR_ASSIGN_OR_RETURN(int rc, RunProcess(options_.build_command, copy_.root(), deadline, context.cancel, on_line));
-             if (rc != 0 && errors.empty()) errors.push_back("build failed with exit status " + std::to_string(rc));
-             if (rc == 0) pool_.StopIdle();  // running servers keep the old imports: later checks start afresh
-             size_t keep = static_cast<size_t>(args.value("output_lines", 20));
-             std::string output;
-             for (size_t k = log.size() > keep ? log.size() - keep : 0; k < log.size(); ++k) output += log[k] + "\n";
-             return Json{{"success", rc == 0}, {"output", output}, {"errors", rc == 0 ? Json::array() : Json(errors)}};
-           });
+  Register(
+      "lean_build",
+      "Build the Lean project (lake build) and return the end of its log. Use only if needed (e.g. new imports). "
+      "Builds the files on disk: edits held in the working copy are not part of the build.",
+      Schema({{"lean_project_path", StringProp("Path to the Lean project (must be the server's project)")},
+              {"clean", {{"type", "boolean"}, {"description", "Run lake clean first (slow)"}}},
+              {"output_lines", IntProp("Return last N lines of build log (0=none; default 20)", 0)}},
+             {}),
+      [this](const Json& args, const ToolCallContext& context) -> Result<Json> {
+        if (args.contains("lean_project_path")) {
+          LR_ASSIGN_OR_RETURN(std::string root, copy_.Resolve(args["lean_project_path"].get<std::string>()));
+          if (root != copy_.root())
+            return InvalidArgument("lean_project_path " + root + " is not this server's project " + copy_.root());
+        }
+        auto deadline =
+            Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options_.build_timeout_seconds * 1000));
+        std::vector<std::string> log, errors;
+        auto on_line = [&](const std::string& l) {
+          if (l.rfind("trace:", 0) == 0) return;
+          log.push_back(l);
+          std::string lower = l;
+          std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+          if (lower.find("error") != std::string::npos) errors.push_back(l);
+          double done = 0, total = 0;
+          std::string message;
+          if (context.progress && ParseBuildProgress(l, &done, &total, &message))
+            context.progress(done, total, message);
+        };
+        if (args.value("clean", false)) {
+          LR_ASSIGN_OR_RETURN(int rc, RunProcess({"lake", "clean"}, copy_.root(), deadline, context.cancel, on_line));
+          if (rc != 0) errors.push_back("lake clean exited with status " + std::to_string(rc));
+        }
+        LR_ASSIGN_OR_RETURN(int rc,
+                            RunProcess(options_.build_command, copy_.root(), deadline, context.cancel, on_line));
+        if (rc != 0 && errors.empty()) errors.push_back("build failed with exit status " + std::to_string(rc));
+        if (rc == 0) pool_.StopIdle();  // running servers keep the old imports: later checks start afresh
+        size_t keep = static_cast<size_t>(args.value("output_lines", 20));
+        std::string output;
+        for (size_t k = log.size() > keep ? log.size() - keep : 0; k < log.size(); ++k) output += log[k] + "\n";
+        return Json{{"success", rc == 0}, {"output", output}, {"errors", rc == 0 ? Json::array() : Json(errors)}};
+      });
 }
 
 void ToolBox::RegisterRepositoryTools() {
-  Register("read_file",
-           "Read a file of the project (as edited so far), with line numbers; optionally a 1-based line range.",
-           Schema({{"path", StringProp("File path (relative to the project root, or absolute inside it)")},
-                   {"start_line", IntProp("First line (1-indexed; default 1)", 1)},
-                   {"end_line", IntProp("Last line (1-indexed, inclusive; default the end)", 1)}},
-                  {"path"}),
-           [this](const Json& args, const ToolCallContext&) -> Result<Json> {
-             LR_ASSIGN_OR_RETURN(std::string path, copy_.Resolve(args["path"].get<std::string>()));
-             LR_ASSIGN_OR_RETURN(std::string text, copy_.Read(path));
-             int total = LineCount(text);
-             int first = args.value("start_line", 1);
-             int last = std::min(args.value("end_line", total), total);
-             if (first > std::max(total, 1))
-               return InvalidArgument("start_line " + std::to_string(first) + " is past the end: " +
-                                      copy_.Relative(path) + " has " + std::to_string(total) + " lines");
-             bool truncated = last - first + 1 > static_cast<int>(options_.max_file_lines);
-             if (truncated) last = first + static_cast<int>(options_.max_file_lines) - 1;
-             int width = static_cast<int>(std::to_string(std::max(last, 1)).size());
-             std::string content;
-             for (int k = first; k <= last; ++k) {
-               std::string n = std::to_string(k);
-               content += std::string(width - n.size(), ' ') + n + ": " + std::string(lsp::LineOf(text, k - 1)) + "\n";
-             }
-             Json out = {{"path", copy_.Relative(path)}, {"start_line", first}, {"end_line", last},
-                         {"total_lines", total}, {"content", content}};
-             if (truncated) out["note"] = "truncated at " + std::to_string(options_.max_file_lines) +
-                                          " lines; ask for a range from line " + std::to_string(last + 1);
-             return out;
-           });
+  Register(
+      "read_file", "Read a file of the project (as edited so far), with line numbers; optionally a 1-based line range.",
+      Schema({{"path", StringProp("File path (relative to the project root, or absolute inside it)")},
+              {"start_line", IntProp("First line (1-indexed; default 1)", 1)},
+              {"end_line", IntProp("Last line (1-indexed, inclusive; default the end)", 1)}},
+             {"path"}),
+      [this](const Json& args, const ToolCallContext&) -> Result<Json> {
+        LR_ASSIGN_OR_RETURN(std::string path, copy_.Resolve(args["path"].get<std::string>()));
+        LR_ASSIGN_OR_RETURN(std::string text, copy_.Read(path));
+        int total = LineCount(text);
+        int first = args.value("start_line", 1);
+        int last = std::min(args.value("end_line", total), total);
+        if (first > std::max(total, 1))
+          return InvalidArgument("start_line " + std::to_string(first) + " is past the end: " + copy_.Relative(path) +
+                                 " has " + std::to_string(total) + " lines");
+        bool truncated = last - first + 1 > static_cast<int>(options_.max_file_lines);
+        if (truncated) last = first + static_cast<int>(options_.max_file_lines) - 1;
+        int width = static_cast<int>(std::to_string(std::max(last, 1)).size());
+        std::string content;
+        for (int k = first; k <= last; ++k) {
+          std::string n = std::to_string(k);
+          content += std::string(width - n.size(), ' ') + n + ": " + std::string(lsp::LineOf(text, k - 1)) + "\n";
+        }
+        Json out = {{"path", copy_.Relative(path)},
+                    {"start_line", first},
+                    {"end_line", last},
+                    {"total_lines", total},
+                    {"content", content}};
+        if (truncated)
+          out["note"] = "truncated at " + std::to_string(options_.max_file_lines) +
+                        " lines; ask for a range from line " + std::to_string(last + 1);
+        return out;
+      });
 
   Register("edit_file",
            "Replace one snippet of a file: old_text must occur exactly once (include enough context). The edit goes "
@@ -809,7 +841,8 @@ void ToolBox::RegisterRepositoryTools() {
              int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + at, '\n'));
              text.replace(at, old_text.size(), new_text);
              copy_.Write(path, text);
-             return Json{{"path", copy_.Relative(path)}, {"line", line},
+             return Json{{"path", copy_.Relative(path)},
+                         {"line", line},
                          {"lines_removed", std::count(old_text.begin(), old_text.end(), '\n') + 1},
                          {"lines_added", std::count(new_text.begin(), new_text.end(), '\n') + 1}};
            });

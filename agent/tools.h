@@ -92,7 +92,6 @@ class ToolBox {
                                      const lsp::ServerPool::DocumentQuery& query);
   std::vector<std::string> SearchRoots();
 
-
   lsp::ServerPool& pool_;
   WorkingCopy& copy_;
   ToolsOptions options_;
@@ -101,8 +100,8 @@ class ToolBox {
   std::atomic<long> lean_checks_{0};
   std::atomic<long> scratch_counter_{0};
   std::mutex roots_mu_;
-  bool roots_known_ = false;                // guarded by roots_mu_
-  std::vector<std::string> search_roots_;   // guarded by roots_mu_
+  bool roots_known_ = false;               // guarded by roots_mu_
+  std::vector<std::string> search_roots_;  // guarded by roots_mu_
 };
 
 // Checks `arguments` against a tool's input schema (object; required properties; property types string, integer,

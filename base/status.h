@@ -22,16 +22,16 @@ namespace lr {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,   // the caller's input is malformed (a flag, a shape, a JSONL line)
-  kNotFound,          // a named file, tensor, key, model or theorem does not exist
-  kCorrupt,           // a file or message is damaged or truncated (GGUF, JSON-RPC frame, SSE stream)
-  kUnsupported,       // well-formed but not handled by this build (a weight type, an architecture)
-  kIo,                // the operating system refused (open, read, write, rename, spawn)
-  kUnavailable,       // a peer cannot be reached or died (Lean server, HTTP endpoint); retrying may help
-  kTimeout,           // a deadline passed
-  kCancelled,         // the caller asked to stop
-  kResourceExhausted, // a budget or limit was hit (memory cap, KV budget, queue full)
-  kInternal,          // a peer broke its own protocol in a way we cannot classify further
+  kInvalidArgument,    // the caller's input is malformed (a flag, a shape, a JSONL line)
+  kNotFound,           // a named file, tensor, key, model or theorem does not exist
+  kCorrupt,            // a file or message is damaged or truncated (GGUF, JSON-RPC frame, SSE stream)
+  kUnsupported,        // well-formed but not handled by this build (a weight type, an architecture)
+  kIo,                 // the operating system refused (open, read, write, rename, spawn)
+  kUnavailable,        // a peer cannot be reached or died (Lean server, HTTP endpoint); retrying may help
+  kTimeout,            // a deadline passed
+  kCancelled,          // the caller asked to stop
+  kResourceExhausted,  // a budget or limit was hit (memory cap, KV budget, queue full)
+  kInternal,           // a peer broke its own protocol in a way we cannot classify further
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -93,8 +93,8 @@ class FirstError {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}           // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {     // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok() && "Result built from an OK Status has no value");
   }
 
@@ -119,9 +119,9 @@ class [[nodiscard]] Result {
 }  // namespace lr
 
 // Early return on failure: LR_RETURN_IF_ERROR(status_expr); LR_ASSIGN_OR_RETURN(auto x, result_expr);
-#define LR_RETURN_IF_ERROR(expr)            \
-  do {                                      \
-    ::lr::Status lr_status_ = (expr);       \
+#define LR_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::lr::Status lr_status_ = (expr);        \
     if (!lr_status_.ok()) return lr_status_; \
   } while (0)
 

@@ -1,6 +1,6 @@
-// Several clients at once on the in-process model: R requests of P prompt and G greedy tokens each, on the default model,
-// submitted one after another (each waits for the previous) and all at once from R threads (the engine decodes them
-// together, one Forward per step for all). Counters: generated tokens per second over all clients, and the most
+// Several clients at once on the in-process model: R requests of P prompt and G greedy tokens each, on the default
+// model, submitted one after another (each waits for the previous) and all at once from R threads (the engine decodes
+// them together, one Forward per step for all). Counters: generated tokens per second over all clients, and the most
 // requests the engine put in one step. Each run opens a fresh model, so no run finds another's prompts cached.
 // Prompts are R different slices of the GPL-3 text (Debian's /usr/share/common-licenses/GPL-3).
 #include <benchmark/benchmark.h>

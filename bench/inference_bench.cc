@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
-#include "ops/kernels.h"
 #include "base/half.h"
+#include "ops/kernels.h"
 
 namespace lr::inference {
 namespace {
@@ -43,7 +43,10 @@ Matrix MakeMatrix(ops::TensorType type) {
         std::memcpy(blk, &v, 4);
         break;
       }
-      case ops::TensorType::kBF16: blk[0] = 0; blk[1] = 0x3c; break;  // 0.0117
+      case ops::TensorType::kBF16:
+        blk[0] = 0;
+        blk[1] = 0x3c;
+        break;  // 0.0117
       case ops::TensorType::kQ6_K: std::memcpy(blk + 208, &small, 2); break;
       case ops::TensorType::kQ4_1:
       case ops::TensorType::kQ4_K:
@@ -79,16 +82,16 @@ void BM_MatMul(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(m.data.size()));
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * n_tokens,
-                                               benchmark::Counter::kIsRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * n_tokens, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(m.w.type.name) + " " + IsaName(level) + (repacked ? " rows16" : ""));
   ops::SetActiveIsa(BestIsa());
 }
 
 void Args(benchmark::internal::Benchmark* b) {
   const ops::TensorType types[] = {ops::TensorType::kF32,  ops::TensorType::kF16,  ops::TensorType::kBF16,
-                              ops::TensorType::kQ8_0, ops::TensorType::kQ4_0, ops::TensorType::kQ4_1,
-                              ops::TensorType::kQ4_K, ops::TensorType::kQ5_K, ops::TensorType::kQ6_K};
+                                   ops::TensorType::kQ8_0, ops::TensorType::kQ4_0, ops::TensorType::kQ4_1,
+                                   ops::TensorType::kQ4_K, ops::TensorType::kQ5_K, ops::TensorType::kQ6_K};
   for (ops::TensorType t : types) {
     for (int level : {1, 2}) b->Args({static_cast<int64_t>(t), level, 1, 0});
     b->Args({static_cast<int64_t>(t), 2, 16, 0});

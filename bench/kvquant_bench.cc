@@ -75,9 +75,9 @@ void BM_Attend(benchmark::State& state, std::string format, int ctx, int threads
   for (auto _ : state) {
     const auto& sp = spans[c];
     c = (c + 1) % copies;
-    const lr::Status s = threads == 1 ? lr::kvquant::Attend(k, v, q.data(), kGroup, sp, scale, out.data())
-                                      : lr::kvquant::AttendParallel(k, v, q.data(), kGroup, sp, scale, out.data(),
-                                                                    threads);
+    const lr::Status s = threads == 1
+                             ? lr::kvquant::Attend(k, v, q.data(), kGroup, sp, scale, out.data())
+                             : lr::kvquant::AttendParallel(k, v, q.data(), kGroup, sp, scale, out.data(), threads);
     if (!s.ok()) state.SkipWithError(s.ToString().c_str());
     benchmark::DoNotOptimize(out.data());
   }
@@ -166,8 +166,8 @@ void BM_SharedPrefix(benchmark::State& state, std::string format, bool shared) {
     } else {
       for (int a = 0; a < kAttempts; ++a) {
         const lr::kvquant::CodedSpans parts[] = {shared_part, own_parts[a]};
-        const lr::Status s = lr::kvquant::AttendMixed(parts, &q[a * kGroup * kDim], kGroup, scale,
-                                                      &out[a * kGroup * kDim]);
+        const lr::Status s =
+            lr::kvquant::AttendMixed(parts, &q[a * kGroup * kDim], kGroup, scale, &out[a * kGroup * kDim]);
         if (!s.ok()) state.SkipWithError(s.ToString().c_str());
       }
     }
@@ -200,8 +200,8 @@ int main(int argc, char** argv) {
     for (int threads : {1, 2})
       for (const std::string& f : formats)
         benchmark::RegisterBenchmark(
-            ("attend/" + f + "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads)).c_str(),
-            BM_Attend, f, ctx, threads, 1)
+            ("attend/" + f + "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads)).c_str(), BM_Attend,
+            f, ctx, threads, 1)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
   for (int threads : {1, 2})
@@ -221,8 +221,8 @@ int main(int argc, char** argv) {
     if (lr::kvquant::GetKernels(isa))
       for (const std::string f : {"f16", "q8_0", "tq4", "hx3", "hx3s"})
         benchmark::RegisterBenchmark(
-            ("attend_decode_isa/" + std::string(lr::IsaName(isa)) + "/" + f + "/threads:1").c_str(),
-            BM_Decode, f, 1, isa)
+            ("attend_decode_isa/" + std::string(lr::IsaName(isa)) + "/" + f + "/threads:1").c_str(), BM_Decode, f, 1,
+            isa)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
   for (const std::string f : {"f16", "q8_0", "hx3"})
@@ -255,8 +255,7 @@ int main(int argc, char** argv) {
       std::printf("%-8s %7s", f.c_str(), ratio("encode/" + f, "encode/f16").c_str());
       for (int ctx : contexts)
         for (int threads : {1, 2}) {
-          const std::string tail =
-              "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads) + "/real_time";
+          const std::string tail = "/ctx:" + std::to_string(ctx) + "/threads:" + std::to_string(threads) + "/real_time";
           std::printf("  %8s", ratio("attend/" + f + tail, "attend/f16" + tail).c_str());
         }
       for (int threads : {1, 2}) {

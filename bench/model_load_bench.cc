@@ -38,8 +38,8 @@ void BM_OpenF16(benchmark::State& state) { Open(state, Options("f16", "")); }
 void BM_OpenQ8ComputingTheCalibration(benchmark::State& state) { Open(state, Options("q8_0", "")); }
 
 void BM_OpenQ8WithTheStoredCalibration(benchmark::State& state) {
-  const std::string dir = (std::filesystem::temp_directory_path() /
-                           ("lr_model_load_bench_" + std::to_string(::getpid()))).string();
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("lr_model_load_bench_" + std::to_string(::getpid()))).string();
   if (!LocalModel::Open(Options("q8_0", dir)).ok()) return state.SkipWithError("the first open failed");
   Open(state, Options("q8_0", dir));
   std::filesystem::remove_all(dir);

@@ -48,8 +48,10 @@ CompletionRequest Request(int n, int tokens) {
 void BM_SseFraming(benchmark::State& state) {
   std::string stream;
   for (int i = 0; i < 1000; ++i) {
-    nlohmann::json chunk = {{"id", "chatcmpl-1"}, {"object", "chat.completion.chunk"},
-                            {"choices", {{{"index", 0}, {"delta", {{"content", " simp"}}}, {"finish_reason", nullptr}}}}};
+    nlohmann::json chunk = {
+        {"id", "chatcmpl-1"},
+        {"object", "chat.completion.chunk"},
+        {"choices", {{{"index", 0}, {"delta", {{"content", " simp"}}}, {"finish_reason", nullptr}}}}};
     stream += "data: " + chunk.dump() + "\r\n\r\n";
   }
   const size_t kRead = 1500;  // about one TCP segment per read

@@ -90,14 +90,15 @@ class McpClient {
 // A tree of Lean-like files: declarations with attributes and modifiers among proof lines, deterministic.
 void MakeCorpus(const fs::path& dir, int files, int lines) {
   std::mt19937 rng(7);
-  const char* words[] = {"add", "mul", "comm", "assoc", "zero", "succ", "le", "lt", "sub", "div", "mod", "pow",
-                         "neg", "inv", "map", "fold", "cons", "append", "length", "reverse", "filter", "sum"};
+  const char* words[] = {"add", "mul", "comm", "assoc", "zero", "succ", "le",     "lt",     "sub",     "div",    "mod",
+                         "pow", "neg", "inv",  "map",   "fold", "cons", "append", "length", "reverse", "filter", "sum"};
   const char* kinds[] = {"theorem", "lemma", "def", "@[simp] theorem", "private theorem", "instance", "abbrev"};
   for (int f = 0; f < files; ++f) {
     std::string text = "import Std\n\nnamespace Module" + std::to_string(f) + "\n\n";
     for (int l = 0; l < lines; ++l) {
       if (rng() % 8 == 0) {
-        std::string name = std::string(words[rng() % 22]) + "_" + words[rng() % 22] + "_" + std::to_string(rng() % 1000);
+        std::string name =
+            std::string(words[rng() % 22]) + "_" + words[rng() % 22] + "_" + std::to_string(rng() % 1000);
         text += std::string(kinds[rng() % 7]) + " " + name + " (a b : Nat) : a + b = b + a := by\n";
       } else {
         text += "  simp only [Nat.add_comm, Nat.mul_assoc] at h ⊢ -- rewriting step " + std::to_string(l) + "\n";
@@ -105,8 +106,8 @@ void MakeCorpus(const fs::path& dir, int files, int lines) {
     }
     text += "\nend Module" + std::to_string(f) + "\n";
     fs::create_directories(dir / ("Dir" + std::to_string(f % 50)));
-    (void)lr::WriteFileAtomic((dir / ("Dir" + std::to_string(f % 50)) / ("File" + std::to_string(f) + ".lean")).string(),
-                              text);
+    (void)lr::WriteFileAtomic(
+        (dir / ("Dir" + std::to_string(f % 50)) / ("File" + std::to_string(f) + ".lean")).string(), text);
   }
 }
 
@@ -115,12 +116,12 @@ std::string RgPattern(const std::string& query) {
   return "(?m)^[ \\t]*(?:@\\[[^\\]\\n]*\\][ \\t\\n]*)*"
          "(?:(?:private|protected|noncomputable|partial|unsafe|nonrec|scoped)[ \\t]+)*"
          "(theorem|lemma|def|abbrev|instance|structure|class|inductive|axiom|opaque)[ \\t]+"
-         "((?:[^\\s.(:{\\[]+\\.)*" + query + "[^\\s(:{\\[]*)";
+         "((?:[^\\s.(:{\\[]+\\.)*" +
+         query + "[^\\s(:{\\[]*)";
 }
 
 int RunRg(const std::string& query, const fs::path& dir) {
-  std::string cmd = "rg -U -n --no-heading -g '*.lean' -e '" + RgPattern(query) + "' '" + dir.string() +
-                    "' | wc -l";
+  std::string cmd = "rg -U -n --no-heading -g '*.lean' -e '" + RgPattern(query) + "' '" + dir.string() + "' | wc -l";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return -1;
   int count = -1;
@@ -136,16 +137,23 @@ int main(int argc, char** argv) {
   int calls = 500, files = 2000, lines = 400;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--leanrotor") leanrotor = argv[i + 1];
-    else if (a == "--lean-server") lean_server = argv[i + 1];
-    else if (a == "--fixture") fixture = argv[i + 1];
-    else if (a == "--calls") calls = std::atoi(argv[i + 1]);
-    else if (a == "--files") files = std::atoi(argv[i + 1]);
-    else if (a == "--lines") lines = std::atoi(argv[i + 1]);
+    if (a == "--leanrotor")
+      leanrotor = argv[i + 1];
+    else if (a == "--lean-server")
+      lean_server = argv[i + 1];
+    else if (a == "--fixture")
+      fixture = argv[i + 1];
+    else if (a == "--calls")
+      calls = std::atoi(argv[i + 1]);
+    else if (a == "--files")
+      files = std::atoi(argv[i + 1]);
+    else if (a == "--lines")
+      lines = std::atoi(argv[i + 1]);
   }
   if (leanrotor.empty() || lean_server.empty() || fixture.empty()) {
-    std::fprintf(stderr, "usage: tools_bench --leanrotor PATH --lean-server PATH --fixture DIR [--calls N] "
-                         "[--files N] [--lines N]\n");
+    std::fprintf(stderr,
+                 "usage: tools_bench --leanrotor PATH --lean-server PATH --fixture DIR [--calls N] "
+                 "[--files N] [--lines N]\n");
     return 2;
   }
   fs::path work = fs::temp_directory_path() / ("lr_tools_bench_" + std::to_string(::getpid()));
@@ -158,7 +166,8 @@ int main(int argc, char** argv) {
   if (!client.Start({leanrotor, "mcp", "--project", (work / "project").string(), "--lean-cmd", lean_server,
                      "--search-root", (work / "none").string()}))
     return 2;
-  Json init = client.Call("initialize", {{"protocolVersion", "2025-11-25"}, {"capabilities", Json::object()},
+  Json init = client.Call("initialize", {{"protocolVersion", "2025-11-25"},
+                                         {"capabilities", Json::object()},
                                          {"clientInfo", {{"name", "tools_bench"}, {"version", "0"}}}});
   if (!init.contains("result")) {
     std::fprintf(stderr, "tools_bench: initialize failed: %s\n", init.dump().c_str());
@@ -218,8 +227,10 @@ int main(int argc, char** argv) {
         best_rg = std::min(best_rg, Ms(Clock::now() - start));
       }
     }
-    if (have_rg) std::printf("%-16s %8zu %12.1f %8d %12.1f\n", query, hits, best, rg_hits, best_rg);
-    else std::printf("%-16s %8zu %12.1f %8s %12s\n", query, hits, best, "-", "(no rg)");
+    if (have_rg)
+      std::printf("%-16s %8zu %12.1f %8d %12.1f\n", query, hits, best, rg_hits, best_rg);
+    else
+      std::printf("%-16s %8zu %12.1f %8s %12s\n", query, hits, best, "-", "(no rg)");
   }
   fs::remove_all(work);
   return 0;

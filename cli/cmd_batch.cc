@@ -32,9 +32,12 @@ std::string DefaultReportPath(const std::string& out) {
 
 std::string FormatSeconds(double s) {
   char buf[32];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
+  if (s < 60)
+    std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
   return buf;
 }
 
@@ -66,8 +69,8 @@ class ConsoleProgress : public agent::BatchObserver {
   ConsoleProgress(std::FILE* out, bool bar) : out_(out), bar_(bar) {}
 
   void OnStart(const agent::BatchProgress& p, const agent::BatchOptions& options, const std::string& model) override {
-    std::fprintf(out_, "batch: %d tasks, %d finished earlier, %d to run (k=%d, turns=%d, jobs=%d, model %s)\n",
-                 p.total, p.skipped, p.pending, options.prover.k, options.prover.turns, options.jobs, model.c_str());
+    std::fprintf(out_, "batch: %d tasks, %d finished earlier, %d to run (k=%d, turns=%d, jobs=%d, model %s)\n", p.total,
+                 p.skipped, p.pending, options.prover.k, options.prover.turns, options.jobs, model.c_str());
     std::fflush(out_);
   }
   void OnTaskDone(const agent::TaskResult& r, const agent::BatchProgress& p) override {
@@ -150,17 +153,22 @@ int RunBatchCommand(const BatchFlags& f) {
 void AddBatchCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<BatchFlags>();
   CLI::App* sub = app.add_subcommand("batch", "prove a JSONL task set headlessly; results as JSONL, pass@k, report");
-  sub->add_option("tasks", flags->tasks, "task file: {name, header, formal_statement, informal_prefix?}, "
-                                         "{name, project, file, theorem} or {name, project, file, theorems: [...] | "
-                                         "\"all sorries\", instructions?} (agent) per line")->required();
+  sub->add_option("tasks", flags->tasks,
+                  "task file: {name, header, formal_statement, informal_prefix?}, "
+                  "{name, project, file, theorem} or {name, project, file, theorems: [...] | "
+                  "\"all sorries\", instructions?} (agent) per line")
+      ->required();
   sub->add_option("-o,--out", flags->out, "results file (JSONL, one line per finished task)")->required();
   sub->add_option("--report", flags->report, "Markdown report (default: the results path with .md)");
-  sub->add_option("-j,--jobs", flags->jobs, "tasks in flight at once (the in-process model batches their generations into shared steps)")->check(CLI::Range(1, 256));
+  sub->add_option("-j,--jobs", flags->jobs,
+                  "tasks in flight at once (the in-process model batches their generations into shared steps)")
+      ->check(CLI::Range(1, 256));
   sub->add_flag("--resume", flags->resume, "continue an interrupted run: skip tasks already in the results file");
   AddProverFlags(sub, &flags->prover);
-  sub->footer("Exit status: 0 when the run finished, 2 when it could not run or stopped on a failure (bad input, no "
-              "Lean, no model, a Lean server failure; finished results are kept), 130 when interrupted (143 for "
-              "SIGTERM; the tasks in flight are abandoned, --resume runs them).");
+  sub->footer(
+      "Exit status: 0 when the run finished, 2 when it could not run or stopped on a failure (bad input, no "
+      "Lean, no model, a Lean server failure; finished results are kept), 130 when interrupted (143 for "
+      "SIGTERM; the tasks in flight are abandoned, --resume runs them).");
   commands.Add(sub, [flags] { return RunBatchCommand(*flags); });
 }
 

@@ -26,8 +26,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -61,9 +61,7 @@ struct BenchFlags {
   std::string load_format = "auto";  // "dummy": random weights on the device (cli/device.h)
 };
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Bytes per second of reading a 512 MiB buffer with the current OpenMP thread count: the best of 5 passes.
 double MeasureReadBandwidth() {
@@ -78,7 +76,8 @@ double MeasureReadBandwidth() {
     uint64_t total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
     for (size_t i = 0; i < n; i += 8) {
-      total += (buf[i] ^ buf[i + 1]) + (buf[i + 2] ^ buf[i + 3]) + (buf[i + 4] ^ buf[i + 5]) + (buf[i + 6] ^ buf[i + 7]);
+      total +=
+          (buf[i] ^ buf[i + 1]) + (buf[i + 2] ^ buf[i + 3]) + (buf[i + 4] ^ buf[i + 5]) + (buf[i + 6] ^ buf[i + 7]);
     }
     const double dt = Now() - t0;
     sink += total;
@@ -294,10 +293,17 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
                           {"decode_tok_s", decoded / r.decode_s}};
   };
   if (f.json) {
-    nlohmann::json j = {{"k", f.pass_k},          {"prompt_tokens", f.prompt_tokens}, {"gen_tokens", f.gen_tokens},
-                        {"ctk", f.ctk},           {"ctv", f.ctv},                     {"threads", threads},
-                        {"shared", mode(*shared)}, {"naive", mode(*naive)},            {"same_attempts", same},
-                        {"device", model.device()}, {"dummy_weights", !tag.empty()}};
+    nlohmann::json j = {{"k", f.pass_k},
+                        {"prompt_tokens", f.prompt_tokens},
+                        {"gen_tokens", f.gen_tokens},
+                        {"ctk", f.ctk},
+                        {"ctv", f.ctv},
+                        {"threads", threads},
+                        {"shared", mode(*shared)},
+                        {"naive", mode(*naive)},
+                        {"same_attempts", same},
+                        {"device", model.device()},
+                        {"dummy_weights", !tag.empty()}};
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
@@ -446,12 +452,21 @@ int RunBench(BenchFlags f) {
   const double bound = bandwidth / bytes_per_token;
   const char* kernels = on_cpu ? IsaName(ops::ActiveIsa()) : "cuda";
   if (f.json) {
-    nlohmann::json j = {{"pp_tok_s", pp_tok_s},   {"tg_tok_s", tg_tok_s}, {"bound_tg_tok_s", bound},
-                        {"depth", f.depth},       {"threads", threads},   {"ctk", f.ctk},
-                        {"ctv", f.ctv},           {"read_gb_s", bandwidth / 1e9},
-                        {"bytes_per_token", bytes_per_token},            {"bound_fraction", tg_tok_s / bound},
-                        {"simd", kernels},        {"device", model.device()}, {"dummy_weights", dummy},
-                        {"n_prompt", f.n_prompt}, {"n_gen", f.n_gen}};
+    nlohmann::json j = {{"pp_tok_s", pp_tok_s},
+                        {"tg_tok_s", tg_tok_s},
+                        {"bound_tg_tok_s", bound},
+                        {"depth", f.depth},
+                        {"threads", threads},
+                        {"ctk", f.ctk},
+                        {"ctv", f.ctv},
+                        {"read_gb_s", bandwidth / 1e9},
+                        {"bytes_per_token", bytes_per_token},
+                        {"bound_fraction", tg_tok_s / bound},
+                        {"simd", kernels},
+                        {"device", model.device()},
+                        {"dummy_weights", dummy},
+                        {"n_prompt", f.n_prompt},
+                        {"n_gen", f.n_gen}};
     if (cpu_model) j["pp_weight_bytes"] = cpu_model->weight_bytes();
     if (f.busy_neighbour) j["busy_tg_tok_s"] = busy_tg_tok_s;
     std::printf("%s\n", j.dump().c_str());
@@ -480,16 +495,20 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<BenchFlags>();
   CLI::App* sub = app.add_subcommand("bench", "Prompt and generation tokens/s against the memory-bandwidth bound");
   sub->add_option("-m,--model", flags->model, "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
-  sub->add_option("-p,--n-prompt", flags->n_prompt, "Prompt tokens to time")->capture_default_str()
+  sub->add_option("-p,--n-prompt", flags->n_prompt, "Prompt tokens to time")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("-n,--n-gen", flags->n_gen, "Generated tokens to time")->capture_default_str()
+  sub->add_option("-n,--n-gen", flags->n_gen, "Generated tokens to time")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--depth", flags->depth, "Tokens already in the context before timing")->capture_default_str()
+  sub->add_option("--depth", flags->depth, "Tokens already in the context before timing")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys")->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values")->capture_default_str();
-  sub->add_option("--kv-sinks", flags->kv_sinks, "keep the first N positions as f16 rows too")->check(CLI::Range(0, 32));
+  sub->add_option("--kv-sinks", flags->kv_sinks, "keep the first N positions as f16 rows too")
+      ->check(CLI::Range(0, 32));
   sub->add_option("--kv-window", flags->kv_window, "attend to the last N positions from window rows too")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--kv-window-format", flags->kv_window_format, "format of the window rows")->capture_default_str();
@@ -500,9 +519,11 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
                   "vs naive (prefill each, decode alone)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--prompt-tokens", flags->prompt_tokens, "--pass-k: prompt tokens (GPL-3 text)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sub->add_option("--gen-tokens", flags->gen_tokens, "--pass-k: greedy tokens per attempt")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   AddDeviceFlag(sub, &flags->device);
   sub->add_option("--load-format", flags->load_format,
                   "auto: the model's weights; dummy: random weights generated on the CUDA device, of -m's shape and "

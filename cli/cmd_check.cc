@@ -56,8 +56,10 @@ void PrintText(const std::string& file, const std::string& text, const lsp::Chec
   for (const lsp::Goal& g : r.goals) {
     if (g.site != lsp::GoalSite::kSorry) continue;
     std::printf("%s:%d:%d: goal at sorry:\n", file.c_str(), g.position.line + 1, CharColumn(text, g.position));
-    if (g.goals.empty() && g.term_goal) std::printf("%s\n", Indent(*g.term_goal).c_str());
-    else if (g.goals.empty()) std::printf("  %s\n", g.in_tactic_block ? "no goals" : "(no goal reported)");
+    if (g.goals.empty() && g.term_goal)
+      std::printf("%s\n", Indent(*g.term_goal).c_str());
+    else if (g.goals.empty())
+      std::printf("  %s\n", g.in_tactic_block ? "no goals" : "(no goal reported)");
     for (const std::string& goal : g.goals) std::printf("%s\n", Indent(goal).c_str());
   }
   int errors = 0, warnings = 0;
@@ -77,17 +79,21 @@ nlohmann::json PositionJson(const std::string& text, lsp::Position p) {
 bool Clean(const lsp::CheckResult& r) { return !r.HasErrors() && !r.UsesSorry() && r.worker_crash.empty(); }
 
 void PrintJson(const std::string& file, const std::string& text, const lsp::CheckResult& r) {
-  nlohmann::json out = {{"file", file}, {"elapsed_ms", r.elapsed_ms}, {"has_errors", r.HasErrors()},
-                        {"uses_sorry", r.UsesSorry()}, {"ok", Clean(r)}};
+  nlohmann::json out = {{"file", file},
+                        {"elapsed_ms", r.elapsed_ms},
+                        {"has_errors", r.HasErrors()},
+                        {"uses_sorry", r.UsesSorry()},
+                        {"ok", Clean(r)}};
   if (!r.worker_crash.empty()) out["worker_crash"] = r.worker_crash;
   out["diagnostics"] = nlohmann::json::array();
   for (const lsp::Diagnostic& d : r.diagnostics)
-    out["diagnostics"].push_back({{"severity", lsp::SeverityName(d.severity)},
-                                  {"start", PositionJson(text, d.range.start)},
-                                  {"end", PositionJson(text, d.range.end)},
-                                  {"start_utf16", {{"line", d.range_utf16.start.line}, {"character", d.range_utf16.start.character}}},
-                                  {"message", d.message},
-                                  {"lean_tags", d.lean_tags}});
+    out["diagnostics"].push_back(
+        {{"severity", lsp::SeverityName(d.severity)},
+         {"start", PositionJson(text, d.range.start)},
+         {"end", PositionJson(text, d.range.end)},
+         {"start_utf16", {{"line", d.range_utf16.start.line}, {"character", d.range_utf16.start.character}}},
+         {"message", d.message},
+         {"lean_tags", d.lean_tags}});
   out["goals"] = nlohmann::json::array();
   for (const lsp::Goal& g : r.goals) {
     nlohmann::json j = {{"site", SiteName(g.site)}, {"position", PositionJson(text, g.position)}, {"goals", g.goals}};
@@ -128,8 +134,10 @@ int RunCheck(const CheckFlags& flags) {
                  result.status().ToString().c_str());
     return 2;
   }
-  if (flags.json) PrintJson(flags.file, *text, *result);
-  else PrintText(flags.file, *text, *result);
+  if (flags.json)
+    PrintJson(flags.file, *text, *result);
+  else
+    PrintText(flags.file, *text, *result);
   return Clean(*result) ? 0 : 1;
 }
 
@@ -137,8 +145,9 @@ int RunCheck(const CheckFlags& flags) {
 
 void AddCheckCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<CheckFlags>();
-  CLI::App* sub = app.add_subcommand("check", "Check a Lean file: print its diagnostics and the goal at each sorry "
-                                              "(exit 0 clean, 1 errors or sorry, 2 Lean could not be run)");
+  CLI::App* sub = app.add_subcommand("check",
+                                     "Check a Lean file: print its diagnostics and the goal at each sorry "
+                                     "(exit 0 clean, 1 errors or sorry, 2 Lean could not be run)");
   sub->add_option("file", flags->file, "the .lean file")->required();
   sub->add_option("--project", flags->project, "Lake project root (default: the nearest directory with a lakefile)");
   sub->add_flag("--json", flags->json, "print the result as JSON");

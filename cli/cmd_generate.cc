@@ -61,9 +61,9 @@ int RunGenerate(GenerateFlags f) {
     return 1;
   }
   std::fprintf(stderr, "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s (%d threads, K %s, V %s)\n",
-               stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9),
-               stats.generated_tokens, stats.generated_tokens / std::max(stats.decode_seconds, 1e-9),
-               omp_get_max_threads(), f.local.ctk.c_str(), f.local.ctv.c_str());
+               stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9), stats.generated_tokens,
+               stats.generated_tokens / std::max(stats.decode_seconds, 1e-9), omp_get_max_threads(),
+               f.local.ctk.c_str(), f.local.ctv.c_str());
   return 0;
 }
 
@@ -79,13 +79,25 @@ void AddGenerateCommand(CLI::App& app, CommandSet& commands) {
   CLI::App* sub = app.add_subcommand("generate", "Stream a completion of a prompt from the in-process model");
   sub->add_option("-m,--model", flags->local.model, "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   sub->add_option("-p,--prompt", flags->prompt, "Prompt text")->required();
-  sub->add_option("-n,--n-predict", flags->n_predict, "Tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
-  sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-k", flags->sampling.top_k, "Top-k (0: off)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-p", flags->sampling.top_p, "Top-p (1: off)")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  sub->add_option("--min-p", flags->sampling.min_p, "Min-p (0: off)")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  sub->add_option("--repeat-penalty", flags->sampling.repeat_penalty, "Repetition penalty over the last 64 tokens (1: off)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("-n,--n-predict", flags->n_predict, "Tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--top-k", flags->sampling.top_k, "Top-k (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--top-p", flags->sampling.top_p, "Top-p (1: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--min-p", flags->sampling.min_p, "Min-p (0: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--repeat-penalty", flags->sampling.repeat_penalty,
+                  "Repetition penalty over the last 64 tokens (1: off)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sub->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();
   AddLocalModelFlags(sub, &flags->local);
   sub->add_flag("--chat", flags->chat, "Send the prompt as a user message through the model's chat format");

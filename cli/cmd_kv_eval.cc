@@ -103,7 +103,8 @@ int RunKvEval(const KvEvalFlags& f) {
     }
   }
   if (f.dim < 64 || f.dim % 64 != 0 || f.tokens < 1 || f.queries < 1) {
-    std::fprintf(stderr, "leanrotor kv-eval: --dim %d, --tokens %d, --queries %d: expected a dim that is a positive "
+    std::fprintf(stderr,
+                 "leanrotor kv-eval: --dim %d, --tokens %d, --queries %d: expected a dim that is a positive "
                  "multiple of 64 (every format can hold it) and at least one token and query\n",
                  f.dim, f.tokens, f.queries);
     return 1;
@@ -141,8 +142,8 @@ int RunKvEval(const KvEvalFlags& f) {
   const size_t n_sets = sets.size() + (captured.empty() ? 0 : 1);
   for (size_t s = 0; s < n_sets; ++s) {
     for (const std::string& name : formats) {
-      Result<kvquant::EvalResult> r = s < sets.size() ? kvquant::EvaluateFormat(name, sets[s], f.seed)
-                                                      : EvaluateAveraged(name, captured, f.seed);
+      Result<kvquant::EvalResult> r =
+          s < sets.size() ? kvquant::EvaluateFormat(name, sets[s], f.seed) : EvaluateAveraged(name, captured, f.seed);
       if (!r.ok()) {
         std::fprintf(stderr, "leanrotor kv-eval: %s: %s\n", name.c_str(), r.status().ToString().c_str());
         return 1;

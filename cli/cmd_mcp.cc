@@ -72,9 +72,11 @@ int RunMcp(const McpFlags& f) {
 
 void AddMcpCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<McpFlags>();
-  CLI::App* sub = app.add_subcommand("mcp", "serve the Lean and repository tools over the Model Context Protocol (stdio)");
-  sub->add_option("--project", flags->project,
-                  "the Lean project every path is resolved in (default: the Lake project around the current directory)");
+  CLI::App* sub =
+      app.add_subcommand("mcp", "serve the Lean and repository tools over the Model Context Protocol (stdio)");
+  sub->add_option(
+      "--project", flags->project,
+      "the Lean project every path is resolved in (default: the Lake project around the current directory)");
   sub->add_option("--workers", flags->workers, "tool calls run at once")->check(CLI::Range(1, 256));
   sub->add_option("--check-timeout", flags->check_timeout, "seconds allowed for one Lean check");
   sub->add_option("--build-command", flags->build_command, "what lean_build runs in the project root")
@@ -83,8 +85,9 @@ void AddMcpCommand(CLI::App& app, CommandSet& commands) {
                   "extra source tree for lean_local_search (default: the toolchain's sources)");
   sub->add_option("--lean-servers", flags->lean_servers, "Lean server processes at most")->check(CLI::Range(1, 64));
   AddLeanFlags(sub, &flags->lean);
-  sub->footer("Edits made with edit_file/write_file stay in the server's working copy: Lean sees them, the files on "
-              "disk do not change.");
+  sub->footer(
+      "Edits made with edit_file/write_file stay in the server's working copy: Lean sees them, the files on "
+      "disk do not change.");
   commands.Add(sub, [flags] { return RunMcp(*flags); });
 }
 

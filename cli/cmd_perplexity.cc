@@ -124,8 +124,7 @@ int RunPerplexity(PerplexityFlags f) {
   if (f.ctx < 4) return Fail(InvalidArgument("-c must be at least 4 tokens, got " + std::to_string(f.ctx)));
   Result<std::string> text = ReadFile(f.file);
   if (!text.ok()) return Fail(text.status());
-  const size_t n_runs =
-      std::max({f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size(), f.window_format.size()});
+  const size_t n_runs = std::max({f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size(), f.window_format.size()});
   for (size_t size : {f.ctk.size(), f.ctv.size(), f.sinks.size(), f.window.size(), f.window_format.size()})
     if (size != 1 && size != n_runs)
       return Fail(InvalidArgument("--ctk given " + std::to_string(f.ctk.size()) + " times, --ctv " +
@@ -148,7 +147,8 @@ int RunPerplexity(PerplexityFlags f) {
   options.path = f.model;
   std::error_code ec;
   const size_t file_bytes = std::filesystem::file_size(f.model, ec);
-  // The CUDA backend stores f16 rows only: compressed runs pick the CPU unless --device cuda says otherwise (and fails).
+  // The CUDA backend stores f16 rows only: compressed runs pick the CPU unless --device cuda says otherwise (and
+  // fails).
   const bool any_compressed = std::any_of(runs.begin(), runs.end(), [](const Run& r) { return !r.is_ref(); });
   Result<DeviceFactory> device = ChooseDevice(any_compressed && f.device == "auto" ? "cpu" : f.device,
                                               ec ? 0 : file_bytes, static_cast<size_t>(options.kv_budget_mib) << 20);
@@ -174,8 +174,8 @@ int RunPerplexity(PerplexityFlags f) {
   int windows = static_cast<int>(tokens.size() / f.ctx);
   if (f.chunks > 0) windows = std::min(windows, f.chunks);
   if (windows == 0)
-    return Fail(InvalidArgument(f.file + " has " + std::to_string(tokens.size()) + " tokens, fewer than one window of " +
-                                std::to_string(f.ctx)));
+    return Fail(InvalidArgument(f.file + " has " + std::to_string(tokens.size()) +
+                                " tokens, fewer than one window of " + std::to_string(f.ctx)));
   const int n_vocab = model.config().n_vocab;
   const int first = f.ctx / 2;
   long scored = 0;
@@ -211,8 +211,8 @@ int RunPerplexity(PerplexityFlags f) {
     scored += f.ctx - 1 - first;
     if (!f.json)
       for (const Run& r : runs)
-        std::fprintf(stderr, "[%d/%d] K %s, V %s, %d sinks, %s window %d: ppl %.4f\n", w + 1, windows,
-                     r.ctk.c_str(), r.ctv.c_str(), r.sinks, r.window_format.c_str(), r.window,
+        std::fprintf(stderr, "[%d/%d] K %s, V %s, %d sinks, %s window %d: ppl %.4f\n", w + 1, windows, r.ctk.c_str(),
+                     r.ctv.c_str(), r.sinks, r.window_format.c_str(), r.window,
                      std::exp(r.nll / static_cast<double>(scored)));
   }
   for (const Run& r : runs) {
@@ -234,10 +234,11 @@ int RunPerplexity(PerplexityFlags f) {
                           {"bits_per_value", BitsPerValue(model.kv_shape(), r, f.ctx)}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s, %d sinks, %s window %d "
-                  "(%.3f bits/value)",
-                  ppl, scored, windows, f.ctx, r.ctk.c_str(), r.ctv.c_str(), r.is_ref() ? 0 : r.sinks,
-                  r.window_format.c_str(), r.is_ref() ? 0 : r.window, BitsPerValue(model.kv_shape(), r, f.ctx));
+      std::printf(
+          "perplexity %.4f over %ld scored tokens (%d windows of %d), K %s, V %s, %d sinks, %s window %d "
+          "(%.3f bits/value)",
+          ppl, scored, windows, f.ctx, r.ctk.c_str(), r.ctv.c_str(), r.is_ref() ? 0 : r.sinks, r.window_format.c_str(),
+          r.is_ref() ? 0 : r.window, BitsPerValue(model.kv_shape(), r, f.ctx));
       if (!r.is_ref())
         std::printf(", vs f16 %+.2f%% +- %.2f%%, mean KL vs f16 %.6f +- %.6f", 100 * std::expm1(ln_ratio),
                     100 * ln_ratio_se, mean_kld, r.kld.StandardError(scored));
@@ -251,22 +252,27 @@ int RunPerplexity(PerplexityFlags f) {
 
 void AddPerplexityCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<PerplexityFlags>();
-  CLI::App* sub = app.add_subcommand("perplexity", "Perplexity of a text, and KL divergence of a compressed KV cache vs f16");
+  CLI::App* sub =
+      app.add_subcommand("perplexity", "Perplexity of a text, and KL divergence of a compressed KV cache vs f16");
   sub->add_option("-m,--model", flags->model, "GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   sub->add_option("-f,--file", flags->file, "Text file")->capture_default_str();
   sub->add_option("-c,--ctx", flags->ctx, "Window size in tokens; the second half of each is scored")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--chunks", flags->chunks, "Score at most this many windows (0: all)")->capture_default_str()
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--chunks", flags->chunks, "Score at most this many windows (0: all)")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--ctk", flags->ctk, "KV cache format for keys (repeatable: one run per --ctk/--ctv pair)")
       ->capture_default_str();
   sub->add_option("--ctv", flags->ctv, "KV cache format for values (repeatable)")->capture_default_str();
   sub->add_option("--kv-sinks", flags->sinks,
                   "Keep the first N positions of each window as f16 rows too (attention sinks; repeatable)")
-      ->capture_default_str()->check(CLI::Range(0, inference::KvCache::kPageTokens));
+      ->capture_default_str()
+      ->check(CLI::Range(0, inference::KvCache::kPageTokens));
   sub->add_option("--kv-window", flags->window,
                   "Read the last N positions before each token from window rows too (recent window; repeatable)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--kv-window-format", flags->window_format, "Format of the window rows (repeatable)")
       ->capture_default_str();
   sub->add_option("-t,--threads", flags->threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);

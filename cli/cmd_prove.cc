@@ -1,12 +1,11 @@
 // `leanrotor prove FILE.lean`: fills the file's `sorry`s with proofs the model finds and Lean accepts.
 #include <algorithm>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "lsp/lean_text.h"
 #include "agent/prover.h"
 #include "agent/tools.h"
 #include "agent/working_copy.h"
@@ -14,6 +13,7 @@
 #include "base/interrupt.h"
 #include "cli/command.h"
 #include "cli/prover_flags.h"
+#include "lsp/lean_text.h"
 
 namespace lr::cli {
 namespace {
@@ -90,10 +90,11 @@ int RunProveAgent(const ProveFlags& f, LanguageModel& model, lsp::ServerPool& po
     return Interrupted() ? InterruptExitCode() : 2;
   }
   const agent::AgentOutcome& o = *outcome;
-  std::printf("%zu/%zu theorems proved; %d turns, %d tool calls (%d errors), %d Lean checks, %ld tokens, %.1f s; "
-              "stop: %s\n",
-              o.accepted.size(), o.targets.size(), o.turns, o.tool_calls, o.tool_errors, o.checks, o.tokens,
-              o.seconds, o.stop_reason.c_str());
+  std::printf(
+      "%zu/%zu theorems proved; %d turns, %d tool calls (%d errors), %d Lean checks, %ld tokens, %.1f s; "
+      "stop: %s\n",
+      o.accepted.size(), o.targets.size(), o.turns, o.tool_calls, o.tool_errors, o.checks, o.tokens, o.seconds,
+      o.stop_reason.c_str());
   if (!o.proved && !o.last_refusal.empty()) std::printf("last refusal: %s\n", o.last_refusal.c_str());
   if (!o.accepted.empty()) {
     const std::string out = f.out.empty() ? f.file : f.out;
@@ -203,9 +204,10 @@ void AddProveCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--theorem", flags->theorem, "only this theorem (name or namespaced name)");
   sub->add_option("-o,--out", flags->out, "write the result here instead of over FILE");
   AddProverFlags(sub, &flags->prover);
-  sub->footer("Exit status: 0 when every targeted theorem was proved, 1 when some were not, 2 when the run could not "
-              "be done (bad input, no Lean, no model, a Lean server failure), 130 when interrupted (143 for SIGTERM; "
-              "the theorems proved by then are written).");
+  sub->footer(
+      "Exit status: 0 when every targeted theorem was proved, 1 when some were not, 2 when the run could not "
+      "be done (bad input, no Lean, no model, a Lean server failure), 130 when interrupted (143 for SIGTERM; "
+      "the theorems proved by then are written).");
   commands.Add(sub, [flags] { return RunProve(*flags); });
 }
 

@@ -42,8 +42,8 @@ std::string ModelMetrics(const inference::LocalModel& model) {
                           kv.pages_private + kv.pages_shared) +
          PrometheusMetric("leanrotor_kv_pages_cached", "gauge", "KV pages kept for prefix hits (evictable).",
                           kv.pages_cached) +
-         PrometheusMetric("leanrotor_kv_prefix_hit_tokens_total", "counter",
-                          "Prompt tokens found in the prefix cache.", static_cast<double>(kv.prefix_hit_tokens));
+         PrometheusMetric("leanrotor_kv_prefix_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache.",
+                          static_cast<double>(kv.prefix_hit_tokens));
 }
 
 int RunServe(const ServeFlags& f) {
@@ -92,7 +92,8 @@ int RunServe(const ServeFlags& f) {
 void AddServeCommand(CLI::App& app, CommandSet& commands) {
   auto flags = std::make_shared<ServeFlags>();
   CLI::App* sub = app.add_subcommand("serve", "serve the in-process model over an OpenAI-compatible HTTP API");
-  sub->add_option("-m,--model", flags->local.model, "GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  sub->add_option("-m,--model", flags->local.model,
+                  "GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   sub->add_option("--model-id", flags->model_id, "model id reported to clients (default: the GGUF's name)");
   sub->add_option("--host", flags->host, "address to listen on")->capture_default_str();
   sub->add_option("--port", flags->port, "port to listen on (0: any free port)")

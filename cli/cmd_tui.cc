@@ -149,15 +149,21 @@ void AddTuiCommand(CLI::App& app, CommandSet& commands) {
   CLI::App* sub = app.add_subcommand("tui", "Interactive proving session in the terminal (? inside shows the keys)");
   sub->add_option("file", flags->file, "Lean file to open (created on save if it does not exist)");
   AddModelChoiceFlags(sub, &flags->model);
-  sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")->capture_default_str()->check(CLI::Range(1, 64));
-  sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")->capture_default_str()
+  sub->add_option("-k", flags->k, "Candidates per proof (/k changes it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  sub->add_option("--turns", flags->turns, "Repair turns per candidate (/turns changes it)")
+      ->capture_default_str()
       ->check(CLI::Range(0, 64));
-  sub->add_option("--style", flags->style, "Prompt style: chat, completion, tools or agent (a tool-calling model "
-                                          "working in the project; its tool calls show in the attempt pane)")
+  sub->add_option("--style", flags->style,
+                  "Prompt style: chat, completion, tools or agent (a tool-calling model "
+                  "working in the project; its tool calls show in the attempt pane)")
       ->capture_default_str();
-  sub->add_option("--max-tokens", flags->sampling.max_tokens, "Tokens per reply")->capture_default_str()
+  sub->add_option("--max-tokens", flags->sampling.max_tokens, "Tokens per reply")
+      ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")->capture_default_str()
+  sub->add_option("--temp", flags->sampling.temperature, "Temperature (0: greedy)")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--temperature", flags->sampling.temperature)->group("");  // another spelling, not listed
   sub->add_option("--seed", flags->sampling.seed, "Sampling seed")->capture_default_str();

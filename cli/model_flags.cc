@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <string>
 
-#include "net/remote_model.h"
 #include "cli/device.h"
 #include "kvquant/kvquant.h"
+#include "net/remote_model.h"
 
 namespace lr::cli {
 namespace {
@@ -22,8 +22,7 @@ std::string FormatNames() {
 }  // namespace
 
 void AddLocalModelFlags(CLI::App* sub, LocalModelFlags* f) {
-  sub->add_option("--ctk", f->ctk, "KV cache format for keys (" + FormatNames() + ")")
-      ->capture_default_str();
+  sub->add_option("--ctk", f->ctk, "KV cache format for keys (" + FormatNames() + ")")->capture_default_str();
   sub->add_option("--ctv", f->ctv, "KV cache format for values")->capture_default_str();
   sub->add_option("--kv-sinks", f->kv_sinks, "keep the first N positions as f16 rows too (compressed formats)")
       ->capture_default_str()
@@ -87,8 +86,7 @@ void AddModelChoiceFlags(CLI::App* sub, ModelChoiceFlags* f) {
   AddLocalModelFlags(sub, &f->local);
 }
 
-Result<std::unique_ptr<LanguageModel>> OpenModel(const ModelChoiceFlags& f,
-                                                            const std::atomic<bool>* cancel) {
+Result<std::unique_ptr<LanguageModel>> OpenModel(const ModelChoiceFlags& f, const std::atomic<bool>* cancel) {
   if (!f.remote.empty()) {
     if (f.model_id.empty()) return InvalidArgument("--remote needs --model-id (e.g. labs-leanstral-2603)");
     net::RemoteOptions options;

@@ -9,9 +9,9 @@
 #include <string>
 
 #include "base/status.h"
-#include "lm/language_model.h"
 #include "inference/kv_calibration.h"
 #include "inference/local_model.h"
+#include "lm/language_model.h"
 
 namespace lr::cli {
 
@@ -21,12 +21,12 @@ struct LocalModelFlags {
   std::string ctv = "f16";
   int ctx = 4096;
   int kv_budget_mib = 1024;
-  int kv_sinks = 0;   // f16 copies of the first positions (KvCacheOptions::sink_tokens)
-  int kv_window = 0;  // second copies of the most recent positions (KvCacheOptions::window_tokens)
+  int kv_sinks = 0;                      // f16 copies of the first positions (KvCacheOptions::sink_tokens)
+  int kv_window = 0;                     // second copies of the most recent positions (KvCacheOptions::window_tokens)
   std::string kv_window_format = "f16";  // their format (KvCacheOptions::window_format)
-  int threads = 0;    // 0: OpenMP's default
+  int threads = 0;                       // 0: OpenMP's default
   std::string cache_dir = inference::DefaultCacheDir();  // --cache-dir: stored KV calibrations
-  std::string device = "auto";  // --device (cli/device.h)
+  std::string device = "auto";                           // --device (cli/device.h)
 };
 
 // --ctk, --ctv, --kv-sinks, --kv-window, --kv-window-format, -c/--ctx, --kv-budget, -t/--threads, --cache-dir and
@@ -49,7 +49,6 @@ struct ModelChoiceFlags {
 void AddModelChoiceFlags(CLI::App* sub, ModelChoiceFlags* f);
 
 // Opens the model the flags name. Loading a local model stops with kCancelled soon after `cancel` is set (may be null).
-Result<std::unique_ptr<LanguageModel>> OpenModel(const ModelChoiceFlags& f,
-                                                            const std::atomic<bool>* cancel);
+Result<std::unique_ptr<LanguageModel>> OpenModel(const ModelChoiceFlags& f, const std::atomic<bool>* cancel);
 
 }  // namespace lr::cli

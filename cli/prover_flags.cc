@@ -4,15 +4,19 @@ namespace lr::cli {
 
 void AddProverFlags(CLI::App* sub, ProverFlags* f) {
   AddModelChoiceFlags(sub, &f->model);
-  sub->add_option("--style", f->style, "prompt style: chat (instruction models), completion (base prover models), "
-                                       "tools (tool-calling models: proofs sent to Lean through a check_proof tool) "
-                                       "or agent (tool-calling models working in the project with the Lean and file "
-                                       "tools, as Leanstral does)")
+  sub->add_option("--style", f->style,
+                  "prompt style: chat (instruction models), completion (base prover models), "
+                  "tools (tool-calling models: proofs sent to Lean through a check_proof tool) "
+                  "or agent (tool-calling models working in the project with the Lean and file "
+                  "tools, as Leanstral does)")
       ->check(CLI::IsMember({"chat", "completion", "tools", "agent"}));
-  sub->add_option("--max-tool-calls", f->max_tool_calls, "--style agent: stop an agent after this many tool calls "
-                                                         "(0: none)")->capture_default_str();
+  sub->add_option("--max-tool-calls", f->max_tool_calls,
+                  "--style agent: stop an agent after this many tool calls "
+                  "(0: none)")
+      ->capture_default_str();
   sub->add_option("-k", f->k, "candidates sampled from one shared prompt")->check(CLI::Range(1, 1024));
-  sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")->check(CLI::Range(0, 64));
+  sub->add_option("--turns", f->turns, "repair turns per candidate, fed Lean's errors and goals")
+      ->check(CLI::Range(0, 64));
   sub->add_option("--temp", f->temperature, "sampling temperature (0: greedy)")->capture_default_str();
   sub->add_option("--temperature", f->temperature)->group("");  // another spelling, not listed
   sub->add_option("--top-p", f->top_p, "nucleus sampling (1: off)");

@@ -45,8 +45,8 @@ Result<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes, const char* what) {
   if (e != cudaSuccess) {
     cudaGetLastError();
     b.ptr_ = nullptr;
-    return CheckCuda(e, (std::string("allocating ") + std::to_string(bytes) + " bytes of device memory for " + what)
-                            .c_str());
+    return CheckCuda(
+        e, (std::string("allocating ") + std::to_string(bytes) + " bytes of device memory for " + what).c_str());
   }
   b.bytes_ = bytes;
   return b;
@@ -71,8 +71,6 @@ Status DeviceBuffer::Download(void* dst, size_t bytes, size_t offset) const {
                    "download");
 }
 
-Status DeviceBuffer::Fill(uint8_t value) {
-  return CheckCuda(cudaMemset(ptr_, value, bytes_), "cudaMemset");
-}
+Status DeviceBuffer::Fill(uint8_t value) { return CheckCuda(cudaMemset(ptr_, value, bytes_), "cudaMemset"); }
 
 }  // namespace lr::cuda

@@ -15,11 +15,11 @@
 namespace lr::cuda {
 
 struct DeviceInfo {
-  std::string name;        // e.g. "NVIDIA H100 80GB HBM3"
+  std::string name;  // e.g. "NVIDIA H100 80GB HBM3"
   int major = 0, minor = 0;
   int multiprocessors = 0;
   size_t total_bytes = 0;
-  size_t free_bytes = 0;   // when asked
+  size_t free_bytes = 0;  // when asked
 };
 
 // Device 0's properties, or kUnavailable saying why there is none (no driver, no device, or a driver older than

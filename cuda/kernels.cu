@@ -32,9 +32,7 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
-__device__ __forceinline__ float Half(const uint8_t* p) {
-  return __half2float(*reinterpret_cast<const __half*>(p));
-}
+__device__ __forceinline__ float Half(const uint8_t* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }
 
 __device__ __forceinline__ float Bf16Bits(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
 
@@ -115,12 +113,11 @@ __device__ __forceinline__ void Dequant8(const DeviceMatrix& w, int64_t row, int
     const int j = sb % 8;
     const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(b));
     const uint32_t s0 = Load32(b + 4), s1 = Load32(b + 8), s2 = Load32(b + 12);
-    const uint8_t s[12] = {static_cast<uint8_t>(Byte(s0, 0)), static_cast<uint8_t>(Byte(s0, 1)),
-                           static_cast<uint8_t>(Byte(s0, 2)), static_cast<uint8_t>(Byte(s0, 3)),
-                           static_cast<uint8_t>(Byte(s1, 0)), static_cast<uint8_t>(Byte(s1, 1)),
-                           static_cast<uint8_t>(Byte(s1, 2)), static_cast<uint8_t>(Byte(s1, 3)),
-                           static_cast<uint8_t>(Byte(s2, 0)), static_cast<uint8_t>(Byte(s2, 1)),
-                           static_cast<uint8_t>(Byte(s2, 2)), static_cast<uint8_t>(Byte(s2, 3))};
+    const uint8_t s[12] = {
+        static_cast<uint8_t>(Byte(s0, 0)), static_cast<uint8_t>(Byte(s0, 1)), static_cast<uint8_t>(Byte(s0, 2)),
+        static_cast<uint8_t>(Byte(s0, 3)), static_cast<uint8_t>(Byte(s1, 0)), static_cast<uint8_t>(Byte(s1, 1)),
+        static_cast<uint8_t>(Byte(s1, 2)), static_cast<uint8_t>(Byte(s1, 3)), static_cast<uint8_t>(Byte(s2, 0)),
+        static_cast<uint8_t>(Byte(s2, 1)), static_cast<uint8_t>(Byte(s2, 2)), static_cast<uint8_t>(Byte(s2, 3))};
     int sc, mn;
     ScaleMinK4(j, s, &sc, &mn);
     const float d = dd.x * sc, m = dd.y * mn;
@@ -201,11 +198,11 @@ struct ProductSet {
 };
 
 template <WeightType T, int NT>
-__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x,
-                                                                   int n) {
+__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x, int n) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int k = set.count > 1 && blockIdx.x >= set.first_block[1] ? (set.count > 2 && blockIdx.x >= set.first_block[2]
-                                                                         ? 2 : 1) : 0;
+  const int k = set.count > 1 && blockIdx.x >= set.first_block[1]
+                    ? (set.count > 2 && blockIdx.x >= set.first_block[2] ? 2 : 1)
+                    : 0;
   const Product& p = k == 0 ? set.p[0] : k == 1 ? set.p[1] : set.p[2];
   const DeviceMatrix& w = p.w;
   const int64_t row = static_cast<int64_t>(blockIdx.x - set.first_block[k]) * kMatVecWarps + warp;
@@ -225,8 +222,7 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set
         const int64_t at = static_cast<int64_t>(t) * w.cols + 32 * sb + 4 * q;
         const float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
         const float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
-        acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
-                  v[7] * b.w;
+        acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
       }
     }
   }
@@ -245,7 +241,7 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set
 constexpr int kTileRows = 128, kTileTokens = 64, kTileK = 64, kTilePad = kTileK + 8;
 template <WeightType T>
 __global__ void __launch_bounds__(256) MatMulTiledKernel(DeviceMatrix w, const float* __restrict__ x, int n,
-                                                          float* __restrict__ y, int64_t y_stride, int add) {
+                                                         float* __restrict__ y, int64_t y_stride, int add) {
   using namespace nvcuda;
   struct In {
     __half a[kTileRows * kTilePad];
@@ -409,9 +405,9 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
 // output) to `part` and AttentionMergeKernel combines the splits.
 constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
 template <int G>
-__global__ void __launch_bounds__(32 * kAttnWarps) AttentionKernel(const float* q, int n_head, float scale,
-                                                                    KvPool pool, int layer, TokenPlaces places,
-                                                                    float* out, float* part) {
+__global__ void __launch_bounds__(32 * kAttnWarps)
+    AttentionKernel(const float* q, int n_head, float scale, KvPool pool, int layer, TokenPlaces places, float* out,
+                    float* part) {
   __shared__ float sq[G * kMaxHeadDim];
   __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
@@ -550,8 +546,8 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
 }
 
 constexpr int kSampleThreads = 1024;
-__global__ void __launch_bounds__(kSampleThreads) SampleKernel(const float* logits, int vocab, float temperature,
-                                                               uint64_t seed, int32_t* out) {
+__global__ void __launch_bounds__(kSampleThreads)
+    SampleKernel(const float* logits, int vocab, float temperature, uint64_t seed, int32_t* out) {
   const int r = blockIdx.x;
   const float* row = logits + static_cast<size_t>(r) * vocab;
   float best = -INFINITY;
@@ -648,8 +644,8 @@ Status DispatchType(WeightType t, F&& f) {
 }
 
 Status CheckMatrix(const DeviceMatrix& w) {
-  const int64_t block = w.type == WeightType::kQ4_K || w.type == WeightType::kQ5_K || w.type == WeightType::kQ6_K
-                            ? 256 : 32;
+  const int64_t block =
+      w.type == WeightType::kQ4_K || w.type == WeightType::kQ5_K || w.type == WeightType::kQ6_K ? 256 : 32;
   if (w.cols <= 0 || w.cols % block != 0 || w.rows <= 0)
     return InvalidArgument("CUDA matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
                            ": columns must be a positive multiple of " + std::to_string(block));
@@ -709,8 +705,7 @@ Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_
   return MatVecMany(&p, 1, x, n, stream);
 }
 
-Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add,
-                   Stream stream) {
+Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
   LR_RETURN_IF_ERROR(CheckMatrix(w));
   if (n <= 0) return Status::Ok();
   const dim3 grid(Blocks(w.rows, kTileRows), Blocks(n, kTileTokens));
@@ -782,8 +777,7 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
     case 6: launch(std::integral_constant<int, 6>()); break;
     case 7: launch(std::integral_constant<int, 7>()); break;
     case 8: launch(std::integral_constant<int, 8>()); break;
-    default:
-      return Unsupported("CUDA attention: " + std::to_string(group) + " query heads per KV head (at most 8)");
+    default: return Unsupported("CUDA attention: " + std::to_string(group) + " query heads per KV head (at most 8)");
   }
   LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
   if (splits == 1) return Status::Ok();
@@ -791,8 +785,7 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   return CheckLaunch("AttentionMerge");
 }
 
-Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out,
-              Stream stream) {
+Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out, Stream stream) {
   if (rows <= 0) return Status::Ok();
   SampleKernel<<<rows, kSampleThreads, 0, S(stream)>>>(logits, vocab, temperature, seed, out);
   return CheckLaunch("Sample");
@@ -809,9 +802,7 @@ Status RandomizeMatrix(WeightType t, int64_t rows, int64_t cols, uint8_t* q, uin
     case WeightType::kF32:
       RandomF32Kernel<<<kGrid, kThreads, 0, s>>>(reinterpret_cast<float*>(q), q_bytes / 4, 1.7f * unit, seed);
       break;
-    case WeightType::kF16:
-      RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q, q_bytes / 2, 2, unit, true, seed);
-      break;
+    case WeightType::kF16: RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q, q_bytes / 2, 2, unit, true, seed); break;
     case WeightType::kBF16:
       RandomBf16Kernel<<<kGrid, kThreads, 0, s>>>(reinterpret_cast<uint16_t*>(q), q_bytes / 2, 1.7f * unit, seed);
       break;
@@ -833,8 +824,7 @@ Status RandomizeMatrix(WeightType t, int64_t rows, int64_t cols, uint8_t* q, uin
         } else {
           const size_t bytes = t == WeightType::kQ4_K ? 144 : 176;
           RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q, blocks256, bytes, unit / (32.0f * 4.6f), false, s2);
-          RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q + 2, blocks256, bytes, unit / (32.0f * 4.6f), false,
-                                                        s2 + 1);
+          RandomHalvesKernel<<<kGrid, kThreads, 0, s>>>(q + 2, blocks256, bytes, unit / (32.0f * 4.6f), false, s2 + 1);
         }
       }
     }

@@ -63,11 +63,9 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
 
 // y[t * y_stride + r] (+)= sum_c W[r][c] * x[t * cols + c] for t < n_tokens: MatVec for n_tokens <= 16, else
 // MatMulTiled. x, y: device.
-Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
-              Stream stream);
+Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
 constexpr int kMaxMatVecTokens = 16;
-Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
-              Stream stream);
+Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
 // One product of MatVecMany: y[t * y_stride + r] (+ with add)= sum_c W[r][c] * a[t * cols + c].
 struct Product {
   DeviceMatrix w;
@@ -82,8 +80,7 @@ Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y
                    Stream stream);
 
 // y[j] = RMSNorm(x[rows[j]]) * w for j < n (rows: device, null for 0..n-1); rows of dim values.
-Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
-               Stream stream);
+Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y, Stream stream);
 
 // g[i] = silu(g[i]) * u[i], i < count.
 Status SwiGlu(float* g, const float* u, int64_t count, Stream stream);
@@ -139,8 +136,7 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
 // out[r] = the sampled token of logits row r (rows x vocab): the first maximum at temperature 0, else a draw from
 // softmax(logits / temperature) (the Gumbel-max trick: argmax of logits / T + Gumbel noise hashed from seed, the
 // row and the token id).
-Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out,
-              Stream stream);
+Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out, Stream stream);
 
 // Dummy weights: q (q_bytes) and scales (scale_bytes) of a `rows` x `cols` matrix of type t filled with random
 // values from `seed`, scaled so that a product keeps activations of about unit size. norm: count floats set to value.

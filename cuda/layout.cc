@@ -17,8 +17,7 @@ bool IsSupported(uint32_t id) {
     case WeightType::kQ8_0:
     case WeightType::kQ4_K:
     case WeightType::kQ5_K:
-    case WeightType::kQ6_K:
-      return true;
+    case WeightType::kQ6_K: return true;
   }
   return false;
 }

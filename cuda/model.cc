@@ -27,9 +27,9 @@ class DevicePages : public inference::KvPageStore {
   DevicePages(DeviceBuffer buffer, size_t page_bytes, void* stream)
       : buffer_(std::move(buffer)), page_bytes_(page_bytes), stream_(stream) {}
   void CopyPage(int from, int to) override {
-    const cudaError_t e = cudaMemcpyAsync(buffer_.as<uint8_t>() + page_bytes_ * to,
-                                          buffer_.as<uint8_t>() + page_bytes_ * from, page_bytes_,
-                                          cudaMemcpyDeviceToDevice, S(stream_));
+    const cudaError_t e =
+        cudaMemcpyAsync(buffer_.as<uint8_t>() + page_bytes_ * to, buffer_.as<uint8_t>() + page_bytes_ * from,
+                        page_bytes_, cudaMemcpyDeviceToDevice, S(stream_));
     if (e != cudaSuccess && error_.ok()) error_ = CheckCuda(e, "copying a KV page");
   }
   uint8_t* base() const { return buffer_.as<uint8_t>(); }
@@ -100,9 +100,7 @@ inference::KvShape CudaModel::kv_shape() const {
   return inference::KvShape{config_.n_layer, config_.n_head_kv, config_.head_dim, config_.head_dim_v};
 }
 
-std::string CudaModel::device() const {
-  return "cuda (" + info_.name + ")" + (dummy_ ? ", dummy weights" : "");
-}
+std::string CudaModel::device() const { return "cuda (" + info_.name + ")" + (dummy_ ? ", dummy weights" : ""); }
 
 size_t CudaModel::PoolBytes(const inference::KvShape& s, int max_tokens) {
   const size_t pages = (static_cast<size_t>(max_tokens) + kPageTokens - 1) / kPageTokens;
@@ -123,10 +121,11 @@ Status CudaModel::Init() {
   if (!DenseSupported(config_, &why)) return Unsupported(why);
   if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 ||
       config_.n_head / config_.n_head_kv > 8)
-    return Unsupported("the CUDA attention takes heads of at most 256 values (keys a multiple of 8) "
-                       "and at most 8 query heads per KV head; this model has " + std::to_string(config_.head_dim) +
-                       " / " + std::to_string(config_.head_dim_v) + " and " +
-                       std::to_string(config_.n_head / config_.n_head_kv));
+    return Unsupported(
+        "the CUDA attention takes heads of at most 256 values (keys a multiple of 8) "
+        "and at most 8 query heads per KV head; this model has " +
+        std::to_string(config_.head_dim) + " / " + std::to_string(config_.head_dim_v) + " and " +
+        std::to_string(config_.n_head / config_.n_head_kv));
   cudaStream_t s;
   LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
   stream_ = s;
@@ -213,8 +212,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& mod
   return m;
 }
 
-Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, const DummyTypes& types,
-                                                    uint64_t seed) {
+Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, const DummyTypes& types, uint64_t seed) {
   LR_ASSIGN_OR_RETURN(DeviceInfo info, QueryDevice());
   std::unique_ptr<CudaModel> m(new CudaModel(config, std::move(info)));
   m->dummy_ = true;
@@ -276,8 +274,7 @@ Status CudaModel::ConfigureCache(inference::KvCacheOptions* o) {
   LR_RETURN_IF_ERROR(CheckCuda(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo"));
   if (bytes > free_bytes)
     return ResourceExhausted("the KV pool (--kv-budget) takes " + MiB(bytes) + " on the device beside " +
-                             MiB(weight_bytes_) + " of weights; " + info_.name + " has " + MiB(free_bytes) +
-                             " free");
+                             MiB(weight_bytes_) + " of weights; " + info_.name + " has " + MiB(free_bytes) + " free");
   LR_ASSIGN_OR_RETURN(DeviceBuffer pool, DeviceBuffer::Allocate(bytes, "the KV page pool"));
   const size_t page_bytes = PoolBytes(kv_shape(), kPageTokens);
   o->page_store = std::make_shared<DevicePages>(std::move(pool), page_bytes, stream_);
@@ -442,8 +439,8 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph;
-      LR_RETURN_IF_ERROR(CheckCuda(cudaStreamBeginCapture(S(stream_), cudaStreamCaptureModeThreadLocal),
-                                   "cudaStreamBeginCapture"));
+      LR_RETURN_IF_ERROR(
+          CheckCuda(cudaStreamBeginCapture(S(stream_), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
       const Status enqueued = Enqueue(n, nl, greedy);
       const cudaError_t ended = cudaStreamEndCapture(S(stream_), &graph);
       LR_RETURN_IF_ERROR(enqueued);
@@ -454,8 +451,8 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
       LR_RETURN_IF_ERROR(CheckCuda(made, "cudaGraphInstantiate"));
       it = graphs_.emplace(key, exec).first;
     }
-    LR_RETURN_IF_ERROR(CheckCuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), S(stream_)),
-                                 "cudaGraphLaunch"));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), S(stream_)), "cudaGraphLaunch"));
   }
   *n_logits = nl;
   return Status::Ok();
@@ -467,9 +464,9 @@ Status CudaModel::Forward(KvCache& cache, std::span<const BatchToken> batch, std
   LR_RETURN_IF_ERROR(Step(cache, batch, /*greedy=*/false, &nl));
   const size_t floats = static_cast<size_t>(nl) * config_.n_vocab;
   if (floats > 0) {
-    LR_RETURN_IF_ERROR(CheckCuda(cudaMemcpyAsync(host_logits_, logits_.get(), floats * 4, cudaMemcpyDeviceToHost,
-                                                 S(stream_)),
-                                 "copying logits"));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaMemcpyAsync(host_logits_, logits_.get(), floats * 4, cudaMemcpyDeviceToHost, S(stream_)),
+                  "copying logits"));
   }
   LR_RETURN_IF_ERROR(CheckCuda(cudaStreamSynchronize(S(stream_)), "the forward step"));
   logits->assign(host_logits_, host_logits_ + floats);

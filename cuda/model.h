@@ -115,7 +115,7 @@ class CudaModel : public inference::ForwardPass {
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab
   size_t host_logits_floats_ = 0;
-  KvPool pool_;                   // of the cache of the step being enqueued
+  KvPool pool_;                                  // of the cache of the step being enqueued
   std::map<std::pair<int, int>, void*> graphs_;  // (n, n_logits * 2 + greedy) -> cudaGraphExec_t
   const uint8_t* graph_pool_ = nullptr;          // the pool the graphs were captured with
 };

@@ -85,12 +85,9 @@ Result<std::string> ChatFormat::Render(const std::vector<ChatMessage>& messages,
   for (size_t i = 0; i < messages.size(); ++i) LR_RETURN_IF_ERROR(CheckRole(messages[i], i));
   LR_RETURN_IF_ERROR(CheckContinue(messages, continue_final_message));
   switch (kind_) {
-    case ChatTemplate::kChatMl:
-      return RenderChatMl(messages, tools, continue_final_message);
-    case ChatTemplate::kMistral:
-      return RenderMistral(messages, tools, continue_final_message);
-    case ChatTemplate::kPlain:
-      break;
+    case ChatTemplate::kChatMl: return RenderChatMl(messages, tools, continue_final_message);
+    case ChatTemplate::kMistral: return RenderMistral(messages, tools, continue_final_message);
+    case ChatTemplate::kPlain: break;
   }
   if (!tools.empty()) return Unsupported("the plain completion format has no tool calling");
   std::string out;
@@ -188,7 +185,8 @@ Result<AssistantReply> ChatFormat::ParseReply(std::string_view output) const {
   while (at != std::string_view::npos) {
     size_t begin = at + kCalls.size();
     size_t next = output.find(kCalls, begin);
-    std::string_view call = output.substr(begin, next == std::string_view::npos ? std::string_view::npos : next - begin);
+    std::string_view call =
+        output.substr(begin, next == std::string_view::npos ? std::string_view::npos : next - begin);
     size_t args_at = call.find(kArgs);
     if (args_at != std::string_view::npos) {
       std::string name(call.substr(0, args_at));

@@ -37,7 +37,9 @@ struct AssistantReply {
 class ChatFormat {
  public:
   static ChatFormat Plain() { return ChatFormat(ChatTemplate::kPlain, ""); }
-  static ChatFormat ChatMl(std::string default_system = "") { return ChatFormat(ChatTemplate::kChatMl, std::move(default_system)); }
+  static ChatFormat ChatMl(std::string default_system = "") {
+    return ChatFormat(ChatTemplate::kChatMl, std::move(default_system));
+  }
   static ChatFormat Mistral() { return ChatFormat(ChatTemplate::kMistral, ""); }
   // From a Jinja chat template's text: ChatML if it writes "<|im_start|>", Mistral if it writes "[INST]";
   // kUnsupported otherwise.
@@ -65,8 +67,7 @@ class ChatFormat {
   Result<AssistantReply> ParseReply(std::string_view output) const;
 
  private:
-  ChatFormat(ChatTemplate kind, std::string default_system)
-      : kind_(kind), default_system_(std::move(default_system)) {}
+  ChatFormat(ChatTemplate kind, std::string default_system) : kind_(kind), default_system_(std::move(default_system)) {}
   Result<std::string> RenderChatMl(const std::vector<ChatMessage>& messages, const std::vector<ToolSpec>& tools,
                                    bool continue_final_message) const;
   Result<std::string> RenderMistral(const std::vector<ChatMessage>& messages, const std::vector<ToolSpec>& tools,

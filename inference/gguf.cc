@@ -21,22 +21,17 @@ size_t ScalarSize(GgufType t) {
   switch (t) {
     case GgufType::kU8:
     case GgufType::kI8:
-    case GgufType::kBool:
-      return 1;
+    case GgufType::kBool: return 1;
     case GgufType::kU16:
-    case GgufType::kI16:
-      return 2;
+    case GgufType::kI16: return 2;
     case GgufType::kU32:
     case GgufType::kI32:
-    case GgufType::kF32:
-      return 4;
+    case GgufType::kF32: return 4;
     case GgufType::kU64:
     case GgufType::kI64:
-    case GgufType::kF64:
-      return 8;
+    case GgufType::kF64: return 8;
     case GgufType::kString:
-    case GgufType::kArray:
-      return 0;
+    case GgufType::kArray: return 0;
   }
   return 0;
 }
@@ -50,10 +45,8 @@ bool IsInteger(GgufType t) {
     case GgufType::kU32:
     case GgufType::kI32:
     case GgufType::kU64:
-    case GgufType::kI64:
-      return true;
-    default:
-      return false;
+    case GgufType::kI64: return true;
+    default: return false;
   }
 }
 
@@ -74,8 +67,8 @@ class Reader {
 
   Status Skip(uint64_t n, const std::string& what) {
     if (n > remaining())
-      return Corrupt(path_ + ": " + what + " needs " + std::to_string(n) + " bytes at offset " +
-                     std::to_string(pos_) + ", but the file has " + std::to_string(remaining()) + " left");
+      return Corrupt(path_ + ": " + what + " needs " + std::to_string(n) + " bytes at offset " + std::to_string(pos_) +
+                     ", but the file has " + std::to_string(remaining()) + " left");
     pos_ += static_cast<size_t>(n);
     return Status::Ok();
   }
@@ -112,7 +105,7 @@ std::string Quote(std::string_view s) {
 }  // namespace
 
 std::string GgufTypeName(uint32_t type) {
-  static constexpr const char* kNames[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
+  static constexpr const char* kNames[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                            "bool", "string", "array", "u64", "i64", "f64"};
   if (type < std::size(kNames)) return kNames[type];
   return "type " + std::to_string(type);
@@ -191,7 +184,8 @@ GgufFile::~GgufFile() {
 Status GgufFile::Parse() {
   Reader r(base_, size_, path_);
   LR_ASSIGN_OR_RETURN(uint32_t magic, r.Read<uint32_t>("magic"));
-  if (std::memcmp(&magic, "GGUF", 4) != 0) return Corrupt(path_ + ": not a GGUF file (the first 4 bytes are not 'GGUF')");
+  if (std::memcmp(&magic, "GGUF", 4) != 0)
+    return Corrupt(path_ + ": not a GGUF file (the first 4 bytes are not 'GGUF')");
   LR_ASSIGN_OR_RETURN(version_, r.Read<uint32_t>("version"));
   if (version_ != 2 && version_ != 3)
     return Unsupported(path_ + ": GGUF version " + std::to_string(version_) + " (this build reads versions 2 and 3)");
@@ -293,8 +287,8 @@ Status GgufFile::Parse() {
     t.bytes = static_cast<size_t>(row_bytes * rows);
     LR_ASSIGN_OR_RETURN(uint64_t offset, r.Read<uint64_t>(what + " offset"));
     if (offset % alignment_ != 0)
-      return Corrupt(path_ + ": " + what + " offset " + std::to_string(offset) + " is not a multiple of the alignment " +
-                     std::to_string(alignment_));
+      return Corrupt(path_ + ": " + what + " offset " + std::to_string(offset) +
+                     " is not a multiple of the alignment " + std::to_string(alignment_));
     infos.push_back({offset});
     tensor_index_.emplace(t.name, tensors_.size());
     tensors_.push_back(std::move(t));
@@ -302,8 +296,8 @@ Status GgufFile::Parse() {
 
   size_t data_start = r.pos() + (alignment_ - r.pos() % alignment_) % alignment_;
   if (!tensors_.empty() && data_start > size_)
-    return Corrupt(path_ + ": the data section starts at " + std::to_string(data_start) + ", past the end of the file (" +
-                   std::to_string(size_) + " bytes)");
+    return Corrupt(path_ + ": the data section starts at " + std::to_string(data_start) +
+                   ", past the end of the file (" + std::to_string(size_) + " bytes)");
   size_t data_size = tensors_.empty() ? 0 : size_ - data_start;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     Tensor& t = tensors_[i];
@@ -351,7 +345,10 @@ Result<int64_t> GgufFile::IntegerAt(std::string_view key, GgufType type, size_t 
     case GgufType::kU16: magnitude = Load<uint16_t>(p); break;
     case GgufType::kU32: magnitude = Load<uint32_t>(p); break;
     case GgufType::kU64: magnitude = Load<uint64_t>(p); break;
-    case GgufType::kI8: case GgufType::kI16: case GgufType::kI32: case GgufType::kI64: {
+    case GgufType::kI8:
+    case GgufType::kI16:
+    case GgufType::kI32:
+    case GgufType::kI64: {
       int64_t s = type == GgufType::kI8    ? Load<int8_t>(p)
                   : type == GgufType::kI16 ? Load<int16_t>(p)
                   : type == GgufType::kI32 ? Load<int32_t>(p)
@@ -360,11 +357,10 @@ Result<int64_t> GgufFile::IntegerAt(std::string_view key, GgufType type, size_t 
       magnitude = negative ? 0 - static_cast<uint64_t>(s) : static_cast<uint64_t>(s);
       break;
     }
-    default:
-      assert(false && "IntegerAt on a non-integer type");
+    default: assert(false && "IntegerAt on a non-integer type");
   }
-  bool fits = negative ? (min < 0 && magnitude <= 0 - static_cast<uint64_t>(min))
-                       : magnitude <= static_cast<uint64_t>(max);
+  bool fits =
+      negative ? (min < 0 && magnitude <= 0 - static_cast<uint64_t>(min)) : magnitude <= static_cast<uint64_t>(max);
   if (!fits)
     return Corrupt(path_ + ": key " + Quote(key) + " holds " + (negative ? "-" : "") + std::to_string(magnitude) +
                    ", outside the expected range [" + std::to_string(min) + ", " + std::to_string(max) + "]");
@@ -401,7 +397,8 @@ Result<bool> GgufFile::GetBool(std::string_view key) const {
   LR_ASSIGN_OR_RETURN(Value v, Find(key));
   if (v.type != GgufType::kBool) return TypeError(key, v, "bool");
   uint8_t b = base_[v.offset];
-  if (b > 1) return Corrupt(path_ + ": key " + Quote(key) + " holds bool byte " + std::to_string(b) + ", expected 0 or 1");
+  if (b > 1)
+    return Corrupt(path_ + ": key " + Quote(key) + " holds bool byte " + std::to_string(b) + ", expected 0 or 1");
   return b == 1;
 }
 
@@ -442,8 +439,7 @@ Result<std::vector<int32_t>> GgufFile::GetI32Array(std::string_view key) const {
   size_t item = ScalarSize(v.elem_type);
   std::vector<int32_t> out(static_cast<size_t>(v.count));
   for (size_t i = 0; i < out.size(); ++i) {
-    LR_ASSIGN_OR_RETURN(int64_t x, IntegerAt(key, v.elem_type, v.offset + item * i,
-                                             std::numeric_limits<int32_t>::min(),
+    LR_ASSIGN_OR_RETURN(int64_t x, IntegerAt(key, v.elem_type, v.offset + item * i, std::numeric_limits<int32_t>::min(),
                                              std::numeric_limits<int32_t>::max()));
     out[i] = static_cast<int32_t>(x);
   }

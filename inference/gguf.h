@@ -75,7 +75,7 @@ class GgufFile {
   Result<std::vector<std::string>> GetStringArray(std::string_view key) const;
   Result<std::vector<float>> GetF32Array(std::string_view key) const;    // array of f32 or f64
   Result<std::vector<int32_t>> GetI32Array(std::string_view key) const;  // array of any integer type whose items fit
-  std::vector<std::string> Keys() const;  // in file order
+  std::vector<std::string> Keys() const;                                 // in file order
 
   // Tensors. shape[0] is the innermost (contiguous) dimension, as ggml's ne[0].
   struct Tensor {
@@ -108,8 +108,8 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;  // the image
   size_t size_ = 0;
-  void* map_ = nullptr;            // set when the image is an mmap of path_
-  std::vector<uint8_t> owned_;     // set when the image came from FromBytes
+  void* map_ = nullptr;         // set when the image is an mmap of path_
+  std::vector<uint8_t> owned_;  // set when the image came from FromBytes
   uint32_t version_ = 0;
   size_t alignment_ = 32;
   std::vector<std::string> key_order_;

@@ -5,7 +5,6 @@
 #include <cassert>
 #include <cstring>
 
-
 namespace lr::inference {
 
 Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& options) {
@@ -17,8 +16,10 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
                            std::to_string(kPageTokens));
   const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
   if (options.page_store != nullptr && (!all_f16 || shape.v_dim == 0))
-    return InvalidArgument("KV cache on the device: keys and values are stored as f16 rows (--ctk f16 --ctv f16; "
-                           "got " + options.k_format + " / " + options.v_format + ")");
+    return InvalidArgument(
+        "KV cache on the device: keys and values are stored as f16 rows (--ctk f16 --ctv f16; "
+        "got " +
+        options.k_format + " / " + options.v_format + ")");
   if (options.window_tokens < 0)
     return InvalidArgument("KV cache: window_tokens is " + std::to_string(options.window_tokens) + "; expected >= 0");
   if ((options.sink_tokens > 0 || options.window_tokens > 0) && !all_f16 && shape.v_dim == 0)

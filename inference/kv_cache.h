@@ -102,13 +102,13 @@ struct KvCacheOptions {
 struct KvStats {
   size_t bytes_per_token = 0;  // keys and values of one position, over all layers and heads
   size_t page_bytes = 0;
-  int pages_total = 0;    // the pool's capacity
-  int pages_private = 0;  // referenced by one sequence
-  int pages_shared = 0;   // referenced by two or more sequences
-  int pages_cached = 0;   // in the prefix index and referenced by no sequence (evictable)
-  int pages_peak = 0;     // most pages allocated at once (private, shared or cached) since Create
-  size_t sink_bytes = 0;    // f16 sink rows held beside the pages in use
-  size_t window_bytes = 0;  // window rows held by the live sequences
+  int pages_total = 0;            // the pool's capacity
+  int pages_private = 0;          // referenced by one sequence
+  int pages_shared = 0;           // referenced by two or more sequences
+  int pages_cached = 0;           // in the prefix index and referenced by no sequence (evictable)
+  int pages_peak = 0;             // most pages allocated at once (private, shared or cached) since Create
+  size_t sink_bytes = 0;          // f16 sink rows held beside the pages in use
+  size_t window_bytes = 0;        // window rows held by the live sequences
   long prefix_lookup_tokens = 0;  // tokens looked up by NewSequenceFromCache, summed over calls
   long prefix_hit_tokens = 0;     // of those, how many were found in the index
   size_t bytes_in_use() const {
@@ -116,7 +116,6 @@ struct KvStats {
   }
   size_t bytes_peak() const { return page_bytes * static_cast<size_t>(pages_peak); }
 };
-
 
 class KvCache {
  public:
@@ -234,13 +233,13 @@ class KvCache {
   KvShape shape_;
   KvCacheOptions options_;
   std::vector<kvquant::RowCodec> k_codecs_, v_codecs_;  // [layer * n_head_kv + head]
-  int sink_tokens_ = 0;                                  // 0 when both formats are f16
-  int window_tokens_ = 0;                                // 0 when both formats are f16
-  std::vector<kvquant::RowCodec> f16_codecs_;            // f16 codecs for sink key and value rows
-  std::vector<kvquant::RowCodec> window_codecs_;         // [2 * (layer * n_head_kv + head) + (0 key, 1 value)]
-  size_t window_k_bytes_ = 0, window_v_bytes_ = 0;       // one window row
-  size_t sink_bytes_ = 0;                                // one page's sink rows
-  std::vector<std::unique_ptr<uint8_t[]>> sink_rows_;    // per page: its sink rows, or null
+  int sink_tokens_ = 0;                                 // 0 when both formats are f16
+  int window_tokens_ = 0;                               // 0 when both formats are f16
+  std::vector<kvquant::RowCodec> f16_codecs_;           // f16 codecs for sink key and value rows
+  std::vector<kvquant::RowCodec> window_codecs_;        // [2 * (layer * n_head_kv + head) + (0 key, 1 value)]
+  size_t window_k_bytes_ = 0, window_v_bytes_ = 0;      // one window row
+  size_t sink_bytes_ = 0;                               // one page's sink rows
+  std::vector<std::unique_ptr<uint8_t[]>> sink_rows_;   // per page: its sink rows, or null
   size_t k_row_bytes_ = 0, v_row_bytes_ = 0;
   size_t token_bytes_ = 0, page_bytes_ = 0;
   int max_pages_ = 0;

@@ -22,9 +22,8 @@
 namespace lr::inference {
 namespace {
 
-
-constexpr double kKeyWeightPower = 0.15;   // a in kv_calibration.h
-constexpr size_t kPrefillChunk = 64;       // tokens per Forward call of the calibration prefill (a cancel waits for one)
+constexpr double kKeyWeightPower = 0.15;  // a in kv_calibration.h
+constexpr size_t kPrefillChunk = 64;      // tokens per Forward call of the calibration prefill (a cancel waits for one)
 constexpr double kValueWeightPower = 0.2;  // b
 
 // One (layer, head)'s stored rows over positions 1..n-1 (decoded with the cache's f16 codec), less the rotating
@@ -93,7 +92,8 @@ std::vector<kvquant::RotatingCenter> KeyRotatingCenter(const Model& model, const
   auto offset = [](const kvquant::RotatingCenter& p) { return static_cast<double>(p.ca) * p.ca + p.cb * p.cb; };
   std::sort(pairs.begin(), pairs.end(), [&](const auto& x, const auto& y) { return offset(x) > offset(y); });
   size_t keep = 0;
-  while (keep < pairs.size() && static_cast<int>(keep) < kMaxRotatingPairs && offset(pairs[keep]) >= kRotatingShare * spread)
+  while (keep < pairs.size() && static_cast<int>(keep) < kMaxRotatingPairs &&
+         offset(pairs[keep]) >= kRotatingShare * spread)
     ++keep;
   pairs.resize(keep);
   return pairs;
@@ -191,13 +191,12 @@ Result<std::shared_ptr<const KvCalibration>> ComputeKvCalibration(Model& model, 
       const size_t h = static_cast<size_t>(layer) * shape.n_head_kv + head;
       const auto k_row = [&](int pos) { return cache.KRow(seq, layer, head, pos); };
       if (weights) cal->k_rotating_center[h] = KeyRotatingCenter(model, cache.k_codec(layer, head), k_row, n);
-      const std::vector<double> k_energy =
-          RowMoments(cache.k_codec(layer, head), k_row, n, cal->KRotatingCenter(layer, head),
-                     &cal->k_center[h * shape.k_dim]);
+      const std::vector<double> k_energy = RowMoments(
+          cache.k_codec(layer, head), k_row, n, cal->KRotatingCenter(layer, head), &cal->k_center[h * shape.k_dim]);
       if (shape.v_dim == 0) continue;
-      const std::vector<double> v_energy =
-          RowMoments(cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); }, n, {},
-                     &cal->v_center[h * shape.v_dim]);
+      const std::vector<double> v_energy = RowMoments(
+          cache.v_codec(layer, head), [&](int pos) { return cache.VRow(seq, layer, head, pos); }, n, {},
+          &cal->v_center[h * shape.v_dim]);
       if (!weights) continue;
       const std::vector<double> q(q_energy.begin() + h * shape.k_dim, q_energy.begin() + (h + 1) * shape.k_dim);
       ChannelWeights(q, k_energy, kKeyWeightPower, &cal->k_weights[h * shape.k_dim]);
@@ -254,7 +253,9 @@ Result<uint64_t> ModelFingerprint(const std::string& path) {
 
 void Put(std::string* out, const void* p, size_t n) { out->append(static_cast<const char*>(p), n); }
 template <typename T>
-void PutValue(std::string* out, T v) { Put(out, &v, sizeof v); }
+void PutValue(std::string* out, T v) {
+  Put(out, &v, sizeof v);
+}
 void PutFloats(std::string* out, const std::vector<float>& v) {
   PutValue<uint64_t>(out, v.size());
   Put(out, v.data(), v.size() * sizeof(float));

@@ -21,8 +21,8 @@
 // w_c = (E[q_c²] / E[(k_c - mu_c)²])^a, and a value channel by the energy of its columns of attn_output (summed over
 // the query heads that read it) over its own, w_c = (Σ W_o[:, c]² / E[(v_c - mu_c)²])^b; each head's weights are
 // scaled to a geometric mean of 1. The error-optimal exponent for isotropic rounding is 1/4; measured on Lean text
-// (the few-shot proofs of ../shared/data, -c 512, 4 windows) lower ones are better: a = 0.15, b = 0.2 (docs/RESULTS.md).
-// Models whose value rows are part of the key row (MLA) get no weights.
+// (the few-shot proofs of ../shared/data, -c 512, 4 windows) lower ones are better: a = 0.15, b = 0.2
+// (docs/RESULTS.md). Models whose value rows are part of the key row (MLA) get no weights.
 //
 // Both are a fixed function of the model, measured on one prefill of a calibration text (inference/data/
 // kv_calibration.txt, compiled into the binary; a longer, more varied text measures better: docs/RESULTS.md) on an

@@ -93,7 +93,7 @@ struct LocalModel::Request {
   SamplingParams params;
   int n = 1;
   bool streams = false;  // the caller has an on_piece: pieces go back to it (otherwise it is woken only at the end)
-  int pages = 0;  // the most pages it may hold: reserved while it runs
+  int pages = 0;         // the most pages it may hold: reserved while it runs
   std::chrono::steady_clock::time_point arrived;
 
   // The engine's.
@@ -200,8 +200,7 @@ Result<std::vector<Choice>> LocalModel::Generate(std::span<const int32_t> prompt
   const int prompt_len = static_cast<int>(prompt.size());
   if (prompt_len + max_new > options_.n_ctx)
     return ResourceExhausted("prompt (" + std::to_string(prompt_len) + " tokens) + max_tokens (" +
-                             std::to_string(max_new) + ") exceeds the context size " +
-                             std::to_string(options_.n_ctx));
+                             std::to_string(max_new) + ") exceeds the context size " + std::to_string(options_.n_ctx));
   auto r = std::make_shared<Request>();
   r->prompt.assign(prompt.begin(), prompt.end());
   r->params = params;

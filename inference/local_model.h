@@ -45,16 +45,16 @@
 #include "base/status.h"
 #include "inference/chat_format.h"
 #include "inference/kv_cache.h"
-#include "lm/language_model.h"
 #include "inference/model.h"
 #include "inference/tokenizer.h"
+#include "lm/language_model.h"
 
 namespace lr::inference {
 
 struct LocalModelOptions {
-  std::string path;    // GGUF file
-  KvCacheOptions kv;   // formats and seed; max_tokens and identity are set by Open from kv_budget_mib and the file
-  int n_ctx = 4096;    // the longest sequence (prompt + completion) a request may build
+  std::string path;   // GGUF file
+  KvCacheOptions kv;  // formats and seed; max_tokens and identity are set by Open from kv_budget_mib and the file
+  int n_ctx = 4096;   // the longest sequence (prompt + completion) a request may build
   int prefill_chunk = 256;
   // The KV pool (`--kv-budget`, MiB): every sequence's pages and the cached prefix pages. At least one context's
   // worth (n_ctx tokens) is required. A request whose prompt and choices need more than the pages in use leave free
@@ -80,7 +80,7 @@ Result<std::string> FindDefaultModel();
 struct GenerateStats {
   int prompt_tokens = 0;
   int prompt_tokens_computed = 0;  // prefilled; the rest came from the prefix cache
-  int generated_tokens = 0;  // over all choices
+  int generated_tokens = 0;        // over all choices
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double queued_seconds = 0;  // waiting for admission (for KV pages other requests reserved)

@@ -30,8 +30,8 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
   const std::string a = c.arch + ".";
   if (c.qk_rope_dim < 2 || c.qk_rope_dim % 2 != 0 || c.qk_nope_dim < 0 || c.kv_lora_rank < 1)
     return Corrupt(g.path() + ": " + a + "rope.dimension_count (" + std::to_string(c.qk_rope_dim) +
-                   ") must be even, positive and at most " + a + "attention.key_length (" +
-                   std::to_string(c.head_dim) + ")");
+                   ") must be even, positive and at most " + a + "attention.key_length (" + std::to_string(c.head_dim) +
+                   ")");
   const std::string p = "blk." + std::to_string(layer) + ".";
   const int64_t q_rows = int64_t{c.n_head} * c.head_dim;
   const int64_t kv_b_rows = int64_t{c.n_head} * (c.qk_nope_dim + c.head_dim_v);
@@ -47,8 +47,10 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
                       BindMatrix(g, p + "attn_kv_a_mqa.weight", int64_t{c.kv_lora_rank} + c.qk_rope_dim, c.n_embd));
   LR_ASSIGN_OR_RETURN(w.kv_a_norm, BindVector(g, p + "attn_kv_a_norm.weight", c.kv_lora_rank));
   if (!g.FindTensor(p + "attn_kv_b.weight").ok() && g.FindTensor(p + "attn_k_b.weight").ok())
-    return Unsupported(g.path() + ": " + p + "attn_k_b / attn_v_b (kv_b split per head) is not supported; this "
-                       "runner reads the whole " + p + "attn_kv_b.weight");
+    return Unsupported(g.path() + ": " + p +
+                       "attn_k_b / attn_v_b (kv_b split per head) is not supported; this "
+                       "runner reads the whole " +
+                       p + "attn_kv_b.weight");
   LR_ASSIGN_OR_RETURN(w.wkv_b, BindMatrix(g, p + "attn_kv_b.weight", kv_b_rows, c.kv_lora_rank));
   LR_ASSIGN_OR_RETURN(w.wo, BindMatrix(g, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
   return w;
@@ -57,8 +59,8 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
 KvShape MlaKvShape(const ModelConfig& c) { return KvShape{c.n_layer, 1, c.kv_lora_rank + c.qk_rope_dim, 0}; }
 
 Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
-                  KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
-                  float* out) {
+                    KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
+                    float* out) {
   const int n = static_cast<int>(pos.size());
   const int heads = c.n_head, hd = c.head_dim, nope = c.qk_nope_dim, rope = c.qk_rope_dim, vd = c.head_dim_v;
   const int lat = c.kv_lora_rank, row = lat + rope;
@@ -68,8 +70,9 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n) * c.q_lora_rank);
     ops::MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
-    for (int i = 0; i < n; ++i) ops::RmsNorm(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(),
-                                                c.q_lora_rank, c.rms_eps, &qa[static_cast<size_t>(i) * c.q_lora_rank]);
+    for (int i = 0; i < n; ++i)
+      ops::RmsNorm(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(), c.q_lora_rank, c.rms_eps,
+                   &qa[static_cast<size_t>(i) * c.q_lora_rank]);
     ops::MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
   } else {
     ops::MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
@@ -98,7 +101,7 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
   for (int h = 0; h < heads; ++h)
     for (int j = 0; j < nope; ++j)
       ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
-                    &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
+                         &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
   std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
 #pragma omp parallel for schedule(static)
   for (int ih = 0; ih < n * heads; ++ih) {
@@ -124,9 +127,8 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
     for (int i = 0; i < n; ++i) {
       spans.clear();
       cache.Spans(seq[i], layer, 0, pos[i] + 1, &spans);
-      error.Record(kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat,
-                                               &q_abs[static_cast<size_t>(i) * heads * row], heads, spans, scale,
-                                               o.data()));
+      error.Record(kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat, &q_abs[static_cast<size_t>(i) * heads * row],
+                                           heads, spans, scale, o.data()));
       for (int h = 0; h < heads; ++h)
         std::copy_n(&o[static_cast<size_t>(h) * lat], lat, &latent_out[(static_cast<size_t>(h) * n + i) * lat]);
     }

@@ -18,21 +18,21 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
+#include "inference/kv_cache.h"
 #include "inference/model_config.h"
 #include "ops/kernels.h"
-#include "inference/kv_cache.h"
 
 namespace lr::inference {
 
 struct MlaWeights {
-  ops::WeightMatrix wq;               // attn_q: n_head * key_length rows (q_lora_rank == 0 only)
-  ops::WeightMatrix wq_a;             // attn_q_a: q_lora_rank rows (q_lora_rank > 0 only)
+  ops::WeightMatrix wq;          // attn_q: n_head * key_length rows (q_lora_rank == 0 only)
+  ops::WeightMatrix wq_a;        // attn_q_a: q_lora_rank rows (q_lora_rank > 0 only)
   std::vector<float> q_a_norm;   // attn_q_a_norm: q_lora_rank
-  ops::WeightMatrix wq_b;             // attn_q_b: n_head * key_length rows of q_lora_rank
-  ops::WeightMatrix wkv_a;            // attn_kv_a_mqa: kv_lora_rank + rope rows
+  ops::WeightMatrix wq_b;        // attn_q_b: n_head * key_length rows of q_lora_rank
+  ops::WeightMatrix wkv_a;       // attn_kv_a_mqa: kv_lora_rank + rope rows
   std::vector<float> kv_a_norm;  // attn_kv_a_norm: kv_lora_rank
-  ops::WeightMatrix wkv_b;            // attn_kv_b: n_head * (nope + value_length) rows of kv_lora_rank
-  ops::WeightMatrix wo;               // attn_output: n_embd rows of n_head * value_length
+  ops::WeightMatrix wkv_b;       // attn_kv_b: n_head * (nope + value_length) rows of kv_lora_rank
+  ops::WeightMatrix wo;          // attn_output: n_embd rows of n_head * value_length
 };
 
 // Binds layer `layer`'s attention tensors: kNotFound naming a missing tensor, kCorrupt naming one of the wrong shape
@@ -46,7 +46,7 @@ KvShape MlaKvShape(const ModelConfig& config);
 // appended in `cache`); out: n tokens x n_embd. Every token's row is stored before any attends, so a token sees the
 // earlier tokens of its own batch. Errors are kvquant's (an attention over rows the cache holds does not fail).
 Status MlaAttention(const ModelConfig& config, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
-                  KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
-                  float* out);
+                    KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
+                    float* out);
 
 }  // namespace lr::inference

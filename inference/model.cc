@@ -14,7 +14,8 @@ namespace {
 
 void RmsNormRows(const float* x, const std::vector<float>& w, int rows, float eps, float* y) {
   const int n = static_cast<int>(w.size());
-  for (int r = 0; r < rows; ++r) ops::RmsNorm(x + static_cast<size_t>(r) * n, w.data(), n, eps, y + static_cast<size_t>(r) * n);
+  for (int r = 0; r < rows; ++r)
+    ops::RmsNorm(x + static_cast<size_t>(r) * n, w.data(), n, eps, y + static_cast<size_t>(r) * n);
 }
 
 }  // namespace
@@ -48,7 +49,8 @@ Status Model::BindWeights() {
       LR_ASSIGN_OR_RETURN(l.wq, BindMatrix(gguf_, p + "attn_q.weight", int64_t{c.n_head} * c.head_dim, c.n_embd));
       LR_ASSIGN_OR_RETURN(l.wk, BindMatrix(gguf_, p + "attn_k.weight", int64_t{c.n_head_kv} * c.head_dim, c.n_embd));
       LR_ASSIGN_OR_RETURN(l.wv, BindMatrix(gguf_, p + "attn_v.weight", int64_t{c.n_head_kv} * c.head_dim_v, c.n_embd));
-      LR_ASSIGN_OR_RETURN(l.wo, BindMatrix(gguf_, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
+      LR_ASSIGN_OR_RETURN(l.wo,
+                          BindMatrix(gguf_, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
     }
     if (c.qk_norm) {
       LR_ASSIGN_OR_RETURN(l.q_norm, BindVector(gguf_, p + "attn_q_norm.weight", c.head_dim));
@@ -244,7 +246,8 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   // The RoPE angles of each token's position, shared by the layers.
   std::vector<float> rope(static_cast<size_t>(n) * c.rope.n_rot);
   for (int i = 0; i < n; ++i) {
-    ops::RopeCosSin(pos[i], rope_inv_freq_, ops::RopeCosSinFactor(c.rope), &rope[static_cast<size_t>(i) * c.rope.n_rot]);
+    ops::RopeCosSin(pos[i], rope_inv_freq_, ops::RopeCosSinFactor(c.rope),
+                    &rope[static_cast<size_t>(i) * c.rope.n_rot]);
   }
   Scratch s;
   const size_t nz = static_cast<size_t>(n);

@@ -23,14 +23,13 @@
 
 #include "base/status.h"
 #include "inference/gguf.h"
-#include "ops/kernels.h"
-#include "inference/model_config.h"
 #include "inference/kv_cache.h"
 #include "inference/mla.h"
+#include "inference/model_config.h"
 #include "inference/moe.h"
+#include "ops/kernels.h"
 
 namespace lr::inference {
-
 
 enum class AttentionKind { kGqa, kMla };
 enum class FfnKind { kSwiGlu, kMoe };
@@ -38,13 +37,13 @@ enum class FfnKind { kSwiGlu, kMoe };
 struct LayerWeights {
   AttentionKind attention = AttentionKind::kGqa;
   FfnKind ffn = FfnKind::kSwiGlu;
-  std::vector<float> attn_norm;          // n_embd
-  ops::WeightMatrix wq, wk, wv, wo;           // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
-  std::vector<float> q_norm, k_norm;     // head_dim each, qk_norm only
-  std::vector<float> ffn_norm;           // n_embd
-  ops::WeightMatrix gate, up, down;           // SwiGLU: down(silu(gate x) * up x)
-  MlaWeights mla;                        // kMla only (then wq..wo, q_norm, k_norm are empty)
-  MoeWeights moe;                        // kMoe only (then gate, up, down are empty)
+  std::vector<float> attn_norm;       // n_embd
+  ops::WeightMatrix wq, wk, wv, wo;   // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
+  std::vector<float> q_norm, k_norm;  // head_dim each, qk_norm only
+  std::vector<float> ffn_norm;        // n_embd
+  ops::WeightMatrix gate, up, down;   // SwiGLU: down(silu(gate x) * up x)
+  MlaWeights mla;                     // kMla only (then wq..wo, q_norm, k_norm are empty)
+  MoeWeights moe;                     // kMoe only (then gate, up, down are empty)
 };
 
 // One token of a batch: appended to sequence `seq` of the cache at position cache.Length(seq) (tokens of the same
@@ -149,7 +148,7 @@ class Model : public ForwardPass {
 
   GgufFile gguf_;
   ModelConfig config_;
-  ops::WeightMatrix token_embd_, output_;  // output_: a view of repacked_ when repacked (token_embd_ never is)
+  ops::WeightMatrix token_embd_, output_;       // output_: a view of repacked_ when repacked (token_embd_ never is)
   std::vector<std::vector<uint8_t>> repacked_;  // the buffers of the repacked matrices (BindWeights)
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;

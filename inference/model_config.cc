@@ -10,7 +10,8 @@ namespace {
 
 Result<int> GetInt(const GgufFile& g, const std::string& key) {
   LR_ASSIGN_OR_RETURN(uint32_t v, g.GetU32(key));
-  if (v > static_cast<uint32_t>(INT_MAX)) return Corrupt(g.path() + ": " + key + " = " + std::to_string(v) + " is too large");
+  if (v > static_cast<uint32_t>(INT_MAX))
+    return Corrupt(g.path() + ": " + key + " = " + std::to_string(v) + " is too large");
   return static_cast<int>(v);
 }
 

@@ -24,17 +24,15 @@ ops::WeightMatrix Expert(const ops::WeightMatrix& stacked, int e, int64_t rows) 
 Result<MoeWeights> BindMoeWeights(const GgufFile& g, const ModelConfig& c, int layer) {
   const std::string a = c.arch + ".";
   if (c.n_expert_used < 1 || c.n_expert_used > c.n_expert)
-    return Corrupt(g.path() + ": " + a + "expert_used_count (" + std::to_string(c.n_expert_used) +
-                   ") must be in 1.." + a + "expert_count (" + std::to_string(c.n_expert) + ")");
+    return Corrupt(g.path() + ": " + a + "expert_used_count (" + std::to_string(c.n_expert_used) + ") must be in 1.." +
+                   a + "expert_count (" + std::to_string(c.n_expert) + ")");
   if (c.n_expert_groups < 1 || c.n_expert % c.n_expert_groups != 0 || c.n_expert_groups_used < 1 ||
-      c.n_expert_groups_used > c.n_expert_groups ||
-      (c.n_expert_groups > 1 && c.n_expert / c.n_expert_groups < 2) ||
+      c.n_expert_groups_used > c.n_expert_groups || (c.n_expert_groups > 1 && c.n_expert / c.n_expert_groups < 2) ||
       c.n_expert_used > c.n_expert_groups_used * (c.n_expert / c.n_expert_groups))
-    return Corrupt(g.path() + ": " + a + "expert_group_count (" + std::to_string(c.n_expert_groups) + ") and " +
-                   a + "expert_group_used_count (" + std::to_string(c.n_expert_groups_used) +
+    return Corrupt(g.path() + ": " + a + "expert_group_count (" + std::to_string(c.n_expert_groups) + ") and " + a +
+                   "expert_group_used_count (" + std::to_string(c.n_expert_groups_used) +
                    ") must split the experts into equal groups of at least 2 that hold expert_used_count experts");
-  if (c.n_ff_expert < 1)
-    return Corrupt(g.path() + ": " + a + "expert_feed_forward_length must be positive");
+  if (c.n_ff_expert < 1) return Corrupt(g.path() + ": " + a + "expert_feed_forward_length must be positive");
   const std::string p = "blk." + std::to_string(layer) + ".";
   MoeWeights w;
   LR_ASSIGN_OR_RETURN(w.router, BindMatrix(g, p + "ffn_gate_inp.weight", c.n_expert, c.n_embd));
@@ -134,8 +132,7 @@ void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, fl
   // The products, routed experts then the shared one: gate and up of each, then down of each. One parallel region;
   // every product reads its weights once for all its tokens and the threads split each product's rows.
   // Inputs as the kernels read them: quantized when some product uses int8 activations, floats when some does not.
-  const ops::WeightMatrix* all[] = {&w.gate_exps, &w.up_exps, &w.down_exps, &w.gate_shexp, &w.up_shexp,
-                                    &w.down_shexp};
+  const ops::WeightMatrix* all[] = {&w.gate_exps, &w.up_exps, &w.down_exps, &w.gate_shexp, &w.up_shexp, &w.down_shexp};
   bool q8 = false, floats = false;
   for (const ops::WeightMatrix* m : all) {
     if (m->rows == 0) continue;
@@ -158,8 +155,8 @@ void MoeFfn(const ModelConfig& c, const MoeWeights& w, int n, const float* x, fl
     const ops::BlockQ8* xqe = q8 ? &xsq[r * q_blocks] : nullptr;
     gate_up.push_back({Expert(w.gate_exps, e, ff), xe, xqe, m, &g[r * ff], ff});
     gate_up.push_back({Expert(w.up_exps, e, ff), xe, xqe, m, &u[r * ff], ff});
-    down.push_back({Expert(w.down_exps, e, e_dim), &g[r * ff], q8 ? &gq[r * ff / 32] : nullptr, m, &ys[r * e_dim],
-                    e_dim});
+    down.push_back(
+        {Expert(w.down_exps, e, e_dim), &g[r * ff], q8 ? &gq[r * ff / 32] : nullptr, m, &ys[r * e_dim], e_dim});
   }
   if (sh_ff > 0) {
     gate_up.push_back({w.gate_shexp, x, xq.data(), n, gs.data(), sh_ff});

@@ -24,8 +24,8 @@
 namespace lr::inference {
 
 struct MoeWeights {
-  ops::WeightMatrix router;            // ffn_gate_inp: n_expert rows of n_embd
-  std::vector<float> score_bias;  // exp_probs_b.bias: n_expert, empty when absent
+  ops::WeightMatrix router;                         // ffn_gate_inp: n_expert rows of n_embd
+  std::vector<float> score_bias;                    // exp_probs_b.bias: n_expert, empty when absent
   ops::WeightMatrix gate_exps, up_exps, down_exps;  // all experts stacked: n_expert * n_ff_exp (or n_embd) rows
   // Shared experts, one SwiGLU of width n_ff_exp * n_expert_shared; rows == 0 when there is none.
   ops::WeightMatrix gate_shexp, up_shexp, down_shexp;

@@ -1,4 +1,5 @@
-// Choosing the next token from logits, comparing the distributions logits define, and cutting the generated text at stop strings.
+// Choosing the next token from logits, comparing the distributions logits define, and cutting the generated text at
+// stop strings.
 //
 // Sampler applies, in order (as llama.cpp's default chain does): the repetition penalty over the recent tokens, top-k,
 // temperature, softmax, top-p, min-p, then draws from what is left with its own seeded generator. Temperature 0 is

@@ -35,8 +35,7 @@ constexpr std::string_view kSpaceMark = "\xe2\x96\x81";  // "▁", SentencePiece
 // Split patterns of the byte-level BPE pre-tokenizers, as the models' tokenizer.json files define them. Each list is
 // applied in order, each pattern to the pieces the previous one left (matches and the text between them both become
 // pieces).
-const char* const kGpt2 =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* const kGpt2 = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 const char* const kLlama3 =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 const char* const kQwen2 =
@@ -69,20 +68,20 @@ std::optional<PreTokenizer> LookupPreTokenizer(std::string_view pre) {
     return PreTokenizer{"smollm", {R"(\p{N})", kGpt2}, false};
   if (pre == "llama-bpe" || pre == "llama3" || pre == "dbrx" || pre == "smaug-bpe")
     return PreTokenizer{"llama-bpe", {kLlama3}, true};
-  if (pre == "qwen2" || pre == "stablelm2" || pre == "deepseek-r1-qwen")
-    return PreTokenizer{"qwen2", {kQwen2}, false};
+  if (pre == "qwen2" || pre == "stablelm2" || pre == "deepseek-r1-qwen") return PreTokenizer{"qwen2", {kQwen2}, false};
   if (pre == "tekken") return PreTokenizer{"tekken", {kTekken}, false};
   if (pre == "deepseek-llm")
-    return PreTokenizer{"deepseek-llm",
-                        {R"([\r\n])", kDeepseekLlmLetters,
-                         "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", R"(\s+$)",
-                         "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", R"(\p{N}+)"},
-                        false};
+    return PreTokenizer{
+        "deepseek-llm",
+        {R"([\r\n])", kDeepseekLlmLetters, "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+         R"(\s+$)", "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", R"(\p{N}+)"},
+        false};
   if (pre == "deepseek-v3")
-    return PreTokenizer{"deepseek-v3",
-                        {R"(\p{N}{1,3})", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
-                         R"([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
-                        false};
+    return PreTokenizer{
+        "deepseek-v3",
+        {R"(\p{N}{1,3})", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+         R"([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+        false};
   return std::nullopt;
 }
 
@@ -150,7 +149,8 @@ uint64_t PairKey(int32_t left, int32_t right) {
 
 }  // namespace
 
-Result<std::shared_ptr<const Tokenizer::Regex>> Tokenizer::CompileRegex(const std::string& pattern, const std::string& where) {
+Result<std::shared_ptr<const Tokenizer::Regex>> Tokenizer::CompileRegex(const std::string& pattern,
+                                                                        const std::string& where) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -192,7 +192,9 @@ Result<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
   auto optional_id = [&](const char* key, int32_t* id) -> Status {
     if (!gguf.Has(key)) return Status::Ok();
     LR_ASSIGN_OR_RETURN(uint32_t v, gguf.GetU32(key));
-    if (v >= n) return Corrupt(path + ": " + key + " is " + std::to_string(v) + ", outside the vocabulary of " + std::to_string(n));
+    if (v >= n)
+      return Corrupt(path + ": " + key + " is " + std::to_string(v) + ", outside the vocabulary of " +
+                     std::to_string(n));
     *id = static_cast<int32_t>(v);
     return Status::Ok();
   };
@@ -305,7 +307,8 @@ Result<Tokenizer> Tokenizer::FromTekkenJson(const std::string& path) {
   };
   if (!j.is_object() || !j.contains("config") || !j["config"].is_object()) return field_error("config", "missing");
   const nlohmann::json& config = j["config"];
-  if (!config.contains("pattern") || !config["pattern"].is_string()) return field_error("config.pattern", "must be a string");
+  if (!config.contains("pattern") || !config["pattern"].is_string())
+    return field_error("config.pattern", "must be a string");
   for (const char* key : {"default_vocab_size", "default_num_special_tokens"})
     if (!config.contains(key) || !config[key].is_number_unsigned())
       return field_error(std::string("config.") + key, "must be a non-negative integer");
@@ -315,9 +318,8 @@ Result<Tokenizer> Tokenizer::FromTekkenJson(const std::string& path) {
   const nlohmann::json& vocab = j["vocab"];
   if (num_special < 3 || vocab_size <= num_special + 256 || vocab_size - num_special > vocab.size() ||
       vocab_size > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
-    return field_error("config.default_vocab_size",
-                       "must exceed default_num_special_tokens + 256 and fit the " + std::to_string(vocab.size()) +
-                           " vocab entries");
+    return field_error("config.default_vocab_size", "must exceed default_num_special_tokens + 256 and fit the " +
+                                                        std::to_string(vocab.size()) + " vocab entries");
   const size_t inner = vocab_size - num_special;
 
   Tokenizer t;
@@ -344,16 +346,33 @@ Result<Tokenizer> Tokenizer::FromTekkenJson(const std::string& path) {
       specials.emplace_back(s["token_str"].get<std::string>(), is_control);
     }
   } else {
-    for (const char* s : {"<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-                          "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]",
-                          "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+    for (const char* s : {"<unk>",
+                          "<s>",
+                          "</s>",
+                          "[INST]",
+                          "[/INST]",
+                          "[AVAILABLE_TOOLS]",
+                          "[/AVAILABLE_TOOLS]",
+                          "[TOOL_RESULTS]",
+                          "[/TOOL_RESULTS]",
+                          "[TOOL_CALLS]",
+                          "[IMG]",
+                          "<pad>",
+                          "[IMG_BREAK]",
+                          "[IMG_END]",
+                          "[PREFIX]",
+                          "[MIDDLE]",
+                          "[SUFFIX]",
+                          "[SYSTEM_PROMPT]",
+                          "[/SYSTEM_PROMPT]",
                           "[TOOL_CONTENT]"})
       specials.emplace_back(s, true);
   }
   if (specials.size() > num_special)
     return field_error("special_tokens", "has " + std::to_string(specials.size()) + " entries, more than " +
                                              "default_num_special_tokens " + std::to_string(num_special));
-  for (size_t i = specials.size(); i < num_special; ++i) specials.emplace_back("<SPECIAL_" + std::to_string(i) + ">", true);
+  for (size_t i = specials.size(); i < num_special; ++i)
+    specials.emplace_back("<SPECIAL_" + std::to_string(i) + ">", true);
   for (size_t i = 0; i < num_special; ++i) {
     t.pieces_[i] = specials[i].first;
     t.control_[i] = specials[i].second;
@@ -392,7 +411,8 @@ Result<Tokenizer> Tokenizer::FromTekkenJson(const std::string& path) {
     if (bytes.empty() || (r < 256 && (bytes.size() != 1 || static_cast<unsigned char>(bytes[0]) != r)))
       return field_error(where + ".token_bytes", r < 256 ? "must be the single byte " + std::to_string(r) : "is empty");
     const int32_t id = static_cast<int32_t>(num_special + r);
-    if (!t.piece_to_id_.emplace(bytes, id).second) return field_error(where + ".token_bytes", "repeats an earlier entry");
+    if (!t.piece_to_id_.emplace(bytes, id).second)
+      return field_error(where + ".token_bytes", "repeats an earlier entry");
     if (r < 256) t.byte_ids_[r] = id;
     t.pieces_[id] = std::move(bytes);
   }

@@ -52,8 +52,8 @@ class Tokenizer {
   // incomplete UTF-8. Empty for an id outside the vocabulary.
   std::string TokenPiece(int32_t id) const;
 
-  int32_t bos() const { return bos_; }  // -1 when the vocabulary has none
-  int32_t eos() const { return eos_; }  // -1 when the vocabulary has none
+  int32_t bos() const { return bos_; }       // -1 when the vocabulary has none
+  int32_t eos() const { return eos_; }       // -1 when the vocabulary has none
   bool add_bos() const { return add_bos_; }  // whether the model expects BOS before a prompt
   int vocab_size() const { return static_cast<int>(pieces_.size()); }
   bool IsControl(int32_t id) const;
@@ -83,15 +83,15 @@ class Tokenizer {
   void IndexSpecials();
 
   Kind kind_ = Kind::kByteBpe;
-  std::vector<std::string> pieces_;    // id -> bytes
-  std::vector<uint8_t> control_;       // id -> 1 for control tokens
-  std::vector<int32_t> specials_;      // ids recognised in text (control and user-defined), longest text first
-  bool special_first_byte_[256];       // whether some special token's text starts with this byte
+  std::vector<std::string> pieces_;  // id -> bytes
+  std::vector<uint8_t> control_;     // id -> 1 for control tokens
+  std::vector<int32_t> specials_;    // ids recognised in text (control and user-defined), longest text first
+  bool special_first_byte_[256];     // whether some special token's text starts with this byte
   // Normal tokens by text: raw bytes for byte-level BPE and tekken, the stored text (with "▁") for SentencePiece.
   std::unordered_map<std::string, int32_t> piece_to_id_;
-  std::unordered_map<uint64_t, Merge> merges_;            // (left id << 32 | right id) -> merge
-  int32_t byte_ids_[256];                                 // single-byte token (SentencePiece: <0xNN>), or -1
-  std::vector<std::shared_ptr<const Regex>> split_;       // applied one after another, each to the last one's pieces
+  std::unordered_map<uint64_t, Merge> merges_;       // (left id << 32 | right id) -> merge
+  int32_t byte_ids_[256];                            // single-byte token (SentencePiece: <0xNN>), or -1
+  std::vector<std::shared_ptr<const Regex>> split_;  // applied one after another, each to the last one's pieces
   int32_t bos_ = -1;
   int32_t eos_ = -1;
   bool add_bos_ = false;

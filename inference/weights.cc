@@ -27,7 +27,7 @@ Result<std::vector<float>> BindVector(const GgufFile& g, const std::string& name
 }
 
 Result<ops::WeightMatrix> BindStacked(const GgufFile& g, const std::string& name, int64_t count, int64_t rows,
-                                 int64_t cols) {
+                                      int64_t cols) {
   LR_ASSIGN_OR_RETURN(const GgufFile::Tensor* t, g.FindTensor(name));
   if (t->shape != std::vector<int64_t>{cols, rows, count})
     return Corrupt(g.path() + ": tensor " + name + " has shape " + ShapeText(t->shape) + ", expected [" +

@@ -97,8 +97,8 @@ void Prefetch(const Piece& pc, const RowCodec& k, const RowCodec& v) {
   for (size_t b = 0; b < v_bytes; b += 64) __builtin_prefetch(pc.v + b);
 }
 
-void Process(const Kernels& kernels, const RowCodec& k, const RowCodec& v, int v_dim, const float* q_rotated, const float* center_coefs,
-             int n_q, std::span<const Piece> pieces, AttentionState& st) {
+void Process(const Kernels& kernels, const RowCodec& k, const RowCodec& v, int v_dim, const float* q_rotated,
+             const float* center_coefs, int n_q, std::span<const Piece> pieces, AttentionState& st) {
   float scores[kChunkRows * 64];
   std::vector<float> big;
   float* s = scores;
@@ -157,12 +157,9 @@ void AttentionState::Reset(int n_q, int v_dim) {
 
 const Kernels* GetKernels(Isa isa) {
   switch (isa) {
-    case Isa::kBaseline:
-      return &baseline::Get();
-    case Isa::kAvx2:
-      return IsaSupported(isa) ? &avx2::Get() : nullptr;
-    case Isa::kAvx512:
-      return IsaSupported(isa) ? &avx512::Get() : nullptr;
+    case Isa::kBaseline: return &baseline::Get();
+    case Isa::kAvx2: return IsaSupported(isa) ? &avx2::Get() : nullptr;
+    case Isa::kAvx512: return IsaSupported(isa) ? &avx512::Get() : nullptr;
   }
   return nullptr;
 }
@@ -268,7 +265,8 @@ Status AttendStateWith(const Kernels& kernels, std::span<const CodedSpans> parts
     const CodedSpans& part = parts[jobs[j].part];
     const RowCodec& v = shared ? *part.k : *part.v;
     AttentionState& st = partial[j];
-    Process(kernels, *part.k, v, v_dim, q_rotated[jobs[j].part].data(), center_coefs[jobs[j].part].data(), n_q, jobs[j].pieces, st);
+    Process(kernels, *part.k, v, v_dim, q_rotated[jobs[j].part].data(), center_coefs[jobs[j].part].data(), n_q,
+            jobs[j].pieces, st);
     // Into the common domain: V rotated back and divided by its weights, V's center (the leading v_dim values of
     // shared rows' center) added with weight l (Σ p = 1 within the part), the key center's shift given back to the
     // running max.

@@ -6,8 +6,8 @@
 
 namespace lr::kvquant {
 
-void AttendF32(const float* k, const float* v, int n_rows, int k_dim, int v_dim, const float* q, int n_q,
-               float scale, float* out) {
+void AttendF32(const float* k, const float* v, int n_rows, int k_dim, int v_dim, const float* q, int n_q, float scale,
+               float* out) {
   assert(n_rows > 0 && n_q > 0);
   std::vector<double> s(n_rows);
   for (int i = 0; i < n_q; ++i) {

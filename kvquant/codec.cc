@@ -5,8 +5,8 @@
 #include <cstring>
 #include <string>
 
-#include "kvquant/codes.h"
 #include "base/half.h"
+#include "kvquant/codes.h"
 #include "kvquant/kvquant.h"
 #include "kvquant/lloyd_max.h"
 
@@ -33,31 +33,70 @@ struct FormatSpec {
 constexpr FormatSpec kFormats[] = {
     {{"f16", 1, 2, 16.0, "IEEE half per value"}, RotationKind::kNone, Scale::kNone, 0, {}},
     {{"q8_0", 32, 34, 8.5, "llama.cpp q8_0: fp16 scale + 32 int8"},
-     RotationKind::kNone, Scale::kMaxQ8, 1, {{8, 32, Levels::kInt8}}},
+     RotationKind::kNone,
+     Scale::kMaxQ8,
+     1,
+     {{8, 32, Levels::kInt8}}},
     {{"q4_0", 32, 18, 4.5, "llama.cpp q4_0: fp16 scale + 32 nibbles, offset 8"},
-     RotationKind::kNone, Scale::kMaxQ4, 1, {{4, 32, Levels::kOffset8}}},
+     RotationKind::kNone,
+     Scale::kMaxQ4,
+     1,
+     {{4, 32, Levels::kOffset8}}},
     {{"q4_0h", 32, 18, 4.5, "q4_0 after a Walsh-Hadamard rotation with random signs"},
-     RotationKind::kHadamard, Scale::kMaxQ4, 1, {{4, 32, Levels::kOffset8}}},
+     RotationKind::kHadamard,
+     Scale::kMaxQ4,
+     1,
+     {{4, 32, Levels::kOffset8}}},
     {{"tq4", 32, 18, 4.5, "Hadamard + 4-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
-     RotationKind::kHadamard, Scale::kLeastSquares, 1, {{4, 32, Levels::kLm4}}},
+     RotationKind::kHadamard,
+     Scale::kLeastSquares,
+     1,
+     {{4, 32, Levels::kLm4}}},
     {{"tq3", 32, 14, 3.5, "Hadamard + 3-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
-     RotationKind::kHadamard, Scale::kLeastSquares, 1, {{3, 32, Levels::kLm3}}},
+     RotationKind::kHadamard,
+     Scale::kLeastSquares,
+     1,
+     {{3, 32, Levels::kLm3}}},
     {{"tq2", 32, 10, 2.5, "Hadamard + 2-bit Lloyd-Max, least-squares scale + coordinate descent per 32"},
-     RotationKind::kHadamard, Scale::kLeastSquares, 1, {{2, 32, Levels::kLm2}}},
+     RotationKind::kHadamard,
+     Scale::kLeastSquares,
+     1,
+     {{2, 32, Levels::kLm2}}},
     {{"planar3", 128, 50, 3.125, "Givens pairs + 3-bit Lloyd-Max, norm kept per 128"},
-     RotationKind::kGivens, Scale::kNorm, 1, {{3, 128, Levels::kLm3}}},
+     RotationKind::kGivens,
+     Scale::kNorm,
+     1,
+     {{3, 128, Levels::kLm3}}},
     {{"planar4", 128, 66, 4.125, "Givens pairs + 4-bit Lloyd-Max, norm kept per 128"},
-     RotationKind::kGivens, Scale::kNorm, 1, {{4, 128, Levels::kLm4}}},
+     RotationKind::kGivens,
+     Scale::kNorm,
+     1,
+     {{4, 128, Levels::kLm4}}},
     {{"iso3", 128, 50, 3.125, "quaternion quartets qL*v*conj(qR) + 3-bit Lloyd-Max, norm kept per 128"},
-     RotationKind::kQuaternion, Scale::kNorm, 1, {{3, 128, Levels::kLm3}}},
+     RotationKind::kQuaternion,
+     Scale::kNorm,
+     1,
+     {{3, 128, Levels::kLm3}}},
     {{"iso4", 128, 66, 4.125, "quaternion quartets qL*v*conj(qR) + 4-bit Lloyd-Max, norm kept per 128"},
-     RotationKind::kQuaternion, Scale::kNorm, 1, {{4, 128, Levels::kLm4}}},
+     RotationKind::kQuaternion,
+     Scale::kNorm,
+     1,
+     {{4, 128, Levels::kLm4}}},
     {{"hx3", 128, 56, 3.5, "ours: Hadamard + 48x4-bit/80x3-bit Lloyd-Max per 128, descent, dot-preserving scale"},
-     RotationKind::kHadamard, Scale::kSelfDot, 2, {{4, 48, Levels::kLm4}, {3, 80, Levels::kLm3}}},
+     RotationKind::kHadamard,
+     Scale::kSelfDot,
+     2,
+     {{4, 48, Levels::kLm4}, {3, 80, Levels::kLm3}}},
     {{"hx3s", 128, 50, 3.125, "hx3's block with 3-bit codes only: Hadamard + 3-bit Lloyd-Max per 128, as hx3"},
-     RotationKind::kHadamard, Scale::kSelfDot, 1, {{3, 128, Levels::kLm3}}},
+     RotationKind::kHadamard,
+     Scale::kSelfDot,
+     1,
+     {{3, 128, Levels::kLm3}}},
     {{"hx4", 128, 66, 4.125, "hx3's block with 4-bit codes only: Hadamard + 4-bit Lloyd-Max per 128, as hx3"},
-     RotationKind::kHadamard, Scale::kSelfDot, 1, {{4, 128, Levels::kLm4}}},
+     RotationKind::kHadamard,
+     Scale::kSelfDot,
+     1,
+     {{4, 128, Levels::kLm4}}},
 };
 constexpr int kNumFormats = sizeof(kFormats) / sizeof(kFormats[0]);
 constexpr int kMaxDim = 4096;
@@ -114,9 +153,7 @@ void EncodeBlock(Scale scale, const BlockLayout& b, const float* y, uint8_t* dst
   uint8_t codes[128];
   float d = 0;
   switch (scale) {
-    case Scale::kNone:
-      assert(false);
-      break;
+    case Scale::kNone: assert(false); break;
     case Scale::kMaxQ8: {
       float amax = 0;
       for (int i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(y[i]));
@@ -208,9 +245,7 @@ void DecodeBlock(const BlockLayout& b, const uint8_t* src, float* y) {
 void PackCodes(int bits, int n, const uint8_t* codes, uint8_t* dst) {
   assert(n % 16 == 0);
   switch (bits) {
-    case 8:
-      std::memcpy(dst, codes, n);
-      break;
+    case 8: std::memcpy(dst, codes, n); break;
     case 4:
       for (int g = 0; g < n; g += 32) {
         const int half = std::min(32, n - g) / 2;  // 16, or 8 in a final group of 16
@@ -231,17 +266,14 @@ void PackCodes(int bits, int n, const uint8_t* codes, uint8_t* dst) {
         }
       }
       break;
-    default:
-      assert(false && "bits must be 2, 3, 4 or 8");
+    default: assert(false && "bits must be 2, 3, 4 or 8");
   }
 }
 
 void UnpackCodes(int bits, int n, const uint8_t* src, uint8_t* codes) {
   assert(n % 16 == 0);
   switch (bits) {
-    case 8:
-      std::memcpy(codes, src, n);
-      break;
+    case 8: std::memcpy(codes, src, n); break;
     case 4:
       for (int g = 0; g < n; g += 32) {
         const int half = std::min(32, n - g) / 2;
@@ -263,8 +295,7 @@ void UnpackCodes(int bits, int n, const uint8_t* src, uint8_t* codes) {
         }
       }
       break;
-    default:
-      assert(false && "bits must be 2, 3, 4 or 8");
+    default: assert(false && "bits must be 2, 3, 4 or 8");
   }
 }
 
@@ -343,8 +374,8 @@ Status RowCodec::SetWeights(std::span<const float> weights) {
                            "; expected dim values or none");
   for (size_t i = 0; i < weights.size(); ++i)
     if (!(weights[i] > 0) || !std::isfinite(weights[i]))
-      return InvalidArgument("KV format " + std::string(info_.name) + ": channel weight " + std::to_string(i) +
-                             " is " + std::to_string(weights[i]) + "; expected a positive finite number");
+      return InvalidArgument("KV format " + std::string(info_.name) + ": channel weight " + std::to_string(i) + " is " +
+                             std::to_string(weights[i]) + "; expected a positive finite number");
   weights_.assign(weights.begin(), weights.end());
   return Status::Ok();
 }
@@ -357,8 +388,7 @@ Status RowCodec::SetRotatingCenter(std::span<const RotatingCenter> pairs) {
   for (size_t i = 0; i < pairs.size(); ++i) {
     const RotatingCenter& p = pairs[i];
     const bool in_range = p.a >= 0 && p.a < dim_ && p.b >= 0 && p.b < dim_ && p.a != p.b;
-    if (!in_range || used[p.a] || used[p.b] || !std::isfinite(p.theta) || !std::isfinite(p.ca) ||
-        !std::isfinite(p.cb))
+    if (!in_range || used[p.a] || used[p.b] || !std::isfinite(p.theta) || !std::isfinite(p.ca) || !std::isfinite(p.cb))
       return InvalidArgument("KV format " + std::string(info_.name) + ": rotating center pair " + std::to_string(i) +
                              " (channels " + std::to_string(p.a) + ", " + std::to_string(p.b) +
                              "); expected two distinct channels below " + std::to_string(dim_) +

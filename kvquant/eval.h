@@ -42,9 +42,9 @@ struct EvalResult {
   std::string format;
   double bits_per_element = 0;  // 8 · row bytes / dim for this data's dim (scales included)
   std::string data;
-  double mse = 0;             // Σ‖x - x̂‖² / Σ‖x‖² over all K and V rows (= per-coordinate MSE for N(0,1) data)
-  double cosine = 0;          // mean cosine similarity of x and x̂ over all K and V rows
-  double ip_error = 0;        // sqrt(Σ(q·k̂ - q·k)²) / sqrt(Σ(q·k)²) over all query/key pairs
+  double mse = 0;       // Σ‖x - x̂‖² / Σ‖x‖² over all K and V rows (= per-coordinate MSE for N(0,1) data)
+  double cosine = 0;    // mean cosine similarity of x and x̂ over all K and V rows
+  double ip_error = 0;  // sqrt(Σ(q·k̂ - q·k)²) / sqrt(Σ(q·k)²) over all query/key pairs
   double attn_rel_error = 0;  // sqrt(Σ‖ô - o‖²) / sqrt(Σ‖o‖²), o exact attention (scale 1/√dim), ô via Attend
 };
 

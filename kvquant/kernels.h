@@ -22,8 +22,8 @@ struct Kernels {
                 float* scores);
   // acc[i * n + j] += Σ_t p[i * n_rows + t] · ŷ_t[j] for j < n (n = v.dim(), or the leading values of a shared
   // row, on a block boundary).
-  void (*accumulate)(const RowCodec& v, const uint8_t* rows, size_t stride, int n_rows, int n, const float* p,
-                     int n_q, float* acc);
+  void (*accumulate)(const RowCodec& v, const uint8_t* rows, size_t stride, int n_rows, int n, const float* p, int n_q,
+                     float* acc);
   // *max := the larger of *max and every s[t]; then s[t] = exp(s[t] - *max) for t < n, and returns their sum (one
   // chunk of an online softmax). Relative error below 1e-6 per value.
   float (*exp_sum)(float* s, int n, float* max);
@@ -39,11 +39,17 @@ const Kernels* GetKernels(Isa isa);
 // Attention for one KV head group with the chosen kernels, over the parts in order (as AttendMixed). In each part K
 // is its k's rows; V is its v's rows, or when shared_v_dim > 0 the leading shared_v_dim values of K's rows. Spans as
 // in Attend; out is n_q × (v dim). n_threads > 1 splits the concatenated rows into that many pieces (AttendParallel).
-Status AttendWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q,
-                  int n_q, float scale, float* out, int n_threads);
+Status AttendWith(const Kernels& kernels, std::span<const CodedSpans> parts, int shared_v_dim, const float* q, int n_q,
+                  float scale, float* out, int n_threads);
 
-namespace baseline { const Kernels& Get(); }
-namespace avx2 { const Kernels& Get(); }
-namespace avx512 { const Kernels& Get(); }
+namespace baseline {
+const Kernels& Get();
+}
+namespace avx2 {
+const Kernels& Get();
+}
+namespace avx512 {
+const Kernels& Get();
+}
 
 }  // namespace lr::kvquant

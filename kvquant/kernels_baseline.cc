@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kvquant/codes.h"
 #include "base/half.h"
+#include "kvquant/codes.h"
 #include "kvquant/kernels.h"
 
 namespace lr::kvquant::baseline {

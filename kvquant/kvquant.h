@@ -112,23 +112,23 @@ Result<FormatInfo> FindFormat(std::string_view name);
 
 // One block of a row's layout (internal to the kernels, exposed so they can be tested one by one).
 struct CodeRun {
-  int bits;              // 2, 3, 4 or 8
-  int count;             // codes in this run, a multiple of 16
-  const float* levels;   // 2^bits levels indexed by code (zero-padded to 16 floats when bits <= 4)
+  int bits;             // 2, 3, 4 or 8
+  int count;            // codes in this run, a multiple of 16
+  const float* levels;  // 2^bits levels indexed by code (zero-padded to 16 floats when bits <= 4)
 };
 // A channel pair whose center turns with the row's position (see "Rotating centers" above).
 struct RotatingCenter {
-  int a, b;     // channels, distinct, < dim
-  float theta;  // radians per position
-  float ca, cb; // the center at position 0
+  int a, b;      // channels, distinct, < dim
+  float theta;   // radians per position
+  float ca, cb;  // the center at position 0
 };
 // The pair's center at position pos: (ua, ub) = R(pos·theta)·(ca, cb).
 void RotatingCenterAt(const RotatingCenter& p, int pos, float* ua, float* ub);
 
 struct BlockLayout {
-  int begin;             // first element of the row in this block
-  int size;              // elements in this block
-  int offset;            // byte offset of the block in the row: the fp16 scale, then the runs
+  int begin;   // first element of the row in this block
+  int size;    // elements in this block
+  int offset;  // byte offset of the block in the row: the fp16 scale, then the runs
   int n_runs;
   CodeRun runs[2];
 };

@@ -56,8 +56,7 @@ Rotation::Rotation(RotationKind kind, int dim, uint64_t seed, int layer, int hea
   mix ^= static_cast<uint64_t>(kind) << 60;
   uint64_t state = seed ^ SplitMix64(mix);
   switch (kind) {
-    case RotationKind::kNone:
-      break;
+    case RotationKind::kNone: break;
     case RotationKind::kHadamard: {
       assert(dim % 32 == 0);
       for (int rest = dim; rest > 0;) {
@@ -95,12 +94,9 @@ Rotation::Rotation(RotationKind kind, int dim, uint64_t seed, int layer, int hea
 bool Rotation::IsBoundary(int n) const {
   if (n < 0 || n > dim_) return false;
   switch (kind_) {
-    case RotationKind::kNone:
-      return true;
-    case RotationKind::kGivens:
-      return n % 2 == 0;
-    case RotationKind::kQuaternion:
-      return n % 4 == 0;
+    case RotationKind::kNone: return true;
+    case RotationKind::kGivens: return n % 2 == 0;
+    case RotationKind::kQuaternion: return n % 4 == 0;
     case RotationKind::kHadamard: {
       int end = 0;
       for (int s : segments_) {

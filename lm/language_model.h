@@ -25,8 +25,8 @@ struct ToolCall {
 };
 
 struct ChatMessage {
-  std::string role;     // "system", "user", "assistant" or "tool"
-  std::string content;  // text; for "tool", the tool's result
+  std::string role;                  // "system", "user", "assistant" or "tool"
+  std::string content;               // text; for "tool", the tool's result
   std::vector<ToolCall> tool_calls;  // assistant messages only
   std::string tool_call_id;          // tool messages only: which call this answers
 };
@@ -38,10 +38,10 @@ struct ToolSpec {
 };
 
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 means greedy
-  int top_k = 0;             // 0: off
-  float top_p = 1.0f;        // 1: off
-  float min_p = 0.0f;        // 0: off
+  float temperature = 1.0f;     // 0 means greedy
+  int top_k = 0;                // 0: off
+  float top_p = 1.0f;           // 1: off
+  float min_p = 0.0f;           // 0: off
   float repeat_penalty = 1.0f;  // 1: off
   uint64_t seed = 0;
   int max_tokens = 512;

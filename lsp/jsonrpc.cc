@@ -64,7 +64,8 @@ Result<std::optional<std::string>> FrameDecoder::Next() {
       return Corrupt("bad Content-Length '" + Excerpt(value) + "' (expected a decimal byte count)");
     size_t n = 0;
     for (char c : value) {
-      if (c < '0' || c > '9') return Corrupt("bad Content-Length '" + Excerpt(value) + "' (expected a decimal byte count)");
+      if (c < '0' || c > '9')
+        return Corrupt("bad Content-Length '" + Excerpt(value) + "' (expected a decimal byte count)");
       n = n * 10 + static_cast<size_t>(c - '0');
     }
     length = n;
@@ -91,26 +92,23 @@ std::string EncodeFrame(std::string_view body) {
 }
 
 Status RpcErrorToStatus(const std::string& method, const Json& error) {
-  int code = error.is_object() && error.contains("code") && error["code"].is_number_integer() ? error["code"].get<int>() : 0;
+  int code =
+      error.is_object() && error.contains("code") && error["code"].is_number_integer() ? error["code"].get<int>() : 0;
   std::string text = error.is_object() && error.contains("message") && error["message"].is_string()
                          ? error["message"].get<std::string>()
                          : error.dump();
   std::string message = method + " failed with LSP error " + std::to_string(code) + ": " + text;
   switch (code) {
     case kWorkerCrashed:
-    case kWorkerExited:
-      return Unavailable(std::string(kWorkerCrashText) + " (" + message + ")");
-    case kRequestCancelled:
-      return Cancelled(message);
-    case kContentModified:
-      return Unavailable(message);
-    default:
-      return Internal(message);
+    case kWorkerExited: return Unavailable(std::string(kWorkerCrashText) + " (" + message + ")");
+    case kRequestCancelled: return Cancelled(message);
+    case kContentModified: return Unavailable(message);
+    default: return Internal(message);
   }
 }
 
-Connection::Connection(std::string peer, int write_fd, int read_fd, int stderr_fd,
-                       NotificationHandler on_notification, RequestHandler on_request)
+Connection::Connection(std::string peer, int write_fd, int read_fd, int stderr_fd, NotificationHandler on_notification,
+                       RequestHandler on_request)
     : peer_(std::move(peer)),
       write_fd_(write_fd),
       read_fd_(read_fd),
@@ -285,8 +283,8 @@ void Connection::IoLoop() {
   std::string chunk(1 << 16, '\0');
   bool out_open = true, err_open = stderr_fd_ >= 0;
   while (out_open || err_open) {
-    pollfd fds[3] = {{wake_pipe_[0], POLLIN, 0}, {out_open ? read_fd_ : -1, POLLIN, 0},
-                     {err_open ? stderr_fd_ : -1, POLLIN, 0}};
+    pollfd fds[3] = {
+        {wake_pipe_[0], POLLIN, 0}, {out_open ? read_fd_ : -1, POLLIN, 0}, {err_open ? stderr_fd_ : -1, POLLIN, 0}};
     int r = ::poll(fds, 3, -1);
     if (r < 0) {
       if (errno == EINTR) continue;

@@ -78,8 +78,7 @@ Diagnostic ParseDiagnostic(const Json& j, const std::string& text) {
 
 bool IsInfrastructure(const Status& s) {
   return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout ||
-         s.code() == StatusCode::kCancelled ||
-         s.code() == StatusCode::kCorrupt || s.code() == StatusCode::kIo;
+         s.code() == StatusCode::kCancelled || s.code() == StatusCode::kCorrupt || s.code() == StatusCode::kIo;
 }
 
 }  // namespace
@@ -111,8 +110,8 @@ struct LeanClient::Impl {
   struct Document {
     int version = 0;
     std::string text;
-    std::vector<Json> diagnostics;  // Lean's, for `version`
-    bool fatal = false;             // Lean reported a fatalError range for `version`
+    std::vector<Json> diagnostics;       // Lean's, for `version`
+    bool fatal = false;                  // Lean reported a fatalError range for `version`
     std::optional<CheckResult> checked;  // the complete result for `version` (its barrier passed)
   };
 
@@ -127,9 +126,9 @@ struct LeanClient::Impl {
   std::map<std::string, Document> documents;  // guarded by mu
 
   std::mutex rss_mu;
-  Clock::time_point rss_at;  // when `rss` was measured; guarded by rss_mu
-  int64_t rss = 0;           // guarded by rss_mu
-  ProgressCallback progress;                  // guarded by mu
+  Clock::time_point rss_at;   // when `rss` was measured; guarded by rss_mu
+  int64_t rss = 0;            // guarded by rss_mu
+  ProgressCallback progress;  // guarded by mu
 
   void OnNotification(const std::string& method, const Json& params);
   std::optional<Json> OnRequest(const std::string& method, const Json& params);
@@ -218,7 +217,7 @@ Status LeanClient::Impl::Failure(Status s, Clock::time_point deadline) {
 LeanClient::LeanClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, const ClientOptions& options,
-                                                     Clock::time_point deadline, const std::atomic<bool>* cancel) {
+                                                      Clock::time_point deadline, const std::atomic<bool>* cancel) {
   if (cancel != nullptr && cancel->load()) return Cancelled("Lean server start cancelled");
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -236,19 +235,18 @@ Result<std::unique_ptr<LeanClient>> LeanClient::Start(const ProcessSpec& spec, c
   std::unique_ptr<LeanClient> client(new LeanClient(std::move(impl)));
 
   std::string root = spec.working_dir.empty() ? std::string() : spec.working_dir;
-  Json params = {
-      {"processId", static_cast<int>(::getpid())},
-      {"rootUri", root.empty() ? Json() : Json(PathToUri(root))},
-      {"capabilities",
-       {{"textDocument", {{"publishDiagnostics", {{"relatedInformation", true}}}}},
-        {"window", {{"workDoneProgress", true}}}}},
-      {"initializationOptions", {{"editDelay", 0}, {"hasWidgets", false}}}};
+  Json params = {{"processId", static_cast<int>(::getpid())},
+                 {"rootUri", root.empty() ? Json() : Json(PathToUri(root))},
+                 {"capabilities",
+                  {{"textDocument", {{"publishDiagnostics", {{"relatedInformation", true}}}}},
+                   {"window", {{"workDoneProgress", true}}}}},
+                 {"initializationOptions", {{"editDelay", 0}, {"hasWidgets", false}}}};
   deadline = std::min(deadline, Clock::now() + options.initialize_timeout);
   auto init = client->impl_->connection->Request("initialize", params, deadline);
   if (!init.ok()) {
     const StatusCode code = init.status().code();
     Status s = code == StatusCode::kTimeout || code == StatusCode::kCancelled ? init.status()
-                                                                               : Unavailable(init.status().message());
+                                                                              : Unavailable(init.status().message());
     return client->impl_->Failure(s.WithContext("initialize"), deadline);
   }
   Status s = client->impl_->connection->Notify("initialized", Json::object(), deadline);
@@ -294,8 +292,8 @@ void LeanClient::SetProgressCallback(ProgressCallback callback) {
   impl_->progress = std::move(callback);
 }
 
-Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::string& text,
-                                           const Json& content_changes, Clock::time_point deadline) {
+Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::string& text, const Json& content_changes,
+                                           Clock::time_point deadline) {
   if (hung) return Unavailable(peer + " hung on an earlier request and is not reused");
   worker_crashed = false;
   int version;
@@ -326,9 +324,9 @@ Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::st
          {"dependencyBuildMode", options.dependency_build_mode}},
         deadline);
   } else {
-    sent = connection->Notify("textDocument/didChange",
-                              {{"textDocument", {{"uri", uri}, {"version", version}}}, {"contentChanges", content_changes}},
-                              deadline);
+    sent = connection->Notify(
+        "textDocument/didChange",
+        {{"textDocument", {{"uri", uri}, {"version", version}}}, {"contentChanges", content_changes}}, deadline);
   }
   if (!sent.ok()) return Failure(sent, deadline);
   // The barrier: diagnostics for `version` are complete once Lean answers this request.
@@ -341,10 +339,10 @@ Result<CheckResult> LeanClient::Impl::Sync(const std::string& uri, const std::st
     std::lock_guard<std::mutex> lock(mu);
     const Document& doc = documents[uri];
     if (doc.fatal)
-      return Failure(Unavailable(std::string(kWorkerCrashText) + ": the worker for " + uri +
-                                 " reported a fatal error (fileProgress fatalError) on version " +
-                                 std::to_string(version)),
-                     deadline);
+      return Failure(
+          Unavailable(std::string(kWorkerCrashText) + ": the worker for " + uri +
+                      " reported a fatal error (fileProgress fatalError) on version " + std::to_string(version)),
+          deadline);
     for (const Json& d : doc.diagnostics) result.diagnostics.push_back(ParseDiagnostic(d, text));
   }
   for (Position p : FindSorries(text)) {
@@ -385,8 +383,7 @@ Result<Goal> LeanClient::Impl::GoalAt(const std::string& uri, const std::string&
   }
   auto term = connection->Request("$/lean/plainTermGoal", params, deadline);
   if (!term.ok()) {
-    if (IsInfrastructure(term.status()))
-      return Failure(term.status().WithContext("$/lean/plainTermGoal"), deadline);
+    if (IsInfrastructure(term.status())) return Failure(term.status().WithContext("$/lean/plainTermGoal"), deadline);
     return goal;
   }
   if (term->is_object() && term->contains("goal") && (*term)["goal"].is_string())
@@ -421,7 +418,8 @@ Result<Goal> LeanClient::GoalAt(const std::string& uri, Position position, Clock
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->documents.find(uri);
-    if (it == impl_->documents.end()) return InvalidArgument("GoalAt in " + uri + ", which is not open (Check it first)");
+    if (it == impl_->documents.end())
+      return InvalidArgument("GoalAt in " + uri + ", which is not open (Check it first)");
     text = it->second.text;
   }
   return impl_->GoalAt(uri, text, position, GoalSite::kRequested, deadline);
@@ -469,7 +467,8 @@ Result<std::string> LeanClient::Hover(const std::string& uri, Position position,
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->documents.find(uri);
-    if (it == impl_->documents.end()) return InvalidArgument("Hover in " + uri + ", which is not open (Check it first)");
+    if (it == impl_->documents.end())
+      return InvalidArgument("Hover in " + uri + ", which is not open (Check it first)");
     text = it->second.text;
   }
   auto r = impl_->connection->Request(
@@ -517,8 +516,8 @@ Status LeanClient::Close(const std::string& uri) {
 std::string PathToUri(const std::string& absolute_path) {
   std::string uri = "file://";
   for (unsigned char c : absolute_path) {
-    bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '/' ||
-                c == '-' || c == '_' || c == '.' || c == '~';
+    bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '/' || c == '-' ||
+                c == '_' || c == '.' || c == '~';
     if (keep) {
       uri += static_cast<char>(c);
     } else {
@@ -538,7 +537,12 @@ Result<std::string> UriToPath(const std::string& uri) {
       out += uri[i];
       continue;
     }
-    auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+    auto hex = [](char c) {
+      return c >= '0' && c <= '9'   ? c - '0'
+             : c >= 'a' && c <= 'f' ? c - 'a' + 10
+             : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                    : -1;
+    };
     if (i + 2 >= uri.size() || hex(uri[i + 1]) < 0 || hex(uri[i + 2]) < 0)
       return InvalidArgument("URI '" + uri + "' has a bad percent escape at byte " + std::to_string(i));
     out += static_cast<char>(hex(uri[i + 1]) * 16 + hex(uri[i + 2]));

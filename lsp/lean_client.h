@@ -63,13 +63,13 @@ enum class LeanTag { kUnsolvedGoals = 1, kGoalsAccomplished = 2 };
 
 struct Diagnostic {
   Severity severity = Severity::kError;
-  Range range;             // columns in UTF-8 bytes of the line
-  Range range_utf16;       // as Lean sent it (UTF-16 code units)
-  Range full_range;        // Lean's `fullRange` (UTF-8 columns); equal to `range` when Lean sent none
+  Range range;        // columns in UTF-8 bytes of the line
+  Range range_utf16;  // as Lean sent it (UTF-16 code units)
+  Range full_range;   // Lean's `fullRange` (UTF-8 columns); equal to `range` when Lean sent none
   std::string message;
-  std::string source;      // e.g. "Lean 4"; may be empty
+  std::string source;          // e.g. "Lean 4"; may be empty
   std::vector<int> lean_tags;  // LeanTag values
-  bool is_silent = false;  // Lean's `isSilent`: not shown to users
+  bool is_silent = false;      // Lean's `isSilent`: not shown to users
 };
 
 // Why a goal was asked for at a place.
@@ -79,7 +79,7 @@ enum class GoalSite { kSorry, kError, kRequested };
 // Lean says no goals remain. `term_goal` is set when there is no tactic goal there but a term goal (plainTermGoal).
 struct Goal {
   GoalSite site = GoalSite::kRequested;
-  Position position;        // UTF-8 column
+  Position position;  // UTF-8 column
   std::vector<std::string> goals;
   std::optional<std::string> term_goal;
   bool in_tactic_block = false;  // false when Lean answered null to plainGoal

@@ -28,9 +28,12 @@ size_t CharLiteralLength(std::string_view t, size_t i) {
   }
   size_t len = 1;  // bytes of the UTF-8 character after the quote
   unsigned char lead = static_cast<unsigned char>(t[i + 1]);
-  if (lead >= 0xF0) len = 4;
-  else if (lead >= 0xE0) len = 3;
-  else if (lead >= 0xC0) len = 2;
+  if (lead >= 0xF0)
+    len = 4;
+  else if (lead >= 0xE0)
+    len = 3;
+  else if (lead >= 0xC0)
+    len = 2;
   size_t close = i + 1 + len;
   return (close < t.size() && t[close] == '\'') ? close - i + 1 : 0;
 }
@@ -62,17 +65,16 @@ bool IsModifier(std::string_view w) {
          w == "unsafe" || w == "scoped" || w == "local";
 }
 
-bool IsDeclarationKeyword(std::string_view w) {
-  return w == "theorem" || w == "lemma" || w == "example" || w == "def";
-}
+bool IsDeclarationKeyword(std::string_view w) { return w == "theorem" || w == "lemma" || w == "example" || w == "def"; }
 
 bool IsCommandKeyword(std::string_view w) {
   static constexpr std::string_view kCommands[] = {
-      "theorem", "lemma", "def", "example", "instance", "axiom", "abbrev", "structure", "inductive", "class",
-      "namespace", "section", "end", "open", "variable", "universe", "set_option", "attribute", "notation", "infix",
-      "infixl", "infixr", "prefix", "postfix", "macro", "macro_rules", "syntax", "elab", "elab_rules", "import",
-      "noncomputable", "private", "protected", "opaque", "mutual", "deriving", "local", "scoped", "initialize",
-      "export", "omit", "include", "unseal", "seal"};
+      "theorem",    "lemma",       "def",       "example",  "instance",   "axiom",  "abbrev",        "structure",
+      "inductive",  "class",       "namespace", "section",  "end",        "open",   "variable",      "universe",
+      "set_option", "attribute",   "notation",  "infix",    "infixl",     "infixr", "prefix",        "postfix",
+      "macro",      "macro_rules", "syntax",    "elab",     "elab_rules", "import", "noncomputable", "private",
+      "protected",  "opaque",      "mutual",    "deriving", "local",      "scoped", "initialize",    "export",
+      "omit",       "include",     "unseal",    "seal"};
   return std::find(std::begin(kCommands), std::end(kCommands), w) != std::end(kCommands);
 }
 
@@ -243,8 +245,10 @@ std::vector<Declaration> FindDeclarations(std::string_view text) {
       i = j;
     }
     const std::string prefix = JoinNamespaces(namespaces);
-    if (d.name.rfind("_root_.", 0) == 0) d.full_name = d.name.substr(7);
-    else d.full_name = prefix.empty() ? d.name : prefix + "." + d.name;
+    if (d.name.rfind("_root_.", 0) == 0)
+      d.full_name = d.name.substr(7);
+    else
+      d.full_name = prefix.empty() ? d.name : prefix + "." + d.name;
 
     // The statement ends at the first `:=` outside brackets; a new command first means there is none.
     int depth = 0;

@@ -36,13 +36,13 @@ int LineOfOffset(std::string_view text, size_t offset);
 // One `theorem`, `lemma`, `example` or `def` in a file (prover data sets hold a few `def`s whose value is the task,
 // e.g. ProofNet's `def exercise_2_1_21 ... : CommGroup G :=`).
 struct Declaration {
-  std::string keyword;    // "theorem", "lemma", "example" or "def"
-  std::string name;       // as written after the keyword; "example" for examples
-  std::string full_name;  // with the enclosing namespaces ("Foo.Bar.name"), what `#print axioms` needs
-  size_t begin = 0;       // first byte of the declaration (its attributes/modifiers, if any)
-  size_t header_end = 0;  // one past the `:=` that ends the statement
-  size_t proof_end = 0;   // one past the last non-blank, non-comment byte of the proof
-  bool has_sorry = false; // the proof contains the token `sorry` (outside comments)
+  std::string keyword;     // "theorem", "lemma", "example" or "def"
+  std::string name;        // as written after the keyword; "example" for examples
+  std::string full_name;   // with the enclosing namespaces ("Foo.Bar.name"), what `#print axioms` needs
+  size_t begin = 0;        // first byte of the declaration (its attributes/modifiers, if any)
+  size_t header_end = 0;   // one past the `:=` that ends the statement
+  size_t proof_end = 0;    // one past the last non-blank, non-comment byte of the proof
+  bool has_sorry = false;  // the proof contains the token `sorry` (outside comments)
 
   // The statement: from `begin` through `:=`.
   std::string_view Header(std::string_view text) const { return text.substr(begin, header_end - begin); }

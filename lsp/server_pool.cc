@@ -3,8 +3,8 @@
 #include <condition_variable>
 #include <filesystem>
 #include <list>
-#include <type_traits>
 #include <mutex>
+#include <type_traits>
 
 #include "lsp/jsonrpc.h"
 
@@ -15,7 +15,8 @@ constexpr char kScratchName[] = "LeanrotorCheck.lean";
 constexpr char kHeaderCheckName[] = "LeanrotorHeaderCheck.lean";  // the known-good text after a worker crash
 
 bool StartsWithWord(std::string_view line, std::string_view word) {
-  return line.rfind(word, 0) == 0 && (line.size() == word.size() || line[word.size()] == ' ' || line[word.size()] == '\t');
+  return line.rfind(word, 0) == 0 &&
+         (line.size() == word.size() || line[word.size()] == ' ' || line[word.size()] == '\t');
 }
 
 }  // namespace
@@ -34,8 +35,10 @@ std::string ImportHeader(const std::string& text) {
     while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.remove_suffix(1);
     if (block_depth > 0 || line.rfind("/-", 0) == 0) {  // a block comment before or between imports
       for (size_t k = 0; k + 1 < line.size(); ++k) {
-        if (line[k] == '/' && line[k + 1] == '-') ++block_depth, ++k;
-        else if (line[k] == '-' && line[k + 1] == '/') --block_depth, ++k;
+        if (line[k] == '/' && line[k + 1] == '-')
+          ++block_depth, ++k;
+        else if (line[k] == '-' && line[k + 1] == '/')
+          --block_depth, ++k;
       }
       continue;
     }
@@ -79,8 +82,8 @@ void ServerPool::Impl::Discard(std::list<std::unique_ptr<Server>>::iterator it,
 }
 
 Result<ServerPool::Impl::Server*> ServerPool::Impl::Acquire(const std::string& key, const std::string& project_root,
-                                                           Clock::time_point deadline,
-                                                           const std::atomic<bool>* cancel) {
+                                                            Clock::time_point deadline,
+                                                            const std::atomic<bool>* cancel) {
   auto cancelled = [cancel] { return cancel != nullptr && cancel->load(); };
   std::vector<std::unique_ptr<LeanClient>> graveyard;  // stopped outside the lock
   Server* fresh = nullptr;
@@ -185,8 +188,10 @@ template <typename T, typename Fn>
 Result<T> ServerPool::Impl::WithServer(const CheckRequest& request, Fn fn) {
   namespace fs = std::filesystem;
   std::string path = request.path;
-  if (path.empty()) path = (fs::path(request.project_root.empty() ? fs::temp_directory_path().string()
-                                                                   : request.project_root) / kScratchName).string();
+  if (path.empty())
+    path = (fs::path(request.project_root.empty() ? fs::temp_directory_path().string() : request.project_root) /
+            kScratchName)
+               .string();
   std::error_code ec;
   fs::path absolute = fs::absolute(path, ec);
   std::string uri = PathToUri(ec ? path : absolute.lexically_normal().string());
@@ -211,8 +216,10 @@ Result<T> ServerPool::Impl::WithServer(const CheckRequest& request, Fn fn) {
           Release(*server, false);  // its worker state after a crash is not worth keeping
           CheckResult verdict;
           verdict.complete = true;
-          verdict.worker_crash = "Lean's file worker crashed on this text on two servers (which check its imports "
-                                 "fine): " + first.message();
+          verdict.worker_crash =
+              "Lean's file worker crashed on this text on two servers (which check its imports "
+              "fine): " +
+              first.message();
           return verdict;
         }
       }
@@ -231,11 +238,11 @@ Result<T> ServerPool::Impl::WithServer(const CheckRequest& request, Fn fn) {
       continue;
     }
     StatusCode code = s.code() == StatusCode::kTimeout ? StatusCode::kTimeout : StatusCode::kUnavailable;
-    const std::string attempts = attempt == 0 ? "no time left for a retry: " + s.ToString()
-                                              : "first attempt: " + first.ToString() +
-                                                    "; retry on a fresh server: " + s.ToString();
-    return Status(code, "Lean could not check " + uri + " (an infrastructure failure, not a verdict on the proof); " +
-                        attempts);
+    const std::string attempts =
+        attempt == 0 ? "no time left for a retry: " + s.ToString()
+                     : "first attempt: " + first.ToString() + "; retry on a fresh server: " + s.ToString();
+    return Status(
+        code, "Lean could not check " + uri + " (an infrastructure failure, not a verdict on the proof); " + attempts);
   }
   return Internal("unreachable");
 }
@@ -263,18 +270,19 @@ Result<CheckResult> ServerPool::CheckThen(const CheckRequest& request, const Doc
 }
 
 Result<Goal> ServerPool::GoalAt(const CheckRequest& request, Position position) {
-  return impl_->WithServer<Goal>(request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<Goal> {
-    LR_RETURN_IF_ERROR(c.Check(uri, request.text, d).status());
-    return c.GoalAt(uri, position, d);
-  });
+  return impl_->WithServer<Goal>(request,
+                                 [&](LeanClient& c, const std::string& uri, Clock::time_point d) -> Result<Goal> {
+                                   LR_RETURN_IF_ERROR(c.Check(uri, request.text, d).status());
+                                   return c.GoalAt(uri, position, d);
+                                 });
 }
 
 Result<std::vector<AttemptResult>> ServerPool::MultiAttempt(const CheckRequest& request, int line,
                                                             const std::vector<std::string>& snippets) {
-  return impl_->WithServer<std::vector<AttemptResult>>(
-      request, [&](LeanClient& c, const std::string& uri, Clock::time_point d) {
-        return c.MultiAttempt(uri, request.text, line, snippets, d);
-      });
+  return impl_->WithServer<std::vector<AttemptResult>>(request,
+                                                       [&](LeanClient& c, const std::string& uri, Clock::time_point d) {
+                                                         return c.MultiAttempt(uri, request.text, line, snippets, d);
+                                                       });
 }
 
 void ServerPool::StopIdle() {

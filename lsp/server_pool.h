@@ -7,7 +7,8 @@
 // Policy:
 //  - At most `max_servers` processes. When a new key needs a server and the pool is full, the least recently used
 //    idle server is stopped; when none is idle, the check waits for one (up to its deadline).
-//  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes` when set; after each check, a server whose process group
+//  - Memory: each process has RLIMIT_AS = `server_memory_limit_bytes` when set; after each check, a server whose
+//  process group
 //    holds more than `server_resident_cap_bytes` resident is retired, and idle servers are stopped (least recently
 //    used first) while the pool's total resident memory exceeds `pool_resident_cap_bytes` (the figures are at most
 //    250 ms old: LeanClient::ResidentBytes).

@@ -2,10 +2,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <linux/close_range.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -147,11 +147,15 @@ Result<std::unique_ptr<ServerProcess>> ServerProcess::Spawn(const ProcessSpec& s
   auto setup = [mem, cpu](auto&) {
     ::setpgid(0, 0);
     if (mem > 0) {
-      struct rlimit rl {mem, mem};
+      struct rlimit rl {
+        mem, mem
+      };
       ::setrlimit(RLIMIT_AS, &rl);
     }
     if (cpu > 0) {
-      struct rlimit rl {cpu, cpu + 5};
+      struct rlimit rl {
+        cpu, cpu + 5
+      };
       ::setrlimit(RLIMIT_CPU, &rl);
     }
     // Nothing but stdin/stdout/stderr survives exec (other servers' pipes would keep their ends open). The flag
@@ -175,11 +179,11 @@ Result<std::unique_ptr<ServerProcess>> ServerProcess::Spawn(const ProcessSpec& s
   std::lock_guard<std::mutex> lock(g_spawn_mu);
   bp::pipe in, out, err;
   std::error_code ec;
-  bp::child child(bp::exe = exe, bp::args = args, bp::std_in < in, bp::std_out > out, bp::std_err > err,
+  bp::child child(bp::exe = exe, bp::args = args, bp::std_in<in, bp::std_out> out, bp::std_err > err,
                   bp::start_dir = dir, env, bp::extend::on_exec_setup = setup, ec);
   if (ec) return IoError("cannot start Lean server '" + exe + "' in " + dir + ": " + ec.message());
   proc->pid_ = child.id();
-  child.detach();  // reaped by Reap(), not by Boost
+  child.detach();                     // reaped by Reap(), not by Boost
   ::setpgid(proc->pid_, proc->pid_);  // also from this side, so the group exists before we may kill it
   RegisterGroup(proc->pid_);
   proc->stdin_fd_ = TakeFd(in.native_sink(), /*nonblocking=*/true);

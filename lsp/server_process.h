@@ -26,11 +26,11 @@
 namespace lr::lsp {
 
 struct ProcessSpec {
-  std::vector<std::string> argv;  // argv[0] is looked up on PATH unless it contains '/'
-  std::string working_dir;        // empty: the current directory
+  std::vector<std::string> argv;                         // argv[0] is looked up on PATH unless it contains '/'
+  std::string working_dir;                               // empty: the current directory
   std::vector<std::pair<std::string, std::string>> env;  // set on top of leanrotor's own environment
-  int64_t memory_limit_bytes = 0;  // RLIMIT_AS per process; 0: none
-  int64_t cpu_limit_seconds = 0;   // RLIMIT_CPU per process; 0: none
+  int64_t memory_limit_bytes = 0;                        // RLIMIT_AS per process; 0: none
+  int64_t cpu_limit_seconds = 0;                         // RLIMIT_CPU per process; 0: none
 };
 
 // The server command for a check: `lake serve` in a Lake project root (one holding lakefile.lean or lakefile.toml),

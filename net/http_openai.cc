@@ -85,15 +85,18 @@ Result<ChatMessage> ReadMessage(const json& v, std::string_view endpoint, size_t
     return InvalidArgument(std::string(endpoint) + ": field '" + where + ".role': expected a string");
   m.role = v["role"].get<std::string>();
   if (m.role != "system" && m.role != "user" && m.role != "assistant" && m.role != "tool")
-    return InvalidArgument(std::string(endpoint) + ": field '" + where + ".role': expected system, user, assistant or "
-                           "tool, got '" + m.role + "'");
+    return InvalidArgument(std::string(endpoint) + ": field '" + where +
+                           ".role': expected system, user, assistant or "
+                           "tool, got '" +
+                           m.role + "'");
   if (v.contains("content")) {
     LR_ASSIGN_OR_RETURN(m.content, ReadContent(v["content"], endpoint, where + ".content"));
   }
   if (v.contains("tool_calls") && !v["tool_calls"].is_null()) {
     LR_ASSIGN_OR_RETURN(m.tool_calls, ReadToolCalls(v["tool_calls"], endpoint, where + ".tool_calls"));
   }
-  if (v.contains("tool_call_id") && v["tool_call_id"].is_string()) m.tool_call_id = v["tool_call_id"].get<std::string>();
+  if (v.contains("tool_call_id") && v["tool_call_id"].is_string())
+    m.tool_call_id = v["tool_call_id"].get<std::string>();
   return m;
 }
 
@@ -177,15 +180,15 @@ Result<json> ParseBody(std::string_view body, std::string_view endpoint) {
 json ToolCallsToJson(const std::vector<ToolCall>& calls) {
   json out = json::array();
   for (const ToolCall& c : calls)
-    out.push_back({{"id", c.id},
-                   {"type", "function"},
-                   {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
+    out.push_back(
+        {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
   return out;
 }
 
 json ChatRequestToJson(const CompletionRequest& request, const std::string& model, Dialect dialect) {
   const SamplingParams& s = request.sampling;
-  json body = {{"model", model}, {"stream", true}, {"n", request.n}, {"temperature", s.temperature},
+  json body = {{"model", model},   {"stream", true},
+               {"n", request.n},   {"temperature", s.temperature},
                {"top_p", s.top_p}, {"max_tokens", s.max_tokens}};
   json messages = json::array();
   for (const ChatMessage& m : request.messages) messages.push_back(MessageToJson(m));
@@ -227,8 +230,8 @@ Result<WireRequest> ChatRequestFromJson(std::string_view body_text, std::string_
     if (!body["tools"].is_array()) return FieldError(endpoint, "tools", "an array", body["tools"]);
     for (size_t i = 0; i < body["tools"].size(); ++i) {
       const json& t = body["tools"][i];
-      if (!t.is_object() || !t.contains("function") || !t["function"].is_object() ||
-          !t["function"].contains("name") || !t["function"]["name"].is_string())
+      if (!t.is_object() || !t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
+          !t["function"]["name"].is_string())
         return InvalidArgument(std::string(endpoint) + ": field 'tools[" + std::to_string(i) +
                                "]': expected {type: \"function\", function: {name, description, parameters}}");
       const json& f = t["function"];
@@ -263,7 +266,8 @@ Result<WireRequest> TextRequestFromJson(std::string_view body_text, std::string_
   } else if (prompt.is_array() && prompt.size() == 1 && prompt[0].is_string()) {
     text = prompt[0].get<std::string>();
   } else {
-    return InvalidArgument(std::string(endpoint) + ": field 'prompt': expected one string (token arrays and "
+    return InvalidArgument(std::string(endpoint) +
+                           ": field 'prompt': expected one string (token arrays and "
                            "batches of prompts are not supported)");
   }
   out.request.messages.push_back(ChatMessage{"user", std::move(text), {}, {}});

@@ -29,7 +29,7 @@ nlohmann::json ChatRequestToJson(const CompletionRequest& request, const std::st
 // What a server needs from a request body beyond the CompletionRequest itself.
 struct WireRequest {
   CompletionRequest request;
-  std::string model;           // as the client named it (may be empty)
+  std::string model;  // as the client named it (may be empty)
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: send a final usage chunk
 };

@@ -30,10 +30,10 @@ class SseParser {
   Status EndLine(const EventFn& on_event);
   Status Dispatch(const EventFn& on_event);
 
-  std::string line_;         // the current, unfinished line
-  std::string data_;         // data of the current event so far
-  bool has_data_ = false;    // the current event has at least one data field
-  bool after_cr_ = false;    // the last byte was CR: a following LF belongs to the same line end
+  std::string line_;       // the current, unfinished line
+  std::string data_;       // data of the current event so far
+  bool has_data_ = false;  // the current event has at least one data field
+  bool after_cr_ = false;  // the last byte was CR: a following LF belongs to the same line end
 };
 
 }  // namespace lr::net

@@ -55,7 +55,10 @@ Status StatusFromHttp(long code, const std::string& where, const std::string& te
 class ChunkReader {
  public:
   ChunkReader(std::string endpoint, int n, int index_offset, const StreamCallback& on_piece, std::string key_var)
-      : endpoint_(std::move(endpoint)), key_var_(std::move(key_var)), on_piece_(on_piece), offset_(index_offset),
+      : endpoint_(std::move(endpoint)),
+        key_var_(std::move(key_var)),
+        on_piece_(on_piece),
+        offset_(index_offset),
         parts_(n) {}
 
   // One event's data. A non-OK Status (kCorrupt, or the server's mid-stream error) or cancellation stops the stream.
@@ -171,7 +174,8 @@ class ChunkReader {
           }
         }
       }
-      if (d.contains("tool_calls") && !d["tool_calls"].is_null()) LR_RETURN_IF_ERROR(ReadToolCallDeltas(d["tool_calls"], p));
+      if (d.contains("tool_calls") && !d["tool_calls"].is_null())
+        LR_RETURN_IF_ERROR(ReadToolCallDeltas(d["tool_calls"], p));
     }
     if (c.contains("finish_reason") && !c["finish_reason"].is_null()) {
       if (!c["finish_reason"].is_string()) return Corrupt(endpoint_ + ": finish_reason is not a string");
@@ -259,12 +263,14 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
   std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
   std::string_view value = line.substr(colon + 1);
   while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+  while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
+    value.remove_suffix(1);
   if (name == "retry-after") {
     char* end = nullptr;
     std::string v(value);
     long seconds = std::strtol(v.c_str(), &end, 10);
-    if (end != v.c_str() && *end == '\0' && seconds >= 0) t->retry_after_ms = static_cast<int>(std::min(seconds, 86400L)) * 1000;
+    if (end != v.c_str() && *end == '\0' && seconds >= 0)
+      t->retry_after_ms = static_cast<int>(std::min(seconds, 86400L)) * 1000;
   } else if (name == "content-type") {
     t->content_type = std::string(value);
   }
@@ -281,8 +287,7 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
     return n;
   }
   if (t->content_type.rfind("text/event-stream", 0) != 0) return n;  // reported after the transfer
-  Status s = t->sse.Feed(std::string_view(data, n),
-                         [t](std::string_view event) { return t->reader->OnEvent(event); });
+  Status s = t->sse.Feed(std::string_view(data, n), [t](std::string_view event) { return t->reader->OnEvent(event); });
   if (s.ok()) return n;
   t->stream_status = s;
   return 0;  // aborts the transfer
@@ -301,8 +306,7 @@ bool IsConnectionError(CURLcode code) {
     case CURLE_HTTP2_STREAM:
     case CURLE_OPERATION_TIMEDOUT:  // the connect timeout; the read timeout is ours
       return true;
-    default:
-      return false;
+    default: return false;
   }
 }
 
@@ -343,7 +347,8 @@ Result<std::unique_ptr<RemoteModel>> RemoteModel::Create(RemoteOptions options) 
   static std::once_flag curl_once;
   static CURLcode curl_init = CURLE_OK;
   std::call_once(curl_once, [] { curl_init = curl_global_init(CURL_GLOBAL_DEFAULT); });
-  if (curl_init != CURLE_OK) return Internal(std::string("libcurl initialisation failed: ") + curl_easy_strerror(curl_init));
+  if (curl_init != CURLE_OK)
+    return Internal(std::string("libcurl initialisation failed: ") + curl_easy_strerror(curl_init));
   while (!options.base_url.empty() && options.base_url.back() == '/') options.base_url.pop_back();
   if (options.api_key.empty()) {
     const char* key = std::getenv(ApiKeyVariable(options.base_url));
@@ -358,8 +363,8 @@ Result<std::unique_ptr<RemoteModel>> RemoteModel::Create(RemoteOptions options) 
 namespace {
 
 // Runs one HTTP exchange for `request`, delivering pieces with indices shifted by `index_offset`.
-Attempt RunAttempt(const RemoteOptions& options, const std::string& endpoint, const std::string& body,
-                   int n, int index_offset, const StreamCallback& on_piece, const std::atomic<bool>* cancel) {
+Attempt RunAttempt(const RemoteOptions& options, const std::string& endpoint, const std::string& body, int n,
+                   int index_offset, const StreamCallback& on_piece, const std::atomic<bool>* cancel) {
   Attempt attempt;
   const std::string where = "POST " + endpoint;
   const std::string key_var = ApiKeyVariable(options.base_url);
@@ -431,8 +436,8 @@ Attempt RunAttempt(const RemoteOptions& options, const std::string& endpoint, co
     return attempt;
   }
   if (timed_out) {
-    attempt.result = Timeout(where + ": no data from the server for " + std::to_string(options.read_timeout_ms) +
-                             " ms");
+    attempt.result =
+        Timeout(where + ": no data from the server for " + std::to_string(options.read_timeout_ms) + " ms");
     return attempt;
   }
   if (code != CURLE_OK && t.http_code != 200 && t.http_code != 0 && !t.error_body.empty()) code = CURLE_OK;
@@ -487,8 +492,8 @@ Result<Completion> RemoteModel::Complete(const CompletionRequest& request, const
     const std::string body = ChatRequestToJson(part, options_.model, dialect_).dump();
     Attempt attempt;
     for (int tries = 1;; ++tries) {
-      attempt = RunAttempt(options_, endpoint_, body, part.n, static_cast<int>(out.choices.size()), on_piece,
-                           request.cancel);
+      attempt =
+          RunAttempt(options_, endpoint_, body, part.n, static_cast<int>(out.choices.size()), on_piece, request.cancel);
       if (attempt.result.ok() || !attempt.retryable || tries >= options_.max_attempts) break;
       if (request.cancel != nullptr && request.cancel->load()) break;
       int cap = options_.backoff_initial_ms;

@@ -24,8 +24,8 @@
 #include <string>
 
 #include "base/status.h"
-#include "net/http_openai.h"
 #include "lm/language_model.h"
+#include "net/http_openai.h"
 
 namespace lr::net {
 

@@ -1,7 +1,7 @@
 #include "net/serve.h"
 
-#include <chrono>
 #include <httplib.h>
+#include <chrono>
 
 #include <atomic>
 #include <condition_variable>
@@ -93,16 +93,11 @@ int HttpStatusFor(const Status& s) {
   switch (s.code()) {
     case StatusCode::kInvalidArgument:
     case StatusCode::kResourceExhausted:  // the context or KV budget: the request is too large
-    case StatusCode::kUnsupported:
-      return 400;
-    case StatusCode::kNotFound:
-      return 404;
-    case StatusCode::kUnavailable:
-      return 503;
-    case StatusCode::kTimeout:
-      return 504;
-    default:
-      return 500;
+    case StatusCode::kUnsupported: return 400;
+    case StatusCode::kNotFound: return 404;
+    case StatusCode::kUnavailable: return 503;
+    case StatusCode::kTimeout: return 504;
+    default: return 500;
   }
 }
 
@@ -238,8 +233,9 @@ void Server::Endpoint::HandleCompletion(const httplib::Request& req, httplib::Re
       ++rejected;
     }
     res.set_header("Retry-After", "1");
-    return SendError(res, 503, std::string(path) + ": the request queue is full (" +
-                                   std::to_string(options.max_queued) + " waiting); retry later");
+    return SendError(res, 503,
+                     std::string(path) + ": the request queue is full (" + std::to_string(options.max_queued) +
+                         " waiting); retry later");
   }
   ReplyHeader header{chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++),
                      static_cast<int64_t>(std::time(nullptr)), options.model_id};
@@ -327,8 +323,10 @@ void Server::Endpoint::Route() {
   // Enough threads that /health, /metrics and 503s are answered while every queue place is taken.
   const size_t threads = static_cast<size_t>(options.max_running + options.max_queued + 4);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  http.Post(kChatPath, [this](const httplib::Request& req, httplib::Response& res) { HandleCompletion(req, res, true); });
-  http.Post(kTextPath, [this](const httplib::Request& req, httplib::Response& res) { HandleCompletion(req, res, false); });
+  http.Post(kChatPath,
+            [this](const httplib::Request& req, httplib::Response& res) { HandleCompletion(req, res, true); });
+  http.Post(kTextPath,
+            [this](const httplib::Request& req, httplib::Response& res) { HandleCompletion(req, res, false); });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     json model = {{"id", options.model_id}, {"object", "model"}, {"owned_by", "leanrotor"}};
     res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
@@ -346,8 +344,8 @@ void Server::Endpoint::Route() {
     res.set_content(ErrorJson(res.status, what).dump(), "application/json");
   });
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    bool known = req.path == kChatPath || req.path == kTextPath || req.path == "/v1/models" ||
-                 req.path == "/health" || req.path == "/metrics";
+    bool known = req.path == kChatPath || req.path == kTextPath || req.path == "/v1/models" || req.path == "/health" ||
+                 req.path == "/metrics";
     std::lock_guard<std::mutex> lock(metrics_mu);
     ++requests[{known ? req.path : "other", res.status}];
   });
@@ -387,7 +385,8 @@ std::string PrometheusMetric(const std::string& name, const char* type, const st
   return "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + number + "\n";
 }
 
-Server::Server(LanguageModel& model, ServeOptions options) : endpoint_(std::make_unique<Endpoint>(model, std::move(options))) {}
+Server::Server(LanguageModel& model, ServeOptions options)
+    : endpoint_(std::make_unique<Endpoint>(model, std::move(options))) {}
 
 Server::~Server() { Stop(); }
 

@@ -10,10 +10,11 @@
 //   GET  /metrics              Prometheus text: requests by endpoint and status, tokens, queue depth, running.
 //
 // Scheduling: at most max_running requests call the model at once (in arrival order; the local runner batches the
-// running ones into shared decode steps, inference/local_model.h); up to max_queued more wait for a turn; beyond that a request is answered at once with 503 and a JSON error body (and Retry-After: 1), so that a
-// client backs off instead of piling up. A streaming client that disconnects cancels its generation.
-// Errors are OpenAI-shaped: {"error": {"message", "type", "code"}} with 400 (bad request), 404, 503 or 500; an error
-// after a stream began is sent as one such event and the stream ends without [DONE].
+// running ones into shared decode steps, inference/local_model.h); up to max_queued more wait for a turn; beyond that a
+// request is answered at once with 503 and a JSON error body (and Retry-After: 1), so that a client backs off instead
+// of piling up. A streaming client that disconnects cancels its generation. Errors are OpenAI-shaped: {"error":
+// {"message", "type", "code"}} with 400 (bad request), 404, 503 or 500; an error after a stream began is sent as one
+// such event and the stream ends without [DONE].
 #pragma once
 
 #include <functional>

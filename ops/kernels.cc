@@ -9,8 +9,8 @@
 #include <cstring>
 #include <vector>
 
-#include "ops/kernels_simd.h"
 #include "base/half.h"
+#include "ops/kernels_simd.h"
 
 namespace lr::ops {
 namespace {
@@ -170,9 +170,7 @@ void MovePiece(uint8_t* dst, const uint8_t* src, int n, uint32_t x) {
   std::memcpy(dst, &v, n);
 }
 
-bool IsFloatType(TensorType t) {
-  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
-}
+bool IsFloatType(TensorType t) { return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16; }
 
 }  // namespace
 
@@ -249,9 +247,7 @@ OwnedWeightMatrix Repack16(const WeightMatrix& w) {
 
 Isa ActiveIsa() { return ActiveIsaSlot().load(std::memory_order_relaxed); }
 
-void SetActiveIsa(Isa isa) {
-  ActiveIsaSlot().store(std::min(isa, BestIsa()), std::memory_order_relaxed);
-}
+void SetActiveIsa(Isa isa) { ActiveIsaSlot().store(std::min(isa, BestIsa()), std::memory_order_relaxed); }
 
 void MatMul(const WeightMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride) {
   const MatMulOut out{&w, y, y_stride};

@@ -11,9 +11,9 @@
 //
 // Threads: MatMul splits the output rows over the OpenMP threads (omp_set_num_threads decides how many). A call with
 // several tokens reads each weight row once for all of them (prefill is matrix-matrix work). MatMulMany runs several
-// products with one input in one parallel region. The team functions (MatMulManyTeam, MatMulManyQuantizedTeam) run inside
-// a parallel region the caller opened, so that a forward step can run a whole block (norm, products, attention) in
-// one region with barriers between its ops instead of one fork and join per op.
+// products with one input in one parallel region. The team functions (MatMulManyTeam, MatMulManyQuantizedTeam) run
+// inside a parallel region the caller opened, so that a forward step can run a whole block (norm, products, attention)
+// in one region with barriers between its ops instead of one fork and join per op.
 #pragma once
 
 #include <cassert>

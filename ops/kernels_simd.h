@@ -14,9 +14,9 @@ namespace lr::ops {
 // each token's activations as BlockQ8 (w.cols / 32 blocks per token, used by the quantized types); `x` the same
 // activations as f32 (used by F32, F16 and BF16); for a kRows16 matrix r0 and r1 are multiples of 16. QuantizeRowQ8 is
 // kernels.h's, vectorized.
-#define LR_DECLARE_MATMUL_ROWS                                                                                  \
+#define LR_DECLARE_MATMUL_ROWS                                                                                    \
   void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens, int64_t r0, int64_t r1, \
-                  float* y, int64_t y_stride, bool add);                                                      \
+                  float* y, int64_t y_stride, bool add);                                                          \
   void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out);
 namespace avx2 {
 LR_DECLARE_MATMUL_ROWS

@@ -204,16 +204,16 @@ void DotQ4_1x2(const uint8_t* row, const BlockQ8* const* a, const float* const* 
       [&](int64_t b, int p) {
         const uint8_t* blk = row + b * 20;
         // [nibbles b, nibbles b, nibbles b+1, nibbles b+1], the second copies shifted: values 0-31 of b, of b + 1.
-        const __m256i packed = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(blk + 24),
-                                                   reinterpret_cast<const __m128i*>(blk + 4));
+        const __m256i packed =
+            _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(blk + 24), reinterpret_cast<const __m128i*>(blk + 4));
         __m512i w = _mm512_permutexvar_epi64(copy_halves, _mm512_zextsi256_si512(packed));
         w = _mm512_and_si512(_mm512_mask_srli_epi16(w, 0xFF00FF00, w, 4), low4);
         uint32_t dm0, dm1;
         std::memcpy(&dm0, blk, 4);
         std::memcpy(&dm1, blk + 20, 4);
         // [d_b, m_b, d_b+1, m_b+1]
-        const __m128 dm = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dm0)),
-                                                        static_cast<int>(dm1), 1));
+        const __m128 dm =
+            _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dm0)), static_cast<int>(dm1), 1));
         for (int t = 0; t < NT; ++t) {
           const BlockQ8* at = a[t] + b;
           // [a_b.d, a_b.s, a_b+1.d, a_b+1.s] (d and s lead BlockQ8) times dm
@@ -260,8 +260,7 @@ void DotQ8_0x2(const uint8_t* row, const BlockQ8* const* a, const float* const* 
           const __m512i q = LoadQ8Pair(at);
           const __m512i signed_q = _mm512_mask_sub_epi8(q, negative, _mm512_setzero_si512(), q);
           const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, signed_q);
-          const __m512 scale =
-              _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * at[0].d), _mm512_set1_ps(d1 * at[1].d));
+          const __m512 scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * at[0].d), _mm512_set1_ps(d1 * at[1].d));
           acc[p][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[p][t]);
         }
       },
@@ -443,12 +442,12 @@ void Rows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_tokens
 }
 
 // Adapters from the function templates above to class templates that Rows can take.
-#define LR_KERNEL(name)                                                                                   \
-  template <int NT>                                                                                       \
-  struct name##Kernel {                                                                                   \
+#define LR_KERNEL(name)                                                                                          \
+  template <int NT>                                                                                              \
+  struct name##Kernel {                                                                                          \
     static void Run(const uint8_t* row, const BlockQ8* const* a, const float* const* x, int64_t n, float* out) { \
-      name<NT>(row, a, x, n, out);                                                                        \
-    }                                                                                                     \
+      name<NT>(row, a, x, n, out);                                                                               \
+    }                                                                                                            \
   };
 LR_KERNEL(DotF32)
 LR_KERNEL(DotF16)
@@ -564,7 +563,7 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
   for (int64_t b = 0; b < n_blocks; ++b) {
     const uint8_t* g = group + b * kGroupBytes;
     for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
-      const int lane0 = p * kLanes;  // first row of this part
+      const int lane0 = p * kLanes;     // first row of this part
       // w[k] multiplies the activations at q_at[k]: a nibble word L holds values 4L.. (low nibbles) and 16 + 4L..
       // (high nibbles) of each row, a q8_0 word L values 4L..
       VecI w[8];
@@ -609,8 +608,8 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
 // MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to kTokenGroup, each
 // group's weights unpacked once for them.
 template <TensorType kType>
-void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y,
-            int64_t y_stride, bool add) {
+void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y, int64_t y_stride,
+            bool add) {
   const int64_t n_blocks = w.cols / 32;
   const BlockQ8* a[kTokenGroup];
   float* out[kTokenGroup];

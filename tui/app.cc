@@ -41,8 +41,10 @@ Status RunApp(AppOptions options) {
   std::string text;
   if (!options.file.empty()) {
     Result<std::string> read = ReadFile(options.file);
-    if (read.ok()) text = std::move(read).value();
-    else if (read.status().code() != StatusCode::kNotFound) return read.status();
+    if (read.ok())
+      text = std::move(read).value();
+    else if (read.status().code() != StatusCode::kNotFound)
+      return read.status();
   }
   LR_ASSIGN_OR_RETURN(std::unique_ptr<Screen> screen, Screen::Open());
   InstallInterruptHandler(nullptr);

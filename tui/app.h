@@ -19,7 +19,8 @@
 namespace lr::tui {
 
 struct AppOptions {
-  std::string file;  // the Lean file to open; empty: an unnamed buffer. A file that does not exist yet is created on save.
+  std::string
+      file;  // the Lean file to open; empty: an unnamed buffer. A file that does not exist yet is created on save.
   Session::Settings settings;
   Worker::Options worker;
 };

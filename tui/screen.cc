@@ -3,11 +3,11 @@
 #include <unistd.h>
 #include <wchar.h>
 
+#include <ncursesw/curses.h>
 #include <algorithm>
 #include <clocale>
 #include <cstdio>
 #include <cstdlib>
-#include <ncursesw/curses.h>
 
 namespace lr::tui {
 namespace {
@@ -50,8 +50,21 @@ std::wstring Glyph(char32_t cp) {
 
 // The visual roles, mapped to colour pairs or to monochrome attributes.
 enum Role {
-  kTitle = 1, kCursorLine, kGutterMark, kError, kWarning, kInfo, kAccepted, kGenerating, kChecking, kFailed,
-  kDiffAdd, kDiffDel, kStatusBar, kBoxTitle, kRoleCount,
+  kTitle = 1,
+  kCursorLine,
+  kGutterMark,
+  kError,
+  kWarning,
+  kInfo,
+  kAccepted,
+  kGenerating,
+  kChecking,
+  kFailed,
+  kDiffAdd,
+  kDiffDel,
+  kStatusBar,
+  kBoxTitle,
+  kRoleCount,
 };
 
 attr_t Attr(bool color, Role role) {
@@ -60,12 +73,19 @@ attr_t Attr(bool color, Role role) {
     return COLOR_PAIR(role) | extra;
   }
   switch (role) {
-    case kTitle: case kStatusBar: case kCursorLine: return A_REVERSE;
-    case kError: case kAccepted: case kBoxTitle: case kGutterMark: return A_BOLD;
+    case kTitle:
+    case kStatusBar:
+    case kCursorLine: return A_REVERSE;
+    case kError:
+    case kAccepted:
+    case kBoxTitle:
+    case kGutterMark: return A_BOLD;
     case kDiffAdd: return A_BOLD;
     case kDiffDel: return A_UNDERLINE;
-    case kWarning: case kChecking: return A_UNDERLINE;
-    case kFailed: case kInfo: return A_DIM;
+    case kWarning:
+    case kChecking: return A_UNDERLINE;
+    case kFailed:
+    case kInfo: return A_DIM;
     default: return A_NORMAL;
   }
 }
@@ -148,7 +168,8 @@ Role StateRole(AttemptState s) {
     case AttemptState::kChecking: return kChecking;
     case AttemptState::kAccepted: return kAccepted;
     case AttemptState::kFailed: return kFailed;
-    case AttemptState::kCancelled: case AttemptState::kNotChecked: return kInfo;
+    case AttemptState::kCancelled:
+    case AttemptState::kNotChecked: return kInfo;
   }
   return kInfo;
 }
@@ -176,15 +197,19 @@ void DrawSource(const Session& s, const Box& box, bool color) {
 
 void DrawGoals(const Session& s, const Box& box, bool color) {
   std::string title = "Goals and messages";
-  if (s.checking()) title += " (checking...)";
-  else if (s.have_report() && s.report_stale()) title += " (stale)";
+  if (s.checking())
+    title += " (checking...)";
+  else if (s.have_report() && s.report_stale())
+    title += " (stale)";
   const Box in = Frame(box, title, color);
   std::vector<std::pair<std::string, attr_t>> rows;
   auto add = [&](std::string_view text, attr_t attr) {
     for (std::string& l : WrapText(text, in.w)) rows.push_back({std::move(l), attr});
   };
-  if (!s.check_error().empty()) add("no Lean report: " + s.check_error(), Attr(color, kError));
-  else if (!s.have_report()) add(s.checking() ? "Lean is checking the file..." : "no Lean report yet", Attr(color, kInfo));
+  if (!s.check_error().empty())
+    add("no Lean report: " + s.check_error(), Attr(color, kError));
+  else if (!s.have_report())
+    add(s.checking() ? "Lean is checking the file..." : "no Lean report yet", Attr(color, kInfo));
   for (const agent::LeanGoal& g : s.GoalsAtCursor()) {
     add("goals at line " + std::to_string(g.line + 1) + ":", Attr(color, kBoxTitle));
     add(g.goals, A_NORMAL);
@@ -220,8 +245,8 @@ void DrawAttempts(const Session& s, const Box& box, bool color) {
                   std::string(AttemptStateName(a.state)).c_str(), a.turn, a.shown_tokens());
     Put(in.y + row, in.x, in.w, head, Attr(color, StateRole(a.state)));
     const int used = DisplayWidth(head);
-    const bool ended = a.state == AttemptState::kFailed || a.state == AttemptState::kCancelled ||
-                       a.state == AttemptState::kNotChecked;
+    const bool ended =
+        a.state == AttemptState::kFailed || a.state == AttemptState::kCancelled || a.state == AttemptState::kNotChecked;
     Put(in.y + row, in.x + used, in.w - used, ended ? a.reason : "", Attr(color, kInfo));
   }
   if (!run.running && !run.outcome.empty() && row < in.h)
@@ -231,8 +256,9 @@ void DrawAttempts(const Session& s, const Box& box, bool color) {
   const AttemptView& a = run.attempts[s.selected_attempt()];
   std::vector<std::pair<std::string, attr_t>> rows;
   if (s.diff_visible()) {
-    Put(in.y + row++, in.x, in.w, "diff of attempt " + std::to_string(s.selected_attempt() + 1) +
-                                      " against the current proof (d closes)", Attr(color, kBoxTitle));
+    Put(in.y + row++, in.x, in.w,
+        "diff of attempt " + std::to_string(s.selected_attempt() + 1) + " against the current proof (d closes)",
+        Attr(color, kBoxTitle));
     for (const DiffLine& d : s.SelectedDiff()) {
       const attr_t attr = d.op == '+' ? Attr(color, kDiffAdd) : d.op == '-' ? Attr(color, kDiffDel) : A_NORMAL;
       for (std::string& l : WrapText(std::string(1, d.op) + " " + d.text, in.w)) rows.push_back({std::move(l), attr});
@@ -245,7 +271,8 @@ void DrawAttempts(const Session& s, const Box& box, bool color) {
   // Show the end: that is where the text streams in.
   const int space = in.h - row;
   const int start = std::max(0, static_cast<int>(rows.size()) - space);
-  for (int i = start; i < static_cast<int>(rows.size()); ++i, ++row) Put(in.y + row, in.x, in.w, rows[i].first, rows[i].second);
+  for (int i = start; i < static_cast<int>(rows.size()); ++i, ++row)
+    Put(in.y + row, in.x, in.w, rows[i].first, rows[i].second);
 }
 
 void DrawHelp(const std::vector<std::string>& lines, int rows, int cols, bool color) {
@@ -253,7 +280,8 @@ void DrawHelp(const std::vector<std::string>& lines, int rows, int cols, bool co
   const Box box{(rows - h) / 2, (cols - w) / 2, h, w};
   for (int y = box.y; y < box.y + box.h; ++y) Put(y, box.x, box.w, "", A_NORMAL, true);
   const Box in = Frame(box, "Help (Esc closes)", color);
-  for (int i = 0; i < in.h && i < static_cast<int>(lines.size()); ++i) Put(in.y + i, in.x + 1, in.w - 1, lines[i], A_NORMAL);
+  for (int i = 0; i < in.h && i < static_cast<int>(lines.size()); ++i)
+    Put(in.y + i, in.x + 1, in.w - 1, lines[i], A_NORMAL);
 }
 
 std::string StatusLine(const Session& s) {
@@ -311,8 +339,8 @@ Result<std::unique_ptr<Screen>> Screen::Open() {
     return Unavailable("leanrotor tui needs a terminal on stdin and stdout");
   std::setlocale(LC_ALL, "");  // the user's UTF-8 locale, so that ncursesw and wcwidth handle Lean's Unicode
   if (newterm(nullptr, stdout, stdin) == nullptr)
-    return Unavailable("cannot start curses on this terminal (TERM=" +
-                       std::string(getenv("TERM") ? getenv("TERM") : "unset") + ")");
+    return Unavailable(
+        "cannot start curses on this terminal (TERM=" + std::string(getenv("TERM") ? getenv("TERM") : "unset") + ")");
   g_curses_active = true;
   std::unique_ptr<Screen> screen(new Screen());
   raw();
@@ -392,9 +420,11 @@ std::optional<Key> Screen::ReadKey(int timeout_ms) {
     }
   }
   switch (ch) {
-    case '\n': case '\r': return Key::Special(Key::kEnter);
+    case '\n':
+    case '\r': return Key::Special(Key::kEnter);
     case 27: return Key::Special(Key::kEscape);
-    case 127: case 8: return Key::Special(Key::kBackspace);
+    case 127:
+    case 8: return Key::Special(Key::kBackspace);
     case '\t': return Key::Special(Key::kTab);
     case 3: return Key::Special(Key::kCtrlC);
     default: break;

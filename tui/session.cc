@@ -218,8 +218,7 @@ void Session::Prove() {
   selected_ = 0;
   diff_visible_ = false;
   requests_.push_back(ProveRequest{run_.id, std::move(task), settings_.k, settings_.turns, path_, text_});
-  Note("proving " + d.name + " (k=" + std::to_string(settings_.k) + ", turns=" + std::to_string(settings_.turns) +
-       ")");
+  Note("proving " + d.name + " (k=" + std::to_string(settings_.k) + ", turns=" + std::to_string(settings_.turns) + ")");
 }
 
 void Session::Cancel() {
@@ -307,12 +306,13 @@ void Session::OnKey(Key key) {
     case Key::kEnter: return Prove();
     case Key::kTab: return SelectAttempt(run_.attempts.empty() ? 0 : (selected_ + 1) % run_.attempts.size());
     case Key::kBackTab:
-      return SelectAttempt(run_.attempts.empty() ? 0
-                                                 : (selected_ + run_.attempts.size() - 1) % run_.attempts.size());
+      return SelectAttempt(run_.attempts.empty() ? 0 : (selected_ + run_.attempts.size() - 1) % run_.attempts.size());
     case Key::kEscape:
       if (run_.running) return Cancel();
-      if (diff_visible_) diff_visible_ = false;
-      else message_.clear();
+      if (diff_visible_)
+        diff_visible_ = false;
+      else
+        message_.clear();
       return;
     case Key::kChar: break;
     default: return;
@@ -331,7 +331,8 @@ void Session::OnKey(Key key) {
     case 's': return Save("");
     case '?': help_visible_ = !help_visible_; return;
     case 'q': return AskQuit(false);
-    case '/': case ':':
+    case '/':
+    case ':':
       command_active_ = true;
       command_ = "/";
       history_pos_ = static_cast<int>(history_.size());
@@ -386,7 +387,8 @@ void Session::RunCommand(std::string_view line) {
   if (name == "k" || name == "turns") {
     const int v = ParsePositive(arg);
     const bool is_k = name == "k";
-    if (arg.empty()) return Note(is_k ? "k = " + std::to_string(settings_.k) : "turns = " + std::to_string(settings_.turns));
+    if (arg.empty())
+      return Note(is_k ? "k = " + std::to_string(settings_.k) : "turns = " + std::to_string(settings_.turns));
     if (v < (is_k ? 1 : 0) || v > 64)
       return Note("/" + std::string(name) + ": expected a number" + (is_k ? " from 1 to 64" : " from 0 to 64") +
                   ", got '" + std::string(arg) + "'");

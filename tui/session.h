@@ -17,15 +17,27 @@
 
 #include "agent/diff.h"
 #include "agent/lean_checker.h"
-#include "lsp/lean_text.h"
 #include "agent/task.h"
+#include "lsp/lean_text.h"
 
 namespace lr::tui {
 
 // A key press, terminal-independent. Printable keys carry their code point in `ch`.
 struct Key {
   enum Kind {
-    kChar, kEnter, kEscape, kBackspace, kTab, kBackTab, kUp, kDown, kPageUp, kPageDown, kHome, kEnd, kCtrlC,
+    kChar,
+    kEnter,
+    kEscape,
+    kBackspace,
+    kTab,
+    kBackTab,
+    kUp,
+    kDown,
+    kPageUp,
+    kPageDown,
+    kHome,
+    kEnd,
+    kCtrlC,
   };
   Kind kind = kChar;
   char32_t ch = 0;
@@ -45,12 +57,12 @@ std::string_view AttemptStateName(AttemptState state);
 // One candidate of a proof run, as of its latest turn.
 struct AttemptView {
   AttemptState state = AttemptState::kWaiting;
-  int turn = 0;         // 0: first reply; n: n-th repair
-  std::string stream;   // the model's text for this turn so far
-  std::string proof;    // the proof extracted from the last judged reply (empty when none was found)
-  std::string reason;   // why the last judged reply was refused, or why it was never judged
-  int tokens = 0;       // completion tokens of the judged turns (as the model counted them)
-  int streamed = 0;     // pieces streamed in the current, not yet judged turn (one piece is one token)
+  int turn = 0;        // 0: first reply; n: n-th repair
+  std::string stream;  // the model's text for this turn so far
+  std::string proof;   // the proof extracted from the last judged reply (empty when none was found)
+  std::string reason;  // why the last judged reply was refused, or why it was never judged
+  int tokens = 0;      // completion tokens of the judged turns (as the model counted them)
+  int streamed = 0;    // pieces streamed in the current, not yet judged turn (one piece is one token)
 
   // What the attempt shows: every judged turn's tokens plus the current turn's so far.
   int shown_tokens() const { return tokens + streamed; }
@@ -58,21 +70,21 @@ struct AttemptView {
 
 // A proof run: one theorem, k candidates.
 struct RunView {
-  int id = 0;                 // increases per run; events of older runs are ignored
+  int id = 0;  // increases per run; events of older runs are ignored
   bool running = false;
-  agent::ProofTask task;      // what is being proved (statement and proof as they were when the run started)
+  agent::ProofTask task;  // what is being proved (statement and proof as they were when the run started)
   std::vector<AttemptView> attempts;
-  std::string outcome;        // when finished: "proved", "all candidates done", "cancelled", or the error
+  std::string outcome;  // when finished: "proved", "all candidates done", "cancelled", or the error
 };
 
 // The bottom line: what is loaded and how it performs.
 struct StatusView {
-  std::string model;           // the model's name, or why none is loaded
-  std::string kv_formats;      // e.g. "K q8_0 / V iso3"; empty when not known (remote models)
+  std::string model;       // the model's name, or why none is loaded
+  std::string kv_formats;  // e.g. "K q8_0 / V iso3"; empty when not known (remote models)
   double tokens_per_second = 0;
-  double kv_bytes = 0;         // KV cache memory in use; 0 when not known
-  double kv_shared = 0;        // fraction of that memory shared between candidates (prefix sharing), 0..1
-  std::string lean;            // Lean's state: "ready", "checking", "not found: <how to install>", an error
+  double kv_bytes = 0;   // KV cache memory in use; 0 when not known
+  double kv_shared = 0;  // fraction of that memory shared between candidates (prefix sharing), 0..1
+  std::string lean;      // Lean's state: "ready", "checking", "not found: <how to install>", an error
 };
 
 // Side effects the session asks the UI loop for.
@@ -85,20 +97,33 @@ struct ProveRequest {
   std::string text;
 };
 struct CancelRequest {};
-struct CheckRequest {     // check the whole buffer with Lean, for diagnostics and goals
+struct CheckRequest {  // check the whole buffer with Lean, for diagnostics and goals
   int version = 0;
   std::string text;
   std::string path;
 };
-struct OpenRequest { std::string path; };
-struct SaveRequest { std::string path; std::string text; int version = 0; };
-struct LoadModelRequest { std::string model; std::string kv; };  // either may be empty: keep the current one
+struct OpenRequest {
+  std::string path;
+};
+struct SaveRequest {
+  std::string path;
+  std::string text;
+  int version = 0;
+};
+struct LoadModelRequest {
+  std::string model;
+  std::string kv;
+};  // either may be empty: keep the current one
 struct QuitRequest {};
-using Request = std::variant<ProveRequest, CancelRequest, CheckRequest, OpenRequest, SaveRequest, LoadModelRequest,
-                             QuitRequest>;
+using Request =
+    std::variant<ProveRequest, CancelRequest, CheckRequest, OpenRequest, SaveRequest, LoadModelRequest, QuitRequest>;
 
 // Events the workers post (tui/worker.h), applied on the UI thread.
-struct PieceEvent { int run_id; int candidate; std::string piece; };  // model text for a candidate's current turn
+struct PieceEvent {
+  int run_id;
+  int candidate;
+  std::string piece;
+};                     // model text for a candidate's current turn
 struct AttemptEvent {  // a candidate changed state (generating turn n, checking, judged)
   int run_id;
   int candidate;
@@ -108,13 +133,37 @@ struct AttemptEvent {  // a candidate changed state (generating turn n, checking
   std::string reason;  // when refused
   int tokens = 0;      // when judged: this turn's completion tokens
 };
-struct RunFinishedEvent { int run_id; std::string outcome; };
-struct CheckedEvent { int version; bool ok; agent::LeanReport report; std::string error; };
-struct SavedEvent { std::string path; int version; bool ok; std::string error; };
-struct OpenedEvent { std::string path; bool ok; std::string text; std::string error; };
-struct StatusEvent { StatusView status; };     // replaces the whole status line
-struct LeanStateEvent { std::string lean; };   // replaces the Lean part only
-struct MessageEvent { std::string text; };     // a one-line note for the user
+struct RunFinishedEvent {
+  int run_id;
+  std::string outcome;
+};
+struct CheckedEvent {
+  int version;
+  bool ok;
+  agent::LeanReport report;
+  std::string error;
+};
+struct SavedEvent {
+  std::string path;
+  int version;
+  bool ok;
+  std::string error;
+};
+struct OpenedEvent {
+  std::string path;
+  bool ok;
+  std::string text;
+  std::string error;
+};
+struct StatusEvent {
+  StatusView status;
+};  // replaces the whole status line
+struct LeanStateEvent {
+  std::string lean;
+};  // replaces the Lean part only
+struct MessageEvent {
+  std::string text;
+};  // a one-line note for the user
 using Event = std::variant<PieceEvent, AttemptEvent, RunFinishedEvent, CheckedEvent, SavedEvent, OpenedEvent,
                            StatusEvent, LeanStateEvent, MessageEvent>;
 

@@ -77,8 +77,10 @@ class AgentRunObserver : public agent::AgentObserver {
     events_->Post(PieceEvent{run_id_, candidate_, "< " + shown + "\n"});
   }
   void OnJudged(const std::string&, const std::string& proof, const agent::Verdict& verdict) override {
-    if (verdict.accepted) events_->Post(AttemptEvent{run_id_, candidate_, 0, AttemptState::kAccepted, proof, ""});
-    else events_->Post(PieceEvent{run_id_, candidate_, "! not accepted: " + verdict.reason + "\n"});
+    if (verdict.accepted)
+      events_->Post(AttemptEvent{run_id_, candidate_, 0, AttemptState::kAccepted, proof, ""});
+    else
+      events_->Post(PieceEvent{run_id_, candidate_, "! not accepted: " + verdict.reason + "\n"});
   }
 
  private:
@@ -209,9 +211,9 @@ void Worker::RunProof(const ProveRequest& request) {
     return events_->Post(RunFinishedEvent{request.run_id, "cannot prove: Lean " + options_.lean_state});
   if (options_.prover.style == agent::PromptStyle::kAgent) {
     Result<std::string> summary = RunAgents(request);
-    std::string outcome = summary.ok() ? *summary
+    std::string outcome = summary.ok()                                        ? *summary
                           : summary.status().code() == StatusCode::kCancelled ? "cancelled"
-                                                                               : "error: " + summary.status().ToString();
+                                                                              : "error: " + summary.status().ToString();
     return events_->Post(RunFinishedEvent{request.run_id, outcome});
   }
   agent::ProverOptions prover = options_.prover;

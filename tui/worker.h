@@ -108,14 +108,14 @@ class Worker {
 
   Options options_;
   EventQueue* events_;
-  ModelHandle model_;            // model thread only
-  std::string model_error_;      // model thread only: why there is no model
-  std::mutex cancel_mu_;              // orders the writes of cancel_ (the prover's flag)
+  ModelHandle model_;        // model thread only
+  std::string model_error_;  // model thread only: why there is no model
+  std::mutex cancel_mu_;     // orders the writes of cancel_ (the prover's flag)
   std::atomic<bool> cancel_{false};
   std::atomic<bool> shutdown_{false};  // the worker is going away: everything stops
-  std::atomic<int> cancel_run_{0};    // runs up to this id are cancelled
-  int last_run_ = 0;                  // UI thread only
-  std::atomic<int> latest_check_{0};  // checks of older buffer versions are skipped
+  std::atomic<int> cancel_run_{0};     // runs up to this id are cancelled
+  int last_run_ = 0;                   // UI thread only
+  std::atomic<int> latest_check_{0};   // checks of older buffer versions are skipped
   // Declared last: destroyed (joined) first, while everything their jobs use is still alive.
   JobThread lean_thread_;
   JobThread model_thread_;

@@ -6,8 +6,8 @@
 
 #include <unistd.h>
 
-#include <filesystem>
 #include <gtest/gtest.h>
+#include <filesystem>
 
 #include "base/file.h"
 #include "tests/agent/lake_fixture.h"
@@ -74,8 +74,8 @@ TEST_F(AgentLoopTest, CompletesEverySorryThroughTheToolsAndTheGuard) {
     if (j.contains("tool")) {
       ++calls;
       if (j["arguments"] == "{oops") {
-        malformed_answered = j["is_error"] == true &&
-                             j["result"].get<std::string>().find("not valid JSON") != std::string::npos;
+        malformed_answered =
+            j["is_error"] == true && j["result"].get<std::string>().find("not valid JSON") != std::string::npos;
       }
     } else {
       ++judged;
@@ -138,13 +138,13 @@ TEST_F(AgentLoopTest, BadTasksAreInvalidArguments) {
 TEST_F(AgentLoopTest, BatchRunsRepositoryTasksWithPassAtKDiffAndTrace) {
   const std::string tasks_file = root_ + "/../" + fs::path(root_).filename().string() + "_tasks.jsonl";
   const std::string project = fs::path(root_).filename().string();
-  ASSERT_TRUE(WriteFileAtomic(tasks_file,
-                              "{\"name\": \"all\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
-                                  "\", \"theorems\": \"all sorries\", \"instructions\": \"Use the lemmas of "
-                                  "Sorries/Lemmas.lean.\"}\n"
-                                  "{\"name\": \"one\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
-                                  "\", \"theorems\": [\"swap_add\"]}\n")
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomic(tasks_file, "{\"name\": \"all\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
+                                      "\", \"theorems\": \"all sorries\", \"instructions\": \"Use the lemmas of "
+                                      "Sorries/Lemmas.lean.\"}\n"
+                                      "{\"name\": \"one\", \"project\": \"" +
+                                      project + "\", \"file\": \"" + kFile + "\", \"theorems\": [\"swap_add\"]}\n")
+          .ok());
   auto tasks = LoadTasks(tasks_file);
   ASSERT_TRUE(tasks.ok()) << tasks.status().ToString();
   ASSERT_EQ(tasks->size(), 2u);
@@ -179,12 +179,14 @@ TEST_F(AgentLoopTest, BatchRunsRepositoryTasksWithPassAtKDiffAndTrace) {
   EXPECT_NE(trace->find("\"tool\":\"lean_multi_attempt\""), std::string::npos);
   EXPECT_EQ(*ReadFile(root_ + "/" + kFile), original_);  // the project is untouched
 
-  ASSERT_TRUE(WriteFileAtomic(tasks_file, "{\"name\": \"x\", \"project\": \"" + project + "\", \"file\": \"" +
-                                              kFile + "\", \"theorems\": [\"nope\"]}\n").ok());
+  ASSERT_TRUE(WriteFileAtomic(tasks_file, "{\"name\": \"x\", \"project\": \"" + project + "\", \"file\": \"" + kFile +
+                                              "\", \"theorems\": [\"nope\"]}\n")
+                  .ok());
   EXPECT_NE(LoadTasks(tasks_file).status().message().find("field \"theorems\": no theorem or lemma named nope"),
             std::string::npos);
   ASSERT_TRUE(WriteFileAtomic(tasks_file, "{\"name\": \"x\", \"project\": \"" + project +
-                                              "\", \"file\": \"Sorries/Lemmas.lean\", \"theorems\": \"all sorries\"}\n").ok());
+                                              "\", \"file\": \"Sorries/Lemmas.lean\", \"theorems\": \"all sorries\"}\n")
+                  .ok());
   EXPECT_NE(LoadTasks(tasks_file).status().message().find("no theorem with a sorry"), std::string::npos);
 }
 

@@ -27,8 +27,8 @@ using testing::ScriptedChecker;
 using testing::ScriptedModel;
 
 std::string TempDir(const std::string& name) {
-  std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                              ("lr_agent_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("lr_agent_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
@@ -169,8 +169,8 @@ TEST(RunBatch, WritesOneLinePerTaskThenResumesWithoutDuplicates) {
   const std::string dir = TempDir("run");
   Replies replies;
   const std::vector<BatchTask>& t = *tasks;
-  replies[t[0].task.name] = {Good(t[0]), Good(t[0])};             // 2 of 2
-  replies[t[1].task.name] = {Bad(t[1]), Good(t[1])};              // 1 of 2
+  replies[t[0].task.name] = {Good(t[0]), Good(t[0])};              // 2 of 2
+  replies[t[1].task.name] = {Bad(t[1]), Good(t[1])};               // 1 of 2
   replies[t[2].task.name] = {Bad(t[2]), "```lean\n  sorry\n```"};  // 0 of 2
   // t[3] has no replies: the model's empty blocks are refused.
   ScriptedModel model(replies);

@@ -25,8 +25,8 @@ namespace lr::agent {
 namespace {
 
 std::string TempDir(const std::string& name) {
-  std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                              ("lr_agent_cli_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("lr_agent_cli_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
@@ -84,8 +84,8 @@ class ScriptedModelServer {
     const std::string script = dir + "/script.json";
     const std::string port_file = dir + "/port";
     EXPECT_TRUE(WriteFileAtomic(script, script_json).ok());
-    pid_ = Start({"python3", LR_SOURCE_DIR "/tests/tui/scripted_openai.py", script, port_file, pause},
-                 dir + "/model.log");
+    pid_ =
+        Start({"python3", LR_SOURCE_DIR "/tests/tui/scripted_openai.py", script, port_file, pause}, dir + "/model.log");
     for (int waited = 0; waited < 10000 && !std::filesystem::exists(port_file); waited += 10)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     Result<std::string> port = ReadFile(port_file);
@@ -104,9 +104,10 @@ class ScriptedModelServer {
 
 // `server_flags`: more flags of the scripted Lean server (--hang-on TEXT, --crash-on TEXT).
 std::vector<std::string> ProverArgs(const std::string& url, int turns = 0, const std::string& server_flags = "") {
-  return {"--remote", url, "--model-id", "scripted", "--lean-cmd",
-          std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario normal " + server_flags, "--turns",
-          std::to_string(turns)};
+  return {"--remote",   url,
+          "--model-id", "scripted",
+          "--lean-cmd", std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario normal " + server_flags,
+          "--turns",    std::to_string(turns)};
 }
 
 // A task line of the miniF2F shape for `statement` (a theorem without its proof).
@@ -151,8 +152,7 @@ TEST(ProveCommand, RefusesCheatsAndFillsEverySorry) {
   // The second theorem's prompt also shows the first (its context), so it comes first in the script. The scripted
   // Lean server reports an `UNSOLVED` token as "unsolved goals".
   nlohmann::ordered_json script;
-  script["cli_second"] = {LeanBlock(second, "exact UNSOLVED"),
-                          LeanBlock(second, "simp")};
+  script["cli_second"] = {LeanBlock(second, "exact UNSOLVED"), LeanBlock(second, "simp")};
   script["cli_first"] = {LeanBlock(first, "sorry"), LeanBlock(first, "native_decide"),
                          LeanBlock("theorem cli_first (n : Nat) : True", "trivial"),  // another statement
                          LeanBlock(first, "simp")};
@@ -194,7 +194,7 @@ TEST(ProveCommand, RepairTurnAndAnUnprovedTheoremWithOut) {
   for (const std::string& a : ProverArgs(model.url(), /*turns=*/1)) args.push_back(a);
   const std::string log = dir + "/prove.log";
   EXPECT_EQ(Wait(Start(args, log)), 1) << Log(log);  // not every theorem was proved
-  EXPECT_EQ(Log(file), original);  // --out leaves the source alone
+  EXPECT_EQ(Log(file), original);                    // --out leaves the source alone
   Result<std::string> proved = ReadFile(out);
   ASSERT_TRUE(proved.ok()) << Log(log);
   EXPECT_EQ(*proved, first + " := by\n  simp\n\n" + second + " := by\n  sorry\n") << Log(log);
@@ -213,9 +213,9 @@ TEST(ProveCommand, LeanLimitFlagsReachTheServer) {
   ASSERT_EQ(::chmod(server.c_str(), 0755), 0);
   const std::string file = dir + "/One.lean";
   ASSERT_TRUE(WriteFileAtomic(file, statement + " := by\n  sorry\n").ok());
-  const std::vector<std::string> args = {LR_LEANROTOR, "prove", file, "-k", "1", "--remote", model.url(),
-                                         "--model-id", "scripted", "--lean-cmd", server, "--lean-memory", "2",
-                                         "--lean-cpu", "13"};
+  const std::vector<std::string> args = {LR_LEANROTOR, "prove",         file,         "-k",         "1",
+                                         "--remote",   model.url(),     "--model-id", "scripted",   "--lean-cmd",
+                                         server,       "--lean-memory", "2",          "--lean-cpu", "13"};
   const std::string log = dir + "/prove.log";
   EXPECT_EQ(Wait(Start(args, log)), 2) << Log(log);
   EXPECT_EQ(Log(server + ".out"), "as=" + std::to_string(2 * 1024 * 1024) + " cpu=13\n") << Log(log);
@@ -334,8 +334,7 @@ TEST(BatchCommand, InterruptThenResumeLosesAndDuplicatesNothing) {
   ASSERT_FALSE(model.url().empty()) << Log(dir + "/model.log");
 
   const std::string out = dir + "/results.jsonl";
-  std::vector<std::string> args = {LR_LEANROTOR, "batch", dir + "/tasks.jsonl", "--out", out, "-k", "1",
-                                   "--jobs", "2"};
+  std::vector<std::string> args = {LR_LEANROTOR, "batch", dir + "/tasks.jsonl", "--out", out, "-k", "1", "--jobs", "2"};
   for (const std::string& a : ProverArgs(model.url())) args.push_back(a);
   const std::string log = dir + "/batch.log";
   pid_t pid = Start(args, log);

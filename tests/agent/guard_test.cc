@@ -88,40 +88,40 @@ TEST(JudgeLeanReport, AcceptsOnlyACleanReportWithAllowedAxioms) {
   GuardOptions options;
 
   auto axioms_msg = [&](const std::string& text) { return LeanMessage{axioms, 3, text}; };
-  EXPECT_TRUE(JudgeLeanReport(Report({axioms_msg("'two_eq' depends on axioms: [propext]")}), task, proof, options)
-                  .accepted);
-  EXPECT_TRUE(JudgeLeanReport(Report({axioms_msg("'two_eq' does not depend on any axioms")}), task, proof, options)
-                  .accepted);
+  EXPECT_TRUE(
+      JudgeLeanReport(Report({axioms_msg("'two_eq' depends on axioms: [propext]")}), task, proof, options).accepted);
+  EXPECT_TRUE(
+      JudgeLeanReport(Report({axioms_msg("'two_eq' does not depend on any axioms")}), task, proof, options).accepted);
   // An error in the preamble (before the statement) is not the candidate's.
   EXPECT_TRUE(JudgeLeanReport(Report({{0, 1, "unknown package 'Mathlib'"},
                                       axioms_msg("'two_eq' depends on axioms: [propext, Quot.sound]")}),
                               task, proof, options)
                   .accepted);
 
-  Verdict error = JudgeLeanReport(
-      Report({{stmt + 1, 1, "unsolved goals"}, axioms_msg("'two_eq' depends on axioms: [propext]")}), task, proof,
-      options);
+  Verdict error =
+      JudgeLeanReport(Report({{stmt + 1, 1, "unsolved goals"}, axioms_msg("'two_eq' depends on axioms: [propext]")}),
+                      task, proof, options);
   EXPECT_FALSE(error.accepted);
   EXPECT_NE(error.reason.find("unsolved goals"), std::string::npos);
 
-  EXPECT_FALSE(JudgeLeanReport(Report({{stmt, 2, "declaration uses 'sorry'"},
-                                       axioms_msg("'two_eq' depends on axioms: [sorryAx]")}),
-                               task, proof, options)
+  EXPECT_FALSE(JudgeLeanReport(
+                   Report({{stmt, 2, "declaration uses 'sorry'"}, axioms_msg("'two_eq' depends on axioms: [sorryAx]")}),
+                   task, proof, options)
                    .accepted);
-  Verdict native = JudgeLeanReport(
-      Report({axioms_msg("'two_eq' depends on axioms: [propext, Lean.ofReduceBool]")}), task, proof, options);
+  Verdict native = JudgeLeanReport(Report({axioms_msg("'two_eq' depends on axioms: [propext, Lean.ofReduceBool]")}),
+                                   task, proof, options);
   EXPECT_FALSE(native.accepted);
   EXPECT_NE(native.reason.find("Lean.ofReduceBool"), std::string::npos);
   // No axioms report (or one for another name) is no proof.
   EXPECT_FALSE(JudgeLeanReport(Report({}), task, proof, options).accepted);
-  EXPECT_FALSE(JudgeLeanReport(Report({axioms_msg("'other' does not depend on any axioms")}), task, proof, options)
-                   .accepted);
+  EXPECT_FALSE(
+      JudgeLeanReport(Report({axioms_msg("'other' does not depend on any axioms")}), task, proof, options).accepted);
 }
 
 TEST(ParseAxiomsReport, ReadsLeansMessages) {
   std::vector<std::string> axioms;
-  ASSERT_TRUE(ParseAxiomsReport("'Foo.bar' depends on axioms: [propext,\n Classical.choice, Quot.sound]", "Foo.bar",
-                                &axioms));
+  ASSERT_TRUE(
+      ParseAxiomsReport("'Foo.bar' depends on axioms: [propext,\n Classical.choice, Quot.sound]", "Foo.bar", &axioms));
   EXPECT_EQ(axioms, (std::vector<std::string>{"propext", "Classical.choice", "Quot.sound"}));
   ASSERT_TRUE(ParseAxiomsReport("'Foo.bar' does not depend on any axioms", "Foo.bar", &axioms));
   EXPECT_TRUE(axioms.empty());

@@ -6,8 +6,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <gtest/gtest.h>
+#include <filesystem>
 #include <thread>
 
 #include "base/file.h"
@@ -48,7 +48,9 @@ class McpServerTest : public ::testing::Test {
     ::close(from_server_[1]);
   }
 
-  void Send(const std::string& line) { ASSERT_EQ(::write(to_server_[1], line.data(), line.size()), (ssize_t)line.size()); }
+  void Send(const std::string& line) {
+    ASSERT_EQ(::write(to_server_[1], line.data(), line.size()), (ssize_t)line.size());
+  }
 
   Json Next() {
     for (;;) {
@@ -97,7 +99,9 @@ TEST_F(McpServerTest, AnswersBadInputWithJsonRpcErrors) {
   r = Next();
   EXPECT_EQ(r["id"], "s");
   EXPECT_EQ(r["error"]["code"], -32602);
-  Send("{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\",\"arguments\":[1]}}\n");
+  Send(
+      "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/"
+      "call\",\"params\":{\"name\":\"read_file\",\"arguments\":[1]}}\n");
   EXPECT_EQ(Next()["error"]["code"], -32602);
   Send("\n  \n{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"ping\"}\r\n");  // blank lines skipped, CRLF accepted
   r = Next();
@@ -109,8 +113,9 @@ TEST_F(McpServerTest, NegotiatesTheProtocolRevision) {
   EXPECT_EQ(NegotiateProtocolVersion("2024-11-05"), "2024-11-05");
   EXPECT_EQ(NegotiateProtocolVersion("2025-06-18"), "2025-06-18");
   EXPECT_EQ(NegotiateProtocolVersion("2099-01-01"), "2025-11-25");
-  Send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-03-26\","
-       "\"capabilities\":{},\"clientInfo\":{\"name\":\"t\",\"version\":\"0\"}}}\n");
+  Send(
+      "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-03-26\","
+      "\"capabilities\":{},\"clientInfo\":{\"name\":\"t\",\"version\":\"0\"}}}\n");
   Json r = Next();
   EXPECT_EQ(r["result"]["protocolVersion"], "2025-03-26");
   EXPECT_EQ(r["result"]["serverInfo"]["name"], "leanrotor");
@@ -126,14 +131,16 @@ TEST_F(McpServerTest, NegotiatesTheProtocolRevision) {
 TEST_F(McpServerTest, ACancelledQueuedCallNeverRunsAndIsNotAnswered) {
   // The only worker runs a slow build; the read behind it waits in the queue and is cancelled there.
   Send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"lean_build\"}}\n");
-  Send("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\","
-       "\"arguments\":{\"path\":\"lakefile.lean\"}}}\n");
+  Send(
+      "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\","
+      "\"arguments\":{\"path\":\"lakefile.lean\"}}}\n");
   Send("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":2}}\n");
   Send("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":1,\"reason\":\"x\"}}\n");
   Send("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n");
   EXPECT_EQ(Next()["id"], 3);  // answered at once, on the reader thread
-  Send("{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\","
-       "\"arguments\":{\"path\":\"../x\"}}}\n");
+  Send(
+      "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\","
+      "\"arguments\":{\"path\":\"../x\"}}}\n");
   Json r = Next();  // neither 1 (cancelled while running: the build was killed) nor 2 (cancelled in the queue)
   EXPECT_EQ(r["id"], 4);
   EXPECT_EQ(r["result"]["isError"], true);
@@ -142,8 +149,9 @@ TEST_F(McpServerTest, ACancelledQueuedCallNeverRunsAndIsNotAnswered) {
 }
 
 TEST_F(McpServerTest, EndOfInputAnswersTheCallsInFlightFirst) {
-  Send("{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"lean_goal\","
-       "\"arguments\":{\"file_path\":\"Sorries/Basic.lean\",\"line\":9}}}\n");
+  Send(
+      "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"lean_goal\","
+      "\"arguments\":{\"file_path\":\"Sorries/Basic.lean\",\"line\":9}}}\n");
   CloseInput();
   Json r = Next();
   EXPECT_EQ(r["id"], 7);

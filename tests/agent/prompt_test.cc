@@ -18,8 +18,9 @@ TEST(FirstPrompt, ChatAsksForTheTheoremInALeanBlock) {
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[0].role, "system");
   EXPECT_EQ(m[1].role, "user");
-  EXPECT_NE(m[1].content.find("```lean\nimport Mathlib\n\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  sorry"),
-            std::string::npos);
+  EXPECT_NE(
+      m[1].content.find("```lean\nimport Mathlib\n\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  sorry"),
+      std::string::npos);
 }
 
 TEST(FirstPrompt, CompletionEndsAtTheProofStart) {
@@ -51,8 +52,8 @@ TEST(ExtractProof, BareTacticsBecomeAByBlock) {
 }
 
 TEST(ExtractProof, AcceptsAnUnclosedFinalBlock) {
-  Extracted e =
-      ExtractProof("```lean\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  omega\n", PromptStyle::kChat, Task());
+  Extracted e = ExtractProof("```lean\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  omega\n",
+                             PromptStyle::kChat, Task());
   ASSERT_TRUE(e.found);
   EXPECT_EQ(e.proof, " by\n  omega");
 }
@@ -95,7 +96,8 @@ TEST(ToolsStyle, OffersCheckProofAndReadsTheCallsCode) {
   EXPECT_EQ(tool.name, "check_proof");
   EXPECT_TRUE(nlohmann::json::parse(tool.parameters_json_schema)["required"] == nlohmann::json({"code"}));
 
-  const std::string code = nlohmann::json({{"code", "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  omega"}}).dump();
+  const std::string code =
+      nlohmann::json({{"code", "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  omega"}}).dump();
   Extracted e = ExtractProof(Reply("Let me check.", {{"call_1", "check_proof", code}}), PromptStyle::kTools, task);
   ASSERT_TRUE(e.found) << e.problem;
   EXPECT_EQ(e.proof, " by\n  omega");
@@ -117,7 +119,8 @@ TEST(AppendRepairTurn, ToolsAnswersTheCallWithLeansFeedback) {
   ProofTask task = Task();
   std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kTools);
   const ToolCall call{"call_7", "check_proof", R"({"code": "theorem two_eq ..."})"};
-  AppendRepairTurn(&m, PromptStyle::kTools, task, Reply("Checking.", {call}), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
+  AppendRepairTurn(&m, PromptStyle::kTools, task, Reply("Checking.", {call}),
+                   {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[2].role, "assistant");
   ASSERT_EQ(m[2].tool_calls.size(), 1u);
@@ -131,7 +134,8 @@ TEST(AppendRepairTurn, ToolsAnswersTheCallWithLeansFeedback) {
 TEST(AppendRepairTurn, ChatAddsTheReplyAndLeansFeedback) {
   ProofTask task = Task();
   std::vector<ChatMessage> m = FirstPrompt(task, PromptStyle::kChat);
-  AppendRepairTurn(&m, PromptStyle::kChat, task, Reply("```lean\nbad\n```"), {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
+  AppendRepairTurn(&m, PromptStyle::kChat, task, Reply("```lean\nbad\n```"),
+                   {"line 2: unknown tactic\n", "⊢ n + 0 = 2"});
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[2].role, "assistant");
   EXPECT_EQ(m[2].content, "```lean\nbad\n```");

@@ -7,8 +7,8 @@
 namespace lr::agent {
 namespace {
 
-using testing::ScriptedChecker;
 using testing::Replies;
+using testing::ScriptedChecker;
 using testing::ScriptedModel;
 
 constexpr char kGood[] = "```lean\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  subst h\n  rfl\n```";
@@ -69,8 +69,10 @@ TEST(Prove, NativeDecideIsCaughtByTheAxiomsCheckWhenTextChecksAreOff) {
 }
 
 TEST(Prove, ToolsStyleChecksTheCallsCodeAndAnswersTheCall) {
-  const std::string bad = R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  bad_tactic"})";
-  const std::string good = R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  subst h\n  rfl"})";
+  const std::string bad =
+      R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  bad_tactic"})";
+  const std::string good =
+      R"(@check_proof {"code": "theorem two_eq (n : ℕ) (h : n = 2) : n + 0 = 2 := by\n  subst h\n  rfl"})";
   ScriptedModel model(Replies{{"two_eq", {bad, good}}});
   ScriptedChecker lean;
   ProverOptions options = Options(1, 1);

@@ -22,13 +22,11 @@ using Replies = std::map<std::string, std::deque<std::string>>;
 
 class ScriptedModel : public LanguageModel {
  public:
-  explicit ScriptedModel(Replies replies, int delay_ms = 0)
-      : replies_(std::move(replies)), delay_ms_(delay_ms) {}
+  explicit ScriptedModel(Replies replies, int delay_ms = 0) : replies_(std::move(replies)), delay_ms_(delay_ms) {}
 
   std::string Name() const override { return "scripted"; }
 
-  Result<Completion> Complete(const CompletionRequest& request,
-                                         const StreamCallback& on_piece) override {
+  Result<Completion> Complete(const CompletionRequest& request, const StreamCallback& on_piece) override {
     if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     std::lock_guard<std::mutex> lock(mu_);
     requests_.push_back(request);
@@ -51,7 +49,8 @@ class ScriptedModel : public LanguageModel {
       }
       const std::string kCall = "@check_proof ";  // a canned tool call: the rest is its arguments
       if (choice.text.rfind(kCall, 0) == 0) {
-        choice.tool_calls.push_back({"call_" + std::to_string(calls_++), "check_proof", choice.text.substr(kCall.size())});
+        choice.tool_calls.push_back(
+            {"call_" + std::to_string(calls_++), "check_proof", choice.text.substr(kCall.size())});
         choice.text.clear();
       }
       choice.finish_reason = on_piece(i, choice.text) ? "stop" : "cancelled";
@@ -125,8 +124,8 @@ class ScriptedChecker : public LeanChecker {
     const std::string name = last.substr(last.find("axioms ") + 7);
     std::string axioms = "propext";
     if (request.text.find("native_decide") != std::string::npos) axioms += ", Lean.ofReduceBool";
-    report.messages.push_back({static_cast<int>(lines.size()) - 1, 3,
-                               "'" + name + "' depends on axioms: [" + axioms + "]"});
+    report.messages.push_back(
+        {static_cast<int>(lines.size()) - 1, 3, "'" + name + "' depends on axioms: [" + axioms + "]"});
     report.seconds = 0.001;
     return report;
   }

@@ -23,8 +23,7 @@ class ScriptedAgentModel : public LanguageModel {
 
   std::string Name() const override { return cheat_ ? "scripted-agent-cheater" : "scripted-agent"; }
 
-  Result<Completion> Complete(const CompletionRequest& request,
-                                         const StreamCallback&) override {
+  Result<Completion> Complete(const CompletionRequest& request, const StreamCallback&) override {
     using Json = nlohmann::json;
     ++requests;
     tools_offered = request.tools.size();
@@ -36,9 +35,7 @@ class ScriptedAgentModel : public LanguageModel {
     Choice c;
     c.finish_reason = "tool_calls";
     c.completion_tokens = 10;
-    auto call = [&](const std::string& name, const Json& args) {
-      c.tool_calls.push_back({"", name, args.dump()});
-    };
+    auto call = [&](const std::string& name, const Json& args) { c.tool_calls.push_back({"", name, args.dump()}); };
     auto result_of = [&](const std::string& tool) -> Json {  // the latest result of `tool`, parsed
       for (int i = static_cast<int>(m.size()) - 1; i >= 0; --i) {
         if (m[i].role != "assistant") continue;
@@ -53,7 +50,7 @@ class ScriptedAgentModel : public LanguageModel {
     const std::string step = last < 0 || m[last].tool_calls.empty() ? "" : m[last].tool_calls.back().name;
     if (last < 0 || step.empty() || step == "edit_file") {
       call("lean_diagnostic_messages", {{"file_path", file_}});
-      if (last < 0) c.tool_calls.push_back({"", "lean_goal", "{oops"});  // malformed: answered with a tool error
+      if (last < 0) c.tool_calls.push_back({"", "lean_goal", "{oops"});      // malformed: answered with a tool error
     } else if (step == "lean_diagnostic_messages" || step == "lean_goal") {  // lean_goal: the first reply's pair
       Json diags = result_of("lean_diagnostic_messages");
       int line = 0;
@@ -74,9 +71,12 @@ class ScriptedAgentModel : public LanguageModel {
       call("lean_term_goal", {{"file_path", file_}, {"line", sorry_line_}});
     } else if (step == "lean_term_goal") {
       Json goal = result_of("lean_goal");
-      std::string g = goal.value("goals_before", Json::array()).empty() ? "" : goal["goals_before"][0].get<std::string>();
-      if (g.find("b + a") != std::string::npos) call("lean_local_search", {{"query", "add_swap"}});
-      else call("lean_multi_attempt", {{"file_path", file_}, {"line", sorry_line_}, {"snippets", Snippets({})}});
+      std::string g =
+          goal.value("goals_before", Json::array()).empty() ? "" : goal["goals_before"][0].get<std::string>();
+      if (g.find("b + a") != std::string::npos)
+        call("lean_local_search", {{"query", "add_swap"}});
+      else
+        call("lean_multi_attempt", {{"file_path", file_}, {"line", sorry_line_}, {"snippets", Snippets({})}});
     } else if (step == "lean_local_search") {
       std::vector<std::string> found;
       for (const Json& h : result_of("lean_local_search").value("items", Json::array()))
@@ -92,7 +92,8 @@ class ScriptedAgentModel : public LanguageModel {
           break;
         }
       }
-      call("edit_file", {{"path", file_}, {"old_text", header_ + "\n  sorry"}, {"new_text", header_ + "\n  " + chosen}});
+      call("edit_file",
+           {{"path", file_}, {"old_text", header_ + "\n  sorry"}, {"new_text", header_ + "\n  " + chosen}});
     } else {
       c.text = "I do not know what to do after " + step + ".";
       c.finish_reason = "stop";

@@ -5,8 +5,8 @@
 
 #include <unistd.h>
 
-#include <filesystem>
 #include <gtest/gtest.h>
+#include <filesystem>
 
 #include "agent/diff.h"
 #include "agent/local_search.h"
@@ -122,8 +122,8 @@ TEST_F(ToolsTest, OutlineHoverCompletionsDeclarationTermGoal) {
   EXPECT_EQ(hover["info"], "double (n : Nat) : Nat");
   Error("lean_hover_info", {{"file_path", kFile}, {"line", 2}, {"column", 1}});  // nothing there
 
-  Json completions = Ok("lean_completions", {{"file_path", kFile}, {"line", 7}, {"column", 26},
-                                             {"max_completions", 2}});
+  Json completions =
+      Ok("lean_completions", {{"file_path", kFile}, {"line", 7}, {"column", 26}, {"max_completions", 2}});
   ASSERT_EQ(completions["items"].size(), 2u);
   EXPECT_EQ(completions["items"][0]["label"], "double");
   EXPECT_EQ(completions["items"][0]["kind"], "function");
@@ -182,7 +182,8 @@ TEST_F(ToolsTest, EditsGoToTheWorkingCopyAndLeanSeesThem) {
   std::string disk = *ReadFile(path);
   Error("edit_file", {{"path", kFile}, {"old_text", "  sorry"}, {"new_text", "  rfl"}});  // three occurrences
   Error("edit_file", {{"path", kFile}, {"old_text", "not in the file"}, {"new_text", "x"}});
-  Json e = Ok("edit_file", {{"path", kFile}, {"old_text", "-- goal: ⊢ double 0 = 0\n  sorry"},
+  Json e = Ok("edit_file", {{"path", kFile},
+                            {"old_text", "-- goal: ⊢ double 0 = 0\n  sorry"},
                             {"new_text", "-- goal: ⊢ double 0 = 0\n  rfl"}});
   EXPECT_EQ(e["line"], 8);
   EXPECT_EQ(*ReadFile(path), disk);  // the user's file is untouched
@@ -250,8 +251,9 @@ TEST_F(ToolsTest, BadArgumentsAreToolErrorsNamingTheField) {
 
 TEST_F(ToolsTest, BuildRunsTheCommandAndReportsProgress) {
   ToolsOptions options;
-  options.build_command = {"sh", "-c", "echo '[1/2] Building Sorries.Lemmas (0.4s)'; echo 'note [x/y] not progress'; "
-                                       "echo '[2/2] Building Sorries.Basic'; echo 'error: boom' >&2; exit 3"};
+  options.build_command = {"sh", "-c",
+                           "echo '[1/2] Building Sorries.Lemmas (0.4s)'; echo 'note [x/y] not progress'; "
+                           "echo '[2/2] Building Sorries.Basic'; echo 'error: boom' >&2; exit 3"};
   ToolBox tools(*pool_, *copy_, options);
   std::vector<std::string> progress;
   ToolCallContext context;

@@ -111,7 +111,7 @@ TEST(Help, EveryFlagInTheReadmesCommandLinesExists) {
     if (!in_code || !std::regex_search(line, m, command)) continue;
     const std::string sub = m[1];
     std::string args = m[2];
-    args = args.substr(0, args.find(" #"));                      // a comment
+    args = args.substr(0, args.find(" #"));                         // a comment
     args = std::regex_replace(args, std::regex(R"("[^"]*")"), "");  // quoted text
     if (!listed.count(sub)) {
       const CliRun help = Leanrotor(sub + " --help");
@@ -120,8 +120,7 @@ TEST(Help, EveryFlagInTheReadmesCommandLinesExists) {
     }
     for (std::sregex_iterator it(args.begin(), args.end(), flag), end; it != end; ++it) {
       const std::string f = (*it)[2];
-      EXPECT_EQ(listed[sub].count(f), 1u) << "README.md: `leanrotor " << sub << "` has no flag " << f << ":\n"
-                                          << line;
+      EXPECT_EQ(listed[sub].count(f), 1u) << "README.md: `leanrotor " << sub << "` has no flag " << f << ":\n" << line;
       ++checked;
     }
   }

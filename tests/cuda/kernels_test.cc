@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/device.h"
 #include "base/half.h"
+#include "cuda/device.h"
 #include "ops/kernels.h"
 #include "ops/tensor_type.h"
 #include "tests/ops/random_rows.h"
@@ -97,8 +97,8 @@ TestMatrix Upload(WeightType t, const std::vector<uint8_t>& gguf, int64_t rows, 
   TestMatrix r;
   r.q = ToDevice(q);
   r.scales = ToDevice(scales);
-  r.m = DeviceMatrix{t, rows, cols, r.q.as<uint8_t>(), IsSplit(t) ? r.scales.as<uint8_t>() : nullptr,
-                     QuantRowBytes(t, cols)};
+  r.m = DeviceMatrix{
+      t, rows, cols, r.q.as<uint8_t>(), IsSplit(t) ? r.scales.as<uint8_t>() : nullptr, QuantRowBytes(t, cols)};
   return r;
 }
 
@@ -222,8 +222,8 @@ TEST_P(TypeTest, RandomizedWeightsAreFiniteAndScaled) {
   auto sc = DeviceBuffer::Allocate(std::max<size_t>(1, rows * (cols / 32) * ScaleBytesPerBlock(t)), "scales");
   ASSERT_TRUE(q.ok() && sc.ok());
   ASSERT_TRUE(RandomizeMatrix(t, rows, cols, q->as<uint8_t>(), sc->as<uint8_t>(), 7, nullptr).ok());
-  const DeviceMatrix m{t, rows, cols, q->as<uint8_t>(), IsSplit(t) ? sc->as<uint8_t>() : nullptr,
-                       QuantRowBytes(t, cols)};
+  const DeviceMatrix m{
+      t, rows, cols, q->as<uint8_t>(), IsSplit(t) ? sc->as<uint8_t>() : nullptr, QuantRowBytes(t, cols)};
   std::vector<int32_t> all(rows);
   for (int i = 0; i < rows; ++i) all[i] = i;
   DeviceBuffer idx = ToDevice(all);
@@ -336,8 +336,8 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   ASSERT_TRUE(PrepareQkv(a, pool, places, n, nullptr).ok());
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   DeviceBuffer dout = Poisoned(static_cast<size_t>(n) * c.n_head * hdv);
-  ASSERT_TRUE(Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr, nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr, nullptr).ok());
 
   // The reference: norm and RoPE in double, per head.
   auto prepare = [&](std::vector<float>& t, int heads, const std::vector<float>& w) {
@@ -371,10 +371,10 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   auto row = [&](int i, int h, bool key) {
     const int page = pages[first[i] + pos[i] / kPageTokens], slot = pos[i] % kPageTokens;
     const size_t lh = static_cast<size_t>(layer) * c.n_head_kv + h;
-    const size_t at = page * (pool.page_bytes / 2) +
-                      (key ? (lh * kPageTokens + slot) * hd
-                           : static_cast<size_t>(n_layer) * c.n_head_kv * kPageTokens * hd +
-                                 (lh * kPageTokens + slot) * hdv);
+    const size_t at =
+        page * (pool.page_bytes / 2) +
+        (key ? (lh * kPageTokens + slot) * hd
+             : static_cast<size_t>(n_layer) * c.n_head_kv * kPageTokens * hd + (lh * kPageTokens + slot) * hdv);
     return &pool_host[at];
   };
   std::vector<float> stored;
@@ -445,11 +445,11 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
-                         ::testing::Values(AttnCase{9, 3, 64, 64, false, false},    // SmolLM2: group 3, llama RoPE
-                                           AttnCase{16, 8, 128, 128, true, true},   // qwen3: halves, q/k norm
-                                           AttnCase{8, 1, 96, 32, true, false},     // group 8, partial rotary
-                                           AttnCase{4, 4, 256, 128, false, true},   // group 1, widest head
-                                           AttnCase{4, 2, 16, 16, false, false}),   // the llama fixture's heads
+                         ::testing::Values(AttnCase{9, 3, 64, 64, false, false},   // SmolLM2: group 3, llama RoPE
+                                           AttnCase{16, 8, 128, 128, true, true},  // qwen3: halves, q/k norm
+                                           AttnCase{8, 1, 96, 32, true, false},    // group 8, partial rotary
+                                           AttnCase{4, 4, 256, 128, false, true},  // group 1, widest head
+                                           AttnCase{4, 2, 16, 16, false, false}),  // the llama fixture's heads
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST_F(CudaKernels, GreedySamplingTakesTheFirstMaximum) {

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "base/cpu.h"
-#include "ops/kernels.h"
 #include "inference/tokenizer.h"
+#include "ops/kernels.h"
 #include "tests/inference/reference_util.h"
 
 namespace lr::cuda {
@@ -94,7 +94,8 @@ Agreement Compare(const std::vector<float>& cpu, const std::vector<float>& gpu, 
       if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
     a.mean_kl += kl / rows;
     a.top1 += (inference::testing::ArgMax(&cpu[r * n_vocab], n_vocab) ==
-               inference::testing::ArgMax(&gpu[r * n_vocab], n_vocab)) / static_cast<double>(rows);
+               inference::testing::ArgMax(&gpu[r * n_vocab], n_vocab)) /
+              static_cast<double>(rows);
   }
   return a;
 }
@@ -141,8 +142,8 @@ TEST_F(CudaModelTest, DefaultModelLogitsMatchCpu) {
   const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
   ASSERT_EQ(cpu.size(), gpu.size());
   const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
-  std::printf("default model, 160 positions, vs the CPU's scalar path: mean KL %.6f, top-1 agreement %.4f\n",
-              a.mean_kl, a.top1);
+  std::printf("default model, 160 positions, vs the CPU's scalar path: mean KL %.6f, top-1 agreement %.4f\n", a.mean_kl,
+              a.top1);
   EXPECT_LE(a.mean_kl, 0.005);
   EXPECT_GE(a.top1, 0.99);
   RecordProperty("mean_kl", std::to_string(a.mean_kl));
@@ -262,8 +263,7 @@ TEST_P(CudaFixtureTest, LogitsMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dense, CudaFixtureTest,
-                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2},
-                                           Fixture{"qwen3", 2e-3}),
+                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen3", 2e-3}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST_F(CudaModelTest, MoeAndMlaModelsAreUnsupported) {

@@ -32,8 +32,7 @@ TEST(ChatFormatTest, ChatMlByHand) {
   ChatFormat with_default = ChatFormat::ChatMl("D");
   EXPECT_EQ(Render(with_default, {Msg("user", "U")}),
             "<|im_start|>system\nD<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
-  EXPECT_EQ(Render(with_default, {Msg("system", "S")}),
-            "<|im_start|>system\nS<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(Render(with_default, {Msg("system", "S")}), "<|im_start|>system\nS<|im_end|>\n<|im_start|>assistant\n");
 }
 
 // The default model's template, rendered by transformers' apply_chat_template (scripts/make_tokenizer_fixtures.py).
@@ -55,7 +54,8 @@ TEST(ChatFormatTest, ChatMlMatchesSmolLM2Template) {
 
 TEST(ChatFormatTest, DetectsFamilies) {
   auto qwen = ChatFormat::FromTemplate(
-      "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+      "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' "
+      "}}"
       "{%- else %}{{- '<|im_start|>system\nYou are Qwen.<|im_end|>\n' }}{%- endif %}");
   ASSERT_TRUE(qwen.ok());
   EXPECT_EQ(qwen->kind(), ChatTemplate::kChatMl);
@@ -77,7 +77,7 @@ const std::vector<ToolSpec> kTools = {
 TEST(ChatFormatTest, MistralWithToolsByHand) {
   ChatMessage a1 = Msg("assistant", "A1");
   a1.tool_calls.push_back({"call_0", "lean_run_code", R"({"code": "x"})"});
-  std::vector<ChatMessage> messages = {Msg("system", "S"), Msg("user", "U1"), a1,
+  std::vector<ChatMessage> messages = {Msg("system", "S"), Msg("user", "U1"),      a1,
                                        Msg("tool", "R1"),  Msg("assistant", "A2"), Msg("user", "U2")};
   EXPECT_EQ(Render(ChatFormat::Mistral(), messages, kTools),
             "<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][AVAILABLE_TOOLS][{\"type\": \"function\", \"function\": "
@@ -89,8 +89,9 @@ TEST(ChatFormatTest, MistralWithToolsByHand) {
 }
 
 TEST(ChatFormatTest, PlainConcatenates) {
-  EXPECT_EQ(Render(ChatFormat::Plain(), {Msg("user", "theorem t : 1 = 1 := by\n"), Msg("assistant", "  rfl")}, {}, true),
-            "theorem t : 1 = 1 := by\n  rfl");
+  EXPECT_EQ(
+      Render(ChatFormat::Plain(), {Msg("user", "theorem t : 1 = 1 := by\n"), Msg("assistant", "  rfl")}, {}, true),
+      "theorem t : 1 = 1 := by\n  rfl");
   EXPECT_FALSE(ChatFormat::Plain().renders_bos());
 }
 

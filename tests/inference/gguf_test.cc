@@ -28,8 +28,8 @@ std::vector<uint8_t> SmallFile() {
   w.F32(-1.5f).F32(2.0f);
   w.Key("tokenizer.ggml.token_type", GgufType::kArray).U32(static_cast<uint32_t>(GgufType::kI32)).U64(2);
   w.I32(1).I32(-3);
-  w.TensorInfo("a.weight", {4, 2}, ops::TensorType::kF32, 0);        // 32 bytes
-  w.TensorInfo("b.weight", {32, 1}, ops::TensorType::kQ8_0, 32);     // 34 bytes
+  w.TensorInfo("a.weight", {4, 2}, ops::TensorType::kF32, 0);     // 32 bytes
+  w.TensorInfo("b.weight", {32, 1}, ops::TensorType::kQ8_0, 32);  // 34 bytes
   w.PadTo(32);
   for (int i = 0; i < 8; ++i) w.F32(static_cast<float>(i));
   for (int i = 0; i < 34; ++i) w.U8(static_cast<uint8_t>(i));

@@ -20,9 +20,9 @@
 #include "base/file.h"
 #include "inference/local_model.h"
 #include "inference/model.h"
-#include "kvquant/kvquant.h"
 #include "inference/sampler.h"
 #include "inference/tokenizer.h"
+#include "kvquant/kvquant.h"
 
 namespace lr::inference {
 namespace {
@@ -249,7 +249,6 @@ TEST_F(KvCalibrationTest, KeyWeightsLowerTheScoreError) {
   }
 }
 
-
 bool SameCalibration(const KvCalibration& a, const KvCalibration& b) {
   if (a.k_center != b.k_center || a.v_center != b.v_center || a.k_weights != b.k_weights ||
       a.v_weights != b.v_weights || a.k_rotating_center.size() != b.k_rotating_center.size())
@@ -265,8 +264,8 @@ bool SameCalibration(const KvCalibration& a, const KvCalibration& b) {
 }
 
 std::string EmptyDir(const std::string& name) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("lr_kvcal_" + name + "_" + std::to_string(::getpid()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("lr_kvcal_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   return dir.string();
 }
@@ -304,9 +303,9 @@ TEST_F(KvCalibrationTest, ADamagedStoredCalibrationIsAnErrorNamingTheFile) {
   ASSERT_TRUE(CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, nullptr).ok());
   const std::string path = *KvCalibrationPath(dir, kModelPath);
   std::string bytes = *ReadFile(path);
-  for (const std::string& damaged : {bytes.substr(0, bytes.size() / 2), std::string("not a calibration"),
-                                     bytes.substr(0, 100) + std::string(1, static_cast<char>(bytes[100] ^ 1)) +
-                                         bytes.substr(101)}) {
+  for (const std::string& damaged :
+       {bytes.substr(0, bytes.size() / 2), std::string("not a calibration"),
+        bytes.substr(0, 100) + std::string(1, static_cast<char>(bytes[100] ^ 1)) + bytes.substr(101)}) {
     ASSERT_TRUE(WriteFileAtomic(path, damaged).ok());
     auto r = CachedKvCalibration(*model_, *tokenizer_, dir, nullptr, nullptr);
     ASSERT_FALSE(r.ok());

@@ -49,20 +49,26 @@ TEST(LocalModelEngine, ConcurrentRequestsShareStepsAndDecodeWhatTheyDecodeAlone)
   bool second_streamed = false;
   bool launched = false;
   GenerateStats first_stats, second_stats;
-  auto together_first = lm->Generate(first, Greedy(96), 2, [&](int, std::string_view) {
-    if (launched) return true;
-    launched = true;
-    second_run = std::async(std::launch::async, [&] {
-      bool told = false;
-      return lm->Generate(second, Greedy(32), 3, [&](int, std::string_view) {
-        if (!told) second_streams.set_value();
-        told = true;
+  auto together_first = lm->Generate(
+      first, Greedy(96), 2,
+      [&](int, std::string_view) {
+        if (launched) return true;
+        launched = true;
+        second_run = std::async(std::launch::async, [&] {
+          bool told = false;
+          return lm->Generate(
+              second, Greedy(32), 3,
+              [&](int, std::string_view) {
+                if (!told) second_streams.set_value();
+                told = true;
+                return true;
+              },
+              &second_stats);
+        });
+        second_streamed = second_streams.get_future().wait_for(std::chrono::seconds(60)) == std::future_status::ready;
         return true;
-      }, &second_stats);
-    });
-    second_streamed = second_streams.get_future().wait_for(std::chrono::seconds(60)) == std::future_status::ready;
-    return true;
-  }, &first_stats);
+      },
+      &first_stats);
   ASSERT_TRUE(launched);
   auto together_second = second_run.get();
   EXPECT_TRUE(second_streamed);
@@ -107,11 +113,15 @@ TEST(LocalModelEngine, CompressedCacheWithSinkAndWindowRowsBatchesExactlyToo) {
   Result<std::unique_ptr<LocalModel>> shared = LocalModel::Open(o);
   ASSERT_TRUE(shared.ok());
   std::future<Result<std::vector<Choice>>> second_run;
-  auto together_first = (*shared)->Generate(first, Greedy(64), 2, [&](int, std::string_view) {
-    if (!second_run.valid())
-      second_run = std::async(std::launch::async, [&] { return (*shared)->Generate(second, Greedy(24), 2, nullptr, nullptr); });
-    return true;
-  }, nullptr);
+  auto together_first = (*shared)->Generate(
+      first, Greedy(64), 2,
+      [&](int, std::string_view) {
+        if (!second_run.valid())
+          second_run = std::async(std::launch::async,
+                                  [&] { return (*shared)->Generate(second, Greedy(24), 2, nullptr, nullptr); });
+        return true;
+      },
+      nullptr);
   ASSERT_TRUE(together_first.ok()) << together_first.status().ToString();
   auto together_second = second_run.get();
   ASSERT_TRUE(together_second.ok()) << together_second.status().ToString();
@@ -136,13 +146,17 @@ TEST(LocalModelEngine, RequestWaitsForPagesOthersReserved) {
   std::future<Result<std::vector<Choice>>> second_run;
   bool queued_while_first_ran = false;
   bool launched = false;
-  auto first_run = lm->Generate(first, Greedy(180), 2, [&](int, std::string_view) {
-    if (launched) return true;
-    launched = true;
-    second_run = std::async(std::launch::async, [&] { return lm->Generate(second, Greedy(200), 2, nullptr, nullptr); });
-    queued_while_first_ran = WaitFor([&] { return lm->engine_stats().queued == 1; });
-    return true;
-  }, nullptr);
+  auto first_run = lm->Generate(
+      first, Greedy(180), 2,
+      [&](int, std::string_view) {
+        if (launched) return true;
+        launched = true;
+        second_run =
+            std::async(std::launch::async, [&] { return lm->Generate(second, Greedy(200), 2, nullptr, nullptr); });
+        queued_while_first_ran = WaitFor([&] { return lm->engine_stats().queued == 1; });
+        return true;
+      },
+      nullptr);
   ASSERT_TRUE(first_run.ok()) << first_run.status().ToString();
   auto second_result = second_run.get();
   ASSERT_TRUE(second_result.ok()) << second_result.status().ToString();
@@ -160,12 +174,16 @@ TEST(LocalModelEngine, CancelledRequestEndsAndTheOtherGoesOn) {
 
   std::future<Result<std::vector<Choice>>> second_run;
   int pieces = 0;
-  auto cancelled = lm->Generate(first, Greedy(200), 2, [&](int, std::string_view) {
-    if (++pieces == 1)
-      second_run = std::async(std::launch::async, [&] { return lm->Generate(second, Greedy(48), 1, nullptr, nullptr); });
-    // Cancel once the second request is running beside this one.
-    return !WaitFor([&] { return lm->engine_stats().running == 2; });
-  }, nullptr);
+  auto cancelled = lm->Generate(
+      first, Greedy(200), 2,
+      [&](int, std::string_view) {
+        if (++pieces == 1)
+          second_run =
+              std::async(std::launch::async, [&] { return lm->Generate(second, Greedy(48), 1, nullptr, nullptr); });
+        // Cancel once the second request is running beside this one.
+        return !WaitFor([&] { return lm->engine_stats().running == 2; });
+      },
+      nullptr);
   ASSERT_TRUE(cancelled.ok()) << cancelled.status().ToString();
   for (const Choice& c : *cancelled) {
     EXPECT_EQ(c.finish_reason, "cancelled");

@@ -64,8 +64,11 @@ TEST(LocalModelPrefix, CompleteReportsComputedPromptTokens) {
   std::unique_ptr<LocalModel> lm = OpenDefaultModel();
   ASSERT_TRUE(lm);
   CompletionRequest r;
-  r.messages.push_back({"system", "You are a Lean 4 prover. Answer with one Lean proof in a code block, no prose; "
-                                  "use tactics from Mathlib, prefer simp and omega, and never use sorry.", {}, {}});
+  r.messages.push_back({"system",
+                        "You are a Lean 4 prover. Answer with one Lean proof in a code block, no prose; "
+                        "use tactics from Mathlib, prefer simp and omega, and never use sorry.",
+                        {},
+                        {}});
   r.messages.push_back({"user", "Prove 2 + 2 = 4.", {}, {}});
   r.sampling = Greedy(4);
   auto first = lm->Complete(r, nullptr);

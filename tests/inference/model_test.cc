@@ -9,7 +9,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-
 namespace lr::inference {
 namespace {
 

@@ -13,8 +13,8 @@
 
 #include <gtest/gtest.h>
 
-#include "ops/kernels.h"
 #include "inference/sampler.h"
+#include "ops/kernels.h"
 #include "tests/inference/reference_util.h"
 
 namespace lr::inference {

@@ -50,8 +50,8 @@ inline std::vector<float> ReadF32File(const std::string& path, size_t count) {
 
 // Appends `tokens` to sequence `seq` and returns the logits of every token (n_vocab each, in order). With
 // `one_at_a_time` each token is its own Forward() call (the decode path), else all go in one batch (prefill).
-inline Result<std::vector<float>> RunSequence(ForwardPass& model, KvCache& cache, int seq, std::span<const int32_t> tokens,
-                                              bool one_at_a_time) {
+inline Result<std::vector<float>> RunSequence(ForwardPass& model, KvCache& cache, int seq,
+                                              std::span<const int32_t> tokens, bool one_at_a_time) {
   std::vector<float> all, step;
   std::vector<BatchToken> batch;
   for (size_t i = 0; i < tokens.size(); ++i) {

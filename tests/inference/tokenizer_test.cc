@@ -34,7 +34,9 @@ std::vector<uint8_t> TinyByteLevel(std::string_view pre) {
   w.KeyString("tokenizer.ggml.model", "gpt2");
   w.KeyString("tokenizer.ggml.pre", pre);
   w.KeyStrings("tokenizer.ggml.tokens", {"<|endoftext|>", "<|im_start|>", "a", "b", "c", "\xc4\xa0", "ab", "bc",
-                                          "\xc4\xa0" "a", "abc", "1", "2", "aa", "12"});
+                                         "\xc4\xa0"
+                                         "a",
+                                         "abc", "1", "2", "aa", "12"});
   w.KeyI32s("tokenizer.ggml.token_type", {3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
   w.KeyStrings("tokenizer.ggml.merges", {"b c", "a b", "\xc4\xa0 a", "a bc", "a a", "1 2"});
   w.KeyU32("tokenizer.ggml.eos_token_id", 0);
@@ -46,9 +48,9 @@ TEST(TokenizerTest, ByteLevelMergesByRank) {
   EXPECT_EQ(t.vocab_size(), 14);
   EXPECT_EQ(t.eos(), 0);
   EXPECT_EQ(t.bos(), -1);
-  EXPECT_EQ(t.Encode("abc", true), (Ids{9}));        // b+c (rank 0) first, then a+bc
+  EXPECT_EQ(t.Encode("abc", true), (Ids{9}));          // b+c (rank 0) first, then a+bc
   EXPECT_EQ(t.Encode("ab ab", true), (Ids{6, 5, 6}));  // " ab": a+b (rank 1) before Ġ+a (rank 2)
-  EXPECT_EQ(t.Encode("aaa", true), (Ids{12, 2}));     // equal ranks: the leftmost pair merges
+  EXPECT_EQ(t.Encode("aaa", true), (Ids{12, 2}));      // equal ranks: the leftmost pair merges
   EXPECT_EQ(t.Encode("12", true), (Ids{13}));
   EXPECT_EQ(t.Encode("", true), (Ids{}));
   EXPECT_EQ(t.Decode(Ids{6, 5, 6}), "ab ab");
@@ -85,9 +87,17 @@ std::vector<uint8_t> TinySentencePiece(bool add_space_prefix) {
     types.push_back(6);
     scores.push_back(0);
   }
-  const std::pair<const char*, float> pieces[] = {{"\xe2\x96\x81", -1},  {"a", -2},   {"b", -3},   {"c", -4},
-                                                  {"ab", -0.5f},          {"\xe2\x96\x81" "a", -1.5f},
-                                                  {"\xe2\x96\x81" "ab", -2.5f}};
+  const std::pair<const char*, float> pieces[] = {{"\xe2\x96\x81", -1},
+                                                  {"a", -2},
+                                                  {"b", -3},
+                                                  {"c", -4},
+                                                  {"ab", -0.5f},
+                                                  {"\xe2\x96\x81"
+                                                   "a",
+                                                   -1.5f},
+                                                  {"\xe2\x96\x81"
+                                                   "ab",
+                                                   -2.5f}};
   for (const auto& [p, s] : pieces) {
     tokens.push_back(p);
     types.push_back(1);
@@ -181,8 +191,9 @@ TEST(TokenizerTest, RejectsBadMetadata) {
 TEST(TokenizerTest, RejectsBadTekkenFiles) {
   EXPECT_EQ(Tokenizer::FromTekkenJson("/nonexistent/tekken.json").status().code(), StatusCode::kNotFound);
   std::string path = (std::filesystem::temp_directory_path() / "lr_tokenizer_test_tekken.json").string();
-  for (const char* text : {"not json", "{}", R"({"config": {"pattern": "a"}, "vocab": []})",
-                           R"({"config": {"pattern": "(", "default_vocab_size": 1300, "default_num_special_tokens": 1000},
+  for (const char* text :
+       {"not json", "{}", R"({"config": {"pattern": "a"}, "vocab": []})",
+        R"({"config": {"pattern": "(", "default_vocab_size": 1300, "default_num_special_tokens": 1000},
                                "vocab": []})"}) {
     ASSERT_TRUE(WriteFileAtomic(path, text).ok());
     auto t = Tokenizer::FromTekkenJson(path);
@@ -294,8 +305,7 @@ bool ForEachField(std::string_view s, F on_field) {
         std::memcpy(&v, s.data() + at, 4);
         at += 4;
         break;
-      default:
-        return false;
+      default: return false;
     }
     on_field(key >> 3, key & 7, v, bytes);
   }

@@ -16,8 +16,8 @@ namespace {
 
 struct Cache {
   RowCodec k, v;
-  std::vector<float> kf, vf, q;         // exact rows and queries
-  std::vector<uint8_t> kb, vb;          // encoded rows
+  std::vector<float> kf, vf, q;  // exact rows and queries
+  std::vector<uint8_t> kb, vb;   // encoded rows
   std::vector<RowSpan> spans;
   std::vector<CodedSpans> Parts() const { return {{&k, &v, spans}}; }
 };
@@ -29,7 +29,14 @@ struct Cache {
 // turn with the position as RoPE turns a constant offset (TurningPairs()), stored centered on the channel means or
 // with those pairs as the rotating center (kvquant.h).
 enum class Rows {
-  kGaussian, kOffset, kOffsetCentered, kOffsetWeighted, kSkewed, kSkewedWeighted, kTurningCentered, kTurningRotating
+  kGaussian,
+  kOffset,
+  kOffsetCentered,
+  kOffsetWeighted,
+  kSkewed,
+  kSkewedWeighted,
+  kTurningCentered,
+  kTurningRotating
 };
 
 // Six channel pairs with offsets of length 3 to 8 turning at 1 to 0.001 radians per position.
@@ -148,10 +155,10 @@ TEST_P(EveryFormat, KernelsMatchScalarReference) {
     int n_q;
     int page;
   };
-  for (const Case& cs : {Case{64, Rows::kGaussian, 3, 100}, Case{128, Rows::kGaussian, 3, 100},
-                         Case{128, Rows::kOffsetCentered, 3, 100}, Case{128, Rows::kOffsetWeighted, 3, 100},
-                         Case{64, Rows::kGaussian, 1, 37}, Case{64, Rows::kGaussian, 2, 37},
-                         Case{128, Rows::kGaussian, 4, 37}, Case{64, Rows::kOffsetWeighted, 6, 37}}) {
+  for (const Case& cs :
+       {Case{64, Rows::kGaussian, 3, 100}, Case{128, Rows::kGaussian, 3, 100}, Case{128, Rows::kOffsetCentered, 3, 100},
+        Case{128, Rows::kOffsetWeighted, 3, 100}, Case{64, Rows::kGaussian, 1, 37}, Case{64, Rows::kGaussian, 2, 37},
+        Case{128, Rows::kGaussian, 4, 37}, Case{64, Rows::kOffsetWeighted, 6, 37}}) {
     const int dim = cs.dim, n_q = cs.n_q;
     Cache c = MakeCache(f, f, dim, 300, n_q, cs.page, dim, cs.rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
@@ -159,8 +166,8 @@ TEST_P(EveryFormat, KernelsMatchScalarReference) {
     AttendReference(c.Parts(), 0, c.q.data(), n_q, scale, want.data());
     for (Isa isa : SupportedIsas()) {
       for (int threads : {1, 2}) {
-        SCOPED_TRACE(std::string(IsaName(isa)) + " threads " + std::to_string(threads) + " dim " +
-                     std::to_string(dim) + " n_q " + std::to_string(n_q) + " page " + std::to_string(cs.page));
+        SCOPED_TRACE(std::string(IsaName(isa)) + " threads " + std::to_string(threads) + " dim " + std::to_string(dim) +
+                     " n_q " + std::to_string(n_q) + " page " + std::to_string(cs.page));
         ASSERT_TRUE(AttendWith(*GetKernels(isa), c.Parts(), 0, c.q.data(), n_q, scale, got.data(), threads).ok());
         EXPECT_LT(RelError(got, want), 2e-6);
       }
@@ -238,9 +245,9 @@ TEST(Attention, ErrorAgainstExactAttention) {
   const struct {
     const char* name;
     double tolerance;
-  } cases[] = {{"f16", 1e-3},     {"q8_0", 0.009}, {"q4_0", 0.14},    {"q4_0h", 0.13},   {"tq4", 0.14},
-               {"tq3", 0.26},     {"tq2", 0.55},   {"planar3", 0.26}, {"planar4", 0.14}, {"iso3", 0.26},
-               {"iso4", 0.14},    {"hx3", 0.20},   {"hx3s", 0.26},    {"hx4", 0.14}};
+  } cases[] = {{"f16", 1e-3},  {"q8_0", 0.009}, {"q4_0", 0.14},    {"q4_0h", 0.13},   {"tq4", 0.14},
+               {"tq3", 0.26},  {"tq2", 0.55},   {"planar3", 0.26}, {"planar4", 0.14}, {"iso3", 0.26},
+               {"iso4", 0.14}, {"hx3", 0.20},   {"hx3s", 0.26},    {"hx4", 0.14}};
   for (const auto& cs : cases) {
     Cache c = MakeCache(cs.name, cs.name, 128, 1024, 8, 256, 5);
     const float scale = 1.0f / std::sqrt(128.0f);
@@ -288,8 +295,8 @@ TEST(Attention, KeyWeightsLowerErrorWhereQueriesAndKeysDiffer) {
     if (f.name == "f16" || f.name == "q8_0" || f.name == "q4_0") continue;  // no rotation: the error stays per channel
     double err[2];
     for (int weighted = 0; weighted < 2; ++weighted) {
-      Cache c = MakeCache(std::string(f.name), "f16", 128, 1024, 8, 256, 5,
-                          weighted ? Rows::kSkewedWeighted : Rows::kSkewed);
+      Cache c =
+          MakeCache(std::string(f.name), "f16", 128, 1024, 8, 256, 5, weighted ? Rows::kSkewedWeighted : Rows::kSkewed);
       const float scale = 1.0f / std::sqrt(128.0f) / 4.0f;
       std::vector<float> exact(8 * 128), got(8 * 128);
       AttendF32(c.kf.data(), c.vf.data(), 1024, 128, 128, c.q.data(), 8, scale, exact.data());
@@ -354,8 +361,8 @@ TEST(Attention, RotatingCenterLowersKeyErrorOnTurningOffsets) {
         for (int j = 0; j < 128; ++j) mse[rotating] += (row[j] - c.kf[t * 128 + j]) * (row[j] - c.kf[t * 128 + j]);
       }
     }
-    EXPECT_LT(mse[1] * 2, mse[0]) << f << ": key MSE " << mse[0] / 1024 / 128 << " centered, "
-                                  << mse[1] / 1024 / 128 << " rotating center";
+    EXPECT_LT(mse[1] * 2, mse[0]) << f << ": key MSE " << mse[0] / 1024 / 128 << " centered, " << mse[1] / 1024 / 128
+                                  << " rotating center";
   }
 }
 
@@ -389,11 +396,10 @@ TEST(Attention, StatesOfPiecesMergeToTheWholeRange) {
   std::vector<float> want(3 * 128), got(3 * 128);
   ASSERT_TRUE(AttendMixed(c.Parts(), c.q.data(), 3, 0.09f, want.data()).ok());
   // Pieces of 1, 150 and 149 rows, the middle one across a page boundary.
-  const std::vector<RowSpan> pieces[] = {{{c.spans[0].k, c.spans[0].v, 1}},
-                                         {{c.spans[0].k + c.k.row_bytes(), c.spans[0].v + c.v.row_bytes(), 99},
-                                          {c.spans[1].k, c.spans[1].v, 51}},
-                                         {{c.spans[1].k + 51 * c.k.row_bytes(), c.spans[1].v + 51 * c.v.row_bytes(), 49},
-                                          c.spans[2]}};
+  const std::vector<RowSpan> pieces[] = {
+      {{c.spans[0].k, c.spans[0].v, 1}},
+      {{c.spans[0].k + c.k.row_bytes(), c.spans[0].v + c.v.row_bytes(), 99}, {c.spans[1].k, c.spans[1].v, 51}},
+      {{c.spans[1].k + 51 * c.k.row_bytes(), c.spans[1].v + 51 * c.v.row_bytes(), 49}, c.spans[2]}};
   std::vector<AttentionState> states(3);
   for (int p = 0; p < 3; ++p) {
     const CodedSpans part{&c.k, &c.v, pieces[p]};

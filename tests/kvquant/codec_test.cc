@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "kvquant/codes.h"
 #include "base/half.h"
+#include "kvquant/codes.h"
 #include "kvquant/kvquant.h"
 
 namespace lr::kvquant {
@@ -24,7 +24,7 @@ std::vector<float> Gaussian(size_t n, int seed) {
 
 TEST(Formats, TableIsConsistent) {
   const std::vector<FormatInfo> all = ListFormats();
-  const std::vector<std::string> names = {"f16",     "q8_0",    "q4_0", "q4_0h", "tq4", "tq3", "tq2",
+  const std::vector<std::string> names = {"f16",     "q8_0",    "q4_0", "q4_0h", "tq4", "tq3",  "tq2",
                                           "planar3", "planar4", "iso3", "iso4",  "hx3", "hx3s", "hx4"};
   ASSERT_EQ(all.size(), names.size());
   for (size_t i = 0; i < all.size(); ++i) {
@@ -164,9 +164,9 @@ TEST(Codecs, GaussianMseNearAnalytic) {
     const char* name;
     double analytic;
     bool descent;
-  } cases[] = {{"tq4", lm4, true},      {"tq3", lm3, true},      {"tq2", lm2, true},
-               {"planar3", lm3, false}, {"planar4", lm4, false}, {"iso3", lm3, false},
-               {"iso4", lm4, false},    {"hx3", (48 * lm4 + 80 * lm3) / 128, true}};
+  } cases[] = {
+      {"tq4", lm4, true},      {"tq3", lm3, true},   {"tq2", lm2, true},   {"planar3", lm3, false},
+      {"planar4", lm4, false}, {"iso3", lm3, false}, {"iso4", lm4, false}, {"hx3", (48 * lm4 + 80 * lm3) / 128, true}};
   const int dim = 128, rows = 2000;
   const std::vector<float> x = Gaussian(static_cast<size_t>(dim) * rows, 11);
   for (const auto& c : cases) {
@@ -225,9 +225,9 @@ TEST(RotatingCenter, BadPairsAreClearErrorsAndDecodeAddsTheCenterAtThePosition) 
   auto codec = RowCodec::Create("q8_0", 64, 1, 0, 0);
   ASSERT_TRUE(codec.ok());
   const RotatingCenter good{4, 5, 0.3f, 2.0f, -1.0f};
-  for (const RotatingCenter& bad : {RotatingCenter{4, 4, 0.3f, 1, 1}, RotatingCenter{-1, 5, 0.3f, 1, 1},
-                                    RotatingCenter{4, 64, 0.3f, 1, 1}, RotatingCenter{6, 7, NAN, 1, 1},
-                                    RotatingCenter{6, 7, 0.1f, INFINITY, 1}, RotatingCenter{5, 9, 0.1f, 1, 1}}) {
+  for (const RotatingCenter& bad :
+       {RotatingCenter{4, 4, 0.3f, 1, 1}, RotatingCenter{-1, 5, 0.3f, 1, 1}, RotatingCenter{4, 64, 0.3f, 1, 1},
+        RotatingCenter{6, 7, NAN, 1, 1}, RotatingCenter{6, 7, 0.1f, INFINITY, 1}, RotatingCenter{5, 9, 0.1f, 1, 1}}) {
     const RotatingCenter pairs[] = {good, bad};
     const Status s = codec->SetRotatingCenter(pairs);
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad.a << " " << bad.b;

@@ -6,10 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <gtest/gtest.h>
 #include <string>
 #include <thread>
 
@@ -187,7 +187,8 @@ TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
   std::string f = WriteLean("interrupted", "theorem t : True := by\n  trivial\n");
   for (int sig : {SIGINT, SIGTERM}) {
-    std::string pid_file = ::testing::TempDir() + "/server_pid_" + std::to_string(::getpid()) + "_" + std::to_string(sig);
+    std::string pid_file =
+        ::testing::TempDir() + "/server_pid_" + std::to_string(::getpid()) + "_" + std::to_string(sig);
     ::unlink(pid_file.c_str());
     std::string server = std::string(LR_SCRIPTED_LEAN_SERVER) + " --scenario hang --pid-file " + pid_file;
     pid_t cli = ::fork();
@@ -202,8 +203,10 @@ TEST(CheckCommand, InterruptedCheckLeavesNoServerBehind) {
     std::string pid_text;
     for (int i = 0; i < 1000 && pid_text.empty(); ++i) {  // the server writes its pid once it runs
       auto text = lr::ReadFile(pid_file);
-      if (text.ok()) pid_text = *text;
-      else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (text.ok())
+        pid_text = *text;
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     int server_pid = std::atoi(pid_text.c_str());
     ASSERT_GT(server_pid, 0) << "the scripted server never started";

@@ -79,7 +79,8 @@ TEST(LeanClient, Utf16ColumnsAreConvertedToUtf8) {
 TEST(LeanClient, SorryInCommentsAndStringsIsNotAGoalSite) {
   auto client = StartScripted("normal");
   ASSERT_TRUE(client);
-  auto r = client->Check(kUri, "def s := \"sorry\" /- sorry -/\ntheorem t : True := by\n  trivial -- sorry later\n", Soon());
+  auto r =
+      client->Check(kUri, "def s := \"sorry\" /- sorry -/\ntheorem t : True := by\n  trivial -- sorry later\n", Soon());
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->goals.empty());
 }
@@ -100,9 +101,8 @@ TEST(LeanClient, ProgressBeforeDiagnosticsIsNotTheBarrier) {
   auto client = StartScripted("progress_first");
   ASSERT_TRUE(client);
   std::vector<size_t> progress;
-  client->SetProgressCallback([&](const std::string&, int, const std::vector<Range>& ranges) {
-    progress.push_back(ranges.size());
-  });
+  client->SetProgressCallback(
+      [&](const std::string&, int, const std::vector<Range>& ranges) { progress.push_back(ranges.size()); });
   auto r = client->Check(kUri, kSorryText, Soon());
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_TRUE(r->UsesSorry());  // diagnostics that came after "done" progress are there

@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <gtest/gtest.h>
+#include <atomic>
 
 namespace lr::lsp {
 namespace {
@@ -29,8 +29,9 @@ TEST(FrameDecoder, ByteAtATime) {
 
 TEST(FrameDecoder, SeveralMessagesInOneReadAndExtraHeaders) {
   FrameDecoder d;
-  std::string typed = "Content-Type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length: " +
-                      std::to_string(Body(3).size()) + "\r\n\r\n" + Body(3);
+  std::string typed =
+      "Content-Type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length: " + std::to_string(Body(3).size()) +
+      "\r\n\r\n" + Body(3);
   d.Feed(EncodeFrame(Body(1)) + typed + EncodeFrame(Body(2)).substr(0, 10));
   std::vector<std::string> got;
   for (;;) {
@@ -62,9 +63,9 @@ TEST(FrameDecoder, VeryLargeMessage) {
 }
 
 TEST(FrameDecoder, BadHeadersAreCorrupt) {
-  for (const std::string& bad : {std::string("hello world\r\n\r\n{}"), std::string("Content-Length: 12x\r\n\r\n{}"),
-                                 std::string("Content-Type: a\r\n\r\n{}"), std::string("Content-Length: \r\n\r\n"),
-                                 std::string(9000, 'z')}) {
+  for (const std::string& bad :
+       {std::string("hello world\r\n\r\n{}"), std::string("Content-Length: 12x\r\n\r\n{}"),
+        std::string("Content-Type: a\r\n\r\n{}"), std::string("Content-Length: \r\n\r\n"), std::string(9000, 'z')}) {
     FrameDecoder d;
     d.Feed(bad);
     auto next = d.Next();
@@ -101,7 +102,9 @@ class ConnectionTest : public ::testing::Test {
       for (int i = 0; i < 2; ++i)
         if (p[i] >= 0) ::close(p[i]);
   }
-  void PeerSend(const std::string& bytes) { ASSERT_EQ(::write(from_peer_[1], bytes.data(), bytes.size()), (ssize_t)bytes.size()); }
+  void PeerSend(const std::string& bytes) {
+    ASSERT_EQ(::write(from_peer_[1], bytes.data(), bytes.size()), (ssize_t)bytes.size());
+  }
   Json PeerRead() {
     while (true) {
       auto next = peer_decoder_.Next();
@@ -158,9 +161,11 @@ TEST_F(ConnectionTest, TimeoutSendsCancelRequest) {
 TEST_F(ConnectionTest, ErrorResponsesMapToCodes) {
   std::thread peer([&] {
     Json a = PeerRead();
-    PeerSend(EncodeFrame(Json{{"jsonrpc", "2.0"}, {"id", a["id"]}, {"error", {{"code", -32902}, {"message", "crashed"}}}}.dump()));
+    PeerSend(EncodeFrame(
+        Json{{"jsonrpc", "2.0"}, {"id", a["id"]}, {"error", {{"code", -32902}, {"message", "crashed"}}}}.dump()));
     Json b = PeerRead();
-    PeerSend(EncodeFrame(Json{{"jsonrpc", "2.0"}, {"id", b["id"]}, {"error", {{"code", -32800}, {"message", "cancelled"}}}}.dump()));
+    PeerSend(EncodeFrame(
+        Json{{"jsonrpc", "2.0"}, {"id", b["id"]}, {"error", {{"code", -32800}, {"message", "cancelled"}}}}.dump()));
   });
   auto a = conn_->Request("textDocument/waitForDiagnostics", Json::object(), Clock::now() + std::chrono::seconds(5));
   auto b = conn_->Request("x", Json::object(), Clock::now() + std::chrono::seconds(5));
@@ -172,7 +177,8 @@ TEST_F(ConnectionTest, ErrorResponsesMapToCodes) {
 }
 
 TEST_F(ConnectionTest, AnswersServerRequests) {
-  PeerSend(EncodeFrame(Json{{"jsonrpc", "2.0"}, {"id", "r1"}, {"method", "client/registerCapability"}, {"params", {}}}.dump()));
+  PeerSend(EncodeFrame(
+      Json{{"jsonrpc", "2.0"}, {"id", "r1"}, {"method", "client/registerCapability"}, {"params", {}}}.dump()));
   Json answer = PeerRead();
   EXPECT_EQ(answer["id"], "r1");
   EXPECT_TRUE(answer.contains("result"));
@@ -226,7 +232,8 @@ TEST_F(ConnectionTest, WriteToStalledPeerTimesOut) {
 TEST_F(ConnectionTest, CapturesStderr) {
   std::string noise = "not json on stderr\n";
   ASSERT_EQ(::write(peer_err_[1], noise.data(), noise.size()), (ssize_t)noise.size());
-  for (int i = 0; i < 200 && conn_->StderrTail().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (int i = 0; i < 200 && conn_->StderrTail().empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(conn_->StderrTail(), noise);
   EXPECT_TRUE(conn_->broken().ok());
 }

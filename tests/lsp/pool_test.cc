@@ -3,10 +3,10 @@
 
 #include <unistd.h>
 
+#include <gtest/gtest.h>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <gtest/gtest.h>
 #include <thread>
 
 namespace lr::lsp {

@@ -6,9 +6,10 @@
 namespace lr::lsp {
 namespace {
 
-#define SKIP_WITHOUT_LEAN()                                                                            \
-  if (!FindOnPath("lean")) GTEST_SKIP() << "Lean 4 is not installed here (`lean` is not on PATH); " \
-                                           "install it with elan to run the real-Lean tests"
+#define SKIP_WITHOUT_LEAN()                                                \
+  if (!FindOnPath("lean"))                                                 \
+  GTEST_SKIP() << "Lean 4 is not installed here (`lean` is not on PATH); " \
+                  "install it with elan to run the real-Lean tests"
 
 CheckRequest Request(const std::string& text) {
   CheckRequest r;

@@ -11,7 +11,8 @@
 //   - `#print axioms NAME`: information "'NAME' depends on axioms: [propext]".
 //   - `exact NAME ...` where NAME is no known declaration (see below), on a line without the markers above: an
 //     error "unknown identifier 'NAME'".
-// plainGoal: null before the first `by`; [] on a line holding `rfl`, `decide` or `exact` (without markers); otherwise the goal named by the last
+// plainGoal: null before the first `by`; [] on a line holding `rfl`, `decide` or `exact` (without markers); otherwise
+// the goal named by the last
 // `-- goal: ...` comment above the position (`\n` in it is a newline), or "⊢ True".
 // Declarations are the lines that start with theorem/lemma/def/abbrev/instance/structure/inductive (after modifiers
 // such as `private` or `@[simp]`); their names, with the open documents and every .lean file under the working
@@ -144,8 +145,10 @@ std::string GoalFor(const std::string& text, int line) {
     if (k == std::string::npos) continue;
     std::string g = lines[l].substr(k + 9), out;
     for (size_t i = 0; i < g.size(); ++i) {
-      if (g[i] == '\\' && i + 1 < g.size() && g[i + 1] == 'n') out += '\n', ++i;
-      else out += g[i];
+      if (g[i] == '\\' && i + 1 < g.size() && g[i + 1] == 'n')
+        out += '\n', ++i;
+      else
+        out += g[i];
     }
     return out;
   }
@@ -177,8 +180,12 @@ Json Diagnostics(const std::string& text) {
     for (size_t k = code.find("sorry"); k != std::string::npos; k = code.find("sorry", k + 1)) {
       if ((k > 0 && IsIdent(code[k - 1])) || (k + 5 < code.size() && IsIdent(code[k + 5]))) continue;
       int dl = decl_line >= 0 ? decl_line : l;
-      Json r = decl_line >= 0 ? Range(text, dl, decl_a, decl_b) : Range(text, l, static_cast<int>(k), static_cast<int>(k) + 5);
-      out.push_back({{"source", "Lean 4"}, {"severity", 2}, {"range", r}, {"fullRange", r},
+      Json r = decl_line >= 0 ? Range(text, dl, decl_a, decl_b)
+                              : Range(text, l, static_cast<int>(k), static_cast<int>(k) + 5);
+      out.push_back({{"source", "Lean 4"},
+                     {"severity", 2},
+                     {"range", r},
+                     {"fullRange", r},
                      {"message", "declaration uses 'sorry'"}});
     }
     size_t e = s.find("ERROR:");
@@ -191,8 +198,12 @@ Json Diagnostics(const std::string& text) {
     size_t u = code.find("UNSOLVED");
     if (u != std::string::npos) {
       Json r = Range(text, l, static_cast<int>(u), static_cast<int>(u) + 8);
-      out.push_back({{"source", "Lean 4"}, {"severity", 1}, {"range", r}, {"fullRange", r},
-                     {"message", "unsolved goals\n" + GoalFor(text, l)}, {"leanTags", {1}}});
+      out.push_back({{"source", "Lean 4"},
+                     {"severity", 1},
+                     {"range", r},
+                     {"fullRange", r},
+                     {"message", "unsolved goals\n" + GoalFor(text, l)},
+                     {"leanTags", {1}}});
     }
     size_t x = code.find("exact ");
     bool marked = s.find("ERROR:") != std::string::npos || code.find("UNSOLVED") != std::string::npos;
@@ -202,14 +213,20 @@ Json Diagnostics(const std::string& text) {
       std::string name = code.substr(a, b - a);
       if (!name.empty() && Resolve(AllDecls(), name) == nullptr) {
         Json r = Range(text, l, static_cast<int>(a), static_cast<int>(b));
-        out.push_back({{"source", "Lean 4"}, {"severity", 1}, {"range", r}, {"fullRange", r},
+        out.push_back({{"source", "Lean 4"},
+                       {"severity", 1},
+                       {"range", r},
+                       {"fullRange", r},
                        {"message", "unknown identifier '" + name + "'"}});
       }
     }
     if (s.rfind("#print axioms ", 0) == 0) {
       std::string name = s.substr(14);
       Json r = Range(text, l, 0, 6);
-      out.push_back({{"source", "Lean 4"}, {"severity", 3}, {"range", r}, {"fullRange", r},
+      out.push_back({{"source", "Lean 4"},
+                     {"severity", 3},
+                     {"range", r},
+                     {"fullRange", r},
                      {"message", "'" + name + "' depends on axioms: [propext]"}});
     }
   }
@@ -330,9 +347,13 @@ void Publish(const std::string& uri) {
   int last = static_cast<int>(Lines(text).size()) - 1;
   Json whole = {{"start", {{"line", 0}, {"character", 0}}}, {"end", {{"line", last}, {"character", 0}}}};
   if (g_scenario == "server_requests") {
-    Send({{"jsonrpc", "2.0"}, {"id", 9001}, {"method", "client/registerCapability"},
-          {"params", {{"registrations", Json::array({{{"id", "w"}, {"method", "workspace/didChangeWatchedFiles"}}})}}}});
-    Send({{"jsonrpc", "2.0"}, {"id", 9002}, {"method", "window/workDoneProgress/create"}, {"params", {{"token", "t"}}}});
+    Send(
+        {{"jsonrpc", "2.0"},
+         {"id", 9001},
+         {"method", "client/registerCapability"},
+         {"params", {{"registrations", Json::array({{{"id", "w"}, {"method", "workspace/didChangeWatchedFiles"}}})}}}});
+    Send(
+        {{"jsonrpc", "2.0"}, {"id", 9002}, {"method", "window/workDoneProgress/create"}, {"params", {{"token", "t"}}}});
     AwaitAnswers({9001, 9002});
   }
   if (g_scenario == "fatal_progress") {
@@ -390,14 +411,18 @@ void Handle(const Json& m) {
   bool request = m.contains("id");
   if (g_scenario == "hang_initialize") return;
   if (method == "initialize") {
-    Reply(m["id"], {{"capabilities", {{"textDocumentSync", {{"openClose", true}, {"change", 2}}}, {"hoverProvider", true},
-                                     {"completionProvider", Json::object()}, {"definitionProvider", true},
-                                     {"documentSymbolProvider", true}}},
+    Reply(m["id"], {{"capabilities",
+                     {{"textDocumentSync", {{"openClose", true}, {"change", 2}}},
+                      {"hoverProvider", true},
+                      {"completionProvider", Json::object()},
+                      {"definitionProvider", true},
+                      {"documentSymbolProvider", true}}},
                     {"serverInfo", {{"name", "scripted-lean-server (a test tool, not Lean)"}, {"version", "0"}}}});
   } else if (method == "textDocument/didOpen") {
     std::string uri = p["textDocument"]["uri"];
     g_docs[uri] = {p["textDocument"]["version"].get<int>(), p["textDocument"]["text"].get<std::string>()};
-    if (!p.contains("dependencyBuildMode")) std::fprintf(stderr, "scripted server: didOpen without dependencyBuildMode\n");
+    if (!p.contains("dependencyBuildMode"))
+      std::fprintf(stderr, "scripted server: didOpen without dependencyBuildMode\n");
     OnDocumentUpdate(uri);
   } else if (method == "textDocument/didChange") {
     std::string uri = p["textDocument"]["uri"];
@@ -429,8 +454,8 @@ void Handle(const Json& m) {
       return;
     }
     if (g_scenario == "progress_first")
-      Notify("$/lean/fileProgress", {{"textDocument", {{"uri", uri}, {"version", g_docs[uri].first}}},
-                                     {"processing", Json::array()}});
+      Notify("$/lean/fileProgress",
+             {{"textDocument", {{"uri", uri}, {"version", g_docs[uri].first}}}, {"processing", Json::array()}});
     Reply(m["id"], Json::object());
   } else if (method == "textDocument/documentSymbol") {
     std::string uri = p["textDocument"]["uri"];
@@ -439,8 +464,11 @@ void Handle(const Json& m) {
     for (const Decl& d : DeclsIn(uri, text)) {
       std::string last(LineOf(text, d.end_line));
       Json range = {{"start", Pos(text, d.line, 0)}, {"end", Pos(text, d.end_line, static_cast<int>(last.size()))}};
-      out.push_back({{"name", d.name}, {"kind", 6}, {"range", range},
-                     {"selectionRange", Range(text, d.line, d.name_col, d.name_col + static_cast<int>(d.name.size()))}});
+      out.push_back(
+          {{"name", d.name},
+           {"kind", 6},
+           {"range", range},
+           {"selectionRange", Range(text, d.line, d.name_col, d.name_col + static_cast<int>(d.name.size()))}});
     }
     Reply(m["id"], out);
   } else if (method == "$/lean/plainGoal" || method == "$/lean/plainTermGoal" || method == "textDocument/hover" ||
@@ -472,15 +500,18 @@ void Handle(const Json& m) {
       const Decl* d = Resolve(decls, word);
       Json origin = Range(text, line, static_cast<int>(a), static_cast<int>(b));
       if (method == "textDocument/hover")
-        return Reply(m["id"], {{"contents", {{"kind", "markdown"},
-                                             {"value", "```lean\n" + (d ? d->signature : word) + "\n```"}}},
+        return Reply(m["id"], {{"contents",
+                                {{"kind", "markdown"}, {"value", "```lean\n" + (d ? d->signature : word) + "\n```"}}},
                                {"range", origin}});
       if (d == nullptr || d->uri.empty()) return Reply(m["id"], Json::array());
-      Json target = {{"start", {{"line", d->line}, {"character", 0}}}, {"end", {{"line", d->end_line}, {"character", 0}}}};
+      Json target = {{"start", {{"line", d->line}, {"character", 0}}},
+                     {"end", {{"line", d->end_line}, {"character", 0}}}};
       Json selection = {{"start", {{"line", d->line}, {"character", d->name_col}}},
                         {"end", {{"line", d->line}, {"character", d->name_col + static_cast<int>(d->name.size())}}}};
-      return Reply(m["id"], Json::array({{{"originSelectionRange", origin}, {"targetUri", d->uri},
-                                          {"targetRange", target}, {"targetSelectionRange", selection}}}));
+      return Reply(m["id"], Json::array({{{"originSelectionRange", origin},
+                                          {"targetUri", d->uri},
+                                          {"targetRange", target},
+                                          {"targetSelectionRange", selection}}}));
     }
     if (method == "$/lean/plainTermGoal")
       return Reply(m["id"], {{"goal", "⊢ Prop"}, {"range", Range(text, line, col, col)}});
@@ -516,8 +547,10 @@ int main(int argc, char** argv) {
   }
   if (!pid_file.empty() && !lr::WriteFileAtomic(pid_file, std::to_string(::getpid()) + "\n").ok()) return 4;
   if (!once_file.empty()) {
-    if (std::ifstream(once_file).good()) g_scenario = "normal";
-    else std::ofstream(once_file) << "used\n";
+    if (std::ifstream(once_file).good())
+      g_scenario = "normal";
+    else
+      std::ofstream(once_file) << "used\n";
   }
   if (g_scenario == "exit_on_start") return 3;
   if (g_scenario == "noise_stderr") std::fprintf(stderr, "warning: this is not JSON\n[noise] building deps...\n");

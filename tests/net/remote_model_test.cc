@@ -6,9 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
 #include <chrono>
 #include <filesystem>
-#include <gtest/gtest.h>
 #include <thread>
 #include <vector>
 
@@ -37,8 +37,9 @@ std::unique_ptr<RemoteModel> ClientOf(const std::string& port) {
   return remote.ok() ? std::move(remote).value() : nullptr;
 }
 
-#define SKIP_WITHOUT_DEFAULT_MODEL()                                                                  \
-  if (!std::filesystem::exists(inference::kDefaultModel)) GTEST_SKIP() << inference::kDefaultModel << " is missing (scripts/setup.sh)"
+#define SKIP_WITHOUT_DEFAULT_MODEL()                      \
+  if (!std::filesystem::exists(inference::kDefaultModel)) \
+  GTEST_SKIP() << inference::kDefaultModel << " is missing (scripts/setup.sh)"
 
 TEST(RemoteModelOverServe, GreedyChoicesMatchTheInProcessRunner) {
   SKIP_WITHOUT_DEFAULT_MODEL();
@@ -134,7 +135,8 @@ TEST(RemoteModelOverServe, LeanrotorServeExecutable) {
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    ::execl(LR_LEANROTOR, LR_LEANROTOR, "serve", "-m", inference::kDefaultModel.c_str(), "--port", "0", "-c", "512", nullptr);
+    ::execl(LR_LEANROTOR, LR_LEANROTOR, "serve", "-m", inference::kDefaultModel.c_str(), "--port", "0", "-c", "512",
+            nullptr);
     std::_Exit(127);
   }
   // It says where it listens once it does: "... on http://127.0.0.1:PORT/v1 ...".
@@ -145,7 +147,8 @@ TEST(RemoteModelOverServe, LeanrotorServeExecutable) {
     size_t at = text.ok() ? text->find(marker) : std::string::npos;
     if (at != std::string::npos && text->find("/v1", at) != std::string::npos)
       port = text->substr(at + marker.size(), text->find("/v1", at) - at - marker.size());
-    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_FALSE(port.empty()) << "leanrotor serve did not start: " << LogText(log);
 

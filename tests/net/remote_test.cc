@@ -75,7 +75,8 @@ CompletionRequest SampleRequest() {
   CompletionRequest r;
   r.messages.push_back({"system", "You prove theorems.", {}, {}});
   r.messages.push_back({"user", "Prove 1 + 1 = 2.", {}, {}});
-  r.messages.push_back({"assistant", "", {{"call_1", "lean_run_code", R"({"code":"example : 1 + 1 = 2 := rfl"})"}}, {}});
+  r.messages.push_back(
+      {"assistant", "", {{"call_1", "lean_run_code", R"({"code":"example : 1 + 1 = 2 := rfl"})"}}, {}});
   r.messages.push_back({"tool", "no errors", {}, "call_1"});
   r.messages.push_back({"assistant", "Done: ", {}, {}});
   r.tools.push_back({"lean_run_code", "Run Lean code", R"({"type":"object","properties":{"code":{"type":"string"}}})"});
@@ -248,18 +249,20 @@ TEST(RemoteModel, ToolCallsStreamedInPiecesOrWhole) {
                     {{{"index", 0},
                       {"delta",
                        {{"tool_calls",
-                         {{{"index", 0}, {"id", "call_9"}, {"type", "function"},
+                         {{{"index", 0},
+                           {"id", "call_9"},
+                           {"type", "function"},
                            {"function", {{"name", "lean_goal"}, {"arguments", "{\"li"}}}}}}}}}}}};
-  json openai_2 = {{"choices",
-                    {{{"index", 0},
-                      {"delta", {{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "ne\": 3}"}}}}}}}}}}}};
-  json mistral = {{"choices",
-                   {{{"index", 0},
-                     {"delta",
-                      {{"content", ""},
-                       {"tool_calls",
-                        {{{"id", "abcDEF123"}, {"function", {{"name", "lean_run_code"}, {"arguments", "{}"}}}}}}}},
-                     {"finish_reason", "tool_calls"}}}}};
+  json openai_2 = {
+      {"choices",
+       {{{"index", 0}, {"delta", {{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "ne\": 3}"}}}}}}}}}}}};
+  json mistral = {
+      {"choices",
+       {{{"index", 0},
+         {"delta",
+          {{"content", ""},
+           {"tool_calls", {{{"id", "abcDEF123"}, {"function", {{"name", "lean_run_code"}, {"arguments", "{}"}}}}}}}},
+         {"finish_reason", "tool_calls"}}}}};
   ScriptedHttpServer server({SseReply({openai_1.dump(), openai_2.dump(), mistral.dump(), "[DONE]"})});
   auto model = Make(FastOptions(server));
   Result<Completion> c = model->Complete(Simple(), nullptr);

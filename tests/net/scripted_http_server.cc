@@ -55,9 +55,8 @@ std::string ReadRequest(int fd, int budget_ms) {
 
 ScriptedReply HttpReply(int status, const std::string& content_type, const std::string& body,
                         const std::vector<std::string>& extra_headers) {
-  std::string head = "HTTP/1.1 " + std::to_string(status) + " " + Reason(status) + "\r\nContent-Type: " +
-                     content_type + "\r\nContent-Length: " + std::to_string(body.size()) +
-                     "\r\nConnection: close\r\n";
+  std::string head = "HTTP/1.1 " + std::to_string(status) + " " + Reason(status) + "\r\nContent-Type: " + content_type +
+                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n";
   for (const std::string& h : extra_headers) head += h + "\r\n";
   return ScriptedReply{{{0, head + "\r\n" + body}}};
 }

@@ -20,7 +20,6 @@ using testing::RandomRows;
 
 TensorTypeInfo Info(TensorType t) { return *LookupTensorType(static_cast<uint32_t>(t)); }
 
-
 // --- hand-built blocks: each checks one layout detail against the format's definition ---
 
 TEST(DequantizeRow, Q4_0NibbleOrder) {
@@ -75,10 +74,10 @@ TEST(DequantizeRow, Q4_KScalePackingAndNibbles) {
   float y[256];
   DequantizeRow(Info(TensorType::kQ4_K), blk, y, 256);
   for (int l = 0; l < 32; ++l) {
-    EXPECT_FLOAT_EQ(y[l], 0.0f);                        // scale 0, min 0
-    EXPECT_FLOAT_EQ(y[32 + l], 7.0f * 2 - 0.5f * 3);    // sub-block 1
-    EXPECT_FLOAT_EQ(y[160 + l], 19.0f * 5 - 0.5f * 34); // sub-block 5
-    EXPECT_FLOAT_EQ(y[128 + l], 0.0f);                  // sub-block 4: scale (s[8] & 15) | (s[0] >> 6) = 0
+    EXPECT_FLOAT_EQ(y[l], 0.0f);                         // scale 0, min 0
+    EXPECT_FLOAT_EQ(y[32 + l], 7.0f * 2 - 0.5f * 3);     // sub-block 1
+    EXPECT_FLOAT_EQ(y[160 + l], 19.0f * 5 - 0.5f * 34);  // sub-block 5
+    EXPECT_FLOAT_EQ(y[128 + l], 0.0f);                   // sub-block 4: scale (s[8] & 15) | (s[0] >> 6) = 0
   }
 }
 
@@ -104,8 +103,8 @@ TEST(DequantizeRow, Q6_KLayout) {
   for (int i = 0; i < 16; ++i) sc[i] = static_cast<int8_t>(i + 1);
   // Everything 0 decodes to (0 - 32) * scale. Second half, value 64 + 17: low bits from ql[64 + 17] high nibble,
   // high bits from bits 4-5 of qh[32 + 17]; its scale is scales[8 + (64 + 17) / 16] = scales[13].
-  blk[64 + 17] = 0xA0;             // low nibble of the high half: 10
-  blk[128 + 32 + 17] = 0x2 << 4;   // high bits: 2 -> 32
+  blk[64 + 17] = 0xA0;            // low nibble of the high half: 10
+  blk[128 + 32 + 17] = 0x2 << 4;  // high bits: 2 -> 32
   float y[256];
   DequantizeRow(Info(TensorType::kQ6_K), blk, y, 256);
   for (int i = 0; i < 256; ++i) {
@@ -192,7 +191,7 @@ TEST_P(MatMulTest, MatchesReferenceAtEveryLevel) {
   const TensorTypeInfo t = Info(GetParam().type);
   const int64_t cols = GetParam().cols;
   const int64_t rows = 37;  // not a multiple of the 16-row chunks
-  const int n_tokens = 6;  // one group of 4 tokens and 2 single ones
+  const int n_tokens = 6;   // one group of 4 tokens and 2 single ones
   const int64_t y_stride = rows + 5;
   std::mt19937 rng(static_cast<uint32_t>(t.type) * 7919u + 17u);
   const std::vector<uint8_t> data = RandomRows(t, rows, cols, rng);
@@ -252,17 +251,14 @@ TEST_P(MatMulTest, MatchesReferenceAtEveryLevel) {
 }
 
 // q4_1 and q8_0 also at 3 and 5 blocks: the 512-bit kernels take blocks in pairs and the odd last one alone.
-INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest,
-                         ::testing::Values(Case{TensorType::kF32, 70}, Case{TensorType::kF16, 70},
-                                           Case{TensorType::kBF16, 70}, Case{TensorType::kQ4_0, 128},
-                                           Case{TensorType::kQ4_1, 128}, Case{TensorType::kQ4_1, 96},
-                                           Case{TensorType::kQ4_1, 160}, Case{TensorType::kQ8_0, 128},
-                                           Case{TensorType::kQ8_0, 96}, Case{TensorType::kQ8_0, 160},
-                                           Case{TensorType::kQ4_K, 512}, Case{TensorType::kQ5_K, 512},
-                                           Case{TensorType::kQ6_K, 512}),
-                         [](const auto& info) {
-                           return std::string(Info(info.param.type).name) + "_" + std::to_string(info.param.cols);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, MatMulTest,
+    ::testing::Values(Case{TensorType::kF32, 70}, Case{TensorType::kF16, 70}, Case{TensorType::kBF16, 70},
+                      Case{TensorType::kQ4_0, 128}, Case{TensorType::kQ4_1, 128}, Case{TensorType::kQ4_1, 96},
+                      Case{TensorType::kQ4_1, 160}, Case{TensorType::kQ8_0, 128}, Case{TensorType::kQ8_0, 96},
+                      Case{TensorType::kQ8_0, 160}, Case{TensorType::kQ4_K, 512}, Case{TensorType::kQ5_K, 512},
+                      Case{TensorType::kQ6_K, 512}),
+    [](const auto& info) { return std::string(Info(info.param.type).name) + "_" + std::to_string(info.param.cols); });
 
 // MatMulMany splits the rows of all its products over the threads in one region: each output must equal MatMul's
 // for that matrix alone, bit for bit, at every level, whatever the mix of types and row counts.
@@ -275,7 +271,8 @@ TEST(MatMulMany, EqualsOneMatMulPerMatrix) {
   std::vector<std::vector<uint8_t>> data;
   std::vector<WeightMatrix> ws;
   for (int i = 0; i < 3; ++i) data.push_back(RandomRows(Info(types[i]), rows[i], cols, rng));
-  for (int i = 0; i < 3; ++i) ws.push_back({Info(types[i]), data[i].data(), rows[i], cols, RowBytes(Info(types[i]), cols)});
+  for (int i = 0; i < 3; ++i)
+    ws.push_back({Info(types[i]), data[i].data(), rows[i], cols, RowBytes(Info(types[i]), cols)});
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> x(cols * n_tokens);
   for (float& v : x) v = nd(rng);
@@ -370,8 +367,8 @@ TEST(MatMulTasksTeam, EqualsOneMatMulPerTask) {
       }
 #pragma omp parallel num_threads(threads)
       MatMulTasksTeam(tasks);
-      for (int i = 0; i < kTasks; ++i) EXPECT_EQ(got[i], one[i]) << "task " << i << " level " << level << " threads "
-                                                                 << threads;
+      for (int i = 0; i < kTasks; ++i)
+        EXPECT_EQ(got[i], one[i]) << "task " << i << " level " << level << " threads " << threads;
     }
   }
   SetActiveIsa(detected);
@@ -476,8 +473,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Repack16Test,
                                            RepackCase{TensorType::kQ4_0, 192, 576},
                                            RepackCase{TensorType::kQ4_1, 16, 32}, RepackCase{TensorType::kQ4_1, 48, 96},
                                            RepackCase{TensorType::kQ4_1, 192, 576},
-                                           RepackCase{TensorType::kQ4_1, 48, 64},
-                                           RepackCase{TensorType::kQ8_0, 16, 32}, RepackCase{TensorType::kQ8_0, 48, 96},
+                                           RepackCase{TensorType::kQ4_1, 48, 64}, RepackCase{TensorType::kQ8_0, 16, 32},
+                                           RepackCase{TensorType::kQ8_0, 48, 96},
                                            RepackCase{TensorType::kQ8_0, 192, 576},
                                            RepackCase{TensorType::kQ8_0, 16, 64}),
                          [](const auto& info) {

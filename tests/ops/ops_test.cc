@@ -71,9 +71,8 @@ TEST(Ops, YarnInterpolatesLowFrequenciesAndKeepsHighOnes) {
   for (size_t j = 1; j < yarn.size(); ++j) EXPECT_LE(yarn[j] / plain[j], yarn[j - 1] / plain[j - 1] + 1e-7f);
   EXPECT_FLOAT_EQ(RopeCosSinFactor({.n_rot = 64, .scaling_factor = 4.0f, .original_ctx = 4096}),
                   1.0f + 0.1f * std::log(4.0f));
-  EXPECT_FLOAT_EQ(RopeCosSinFactor({.n_rot = 64, .scaling_factor = 4.0f, .original_ctx = 4096,
-                                    .yarn_log_multiplier = 0.1f}),
-                  1.0f);
+  EXPECT_FLOAT_EQ(
+      RopeCosSinFactor({.n_rot = 64, .scaling_factor = 4.0f, .original_ctx = 4096, .yarn_log_multiplier = 0.1f}), 1.0f);
   EXPECT_FLOAT_EQ(RopeCosSinFactor({.n_rot = 64}), 1.0f);
 }
 

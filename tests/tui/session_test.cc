@@ -9,14 +9,14 @@ namespace {
 
 // Two theorems, the second with a sorry, plus a doc comment mentioning sorry (which must not count).
 constexpr const char* kFile =
-    "import Mathlib\n"            // 0
-    "\n"                          // 1
-    "theorem done (n : Nat) : n + 0 = n := by\n"  // 2
-    "  simp\n"                    // 3
-    "\n"                          // 4
-    "/-- no sorry in here -/\n"   // 5
+    "import Mathlib\n"                                // 0
+    "\n"                                              // 1
+    "theorem done (n : Nat) : n + 0 = n := by\n"      // 2
+    "  simp\n"                                        // 3
+    "\n"                                              // 4
+    "/-- no sorry in here -/\n"                       // 5
     "theorem todo (a b : ℕ) : a + b = b + a := by\n"  // 6
-    "  sorry\n";                  // 7
+    "  sorry\n";                                      // 7
 
 template <typename T>
 std::vector<T> Take(Session& s) {

@@ -84,8 +84,8 @@ class TerminalTest : public ::testing::Test {
                                    << "stty -a > " << (dir_ / "stty.txt").string() << ".tmp && mv "
                                    << (dir_ / "stty.txt").string() << ".tmp " << (dir_ / "stty.txt").string() << "\n"
                                    << "sleep 0.5\n";
-    const std::string cmd = "tmux -L " + socket_ + " -u -f /dev/null new-session -d -x 120 -y 40 'sh " +
-                            (dir_ / "run.sh").string() + "'";
+    const std::string cmd =
+        "tmux -L " + socket_ + " -u -f /dev/null new-session -d -x 120 -y 40 'sh " + (dir_ / "run.sh").string() + "'";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
 
@@ -121,8 +121,8 @@ class TerminalTest : public ::testing::Test {
       if (screen.find(text) != std::string::npos) return screen;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    ADD_FAILURE() << "the screen never showed \"" << text << "\"; last screen:\n" << screen
-                  << "\nstderr: " << ReadAll(dir_ / "stderr.txt");
+    ADD_FAILURE() << "the screen never showed \"" << text << "\"; last screen:\n"
+                  << screen << "\nstderr: " << ReadAll(dir_ / "stderr.txt");
     return screen;
   }
 
@@ -145,8 +145,8 @@ constexpr char kGoodReply[] = "```lean\\ntheorem add_zero' (n : Nat) : n + 0 = n
 
 TEST_F(TerminalTest, ProveWatchAcceptSave) {
   fs::copy_file(fs::path(LR_SOURCE_DIR) / "examples/Basic.lean", dir_ / "Basic.lean");
-  const std::string url = StartModelServer(std::string("{\"add_zero'\": [\"") + kBadReply + "\", \"" + kGoodReply +
-                                           "\"]}");
+  const std::string url =
+      StartModelServer(std::string("{\"add_zero'\": [\"") + kBadReply + "\", \"" + kGoodReply + "\"]}");
   StartTui("Basic.lean --remote " + url + " --model-id scripted -k 2 --turns 1 --lean-cmd 'python3 " + LR_SOURCE_DIR +
            "/tests/tui/scripted_lean.py'");
 

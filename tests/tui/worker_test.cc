@@ -29,7 +29,7 @@ constexpr char kBad[] = "```lean\ntheorem two_eq (n : ℕ) (h : n = 2) : n + 0 =
 Worker::Options Options(Replies replies, int delay_ms, bool with_lean) {
   Worker::Options o;
   o.open_model = [replies, delay_ms](const std::string&, const std::string& kv,
-                                         const std::atomic<bool>*) -> Result<ModelHandle> {
+                                     const std::atomic<bool>*) -> Result<ModelHandle> {
     ModelHandle h;
     h.model = std::make_unique<ScriptedModel>(replies, delay_ms);
     h.kv_formats = kv;
@@ -37,8 +37,10 @@ Worker::Options Options(Replies replies, int delay_ms, bool with_lean) {
   };
   o.model = "scripted";
   o.kv = "K q8_0 / V iso3";
-  if (with_lean) o.checker = std::make_unique<ScriptedChecker>();
-  else o.lean_state = "not found";
+  if (with_lean)
+    o.checker = std::make_unique<ScriptedChecker>();
+  else
+    o.lean_state = "not found";
   return o;
 }
 
@@ -93,7 +95,7 @@ TEST(WorkerTest, ProvesStreamsAndReportsEachCandidate) {
   }
   EXPECT_EQ(generating, 3);  // two candidates from the first prompt, then candidate 0's repair
   EXPECT_EQ(checking, 3);
-  EXPECT_EQ(pieces, 3);      // the scripted model streams each reply as one piece
+  EXPECT_EQ(pieces, 3);  // the scripted model streams each reply as one piece
 
   s.OnKey(Key::Char('a'));
   EXPECT_TRUE(s.dirty());
