@@ -35,7 +35,7 @@ struct RepositoryTask {
   std::vector<std::string> theorems;  // names (plain or namespaced); empty: every theorem whose proof has a sorry
   std::string instructions;           // extra text for the model; may be empty
   // The file's text to start from (an editor's unsaved buffer); empty: the file on disk.
-  std::string text;
+  std::string text = {};
 };
 
 // Live progress, for a watcher such as the TUI; called on the loop's thread, in order. Defaults do nothing.

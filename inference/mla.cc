@@ -62,20 +62,21 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
                     KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
                     float* out) {
   const int n = static_cast<int>(pos.size());
-  const int heads = c.n_head, hd = c.head_dim, nope = c.qk_nope_dim, rope = c.qk_rope_dim, vd = c.head_dim_v;
+  const int heads = c.n_head, head_dim = c.head_dim, nope = c.qk_nope_dim, rope = c.qk_rope_dim,
+            head_dim_v = c.head_dim_v;
   const int lat = c.kv_lora_rank, row = lat + rope;
-  const size_t qd = static_cast<size_t>(heads) * hd;
+  const size_t q_width = static_cast<size_t>(heads) * head_dim;
 
-  std::vector<float> q(n * qd);
+  std::vector<float> q(n * q_width);
   if (c.q_lora_rank > 0) {
     std::vector<float> qa(static_cast<size_t>(n) * c.q_lora_rank);
     ops::MatMul(w.wq_a, x, n, qa.data(), c.q_lora_rank);
     for (int i = 0; i < n; ++i)
       ops::RmsNorm(&qa[static_cast<size_t>(i) * c.q_lora_rank], w.q_a_norm.data(), c.q_lora_rank, c.rms_eps,
                    &qa[static_cast<size_t>(i) * c.q_lora_rank]);
-    ops::MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(qd));
+    ops::MatMul(w.wq_b, qa.data(), n, q.data(), static_cast<int64_t>(q_width));
   } else {
-    ops::MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(qd));
+    ops::MatMul(w.wq, x, n, q.data(), static_cast<int64_t>(q_width));
   }
   std::vector<float> kv(static_cast<size_t>(n) * row);
   ops::MatMul(w.wkv_a, x, n, kv.data(), row);
@@ -89,9 +90,9 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
     ops::Rope(kv_i + lat, cos_sin.data(), rope, ops::RopeStyle::kAdjacentPairs);
     const float temperature = QueryTemperature(c, pos[i]);
     for (int h = 0; h < heads; ++h) {
-      float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
+      float* qh = &q[i * q_width + static_cast<size_t>(h) * head_dim];
       ops::Rope(qh + nope, cos_sin.data(), rope, ops::RopeStyle::kAdjacentPairs);
-      for (int d = 0; d < hd; ++d) qh[d] *= temperature;
+      for (int d = 0; d < head_dim; ++d) qh[d] *= temperature;
     }
     cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]), pos[i]);
   }
@@ -100,13 +101,13 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
   std::vector<float> k_b(static_cast<size_t>(heads) * nope * lat);
   for (int h = 0; h < heads; ++h)
     for (int j = 0; j < nope; ++j)
-      ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + j),
+      ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + head_dim_v) + j),
                          &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
   std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
 #pragma omp parallel for schedule(static)
   for (int ih = 0; ih < n * heads; ++ih) {
     const int i = ih / heads, h = ih % heads;
-    const float* qh = &q[i * qd + static_cast<size_t>(h) * hd];
+    const float* qh = &q[i * q_width + static_cast<size_t>(h) * head_dim];
     float* qa = &q_abs[static_cast<size_t>(ih) * row];
     for (int j = 0; j < nope; ++j) {
       const float* kb = &k_b[(static_cast<size_t>(h) * nope + j) * lat];
@@ -137,13 +138,13 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
   LR_RETURN_IF_ERROR(error.Take());
 
   // Head h's output: v_b_h times its attended latent, the heads' products in one region.
-  std::vector<float> attn(static_cast<size_t>(n) * heads * vd);
+  std::vector<float> attn(static_cast<size_t>(n) * heads * head_dim_v);
   std::vector<ops::MatMulTask> v_b;
   for (int h = 0; h < heads; ++h) {
-    const ops::WeightMatrix w_h{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + vd) + nope), vd, lat,
-                                w.wkv_b.row_bytes};
-    v_b.push_back({w_h, &latent_out[static_cast<size_t>(h) * n * lat], nullptr, n, &attn[static_cast<size_t>(h) * vd],
-                   static_cast<int64_t>(heads) * vd});
+    const ops::WeightMatrix w_h{w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + head_dim_v) + nope),
+                                head_dim_v, lat, w.wkv_b.row_bytes};
+    v_b.push_back({w_h, &latent_out[static_cast<size_t>(h) * n * lat], nullptr, n,
+                   &attn[static_cast<size_t>(h) * head_dim_v], static_cast<int64_t>(heads) * head_dim_v});
   }
   const ops::MatMulOut probe[] = {{&w.wkv_b, nullptr, 0}};
   std::vector<ops::BlockQ8> latent_q(ops::UsesQ8(probe) ? latent_out.size() / 32 : 0);

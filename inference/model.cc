@@ -119,16 +119,17 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   const ModelConfig& c = config_;
   const LayerWeights& l = layers_[layer];
   const int n = static_cast<int>(batch.size());
-  const int e = c.n_embd, hd = c.head_dim, hdv = c.head_dim_v;
-  const int qd = c.n_head * hd, kd = c.n_head_kv * hd, vd = c.n_head_kv * hdv, od = c.n_head * hdv;
+  const int n_embd = c.n_embd, head_dim = c.head_dim, head_dim_v = c.head_dim_v;
+  const int q_width = c.n_head * head_dim, k_width = c.n_head_kv * head_dim, v_width = c.n_head_kv * head_dim_v,
+            out_width = c.n_head * head_dim_v;
   const int group = c.n_head / c.n_head_kv;
   float* q = s.q.data();
   float* k = s.k.data();
   float* v = s.v.data();
-  const ops::MatMulOut qkv[] = {{&l.wq, q, qd}, {&l.wk, k, kd}, {&l.wv, v, vd}};
-  const ops::MatMulOut residual[] = {{&l.wo, x, e, /*add=*/true}};
+  const ops::MatMulOut qkv[] = {{&l.wq, q, q_width}, {&l.wk, k, k_width}, {&l.wv, v, v_width}};
+  const ops::MatMulOut residual[] = {{&l.wo, x, n_embd, /*add=*/true}};
   const int pairs = n * c.n_head_kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   NormTeam(x, l.attn_norm, s.tokens, ops::UsesQ8(qkv), s);
   ops::MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
   // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
@@ -138,22 +139,23 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
     const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
     const float* cos_sin = rope + static_cast<size_t>(i) * c.rope.n_rot;
     for (int j = 0; j < group; ++j) {
-      float* qh = q + static_cast<size_t>(i) * qd + (h * group + j) * hd;
-      if (c.qk_norm) ops::RmsNorm(qh, l.q_norm.data(), hd, c.rms_eps, qh);
+      float* qh = q + static_cast<size_t>(i) * q_width + (h * group + j) * head_dim;
+      if (c.qk_norm) ops::RmsNorm(qh, l.q_norm.data(), head_dim, c.rms_eps, qh);
       ops::Rope(qh, cos_sin, c.rope.n_rot, c.rope.style);
     }
-    float* kh = k + static_cast<size_t>(i) * kd + h * hd;
-    if (c.qk_norm) ops::RmsNorm(kh, l.k_norm.data(), hd, c.rms_eps, kh);
+    float* kh = k + static_cast<size_t>(i) * k_width + h * head_dim;
+    if (c.qk_norm) ops::RmsNorm(kh, l.k_norm.data(), head_dim, c.rms_eps, kh);
     ops::Rope(kh, cos_sin, c.rope.n_rot, c.rope.style);
-    cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * kd + h * hd,
-                v + static_cast<size_t>(i) * vd + h * hdv);
+    cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * k_width + h * head_dim,
+                v + static_cast<size_t>(i) * v_width + h * head_dim_v);
   }
   if (s.pieces.empty()) {
 #pragma omp for schedule(dynamic, 1)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
-      s.error.Record(cache.Attend(batch[i].seq, layer, h, pos[i] + 1, q + static_cast<size_t>(i) * qd + h * group * hd,
-                                  group, scale, s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv));
+      s.error.Record(cache.Attend(batch[i].seq, layer, h, pos[i] + 1,
+                                  q + static_cast<size_t>(i) * q_width + h * group * head_dim, group, scale,
+                                  s.attn.data() + static_cast<size_t>(i) * out_width + h * group * head_dim_v));
     }
   } else {
 #pragma omp for schedule(dynamic, 1)
@@ -161,14 +163,15 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
       const Scratch::Piece& p = s.pieces[j];
       const int i = p.pair / c.n_head_kv, h = p.pair % c.n_head_kv;
       s.error.Record(cache.AttendState(batch[i].seq, layer, h, pos[i] + 1, p.begin, p.end,
-                                       q + static_cast<size_t>(i) * qd + h * group * hd, group, scale, &s.states[j]));
+                                       q + static_cast<size_t>(i) * q_width + h * group * head_dim, group, scale,
+                                       &s.states[j]));
     }
 #pragma omp for schedule(static)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
       const size_t first = s.first_piece[ih], count = s.first_piece[ih + 1] - s.first_piece[ih];
-      kvquant::FinishAttention({&s.states[first], count}, group, hdv,
-                               s.attn.data() + static_cast<size_t>(i) * od + h * group * hdv);
+      kvquant::FinishAttention({&s.states[first], count}, group, head_dim_v,
+                               s.attn.data() + static_cast<size_t>(i) * out_width + h * group * head_dim_v);
     }
   }
   ops::MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
@@ -176,11 +179,11 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
 
 void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
   const LayerWeights& l = layers_[layer];
-  const int e = config_.n_embd, ff = config_.n_ff;
+  const int n_embd = config_.n_embd, ff = config_.n_ff;
   float* g = s.g.data();
   const float* u = s.u.data();
   const ops::MatMulOut gate_up[] = {{&l.gate, g, ff}, {&l.up, s.u.data(), ff}};
-  const ops::MatMulOut residual[] = {{&l.down, x, e, /*add=*/true}};
+  const ops::MatMulOut residual[] = {{&l.down, x, n_embd, /*add=*/true}};
   const int64_t n_g = int64_t{n} * ff;
   NormTeam(x, l.ffn_norm, s.tokens, ops::UsesQ8(gate_up), s);
   ops::MatMulManyQuantizedTeam(gate_up, s.xn.data(), s.xq.data(), n);
@@ -196,12 +199,12 @@ void Model::FfnSwiGlu(int layer, int n, Scratch& s, float* x) {
 }
 
 void Model::NormTeam(const float* x, const std::vector<float>& w, const std::vector<int>& rows, bool q8, Scratch& s) {
-  const int e = config_.n_embd, m = static_cast<int>(rows.size());
+  const int n_embd = config_.n_embd, m = static_cast<int>(rows.size());
 #pragma omp for schedule(static)
   for (int j = 0; j < m; ++j) {
-    float* xn = &s.xn[static_cast<size_t>(j) * e];
-    ops::RmsNorm(x + static_cast<size_t>(rows[j]) * e, w.data(), e, config_.rms_eps, xn);
-    if (q8) ops::QuantizeRowQ8(xn, e, &s.xq[static_cast<size_t>(j) * (e / 32)]);
+    float* xn = &s.xn[static_cast<size_t>(j) * n_embd];
+    ops::RmsNorm(x + static_cast<size_t>(rows[j]) * n_embd, w.data(), n_embd, config_.rms_eps, xn);
+    if (q8) ops::QuantizeRowQ8(xn, n_embd, &s.xq[static_cast<size_t>(j) * (n_embd / 32)]);
   }
 }
 
@@ -240,9 +243,10 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   }
   logits->resize(logit_rows.size() * c.n_vocab);
 
-  const int e = c.n_embd;
-  std::vector<float> x(static_cast<size_t>(n) * e), delta(x.size());
-  for (int i = 0; i < n; ++i) ops::DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * e], e);
+  const int n_embd = c.n_embd;
+  std::vector<float> x(static_cast<size_t>(n) * n_embd), delta(x.size());
+  for (int i = 0; i < n; ++i)
+    ops::DequantizeRow(token_embd_.type, token_embd_.row(batch[i].token), &x[i * n_embd], n_embd);
   // The RoPE angles of each token's position, shared by the layers.
   std::vector<float> rope(static_cast<size_t>(n) * c.rope.n_rot);
   for (int i = 0; i < n; ++i) {
@@ -253,14 +257,14 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   const size_t nz = static_cast<size_t>(n);
   s.tokens.resize(nz);
   std::iota(s.tokens.begin(), s.tokens.end(), 0);
-  s.xn.resize(nz * e);
+  s.xn.resize(nz * n_embd);
   s.q.resize(nz * c.n_head * c.head_dim);
   s.k.resize(nz * c.n_head_kv * c.head_dim);
   s.v.resize(nz * c.n_head_kv * c.head_dim_v);
   s.attn.resize(nz * c.n_head * c.head_dim_v);
   s.g.resize(nz * c.n_ff);
   s.u.resize(nz * c.n_ff);
-  s.xq.resize(nz * (std::max({e, c.n_head * c.head_dim_v, c.n_ff}) / 32));
+  s.xq.resize(nz * (std::max({n_embd, c.n_head * c.head_dim_v, c.n_ff}) / 32));
   // Ranges of kSplitAttentionFrom positions or more are attended in two halves.
   if (*std::max_element(pos.begin(), pos.end()) + 1 >= kSplitAttentionFrom) {
     for (int i = 0; i < n; ++i) {
