@@ -109,5 +109,7 @@ if python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") !=
   say "python: $MCP_PYPI present, skipping"
 else
   say "python: installing $MCP_PYPI"
-  python3 -m pip install --quiet --disable-pip-version-check "$MCP_PYPI"
+  # Debian 12's own python3 refuses pip installs outside a virtual environment (PEP 668) unless told otherwise; the
+  # SDK and its dependencies are test tools that nothing of the system imports.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check "$MCP_PYPI"
 fi
