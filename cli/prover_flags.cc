@@ -56,11 +56,11 @@ agent::AgentOptions MakeAgentOptions(const ProverFlags& f, const agent::ProverOp
   agent::AgentOptions o;
   o.sampling = prover.sampling;
   o.max_tool_calls = f.max_tool_calls;
-  o.max_tokens = f.token_budget;
-  o.max_seconds = f.time_budget;
-  o.max_checks = f.check_budget;
+  o.max_tokens = prover.max_tokens;
+  o.max_seconds = prover.max_seconds;
+  o.max_checks = prover.max_checks;
   o.guard = prover.guard;
-  o.check_timeout_seconds = f.check_timeout;
+  o.check_timeout_seconds = prover.check_timeout_seconds;
   return o;
 }
 
