@@ -704,4 +704,91 @@ void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_
   }
 }
 
+// --- GemmF32: C = A·B on f32 row-major matrices ---
+// A tile of kGemmRows rows of C by two vectors of columns stays in registers over the whole k loop: per p, two loads
+// of B's row p, one broadcast of A per tile row and 2 · kGemmRows fused multiply-adds. A last, narrower column strip
+// loads and stores under a mask; the rows left over after the full tiles take a tile of their own height.
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kGemmLanes = 16;
+using GemmVec = __m512;
+struct GemmMask {
+  __mmask16 m;
+  explicit GemmMask(int n) : m(static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << (n > 0 ? n : 0)) - 1)) {}
+};
+inline GemmVec GemmZero() { return _mm512_setzero_ps(); }
+inline GemmVec GemmSet1(float x) { return _mm512_set1_ps(x); }
+inline GemmVec GemmFma(GemmVec a, GemmVec b, GemmVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline GemmVec GemmLoad(const float* p) { return _mm512_loadu_ps(p); }
+inline GemmVec GemmLoad(const float* p, GemmMask k) { return _mm512_maskz_loadu_ps(k.m, p); }
+inline void GemmStore(float* p, GemmVec v) { _mm512_storeu_ps(p, v); }
+inline void GemmStore(float* p, GemmVec v, GemmMask k) { _mm512_mask_storeu_ps(p, k.m, v); }
+#else
+constexpr int kGemmLanes = 8;
+using GemmVec = __m256;
+struct GemmMask {
+  __m256i m;
+  explicit GemmMask(int n) : m(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+};
+inline GemmVec GemmZero() { return _mm256_setzero_ps(); }
+inline GemmVec GemmSet1(float x) { return _mm256_set1_ps(x); }
+inline GemmVec GemmFma(GemmVec a, GemmVec b, GemmVec c) { return _mm256_fmadd_ps(a, b, c); }
+inline GemmVec GemmLoad(const float* p) { return _mm256_loadu_ps(p); }
+inline GemmVec GemmLoad(const float* p, GemmMask k) { return _mm256_maskload_ps(p, k.m); }
+inline void GemmStore(float* p, GemmVec v) { _mm256_storeu_ps(p, v); }
+inline void GemmStore(float* p, GemmVec v, GemmMask k) { _mm256_maskstore_ps(p, k.m, v); }
+#endif
+constexpr int kGemmRows = 6;
+
+// C[0..kRows) x [0..n) for n <= 2 · kGemmLanes columns (kFull: exactly that many, no masks).
+template <int kRows, bool kFull>
+void GemmTile(int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const GemmMask m0(n), m1(n - kGemmLanes);
+  GemmVec acc[kRows][2];
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = GemmZero();
+  for (int p = 0; p < k; ++p) {
+    const float* bp = b + p * ldb;
+    const GemmVec b0 = kFull ? GemmLoad(bp) : GemmLoad(bp, m0);
+    const GemmVec b1 = kFull ? GemmLoad(bp + kGemmLanes) : GemmLoad(bp + kGemmLanes, m1);
+    for (int r = 0; r < kRows; ++r) {
+      const GemmVec x = GemmSet1(a[r * lda + p]);
+      acc[r][0] = GemmFma(x, b0, acc[r][0]);
+      acc[r][1] = GemmFma(x, b1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    if (kFull) {
+      GemmStore(c + r * ldc, acc[r][0]);
+      GemmStore(c + r * ldc + kGemmLanes, acc[r][1]);
+    } else {
+      GemmStore(c + r * ldc, acc[r][0], m0);
+      GemmStore(c + r * ldc + kGemmLanes, acc[r][1], m1);
+    }
+  }
+}
+
+template <int kRows>
+void GemmRows(int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  constexpr int kCols = 2 * kGemmLanes;
+  int j = 0;
+  for (; j + kCols <= n; j += kCols) GemmTile<kRows, true>(kCols, k, a, lda, b + j, ldb, c + j, ldc);
+  if (j < n) GemmTile<kRows, false>(n - j, k, a, lda, b + j, ldb, c + j, ldc);
+}
+
+}  // namespace
+
+void GemmF32(int m, int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  int i = 0;
+  for (; i + kGemmRows <= m; i += kGemmRows) GemmRows<kGemmRows>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+  switch (m - i) {
+    case 5: GemmRows<5>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 4: GemmRows<4>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 3: GemmRows<3>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 2: GemmRows<2>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 1: GemmRows<1>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    default: break;
+  }
+}
+
 }  // namespace lr::ops::LR_SIMD_NS
