@@ -545,6 +545,8 @@ struct Q8Group {
 #endif
 };
 
+constexpr int kPrefetchBlocks = 8;
+
 // Rows [16 g, 16 g + 16) of a kRows16 Q4_0, Q4_1 or Q8_0 matrix against NT tokens: y[t][j] = (add ? y[t][j] : 0) +
 // row j . token t, for the row group starting at `group` (n_blocks groups of 32 values). a[t]: token t's BlockQ8s.
 template <int NT, TensorType kType>
@@ -562,6 +564,10 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
   }
   for (int64_t b = 0; b < n_blocks; ++b) {
     const uint8_t* g = group + b * kGroupBytes;
+    // The weights stream from memory once per row group: fetch kPrefetchBlocks blocks ahead (past the row group's
+    // end, into the next one's, which follows in memory).
+    for (int line = 0; line < kGroupBytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetchBlocks * kGroupBytes + line), _MM_HINT_T0);
     for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
       const int lane0 = p * kLanes;     // first row of this part
       // w[k] multiplies the activations at q_at[k]: a nibble word L holds values 4L.. (low nibbles) and 16 + 4L..
@@ -581,42 +587,54 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
         }
       }
       const VecF d = LoadHalves(g + 2 * lane0);
-      // The offset term per token: q4_1 adds m * sum(a), q4_0 subtracts 8 d * sum(a).
-      const VecF m = kMin ? LoadHalves(g + 32 + 2 * lane0) : kQ4 ? MulF(d, SetF(-8.0f)) : ZeroF();
+      // The offset term per token: q4_1 adds m * sum(a) in floats; q4_0's -8 enters the integer sum as -8 * sum(a)
+      // (exact), q8_0's +128 as its Bias.
+      const VecF m = kMin ? LoadHalves(g + 32 + 2 * lane0) : ZeroF();
+      // Unrolled, so that the accumulators stay in registers (GCC leaves an 8-token loop rolled, through memory).
+#pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
         const BlockQ8& at = a[t][b];
         // Two integer chains, summed at the end of the block.
-        VecI sum[2] = {SetI(kQ4 ? 0 : Q8Group::Bias(at)), SetI(0)};
+        const int bias = kMin ? 0 : kQ4 ? -8 * (at.sum[0] + at.sum[1]) : Q8Group::Bias(at);
+        VecI sum[2] = {SetI(bias), SetI(0)};
         for (int k = 0; k < 8; ++k) {
           const VecI s = Broadcast4(at.q + q_at[k]);
           sum[k % 2] = kQ4 ? DotUnsigned(sum[k % 2], w[k], s) : Q8Group::Dot(sum[k % 2], w[k], s);
         }
         acc[p][t] = FmaF(ToF(AddI(sum[0], sum[1])), MulF(d, SetF(at.d)), acc[p][t]);
-        if constexpr (kQ4) off[p][t] = FmaF(m, SetF(at.s), off[p][t]);
+        if constexpr (kMin) off[p][t] = FmaF(m, SetF(at.s), off[p][t]);
       }
     }
   }
   for (int p = 0; p < kParts; ++p) {
     for (int t = 0; t < NT; ++t) {
       float* dst = y[t] + p * kLanes;
-      const VecF v = AddF(acc[p][t], off[p][t]);
+      const VecF v = kMin ? AddF(acc[p][t], off[p][t]) : acc[p][t];
       StoreF(dst, add ? AddF(LoadF(dst), v) : v);
     }
   }
 }
 
-// MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to kTokenGroup, each
+// Tokens per GroupDot call: each group's weights are unpacked once for that many tokens. 8 where the accumulators
+// and the unpacked words fit the 32 AVX-512 registers (q4_0, q8_0: one accumulator per token), else 4.
+template <TensorType kType>
+constexpr int GroupTokens() {
+  return kLanes == 16 && kType != TensorType::kQ4_1 ? 8 : 4;
+}
+
+// MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to GroupTokens, each
 // group's weights unpacked once for them.
 template <TensorType kType>
 void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y, int64_t y_stride,
             bool add) {
+  constexpr int kNT = GroupTokens<kType>();
   const int64_t n_blocks = w.cols / 32;
-  const BlockQ8* a[kTokenGroup];
-  float* out[kTokenGroup];
+  const BlockQ8* a[kNT];
+  float* out[kNT];
   for (int64_t r = r0; r < r1; r += 16) {
     const uint8_t* group = w.data + static_cast<size_t>(r) * w.row_bytes;
-    for (int t = 0; t < n_tokens; t += kTokenGroup) {
-      const int nt = n_tokens - t < kTokenGroup ? n_tokens - t : kTokenGroup;
+    for (int t = 0; t < n_tokens; t += kNT) {
+      const int nt = n_tokens - t < kNT ? n_tokens - t : kNT;
       for (int k = 0; k < nt; ++k) {
         a[k] = xq + (t + k) * n_blocks;
         out[k] = y + (t + k) * y_stride + r;
@@ -625,7 +643,12 @@ void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, 
         case 1: GroupDot<1, kType>(group, n_blocks, a, out, add); break;
         case 2: GroupDot<2, kType>(group, n_blocks, a, out, add); break;
         case 3: GroupDot<3, kType>(group, n_blocks, a, out, add); break;
-        default: GroupDot<kTokenGroup, kType>(group, n_blocks, a, out, add); break;
+        case 4: GroupDot<4, kType>(group, n_blocks, a, out, add); break;
+        // 5..7 occur only where kNT is 8 (the 1 keeps the other instantiations valid)
+        case 5: GroupDot<(kNT >= 5 ? 5 : 1), kType>(group, n_blocks, a, out, add); break;
+        case 6: GroupDot<(kNT >= 6 ? 6 : 1), kType>(group, n_blocks, a, out, add); break;
+        case 7: GroupDot<(kNT >= 7 ? 7 : 1), kType>(group, n_blocks, a, out, add); break;
+        default: GroupDot<kNT, kType>(group, n_blocks, a, out, add); break;
       }
     }
   }
