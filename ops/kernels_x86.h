@@ -564,10 +564,12 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
   }
   for (int64_t b = 0; b < n_blocks; ++b) {
     const uint8_t* g = group + b * kGroupBytes;
-    // The weights stream from memory once per row group: fetch kPrefetchBlocks blocks ahead (past the row group's
-    // end, into the next one's, which follows in memory).
-    for (int line = 0; line < kGroupBytes; line += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetchBlocks * kGroupBytes + line), _MM_HINT_T0);
+    // The weights stream from memory once per row group: with several tokens (prefill), fetch kPrefetchBlocks
+    // blocks ahead (past the row group's end, into the next one's, which follows in memory). A one-token call
+    // (decode) leaves the stream to the hardware prefetcher.
+    if constexpr (NT > 1)
+      for (int line = 0; line < kGroupBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetchBlocks * kGroupBytes + line), _MM_HINT_T0);
     for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
       const int lane0 = p * kLanes;     // first row of this part
       // w[k] multiplies the activations at q_at[k]: a nibble word L holds values 4L.. (low nibbles) and 16 + 4L..
