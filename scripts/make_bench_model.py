@@ -4,7 +4,8 @@
 Speed of a MoE/MLA model depends on its shapes and weight types, not on its values, so a bench needs no downloaded
 model: this writes a real GGUF (version 3, llama.cpp's `deepseek2` keys and tensor names, readable by llama.cpp's
 llama-bench too) whose weights are pseudo-random from a fixed seed, scaled so that activations keep their size
-through the layers (weight std ~ 1/sqrt(fan_in)); norms are 1. No vocabulary (tokenizer.ggml.model "none": bench feeds token ids).
+through the layers (weight std ~ 1/sqrt(fan_in)); norms are 1. No vocabulary (tokenizer.ggml.model "none": bench
+feeds token ids).
 
 Preset `leanstral-slice` (default): Leanstral's layer shapes (hidden 4096, MLA q_lora 1024 / kv_lora 256 /
 rope 64 / nope 64 / v 128, 32 heads, 128 routed experts top-4 + 1 shared, expert FFN 2048), 2 layers, vocab 32768.
