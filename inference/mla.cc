@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <string>
+#include <utility>
 
 #include "inference/weights.h"
+#include "kvquant/kernels.h"
+#include "ops/kernels.h"
 #include "ops/ops.h"
 
 namespace lr::inference {
@@ -23,6 +27,11 @@ float QueryTemperature(const ModelConfig& c, int pos) {
   if (c.attn_temperature_scale <= 0.0f || c.attn_temperature_length <= 0) return 1.0f;
   return 1.0f + c.attn_temperature_scale * std::log1p(static_cast<float>(pos / c.attn_temperature_length));
 }
+
+// Tokens per query block of MlaAttendChunk, and the shortest run of a batch attended so (shorter ones, decode steps
+// among them, attend token by token: the rows' decode would be shared by too few queries).
+constexpr int kQueryBlock = 32;
+constexpr int kMinBlockRun = 16;
 
 }  // namespace
 
@@ -57,6 +66,51 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
 }
 
 KvShape MlaKvShape(const ModelConfig& c) { return KvShape{c.n_layer, 1, c.kv_lora_rank + c.qk_rope_dim, 0}; }
+
+void MlaAttendChunk(const KvCache& cache, int layer, int seq, int first_pos, int n_tokens, int heads, int v_dim,
+                    const float* q, int64_t q_head_stride, float scale, float* out, int64_t out_head_stride) {
+  const kvquant::RowCodec& codec = cache.k_codec(layer, 0);
+  const int row = codec.dim(), n_rows = first_pos + n_tokens;
+  std::vector<kvquant::RowSpan> spans;
+  cache.Spans(seq, layer, 0, n_rows, &spans);
+  std::vector<std::pair<const uint8_t*, int>> src;  // (stored row, position) of rows 0..n_rows
+  src.reserve(n_rows);
+  for (const kvquant::RowSpan& s : spans)
+    for (int r = 0; r < s.n_rows; ++r) src.emplace_back(s.k + static_cast<size_t>(r) * codec.row_bytes(), s.pos + r);
+  assert(static_cast<int>(src.size()) == n_rows);
+  std::vector<float> rows(static_cast<size_t>(n_rows) * row), rows_t(static_cast<size_t>(row) * n_rows);
+  const int n_blocks = (n_tokens + kQueryBlock - 1) / kQueryBlock;
+  const kvquant::Kernels& kernels = *kvquant::GetKernels(BestIsa());
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int t = 0; t < n_rows; ++t) {
+      float* r = &rows[static_cast<size_t>(t) * row];
+      codec.DecodeRow(src[t].first, r, src[t].second);
+      for (int d = 0; d < row; ++d) rows_t[static_cast<size_t>(d) * n_rows + t] = r[d];
+    }
+    std::vector<float> p(static_cast<size_t>(kQueryBlock) * n_rows);
+#pragma omp for schedule(dynamic, 1)
+    for (int task = 0; task < heads * n_blocks; ++task) {
+      const int b = n_blocks - 1 - task / heads, h = task % heads;  // the longest blocks first
+      const int first = b * kQueryBlock, count = std::min(kQueryBlock, n_tokens - first);
+      const int cols = first_pos + first + count;  // the rows the block's last token sees
+      ops::GemmF32(count, cols, row, q + h * q_head_stride + static_cast<int64_t>(first) * row, row, rows_t.data(),
+                   n_rows, p.data(), cols);
+      for (int i = 0; i < count; ++i) {
+        float* pi = &p[static_cast<size_t>(i) * cols];
+        const int seen = first_pos + first + i + 1;
+        for (int t = 0; t < seen; ++t) pi[t] *= scale;
+        float max = -std::numeric_limits<float>::infinity();
+        const float inv_sum = 1.0f / kernels.exp_sum(pi, seen, &max);
+        for (int t = 0; t < seen; ++t) pi[t] *= inv_sum;
+        std::fill(pi + seen, pi + cols, 0.0f);
+      }
+      ops::GemmF32(count, v_dim, cols, p.data(), cols, rows.data(), row,
+                   out + h * out_head_stride + static_cast<int64_t>(first) * v_dim, v_dim);
+    }
+  }
+}
 
 Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector<float>& inv_freq, int layer,
                     KvCache& cache, const std::vector<int>& seq, const std::vector<int>& pos, const float* x,
@@ -97,39 +151,53 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
     cache.k_codec(layer, 0).EncodeRow(kv_i, cache.KRow(seq[i], layer, 0, pos[i]), pos[i]);
   }
 
-  // Absorb k_b into the query: q_abs[i][h] = [k_b_hᵀ q_nope | q_rope], against the stored [latent | k_rope] rows.
+  // Absorb k_b into the query: q_abs[h][i] = [k_b_hᵀ q_nope | q_rope], against the stored [latent | k_rope] rows;
+  // laid out [head][token], so that a head's queries of consecutive tokens are one matrix.
   std::vector<float> k_b(static_cast<size_t>(heads) * nope * lat);
   for (int h = 0; h < heads; ++h)
     for (int j = 0; j < nope; ++j)
       ops::DequantizeRow(w.wkv_b.type, w.wkv_b.row(static_cast<int64_t>(h) * (nope + head_dim_v) + j),
                          &k_b[(static_cast<size_t>(h) * nope + j) * lat], lat);
-  std::vector<float> q_abs(static_cast<size_t>(n) * heads * row, 0.0f);
+  std::vector<float> q_abs(static_cast<size_t>(heads) * n * row);
 #pragma omp parallel for schedule(static)
-  for (int ih = 0; ih < n * heads; ++ih) {
-    const int i = ih / heads, h = ih % heads;
-    const float* qh = &q[i * q_width + static_cast<size_t>(h) * head_dim];
-    float* qa = &q_abs[static_cast<size_t>(ih) * row];
-    for (int j = 0; j < nope; ++j) {
-      const float* kb = &k_b[(static_cast<size_t>(h) * nope + j) * lat];
-      for (int l = 0; l < lat; ++l) qa[l] += qh[j] * kb[l];
-    }
-    std::copy_n(qh + nope, rope, qa + lat);
+  for (int h = 0; h < heads; ++h) {
+    float* qa = &q_abs[static_cast<size_t>(h) * n * row];
+    ops::GemmF32(n, lat, nope, &q[static_cast<size_t>(h) * head_dim], static_cast<int64_t>(q_width),
+                 &k_b[static_cast<size_t>(h) * nope * lat], lat, qa, row);
+    for (int i = 0; i < n; ++i)
+      std::copy_n(&q[i * q_width + static_cast<size_t>(h) * head_dim + nope], rope,
+                  qa + static_cast<size_t>(i) * row + lat);
   }
 
   // Attention over the latent rows; results laid out [head][token][latent] for the per-head v_b products below.
+  // Runs of kMinBlockRun or more tokens of one sequence at consecutive positions (a prompt chunk) attend in blocks;
+  // the other tokens (decode steps) one at a time over the compressed rows.
   std::vector<float> latent_out(static_cast<size_t>(heads) * n * lat);
   const float scale = SoftmaxScale(c);
+  std::vector<int> single;
+  for (int begin = 0, end = 0; begin < n; begin = end) {
+    for (end = begin + 1; end < n && seq[end] == seq[begin] && pos[end] == pos[end - 1] + 1;) ++end;
+    if (end - begin >= kMinBlockRun) {
+      MlaAttendChunk(cache, layer, seq[begin], pos[begin], end - begin, heads, lat,
+                     &q_abs[static_cast<size_t>(begin) * row], static_cast<int64_t>(n) * row, scale,
+                     &latent_out[static_cast<size_t>(begin) * lat], static_cast<int64_t>(n) * lat);
+    } else {
+      for (int i = begin; i < end; ++i) single.push_back(i);
+    }
+  }
   FirstError error;
 #pragma omp parallel
   {
     std::vector<kvquant::RowSpan> spans;
-    std::vector<float> o(static_cast<size_t>(heads) * lat);
+    std::vector<float> qi(static_cast<size_t>(heads) * row), o(static_cast<size_t>(heads) * lat);
 #pragma omp for schedule(dynamic, 1)
-    for (int i = 0; i < n; ++i) {
+    for (size_t k = 0; k < single.size(); ++k) {
+      const int i = single[k];
       spans.clear();
       cache.Spans(seq[i], layer, 0, pos[i] + 1, &spans);
-      error.Record(kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat, &q_abs[static_cast<size_t>(i) * heads * row],
-                                           heads, spans, scale, o.data()));
+      for (int h = 0; h < heads; ++h)
+        std::copy_n(&q_abs[(static_cast<size_t>(h) * n + i) * row], row, &qi[static_cast<size_t>(h) * row]);
+      error.Record(kvquant::AttendSharedKV(cache.k_codec(layer, 0), lat, qi.data(), heads, spans, scale, o.data()));
       for (int h = 0; h < heads; ++h)
         std::copy_n(&o[static_cast<size_t>(h) * lat], lat, &latent_out[(static_cast<size_t>(h) * n + i) * lat]);
     }

@@ -172,8 +172,9 @@ class RowCodec {
   // Append path: encodes one token's row of dim() floats (minus the centers) into row_bytes() bytes at dst. pos: the
   // row's position in its sequence, used by the rotating center only.
   void EncodeRow(const float* x, uint8_t* dst, int pos = 0) const;
-  // Reconstructs the row (rotated back, centers added). For tests, evaluation and debugging; attention never calls
-  // it.
+  // Reconstructs the row (rotated back, centers added). For tests, evaluation, debugging, and MLA's prompt chunks
+  // (inference/mla.cc), which decode the rows a chunk attends once and multiply them as f32 matrices; Attend and
+  // its variants never call it.
   void DecodeRow(const uint8_t* src, float* x, int pos = 0) const;
   // Reconstructs the centered row in the rotated domain (no inverse rotation, no center): what attention scores
   // against.

@@ -183,6 +183,21 @@ void QuantizeRowQ8(const float* x, int64_t n, BlockQ8* out) {
   }
 }
 
+void GemmF32(int m, int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  switch (ActiveIsa()) {
+    case Isa::kAvx512: return avx512::GemmF32(m, n, k, a, lda, b, ldb, c, ldc);
+    case Isa::kAvx2: return avx2::GemmF32(m, n, k, a, lda, b, ldb, c, ldc);
+    case Isa::kBaseline: break;
+  }
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      float sum = 0.0f;
+      for (int p = 0; p < k; ++p) sum += a[i * lda + p] * b[p * ldb + j];
+      c[i * ldc + j] = sum;
+    }
+  }
+}
+
 void DequantizeRow(const TensorTypeInfo& type, const uint8_t* row, float* out, int64_t n) {
   assert(RowIsWhole(type, n));
   const int64_t blocks = n / type.block_elems;

@@ -135,6 +135,12 @@ struct MatMulTask {
 // tokens chose) is not a thread's whole share, and a task is split between threads when the split falls in it.
 void MatMulTasksTeam(std::span<const MatMulTask> tasks);
 
+// C = A·B on f32 row-major matrices, on the calling thread: c[i * ldc + j] = Σ_p a[i * lda + p] · b[p * ldb + j] for
+// i < m, j < n, p < k (c overwritten; k = 0 writes zeros). For products of two activations, where no weight format is
+// involved (MLA prefill: the queries times the latent rows, the probabilities times them). Each output is summed in
+// the order p = 0, 1, ... at every level (the SIMD levels with fused multiply-adds), so levels differ by rounding only.
+void GemmF32(int m, int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc);
+
 // The instruction set the products use (base/cpu.h): BestIsa() unless lowered with SetActiveIsa (tests and
 // benchmarks compare levels; Isa::kBaseline is the scalar path).
 Isa ActiveIsa();

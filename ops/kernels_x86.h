@@ -545,6 +545,8 @@ struct Q8Group {
 #endif
 };
 
+constexpr int kPrefetchBlocks = 8;
+
 // Rows [16 g, 16 g + 16) of a kRows16 Q4_0, Q4_1 or Q8_0 matrix against NT tokens: y[t][j] = (add ? y[t][j] : 0) +
 // row j . token t, for the row group starting at `group` (n_blocks groups of 32 values). a[t]: token t's BlockQ8s.
 template <int NT, TensorType kType>
@@ -562,6 +564,12 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
   }
   for (int64_t b = 0; b < n_blocks; ++b) {
     const uint8_t* g = group + b * kGroupBytes;
+    // The weights stream from memory once per row group: with several tokens (prefill), fetch kPrefetchBlocks
+    // blocks ahead (past the row group's end, into the next one's, which follows in memory). A one-token call
+    // (decode) leaves the stream to the hardware prefetcher.
+    if constexpr (NT > 1)
+      for (int line = 0; line < kGroupBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(g + kPrefetchBlocks * kGroupBytes + line), _MM_HINT_T0);
     for (int p = 0; p < kParts; ++p) {  // one block's parts together: each word is read from memory once
       const int lane0 = p * kLanes;     // first row of this part
       // w[k] multiplies the activations at q_at[k]: a nibble word L holds values 4L.. (low nibbles) and 16 + 4L..
@@ -581,42 +589,54 @@ void GroupDot(const uint8_t* group, int64_t n_blocks, const BlockQ8* const* a, f
         }
       }
       const VecF d = LoadHalves(g + 2 * lane0);
-      // The offset term per token: q4_1 adds m * sum(a), q4_0 subtracts 8 d * sum(a).
-      const VecF m = kMin ? LoadHalves(g + 32 + 2 * lane0) : kQ4 ? MulF(d, SetF(-8.0f)) : ZeroF();
+      // The offset term per token: q4_1 adds m * sum(a) in floats; q4_0's -8 enters the integer sum as -8 * sum(a)
+      // (exact), q8_0's +128 as its Bias.
+      const VecF m = kMin ? LoadHalves(g + 32 + 2 * lane0) : ZeroF();
+      // Unrolled, so that the accumulators stay in registers (GCC leaves an 8-token loop rolled, through memory).
+#pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
         const BlockQ8& at = a[t][b];
         // Two integer chains, summed at the end of the block.
-        VecI sum[2] = {SetI(kQ4 ? 0 : Q8Group::Bias(at)), SetI(0)};
+        const int bias = kMin ? 0 : kQ4 ? -8 * (at.sum[0] + at.sum[1]) : Q8Group::Bias(at);
+        VecI sum[2] = {SetI(bias), SetI(0)};
         for (int k = 0; k < 8; ++k) {
           const VecI s = Broadcast4(at.q + q_at[k]);
           sum[k % 2] = kQ4 ? DotUnsigned(sum[k % 2], w[k], s) : Q8Group::Dot(sum[k % 2], w[k], s);
         }
         acc[p][t] = FmaF(ToF(AddI(sum[0], sum[1])), MulF(d, SetF(at.d)), acc[p][t]);
-        if constexpr (kQ4) off[p][t] = FmaF(m, SetF(at.s), off[p][t]);
+        if constexpr (kMin) off[p][t] = FmaF(m, SetF(at.s), off[p][t]);
       }
     }
   }
   for (int p = 0; p < kParts; ++p) {
     for (int t = 0; t < NT; ++t) {
       float* dst = y[t] + p * kLanes;
-      const VecF v = AddF(acc[p][t], off[p][t]);
+      const VecF v = kMin ? AddF(acc[p][t], off[p][t]) : acc[p][t];
       StoreF(dst, add ? AddF(LoadF(dst), v) : v);
     }
   }
 }
 
-// MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to kTokenGroup, each
+// Tokens per GroupDot call: each group's weights are unpacked once for that many tokens. 8 where the accumulators
+// and the unpacked words fit the 32 AVX-512 registers (q4_0, q8_0: one accumulator per token), else 4.
+template <TensorType kType>
+constexpr int GroupTokens() {
+  return kLanes == 16 && kType != TensorType::kQ4_1 ? 8 : 4;
+}
+
+// MatMulRows for a kRows16 matrix: rows [r0, r1) are whole row groups; tokens in groups of up to GroupTokens, each
 // group's weights unpacked once for them.
 template <TensorType kType>
 void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, int64_t r1, float* y, int64_t y_stride,
             bool add) {
+  constexpr int kNT = GroupTokens<kType>();
   const int64_t n_blocks = w.cols / 32;
-  const BlockQ8* a[kTokenGroup];
-  float* out[kTokenGroup];
+  const BlockQ8* a[kNT];
+  float* out[kNT];
   for (int64_t r = r0; r < r1; r += 16) {
     const uint8_t* group = w.data + static_cast<size_t>(r) * w.row_bytes;
-    for (int t = 0; t < n_tokens; t += kTokenGroup) {
-      const int nt = n_tokens - t < kTokenGroup ? n_tokens - t : kTokenGroup;
+    for (int t = 0; t < n_tokens; t += kNT) {
+      const int nt = n_tokens - t < kNT ? n_tokens - t : kNT;
       for (int k = 0; k < nt; ++k) {
         a[k] = xq + (t + k) * n_blocks;
         out[k] = y + (t + k) * y_stride + r;
@@ -625,7 +645,12 @@ void Groups(const WeightMatrix& w, const BlockQ8* xq, int n_tokens, int64_t r0, 
         case 1: GroupDot<1, kType>(group, n_blocks, a, out, add); break;
         case 2: GroupDot<2, kType>(group, n_blocks, a, out, add); break;
         case 3: GroupDot<3, kType>(group, n_blocks, a, out, add); break;
-        default: GroupDot<kTokenGroup, kType>(group, n_blocks, a, out, add); break;
+        case 4: GroupDot<4, kType>(group, n_blocks, a, out, add); break;
+        // 5..7 occur only where kNT is 8 (the 1 keeps the other instantiations valid)
+        case 5: GroupDot<(kNT >= 5 ? 5 : 1), kType>(group, n_blocks, a, out, add); break;
+        case 6: GroupDot<(kNT >= 6 ? 6 : 1), kType>(group, n_blocks, a, out, add); break;
+        case 7: GroupDot<(kNT >= 7 ? 7 : 1), kType>(group, n_blocks, a, out, add); break;
+        default: GroupDot<kNT, kType>(group, n_blocks, a, out, add); break;
       }
     }
   }
@@ -701,6 +726,93 @@ void MatMulRows(const WeightMatrix& w, const BlockQ8* xq, const float* x, int n_
     case TensorType::kQ4_K: Rows<DotQ4_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
     case TensorType::kQ5_K: Rows<DotQ5_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
     case TensorType::kQ6_K: Rows<DotQ6_KKernel>(w, xq, x, n_tokens, r0, r1, y, y_stride, add); break;
+  }
+}
+
+// --- GemmF32: C = A·B on f32 row-major matrices ---
+// A tile of kGemmRows rows of C by two vectors of columns stays in registers over the whole k loop: per p, two loads
+// of B's row p, one broadcast of A per tile row and 2 · kGemmRows fused multiply-adds. A last, narrower column strip
+// loads and stores under a mask; the rows left over after the full tiles take a tile of their own height.
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kGemmLanes = 16;
+using GemmVec = __m512;
+struct GemmMask {
+  __mmask16 m;
+  explicit GemmMask(int n) : m(static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << (n > 0 ? n : 0)) - 1)) {}
+};
+inline GemmVec GemmZero() { return _mm512_setzero_ps(); }
+inline GemmVec GemmSet1(float x) { return _mm512_set1_ps(x); }
+inline GemmVec GemmFma(GemmVec a, GemmVec b, GemmVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline GemmVec GemmLoad(const float* p) { return _mm512_loadu_ps(p); }
+inline GemmVec GemmLoad(const float* p, GemmMask k) { return _mm512_maskz_loadu_ps(k.m, p); }
+inline void GemmStore(float* p, GemmVec v) { _mm512_storeu_ps(p, v); }
+inline void GemmStore(float* p, GemmVec v, GemmMask k) { _mm512_mask_storeu_ps(p, k.m, v); }
+#else
+constexpr int kGemmLanes = 8;
+using GemmVec = __m256;
+struct GemmMask {
+  __m256i m;
+  explicit GemmMask(int n) : m(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+};
+inline GemmVec GemmZero() { return _mm256_setzero_ps(); }
+inline GemmVec GemmSet1(float x) { return _mm256_set1_ps(x); }
+inline GemmVec GemmFma(GemmVec a, GemmVec b, GemmVec c) { return _mm256_fmadd_ps(a, b, c); }
+inline GemmVec GemmLoad(const float* p) { return _mm256_loadu_ps(p); }
+inline GemmVec GemmLoad(const float* p, GemmMask k) { return _mm256_maskload_ps(p, k.m); }
+inline void GemmStore(float* p, GemmVec v) { _mm256_storeu_ps(p, v); }
+inline void GemmStore(float* p, GemmVec v, GemmMask k) { _mm256_maskstore_ps(p, k.m, v); }
+#endif
+constexpr int kGemmRows = 6;
+
+// C[0..kRows) x [0..n) for n <= 2 · kGemmLanes columns (kFull: exactly that many, no masks).
+template <int kRows, bool kFull>
+void GemmTile(int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const GemmMask m0(n), m1(n - kGemmLanes);
+  GemmVec acc[kRows][2];
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = GemmZero();
+  for (int p = 0; p < k; ++p) {
+    const float* bp = b + p * ldb;
+    const GemmVec b0 = kFull ? GemmLoad(bp) : GemmLoad(bp, m0);
+    const GemmVec b1 = kFull ? GemmLoad(bp + kGemmLanes) : GemmLoad(bp + kGemmLanes, m1);
+    for (int r = 0; r < kRows; ++r) {
+      const GemmVec x = GemmSet1(a[r * lda + p]);
+      acc[r][0] = GemmFma(x, b0, acc[r][0]);
+      acc[r][1] = GemmFma(x, b1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    if (kFull) {
+      GemmStore(c + r * ldc, acc[r][0]);
+      GemmStore(c + r * ldc + kGemmLanes, acc[r][1]);
+    } else {
+      GemmStore(c + r * ldc, acc[r][0], m0);
+      GemmStore(c + r * ldc + kGemmLanes, acc[r][1], m1);
+    }
+  }
+}
+
+template <int kRows>
+void GemmRows(int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  constexpr int kCols = 2 * kGemmLanes;
+  int j = 0;
+  for (; j + kCols <= n; j += kCols) GemmTile<kRows, true>(kCols, k, a, lda, b + j, ldb, c + j, ldc);
+  if (j < n) GemmTile<kRows, false>(n - j, k, a, lda, b + j, ldb, c + j, ldc);
+}
+
+}  // namespace
+
+void GemmF32(int m, int n, int k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  int i = 0;
+  for (; i + kGemmRows <= m; i += kGemmRows) GemmRows<kGemmRows>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+  switch (m - i) {
+    case 5: GemmRows<5>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 4: GemmRows<4>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 3: GemmRows<3>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 2: GemmRows<2>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 1: GemmRows<1>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    default: break;
   }
 }
 

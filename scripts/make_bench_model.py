@@ -4,7 +4,8 @@
 Speed of a MoE/MLA model depends on its shapes and weight types, not on its values, so a bench needs no downloaded
 model: this writes a real GGUF (version 3, llama.cpp's `deepseek2` keys and tensor names, readable by llama.cpp's
 llama-bench too) whose weights are pseudo-random from a fixed seed, scaled so that activations keep their size
-through the layers (weight std ~ 1/sqrt(fan_in)); norms are 1. No tokenizer metadata (bench feeds token ids).
+through the layers (weight std ~ 1/sqrt(fan_in)); norms are 1. No vocabulary (tokenizer.ggml.model "none": bench
+feeds token ids).
 
 Preset `leanstral-slice` (default): Leanstral's layer shapes (hidden 4096, MLA q_lora 1024 / kv_lora 256 /
 rope 64 / nope 64 / v 128, 32 heads, 128 routed experts top-4 + 1 shared, expert FFN 2048), 2 layers, vocab 32768.
@@ -135,6 +136,7 @@ def build(p, seed):
     w.u32("attention.kv_lora_rank", p["kv_lora"])
     w.f32("rope.freq_base", 10000.0)
     w.u32("rope.dimension_count", p["rope"])
+    w.f32("rope.scaling.yarn_log_multiplier", 0.0)  # no YaRN; llama.cpp's deepseek2 loader requires the key
     w.u32("leading_dense_block_count", 0)
     w.u32("expert_count", p["n_expert"])
     w.u32("expert_used_count", p["n_used"])
@@ -144,6 +146,7 @@ def build(p, seed):
     w.bool("expert_weights_norm", True)
     w.f32("expert_weights_scale", 1.0)
     w.u32("vocab_size", p["vocab"])
+    w.string("tokenizer.ggml.model", "none")  # no vocabulary: llama.cpp then makes vocab_size dummy tokens
 
     def q(rows, cols, ttype, std=None):
         return lambda: quantized(rows, cols, ttype, std if std else cols ** -0.5, rng)

@@ -17,6 +17,7 @@ using testing::FixturePath;
 using testing::ReadF32File;
 using testing::ReadJsonFile;
 using testing::RowRelError;
+using testing::RunInChunks;
 using testing::RunSequence;
 
 struct Fixture {
@@ -70,34 +71,56 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                                            Fixture{"deepseek_v3", 1e-3}),
                          [](const ::testing::TestParamInfo<Fixture>& info) { return std::string(info.param.name); });
 
-// A prompt run as one batch (MoE tokens grouped by expert, MLA products over the chunk) gives the logits of running
-// it one token per call, within float rounding: the MoE/MLA fixtures (f16 weights, float products) and
+// A prompt run as one batch (MoE tokens grouped by expert, MLA attention in blocks over the chunk) gives the logits
+// of running it one token per call, within float rounding: the MoE/MLA fixtures (f16 weights, float products) and
 // moe_mla_q4_0.gguf (scripts/make_bench_model.py --preset tiny: Q4_0 experts repacked to 16-row groups, Q8_0
-// attention, int8 activations; no reference logits, only this self-consistency).
+// attention, int8 activations; no reference logits, only this self-consistency). So do chunks of 17 (the later ones
+// attend to rows of earlier calls, across a page boundary) and two sequences' prompts in one batch. (MLA on a
+// compressed cache: mla_test.cc.)
 class PrefillEqualsDecodeTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PrefillEqualsDecodeTest, SameLogitsOnEveryPosition) {
   auto model = Model::Load(FixturePath(std::string(GetParam()) + ".gguf"));
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   const int n_vocab = (*model)->config().n_vocab;
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens, other;
   for (int i = 0; i < 40; ++i) tokens.push_back((i * 97 + 13) % n_vocab);
-  std::vector<float> got[2];
-  for (bool one_at_a_time : {false, true}) {
+  for (int i = 0; i < 24; ++i) other.push_back((i * 31 + 5) % n_vocab);
+  auto run = [&](std::span<const int32_t> t, size_t chunk) -> std::vector<float> {
     auto cache = KvCache::Create((*model)->kv_shape(), KvCacheOptions{});
-    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-    auto logits = RunSequence(**model, *cache, cache->NewSequence(), tokens, one_at_a_time);
-    ASSERT_TRUE(logits.ok()) << logits.status().ToString();
-    got[one_at_a_time] = std::move(*logits);
-  }
-  ASSERT_EQ(got[0].size(), tokens.size() * n_vocab);
-  ASSERT_EQ(got[1].size(), got[0].size());
-  for (size_t pos = 0; pos < tokens.size(); ++pos) {
-    const float* batch = got[0].data() + pos * n_vocab;
-    const float* step = got[1].data() + pos * n_vocab;
-    EXPECT_LE(RowRelError(batch, step, n_vocab), 1e-4) << "position " << pos;
-    EXPECT_EQ(testing::ArgMax(batch, n_vocab), testing::ArgMax(step, n_vocab)) << "position " << pos;
-  }
+    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+    if (!cache.ok()) return {};
+    auto logits = RunInChunks(**model, *cache, cache->NewSequence(), t, chunk);
+    EXPECT_TRUE(logits.ok()) << logits.status().ToString();
+    return logits.ok() ? std::move(*logits) : std::vector<float>{};
+  };
+  const std::vector<float> step = run(tokens, 1), other_step = run(other, 1);
+  ASSERT_EQ(step.size(), tokens.size() * n_vocab);
+  ASSERT_EQ(other_step.size(), other.size() * n_vocab);
+  auto expect_equal = [&](const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t pos = 0; pos < want.size() / n_vocab; ++pos) {
+      const float* g = got.data() + pos * n_vocab;
+      const float* w = want.data() + pos * n_vocab;
+      EXPECT_LE(RowRelError(g, w, n_vocab), 1e-4) << what << ", position " << pos;
+      EXPECT_EQ(testing::ArgMax(g, n_vocab), testing::ArgMax(w, n_vocab)) << what << ", position " << pos;
+    }
+  };
+  expect_equal(run(tokens, tokens.size()), step, "one batch");
+  expect_equal(run(tokens, 17), step, "chunks of 17");
+
+  // Both prompts in one batch, each a run of its own sequence.
+  auto cache = KvCache::Create((*model)->kv_shape(), KvCacheOptions{});
+  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+  const int a = cache->NewSequence(), b = cache->NewSequence();
+  std::vector<BatchToken> batch;
+  for (int32_t t : tokens) batch.push_back({a, t, true});
+  for (int32_t t : other) batch.push_back({b, t, true});
+  std::vector<float> both;
+  ASSERT_TRUE((*model)->Forward(*cache, batch, &both).ok());
+  const auto split = both.begin() + static_cast<std::ptrdiff_t>(tokens.size() * n_vocab);
+  expect_equal(std::vector<float>(both.begin(), split), step, "first of two sequences in one batch");
+  expect_equal(std::vector<float>(split, both.end()), other_step, "second of two sequences in one batch");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PrefillEqualsDecodeTest,

@@ -48,20 +48,27 @@ inline std::vector<float> ReadF32File(const std::string& path, size_t count) {
   return out;
 }
 
-// Appends `tokens` to sequence `seq` and returns the logits of every token (n_vocab each, in order). With
-// `one_at_a_time` each token is its own Forward() call (the decode path), else all go in one batch (prefill).
-inline Result<std::vector<float>> RunSequence(ForwardPass& model, KvCache& cache, int seq,
-                                              std::span<const int32_t> tokens, bool one_at_a_time) {
+// Appends `tokens` to sequence `seq` in Forward() calls of `chunk` tokens (the last may be shorter) and returns the
+// logits of every token (n_vocab each, in order).
+inline Result<std::vector<float>> RunInChunks(ForwardPass& model, KvCache& cache, int seq,
+                                              std::span<const int32_t> tokens, size_t chunk) {
   std::vector<float> all, step;
   std::vector<BatchToken> batch;
   for (size_t i = 0; i < tokens.size(); ++i) {
     batch.push_back({seq, tokens[i], true});
-    if (!one_at_a_time && i + 1 < tokens.size()) continue;
+    if (batch.size() < chunk && i + 1 < tokens.size()) continue;
     LR_RETURN_IF_ERROR(model.Forward(cache, batch, &step));
     all.insert(all.end(), step.begin(), step.end());
     batch.clear();
   }
   return all;
+}
+
+// RunInChunks with `one_at_a_time` each token its own Forward() call (the decode path), else all in one batch
+// (prefill).
+inline Result<std::vector<float>> RunSequence(ForwardPass& model, KvCache& cache, int seq,
+                                              std::span<const int32_t> tokens, bool one_at_a_time) {
+  return RunInChunks(model, cache, seq, tokens, one_at_a_time ? 1 : tokens.size());
 }
 
 // max over the row of |got - want|, divided by max |want|: the per-position relative error the fixtures are held to.

@@ -374,6 +374,46 @@ TEST(MatMulTasksTeam, EqualsOneMatMulPerTask) {
   SetActiveIsa(detected);
 }
 
+// --- GemmF32 against an f64 product, at every level, on shapes with partial row tiles and column strips ---
+
+TEST(GemmF32, MatchesF64AtEveryLevel) {
+  struct Shape {
+    int m, n, k;
+  };
+  // 6-row tiles and 2 x 16 (AVX-512) or 2 x 8 (AVX2) column strips: full ones, partial ones, a strip narrower than
+  // one vector, k = 0; the MLA shapes (320-wide queries by latent rows, probabilities by 256-wide rows).
+  const Shape shapes[] = {{1, 1, 1}, {7, 45, 70}, {13, 33, 5},   {6, 32, 320},
+                          {5, 7, 3}, {4, 9, 0},   {32, 256, 64}, {19, 100, 320}};
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const Isa detected = BestIsa();
+  for (const Shape& s : shapes) {
+    const int64_t lda = s.k + 3, ldb = s.n + 5, ldc = s.n + 2;
+    std::vector<float> a(static_cast<size_t>(s.m * lda)), b(static_cast<size_t>(std::max(s.k, 1) * ldb));
+    for (float& v : a) v = nd(rng);
+    for (float& v : b) v = nd(rng);
+    for (int level = 0; level <= static_cast<int>(detected); ++level) {
+      SetActiveIsa(static_cast<Isa>(level));
+      std::vector<float> c(static_cast<size_t>(s.m * ldc), -12345.0f);
+      GemmF32(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc);
+      for (int i = 0; i < s.m; ++i) {
+        for (int j = 0; j < s.n; ++j) {
+          double want = 0, abs_sum = 0;
+          for (int p = 0; p < s.k; ++p) {
+            want += static_cast<double>(a[i * lda + p]) * b[p * ldb + j];
+            abs_sum += std::fabs(static_cast<double>(a[i * lda + p]) * b[p * ldb + j]);
+          }
+          ASSERT_NEAR(c[i * ldc + j], want, 1e-5 * abs_sum + 1e-7)
+              << "level " << IsaName(static_cast<Isa>(level)) << " shape " << s.m << "x" << s.n << "x" << s.k << " at "
+              << i << "," << j;
+        }
+        for (int64_t j = s.n; j < ldc; ++j) ASSERT_EQ(c[i * ldc + j], -12345.0f);  // padding untouched
+      }
+    }
+  }
+  SetActiveIsa(detected);
+}
+
 // --- Repack16: the 16-row interleaved layout against the GGUF rows it was made from ---
 
 struct RepackCase {
