@@ -1,7 +1,9 @@
 // The CUDA kernels against plain scalar references on the CPU, on random inputs of odd sizes: weight decoding and
 // products for every GGUF type (inference's DequantizeRow is the reference), RMSNorm, SwiGLU, the q/k step (per-head
 // norm, RoPE in both styles with a YaRN-like angle table, the f16 page store), paged attention over several
-// sequences, sampling, and the dummy weights. Every output buffer is poisoned (0xFF bytes: NaN) before the kernel
+// sequences, sampling, and the dummy weights; the int8 activations (QuantizeQ8 and the norms and SwiGLU that quantize
+// their output) bit for bit against the CPU's QuantizeRowQ8, and the integer products against a product of the same
+// quantized values. Every output buffer is poisoned (0xFF bytes: NaN) before the kernel
 // runs, so an unwritten element fails. Skipped when no CUDA device is present.
 #include "cuda/kernels.h"
 
@@ -109,6 +111,49 @@ std::vector<float> DequantizeCpu(WeightType t, const std::vector<uint8_t>& gguf,
   return w;
 }
 
+// Activations quantized on the CPU (ops::QuantizeRowQ8, the reference of QuantizeQ8), in the device's split
+// layout: q[i] and (d, s) per block.
+struct CpuQ8 {
+  std::vector<int8_t> q;
+  std::vector<float> ds;
+};
+CpuQ8 QuantizeCpu(const std::vector<float>& x) {
+  std::vector<ops::BlockQ8> blocks(x.size() / 32);
+  ops::QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), blocks.data());
+  CpuQ8 r;
+  for (const ops::BlockQ8& b : blocks) {
+    r.q.insert(r.q.end(), b.q, b.q + 32);
+    r.ds.push_back(b.d);
+    r.ds.push_back(b.s);
+  }
+  return r;
+}
+// The values the quantized activations stand for: d * q.
+std::vector<float> Dequantized(const CpuQ8& a) {
+  std::vector<float> v(a.q.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = a.ds[2 * (i / 32)] * a.q[i];
+  return v;
+}
+struct DeviceQ8 {
+  DeviceBuffer q, ds;
+  Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
+};
+DeviceQ8 ToDevice(const CpuQ8& a) { return DeviceQ8{ToDevice(a.q), ToDevice(a.ds)}; }
+// Room for count quantized values, poisoned.
+DeviceQ8 PoisonedQ8(size_t count) {
+  DeviceQ8 r{Poisoned(count / 4), Poisoned(count / 16)};
+  return r;
+}
+// The device's quantized values equal the CPU's quantization of `of`, bit for bit.
+void ExpectQ8Equals(const DeviceQ8& got, const std::vector<float>& of) {
+  const CpuQ8 want = QuantizeCpu(of);
+  const std::vector<int8_t> q = FromDevice<int8_t>(got.q, want.q.size());
+  const std::vector<float> ds = FromDevice<float>(got.ds, want.ds.size());
+  for (size_t i = 0; i < want.q.size(); ++i) ASSERT_EQ(q[i], want.q[i]) << "value " << i;
+  for (size_t b = 0; b < want.ds.size(); ++b)
+    ASSERT_EQ(ds[b], want.ds[b]) << (b % 2 ? "s" : "d") << " of block " << b / 2;
+}
+
 const WeightType kTypes[] = {WeightType::kF32,  WeightType::kF16,  WeightType::kBF16,
                              WeightType::kQ4_0, WeightType::kQ4_1, WeightType::kQ8_0,
                              WeightType::kQ4_K, WeightType::kQ5_K, WeightType::kQ6_K};
@@ -167,6 +212,48 @@ void CheckProduct(WeightType t, int64_t rows, int n, bool tiled, bool add, doubl
   EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << (tiled ? " tiled" : " matvec");
 }
 
+// y = W xq (+ y0 with add), xq the CPU's quantization of random activations, against a double-precision product of
+// the CPU-decoded weights and the quantized activations' values (the CPU SIMD paths' product).
+void CheckQ8Product(WeightType t, int64_t rows, int n, bool add) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 37 + n * 11 + (add ? 5 : 0)));
+  const int64_t cols = OddCols(t);
+  const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
+  TestMatrix m = Upload(t, gguf, rows, cols);
+  const std::vector<float> w = DequantizeCpu(t, gguf, rows, cols);
+  std::vector<float> x = RandomFloats(n * cols, rng);
+  std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block (d = 0)
+  const CpuQ8 xq = QuantizeCpu(x);
+  const std::vector<float> xv = Dequantized(xq);
+  const int64_t stride = rows + 3;
+  const std::vector<float> y0 = RandomFloats(n * stride, rng);
+  DeviceQ8 dxq = ToDevice(xq);
+  DeviceBuffer dx = ToDevice(x);
+  DeviceBuffer dy = add ? ToDevice(y0) : Poisoned(n * stride);
+  const Q8Activations view = dxq.view();
+  const Status s = MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr, &view);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const std::vector<float> all = FromDevice<float>(dy, n * stride);
+  std::vector<float> got;
+  std::vector<double> want;
+  for (int tk = 0; tk < n; ++tk) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = add ? y0[tk * stride + r] : 0.0;
+      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * xv[tk * cols + c];
+      want.push_back(sum);
+      got.push_back(all[tk * stride + r]);
+    }
+  }
+  EXPECT_LT(RelError(got, want), 1e-5) << "rows " << rows << " tokens " << n << " int8 activations";
+}
+
+TEST_P(TypeTest, MatVecQ8MatchesReference) {
+  if (!TakesQ8(GetParam())) GTEST_SKIP() << "f32 activations only";
+  for (int n : {1, 2, 3, 5, 8, 11, 16}) {
+    CheckQ8Product(GetParam(), 37, n, /*add=*/n % 2 == 1);
+    CheckQ8Product(GetParam(), 8, n, /*add=*/false);
+  }
+}
+
 TEST_P(TypeTest, MatVecMatchesReference) {
   for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, /*tiled=*/false, /*add=*/n % 2 == 1, 1e-5);
 }
@@ -193,18 +280,27 @@ TEST_P(TypeTest, MatVecManyMatchesReference) {
   }
   const std::vector<float> x = RandomFloats(n * cols, rng);
   DeviceBuffer dx = ToDevice(x);
-  ASSERT_TRUE(MatVecMany(products, 3, dx.as<float>(), n, nullptr).ok());
-  for (int k = 0; k < 3; ++k) {
-    const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
-    std::vector<double> want;
-    for (int tk = 0; tk < n; ++tk) {
-      for (int64_t r = 0; r < rows[k]; ++r) {
-        double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
-        for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[k][r * cols + c]) * x[tk * cols + c];
-        want.push_back(sum);
+  // f32 activations, then (the quantized types) int8 ones; y[1] starts from y0 in both runs.
+  const CpuQ8 xq = QuantizeCpu(x);
+  DeviceQ8 dxq = ToDevice(xq);
+  const Q8Activations view = dxq.view();
+  for (const bool q8 : {false, true}) {
+    if (q8 && !TakesQ8(t)) break;
+    ASSERT_TRUE(ys[1].Upload(y0[1].data(), y0[1].size() * 4).ok());
+    ASSERT_TRUE(MatVecMany(products, 3, dx.as<float>(), n, nullptr, q8 ? &view : nullptr).ok());
+    const std::vector<float> xv = q8 ? Dequantized(xq) : x;
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
+      std::vector<double> want;
+      for (int tk = 0; tk < n; ++tk) {
+        for (int64_t r = 0; r < rows[k]; ++r) {
+          double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
+          for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[k][r * cols + c]) * xv[tk * cols + c];
+          want.push_back(sum);
+        }
       }
+      EXPECT_LT(RelError(got, want), 1e-5) << "product " << k << (q8 ? " int8 activations" : "");
     }
-    EXPECT_LT(RelError(got, want), 1e-5) << "product " << k;
   }
 }
 
@@ -260,6 +356,52 @@ TEST_F(CudaKernels, RmsNormOfPickedRows) {
     for (int i = 0; i < dim; ++i) want.push_back(x[r * dim + i] * scale * w[i]);
   }
   EXPECT_LT(RelError(got, want), 1e-6);
+}
+
+// QuantizeQ8, and the quantizing RmsNormQ8 and SwiGluQ8: the same int8 values and (d, s) as the CPU's QuantizeRowQ8
+// of the same floats.
+TEST_F(CudaKernels, QuantizeQ8EqualsCpu) {
+  std::mt19937 rng(4);
+  const int count = 32 * 37;
+  std::vector<float> x = RandomFloats(count, rng, 2.0f);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  x[200] = 127.5f;  // values that round to ties once scaled
+  x[201] = -0.5f;
+  DeviceBuffer dx = ToDevice(x);
+  DeviceQ8 out = PoisonedQ8(count);
+  ASSERT_TRUE(QuantizeQ8(dx.as<float>(), count, out.view(), nullptr).ok());
+  ExpectQ8Equals(out, x);
+  EXPECT_FALSE(QuantizeQ8(dx.as<float>(), 33, out.view(), nullptr).ok());
+}
+
+TEST_F(CudaKernels, RmsNormQ8QuantizesItsOutput) {
+  std::mt19937 rng(5);
+  const int dim = 32 * 19, rows = 4;
+  const std::vector<int32_t> pick = {3, 0, 2};
+  const std::vector<float> x = RandomFloats(rows * dim, rng, 3.0f), w = RandomFloats(dim, rng);
+  DeviceBuffer dx = ToDevice(x), dw = ToDevice(w), di = ToDevice(pick);
+  DeviceBuffer dy = Poisoned(pick.size() * dim), dy2 = Poisoned(pick.size() * dim);
+  DeviceQ8 q = PoisonedQ8(pick.size() * dim);
+  ASSERT_TRUE(RmsNorm(dx.as<float>(), di.as<int32_t>(), 3, dim, dw.as<float>(), 1e-5f, dy.as<float>(), nullptr).ok());
+  ASSERT_TRUE(
+      RmsNormQ8(dx.as<float>(), di.as<int32_t>(), 3, dim, dw.as<float>(), 1e-5f, dy2.as<float>(), q.view(), nullptr)
+          .ok());
+  const std::vector<float> y = FromDevice<float>(dy, pick.size() * dim), y2 = FromDevice<float>(dy2, pick.size() * dim);
+  ASSERT_EQ(y, y2);
+  ExpectQ8Equals(q, y2);
+}
+
+TEST_F(CudaKernels, SwiGluQ8QuantizesItsOutput) {
+  std::mt19937 rng(6);
+  const int n = 32 * 41;
+  const std::vector<float> g = RandomFloats(n, rng, 4.0f), u = RandomFloats(n, rng);
+  DeviceBuffer dg = ToDevice(g), dg2 = ToDevice(g), du = ToDevice(u);
+  DeviceQ8 q = PoisonedQ8(n);
+  ASSERT_TRUE(SwiGlu(dg.as<float>(), du.as<float>(), n, nullptr).ok());
+  ASSERT_TRUE(SwiGluQ8(dg2.as<float>(), du.as<float>(), n, q.view(), nullptr).ok());
+  const std::vector<float> h = FromDevice<float>(dg, n), h2 = FromDevice<float>(dg2, n);
+  ASSERT_EQ(h, h2);
+  ExpectQ8Equals(q, h2);
 }
 
 TEST_F(CudaKernels, SwiGlu) {
