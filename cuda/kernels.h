@@ -92,6 +92,11 @@ struct Product {
 // gate and up).
 Status MatVecMany(const Product* products, int count, const float* x, int n_tokens, Stream stream,
                   const Q8Activations* xq = nullptr);
+// The gate and up products of a SwiGLU FFN and the SwiGLU, for 1..16 tokens: h[t * rows + r] = silu(gate_r . x_t) *
+// (up_r . x_t), and h quantized into hq (the down product's input). gate and up: one type that TakesQ8, one shape,
+// rows a multiple of 32.
+Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n_tokens, float* h,
+                      Q8Activations hq, Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
                    Stream stream);
 

@@ -289,38 +289,32 @@ __device__ __forceinline__ float Dot(const WeightUnit<T>& w, const ActUnit<T>& a
   }
 }
 
-// R rows per warp, NT tokens; U units per lane loaded before the first is multiplied.
+// acc[r][t] = the lane's share of row rows[r] of *mats[r] times token t's activations (t < n), R rows of cols values
+// (the rows may be of different matrices of one type); the caller sums the lanes. U units per lane are loaded
+// before the first is multiplied. The first loads are issued before WaitForPreviousKernel: they overlap the end of
+// the kernel before, which writes the activations (the caller writes nothing before this returns).
 template <WeightType T, int NT, int R>
-__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet set, Q8Activations xq, int n) {
+__device__ __forceinline__ void RowSums(const DeviceMatrix* const (&mats)[R], const int64_t (&rows)[R], int64_t cols,
+                                        Q8Activations xq, int n, float (&acc)[R][NT]) {
   constexpr int kInFlight = kUnitsInFlight<T>;
   constexpr int U = kInFlight > R ? kInFlight / R : 1;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  unsigned block;
-  const Product& p = BlockProduct(set, &block);
-  const DeviceMatrix& w = p.w;
-  const int64_t row0 = (static_cast<int64_t>(block) * kMatVecWarps + warp) * R;
-  if (row0 >= w.rows) return;
-  const int units = static_cast<int>(w.cols / kUnitValues<T>);
-  int64_t rows[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: the last row again
-  float acc[R][NT];
+  const int lane = threadIdx.x % 32;
+  const int units = static_cast<int>(cols / kUnitValues<T>);
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0;
   const int4* aq = reinterpret_cast<const int4*>(xq.q);
   const float2* ads = reinterpret_cast<const float2*>(xq.ds);
-  const int64_t token_words = w.cols / 16, token_blocks = w.cols / 32;
+  const int64_t token_words = cols / 16, token_blocks = cols / 32;
   WeightUnit<T> wt[U][R];
   auto load = [&](int u0) {
 #pragma unroll
     for (int i = 0; i < U; ++i)
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        if (u0 + 32 * i < units) wt[i][r] = LoadUnit<T>(w, rows[r], u0 + 32 * i);
+        if (u0 + 32 * i < units) wt[i][r] = LoadUnit<T>(*mats[r], rows[r], u0 + 32 * i);
   };
-  // The first weights are in flight while the kernel before (which writes the activations and y) finishes.
   load(lane);
   WaitForPreviousKernel();
   LetNextKernelStart();
@@ -341,6 +335,26 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet s
       }
     }
   }
+}
+
+// R rows per warp, NT tokens.
+template <WeightType T, int NT, int R>
+__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet set, Q8Activations xq, int n) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned block;
+  const Product& p = BlockProduct(set, &block);
+  const DeviceMatrix& w = p.w;
+  const int64_t row0 = (static_cast<int64_t>(block) * kMatVecWarps + warp) * R;
+  if (row0 >= w.rows) return;
+  const DeviceMatrix* mats[R];
+  int64_t rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    mats[r] = &w;
+    rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: the last row again
+  }
+  float acc[R][NT];
+  RowSums<T, NT, R>(mats, rows, w.cols, xq, n, acc);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll
@@ -351,6 +365,47 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet s
         *o = p.add ? *o + sum : sum;
       }
     }
+  }
+}
+
+// The gate and up products with the SwiGLU between them: a block takes 32 consecutive rows of both (W warps of R
+// row products each, R / 2 rows of gate and the same rows of up), then h[t * rows + r] = silu(gate_r . x_t) *
+// (up_r . x_t) for its 32 rows, quantized into hq: the down product's input without a pass of its own.
+template <int NT>
+constexpr int kGluWarps = NT == 1   ? 4
+                          : NT == 2 ? 8
+                                    : 16;
+template <WeightType T, int NT>
+__global__ void __launch_bounds__(32 * kGluWarps<NT>)
+    MatVecSwiGluQ8Kernel(DeviceMatrix gate, DeviceMatrix up, Q8Activations xq, int n, float* h, Q8Activations hq) {
+  constexpr int R = 64 / kGluWarps<NT>, kHalf = R / 2;
+  __shared__ float sums[2][NT][32];  // [gate or up][token][row - r0]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const DeviceMatrix* mats[R];
+  int64_t rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = r0 + warp * kHalf + r % kHalf;
+    mats[r] = r < kHalf ? &gate : &up;
+    rows[r] = row < gate.rows ? row : gate.rows - 1;
+  }
+  float acc[R][NT];
+  RowSums<T, NT, R>(mats, rows, gate.cols, xq, n, acc);
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float sum = WarpSum(acc[r][t]);
+      if (lane == 0) sums[r < kHalf ? 0 : 1][t][warp * kHalf + r % kHalf] = sum;
+    }
+  __syncthreads();
+  // Warp t writes token t's 32 values (rows is a multiple of 32: whole warps).
+  for (int t = warp; t < n; t += kGluWarps<NT>) {
+    const float g = sums[0][t][lane], v = g / (1.0f + expf(-g)) * sums[1][t][lane];
+    const int64_t i = t * gate.rows + r0 + lane;
+    h[i] = v;
+    QuantizeWarp(v, i, hq);
   }
 }
 
@@ -464,6 +519,30 @@ Status MatVecMany(const Product* products, int count, const float* x, int n, Str
     ForTokens(n, [&](auto nt) { LaunchEarly(MatVecKernel<T, decltype(nt)::value>, grid, threads, stream, set, x, n); });
   }));
   return CheckLaunch("MatVec");
+}
+
+Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n, float* h,
+                      Q8Activations hq, Stream stream) {
+  if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
+  LR_RETURN_IF_ERROR(CheckMatrix(gate));
+  LR_RETURN_IF_ERROR(CheckMatrix(up));
+  if (gate.type != up.type || gate.rows != up.rows || gate.cols != up.cols || !TakesQ8(gate.type) ||
+      gate.rows % 32 != 0)
+    return InvalidArgument(
+        "MatVecSwiGluQ8: gate and up must be of one type taking int8 activations and one shape, "
+        "rows a multiple of 32; got " +
+        std::to_string(gate.rows) + " and " + std::to_string(up.rows) + " rows");
+  const unsigned grid = Blocks(gate.rows, 32);
+  LR_RETURN_IF_ERROR(DispatchType(gate.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    if constexpr (TakesQ8Type(T)) {
+      ForTokens(n, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        LaunchEarly(MatVecSwiGluQ8Kernel<T, NT>, grid, 32 * kGluWarps<NT>, stream, gate, up, xq, n, h, hq);
+      });
+    }
+  }));
+  return CheckLaunch("MatVecSwiGluQ8");
 }
 
 Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream,

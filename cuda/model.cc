@@ -303,6 +303,9 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     const size_t q8 = static_cast<size_t>(kMaxMatVecTokens) * std::max<size_t>(c.n_embd, widest);  // decode inputs
     LR_ASSIGN_OR_RETURN(xq_, DeviceBuffer::Allocate(q8, "quantized activations"));
     LR_ASSIGN_OR_RETURN(xds_, DeviceBuffer::Allocate(q8 / 32 * 8, "quantized activations"));
+    const size_t q8_ff = static_cast<size_t>(kMaxMatVecTokens) * c.n_ff;
+    LR_ASSIGN_OR_RETURN(hq_, DeviceBuffer::Allocate(q8_ff, "quantized activations"));
+    LR_ASSIGN_OR_RETURN(hds_, DeviceBuffer::Allocate(q8_ff / 32 * 8, "quantized activations"));
     const int rows = std::max({n_logits, cap_logits_, kMaxMatVecTokens});
     LR_ASSIGN_OR_RETURN(logits_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * c.n_vocab * 4, "logits"));
     LR_ASSIGN_OR_RETURN(ids_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * 4, "token ids"));
@@ -341,19 +344,21 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
   // A decode step quantizes each product input once (in the step that writes it: the norms, SwiGLU) and runs the
   // integer products on it; prefill multiplies f32 activations on the tensor cores.
   const bool decode = n <= kMaxMatVecTokens;
-  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()};
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq{hq_.as<int8_t>(), hds_.as<float>()};
   auto Norm = [&](const int32_t* rows, int count, const DeviceBuffer& w) -> Status {
     if (decode) return RmsNormQ8(x, rows, count, e, w.as<float>(), c.rms_eps, xn, xq, s);
     return RmsNorm(x, rows, count, e, w.as<float>(), c.rms_eps, xn, s);
   };
-  // Products over the same activations `in` (quantized in xq): one launch for those of one type (decode steps), else
-  // one product each on the tensor cores (prefill).
-  auto Products = [&](const Product* p, int count, const float* in, int n_tokens) -> Status {
+  // Products over the same activations `in` (quantized in in_q, else xq): one launch for those of one type (decode
+  // steps), else one product each on the tensor cores (prefill).
+  auto Products = [&](const Product* p, int count, const float* in, int n_tokens,
+                      const Q8Activations& in_q = Q8Activations{}) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
+      const Q8Activations* quantized = in_q.q != nullptr ? &in_q : &xq;
       for (int first = 0; first < count;) {
         int end = first + 1;
         while (end < count && p[end].w.type == p[first].w.type) ++end;
-        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s, &xq));
+        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s, quantized));
         first = end;
       }
       return Status::Ok();
@@ -388,14 +393,20 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     LR_RETURN_IF_ERROR(Products(wo, 1, attn, n));
     LR_RETURN_IF_ERROR(Norm(nullptr, n, l.ffn_norm));
     const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
-    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
-    if (decode) {
-      LR_RETURN_IF_ERROR(SwiGluQ8(g, u, static_cast<int64_t>(n) * c.n_ff, xq, s));
+    const int64_t ff = static_cast<int64_t>(n) * c.n_ff;
+    if (decode && l.gate.m.type == l.up.m.type && TakesQ8(l.gate.m.type) && c.n_ff % 32 == 0) {
+      // One kernel for gate, up and SwiGLU; its quantized output in hq (it reads xq meanwhile).
+      LR_RETURN_IF_ERROR(MatVecSwiGluQ8(l.gate.m, l.up.m, xq, n, g, hq, s));
     } else {
-      LR_RETURN_IF_ERROR(SwiGlu(g, u, static_cast<int64_t>(n) * c.n_ff, s));
+      LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+      if (decode) {
+        LR_RETURN_IF_ERROR(SwiGluQ8(g, u, ff, hq, s));
+      } else {
+        LR_RETURN_IF_ERROR(SwiGlu(g, u, ff, s));
+      }
     }
     const Product down[] = {{l.down.m, x, e, /*add=*/true}};
-    LR_RETURN_IF_ERROR(Products(down, 1, g, n));
+    LR_RETURN_IF_ERROR(Products(down, 1, g, n, hq));
   }
   if (n_logits > 0) {
     // The logit rows' norm: quantized for the output product when that is a matrix-vector product.
