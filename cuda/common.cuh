@@ -8,8 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "base/status.h"
 #include "cuda/kernels.h"
@@ -45,6 +47,39 @@ __device__ __forceinline__ void LetNextKernelStart() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+
+// Whether LaunchEarly launches early: the device has programmatic dependent launch (sm_90 and later), and
+// LEANROTOR_CUDA_EARLY_LAUNCH is not "0" (for measuring what it gains).
+inline bool EarlyLaunch() {
+  static const bool early = [] {
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+      return false;
+    const char* env = std::getenv("LEANROTOR_CUDA_EARLY_LAUNCH");
+    return major >= 9 && (env == nullptr || std::string(env) != "0");
+  }();
+  return early;
+}
+
+// kernel<<<blocks, threads, 0, stream>>>(args...), with programmatic stream serialization where EarlyLaunch(): its
+// blocks may start once every block of the previous kernel in the stream has called LetNextKernelStart (the kernel
+// waits for that one's end with WaitForPreviousKernel before it reads what that one writes). The decode step's
+// kernels all launch so: the launch latency between them is hidden, and the products load their first weights
+// while the kernel before finishes.
+template <typename... Params, typename... Args>
+void LaunchEarly(void (*kernel)(Params...), dim3 blocks, dim3 threads, Stream stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = blocks;
+  config.blockDim = threads;
+  config.stream = S(stream);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = EarlyLaunch() ? 1 : 0;
+  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // Quantizes value i of an array into out, as ops::QuantizeRowQ8 (bit for bit): called by the 32 lanes of a warp

@@ -19,6 +19,8 @@ namespace {
 
 template <WeightType T>
 __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int i = blockIdx.y;
   const int sb = blockIdx.x * blockDim.x + threadIdx.x;
   if (sb >= w.cols / 32) return;
@@ -122,6 +124,7 @@ __global__ void __launch_bounds__(256) MatMulTiledKernel(DeviceMatrix w, const f
 // With yq.q, y is quantized too (dim a multiple of 32: whole warps take each i-loop step).
 __global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, const float* w, float eps, float* y,
                               Q8Activations yq) {
+  WaitForPreviousKernel();
   LetNextKernelStart();
   const int j = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows != nullptr ? rows[j] : j) * dim;
@@ -148,6 +151,7 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, cons
 
 // With gq.q, g is quantized too (count a multiple of 32: whole warps return together).
 __global__ void SwiGluKernel(float* g, const float* u, int64_t count, Q8Activations gq) {
+  WaitForPreviousKernel();
   LetNextKernelStart();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;
@@ -159,6 +163,8 @@ __global__ void SwiGluKernel(float* g, const float* u, int64_t count, Q8Activati
 
 // One warp per head (n_head query heads, then n_head_kv key heads) of one token (blockIdx.y).
 __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int i = blockIdx.y;
   const int hi = blockIdx.x * 4 + warp;
@@ -212,6 +218,8 @@ template <int G>
 __global__ void __launch_bounds__(32 * kAttnWarps)
     AttentionKernel(const float* q, int n_head, float scale, KvPool pool, int layer, TokenPlaces places, float* out,
                     float* part) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   __shared__ float sq[G * kMaxHeadDim];
   __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
@@ -326,6 +334,8 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 
 // out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.
 __global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   const float* p = part + head * splits * (vd + 2);
   float mx = -INFINITY;
@@ -352,6 +362,8 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
 constexpr int kSampleThreads = 1024;
 __global__ void __launch_bounds__(kSampleThreads)
     SampleKernel(const float* logits, int vocab, float temperature, uint64_t seed, int32_t* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int r = blockIdx.x;
   const float* row = logits + static_cast<size_t>(r) * vocab;
   float best = -INFINITY;
@@ -435,7 +447,7 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
   const dim3 grid(Blocks(w.cols / 32, 64), n);
   LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;
-    DequantizeRowsKernel<T><<<grid, 64, 0, S(stream)>>>(w, rows, out);
+    LaunchEarly(DequantizeRowsKernel<T>, grid, 64, stream, w, rows, out);
   }));
   return CheckLaunch("DequantizeRows");
 }
@@ -459,7 +471,7 @@ Status MatMul(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
                Stream stream) {
   if (n <= 0) return Status::Ok();
-  RmsNormKernel<<<n, 1024, 0, S(stream)>>>(x, rows, dim, w, eps, y, Q8Activations{});
+  LaunchEarly(RmsNormKernel, n, 1024, stream, x, rows, dim, w, eps, y, Q8Activations{});
   return CheckLaunch("RmsNorm");
 }
 
@@ -467,20 +479,20 @@ Status RmsNormQ8(const float* x, const int32_t* rows, int n, int dim, const floa
                  Q8Activations yq, Stream stream) {
   if (dim % 32 != 0) return InvalidArgument("RmsNormQ8: rows of " + std::to_string(dim) + " values, not whole blocks");
   if (n <= 0) return Status::Ok();
-  RmsNormKernel<<<n, 1024, 0, S(stream)>>>(x, rows, dim, w, eps, y, yq);
+  LaunchEarly(RmsNormKernel, n, 1024, stream, x, rows, dim, w, eps, y, yq);
   return CheckLaunch("RmsNormQ8");
 }
 
 Status SwiGlu(float* g, const float* u, int64_t count, Stream stream) {
   if (count <= 0) return Status::Ok();
-  SwiGluKernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(g, u, count, Q8Activations{});
+  LaunchEarly(SwiGluKernel, Blocks(count, 256), 256, stream, g, u, count, Q8Activations{});
   return CheckLaunch("SwiGlu");
 }
 
 Status SwiGluQ8(float* g, const float* u, int64_t count, Q8Activations gq, Stream stream) {
   if (count % 32 != 0) return InvalidArgument("SwiGluQ8: " + std::to_string(count) + " values, not whole blocks");
   if (count <= 0) return Status::Ok();
-  SwiGluKernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(g, u, count, gq);
+  LaunchEarly(SwiGluKernel, Blocks(count, 256), 256, stream, g, u, count, gq);
   return CheckLaunch("SwiGluQ8");
 }
 
@@ -488,7 +500,7 @@ Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& place
   if (n <= 0) return Status::Ok();
   if (a.n_rot > pool.k_dim || a.n_rot % 2 != 0) return InvalidArgument("PrepareQkv: n_rot must be even, <= k_dim");
   const dim3 grid(Blocks(a.n_head + pool.n_head_kv, 4), n);
-  PrepareQkvKernel<<<grid, 128, 0, S(stream)>>>(a, pool, places);
+  LaunchEarly(PrepareQkvKernel, grid, 128, stream, a, pool, places);
   return CheckLaunch("PrepareQkv");
 }
 
@@ -515,8 +527,8 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   const dim3 grid(pool.n_head_kv, n, splits);
   const int threads = 32 * kAttnWarps;
   auto launch = [&](auto g) {
-    AttentionKernel<decltype(g)::value>
-        <<<grid, threads, 0, S(stream)>>>(q, n_head, scale, pool, layer, places, out, scratch);
+    LaunchEarly(AttentionKernel<decltype(g)::value>, grid, threads, stream, q, n_head, scale, pool, layer, places, out,
+                scratch);
   };
   switch (group) {
     case 1: launch(std::integral_constant<int, 1>()); break;
@@ -531,13 +543,14 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   }
   LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
   if (splits == 1) return Status::Ok();
-  AttentionMergeKernel<<<dim3(n_head, n), std::min(pool.v_dim, 256), 0, S(stream)>>>(scratch, splits, pool.v_dim, out);
+  LaunchEarly(AttentionMergeKernel, dim3(n_head, n), std::min(pool.v_dim, 256), stream, scratch, splits, pool.v_dim,
+              out);
   return CheckLaunch("AttentionMerge");
 }
 
 Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out, Stream stream) {
   if (rows <= 0) return Status::Ok();
-  SampleKernel<<<rows, kSampleThreads, 0, S(stream)>>>(logits, vocab, temperature, seed, out);
+  LaunchEarly(SampleKernel, rows, kSampleThreads, stream, logits, vocab, temperature, seed, out);
   return CheckLaunch("Sample");
 }
 

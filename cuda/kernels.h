@@ -9,11 +9,12 @@
 // or 32 (8-bit) bytes per block of 32 values, then, in a second array, each block's f16 d (Q4_1: d and m): 16-byte
 // aligned quants that one vector load fetches, instead of GGUF's 18-, 20- and 34-byte blocks. Same bytes per weight.
 // The other types keep GGUF's row layout. Every matrix has a whole number of 32-value sub-blocks per row: the
-// kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in kernels.cu).
+// kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in common.cuh).
 //
-// Products: MatVec / MatVecMany for 1..16 tokens (matvec.cu), MatMulTiled for more (tensor cores: 128 rows x 64 tokens
-// per block, weights decoded to f16 in shared memory, f16 activations, f32 accumulation; wmma 16x16x16). MatMul picks
-// between them.
+// Products: MatVec / MatVecMany for 1..16 tokens (matvec.cu: int8 activations and __dp4a for the quantized types,
+// f32 for the float types), MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to
+// f16 in shared memory, f16 activations, f32 accumulation; wmma 16x16x16). MatMul picks between them. The kernels of
+// a decode step launch early on Hopper (LaunchEarly in common.cuh).
 //
 // KV pages (KvPool): the layout of inference::KvCache's f16 pages, one page = kPageTokens (32) positions of every
 // layer and KV head: for each (layer, head) 32 key rows of k_dim halves, then the same for values.

@@ -14,9 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <string>
-#include <utility>
 
 #include "cuda/common.cuh"
 #include "cuda/device.h"
@@ -410,40 +408,11 @@ __global__ void __launch_bounds__(32 * kGluWarps<NT>)
 }
 
 __global__ void QuantizeQ8Kernel(const float* x, int64_t count, Q8Activations out) {
+  WaitForPreviousKernel();
   LetNextKernelStart();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;  // whole warps: count is a multiple of 32
   QuantizeWarp(x[i], i, out);
-}
-
-// Whether LaunchEarly launches early: the device has programmatic dependent launch (sm_90 and later), and
-// LEANROTOR_CUDA_EARLY_LAUNCH is not "0" (for measuring what it gains).
-bool EarlyLaunch() {
-  static const bool early = [] {
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
-      return false;
-    const char* env = std::getenv("LEANROTOR_CUDA_EARLY_LAUNCH");
-    return major >= 9 && (env == nullptr || std::string(env) != "0");
-  }();
-  return early;
-}
-
-// kernel<<<blocks, threads, 0, stream>>>(args...), with programmatic stream serialization where EarlyLaunch(): its
-// blocks may start while the previous kernel in the stream still runs (the kernel waits: WaitForPreviousKernel).
-template <typename... Params, typename... Args>
-void LaunchEarly(void (*kernel)(Params...), unsigned blocks, int threads, Stream stream, Args&&... args) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(threads);
-  config.stream = S(stream);
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = EarlyLaunch() ? 1 : 0;
-  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // Rows per warp of MatVecQ8Kernel for nt tokens: more rows share each activation load where more tokens read them
@@ -473,7 +442,7 @@ bool TakesQ8(WeightType t) { return TakesQ8Type(t); }
 Status QuantizeQ8(const float* x, int64_t count, Q8Activations out, Stream stream) {
   if (count % 32 != 0) return InvalidArgument("QuantizeQ8: " + std::to_string(count) + " values, not whole blocks");
   if (count == 0) return Status::Ok();
-  QuantizeQ8Kernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(x, count, out);
+  LaunchEarly(QuantizeQ8Kernel, Blocks(count, 256), 256, stream, x, count, out);
   return CheckLaunch("QuantizeQ8");
 }
 
