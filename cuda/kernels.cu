@@ -217,7 +217,7 @@ constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
 template <int G>
 __global__ void __launch_bounds__(32 * kAttnWarps)
     AttentionKernel(const float* q, int n_head, float scale, KvPool pool, int layer, TokenPlaces places, float* out,
-                    float* part) {
+                    float* part, Q8Activations outq) {
   WaitForPreviousKernel();
   LetNextKernelStart();
   __shared__ float sq[G * kMaxHeadDim];
@@ -321,6 +321,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
     const size_t head = static_cast<size_t>(i) * n_head + h * G + g;
     if (splits == 1) {
       out[head * vd + idx % vd] = a / sum;
+      if (outq.q != nullptr) QuantizeWarp(a / sum, head * vd + idx % vd, outq);
     } else {
       const size_t at = head * splits + split;
       part[at * (vd + 2) + idx % vd] = a;
@@ -333,7 +334,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 }
 
 // out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.
-__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out) {
+__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out, Q8Activations outq) {
   WaitForPreviousKernel();
   LetNextKernelStart();
   const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
@@ -349,6 +350,7 @@ __global__ void AttentionMergeKernel(const float* part, int splits, int vd, floa
       a += p[s * (vd + 2) + d] * f;
     }
     out[head * vd + d] = a / sum;
+    if (outq.q != nullptr) QuantizeWarp(a / sum, head * vd + d, outq);
   }
 }
 
@@ -515,8 +517,12 @@ size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim) {
 }
 
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, float* scratch, Stream stream) {
+                 int n, float* out, float* scratch, Stream stream, const Q8Activations* outq) {
   if (n <= 0) return Status::Ok();
+  if (outq != nullptr && pool.v_dim % 32 != 0)
+    return InvalidArgument("Attention: a quantized output needs value rows of whole blocks, got " +
+                           std::to_string(pool.v_dim));
+  const Q8Activations oq = outq != nullptr ? *outq : Q8Activations{};
   if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
     return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
   if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0)
@@ -528,7 +534,7 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   const int threads = 32 * kAttnWarps;
   auto launch = [&](auto g) {
     LaunchEarly(AttentionKernel<decltype(g)::value>, grid, threads, stream, q, n_head, scale, pool, layer, places, out,
-                scratch);
+                scratch, splits == 1 ? oq : Q8Activations{});
   };
   switch (group) {
     case 1: launch(std::integral_constant<int, 1>()); break;
@@ -544,7 +550,7 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
   if (splits == 1) return Status::Ok();
   LaunchEarly(AttentionMergeKernel, dim3(n_head, n), std::min(pool.v_dim, 256), stream, scratch, splits, pool.v_dim,
-              out);
+              out, oq);
   return CheckLaunch("AttentionMerge");
 }
 

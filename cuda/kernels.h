@@ -158,8 +158,9 @@ Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& place
 constexpr int kAttentionBlocks = 256, kMaxAttentionSplits = 32;
 int AttentionSplits(int n_head_kv, int n);
 size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim);
+// With outq, out is quantized into it too (v_dim a multiple of 32): the output product's input in the same pass.
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, float* scratch, Stream stream);
+                 int n, float* out, float* scratch, Stream stream, const Q8Activations* outq = nullptr);
 
 // out[r] = the sampled token of logits row r (rows x vocab): the first maximum at temperature 0, else a draw from
 // softmax(logits / temperature) (the Gumbel-max trick: argmax of logits / T + Gumbel noise hashed from seed, the

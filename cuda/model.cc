@@ -387,8 +387,13 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     a.halves = c.rope.style == ops::RopeStyle::kHalves;
     a.layer = il;
     LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
-    LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s));
-    if (decode) LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
+    // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
+    // where the value rows are whole blocks).
+    const bool fused = decode && c.head_dim_v % 32 == 0;
+    LR_RETURN_IF_ERROR(
+        Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s, fused ? &xq : nullptr));
+    if (decode && !fused)
+      LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
     const Product wo[] = {{l.wo.m, x, e, /*add=*/true}};
     LR_RETURN_IF_ERROR(Products(wo, 1, attn, n));
     LR_RETURN_IF_ERROR(Norm(nullptr, n, l.ffn_norm));

@@ -625,6 +625,27 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
                         scratch.as<float>(), nullptr)
                   .ok());
   EXPECT_LT(RelError(FromDevice<float>(dpout, pwant.size()), pwant), 1e-5);
+
+  // Both again with the output quantized too (whole-block value rows only): the same output, and its quantization
+  // bit for bit the CPU's.
+  DeviceQ8 q8 = PoisonedQ8(n * row_o), pq8 = PoisonedQ8(m * row_o);
+  DeviceBuffer dout2 = Poisoned(n * row_o), dpout2 = Poisoned(m * row_o);
+  const Q8Activations q8_view = q8.view(), pq8_view = pq8.view();
+  const Status whole =
+      Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout2.as<float>(), nullptr, nullptr, &q8_view);
+  const Status split = Attention(dpq.as<float>(), c.n_head, scale, pool, layer, pplaces, m, dpout2.as<float>(),
+                                 scratch.as<float>(), nullptr, &pq8_view);
+  if (hdv % 32 != 0) {
+    EXPECT_EQ(whole.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(split.code(), StatusCode::kInvalidArgument);
+    return;
+  }
+  ASSERT_TRUE(whole.ok() && split.ok()) << whole.ToString() << split.ToString();
+  const std::vector<float> out2 = FromDevice<float>(dout2, n * row_o), pout2 = FromDevice<float>(dpout2, m * row_o);
+  EXPECT_EQ(out2, FromDevice<float>(dout, n * row_o));
+  EXPECT_EQ(pout2, FromDevice<float>(dpout, m * row_o));
+  ExpectQ8Equals(q8, out2);
+  ExpectQ8Equals(pq8, pout2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
