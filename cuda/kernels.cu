@@ -128,8 +128,18 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, cons
   LetNextKernelStart();
   const int j = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows != nullptr ? rows[j] : j) * dim;
+  // The thread's first kNormValues values stay in registers for the second pass; their loads are in flight together.
+  constexpr int kNormValues = 8;
+  float xv[kNormValues];
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    xv[k] = i < dim ? xr[i] : 0.f;
+  }
   float ss = 0;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) ss += xv[k] * xv[k];
+  for (int i = threadIdx.x + kNormValues * blockDim.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
   __shared__ float part[32];
   ss = WarpSum(ss);
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
@@ -142,11 +152,17 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, cons
   __syncthreads();
   const float scale = rsqrtf(part[0] / dim + eps);
   float* yr = y + static_cast<size_t>(j) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = xr[i] * scale * w[i];
+  auto store = [&](int i, float xi) {
+    const float v = xi * scale * w[i];
     yr[i] = v;
     if (yq.q != nullptr) QuantizeWarp(v, static_cast<int64_t>(j) * dim + i, yq);
+  };
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < dim) store(i, xv[k]);
   }
+  for (int i = threadIdx.x + kNormValues * blockDim.x; i < dim; i += blockDim.x) store(i, xr[i]);
 }
 
 // With gq.q, g is quantized too (count a multiple of 32: whole warps return together).
@@ -225,7 +241,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
   const int h = blockIdx.x, i = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kd = pool.k_dim, vd = pool.v_dim, nv = (vd + 31) / 32;
+  const int kd = pool.k_dim, vd = pool.v_dim;
   const float* qi = q + (static_cast<size_t>(i) * n_head + h * G) * kd;
   for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sq[idx] = qi[idx] * scale;
   __syncthreads();
@@ -253,15 +269,25 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 #pragma unroll
     for (int g = 0; g < G; ++g) s[g] = 0;
     if (valid) {
+      // The lane's key row, up to 128 values at a time: all its loads in flight together, then the sums.
       const __half* krow = page + k_off + static_cast<size_t>(lane) * kd;
-      for (int d = 0; d < kd; d += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(krow + d);
-        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+      for (int d0 = 0; d0 < kd; d0 += 128) {
+        uint4 raw[16];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+        for (int c = 0; c < 16; ++c)
+          if (d0 + 8 * c < kd) raw[c] = *reinterpret_cast<const uint4*>(krow + d0 + 8 * c);
 #pragma unroll
-          for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
+        for (int c = 0; c < 16; ++c) {
+          if (d0 + 8 * c < kd) {
+            const uint32_t u[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+            const int d = d0 + 8 * c;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+#pragma unroll
+              for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
+            }
+          }
         }
       }
     }
@@ -277,20 +303,35 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 #pragma unroll
       for (int e = 0; e < kMaxV; ++e) acc[g][e] *= corr;
     }
+    // Value rows 8 positions at a time, their loads in flight together: values 64 e + 2 lane and the next of each,
+    // one 4-byte load (zero past the page's valid positions, whose p is 0).
     const __half* vbase = page + v_off;
-#pragma unroll 8
-    for (int j = 0; j < kPageTokens; ++j) {
-      if (j >= n_valid) break;
-      float pj[G];
+    for (int j0 = 0; j0 < n_valid; j0 += 8) {
+      uint32_t raw[8][kMaxV / 2];
 #pragma unroll
-      for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
-      const __half* vrow = vbase + static_cast<size_t>(j) * vd;
+      for (int jj = 0; jj < 8; ++jj) {
+        const __half* vrow = vbase + static_cast<size_t>(j0 + jj) * vd;
 #pragma unroll
-      for (int e = 0; e < kMaxV; ++e) {
-        if (e < nv && lane + 32 * e < vd) {
-          const float vv = __half2float(vrow[lane + 32 * e]);
+        for (int e = 0; e < kMaxV / 2; ++e)
+          raw[jj][e] = j0 + jj < n_valid && 64 * e + 2 * lane < vd
+                           ? *reinterpret_cast<const uint32_t*>(vrow + 64 * e + 2 * lane)
+                           : 0u;
+      }
 #pragma unroll
-          for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * vv;
+      for (int jj = 0; jj < 8; ++jj) {
+        float pj[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j0 + jj);
+#pragma unroll
+        for (int e = 0; e < kMaxV / 2; ++e) {
+          if (64 * e + 2 * lane < vd) {
+            const float2 vv = __half22float2(*reinterpret_cast<const __half2*>(&raw[jj][e]));
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+              acc[g][2 * e] += pj[g] * vv.x;
+              acc[g][2 * e + 1] += pj[g] * vv.y;
+            }
+          }
         }
       }
     }
@@ -302,8 +343,12 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
       wl[warp][g] = l[g];
     }
 #pragma unroll
-    for (int e = 0; e < kMaxV; ++e)
-      if (e < nv && lane + 32 * e < vd) wacc[warp][g * vd + lane + 32 * e] = acc[g][e];
+    for (int e = 0; e < kMaxV / 2; ++e) {
+      if (64 * e + 2 * lane < vd) {
+        wacc[warp][g * vd + 64 * e + 2 * lane] = acc[g][2 * e];
+        wacc[warp][g * vd + 64 * e + 2 * lane + 1] = acc[g][2 * e + 1];
+      }
+    }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < G * vd; idx += blockDim.x) {
@@ -340,9 +385,11 @@ __global__ void AttentionMergeKernel(const float* part, int splits, int vd, floa
   const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   const float* p = part + head * splits * (vd + 2);
   float mx = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (vd + 2) + vd]);
   for (int d = threadIdx.x; d < vd; d += blockDim.x) {
     float sum = 0, a = 0;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) {
       const float m = p[s * (vd + 2) + vd];
       const float f = m == -INFINITY ? 0.f : expf(m - mx);
@@ -525,9 +572,11 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   const Q8Activations oq = outq != nullptr ? *outq : Q8Activations{};
   if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
     return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
-  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0)
+  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0 ||
+      pool.v_dim % 2 != 0)
     return Unsupported("CUDA attention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
-                       std::to_string(pool.v_dim) + " values (expected keys a multiple of 8, both at most 256)");
+                       std::to_string(pool.v_dim) +
+                       " values (expected keys a multiple of 8, values even, both at most 256)");
   const int group = n_head / pool.n_head_kv;
   const int splits = AttentionSplits(pool.n_head_kv, n);
   const dim3 grid(pool.n_head_kv, n, splits);

@@ -77,7 +77,8 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
 
 // y[t * y_stride + r] (+)= sum_c W[r][c] * x[t * cols + c] for t < n_tokens: MatVec for n_tokens <= 16, else
 // MatMulTiled. x, y: device. MatVec and MatVecMany multiply f32 activations x, or with xq (x quantized, QuantizeQ8)
-// and TakesQ8 of the weights xq's int8 values by integer dot products (as the CPU's SIMD paths).
+// and TakesQ8 of the weights xq's int8 values by integer dot products (as the CPU's SIMD paths; Q4_0 with more than
+// 4 tokens on the tensor cores, int8 mma); x is not read then.
 Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
 constexpr int kMaxMatVecTokens = 16;
 Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream,
@@ -95,9 +96,10 @@ Status MatVecMany(const Product* products, int count, const float* x, int n_toke
                   const Q8Activations* xq = nullptr);
 // The gate and up products of a SwiGLU FFN and the SwiGLU, for 1..16 tokens: h[t * rows + r] = silu(gate_r . x_t) *
 // (up_r . x_t), and h quantized into hq (the down product's input). gate and up: one type that TakesQ8, one shape,
-// rows a multiple of 32.
+// rows a multiple of 32. One kernel, or (Q4_0, more than 4 tokens: the products on the tensor cores) the products
+// into h and u (n_tokens x rows floats of scratch) and a SwiGluQ8.
 Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n_tokens, float* h,
-                      Q8Activations hq, Stream stream);
+                      float* u, Q8Activations hq, Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
                    Stream stream);
 

@@ -407,6 +407,113 @@ __global__ void __launch_bounds__(32 * kGluWarps<NT>)
   }
 }
 
+// Q4_0 products of 5..16 tokens on the tensor cores (mma.m16n8k32, int8 operands, int32 sums): the step's tokens are
+// M (16, zero past n) and 8 weight rows N; one mma multiplies a 32-value block. A block of kMmaWarps warps takes
+// kMmaTiles x 8 rows; its warps split the row's blocks (warp w: blocks w, w + kMmaWarps, ...), scale each block's int32
+// sums by the weight and activation scales into f32 sums, and add their sums up in shared memory. Fragments
+// (lane = 4 g + t): A (tokens x k) a0 = token g, k 4t..4t+3; a1 = token g + 8; a2, a3 the same at k + 16. B (k x rows)
+// b0 = k 4t..4t+3 of row g, b1 = k 16 + 4t..: word t of row g's 16 quant bytes, low and high nibbles. C: c0, c1 =
+// token g, rows 2t and 2t + 1; c2, c3 = token g + 8.
+constexpr int kMmaTiles = 2, kMmaWarps = 8, kMmaUnroll = 4;
+__device__ __forceinline__ void MmaS8(int* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(32 * kMmaWarps) MatVecMmaQ4_0Kernel(ProductSet set, Q8Activations xq, int n) {
+  __shared__ float part[kMmaWarps][kMmaTiles][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  unsigned block;
+  const Product& p = BlockProduct(set, &block);
+  const DeviceMatrix& w = p.w;
+  const int64_t row0 = static_cast<int64_t>(block) * kMmaTiles * 8;
+  const int nb = static_cast<int>(w.cols / 32);
+  const uint8_t* wq[kMmaTiles];    // word t of row g of each tile, block 0
+  const __half* sc[kMmaTiles][2];  // the scales of rows 2t and 2t + 1 of each tile, block 0
+#pragma unroll
+  for (int k = 0; k < kMmaTiles; ++k) {
+    const int64_t r = row0 + 8 * k;
+    wq[k] = w.q + static_cast<size_t>(r + g < w.rows ? r + g : w.rows - 1) * w.row_bytes + 4 * t;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      sc[k][j] = reinterpret_cast<const __half*>(w.scales) + (r + 2 * t + j < w.rows ? r + 2 * t + j : w.rows - 1) * nb;
+  }
+  const bool tok_lo = g < n, tok_hi = g + 8 < n;
+  const int32_t* a_lo = reinterpret_cast<const int32_t*>(xq.q + static_cast<size_t>(tok_lo ? g : 0) * w.cols);
+  const int32_t* a_hi = reinterpret_cast<const int32_t*>(xq.q + static_cast<size_t>(tok_hi ? g + 8 : 0) * w.cols);
+  const float* d_lo = xq.ds + 2 * static_cast<size_t>(tok_lo ? g : 0) * nb;
+  const float* d_hi = xq.ds + 2 * static_cast<size_t>(tok_hi ? g + 8 : 0) * nb;
+  float acc[kMmaTiles][4] = {};
+  bool waited = false;
+  for (int b0 = warp; b0 < nb; b0 += kMmaWarps * kMmaUnroll) {
+    uint32_t wv[kMmaUnroll][kMmaTiles];
+    float ws[kMmaUnroll][kMmaTiles][2];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int b = b0 + u * kMmaWarps;
+#pragma unroll
+      for (int k = 0; k < kMmaTiles; ++k) {
+        wv[u][k] = b < nb ? __ldg(reinterpret_cast<const uint32_t*>(wq[k] + 16 * static_cast<size_t>(b))) : 0u;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) ws[u][k][j] = b < nb ? __half2float(__ldg(sc[k][j] + b)) : 0.f;
+      }
+    }
+    if (!waited) {  // the first weights are in flight while the kernel before finishes
+      WaitForPreviousKernel();
+      LetNextKernelStart();
+      waited = true;
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int b = b0 + u * kMmaWarps;
+      if (b >= nb) break;
+      uint32_t a[4];
+      a[0] = tok_lo ? __ldg(a_lo + 8 * b + t) : 0u;
+      a[1] = tok_hi ? __ldg(a_hi + 8 * b + t) : 0u;
+      a[2] = tok_lo ? __ldg(a_lo + 8 * b + 4 + t) : 0u;
+      a[3] = tok_hi ? __ldg(a_hi + 8 * b + 4 + t) : 0u;
+      const float da_lo = tok_lo ? __ldg(d_lo + 2 * b) : 0.f, da_hi = tok_hi ? __ldg(d_hi + 2 * b) : 0.f;
+#pragma unroll
+      for (int k = 0; k < kMmaTiles; ++k) {
+        // Q4_0's values are nibble - 8: signed bytes -8..7.
+        const uint32_t lo = __vsub4(wv[u][k] & 0x0F0F0F0Fu, 0x08080808u);
+        const uint32_t hi = __vsub4((wv[u][k] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        int c[4] = {0, 0, 0, 0};
+        MmaS8(c, a, lo, hi);
+        acc[k][0] += ws[u][k][0] * da_lo * static_cast<float>(c[0]);
+        acc[k][1] += ws[u][k][1] * da_lo * static_cast<float>(c[1]);
+        acc[k][2] += ws[u][k][0] * da_hi * static_cast<float>(c[2]);
+        acc[k][3] += ws[u][k][1] * da_hi * static_cast<float>(c[3]);
+      }
+    }
+  }
+  if (!waited) {
+    WaitForPreviousKernel();
+    LetNextKernelStart();
+  }
+#pragma unroll
+  for (int k = 0; k < kMmaTiles; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][k][i][lane] = acc[k][i];
+  __syncthreads();
+  // Thread (k, i, lane) of the first 4 kMmaTiles warps' threads adds the warps' sums of one output.
+  if (threadIdx.x < kMmaTiles * 4 * 32) {
+    const int k = threadIdx.x / 128, i = threadIdx.x / 32 % 4, l = threadIdx.x % 32;
+    float sum = 0;
+#pragma unroll
+    for (int v = 0; v < kMmaWarps; ++v) sum += part[v][k][i][l];
+    const int token = l / 4 + (i >= 2 ? 8 : 0);
+    const int64_t row = row0 + 8 * k + 2 * (l % 4) + (i % 2);
+    if (token < n && row < w.rows) {
+      float* o = p.y + token * p.y_stride + row;
+      *o = p.add ? *o + sum : sum;
+    }
+  }
+}
+
 __global__ void QuantizeQ8Kernel(const float* x, int64_t count, Q8Activations out) {
   WaitForPreviousKernel();
   LetNextKernelStart();
@@ -415,9 +522,9 @@ __global__ void QuantizeQ8Kernel(const float* x, int64_t count, Q8Activations ou
   QuantizeWarp(x[i], i, out);
 }
 
-// Rows per warp of MatVecQ8Kernel for nt tokens: more rows share each activation load where more tokens read them
-// (at most 2 for the K-quants, whose units take more registers).
-constexpr int Q8Rows(WeightType t, int nt) { return nt >= 16 && !IsKQuant(t) ? 4 : nt >= 4 ? 2 : 1; }
+// Rows per warp of MatVecQ8Kernel for nt tokens: two rows share each activation load where several tokens read them.
+// (Four rows per warp at 16 tokens left the 7B's products latency-bound: 180 registers, 2 blocks per multiprocessor.)
+constexpr int Q8Rows(int nt) { return nt >= 4 ? 2 : 1; }
 
 // Launches kernel<NT> for the smallest NT of 1, 2, 4, 8, 16 that is >= n.
 template <typename F>
@@ -469,12 +576,17 @@ Status MatVecMany(const Product* products, int count, const float* x, int n, Str
     return total;
   };
   const int threads = 32 * kMatVecWarps;
+  if (xq != nullptr && type == WeightType::kQ4_0 && n > 4) {
+    const unsigned grid = blocks(kMmaTiles * 8);
+    LaunchEarly(MatVecMmaQ4_0Kernel, grid, 32 * kMmaWarps, stream, set, *xq, n);
+    return CheckLaunch("MatVec (int8 activations, tensor cores)");
+  }
   if (xq != nullptr && TakesQ8(type)) {
     LR_RETURN_IF_ERROR(DispatchType(type, [&](auto tag) {
       constexpr WeightType T = decltype(tag)::value;
       if constexpr (TakesQ8Type(T)) {
         ForTokens(n, [&](auto nt) {
-          constexpr int NT = decltype(nt)::value, R = Q8Rows(T, NT);
+          constexpr int NT = decltype(nt)::value, R = Q8Rows(NT);
           const unsigned grid = blocks(kMatVecWarps * R);
           LaunchEarly(MatVecQ8Kernel<T, NT, R>, grid, threads, stream, set, *xq, n);
         });
@@ -490,7 +602,7 @@ Status MatVecMany(const Product* products, int count, const float* x, int n, Str
   return CheckLaunch("MatVec");
 }
 
-Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n, float* h,
+Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n, float* h, float* u,
                       Q8Activations hq, Stream stream) {
   if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
   LR_RETURN_IF_ERROR(CheckMatrix(gate));
@@ -501,6 +613,11 @@ Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activa
         "MatVecSwiGluQ8: gate and up must be of one type taking int8 activations and one shape, "
         "rows a multiple of 32; got " +
         std::to_string(gate.rows) + " and " + std::to_string(up.rows) + " rows");
+  if (gate.type == WeightType::kQ4_0 && n > 4) {  // the products on the tensor cores, then the SwiGLU
+    const Product products[2] = {{gate, h, gate.rows}, {up, u, up.rows}};
+    LR_RETURN_IF_ERROR(MatVecMany(products, 2, nullptr, n, stream, &xq));
+    return SwiGluQ8(h, u, static_cast<int64_t>(n) * gate.rows, hq, stream);
+  }
   const unsigned grid = Blocks(gate.rows, 32);
   LR_RETURN_IF_ERROR(DispatchType(gate.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;

@@ -119,10 +119,10 @@ size_t CudaModel::UploadBytes(const inference::Model& model) {
 Status CudaModel::Init() {
   std::string why;
   if (!DenseSupported(config_, &why)) return Unsupported(why);
-  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 ||
+  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 || config_.head_dim_v % 2 != 0 ||
       config_.n_head / config_.n_head_kv > 8)
     return Unsupported(
-        "the CUDA attention takes heads of at most 256 values (keys a multiple of 8) "
+        "the CUDA attention takes heads of at most 256 values (keys a multiple of 8, values even) "
         "and at most 8 query heads per KV head; this model has " +
         std::to_string(config_.head_dim) + " / " + std::to_string(config_.head_dim_v) + " and " +
         std::to_string(config_.n_head / config_.n_head_kv));
@@ -400,8 +400,8 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
     const int64_t ff = static_cast<int64_t>(n) * c.n_ff;
     if (decode && l.gate.m.type == l.up.m.type && TakesQ8(l.gate.m.type) && c.n_ff % 32 == 0) {
-      // One kernel for gate, up and SwiGLU; its quantized output in hq (it reads xq meanwhile).
-      LR_RETURN_IF_ERROR(MatVecSwiGluQ8(l.gate.m, l.up.m, xq, n, g, hq, s));
+      // Gate, up and SwiGLU, quantized into hq (xq is read meanwhile).
+      LR_RETURN_IF_ERROR(MatVecSwiGluQ8(l.gate.m, l.up.m, xq, n, g, u, hq, s));
     } else {
       LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
       if (decode) {

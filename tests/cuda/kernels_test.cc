@@ -269,8 +269,8 @@ TEST_P(TypeTest, MatVecSwiGluQ8MatchesReference) {
     const CpuQ8 xq = QuantizeCpu(RandomFloats(n * cols, rng));
     const std::vector<float> xv = Dequantized(xq);
     DeviceQ8 dxq = ToDevice(xq), hq = PoisonedQ8(n * rows);
-    DeviceBuffer h = Poisoned(n * rows);
-    const Status s = MatVecSwiGluQ8(gate.m, up.m, dxq.view(), n, h.as<float>(), hq.view(), nullptr);
+    DeviceBuffer h = Poisoned(n * rows), u = Poisoned(n * rows);
+    const Status s = MatVecSwiGluQ8(gate.m, up.m, dxq.view(), n, h.as<float>(), u.as<float>(), hq.view(), nullptr);
     ASSERT_TRUE(s.ok()) << s.ToString();
     const std::vector<float> got = FromDevice<float>(h, n * rows);
     std::vector<double> want;
@@ -291,7 +291,7 @@ TEST_P(TypeTest, MatVecSwiGluQ8MatchesReference) {
   TestMatrix odd = Upload(t, RandomGgufRows(t, 37, cols, rng), 37, cols);
   DeviceQ8 any = PoisonedQ8(32 * cols);
   DeviceBuffer h = Poisoned(37);
-  EXPECT_FALSE(MatVecSwiGluQ8(odd.m, odd.m, any.view(), 1, h.as<float>(), any.view(), nullptr).ok())
+  EXPECT_FALSE(MatVecSwiGluQ8(odd.m, odd.m, any.view(), 1, h.as<float>(), h.as<float>(), any.view(), nullptr).ok())
       << "rows not a multiple of 32";
 }
 
