@@ -183,54 +183,30 @@ TEST_P(TypeTest, DequantizeRowsEqualsCpu) {
           << "row " << pick[i] << " col " << c;
 }
 
-// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights.
-void CheckProduct(WeightType t, int64_t rows, int n, bool tiled, bool add, double tolerance) {
-  std::mt19937 rng(static_cast<unsigned>(rows * 131 + n * 7 + (tiled ? 1 : 0) + (add ? 2 : 0)));
-  const int64_t cols = OddCols(t);
-  const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
-  TestMatrix m = Upload(t, gguf, rows, cols);
-  const std::vector<float> w = DequantizeCpu(t, gguf, rows, cols);
-  const std::vector<float> x = RandomFloats(n * cols, rng);
-  const int64_t stride = rows + 3;
-  const std::vector<float> y0 = RandomFloats(n * stride, rng);
-  DeviceBuffer dx = ToDevice(x);
-  DeviceBuffer dy = add ? ToDevice(y0) : Poisoned(n * stride);
-  const Status s = tiled ? MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr)
-                         : MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr);
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  const std::vector<float> all = FromDevice<float>(dy, n * stride);
-  std::vector<float> got;
-  std::vector<double> want;
-  for (int tk = 0; tk < n; ++tk) {
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = add ? y0[tk * stride + r] : 0.0;
-      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * x[tk * cols + c];
-      want.push_back(sum);
-      got.push_back(all[tk * stride + r]);
-    }
-  }
-  EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << (tiled ? " tiled" : " matvec");
-}
+// The products' paths: f32 activations (MatVec), int8 ones (MatVec with Q8Activations), the tensor-core product.
+enum class Path { kMatVec, kMatVecQ8, kTiled };
 
-// y = W xq (+ y0 with add), xq the CPU's quantization of random activations, against a double-precision product of
-// the CPU-decoded weights and the quantized activations' values (the CPU SIMD paths' product).
-void CheckQ8Product(WeightType t, int64_t rows, int n, bool add) {
-  std::mt19937 rng(static_cast<unsigned>(rows * 37 + n * 11 + (add ? 5 : 0)));
+// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights and the activations' values:
+// with kMatVecQ8, x's quantization on the CPU (ops::QuantizeRowQ8, as the CPU SIMD paths' product) and its values.
+void CheckProduct(WeightType t, int64_t rows, int n, Path path, bool add, double tolerance) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 131 + n * 7 + static_cast<int>(path) * 3 + (add ? 1 : 0)));
   const int64_t cols = OddCols(t);
   const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
   TestMatrix m = Upload(t, gguf, rows, cols);
   const std::vector<float> w = DequantizeCpu(t, gguf, rows, cols);
   std::vector<float> x = RandomFloats(n * cols, rng);
-  std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block (d = 0)
+  std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block (int8: d = 0)
   const CpuQ8 xq = QuantizeCpu(x);
-  const std::vector<float> xv = Dequantized(xq);
+  const std::vector<float> xv = path == Path::kMatVecQ8 ? Dequantized(xq) : x;
   const int64_t stride = rows + 3;
   const std::vector<float> y0 = RandomFloats(n * stride, rng);
   DeviceQ8 dxq = ToDevice(xq);
+  const Q8Activations view = dxq.view();
   DeviceBuffer dx = ToDevice(x);
   DeviceBuffer dy = add ? ToDevice(y0) : Poisoned(n * stride);
-  const Q8Activations view = dxq.view();
-  const Status s = MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr, &view);
+  const Status s = path == Path::kTiled ? MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr)
+                                        : MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr,
+                                                 path == Path::kMatVecQ8 ? &view : nullptr);
   ASSERT_TRUE(s.ok()) << s.ToString();
   const std::vector<float> all = FromDevice<float>(dy, n * stride);
   std::vector<float> got;
@@ -243,14 +219,14 @@ void CheckQ8Product(WeightType t, int64_t rows, int n, bool add) {
       got.push_back(all[tk * stride + r]);
     }
   }
-  EXPECT_LT(RelError(got, want), 1e-5) << "rows " << rows << " tokens " << n << " int8 activations";
+  EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << " path " << static_cast<int>(path);
 }
 
 TEST_P(TypeTest, MatVecQ8MatchesReference) {
   if (!TakesQ8(GetParam())) GTEST_SKIP() << "f32 activations only";
   for (int n : {1, 2, 3, 5, 8, 11, 16}) {
-    CheckQ8Product(GetParam(), 37, n, /*add=*/n % 2 == 1);
-    CheckQ8Product(GetParam(), 8, n, /*add=*/false);
+    CheckProduct(GetParam(), 37, n, Path::kMatVecQ8, /*add=*/n % 2 == 1, 1e-5);
+    CheckProduct(GetParam(), 8, n, Path::kMatVecQ8, /*add=*/false, 1e-5);
   }
 }
 
@@ -296,7 +272,7 @@ TEST_P(TypeTest, MatVecSwiGluQ8MatchesReference) {
 }
 
 TEST_P(TypeTest, MatVecMatchesReference) {
-  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, /*tiled=*/false, /*add=*/n % 2 == 1, 1e-5);
+  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, Path::kMatVec, /*add=*/n % 2 == 1, 1e-5);
 }
 
 // Three products of different heights in one launch, one of them added.
@@ -347,8 +323,8 @@ TEST_P(TypeTest, MatVecManyMatchesReference) {
 
 // f16 operands: the tolerance of half-precision inputs with f32 accumulation.
 TEST_P(TypeTest, MatMulTiledMatchesReference) {
-  for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, /*tiled=*/true, /*add=*/n == 17, 3e-3);
-  CheckProduct(GetParam(), 5, 130, /*tiled=*/true, /*add=*/false, 3e-3);
+  for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, Path::kTiled, /*add=*/n == 17, 3e-3);
+  CheckProduct(GetParam(), 5, 130, Path::kTiled, /*add=*/false, 3e-3);
 }
 
 // The dummy weights decode to finite values of about 1/sqrt(cols) (the size that keeps a product's scale).
