@@ -10,171 +10,17 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 
 namespace lr::cuda {
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
-
-cudaStream_t S(Stream s) { return static_cast<cudaStream_t>(s); }
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float Half(const uint8_t* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }
-
-__device__ __forceinline__ float Bf16Bits(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
-
-__device__ __forceinline__ uint32_t Load32(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-// 4 bytes at a 2-byte aligned address.
-__device__ __forceinline__ uint32_t Load32Unaligned2(const uint8_t* p) {
-  const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
-  return static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16);
-}
-__device__ __forceinline__ int Byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFF; }
-
-__device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* s, int* scale, int* min) {
-  if (j < 4) {
-    *scale = s[j] & 63;
-    *min = s[j + 4] & 63;
-  } else {
-    *scale = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-// Decodes quarter q (0..3) of sub-block sb (values 32 sb .. 32 sb + 31) of row `row` of w, in registers: v[0..3] =
-// values 4q .. 4q + 3 and v[4..7] = values 16 + 4q .. 16 + 4q + 3 of the sub-block. This split follows the 4-bit
-// formats, where byte j holds values j and j + 16: a quarter is 4 bytes of quants. Four lanes decode a sub-block,
-// so that consecutive lanes read consecutive activations (MatVec).
-template <WeightType T>
-__device__ __forceinline__ void Dequant8(const DeviceMatrix& w, int64_t row, int sb, int q, float* v) {
-  const uint8_t* r = w.q + static_cast<size_t>(row) * w.row_bytes;
-  if constexpr (T == WeightType::kF32) {
-    const float4* p = reinterpret_cast<const float4*>(r) + 8 * sb + q;
-    const float4 a = p[0], b = p[4];
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  } else if constexpr (T == WeightType::kF16 || T == WeightType::kBF16) {
-    const uint2* p = reinterpret_cast<const uint2*>(r + 64 * sb) + q;
-    const uint2 a = p[0], b = p[4];
-    const uint32_t u[4] = {a.x, a.y, b.x, b.y};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if constexpr (T == WeightType::kF16) {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[j]));
-        v[2 * j] = f.x;
-        v[2 * j + 1] = f.y;
-      } else {
-        v[2 * j] = Bf16Bits(u[j] & 0xffff);
-        v[2 * j + 1] = Bf16Bits(u[j] >> 16);
-      }
-    }
-  } else if constexpr (T == WeightType::kQ4_0 || T == WeightType::kQ4_1) {
-    const uint32_t b = Load32(r + 16 * sb + 4 * q);
-    const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
-    float d, m;
-    if constexpr (T == WeightType::kQ4_0) {
-      d = Half(w.scales + 2 * blk);
-      m = -8.0f * d;
-    } else {
-      const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(w.scales + 4 * blk));
-      d = dm.x;
-      m = dm.y;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      v[j] = d * (Byte(b, j) & 0xF) + m;
-      v[j + 4] = d * (Byte(b, j) >> 4) + m;
-    }
-  } else if constexpr (T == WeightType::kQ8_0) {
-    const size_t blk = static_cast<size_t>(row) * (w.cols / 32) + sb;
-    const float d = Half(w.scales + 2 * blk);
-    const uint32_t lo = Load32(r + 32 * sb + 4 * q), hi = Load32(r + 32 * sb + 16 + 4 * q);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      v[j] = d * static_cast<int8_t>(Byte(lo, j));
-      v[j + 4] = d * static_cast<int8_t>(Byte(hi, j));
-    }
-  } else if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ5_K) {
-    constexpr int kBytes = T == WeightType::kQ4_K ? 144 : 176;
-    constexpr int kQs = T == WeightType::kQ4_K ? 16 : 48;
-    const uint8_t* b = r + kBytes * (sb / 8);
-    const int j = sb % 8;
-    const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(b));
-    const uint32_t s0 = Load32(b + 4), s1 = Load32(b + 8), s2 = Load32(b + 12);
-    const uint8_t s[12] = {
-        static_cast<uint8_t>(Byte(s0, 0)), static_cast<uint8_t>(Byte(s0, 1)), static_cast<uint8_t>(Byte(s0, 2)),
-        static_cast<uint8_t>(Byte(s0, 3)), static_cast<uint8_t>(Byte(s1, 0)), static_cast<uint8_t>(Byte(s1, 1)),
-        static_cast<uint8_t>(Byte(s1, 2)), static_cast<uint8_t>(Byte(s1, 3)), static_cast<uint8_t>(Byte(s2, 0)),
-        static_cast<uint8_t>(Byte(s2, 1)), static_cast<uint8_t>(Byte(s2, 2)), static_cast<uint8_t>(Byte(s2, 3))};
-    int sc, mn;
-    ScaleMinK4(j, s, &sc, &mn);
-    const float d = dd.x * sc, m = dd.y * mn;
-    const int shift = (j % 2) * 4;
-    const uint8_t* qs = b + kQs + 32 * (j / 2);
-    const uint32_t lo = Load32(qs + 4 * q), hi = Load32(qs + 16 + 4 * q);
-    uint32_t hlo = 0, hhi = 0;
-    if constexpr (T == WeightType::kQ5_K) {
-      hlo = Load32(b + 16 + 4 * q);
-      hhi = Load32(b + 32 + 4 * q);
-    }
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      int a = (Byte(lo, l) >> shift) & 0xF, c = (Byte(hi, l) >> shift) & 0xF;
-      if constexpr (T == WeightType::kQ5_K) {
-        a |= ((Byte(hlo, l) >> j) & 1) << 4;
-        c |= ((Byte(hhi, l) >> j) & 1) << 4;
-      }
-      v[l] = d * a - m;
-      v[l + 4] = d * c - m;
-    }
-  } else if constexpr (T == WeightType::kQ6_K) {
-    const uint8_t* b = r + 210 * (sb / 8);
-    const int j = sb % 8, half = j / 4, k = j % 4;
-    const uint8_t* ql = b + 64 * half + 32 * (k % 2);
-    const uint8_t* qh = b + 128 + 32 * half;
-    const uint32_t l0 = Load32Unaligned2(ql + 4 * q), l1 = Load32Unaligned2(ql + 16 + 4 * q);
-    const uint32_t h0 = Load32Unaligned2(qh + 4 * q), h1 = Load32Unaligned2(qh + 16 + 4 * q);
-    const float d = Half(b + 208);
-    const uint16_t sc2 = *reinterpret_cast<const uint16_t*>(b + 192 + 8 * half + 2 * k);
-    const float d0 = d * static_cast<int8_t>(sc2 & 0xff), d1 = d * static_cast<int8_t>(sc2 >> 8);
-    const int lshift = 4 * (k / 2), hshift = 2 * k;
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      v[l] = d0 * ((((Byte(l0, l) >> lshift) & 0xF) | (((Byte(h0, l) >> hshift) & 3) << 4)) - 32);
-      v[l + 4] = d1 * ((((Byte(l1, l) >> lshift) & 0xF) | (((Byte(h1, l) >> hshift) & 3) << 4)) - 32);
-    }
-  }
-}
-
-// The whole sub-block sb, v[0..31] in order (four quarters).
-template <WeightType T>
-__device__ __forceinline__ void Dequant32(const DeviceMatrix& w, int64_t row, int sb, float* v) {
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    float e[8];
-    Dequant8<T>(w, row, sb, q, e);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[4 * q + i] = e[i];
-      v[16 + 4 * q + i] = e[4 + i];
-    }
-  }
-}
-
 template <WeightType T>
 __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int i = blockIdx.y;
   const int sb = blockIdx.x * blockDim.x + threadIdx.x;
   if (sb >= w.cols / 32) return;
@@ -183,57 +29,6 @@ __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float*
   float4* o = reinterpret_cast<float4*>(out + static_cast<size_t>(i) * w.cols + 32 * sb);
 #pragma unroll
   for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
-}
-
-// One warp per weight row. Four lanes decode one sub-block (a quarter each, Dequant8), so a warp takes 8 sub-blocks
-// per step and consecutive lanes read consecutive activations. NT tokens' sums in registers. The blocks are split
-// among up to 3 products (ProductSet). (Measured slower on the 7B decode: decoding 4 steps before multiplying, to
-// have their loads in flight together, 148 -> 105 tok/s; the SwiGLU fused into the down product's input, which
-// computes silu once per weight row instead of once.)
-constexpr int kMatVecWarps = 4, kMaxProducts = 3;
-struct ProductSet {
-  Product p[kMaxProducts];
-  int count;
-  unsigned first_block[kMaxProducts + 1];
-};
-
-template <WeightType T, int NT>
-__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecKernel(ProductSet set, const float* __restrict__ x, int n) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int k = set.count > 1 && blockIdx.x >= set.first_block[1]
-                    ? (set.count > 2 && blockIdx.x >= set.first_block[2] ? 2 : 1)
-                    : 0;
-  const Product& p = k == 0 ? set.p[0] : k == 1 ? set.p[1] : set.p[2];
-  const DeviceMatrix& w = p.w;
-  const int64_t row = static_cast<int64_t>(blockIdx.x - set.first_block[k]) * kMatVecWarps + warp;
-  if (row >= w.rows) return;
-  const int nsb = static_cast<int>(w.cols / 32);
-  const int q = lane % 4;
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0;
-#pragma unroll 4
-  for (int sb = lane / 4; sb < nsb; sb += 8) {
-    float v[8];
-    Dequant8<T>(w, row, sb, q, v);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      if (t < n) {
-        const int64_t at = static_cast<int64_t>(t) * w.cols + 32 * sb + 4 * q;
-        const float4 a = __ldg(reinterpret_cast<const float4*>(x + at));
-        const float4 b = __ldg(reinterpret_cast<const float4*>(x + at + 16));
-        acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    const float sum = WarpSum(acc[t]);
-    if (lane == 0 && t < n) {
-      float* o = p.y + t * p.y_stride + row;
-      *o = p.add ? *o + sum : sum;
-    }
-  }
 }
 
 // Tensor-core product: a block computes 128 rows x 64 tokens; 8 warps of 32 x 32 each (2 x 2 wmma tiles); per step
@@ -326,11 +121,25 @@ __global__ void __launch_bounds__(256) MatMulTiledKernel(DeviceMatrix w, const f
   }
 }
 
-__global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, const float* w, float eps, float* y) {
+// With yq.q, y is quantized too (dim a multiple of 32: whole warps take each i-loop step).
+__global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, const float* w, float eps, float* y,
+                              Q8Activations yq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int j = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows != nullptr ? rows[j] : j) * dim;
+  // The thread's first kNormValues values stay in registers for the second pass; their loads are in flight together.
+  constexpr int kNormValues = 8;
+  float xv[kNormValues];
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    xv[k] = i < dim ? xr[i] : 0.f;
+  }
   float ss = 0;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) ss += xv[k] * xv[k];
+  for (int i = threadIdx.x + kNormValues * blockDim.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
   __shared__ float part[32];
   ss = WarpSum(ss);
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
@@ -343,18 +152,35 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int dim, cons
   __syncthreads();
   const float scale = rsqrtf(part[0] / dim + eps);
   float* yr = y + static_cast<size_t>(j) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+  auto store = [&](int i, float xi) {
+    const float v = xi * scale * w[i];
+    yr[i] = v;
+    if (yq.q != nullptr) QuantizeWarp(v, static_cast<int64_t>(j) * dim + i, yq);
+  };
+#pragma unroll
+  for (int k = 0; k < kNormValues; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < dim) store(i, xv[k]);
+  }
+  for (int i = threadIdx.x + kNormValues * blockDim.x; i < dim; i += blockDim.x) store(i, xr[i]);
 }
 
-__global__ void SwiGluKernel(float* g, const float* u, int64_t count) {
+// With gq.q, g is quantized too (count a multiple of 32: whole warps return together).
+__global__ void SwiGluKernel(float* g, const float* u, int64_t count, Q8Activations gq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;
   const float a = g[i];
-  g[i] = a / (1.0f + expf(-a)) * u[i];
+  const float v = a / (1.0f + expf(-a)) * u[i];
+  g[i] = v;
+  if (gq.q != nullptr) QuantizeWarp(v, i, gq);
 }
 
 // One warp per head (n_head query heads, then n_head_kv key heads) of one token (blockIdx.y).
 __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int i = blockIdx.y;
   const int hi = blockIdx.x * 4 + warp;
@@ -407,13 +233,15 @@ constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
 template <int G>
 __global__ void __launch_bounds__(32 * kAttnWarps)
     AttentionKernel(const float* q, int n_head, float scale, KvPool pool, int layer, TokenPlaces places, float* out,
-                    float* part) {
+                    float* part, Q8Activations outq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   __shared__ float sq[G * kMaxHeadDim];
   __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
   __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
   const int h = blockIdx.x, i = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kd = pool.k_dim, vd = pool.v_dim, nv = (vd + 31) / 32;
+  const int kd = pool.k_dim, vd = pool.v_dim;
   const float* qi = q + (static_cast<size_t>(i) * n_head + h * G) * kd;
   for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sq[idx] = qi[idx] * scale;
   __syncthreads();
@@ -441,15 +269,25 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 #pragma unroll
     for (int g = 0; g < G; ++g) s[g] = 0;
     if (valid) {
+      // The lane's key row, up to 128 values at a time: all its loads in flight together, then the sums.
       const __half* krow = page + k_off + static_cast<size_t>(lane) * kd;
-      for (int d = 0; d < kd; d += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(krow + d);
-        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+      for (int d0 = 0; d0 < kd; d0 += 128) {
+        uint4 raw[16];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+        for (int c = 0; c < 16; ++c)
+          if (d0 + 8 * c < kd) raw[c] = *reinterpret_cast<const uint4*>(krow + d0 + 8 * c);
 #pragma unroll
-          for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
+        for (int c = 0; c < 16; ++c) {
+          if (d0 + 8 * c < kd) {
+            const uint32_t u[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+            const int d = d0 + 8 * c;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+#pragma unroll
+              for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
+            }
+          }
         }
       }
     }
@@ -465,20 +303,35 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 #pragma unroll
       for (int e = 0; e < kMaxV; ++e) acc[g][e] *= corr;
     }
+    // Value rows 8 positions at a time, their loads in flight together: values 64 e + 2 lane and the next of each,
+    // one 4-byte load (zero past the page's valid positions, whose p is 0).
     const __half* vbase = page + v_off;
-#pragma unroll 8
-    for (int j = 0; j < kPageTokens; ++j) {
-      if (j >= n_valid) break;
-      float pj[G];
+    for (int j0 = 0; j0 < n_valid; j0 += 8) {
+      uint32_t raw[8][kMaxV / 2];
 #pragma unroll
-      for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
-      const __half* vrow = vbase + static_cast<size_t>(j) * vd;
+      for (int jj = 0; jj < 8; ++jj) {
+        const __half* vrow = vbase + static_cast<size_t>(j0 + jj) * vd;
 #pragma unroll
-      for (int e = 0; e < kMaxV; ++e) {
-        if (e < nv && lane + 32 * e < vd) {
-          const float vv = __half2float(vrow[lane + 32 * e]);
+        for (int e = 0; e < kMaxV / 2; ++e)
+          raw[jj][e] = j0 + jj < n_valid && 64 * e + 2 * lane < vd
+                           ? *reinterpret_cast<const uint32_t*>(vrow + 64 * e + 2 * lane)
+                           : 0u;
+      }
 #pragma unroll
-          for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * vv;
+      for (int jj = 0; jj < 8; ++jj) {
+        float pj[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j0 + jj);
+#pragma unroll
+        for (int e = 0; e < kMaxV / 2; ++e) {
+          if (64 * e + 2 * lane < vd) {
+            const float2 vv = __half22float2(*reinterpret_cast<const __half2*>(&raw[jj][e]));
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+              acc[g][2 * e] += pj[g] * vv.x;
+              acc[g][2 * e + 1] += pj[g] * vv.y;
+            }
+          }
         }
       }
     }
@@ -490,8 +343,12 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
       wl[warp][g] = l[g];
     }
 #pragma unroll
-    for (int e = 0; e < kMaxV; ++e)
-      if (e < nv && lane + 32 * e < vd) wacc[warp][g * vd + lane + 32 * e] = acc[g][e];
+    for (int e = 0; e < kMaxV / 2; ++e) {
+      if (64 * e + 2 * lane < vd) {
+        wacc[warp][g * vd + 64 * e + 2 * lane] = acc[g][2 * e];
+        wacc[warp][g * vd + 64 * e + 2 * lane + 1] = acc[g][2 * e + 1];
+      }
+    }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < G * vd; idx += blockDim.x) {
@@ -509,6 +366,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
     const size_t head = static_cast<size_t>(i) * n_head + h * G + g;
     if (splits == 1) {
       out[head * vd + idx % vd] = a / sum;
+      if (outq.q != nullptr) QuantizeWarp(a / sum, head * vd + idx % vd, outq);
     } else {
       const size_t at = head * splits + split;
       part[at * (vd + 2) + idx % vd] = a;
@@ -521,13 +379,17 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
 }
 
 // out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.
-__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out) {
+__global__ void AttentionMergeKernel(const float* part, int splits, int vd, float* out, Q8Activations outq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const size_t head = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   const float* p = part + head * splits * (vd + 2);
   float mx = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (vd + 2) + vd]);
   for (int d = threadIdx.x; d < vd; d += blockDim.x) {
     float sum = 0, a = 0;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) {
       const float m = p[s * (vd + 2) + vd];
       const float f = m == -INFINITY ? 0.f : expf(m - mx);
@@ -535,6 +397,7 @@ __global__ void AttentionMergeKernel(const float* part, int splits, int vd, floa
       a += p[s * (vd + 2) + d] * f;
     }
     out[head * vd + d] = a / sum;
+    if (outq.q != nullptr) QuantizeWarp(a / sum, head * vd + d, outq);
   }
 }
 
@@ -548,6 +411,8 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
 constexpr int kSampleThreads = 1024;
 __global__ void __launch_bounds__(kSampleThreads)
     SampleKernel(const float* logits, int vocab, float temperature, uint64_t seed, int32_t* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int r = blockIdx.x;
   const float* row = logits + static_cast<size_t>(r) * vocab;
   float best = -INFINITY;
@@ -623,37 +488,6 @@ __global__ void FillKernel(float* p, int64_t count, float value) {
   if (i < count) p[i] = value;
 }
 
-// Calls f(std::integral_constant<WeightType, T>()) for the run-time type t.
-template <WeightType T>
-using TypeTag = std::integral_constant<WeightType, T>;
-template <typename F>
-Status DispatchType(WeightType t, F&& f) {
-  switch (t) {
-    case WeightType::kF32: f(TypeTag<WeightType::kF32>()); break;
-    case WeightType::kF16: f(TypeTag<WeightType::kF16>()); break;
-    case WeightType::kBF16: f(TypeTag<WeightType::kBF16>()); break;
-    case WeightType::kQ4_0: f(TypeTag<WeightType::kQ4_0>()); break;
-    case WeightType::kQ4_1: f(TypeTag<WeightType::kQ4_1>()); break;
-    case WeightType::kQ8_0: f(TypeTag<WeightType::kQ8_0>()); break;
-    case WeightType::kQ4_K: f(TypeTag<WeightType::kQ4_K>()); break;
-    case WeightType::kQ5_K: f(TypeTag<WeightType::kQ5_K>()); break;
-    case WeightType::kQ6_K: f(TypeTag<WeightType::kQ6_K>()); break;
-    default: return Unsupported("CUDA kernels: weight type " + std::to_string(static_cast<uint32_t>(t)));
-  }
-  return Status::Ok();
-}
-
-Status CheckMatrix(const DeviceMatrix& w) {
-  const int64_t block =
-      w.type == WeightType::kQ4_K || w.type == WeightType::kQ5_K || w.type == WeightType::kQ6_K ? 256 : 32;
-  if (w.cols <= 0 || w.cols % block != 0 || w.rows <= 0)
-    return InvalidArgument("CUDA matrix of " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
-                           ": columns must be a positive multiple of " + std::to_string(block));
-  return Status::Ok();
-}
-
-unsigned Blocks(int64_t count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
-
 }  // namespace
 
 Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* out, Stream stream) {
@@ -662,47 +496,9 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
   const dim3 grid(Blocks(w.cols / 32, 64), n);
   LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;
-    DequantizeRowsKernel<T><<<grid, 64, 0, S(stream)>>>(w, rows, out);
+    LaunchEarly(DequantizeRowsKernel<T>, grid, 64, stream, w, rows, out);
   }));
   return CheckLaunch("DequantizeRows");
-}
-
-Status MatVecMany(const Product* products, int count, const float* x, int n, Stream stream) {
-  if (count < 1 || count > kMaxProducts) return InvalidArgument("MatVecMany takes 1..3 products");
-  if (n < 1 || n > kMaxMatVecTokens) return InvalidArgument("MatVec takes 1..16 tokens, got " + std::to_string(n));
-  ProductSet set{};
-  set.count = count;
-  unsigned blocks = 0;
-  for (int i = 0; i < count; ++i) {
-    LR_RETURN_IF_ERROR(CheckMatrix(products[i].w));
-    if (products[i].w.type != products[0].w.type || products[i].w.cols != products[0].w.cols)
-      return InvalidArgument("MatVecMany: the products' matrices differ in type or columns");
-    set.p[i] = products[i];
-    set.first_block[i] = blocks;
-    blocks += Blocks(products[i].w.rows, kMatVecWarps);
-  }
-  set.first_block[count] = blocks;
-  const int threads = 32 * kMatVecWarps;
-  LR_RETURN_IF_ERROR(DispatchType(products[0].w.type, [&](auto tag) {
-    constexpr WeightType T = decltype(tag)::value;
-    if (n == 1) {
-      MatVecKernel<T, 1><<<blocks, threads, 0, S(stream)>>>(set, x, n);
-    } else if (n == 2) {
-      MatVecKernel<T, 2><<<blocks, threads, 0, S(stream)>>>(set, x, n);
-    } else if (n <= 4) {
-      MatVecKernel<T, 4><<<blocks, threads, 0, S(stream)>>>(set, x, n);
-    } else if (n <= 8) {
-      MatVecKernel<T, 8><<<blocks, threads, 0, S(stream)>>>(set, x, n);
-    } else {
-      MatVecKernel<T, 16><<<blocks, threads, 0, S(stream)>>>(set, x, n);
-    }
-  }));
-  return CheckLaunch("MatVec");
-}
-
-Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
-  const Product p{w, y, y_stride, add};
-  return MatVecMany(&p, 1, x, n, stream);
 }
 
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
@@ -724,21 +520,36 @@ Status MatMul(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
                Stream stream) {
   if (n <= 0) return Status::Ok();
-  RmsNormKernel<<<n, 1024, 0, S(stream)>>>(x, rows, dim, w, eps, y);
+  LaunchEarly(RmsNormKernel, n, 1024, stream, x, rows, dim, w, eps, y, Q8Activations{});
   return CheckLaunch("RmsNorm");
+}
+
+Status RmsNormQ8(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
+                 Q8Activations yq, Stream stream) {
+  if (dim % 32 != 0) return InvalidArgument("RmsNormQ8: rows of " + std::to_string(dim) + " values, not whole blocks");
+  if (n <= 0) return Status::Ok();
+  LaunchEarly(RmsNormKernel, n, 1024, stream, x, rows, dim, w, eps, y, yq);
+  return CheckLaunch("RmsNormQ8");
 }
 
 Status SwiGlu(float* g, const float* u, int64_t count, Stream stream) {
   if (count <= 0) return Status::Ok();
-  SwiGluKernel<<<Blocks(count, 256), 256, 0, S(stream)>>>(g, u, count);
+  LaunchEarly(SwiGluKernel, Blocks(count, 256), 256, stream, g, u, count, Q8Activations{});
   return CheckLaunch("SwiGlu");
+}
+
+Status SwiGluQ8(float* g, const float* u, int64_t count, Q8Activations gq, Stream stream) {
+  if (count % 32 != 0) return InvalidArgument("SwiGluQ8: " + std::to_string(count) + " values, not whole blocks");
+  if (count <= 0) return Status::Ok();
+  LaunchEarly(SwiGluKernel, Blocks(count, 256), 256, stream, g, u, count, gq);
+  return CheckLaunch("SwiGluQ8");
 }
 
 Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& places, int n, Stream stream) {
   if (n <= 0) return Status::Ok();
   if (a.n_rot > pool.k_dim || a.n_rot % 2 != 0) return InvalidArgument("PrepareQkv: n_rot must be even, <= k_dim");
   const dim3 grid(Blocks(a.n_head + pool.n_head_kv, 4), n);
-  PrepareQkvKernel<<<grid, 128, 0, S(stream)>>>(a, pool, places);
+  LaunchEarly(PrepareQkvKernel, grid, 128, stream, a, pool, places);
   return CheckLaunch("PrepareQkv");
 }
 
@@ -753,20 +564,26 @@ size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim) {
 }
 
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, float* scratch, Stream stream) {
+                 int n, float* out, float* scratch, Stream stream, const Q8Activations* outq) {
   if (n <= 0) return Status::Ok();
+  if (outq != nullptr && pool.v_dim % 32 != 0)
+    return InvalidArgument("Attention: a quantized output needs value rows of whole blocks, got " +
+                           std::to_string(pool.v_dim));
+  const Q8Activations oq = outq != nullptr ? *outq : Q8Activations{};
   if (pool.n_head_kv <= 0 || n_head % pool.n_head_kv != 0)
     return InvalidArgument("Attention: n_head must be a multiple of n_head_kv");
-  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0)
+  if (pool.k_dim % 8 != 0 || pool.k_dim > kMaxHeadDim || pool.v_dim > kMaxHeadDim || pool.v_dim <= 0 ||
+      pool.v_dim % 2 != 0)
     return Unsupported("CUDA attention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
-                       std::to_string(pool.v_dim) + " values (expected keys a multiple of 8, both at most 256)");
+                       std::to_string(pool.v_dim) +
+                       " values (expected keys a multiple of 8, values even, both at most 256)");
   const int group = n_head / pool.n_head_kv;
   const int splits = AttentionSplits(pool.n_head_kv, n);
   const dim3 grid(pool.n_head_kv, n, splits);
   const int threads = 32 * kAttnWarps;
   auto launch = [&](auto g) {
-    AttentionKernel<decltype(g)::value>
-        <<<grid, threads, 0, S(stream)>>>(q, n_head, scale, pool, layer, places, out, scratch);
+    LaunchEarly(AttentionKernel<decltype(g)::value>, grid, threads, stream, q, n_head, scale, pool, layer, places, out,
+                scratch, splits == 1 ? oq : Q8Activations{});
   };
   switch (group) {
     case 1: launch(std::integral_constant<int, 1>()); break;
@@ -781,13 +598,14 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   }
   LR_RETURN_IF_ERROR(CheckLaunch("Attention"));
   if (splits == 1) return Status::Ok();
-  AttentionMergeKernel<<<dim3(n_head, n), std::min(pool.v_dim, 256), 0, S(stream)>>>(scratch, splits, pool.v_dim, out);
+  LaunchEarly(AttentionMergeKernel, dim3(n_head, n), std::min(pool.v_dim, 256), stream, scratch, splits, pool.v_dim,
+              out, oq);
   return CheckLaunch("AttentionMerge");
 }
 
 Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out, Stream stream) {
   if (rows <= 0) return Status::Ok();
-  SampleKernel<<<rows, kSampleThreads, 0, S(stream)>>>(logits, vocab, temperature, seed, out);
+  LaunchEarly(SampleKernel, rows, kSampleThreads, stream, logits, vocab, temperature, seed, out);
   return CheckLaunch("Sample");
 }
 

@@ -9,11 +9,12 @@
 // or 32 (8-bit) bytes per block of 32 values, then, in a second array, each block's f16 d (Q4_1: d and m): 16-byte
 // aligned quants that one vector load fetches, instead of GGUF's 18-, 20- and 34-byte blocks. Same bytes per weight.
 // The other types keep GGUF's row layout. Every matrix has a whole number of 32-value sub-blocks per row: the
-// kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in kernels.cu).
+// kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in common.cuh).
 //
-// Products: MatVec / MatVecMany for 1..16 tokens (one warp per weight row, four lanes per sub-block, f32 activations),
-// MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to f16 in shared memory, f16
-// activations, f32 accumulation; wmma 16x16x16). MatMul picks between them.
+// Products: MatVec / MatVecMany for 1..16 tokens (matvec.cu: int8 activations and __dp4a for the quantized types,
+// f32 for the float types), MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to
+// f16 in shared memory, f16 activations, f32 accumulation; wmma 16x16x16). MatMul picks between them. The kernels of
+// a decode step launch early on Hopper (LaunchEarly in common.cuh).
 //
 // KV pages (KvPool): the layout of inference::KvCache's f16 pages, one page = kPageTokens (32) positions of every
 // layer and KV head: for each (layer, head) 32 key rows of k_dim halves, then the same for values.
@@ -58,14 +59,30 @@ struct DeviceMatrix {
   size_t row_bytes = 0;             // QuantRowBytes(type, cols)
 };
 
+// Activations quantized for the integer products, in the CPU's scheme (ops::BlockQ8, ops::QuantizeRowQ8): per block of
+// 32 consecutive values d = max|x| / 127, q = x / d rounded to the nearest (ties to even) as int8, and s = d * (sum of
+// the block's q). Stored split: value i's q at q[i], block b's d and s at ds[2 b], ds[2 b + 1]. A token's row of
+// `cols` values (a multiple of 32) starts at q + t * cols and block t * cols / 32, so n rows quantize as one array.
+struct Q8Activations {
+  int8_t* q = nullptr;  // device
+  float* ds = nullptr;  // device
+};
+// Whether MatVec takes this weight type with Q8Activations (__dp4a products): Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K.
+bool TakesQ8(WeightType t);
+// out = x[0..count) quantized (count a multiple of 32).
+Status QuantizeQ8(const float* x, int64_t count, Q8Activations out, Stream stream);
+
 // out[i * cols + c] = row rows[i] of w, decoded (the embedding lookup); rows: device, n entries.
 Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* out, Stream stream);
 
 // y[t * y_stride + r] (+)= sum_c W[r][c] * x[t * cols + c] for t < n_tokens: MatVec for n_tokens <= 16, else
-// MatMulTiled. x, y: device.
+// MatMulTiled. x, y: device. MatVec and MatVecMany multiply f32 activations x, or with xq (x quantized, QuantizeQ8)
+// and TakesQ8 of the weights xq's int8 values by integer dot products (as the CPU's SIMD paths; Q4_0 with more than
+// 4 tokens on the tensor cores, int8 mma); x is not read then.
 Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
 constexpr int kMaxMatVecTokens = 16;
-Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
+Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream,
+              const Q8Activations* xq = nullptr);
 // One product of MatVecMany: y[t * y_stride + r] (+ with add)= sum_c W[r][c] * a[t * cols + c].
 struct Product {
   DeviceMatrix w;
@@ -75,15 +92,28 @@ struct Product {
 };
 // 1..3 products of matrices of one type and column count over the same activations x, in one launch (q, k and v;
 // gate and up).
-Status MatVecMany(const Product* products, int count, const float* x, int n_tokens, Stream stream);
+Status MatVecMany(const Product* products, int count, const float* x, int n_tokens, Stream stream,
+                  const Q8Activations* xq = nullptr);
+// The gate and up products of a SwiGLU FFN and the SwiGLU, for 1..16 tokens: h[t * rows + r] = silu(gate_r . x_t) *
+// (up_r . x_t), and h quantized into hq (the down product's input). gate and up: one type that TakesQ8, one shape,
+// rows a multiple of 32. One kernel, or (Q4_0, more than 4 tokens: the products on the tensor cores) the products
+// into h and u (n_tokens x rows floats of scratch) and a SwiGluQ8.
+Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n_tokens, float* h,
+                      float* u, Q8Activations hq, Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
                    Stream stream);
 
 // y[j] = RMSNorm(x[rows[j]]) * w for j < n (rows: device, null for 0..n-1); rows of dim values.
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y, Stream stream);
 
+// As RmsNorm, and y quantized into yq (dim a multiple of 32): the input of the next products in one pass.
+Status RmsNormQ8(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,
+                 Q8Activations yq, Stream stream);
+
 // g[i] = silu(g[i]) * u[i], i < count.
 Status SwiGlu(float* g, const float* u, int64_t count, Stream stream);
+// As SwiGlu, and g quantized into gq (count a multiple of 32).
+Status SwiGluQ8(float* g, const float* u, int64_t count, Q8Activations gq, Stream stream);
 
 struct KvPool {
   uint8_t* base = nullptr;  // device: page p at base + p * page_bytes
@@ -130,8 +160,9 @@ Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& place
 constexpr int kAttentionBlocks = 256, kMaxAttentionSplits = 32;
 int AttentionSplits(int n_head_kv, int n);
 size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim);
+// With outq, out is quantized into it too (v_dim a multiple of 32): the output product's input in the same pass.
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
-                 int n, float* out, float* scratch, Stream stream);
+                 int n, float* out, float* scratch, Stream stream, const Q8Activations* outq = nullptr);
 
 // out[r] = the sampled token of logits row r (rows x vocab): the first maximum at temperature 0, else a draw from
 // softmax(logits / temperature) (the Gumbel-max trick: argmax of logits / T + Gumbel noise hashed from seed, the

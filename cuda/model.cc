@@ -119,10 +119,10 @@ size_t CudaModel::UploadBytes(const inference::Model& model) {
 Status CudaModel::Init() {
   std::string why;
   if (!DenseSupported(config_, &why)) return Unsupported(why);
-  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 ||
+  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 || config_.head_dim_v % 2 != 0 ||
       config_.n_head / config_.n_head_kv > 8)
     return Unsupported(
-        "the CUDA attention takes heads of at most 256 values (keys a multiple of 8) "
+        "the CUDA attention takes heads of at most 256 values (keys a multiple of 8, values even) "
         "and at most 8 query heads per KV head; this model has " +
         std::to_string(config_.head_dim) + " / " + std::to_string(config_.head_dim_v) + " and " +
         std::to_string(config_.n_head / config_.n_head_kv));
@@ -300,6 +300,12 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     LR_ASSIGN_OR_RETURN(attn_part_, DeviceBuffer::Allocate(std::max<size_t>(part, 1) * 4, "attention splits"));
     LR_ASSIGN_OR_RETURN(g_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
     LR_ASSIGN_OR_RETURN(u_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
+    const size_t q8 = static_cast<size_t>(kMaxMatVecTokens) * std::max<size_t>(c.n_embd, widest);  // decode inputs
+    LR_ASSIGN_OR_RETURN(xq_, DeviceBuffer::Allocate(q8, "quantized activations"));
+    LR_ASSIGN_OR_RETURN(xds_, DeviceBuffer::Allocate(q8 / 32 * 8, "quantized activations"));
+    const size_t q8_ff = static_cast<size_t>(kMaxMatVecTokens) * c.n_ff;
+    LR_ASSIGN_OR_RETURN(hq_, DeviceBuffer::Allocate(q8_ff, "quantized activations"));
+    LR_ASSIGN_OR_RETURN(hds_, DeviceBuffer::Allocate(q8_ff / 32 * 8, "quantized activations"));
     const int rows = std::max({n_logits, cap_logits_, kMaxMatVecTokens});
     LR_ASSIGN_OR_RETURN(logits_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * c.n_vocab * 4, "logits"));
     LR_ASSIGN_OR_RETURN(ids_, DeviceBuffer::Allocate(static_cast<size_t>(rows) * 4, "token ids"));
@@ -335,14 +341,24 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
   float *attn = attn_.as<float>(), *g = g_.as<float>(), *u = u_.as<float>();
   void* s = stream_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  // Products over the same activations: one launch for those of one type (decode steps), else one product each on the
-  // tensor cores (prefill).
-  auto Products = [&](const Product* p, int count, const float* in, int n_tokens) -> Status {
+  // A decode step quantizes each product input once (in the step that writes it: the norms, SwiGLU) and runs the
+  // integer products on it; prefill multiplies f32 activations on the tensor cores.
+  const bool decode = n <= kMaxMatVecTokens;
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq{hq_.as<int8_t>(), hds_.as<float>()};
+  auto Norm = [&](const int32_t* rows, int count, const DeviceBuffer& w) -> Status {
+    if (decode) return RmsNormQ8(x, rows, count, e, w.as<float>(), c.rms_eps, xn, xq, s);
+    return RmsNorm(x, rows, count, e, w.as<float>(), c.rms_eps, xn, s);
+  };
+  // Products over the same activations `in` (quantized in in_q, else xq): one launch for those of one type (decode
+  // steps), else one product each on the tensor cores (prefill).
+  auto Products = [&](const Product* p, int count, const float* in, int n_tokens,
+                      const Q8Activations& in_q = Q8Activations{}) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
+      const Q8Activations* quantized = in_q.q != nullptr ? &in_q : &xq;
       for (int first = 0; first < count;) {
         int end = first + 1;
         while (end < count && p[end].w.type == p[first].w.type) ++end;
-        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s));
+        LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, s, quantized));
         first = end;
       }
       return Status::Ok();
@@ -354,7 +370,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
   LR_RETURN_IF_ERROR(DequantizeRows(embd_.m, tokens, n, x, s));
   for (int il = 0; il < c.n_layer; ++il) {
     const Layer& l = layers_[il];
-    LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.attn_norm.as<float>(), c.rms_eps, xn, s));
+    LR_RETURN_IF_ERROR(Norm(nullptr, n, l.attn_norm));
     const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
     LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
     QkvArgs a;
@@ -371,18 +387,41 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     a.halves = c.rope.style == ops::RopeStyle::kHalves;
     a.layer = il;
     LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
-    LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s));
-    LR_RETURN_IF_ERROR(MatMul(l.wo.m, attn, n, x, e, true, s));
-    LR_RETURN_IF_ERROR(RmsNorm(x, nullptr, n, e, l.ffn_norm.as<float>(), c.rms_eps, xn, s));
+    // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
+    // where the value rows are whole blocks).
+    const bool fused = decode && c.head_dim_v % 32 == 0;
+    LR_RETURN_IF_ERROR(
+        Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s, fused ? &xq : nullptr));
+    if (decode && !fused)
+      LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
+    const Product wo[] = {{l.wo.m, x, e, /*add=*/true}};
+    LR_RETURN_IF_ERROR(Products(wo, 1, attn, n));
+    LR_RETURN_IF_ERROR(Norm(nullptr, n, l.ffn_norm));
     const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
-    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
-    LR_RETURN_IF_ERROR(SwiGlu(g, u, static_cast<int64_t>(n) * c.n_ff, s));
+    const int64_t ff = static_cast<int64_t>(n) * c.n_ff;
+    if (decode && l.gate.m.type == l.up.m.type && TakesQ8(l.gate.m.type) && c.n_ff % 32 == 0) {
+      // Gate, up and SwiGLU, quantized into hq (xq is read meanwhile).
+      LR_RETURN_IF_ERROR(MatVecSwiGluQ8(l.gate.m, l.up.m, xq, n, g, u, hq, s));
+    } else {
+      LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+      if (decode) {
+        LR_RETURN_IF_ERROR(SwiGluQ8(g, u, ff, hq, s));
+      } else {
+        LR_RETURN_IF_ERROR(SwiGlu(g, u, ff, s));
+      }
+    }
     const Product down[] = {{l.down.m, x, e, /*add=*/true}};
-    LR_RETURN_IF_ERROR(Products(down, 1, g, n));
+    LR_RETURN_IF_ERROR(Products(down, 1, g, n, hq));
   }
   if (n_logits > 0) {
-    LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
-    LR_RETURN_IF_ERROR(MatMul(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, s));
+    // The logit rows' norm: quantized for the output product when that is a matrix-vector product.
+    if (n_logits <= kMaxMatVecTokens) {
+      LR_RETURN_IF_ERROR(RmsNormQ8(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, xq, s));
+    } else {
+      LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
+    }
+    const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
+    LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
     if (greedy) LR_RETURN_IF_ERROR(Sample(logits_.as<float>(), n_logits, c.n_vocab, 0.0f, 0, ids_.as<int32_t>(), s));
   }
   return Status::Ok();

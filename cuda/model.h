@@ -111,6 +111,8 @@ class CudaModel : public inference::ForwardPass {
   // Per-step buffers (Reserve).
   int cap_tokens_ = 0, cap_logits_ = 0, cap_pages_ = 0;
   DeviceBuffer x_, xn_, q_, k_, v_, attn_, attn_part_, g_, u_, logits_, ids_;
+  DeviceBuffer xq_, xds_;         // a decode step's product input quantized (Q8Activations)
+  DeviceBuffer hq_, hds_;         // the same for the FFN's down product
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

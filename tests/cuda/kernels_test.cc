@@ -1,7 +1,9 @@
 // The CUDA kernels against plain scalar references on the CPU, on random inputs of odd sizes: weight decoding and
 // products for every GGUF type (inference's DequantizeRow is the reference), RMSNorm, SwiGLU, the q/k step (per-head
 // norm, RoPE in both styles with a YaRN-like angle table, the f16 page store), paged attention over several
-// sequences, sampling, and the dummy weights. Every output buffer is poisoned (0xFF bytes: NaN) before the kernel
+// sequences, sampling, and the dummy weights; the int8 activations (QuantizeQ8 and the norms and SwiGLU that quantize
+// their output) bit for bit against the CPU's QuantizeRowQ8, and the integer products against a product of the same
+// quantized values. Every output buffer is poisoned (0xFF bytes: NaN) before the kernel
 // runs, so an unwritten element fails. Skipped when no CUDA device is present.
 #include "cuda/kernels.h"
 
@@ -109,6 +111,49 @@ std::vector<float> DequantizeCpu(WeightType t, const std::vector<uint8_t>& gguf,
   return w;
 }
 
+// Activations quantized on the CPU (ops::QuantizeRowQ8, the reference of QuantizeQ8), in the device's split
+// layout: q[i] and (d, s) per block.
+struct CpuQ8 {
+  std::vector<int8_t> q;
+  std::vector<float> ds;
+};
+CpuQ8 QuantizeCpu(const std::vector<float>& x) {
+  std::vector<ops::BlockQ8> blocks(x.size() / 32);
+  ops::QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), blocks.data());
+  CpuQ8 r;
+  for (const ops::BlockQ8& b : blocks) {
+    r.q.insert(r.q.end(), b.q, b.q + 32);
+    r.ds.push_back(b.d);
+    r.ds.push_back(b.s);
+  }
+  return r;
+}
+// The values the quantized activations stand for: d * q.
+std::vector<float> Dequantized(const CpuQ8& a) {
+  std::vector<float> v(a.q.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = a.ds[2 * (i / 32)] * a.q[i];
+  return v;
+}
+struct DeviceQ8 {
+  DeviceBuffer q, ds;
+  Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
+};
+DeviceQ8 ToDevice(const CpuQ8& a) { return DeviceQ8{ToDevice(a.q), ToDevice(a.ds)}; }
+// Room for count quantized values, poisoned.
+DeviceQ8 PoisonedQ8(size_t count) {
+  DeviceQ8 r{Poisoned(count / 4), Poisoned(count / 16)};
+  return r;
+}
+// The device's quantized values equal the CPU's quantization of `of`, bit for bit.
+void ExpectQ8Equals(const DeviceQ8& got, const std::vector<float>& of) {
+  const CpuQ8 want = QuantizeCpu(of);
+  const std::vector<int8_t> q = FromDevice<int8_t>(got.q, want.q.size());
+  const std::vector<float> ds = FromDevice<float>(got.ds, want.ds.size());
+  for (size_t i = 0; i < want.q.size(); ++i) ASSERT_EQ(q[i], want.q[i]) << "value " << i;
+  for (size_t b = 0; b < want.ds.size(); ++b)
+    ASSERT_EQ(ds[b], want.ds[b]) << (b % 2 ? "s" : "d") << " of block " << b / 2;
+}
+
 const WeightType kTypes[] = {WeightType::kF32,  WeightType::kF16,  WeightType::kBF16,
                              WeightType::kQ4_0, WeightType::kQ4_1, WeightType::kQ8_0,
                              WeightType::kQ4_K, WeightType::kQ5_K, WeightType::kQ6_K};
@@ -138,20 +183,30 @@ TEST_P(TypeTest, DequantizeRowsEqualsCpu) {
           << "row " << pick[i] << " col " << c;
 }
 
-// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights.
-void CheckProduct(WeightType t, int64_t rows, int n, bool tiled, bool add, double tolerance) {
-  std::mt19937 rng(static_cast<unsigned>(rows * 131 + n * 7 + (tiled ? 1 : 0) + (add ? 2 : 0)));
+// The products' paths: f32 activations (MatVec), int8 ones (MatVec with Q8Activations), the tensor-core product.
+enum class Path { kMatVec, kMatVecQ8, kTiled };
+
+// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights and the activations' values:
+// with kMatVecQ8, x's quantization on the CPU (ops::QuantizeRowQ8, as the CPU SIMD paths' product) and its values.
+void CheckProduct(WeightType t, int64_t rows, int n, Path path, bool add, double tolerance) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 131 + n * 7 + static_cast<int>(path) * 3 + (add ? 1 : 0)));
   const int64_t cols = OddCols(t);
   const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
   TestMatrix m = Upload(t, gguf, rows, cols);
   const std::vector<float> w = DequantizeCpu(t, gguf, rows, cols);
-  const std::vector<float> x = RandomFloats(n * cols, rng);
+  std::vector<float> x = RandomFloats(n * cols, rng);
+  std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block (int8: d = 0)
+  const CpuQ8 xq = QuantizeCpu(x);
+  const std::vector<float> xv = path == Path::kMatVecQ8 ? Dequantized(xq) : x;
   const int64_t stride = rows + 3;
   const std::vector<float> y0 = RandomFloats(n * stride, rng);
+  DeviceQ8 dxq = ToDevice(xq);
+  const Q8Activations view = dxq.view();
   DeviceBuffer dx = ToDevice(x);
   DeviceBuffer dy = add ? ToDevice(y0) : Poisoned(n * stride);
-  const Status s = tiled ? MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr)
-                         : MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr);
+  const Status s = path == Path::kTiled ? MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr)
+                                        : MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr,
+                                                 path == Path::kMatVecQ8 ? &view : nullptr);
   ASSERT_TRUE(s.ok()) << s.ToString();
   const std::vector<float> all = FromDevice<float>(dy, n * stride);
   std::vector<float> got;
@@ -159,16 +214,65 @@ void CheckProduct(WeightType t, int64_t rows, int n, bool tiled, bool add, doubl
   for (int tk = 0; tk < n; ++tk) {
     for (int64_t r = 0; r < rows; ++r) {
       double sum = add ? y0[tk * stride + r] : 0.0;
-      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * x[tk * cols + c];
+      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * xv[tk * cols + c];
       want.push_back(sum);
       got.push_back(all[tk * stride + r]);
     }
   }
-  EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << (tiled ? " tiled" : " matvec");
+  EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << " path " << static_cast<int>(path);
+}
+
+TEST_P(TypeTest, MatVecQ8MatchesReference) {
+  if (!TakesQ8(GetParam())) GTEST_SKIP() << "f32 activations only";
+  for (int n : {1, 2, 3, 5, 8, 11, 16}) {
+    CheckProduct(GetParam(), 37, n, Path::kMatVecQ8, /*add=*/n % 2 == 1, 1e-5);
+    CheckProduct(GetParam(), 8, n, Path::kMatVecQ8, /*add=*/false, 1e-5);
+  }
+}
+
+// Gate, up and SwiGLU in one kernel: h against silu(gate . x) * (up . x) in double precision on the quantized
+// activations' values, and its quantization bit for bit against the CPU's of the h it wrote.
+TEST_P(TypeTest, MatVecSwiGluQ8MatchesReference) {
+  const WeightType t = GetParam();
+  if (!TakesQ8(t)) GTEST_SKIP() << "f32 activations only";
+  const int64_t rows = 96, cols = OddCols(t);
+  for (int n : {1, 2, 3, 5, 8, 16}) {
+    std::mt19937 rng(static_cast<unsigned>(n * 101));
+    const std::vector<uint8_t> gate_rows = RandomGgufRows(t, rows, cols, rng),
+                               up_rows = RandomGgufRows(t, rows, cols, rng);
+    TestMatrix gate = Upload(t, gate_rows, rows, cols), up = Upload(t, up_rows, rows, cols);
+    const std::vector<float> wg = DequantizeCpu(t, gate_rows, rows, cols), wu = DequantizeCpu(t, up_rows, rows, cols);
+    const CpuQ8 xq = QuantizeCpu(RandomFloats(n * cols, rng));
+    const std::vector<float> xv = Dequantized(xq);
+    DeviceQ8 dxq = ToDevice(xq), hq = PoisonedQ8(n * rows);
+    DeviceBuffer h = Poisoned(n * rows), u = Poisoned(n * rows);
+    const Status s = MatVecSwiGluQ8(gate.m, up.m, dxq.view(), n, h.as<float>(), u.as<float>(), hq.view(), nullptr);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    const std::vector<float> got = FromDevice<float>(h, n * rows);
+    std::vector<double> want;
+    for (int tk = 0; tk < n; ++tk) {
+      for (int64_t r = 0; r < rows; ++r) {
+        double g = 0, u = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          g += static_cast<double>(wg[r * cols + c]) * xv[tk * cols + c];
+          u += static_cast<double>(wu[r * cols + c]) * xv[tk * cols + c];
+        }
+        want.push_back(g / (1.0 + std::exp(-g)) * u);
+      }
+    }
+    EXPECT_LT(RelError(got, want), 1e-5) << "tokens " << n;
+    ExpectQ8Equals(hq, got);
+  }
+  std::mt19937 rng(1);
+  TestMatrix odd = Upload(t, RandomGgufRows(t, 37, cols, rng), 37, cols);
+  DeviceQ8 any = PoisonedQ8(32 * cols);
+  DeviceBuffer h = Poisoned(37);
+  EXPECT_FALSE(MatVecSwiGluQ8(odd.m, odd.m, any.view(), 1, h.as<float>(), h.as<float>(), any.view(), nullptr).ok())
+      << "rows not a multiple of 32";
 }
 
 TEST_P(TypeTest, MatVecMatchesReference) {
-  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, /*tiled=*/false, /*add=*/n % 2 == 1, 1e-5);
+  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, Path::kMatVec, /*add=*/n % 2 == 1, 1e-5);
 }
 
 // Three products of different heights in one launch, one of them added.
@@ -193,25 +297,34 @@ TEST_P(TypeTest, MatVecManyMatchesReference) {
   }
   const std::vector<float> x = RandomFloats(n * cols, rng);
   DeviceBuffer dx = ToDevice(x);
-  ASSERT_TRUE(MatVecMany(products, 3, dx.as<float>(), n, nullptr).ok());
-  for (int k = 0; k < 3; ++k) {
-    const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
-    std::vector<double> want;
-    for (int tk = 0; tk < n; ++tk) {
-      for (int64_t r = 0; r < rows[k]; ++r) {
-        double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
-        for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[k][r * cols + c]) * x[tk * cols + c];
-        want.push_back(sum);
+  // f32 activations, then (the quantized types) int8 ones; y[1] starts from y0 in both runs.
+  const CpuQ8 xq = QuantizeCpu(x);
+  DeviceQ8 dxq = ToDevice(xq);
+  const Q8Activations view = dxq.view();
+  for (const bool q8 : {false, true}) {
+    if (q8 && !TakesQ8(t)) break;
+    ASSERT_TRUE(ys[1].Upload(y0[1].data(), y0[1].size() * 4).ok());
+    ASSERT_TRUE(MatVecMany(products, 3, dx.as<float>(), n, nullptr, q8 ? &view : nullptr).ok());
+    const std::vector<float> xv = q8 ? Dequantized(xq) : x;
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
+      std::vector<double> want;
+      for (int tk = 0; tk < n; ++tk) {
+        for (int64_t r = 0; r < rows[k]; ++r) {
+          double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
+          for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[k][r * cols + c]) * xv[tk * cols + c];
+          want.push_back(sum);
+        }
       }
+      EXPECT_LT(RelError(got, want), 1e-5) << "product " << k << (q8 ? " int8 activations" : "");
     }
-    EXPECT_LT(RelError(got, want), 1e-5) << "product " << k;
   }
 }
 
 // f16 operands: the tolerance of half-precision inputs with f32 accumulation.
 TEST_P(TypeTest, MatMulTiledMatchesReference) {
-  for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, /*tiled=*/true, /*add=*/n == 17, 3e-3);
-  CheckProduct(GetParam(), 5, 130, /*tiled=*/true, /*add=*/false, 3e-3);
+  for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, Path::kTiled, /*add=*/n == 17, 3e-3);
+  CheckProduct(GetParam(), 5, 130, Path::kTiled, /*add=*/false, 3e-3);
 }
 
 // The dummy weights decode to finite values of about 1/sqrt(cols) (the size that keeps a product's scale).
@@ -260,6 +373,52 @@ TEST_F(CudaKernels, RmsNormOfPickedRows) {
     for (int i = 0; i < dim; ++i) want.push_back(x[r * dim + i] * scale * w[i]);
   }
   EXPECT_LT(RelError(got, want), 1e-6);
+}
+
+// QuantizeQ8, and the quantizing RmsNormQ8 and SwiGluQ8: the same int8 values and (d, s) as the CPU's QuantizeRowQ8
+// of the same floats.
+TEST_F(CudaKernels, QuantizeQ8EqualsCpu) {
+  std::mt19937 rng(4);
+  const int count = 32 * 37;
+  std::vector<float> x = RandomFloats(count, rng, 2.0f);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  x[200] = 127.5f;  // values that round to ties once scaled
+  x[201] = -0.5f;
+  DeviceBuffer dx = ToDevice(x);
+  DeviceQ8 out = PoisonedQ8(count);
+  ASSERT_TRUE(QuantizeQ8(dx.as<float>(), count, out.view(), nullptr).ok());
+  ExpectQ8Equals(out, x);
+  EXPECT_FALSE(QuantizeQ8(dx.as<float>(), 33, out.view(), nullptr).ok());
+}
+
+TEST_F(CudaKernels, RmsNormQ8QuantizesItsOutput) {
+  std::mt19937 rng(5);
+  const int dim = 32 * 19, rows = 4;
+  const std::vector<int32_t> pick = {3, 0, 2};
+  const std::vector<float> x = RandomFloats(rows * dim, rng, 3.0f), w = RandomFloats(dim, rng);
+  DeviceBuffer dx = ToDevice(x), dw = ToDevice(w), di = ToDevice(pick);
+  DeviceBuffer dy = Poisoned(pick.size() * dim), dy2 = Poisoned(pick.size() * dim);
+  DeviceQ8 q = PoisonedQ8(pick.size() * dim);
+  ASSERT_TRUE(RmsNorm(dx.as<float>(), di.as<int32_t>(), 3, dim, dw.as<float>(), 1e-5f, dy.as<float>(), nullptr).ok());
+  ASSERT_TRUE(
+      RmsNormQ8(dx.as<float>(), di.as<int32_t>(), 3, dim, dw.as<float>(), 1e-5f, dy2.as<float>(), q.view(), nullptr)
+          .ok());
+  const std::vector<float> y = FromDevice<float>(dy, pick.size() * dim), y2 = FromDevice<float>(dy2, pick.size() * dim);
+  ASSERT_EQ(y, y2);
+  ExpectQ8Equals(q, y2);
+}
+
+TEST_F(CudaKernels, SwiGluQ8QuantizesItsOutput) {
+  std::mt19937 rng(6);
+  const int n = 32 * 41;
+  const std::vector<float> g = RandomFloats(n, rng, 4.0f), u = RandomFloats(n, rng);
+  DeviceBuffer dg = ToDevice(g), dg2 = ToDevice(g), du = ToDevice(u);
+  DeviceQ8 q = PoisonedQ8(n);
+  ASSERT_TRUE(SwiGlu(dg.as<float>(), du.as<float>(), n, nullptr).ok());
+  ASSERT_TRUE(SwiGluQ8(dg2.as<float>(), du.as<float>(), n, q.view(), nullptr).ok());
+  const std::vector<float> h = FromDevice<float>(dg, n), h2 = FromDevice<float>(dg2, n);
+  ASSERT_EQ(h, h2);
+  ExpectQ8Equals(q, h2);
 }
 
 TEST_F(CudaKernels, SwiGlu) {
@@ -442,6 +601,27 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
                         scratch.as<float>(), nullptr)
                   .ok());
   EXPECT_LT(RelError(FromDevice<float>(dpout, pwant.size()), pwant), 1e-5);
+
+  // Both again with the output quantized too (whole-block value rows only): the same output, and its quantization
+  // bit for bit the CPU's.
+  DeviceQ8 q8 = PoisonedQ8(n * row_o), pq8 = PoisonedQ8(m * row_o);
+  DeviceBuffer dout2 = Poisoned(n * row_o), dpout2 = Poisoned(m * row_o);
+  const Q8Activations q8_view = q8.view(), pq8_view = pq8.view();
+  const Status whole =
+      Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout2.as<float>(), nullptr, nullptr, &q8_view);
+  const Status split = Attention(dpq.as<float>(), c.n_head, scale, pool, layer, pplaces, m, dpout2.as<float>(),
+                                 scratch.as<float>(), nullptr, &pq8_view);
+  if (hdv % 32 != 0) {
+    EXPECT_EQ(whole.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(split.code(), StatusCode::kInvalidArgument);
+    return;
+  }
+  ASSERT_TRUE(whole.ok() && split.ok()) << whole.ToString() << split.ToString();
+  const std::vector<float> out2 = FromDevice<float>(dout2, n * row_o), pout2 = FromDevice<float>(dpout2, m * row_o);
+  EXPECT_EQ(out2, FromDevice<float>(dout, n * row_o));
+  EXPECT_EQ(pout2, FromDevice<float>(dpout, m * row_o));
+  ExpectQ8Equals(q8, out2);
+  ExpectQ8Equals(pq8, pout2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,

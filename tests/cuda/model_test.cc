@@ -1,5 +1,6 @@
-// The CUDA model against the CPU model's scalar path (inference::Model at Isa::kBaseline: f32 activations, as the
-// device computes; the SIMD paths quantize activations to int8) and the transformers references: whole-model logits
+// The CUDA model against the CPU model doing each step with the device's arithmetic (MatchDeviceArithmetic: prefill
+// steps on the scalar path, f32 activations; decode steps on the SIMD path, int8 activations) and the transformers
+// references: whole-model logits
 // on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
 // multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
 // continuations, forks that copy a shared page on the device, the dense fixtures of tests/fixtures/models/ against
@@ -51,6 +52,15 @@ KvCache NewCache(ForwardPass& fp, int max_tokens) {
   return std::move(cache).value();
 }
 
+// The CPU model runs each step with the arithmetic the device uses for it: a step of more than kMaxMatVecTokens
+// tokens (the device's tensor-core product: f16 operands, f32 sums) on the scalar path (f32 activations), a decode
+// step (the device's integer products on int8 activations in ops::BlockQ8's scheme) on the SIMD path, which
+// quantizes its activations the same way (the scalar path where the CPU has no AVX2). No-op for the device.
+void MatchDeviceArithmetic(ForwardPass& fp, size_t step_tokens) {
+  if (dynamic_cast<Model*>(&fp) == nullptr) return;
+  ops::SetActiveIsa(step_tokens > static_cast<size_t>(kMaxMatVecTokens) ? Isa::kBaseline : BestIsa());
+}
+
 // Logits of every token of `tokens` in one sequence, fed in chunks of the given sizes (the last repeated).
 std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens, const std::vector<int>& chunks) {
   KvCache cache = NewCache(fp, static_cast<int>(tokens.size()) + 64);
@@ -61,6 +71,7 @@ std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens
     const size_t n = std::min<size_t>(tokens.size() - at, chunks[std::min(c, chunks.size() - 1)]);
     std::vector<BatchToken> batch;
     for (size_t i = 0; i < n; ++i) batch.push_back({seq, tokens[at + i], true});
+    MatchDeviceArithmetic(fp, n);
     const Status s = fp.Forward(cache, batch, &step);
     EXPECT_TRUE(s.ok()) << s.ToString();
     if (!s.ok()) return {};
@@ -142,8 +153,10 @@ TEST_F(CudaModelTest, DefaultModelLogitsMatchCpu) {
   const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
   ASSERT_EQ(cpu.size(), gpu.size());
   const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
-  std::printf("default model, 160 positions, vs the CPU's scalar path: mean KL %.6f, top-1 agreement %.4f\n", a.mean_kl,
-              a.top1);
+  std::printf(
+      "default model, 160 positions, vs the CPU with the device's arithmetic per step (prefill: scalar, "
+      "decode: %s): mean KL %.6f, top-1 agreement %.4f\n",
+      IsaName(BestIsa()), a.mean_kl, a.top1);
   EXPECT_LE(a.mean_kl, 0.005);
   EXPECT_GE(a.top1, 0.99);
   RecordProperty("mean_kl", std::to_string(a.mean_kl));
@@ -162,6 +175,7 @@ TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
     for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
     std::vector<int32_t> out, ids;
     for (int step = 0; step < 32; ++step) {
+      MatchDeviceArithmetic(fp, batch.size());
       const Status s = fp.ForwardGreedy(cache, batch, &ids);
       EXPECT_TRUE(s.ok()) << s.ToString();
       if (!s.ok() || ids.size() != 1) return out;
@@ -214,10 +228,12 @@ TEST_F(CudaModelTest, ForksCopySharedPagesOnTheDevice) {
     std::vector<BatchToken> batch;
     for (int i = 0; i < 45; ++i) batch.push_back({root, prompt[i], false});  // 45: a partial second page
     std::vector<float> logits, all;
+    MatchDeviceArithmetic(fp, batch.size());
     EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
     const int fork = cache.Fork(root);
     for (int step = 0; step < 4; ++step) {
       batch = {{root, prompt[step], true}, {fork, prompt[10 + step], true}};
+      MatchDeviceArithmetic(fp, batch.size());
       EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
       all.insert(all.end(), logits.begin(), logits.end());
     }
