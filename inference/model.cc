@@ -52,6 +52,11 @@ Status Model::BindWeights() {
       LR_ASSIGN_OR_RETURN(l.wo,
                           BindMatrix(gguf_, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
     }
+    if (c.qkv_bias) {
+      LR_ASSIGN_OR_RETURN(l.bq, BindVector(gguf_, p + "attn_q.bias", int64_t{c.n_head} * c.head_dim));
+      LR_ASSIGN_OR_RETURN(l.bk, BindVector(gguf_, p + "attn_k.bias", int64_t{c.n_head_kv} * c.head_dim));
+      LR_ASSIGN_OR_RETURN(l.bv, BindVector(gguf_, p + "attn_v.bias", int64_t{c.n_head_kv} * c.head_dim_v));
+    }
     if (c.qk_norm) {
       LR_ASSIGN_OR_RETURN(l.q_norm, BindVector(gguf_, p + "attn_q_norm.weight", c.head_dim));
       LR_ASSIGN_OR_RETURN(l.k_norm, BindVector(gguf_, p + "attn_k_norm.weight", c.head_dim));
@@ -132,22 +137,30 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   NormTeam(x, l.attn_norm, s.tokens, ops::UsesQ8(qkv), s);
   ops::MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
-  // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
-  // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
+  // Per (token, KV head): the biases, RoPE on the key and the group's queries, then the rows are stored. Every token's
+  // rows are stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its
+  // batch.
 #pragma omp for schedule(static)
   for (int ih = 0; ih < pairs; ++ih) {
     const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
     const float* cos_sin = rope + static_cast<size_t>(i) * c.rope.n_rot;
+    float* kh = k + static_cast<size_t>(i) * k_width + h * head_dim;
+    float* vh = v + static_cast<size_t>(i) * v_width + h * head_dim_v;
+    if (c.qkv_bias) {
+      const float* bq = l.bq.data() + h * group * head_dim;
+      float* qg = q + static_cast<size_t>(i) * q_width + h * group * head_dim;
+      for (int d = 0; d < group * head_dim; ++d) qg[d] += bq[d];
+      for (int d = 0; d < head_dim; ++d) kh[d] += l.bk[h * head_dim + d];
+      for (int d = 0; d < head_dim_v; ++d) vh[d] += l.bv[h * head_dim_v + d];
+    }
     for (int j = 0; j < group; ++j) {
       float* qh = q + static_cast<size_t>(i) * q_width + (h * group + j) * head_dim;
       if (c.qk_norm) ops::RmsNorm(qh, l.q_norm.data(), head_dim, c.rms_eps, qh);
       ops::Rope(qh, cos_sin, c.rope.n_rot, c.rope.style);
     }
-    float* kh = k + static_cast<size_t>(i) * k_width + h * head_dim;
     if (c.qk_norm) ops::RmsNorm(kh, l.k_norm.data(), head_dim, c.rms_eps, kh);
     ops::Rope(kh, cos_sin, c.rope.n_rot, c.rope.style);
-    cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * k_width + h * head_dim,
-                v + static_cast<size_t>(i) * v_width + h * head_dim_v);
+    cache.Store(batch[i].seq, layer, h, pos[i], kh, vh);
   }
   if (s.pieces.empty()) {
 #pragma omp for schedule(dynamic, 1)

@@ -5,9 +5,10 @@
 // that new kinds (MoE FFN, MLA attention) plug in as new block functions without touching the others:
 //   layer(x) = x + Attention(RMSNorm(x)) ; x + Ffn(RMSNorm(x))
 // Supported: `llama` (also Mistral/SmolLM2; RoPE on adjacent pairs, as ggml's mode 0 after the GGUF converter's
-// q/k permutation) and `qwen3` (per-head RMSNorm of q and k before RoPE, RoPE on the two halves of the head, ggml's
-// NEOX mode), and `deepseek2` (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have
-// MoE FFNs (inference/moe.h): Mixtral as llama + expert keys, DeepSeek/Mistral-4 with shared experts.
+// q/k permutation), `qwen2` (llama's blocks with biases on the q, k and v products, RoPE on the two halves of the
+// head, ggml's NEOX mode), `qwen3` (per-head RMSNorm of q and k before RoPE, NEOX RoPE), and `deepseek2`
+// (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have MoE FFNs (inference/moe.h): Mixtral
+// as llama + expert keys, DeepSeek/Mistral-4 with shared experts.
 //
 // Forward() runs a batch of tokens, each appended to one sequence of a KvCache: one token per sequence is a decode
 // step over several sequences; many tokens of one sequence are a prefill chunk (each weight matrix is read once for
@@ -40,6 +41,7 @@ struct LayerWeights {
   std::vector<float> attn_norm;       // n_embd
   ops::WeightMatrix wq, wk, wv, wo;   // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
   std::vector<float> q_norm, k_norm;  // head_dim each, qk_norm only
+  std::vector<float> bq, bk, bv;      // the q, k, v products' biases (widths as their rows), qkv_bias only
   std::vector<float> ffn_norm;        // n_embd
   ops::WeightMatrix gate, up, down;   // SwiGLU: down(silu(gate x) * up x)
   MlaWeights mla;                     // kMla only (then wq..wo, q_norm, k_norm are empty)
