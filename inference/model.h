@@ -14,6 +14,12 @@
 // step over several sequences; many tokens of one sequence are a prefill chunk (each weight matrix is read once for
 // the whole batch). Logits come back for the tokens that ask for them (the last prompt token, or every token when
 // scoring perplexity).
+//
+// Shared-prefix attention: in a step where several sequences begin with the same pages (the attempts of pass@k, forks
+// of one prompt), GQA attention reads those pages once for the queries of all of them (one block of queries, as
+// kvquant::AttendSharedPrefix does) and each sequence's own rows alone, and merges the two exactly (log-sum-exp):
+// the result equals attending each sequence alone up to float rounding, while a step of k attempts at a long prompt
+// reads the prompt's rows once instead of k times. PlanSharedPrefix says which tokens share what.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +62,12 @@ struct BatchToken {
   bool want_logits;
 };
 
+// Tokens of a step that attend to positions [0, shared_end) of the same pages (Model::PlanSharedPrefix).
+struct SharedPrefixGroup {
+  int shared_end = 0;        // a multiple of KvCache::kPageTokens
+  std::vector<int> members;  // indices into the batch, in batch order
+};
+
 // The forward pass as the engine, perplexity and the bench use it, whatever runs it: Model on the CPU, or a device
 // backend (cuda/CudaModel) over the same config and a KvCache whose pages it keeps in device memory.
 class ForwardPass {
@@ -68,6 +80,8 @@ class ForwardPass {
   virtual size_t weight_bytes_per_token() const = 0;
   // Where it runs, for reports: "cpu", or e.g. "cuda (NVIDIA H100 80GB HBM3)".
   virtual std::string device() const = 0;
+  // Whether a step reads the pages its sequences share once for all of them (Model::PlanSharedPrefix's groups).
+  virtual bool shares_prefix_pages() const { return false; }
   // Completes the options of a KvCache this pass will run on (a device pass puts the page storage there): call
   // before KvCache::Create. kResourceExhausted when the pool does not fit.
   virtual Status ConfigureCache(KvCacheOptions* options) { return Status::Ok(); }
@@ -101,6 +115,7 @@ class Model : public ForwardPass {
   // hundred tokens chooses nearly all of them), the embedding table as in a decode step.
   size_t weight_bytes() const { return WeightBytes(/*all_experts=*/true); }
   std::string device() const override { return "cpu"; }
+  bool shares_prefix_pages() const override { return true; }
 
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
   // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
@@ -110,9 +125,22 @@ class Model : public ForwardPass {
   Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) override;
   // A token attending to this many positions or more does so in two halves of its range, merged exactly
   // (kvquant::FinishAttention), whatever the batch and the thread count, so that its result depends on neither
-  // (a request decodes the same tokens alone or batched). The halves run on different threads: in a decode step 3 KV
+  // (a request decodes the same tokens alone or batched, unless its step shares a prefix: PlanSharedPrefix;
+  // the range after the shared positions is halved then). The halves run on different threads: in a decode step 3 KV
   // heads on 2 threads would otherwise leave one thread attending for two. Below it the merge costs more than it saves.
   static constexpr int kSplitAttentionFrom = 256;
+
+  // Shared-prefix attention's groups for a step whose positions are appended (in Forward, or after it for a report):
+  // the tokens of sequences that have one token in the batch (decode steps), grouped by their first page. A group's
+  // shared range is the run of pages all its members' page tables begin with, cut to end before each member's own
+  // position and window rows, and at least kSharedPrefixFrom positions long; a group has two members or more. A
+  // member's attention depends on which sequences share the step by float rounding only (which int8-quantized
+  // activations can turn into a rounding step of theirs: docs/ARCHITECTURE.md). The shared
+  // range is attended in pieces of kSharedPieceTokens positions (fixed, so that no result depends on the thread
+  // count), spread over the threads with the members' own ranges.
+  static constexpr int kSharedPrefixFrom = 2 * KvCache::kPageTokens;
+  static constexpr int kSharedPieceTokens = 512;
+  static std::vector<SharedPrefixGroup> PlanSharedPrefix(const KvCache& cache, std::span<const BatchToken> batch);
 
  private:
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
@@ -133,6 +161,20 @@ class Model : public ForwardPass {
     std::vector<Piece> pieces;
     std::vector<int> first_piece;
     std::vector<kvquant::AttentionState> states;
+    // Shared-prefix attention (PlanSharedPrefix): per token its group (-1: none) and index in it; per group the
+    // members' queries, for KV head h at qblock[qblock_at[g] + h * members * group * head_dim] (members x group x
+    // head_dim), and its shared pieces, for KV head h chunks[first_chunk[g] + h * n_chunks[g] + c], with their
+    // states.
+    struct Chunk {
+      int group, head, begin, end;
+    };
+    std::vector<SharedPrefixGroup> groups;
+    std::vector<int> group_of, member_index;
+    std::vector<float> qblock;
+    std::vector<size_t> qblock_at;
+    std::vector<int> first_chunk, n_chunks;
+    std::vector<Chunk> chunks;
+    std::vector<kvquant::AttentionState> chunk_states;
     FirstError error;  // of the attention calls of a parallel region
   };
 
