@@ -134,11 +134,14 @@ class Model : public ForwardPass {
   // the tokens of sequences that have one token in the batch (decode steps), grouped by their first page. A group's
   // shared range is the run of pages all its members' page tables begin with, cut to end before each member's own
   // position and window rows, and at least kSharedPrefixFrom positions long; a group has two members or more. A
-  // member's attention depends on which sequences share the step by float rounding only (which int8-quantized
-  // activations can turn into a rounding step of theirs: docs/ARCHITECTURE.md). The shared
+  // member's attention depends on which sequences share the step by float rounding only, but int8-quantized
+  // activations can turn that into a rounding step of theirs (docs/ARCHITECTURE.md): the rows a shared step stores
+  // then differ from a lone decode's or a prefill's as much as that path's own rounding, so that a prompt extending
+  // them (a repair turn reusing the reply's cached pages) may continue otherwise than from a cold prefill. Shorter
+  // shared ranges (below kSplitAttentionFrom, a range attended in one piece) are not worth that. The shared
   // range is attended in pieces of kSharedPieceTokens positions (fixed, so that no result depends on the thread
   // count), spread over the threads with the members' own ranges.
-  static constexpr int kSharedPrefixFrom = 2 * KvCache::kPageTokens;
+  static constexpr int kSharedPrefixFrom = kSplitAttentionFrom;
   static constexpr int kSharedPieceTokens = 512;
   static std::vector<SharedPrefixGroup> PlanSharedPrefix(const KvCache& cache, std::span<const BatchToken> batch);
 

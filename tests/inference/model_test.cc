@@ -140,8 +140,8 @@ TEST_P(SharedPrefix, EqualsPerSequenceAttention) {
   KvCache shared = std::move(KvCache::Create(m.kv_shape(), o)).value();
   KvCache alone = std::move(KvCache::Create(m.kv_shape(), o)).value();
   const int n_steps = 40;
-  for (const std::vector<int>& prompts : std::vector<std::vector<int>>{{101, 64}, {127, 600}}) {
-    // Per prompt p, attempts p*4 .. p*4+3 (the root and 3 forks); then a lone sequence of 70 tokens.
+  for (const std::vector<int>& prompts : std::vector<std::vector<int>>{{301, 288}, {333, 600}}) {
+    // Per prompt p, attempts p*4 .. p*4+3 (the root and 3 forks); then a lone sequence of 300 tokens.
     std::vector<int> seqs_shared, seqs_alone;
     std::vector<float> logits;
     int next = 0;
@@ -164,7 +164,7 @@ TEST_P(SharedPrefix, EqualsPerSequenceAttention) {
       }
     }
     std::vector<BatchToken> lone;
-    for (int i = 0; i < 70; ++i) lone.push_back({0, token(), false});
+    for (int i = 0; i < 300; ++i) lone.push_back({0, token(), false});
     for (KvCache* cache : {&shared, &alone}) {
       const int seq = cache->NewSequence();
       std::vector<BatchToken> b = lone;
