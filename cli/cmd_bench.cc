@@ -11,7 +11,11 @@
 // With --pass-k K, the bench measures prefix sharing instead: K attempts at one prompt of P real tokens (the text of
 // /usr/share/common-licenses/GPL-3, repeated as needed), G greedy tokens each (end of sequence ignored), run "shared"
 // (prefill once, K forks of it, all K decoded in one batched step per token) and "naive" (each attempt prefills the
-// prompt again and decodes alone). It reports wall time, prompt tokens computed and the peak KV pool bytes of each.
+// prompt again and decodes alone). It reports wall time, prompt tokens computed and the peak KV pool bytes of each,
+// and for the shared mode's decode: the step time (one batched step of all K), the KV bytes attention reads per step
+// (positions attended times the cache's bytes per position; a runner that reads shared pages once,
+// Model::PlanSharedPrefix, counts them once) beside what per-sequence attention reads, the KV bytes held with all K
+// attempts live, and how many attempts of that prompt and length fit in a --kv-budget pool, shared and naive.
 #include <omp.h>
 #include <sched.h>
 #include <signal.h>
@@ -57,6 +61,7 @@ struct BenchFlags {
   int pass_k = 0;  // > 0: the prefix-sharing bench
   int prompt_tokens = 2048;
   int gen_tokens = 256;
+  int kv_budget_mib = 1024;  // --pass-k: the pool that the attempts-that-fit counts are for
   std::string device = "auto";
   std::string load_format = "auto";  // "dummy": random weights on the device (cli/device.h)
 };
@@ -148,6 +153,11 @@ struct PassKRun {
   long prefill_tokens = 0;
   size_t kv_bytes = 0;
   std::vector<std::vector<int32_t>> attempts;
+  // The shared mode's decode steps: KV bytes read per step (averaged), as run and without sharing.
+  double kv_read_bytes = 0, kv_read_bytes_unshared = 0;
+  // KV bytes in use with every attempt live at its end (shared: all K; naive: one), and of those the prompt pages
+  // all attempts share (shared mode).
+  size_t kv_held_bytes = 0, kv_prompt_bytes = 0;
 };
 
 // "K hx3, V hx3", and the f16 sink rows and the window rows when there are any.
@@ -205,16 +215,32 @@ Result<PassKRun> PassKShared(inference::ForwardPass& model, const BenchFlags& f,
   for (std::vector<int32_t>& a : run.attempts) a.push_back(first);
   std::vector<inference::BatchToken> batch;
   std::vector<int32_t> ids;
-  const double t_decode = Now();
+  double decode_s = 0, read = 0, read_unshared = 0;
   for (int step = 1; step < f.gen_tokens; ++step) {
     batch.clear();
     for (int c = 0; c < f.pass_k; ++c) batch.push_back({seqs[c], run.attempts[c].back(), true});
+    const double t_step = Now();
     LR_RETURN_IF_ERROR(model.ForwardGreedy(cache, batch, &ids));
+    decode_s += Now() - t_step;
     for (int c = 0; c < f.pass_k; ++c) run.attempts[c].push_back(ids[c]);
+    // Positions attended this step: every attempt's whole range, less what its group reads once for all.
+    long positions = 0;
+    for (int seq : seqs) positions += cache.Length(seq);
+    read_unshared += static_cast<double>(positions);
+    if (model.shares_prefix_pages()) {
+      for (const inference::SharedPrefixGroup& g : inference::Model::PlanSharedPrefix(cache, batch))
+        positions -= static_cast<long>(g.members.size() - 1) * g.shared_end;
+    }
+    read += static_cast<double>(positions);
   }
   run.wall_s = Now() - t0;
-  run.decode_s = Now() - t_decode;
+  run.decode_s = decode_s;
+  const double steps = std::max(1, f.gen_tokens - 1), per_position = static_cast<double>(cache.bytes_per_token());
+  run.kv_read_bytes = read / steps * per_position;
+  run.kv_read_bytes_unshared = read_unshared / steps * per_position;
   run.kv_bytes = cache.Stats().bytes_peak();
+  run.kv_held_bytes = cache.Stats().bytes_in_use();
+  run.kv_prompt_bytes = static_cast<size_t>(f.prompt_tokens / inference::KvCache::kPageTokens) * cache.page_bytes();
   for (int seq : seqs) cache.Free(seq);
   return run;
 }
@@ -241,6 +267,7 @@ Result<PassKRun> PassKNaive(inference::ForwardPass& model, const BenchFlags& f, 
     }
     run.decode_s += Now() - t_decode;
     run.attempts.push_back(std::move(attempt));
+    run.kv_held_bytes = cache.Stats().bytes_in_use();
     cache.Free(seq);
   }
   run.wall_s = Now() - t0;
@@ -286,12 +313,28 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
   int same = 0;  // attempts whose tokens agree between the modes (batched and lone decodes round differently)
   for (int c = 0; c < f.pass_k; ++c) same += shared->attempts[c] == naive->attempts[c] ? 1 : 0;
   const double decoded = static_cast<double>(f.pass_k) * (f.gen_tokens - 1);
+  const double step_s = shared->decode_s / std::max(1, f.gen_tokens - 1);
+  // Attempts of this prompt and length that fit in the budget: shared, the prompt's full pages once and each
+  // attempt's own bytes (its share of the rest); naive, an attempt's whole bytes each.
+  const double budget = static_cast<double>(f.kv_budget_mib) * 1048576.0;
+  const double own = static_cast<double>(shared->kv_held_bytes - shared->kv_prompt_bytes) / f.pass_k;
+  const long fit_shared = static_cast<long>(std::max(0.0, (budget - shared->kv_prompt_bytes) / own));
+  const long fit_naive = static_cast<long>(budget / static_cast<double>(naive->kv_held_bytes));
   auto mode = [&](const PassKRun& r) {
     return nlohmann::json{{"wall_s", r.wall_s},
                           {"prefill_tokens", r.prefill_tokens},
                           {"kv_bytes", r.kv_bytes},
                           {"decode_tok_s", decoded / r.decode_s}};
   };
+  nlohmann::json shared_json = mode(*shared);
+  shared_json["step_s"] = step_s;
+  shared_json["kv_read_bytes_per_step"] = shared->kv_read_bytes;
+  shared_json["kv_read_bytes_per_step_unshared"] = shared->kv_read_bytes_unshared;
+  shared_json["kv_held_bytes"] = shared->kv_held_bytes;
+  shared_json["attempts_in_budget"] = fit_shared;
+  nlohmann::json naive_json = mode(*naive);
+  naive_json["kv_held_bytes"] = naive->kv_held_bytes;
+  naive_json["attempts_in_budget"] = fit_naive;
   if (f.json) {
     nlohmann::json j = {{"k", f.pass_k},
                         {"prompt_tokens", f.prompt_tokens},
@@ -299,8 +342,9 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
                         {"ctk", f.ctk},
                         {"ctv", f.ctv},
                         {"threads", threads},
-                        {"shared", mode(*shared)},
-                        {"naive", mode(*naive)},
+                        {"kv_budget_mib", f.kv_budget_mib},
+                        {"shared", shared_json},
+                        {"naive", naive_json},
                         {"same_attempts", same},
                         {"device", model.device()},
                         {"dummy_weights", !tag.empty()}};
@@ -318,6 +362,11 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
               tag.c_str(), naive->wall_s / shared->wall_s,
               static_cast<double>(naive->prefill_tokens) / shared->prefill_tokens,
               static_cast<double>(naive->kv_bytes) / shared->kv_bytes, same, f.pass_k);
+  std::printf(
+      "%sshared decode: step %.2f ms, KV read per step %.2f MiB (%.2f MiB without sharing), KV held %.2f MiB; "
+      "attempts in --kv-budget %d MiB: %ld shared, %ld naive\n",
+      tag.c_str(), step_s * 1e3, shared->kv_read_bytes / 1048576.0, shared->kv_read_bytes_unshared / 1048576.0,
+      shared->kv_held_bytes / 1048576.0, f.kv_budget_mib, fit_shared, fit_naive);
   return 0;
 }
 
@@ -524,6 +573,10 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_option("--gen-tokens", flags->gen_tokens, "--pass-k: greedy tokens per attempt")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--kv-budget", flags->kv_budget_mib,
+                  "--pass-k: KV cache pool in MiB that the report counts the attempts that fit in")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   AddDeviceFlag(sub, &flags->device);
   sub->add_option("--load-format", flags->load_format,
                   "auto: the model's weights; dummy: random weights generated on the CUDA device, of -m's shape and "
@@ -533,7 +586,9 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
   sub->add_flag("--json", flags->json,
                 "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, bytes_per_token, pp_weight_bytes, busy_tg_tok_s, depth, "
                 "threads, ctk, ctv, ...}; with --pass-k "
-                "{k, prompt_tokens, gen_tokens, shared:{wall_s, prefill_tokens, kv_bytes}, naive:{...}}");
+                "{k, prompt_tokens, gen_tokens, kv_budget_mib, shared:{wall_s, prefill_tokens, kv_bytes, decode_tok_s, "
+                "step_s, kv_read_bytes_per_step, kv_read_bytes_per_step_unshared, kv_held_bytes, attempts_in_budget}, "
+                "naive:{..., kv_held_bytes, attempts_in_budget}}");
   commands.Add(sub, [flags]() { return RunBench(*flags); });
 }
 

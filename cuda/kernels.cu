@@ -190,6 +190,11 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
   const int h = is_q ? hi : hi - a.n_head;
   float* v = is_q ? a.q + (static_cast<size_t>(i) * a.n_head + h) * hd
                   : a.k + (static_cast<size_t>(i) * pool.n_head_kv + h) * hd;
+  const float* bias = is_q ? a.q_bias : a.k_bias;
+  if (bias != nullptr) {
+    for (int d = lane; d < hd; d += 32) v[d] += bias[static_cast<size_t>(h) * hd + d];
+    __syncwarp();
+  }
   const float* norm = is_q ? a.q_norm : a.k_norm;
   if (norm != nullptr) {
     float ss = 0;
@@ -222,7 +227,8 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
                (lh * kPageTokens + slot) * pool.v_dim;
   const float* vs = a.v + (static_cast<size_t>(i) * pool.n_head_kv + h) * pool.v_dim;
   for (int d = lane; d < hd; d += 32) kd[d] = __float2half_rn(v[d]);
-  for (int d = lane; d < pool.v_dim; d += 32) vd[d] = __float2half_rn(vs[d]);
+  const float* vb = a.v_bias != nullptr ? a.v_bias + static_cast<size_t>(h) * pool.v_dim : nullptr;
+  for (int d = lane; d < pool.v_dim; d += 32) vd[d] = __float2half_rn(vb != nullptr ? vs[d] + vb[d] : vs[d]);
 }
 
 // One block per (KV head, token, split): the split's share of the sequence's pages, which its 4 warps take in turn (a

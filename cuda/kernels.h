@@ -131,11 +131,12 @@ struct TokenPlaces {
 };
 
 // The attention block's step between the q/k/v products and attention, for n tokens: per head of q
-// (n x n_head x head_dim) and k (n x n_head_kv x head_dim), optionally the per-head RMSNorm (q_norm, k_norm: head_dim
-// weights each, null: none), then RoPE of the first n_rot values at the token's position (angles pos * inv_freq[j],
-// j < n_rot / 2, cos and sin times cos_sin_factor; halves: false rotates pairs (2j, 2j+1), true pairs (j, j + n_rot
-// / 2)); q and k in place. Then
-// each token's k and v (n x n_head_kv x v_dim) rows are stored as f16 into its page slot of `layer`.
+// (n x n_head x head_dim) and k (n x n_head_kv x head_dim), optionally the products' biases (q_bias, k_bias, v_bias:
+// n_head x head_dim, n_head_kv x head_dim, n_head_kv x v_dim; null: none), then optionally the per-head RMSNorm
+// (q_norm, k_norm: head_dim weights each, null: none), then RoPE of the first n_rot values at the token's position
+// (angles pos * inv_freq[j], j < n_rot / 2, cos and sin times cos_sin_factor; halves: false rotates pairs (2j, 2j+1),
+// true pairs (j, j + n_rot / 2)); q and k in place. Then each token's k and v (n x n_head_kv x v_dim) rows are stored
+// as f16 into its page slot of `layer`.
 struct QkvArgs {
   float* q = nullptr;
   float* k = nullptr;
@@ -143,6 +144,9 @@ struct QkvArgs {
   int n_head = 0;
   const float* q_norm = nullptr;
   const float* k_norm = nullptr;
+  const float* q_bias = nullptr;
+  const float* k_bias = nullptr;
+  const float* v_bias = nullptr;
   float eps = 0;
   const float* inv_freq = nullptr;
   int n_rot = 0;

@@ -48,12 +48,12 @@ WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>
 
 bool DenseSupported(const ModelConfig& c, std::string* why) {
   if (c.n_expert > 0 || c.kv_lora_rank > 0) {
-    *why = "the CUDA backend runs dense models (llama, qwen3); this one has " +
+    *why = "the CUDA backend runs dense models (llama, qwen2, qwen3); this one has " +
            std::string(c.n_expert > 0 ? "mixture-of-experts FFNs" : "multi-head latent attention");
     return false;
   }
-  if (c.arch != "llama" && c.arch != "qwen3") {
-    *why = "the CUDA backend runs llama and qwen3 models, not " + c.arch;
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3") {
+    *why = "the CUDA backend runs llama, qwen2 and qwen3 models, not " + c.arch;
     return false;
   }
   return true;
@@ -200,6 +200,11 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& mod
       LR_RETURN_IF_ERROR(vector(p + "attn_q_norm.weight", &l.q_norm));
       LR_RETURN_IF_ERROR(vector(p + "attn_k_norm.weight", &l.k_norm));
     }
+    if (c.qkv_bias) {
+      LR_RETURN_IF_ERROR(vector(p + "attn_q.bias", &l.bq));
+      LR_RETURN_IF_ERROR(vector(p + "attn_k.bias", &l.bk));
+      LR_RETURN_IF_ERROR(vector(p + "attn_v.bias", &l.bv));
+    }
     LR_RETURN_IF_ERROR(matrix(p + "attn_q.weight", &l.wq));
     LR_RETURN_IF_ERROR(matrix(p + "attn_k.weight", &l.wk));
     LR_RETURN_IF_ERROR(matrix(p + "attn_v.weight", &l.wv));
@@ -223,10 +228,11 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
     LR_ASSIGN_OR_RETURN(*out, m->AllocateMatrix(type, rows, cols));
     return RandomizeMatrix(type, rows, cols, out->q.as<uint8_t>(), out->scales.as<uint8_t>(), seed++, m->stream_);
   };
-  auto ones = [&](int n, DeviceBuffer* out) -> Status {
+  auto fill = [&](int64_t n, float value, DeviceBuffer* out) -> Status {
     LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(static_cast<size_t>(n) * 4, "norm weights"));
-    return FillFloats(out->as<float>(), n, 1.0f, m->stream_);
+    return FillFloats(out->as<float>(), n, value, m->stream_);
   };
+  auto ones = [&](int n, DeviceBuffer* out) { return fill(n, 1.0f, out); };
   size_t per_token = 0;
   auto bytes = [](const Matrix& x) { return x.q.bytes() + x.scales.bytes(); };
   LR_RETURN_IF_ERROR(matrix(types.embedding, c.n_vocab, e, &m->embd_));
@@ -249,6 +255,11 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
     if (c.qk_norm) {
       LR_RETURN_IF_ERROR(ones(c.head_dim, &l.q_norm));
       LR_RETURN_IF_ERROR(ones(c.head_dim, &l.k_norm));
+    }
+    if (c.qkv_bias) {  // zero biases: the adds run, the products decide the values
+      LR_RETURN_IF_ERROR(fill(qd, 0.0f, &l.bq));
+      LR_RETURN_IF_ERROR(fill(kd, 0.0f, &l.bk));
+      LR_RETURN_IF_ERROR(fill(vd, 0.0f, &l.bv));
     }
     const WeightType t = types.matrices;
     LR_RETURN_IF_ERROR(matrix(t, qd, e, &l.wq));
@@ -380,6 +391,9 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     a.n_head = c.n_head;
     a.q_norm = c.qk_norm ? l.q_norm.as<float>() : nullptr;
     a.k_norm = c.qk_norm ? l.k_norm.as<float>() : nullptr;
+    a.q_bias = c.qkv_bias ? l.bq.as<float>() : nullptr;
+    a.k_bias = c.qkv_bias ? l.bk.as<float>() : nullptr;
+    a.v_bias = c.qkv_bias ? l.bv.as<float>() : nullptr;
     a.eps = c.rms_eps;
     a.inv_freq = inv_freq_.as<float>();
     a.n_rot = c.rope.n_rot;

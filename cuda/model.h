@@ -1,4 +1,4 @@
-// A dense transformer (llama, qwen3) run on one CUDA device, behind inference::ForwardPass.
+// A dense transformer (llama, qwen2, qwen3) run on one CUDA device, behind inference::ForwardPass.
 //
 // The weights are uploaded once, in their GGUF types (cuda/kernels.h's device layout), from a loaded
 // inference::Model's GGUF tensors; or generated on the device in given types (dummy weights, as vLLM's
@@ -84,6 +84,7 @@ class CudaModel : public inference::ForwardPass {
   };
   struct Layer {
     DeviceBuffer attn_norm, ffn_norm, q_norm, k_norm;
+    DeviceBuffer bq, bk, bv;  // qkv_bias only
     Matrix wq, wk, wv, wo, gate, up, down;
   };
 

@@ -137,6 +137,8 @@ class KvCache {
   }
   // Bytes one token position takes over all layers and heads (keys and values).
   size_t bytes_per_token() const { return token_bytes_; }
+  // The window rows' length in effect (KvCacheOptions::window_tokens; 0 when both formats are f16).
+  int window_tokens() const { return window_tokens_; }
 
   // Sequences are small integer ids, reused after Free.
   int NewSequence();

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <unordered_map>
 
 #include "inference/weights.h"
 
@@ -51,6 +52,11 @@ Status Model::BindWeights() {
       LR_ASSIGN_OR_RETURN(l.wv, BindMatrix(gguf_, p + "attn_v.weight", int64_t{c.n_head_kv} * c.head_dim_v, c.n_embd));
       LR_ASSIGN_OR_RETURN(l.wo,
                           BindMatrix(gguf_, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
+    }
+    if (c.qkv_bias) {
+      LR_ASSIGN_OR_RETURN(l.bq, BindVector(gguf_, p + "attn_q.bias", int64_t{c.n_head} * c.head_dim));
+      LR_ASSIGN_OR_RETURN(l.bk, BindVector(gguf_, p + "attn_k.bias", int64_t{c.n_head_kv} * c.head_dim));
+      LR_ASSIGN_OR_RETURN(l.bv, BindVector(gguf_, p + "attn_v.bias", int64_t{c.n_head_kv} * c.head_dim_v));
     }
     if (c.qk_norm) {
       LR_ASSIGN_OR_RETURN(l.q_norm, BindVector(gguf_, p + "attn_q_norm.weight", c.head_dim));
@@ -132,22 +138,35 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   NormTeam(x, l.attn_norm, s.tokens, ops::UsesQ8(qkv), s);
   ops::MatMulManyQuantizedTeam(qkv, s.xn.data(), s.xq.data(), n);
-  // Per (token, KV head): RoPE on the key and the group's queries, then the rows are stored. Every token's rows are
-  // stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its batch.
+  // Per (token, KV head): the biases, RoPE on the key and the group's queries, then the rows are stored. Every token's
+  // rows are stored before any attention (the loop's barrier), so that a token attends to the earlier tokens of its
+  // batch.
 #pragma omp for schedule(static)
   for (int ih = 0; ih < pairs; ++ih) {
     const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
     const float* cos_sin = rope + static_cast<size_t>(i) * c.rope.n_rot;
+    float* kh = k + static_cast<size_t>(i) * k_width + h * head_dim;
+    float* vh = v + static_cast<size_t>(i) * v_width + h * head_dim_v;
+    if (c.qkv_bias) {
+      const float* bq = l.bq.data() + h * group * head_dim;
+      float* qg = q + static_cast<size_t>(i) * q_width + h * group * head_dim;
+      for (int d = 0; d < group * head_dim; ++d) qg[d] += bq[d];
+      for (int d = 0; d < head_dim; ++d) kh[d] += l.bk[h * head_dim + d];
+      for (int d = 0; d < head_dim_v; ++d) vh[d] += l.bv[h * head_dim_v + d];
+    }
     for (int j = 0; j < group; ++j) {
       float* qh = q + static_cast<size_t>(i) * q_width + (h * group + j) * head_dim;
       if (c.qk_norm) ops::RmsNorm(qh, l.q_norm.data(), head_dim, c.rms_eps, qh);
       ops::Rope(qh, cos_sin, c.rope.n_rot, c.rope.style);
     }
-    float* kh = k + static_cast<size_t>(i) * k_width + h * head_dim;
     if (c.qk_norm) ops::RmsNorm(kh, l.k_norm.data(), head_dim, c.rms_eps, kh);
     ops::Rope(kh, cos_sin, c.rope.n_rot, c.rope.style);
-    cache.Store(batch[i].seq, layer, h, pos[i], k + static_cast<size_t>(i) * k_width + h * head_dim,
-                v + static_cast<size_t>(i) * v_width + h * head_dim_v);
+    cache.Store(batch[i].seq, layer, h, pos[i], kh, vh);
+    if (const int g = s.group_of.empty() ? -1 : s.group_of[i]; g >= 0) {
+      const size_t block = static_cast<size_t>(group) * head_dim;
+      std::memcpy(s.qblock.data() + s.qblock_at[g] + (h * s.groups[g].members.size() + s.member_index[i]) * block,
+                  q + static_cast<size_t>(i) * q_width + h * block, block * sizeof(float));
+    }
   }
   if (s.pieces.empty()) {
 #pragma omp for schedule(dynamic, 1)
@@ -158,20 +177,47 @@ void Model::AttentionGqa(int layer, KvCache& cache, std::span<const BatchToken> 
                                   s.attn.data() + static_cast<size_t>(i) * out_width + h * group * head_dim_v));
     }
   } else {
+    // The shared pieces (a block of every member's queries over the group's shared pages, read once), then each
+    // token's own pieces.
+    const size_t n_chunks = s.chunks.size();
 #pragma omp for schedule(dynamic, 1)
-    for (size_t j = 0; j < s.pieces.size(); ++j) {
-      const Scratch::Piece& p = s.pieces[j];
+    for (size_t j = 0; j < n_chunks + s.pieces.size(); ++j) {
+      if (j < n_chunks) {
+        const Scratch::Chunk& ch = s.chunks[j];
+        const SharedPrefixGroup& g = s.groups[ch.group];
+        const int lead = g.members[0], n_members = static_cast<int>(g.members.size());
+        const float* block =
+            s.qblock.data() + s.qblock_at[ch.group] + static_cast<size_t>(ch.head) * n_members * group * head_dim;
+        s.error.Record(cache.AttendState(batch[lead].seq, layer, ch.head, pos[lead] + 1, ch.begin, ch.end, block,
+                                         n_members * group, scale, &s.chunk_states[j]));
+        continue;
+      }
+      const Scratch::Piece& p = s.pieces[j - n_chunks];
       const int i = p.pair / c.n_head_kv, h = p.pair % c.n_head_kv;
       s.error.Record(cache.AttendState(batch[i].seq, layer, h, pos[i] + 1, p.begin, p.end,
                                        q + static_cast<size_t>(i) * q_width + h * group * head_dim, group, scale,
-                                       &s.states[j]));
+                                       &s.states[j - n_chunks]));
     }
+    // Each (token, KV head): its own states merged, with its slice of its group's shared states.
 #pragma omp for schedule(static)
     for (int ih = 0; ih < pairs; ++ih) {
       const int i = ih / c.n_head_kv, h = ih % c.n_head_kv;
       const size_t first = s.first_piece[ih], count = s.first_piece[ih + 1] - s.first_piece[ih];
-      kvquant::FinishAttention({&s.states[first], count}, group, head_dim_v,
-                               s.attn.data() + static_cast<size_t>(i) * out_width + h * group * head_dim_v);
+      float* out = s.attn.data() + static_cast<size_t>(i) * out_width + h * group * head_dim_v;
+      const int g = s.group_of.empty() ? -1 : s.group_of[i];
+      if (g < 0) {
+        kvquant::FinishAttention({&s.states[first], count}, group, head_dim_v, out);
+        continue;
+      }
+      thread_local std::vector<kvquant::AttentionState> all;
+      const int chunks = s.n_chunks[g];
+      all.resize(count + chunks);
+      for (size_t j = 0; j < count; ++j) all[j] = s.states[first + j];
+      for (int ch = 0; ch < chunks; ++ch) {
+        kvquant::SliceAttentionState(s.chunk_states[s.first_chunk[g] + h * chunks + ch], s.member_index[i] * group,
+                                     group, head_dim_v, &all[count + ch]);
+      }
+      kvquant::FinishAttention(all, group, head_dim_v, out);
     }
   }
   ops::MatMulManyTeam(residual, s.attn.data(), n, s.xq.data());
@@ -212,6 +258,38 @@ void Model::Logits(const std::vector<int>& rows, Scratch& s, const float* x, flo
   const ops::MatMulOut out[] = {{&output_, logits, config_.n_vocab}};
   NormTeam(x, output_norm_, rows, ops::UsesQ8(out), s);
   ops::MatMulManyQuantizedTeam(out, s.xn.data(), s.xq.data(), static_cast<int>(rows.size()));
+}
+
+std::vector<SharedPrefixGroup> Model::PlanSharedPrefix(const KvCache& cache, std::span<const BatchToken> batch) {
+  constexpr int kPage = KvCache::kPageTokens;
+  std::unordered_map<int, int> tokens_of;  // sequence -> its tokens in the batch
+  for (const BatchToken& t : batch) ++tokens_of[t.seq];
+  std::unordered_map<int, std::vector<int>> by_first_page;
+  for (int i = 0; i < static_cast<int>(batch.size()); ++i) {
+    const int seq = batch[i].seq;
+    if (tokens_of[seq] == 1 && cache.Length(seq) > kSharedPrefixFrom)
+      by_first_page[cache.PageTable(seq)[0]].push_back(i);
+  }
+  // Each member keeps at least its own position and its window rows.
+  const int own = std::max(1, cache.window_tokens());
+  std::vector<SharedPrefixGroup> groups;
+  for (auto& [page, members] : by_first_page) {
+    if (members.size() < 2) continue;
+    const std::span<const int> lead = cache.PageTable(batch[members[0]].seq);
+    size_t shared_pages = lead.size();
+    int end = INT_MAX;
+    for (int i : members) {
+      const std::span<const int> t = cache.PageTable(batch[i].seq);
+      const size_t common =
+          std::mismatch(lead.begin(), lead.begin() + std::min(shared_pages, t.size()), t.begin()).first - lead.begin();
+      shared_pages = std::min(shared_pages, common);
+      end = std::min(end, cache.Length(batch[i].seq) - own);
+    }
+    const int shared_end = std::min(static_cast<int>(shared_pages) * kPage, end / kPage * kPage);
+    if (shared_end >= kSharedPrefixFrom) groups.push_back({shared_end, std::move(members)});
+  }
+  std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) { return a.members[0] < b.members[0]; });
+  return groups;
 }
 
 Status ForwardPass::ForwardGreedy(KvCache& cache, std::span<const BatchToken> batch, std::vector<int32_t>* ids) {
@@ -265,18 +343,45 @@ Status Model::Forward(KvCache& cache, std::span<const BatchToken> batch, std::ve
   s.g.resize(nz * c.n_ff);
   s.u.resize(nz * c.n_ff);
   s.xq.resize(nz * (std::max({n_embd, c.n_head * c.head_dim_v, c.n_ff}) / 32));
-  // Ranges of kSplitAttentionFrom positions or more are attended in two halves.
-  if (*std::max_element(pos.begin(), pos.end()) + 1 >= kSplitAttentionFrom) {
+  // Shared-prefix attention's groups and their shared pieces.
+  if (c.kv_lora_rank == 0) s.groups = PlanSharedPrefix(cache, batch);
+  if (!s.groups.empty()) {
+    s.group_of.assign(nz, -1);
+    s.member_index.assign(nz, 0);
+    size_t at = 0;
+    for (int g = 0; g < static_cast<int>(s.groups.size()); ++g) {
+      const SharedPrefixGroup& grp = s.groups[g];
+      for (size_t m = 0; m < grp.members.size(); ++m) {
+        s.group_of[grp.members[m]] = g;
+        s.member_index[grp.members[m]] = static_cast<int>(m);
+      }
+      s.qblock_at.push_back(at);
+      at += grp.members.size() * c.n_head * c.head_dim;
+      s.first_chunk.push_back(static_cast<int>(s.chunks.size()));
+      s.n_chunks.push_back((grp.shared_end + kSharedPieceTokens - 1) / kSharedPieceTokens);
+      for (int h = 0; h < c.n_head_kv; ++h) {
+        for (int b = 0; b < grp.shared_end; b += kSharedPieceTokens)
+          s.chunks.push_back({g, h, b, std::min(grp.shared_end, b + kSharedPieceTokens)});
+      }
+    }
+    s.qblock.resize(at);
+    s.chunk_states.resize(s.chunks.size());
+  }
+  // Attention in pieces when some range is shared or kSplitAttentionFrom positions or more: a token's range (after
+  // its shared positions) in two halves when that long.
+  if (!s.groups.empty() || *std::max_element(pos.begin(), pos.end()) + 1 >= kSplitAttentionFrom) {
     for (int i = 0; i < n; ++i) {
       const int n_ctx = pos[i] + 1;
+      const int begin = s.groups.empty() || s.group_of[i] < 0 ? 0 : s.groups[s.group_of[i]].shared_end;
       for (int h = 0; h < c.n_head_kv; ++h) {
         const int pair = i * c.n_head_kv + h;
         s.first_piece.push_back(static_cast<int>(s.pieces.size()));
-        if (n_ctx >= kSplitAttentionFrom) {
-          s.pieces.push_back({pair, 0, n_ctx / 2});
-          s.pieces.push_back({pair, n_ctx / 2, n_ctx});
+        if (n_ctx - begin >= kSplitAttentionFrom) {
+          const int mid = begin + (n_ctx - begin) / 2;
+          s.pieces.push_back({pair, begin, mid});
+          s.pieces.push_back({pair, mid, n_ctx});
         } else {
-          s.pieces.push_back({pair, 0, n_ctx});
+          s.pieces.push_back({pair, begin, n_ctx});
         }
       }
     }

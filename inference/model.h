@@ -5,14 +5,21 @@
 // that new kinds (MoE FFN, MLA attention) plug in as new block functions without touching the others:
 //   layer(x) = x + Attention(RMSNorm(x)) ; x + Ffn(RMSNorm(x))
 // Supported: `llama` (also Mistral/SmolLM2; RoPE on adjacent pairs, as ggml's mode 0 after the GGUF converter's
-// q/k permutation) and `qwen3` (per-head RMSNorm of q and k before RoPE, RoPE on the two halves of the head, ggml's
-// NEOX mode), and `deepseek2` (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have
-// MoE FFNs (inference/moe.h): Mixtral as llama + expert keys, DeepSeek/Mistral-4 with shared experts.
+// q/k permutation), `qwen2` (llama's blocks with biases on the q, k and v products, RoPE on the two halves of the
+// head, ggml's NEOX mode), `qwen3` (per-head RMSNorm of q and k before RoPE, NEOX RoPE), and `deepseek2`
+// (DeepSeek-V2/V3, Mistral 4: MLA attention, inference/mla.h). Any of them may have MoE FFNs (inference/moe.h): Mixtral
+// as llama + expert keys, DeepSeek/Mistral-4 with shared experts.
 //
 // Forward() runs a batch of tokens, each appended to one sequence of a KvCache: one token per sequence is a decode
 // step over several sequences; many tokens of one sequence are a prefill chunk (each weight matrix is read once for
 // the whole batch). Logits come back for the tokens that ask for them (the last prompt token, or every token when
 // scoring perplexity).
+//
+// Shared-prefix attention: in a step where several sequences begin with the same pages (the attempts of pass@k, forks
+// of one prompt), GQA attention reads those pages once for the queries of all of them (one block of queries, as
+// kvquant::AttendSharedPrefix does) and each sequence's own rows alone, and merges the two exactly (log-sum-exp):
+// the result equals attending each sequence alone up to float rounding, while a step of k attempts at a long prompt
+// reads the prompt's rows once instead of k times. PlanSharedPrefix says which tokens share what.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +47,7 @@ struct LayerWeights {
   std::vector<float> attn_norm;       // n_embd
   ops::WeightMatrix wq, wk, wv, wo;   // q: n_head*head_dim x n_embd, ... o: n_embd x n_head*head_dim_v
   std::vector<float> q_norm, k_norm;  // head_dim each, qk_norm only
+  std::vector<float> bq, bk, bv;      // the q, k, v products' biases (widths as their rows), qkv_bias only
   std::vector<float> ffn_norm;        // n_embd
   ops::WeightMatrix gate, up, down;   // SwiGLU: down(silu(gate x) * up x)
   MlaWeights mla;                     // kMla only (then wq..wo, q_norm, k_norm are empty)
@@ -54,6 +62,12 @@ struct BatchToken {
   bool want_logits;
 };
 
+// Tokens of a step that attend to positions [0, shared_end) of the same pages (Model::PlanSharedPrefix).
+struct SharedPrefixGroup {
+  int shared_end = 0;        // a multiple of KvCache::kPageTokens
+  std::vector<int> members;  // indices into the batch, in batch order
+};
+
 // The forward pass as the engine, perplexity and the bench use it, whatever runs it: Model on the CPU, or a device
 // backend (cuda/CudaModel) over the same config and a KvCache whose pages it keeps in device memory.
 class ForwardPass {
@@ -66,6 +80,8 @@ class ForwardPass {
   virtual size_t weight_bytes_per_token() const = 0;
   // Where it runs, for reports: "cpu", or e.g. "cuda (NVIDIA H100 80GB HBM3)".
   virtual std::string device() const = 0;
+  // Whether a step reads the pages its sequences share once for all of them (Model::PlanSharedPrefix's groups).
+  virtual bool shares_prefix_pages() const { return false; }
   // Completes the options of a KvCache this pass will run on (a device pass puts the page storage there): call
   // before KvCache::Create. kResourceExhausted when the pool does not fit.
   virtual Status ConfigureCache(KvCacheOptions* options) { return Status::Ok(); }
@@ -99,6 +115,7 @@ class Model : public ForwardPass {
   // hundred tokens chooses nearly all of them), the embedding table as in a decode step.
   size_t weight_bytes() const { return WeightBytes(/*all_experts=*/true); }
   std::string device() const override { return "cpu"; }
+  bool shares_prefix_pages() const override { return true; }
 
   // Runs `batch` through the model, appending each token's keys and values to its sequence in `cache`. For the
   // tokens with want_logits, in batch order, appends n_vocab logits each to *logits (cleared first).
@@ -108,9 +125,25 @@ class Model : public ForwardPass {
   Status Forward(KvCache& cache, std::span<const BatchToken> batch, std::vector<float>* logits) override;
   // A token attending to this many positions or more does so in two halves of its range, merged exactly
   // (kvquant::FinishAttention), whatever the batch and the thread count, so that its result depends on neither
-  // (a request decodes the same tokens alone or batched). The halves run on different threads: in a decode step 3 KV
+  // (a request decodes the same tokens alone or batched, unless its step shares a prefix: PlanSharedPrefix;
+  // the range after the shared positions is halved then). The halves run on different threads: in a decode step 3 KV
   // heads on 2 threads would otherwise leave one thread attending for two. Below it the merge costs more than it saves.
   static constexpr int kSplitAttentionFrom = 256;
+
+  // Shared-prefix attention's groups for a step whose positions are appended (in Forward, or after it for a report):
+  // the tokens of sequences that have one token in the batch (decode steps), grouped by their first page. A group's
+  // shared range is the run of pages all its members' page tables begin with, cut to end before each member's own
+  // position and window rows, and at least kSharedPrefixFrom positions long; a group has two members or more. A
+  // member's attention depends on which sequences share the step by float rounding only, but int8-quantized
+  // activations can turn that into a rounding step of theirs (docs/ARCHITECTURE.md): the rows a shared step stores
+  // then differ from a lone decode's or a prefill's as much as that path's own rounding, so that a prompt extending
+  // them (a repair turn reusing the reply's cached pages) may continue otherwise than from a cold prefill. Shorter
+  // shared ranges (below kSplitAttentionFrom, a range attended in one piece) are not worth that. The shared
+  // range is attended in pieces of kSharedPieceTokens positions (fixed, so that no result depends on the thread
+  // count), spread over the threads with the members' own ranges.
+  static constexpr int kSharedPrefixFrom = kSplitAttentionFrom;
+  static constexpr int kSharedPieceTokens = 512;
+  static std::vector<SharedPrefixGroup> PlanSharedPrefix(const KvCache& cache, std::span<const BatchToken> batch);
 
  private:
   Model(GgufFile gguf, ModelConfig config) : gguf_(std::move(gguf)), config_(std::move(config)) {}
@@ -131,6 +164,20 @@ class Model : public ForwardPass {
     std::vector<Piece> pieces;
     std::vector<int> first_piece;
     std::vector<kvquant::AttentionState> states;
+    // Shared-prefix attention (PlanSharedPrefix): per token its group (-1: none) and index in it; per group the
+    // members' queries, for KV head h at qblock[qblock_at[g] + h * members * group * head_dim] (members x group x
+    // head_dim), and its shared pieces, for KV head h chunks[first_chunk[g] + h * n_chunks[g] + c], with their
+    // states.
+    struct Chunk {
+      int group, head, begin, end;
+    };
+    std::vector<SharedPrefixGroup> groups;
+    std::vector<int> group_of, member_index;
+    std::vector<float> qblock;
+    std::vector<size_t> qblock_at;
+    std::vector<int> first_chunk, n_chunks;
+    std::vector<Chunk> chunks;
+    std::vector<kvquant::AttentionState> chunk_states;
     FirstError error;  // of the attention calls of a parallel region
   };
 

@@ -41,13 +41,16 @@ Result<ModelConfig> ReadModelConfig(const GgufFile& g) {
   const std::string a = c.arch + ".";
   if (c.arch == "llama") {
     c.rope.style = ops::RopeStyle::kAdjacentPairs;
+  } else if (c.arch == "qwen2") {
+    c.rope.style = ops::RopeStyle::kHalves;
+    c.qkv_bias = true;
   } else if (c.arch == "qwen3") {
     c.rope.style = ops::RopeStyle::kHalves;
     c.qk_norm = true;
   } else if (c.arch == "deepseek2") {
     c.rope.style = ops::RopeStyle::kAdjacentPairs;
   } else {
-    return Unsupported(g.path() + ": architecture '" + c.arch + "' is not supported (llama, qwen3, deepseek2)");
+    return Unsupported(g.path() + ": architecture '" + c.arch + "' is not supported (llama, qwen2, qwen3, deepseek2)");
   }
   LR_ASSIGN_OR_RETURN(c.n_layer, GetInt(g, a + "block_count"));
   LR_ASSIGN_OR_RETURN(c.n_embd, GetInt(g, a + "embedding_length"));

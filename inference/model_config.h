@@ -1,6 +1,6 @@
 // A model's shape and hyperparameters, read from GGUF metadata with llama.cpp's key names ({arch}.block_count, ...).
-// Supported architectures: llama (also Mistral, SmolLM2, Mixtral with expert keys), qwen3, deepseek2 (DeepSeek-V2/V3,
-// Mistral 4).
+// Supported architectures: llama (also Mistral, SmolLM2, Mixtral with expert keys), qwen2 (Qwen2/2.5 and their
+// distills: Kimina-Prover-Distill, DeepSeek-R1-Distill-Qwen), qwen3, deepseek2 (DeepSeek-V2/V3, Mistral 4).
 #pragma once
 
 #include <string>
@@ -30,6 +30,7 @@ struct ModelConfig {
   // from {arch}.rope.scaling.{factor, original_context_length, yarn_log_multiplier, yarn_beta_fast, yarn_beta_slow}.
   ops::RopeParams rope;
   bool qk_norm = false;      // per-head RMSNorm of q and k (qwen3)
+  bool qkv_bias = false;     // attn_{q,k,v}.bias added to the q, k and v products (qwen2)
   bool tied_output = false;  // no output.weight: the logits use token_embd.weight
 
   // Mixture of experts (0 experts: dense FFN everywhere).

@@ -323,6 +323,13 @@ void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float
   Normalize(states[0], n_q, v_dim, out);
 }
 
+void SliceAttentionState(const AttentionState& block, int first, int n_q, int v_dim, AttentionState* out) {
+  const size_t f = static_cast<size_t>(first), e = f + n_q;
+  out->m.assign(block.m.begin() + f, block.m.begin() + e);
+  out->l.assign(block.l.begin() + f, block.l.begin() + e);
+  out->acc.assign(block.acc.begin() + f * v_dim, block.acc.begin() + e * v_dim);
+}
+
 Status AttendSharedPrefix(std::span<const CodedSpans> shared, std::span<const std::span<const CodedSpans>> own,
                           const float* q, int n_q, float scale, float* out) {
   const Kernels& kernels = *GetKernels(BestIsa());
@@ -334,9 +341,7 @@ Status AttendSharedPrefix(std::span<const CodedSpans> shared, std::span<const st
   AttentionState mine, tail;
   for (int s = 0; s < n_seq; ++s) {
     const size_t first = static_cast<size_t>(s) * n_q;
-    mine.m.assign(all.m.begin() + first, all.m.begin() + first + n_q);
-    mine.l.assign(all.l.begin() + first, all.l.begin() + first + n_q);
-    mine.acc.assign(all.acc.begin() + first * v_dim, all.acc.begin() + (first + n_q) * v_dim);
+    SliceAttentionState(all, static_cast<int>(first), n_q, v_dim, &mine);
     if (!own[s].empty()) {
       LR_RETURN_IF_ERROR(AttendStateWith(kernels, own[s], 0, q + first * k_dim, n_q, scale, 1, &tail));
       if (own[s][0].k->dim() != k_dim || own[s][0].v->dim() != v_dim)

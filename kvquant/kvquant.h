@@ -242,6 +242,10 @@ Status AttendMixedState(std::span<const CodedSpans> parts, const float* q, int n
 // states[0], in place (no copy on the decode path), and writes softmax(scale·q·Kᵀ)·V over all their rows: out is
 // n_q × v_dim.
 void FinishAttention(std::span<AttentionState> states, int n_q, int v_dim, float* out);
+// The state of queries [first, first + n_q) of `block`, a state of more queries (several sequences' query groups
+// attended together over rows they share: AttendSharedPrefix), into *out, to be merged with those queries' other
+// states.
+void SliceAttentionState(const AttentionState& block, int first, int n_q, int v_dim, AttentionState* out);
 
 // Attention of n_seq sequences whose ranges begin with the same rows (pass@k attempts forked from one prompt, a
 // repair turn resending a conversation): the shared parts are read once for the queries of all of them (one block

@@ -51,7 +51,8 @@ def randomize(model, seed):
     """Gives every parameter (and the DeepSeek router bias buffer) random values from `seed`.
 
     Matrices get N(0, 1/fan_in) so activations keep their scale through the layers; norm weights 1 + N(0, 0.1^2)
-    so that a norm applied without its weight shows; embeddings N(0, 1). Values are then rounded to what the GGUF
+    so that a norm applied without its weight shows; embeddings N(0, 1); the q/k/v biases (qwen2) N(0, 0.5^2), so
+    that a bias left out or added in the wrong place shows. Values are then rounded to what the GGUF
     will hold (f16 for matrices, f32 for vectors) so the reference computes on exactly the stored weights.
     """
     g = torch.Generator().manual_seed(seed)
@@ -63,6 +64,8 @@ def randomize(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
             elif "norm" in name:
                 p.copy_(1.0 + torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
+            elif name.endswith("_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
             else:
@@ -177,6 +180,10 @@ def write_llama_family(path, arch, model, matrix_type, permute_qk, moe):
         sink.add(f"blk.{i}.attn_k.weight", k)
         sink.add(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
         sink.add(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        for g, h in (("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj")):
+            if p + f"self_attn.{h}.bias" in sd:  # qwen2 (NEOX RoPE: q/k not permuted, so neither are their biases)
+                assert not permute_qk
+                sink.add(f"blk.{i}.{g}.bias", sd[p + f"self_attn.{h}.bias"])
         if p + "self_attn.q_norm.weight" in sd:
             sink.add(f"blk.{i}.attn_q_norm.weight", sd[p + "self_attn.q_norm.weight"])
             sink.add(f"blk.{i}.attn_k_norm.weight", sd[p + "self_attn.k_norm.weight"])
@@ -414,6 +421,16 @@ def tiny_fixtures(only):
         "llama_q8_0", llama_model(tied=True),
         writer("llama", lambda p, m: write_llama_family(p, "llama", m, gguf.GGMLQuantizationType.Q8_0, True, False)),
         12, "llama with Q8_0 matrices (reference on the dequantized values), tied embeddings (no output.weight)")
+
+    specs["qwen2"] = lambda: make_fixture(
+        "qwen2", tf.Qwen2ForCausalLM(tf.Qwen2Config(
+            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=256,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, use_sliding_window=False,
+            tie_word_embeddings=False)),
+        writer("qwen2", lambda p, m: write_llama_family(p, "qwen2", m, f16, False, False)), 61,
+        "qwen2: llama blocks with q/k/v biases (N(0, 0.5^2)), GQA 4 q / 2 kv heads, head_dim 16, NEOX RoPE "
+        "(no permutation), theta 1e6, untied output")
 
     specs["qwen3"] = lambda: make_fixture(
         "qwen3", tf.Qwen3ForCausalLM(tf.Qwen3Config(

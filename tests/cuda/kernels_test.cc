@@ -439,6 +439,7 @@ TEST_F(CudaKernels, SwiGlu) {
 struct AttnCase {
   int n_head, n_head_kv, head_dim, n_rot;
   bool halves, qk_norm;
+  bool bias = false;  // q/k/v biases (qwen2)
 };
 
 class AttentionTest : public OnDevice<::testing::TestWithParam<AttnCase>> {};
@@ -473,10 +474,17 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   const size_t qn = static_cast<size_t>(n) * c.n_head * hd, kn = static_cast<size_t>(n) * c.n_head_kv * hd;
   std::vector<float> q = RandomFloats(qn, rng), k = RandomFloats(kn, rng), v = RandomFloats(kn, rng);
   std::vector<float> qw = RandomFloats(hd, rng), kw = RandomFloats(hd, rng);
+  std::vector<float> qb, kb, vb;
+  if (c.bias) {
+    qb = RandomFloats(static_cast<size_t>(c.n_head) * hd, rng);
+    kb = RandomFloats(static_cast<size_t>(c.n_head_kv) * hd, rng);
+    vb = RandomFloats(static_cast<size_t>(c.n_head_kv) * hdv, rng);
+  }
   std::vector<float> inv_freq(c.n_rot / 2);
   for (int j = 0; j < c.n_rot / 2; ++j)  // a YaRN-like table: base^(-2j/n_rot), the low frequencies scaled by 1/4
     inv_freq[j] = static_cast<float>(std::pow(10000.0, -2.0 * j / c.n_rot) * (j > c.n_rot / 4 ? 0.25 : 1.0));
   DeviceBuffer dq = ToDevice(q), dk = ToDevice(k), dv = ToDevice(v), dqw = ToDevice(qw), dkw = ToDevice(kw);
+  DeviceBuffer dqb = ToDevice(qb), dkb = ToDevice(kb), dvb = ToDevice(vb);
   DeviceBuffer dfreq = ToDevice(inv_freq), dpos = ToDevice(pos), dfirst = ToDevice(first), dpages = ToDevice(pages);
   QkvArgs a;
   a.q = dq.as<float>();
@@ -485,6 +493,9 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   a.n_head = c.n_head;
   a.q_norm = c.qk_norm ? dqw.as<float>() : nullptr;
   a.k_norm = c.qk_norm ? dkw.as<float>() : nullptr;
+  a.q_bias = c.bias ? dqb.as<float>() : nullptr;
+  a.k_bias = c.bias ? dkb.as<float>() : nullptr;
+  a.v_bias = c.bias ? dvb.as<float>() : nullptr;
   a.eps = 1e-6f;
   a.inv_freq = dfreq.as<float>();
   a.n_rot = c.n_rot;
@@ -498,12 +509,14 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   ASSERT_TRUE(
       Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr, nullptr).ok());
 
-  // The reference: norm and RoPE in double, per head.
-  auto prepare = [&](std::vector<float>& t, int heads, const std::vector<float>& w) {
+  // The reference: bias, norm and RoPE in double, per head.
+  auto prepare = [&](std::vector<float>& t, int heads, const std::vector<float>& w, const std::vector<float>& b) {
     std::vector<double> r(t.begin(), t.end());
     for (int i = 0; i < n; ++i) {
       for (int h = 0; h < heads; ++h) {
         double* x = &r[(static_cast<size_t>(i) * heads + h) * hd];
+        if (c.bias)
+          for (int d = 0; d < hd; ++d) x[d] += b[static_cast<size_t>(h) * hd + d];
         if (c.qk_norm) {
           double ss = 0;
           for (int d = 0; d < hd; ++d) ss += x[d] * x[d];
@@ -521,7 +534,7 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
     }
     return r;
   };
-  const std::vector<double> rq = prepare(q, c.n_head, qw), rk = prepare(k, c.n_head_kv, kw);
+  const std::vector<double> rq = prepare(q, c.n_head, qw, qb), rk = prepare(k, c.n_head_kv, kw, kb);
   EXPECT_LT(RelError(FromDevice<float>(dq, qn), rq), 2e-6);
 
   // The stored rows: the reference's k and v rounded to f16, at each token's page slot.
@@ -544,7 +557,8 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
         stored.push_back(HalfToFloat(row(i, h, true)[d]));
         stored_want.push_back(rk[(static_cast<size_t>(i) * c.n_head_kv + h) * hd + d]);
         stored.push_back(HalfToFloat(row(i, h, false)[d]));
-        stored_want.push_back(v[(static_cast<size_t>(i) * c.n_head_kv + h) * hdv + d]);
+        stored_want.push_back(v[(static_cast<size_t>(i) * c.n_head_kv + h) * hdv + d] +
+                              (c.bias ? vb[static_cast<size_t>(h) * hdv + d] : 0.0));
       }
     }
   }
@@ -629,7 +643,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                                            AttnCase{16, 8, 128, 128, true, true},  // qwen3: halves, q/k norm
                                            AttnCase{8, 1, 96, 32, true, false},    // group 8, partial rotary
                                            AttnCase{4, 4, 256, 128, false, true},  // group 1, widest head
-                                           AttnCase{4, 2, 16, 16, false, false}),  // the llama fixture's heads
+                                           AttnCase{4, 2, 16, 16, false, false},   // the llama fixture's heads
+                                           AttnCase{12, 2, 128, 128, true, false, true}),  // qwen2: q/k/v biases
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST_F(CudaKernels, GreedySamplingTakesTheFirstMaximum) {

@@ -279,7 +279,8 @@ TEST_P(CudaFixtureTest, LogitsMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dense, CudaFixtureTest,
-                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen3", 2e-3}),
+                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen2", 2e-3},
+                                           Fixture{"qwen3", 2e-3}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST_F(CudaModelTest, MoeAndMlaModelsAreUnsupported) {

@@ -72,7 +72,7 @@ TEST_P(ScalarReference, MatchesTransformers) {
   EXPECT_LE(MaxRelError(logits, f.logits), 1e-3) << GetParam();
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ScalarReference, ::testing::Values("llama", "llama_q8_0", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, ScalarReference, ::testing::Values("llama", "llama_q8_0", "qwen2", "qwen3"));
 
 // A forked sequence continues exactly as the original would: the shared pages are read, the partial page copied.
 TEST(Model, ForkAndTruncateGiveTheSameLogits) {
@@ -113,6 +113,109 @@ TEST(Model, CompressedCacheStaysClose) {
   ASSERT_TRUE((*model)->Forward(cache, batch, &logits).ok());
   EXPECT_LE(MaxRelError(logits, f.logits), 2e-2);
 }
+
+// Shared-prefix attention: attempts forked from one prompt and decoded in one batch (their shared pages read once for
+// all of them) give the logits of decoding each alone (per-sequence attention), within float rounding. Prompts of
+// odd lengths and on a page boundary, one longer than a shared piece (kSharedPieceTokens), two prompts' attempts
+// interleaved in one batch with an unrelated sequence; 40 steps, so the attempts cross page boundaries.
+struct SharedCase {
+  const char* format;
+  int sinks, window;
+};
+
+class SharedPrefix : public ::testing::TestWithParam<SharedCase> {};
+
+TEST_P(SharedPrefix, EqualsPerSequenceAttention) {
+  const SharedCase sc = GetParam();
+  const Fixture f = ReadFixture("qwen3");  // head_dim 32: the compressed formats fit
+  auto model = Model::Load(kFixtures + "qwen3.gguf");
+  ASSERT_TRUE(model.ok());
+  Model& m = **model;
+  KvCacheOptions o;
+  o.k_format = o.v_format = sc.format;
+  o.sink_tokens = sc.sinks;
+  o.window_tokens = sc.window;
+  o.max_tokens = 4096;
+  // Two caches built the same way: `shared` decodes the attempts in one batch, `alone` one sequence per Forward.
+  KvCache shared = std::move(KvCache::Create(m.kv_shape(), o)).value();
+  KvCache alone = std::move(KvCache::Create(m.kv_shape(), o)).value();
+  const int n_steps = 40;
+  for (const std::vector<int>& prompts : std::vector<std::vector<int>>{{301, 288}, {333, 600}}) {
+    // Per prompt p, attempts p*4 .. p*4+3 (the root and 3 forks); then a lone sequence of 300 tokens.
+    std::vector<int> seqs_shared, seqs_alone;
+    std::vector<float> logits;
+    int next = 0;
+    auto token = [&]() {
+      const int32_t t = (f.tokens[next % f.tokens.size()] ^ (next / 32)) % f.n_vocab;
+      ++next;
+      return t;
+    };
+    for (int len : prompts) {
+      std::vector<BatchToken> prompt;
+      for (int i = 0; i < len; ++i) prompt.push_back({0, token(), false});
+      for (KvCache* cache : {&shared, &alone}) {
+        const int root = cache->NewSequence();
+        std::vector<BatchToken> b = prompt;
+        for (BatchToken& t : b) t.seq = root;
+        ASSERT_TRUE(m.Forward(*cache, b, &logits).ok());
+        std::vector<int>& seqs = cache == &shared ? seqs_shared : seqs_alone;
+        seqs.push_back(root);
+        for (int k = 1; k < 4; ++k) seqs.push_back(cache->Fork(root));
+      }
+    }
+    std::vector<BatchToken> lone;
+    for (int i = 0; i < 300; ++i) lone.push_back({0, token(), false});
+    for (KvCache* cache : {&shared, &alone}) {
+      const int seq = cache->NewSequence();
+      std::vector<BatchToken> b = lone;
+      for (BatchToken& t : b) t.seq = seq;
+      ASSERT_TRUE(m.Forward(*cache, b, &logits).ok());
+      (cache == &shared ? seqs_shared : seqs_alone).push_back(seq);
+    }
+    const int n_seq = static_cast<int>(seqs_shared.size());
+    double worst = 0;
+    for (int step = 0; step < n_steps; ++step) {
+      std::vector<BatchToken> batch;
+      for (int j = 0; j < n_seq; ++j) batch.push_back({seqs_shared[j], token(), true});
+      std::reverse(batch.begin() + 2, batch.end() - 2);  // members of a group need not be adjacent
+      std::vector<float> got;
+      ASSERT_TRUE(m.Forward(shared, batch, &got).ok());
+      // The groups: each prompt's 4 attempts, sharing their full prompt pages, less the window rows and their own
+      // position, when that leaves kSharedPrefixFrom positions.
+      constexpr int kPage = KvCache::kPageTokens;
+      auto shared_end = [&](int len) {
+        return std::min(len / kPage * kPage, (len + step + 1 - std::max(1, sc.window)) / kPage * kPage);
+      };
+      const std::vector<SharedPrefixGroup> groups = Model::PlanSharedPrefix(shared, batch);
+      size_t want_groups = 0;
+      for (int len : prompts) want_groups += shared_end(len) >= Model::kSharedPrefixFrom ? 1 : 0;
+      ASSERT_EQ(groups.size(), want_groups) << "step " << step;
+      for (const SharedPrefixGroup& g : groups) {
+        ASSERT_EQ(g.members.size(), 4u);
+        const int len = shared.Length(batch[g.members[0]].seq) - step - 1;
+        EXPECT_EQ(g.shared_end, shared_end(len)) << "prompt " << len << " step " << step;
+      }
+      for (int j = 0; j < n_seq; ++j) {
+        const int at = static_cast<int>(
+            std::find_if(batch.begin(), batch.end(), [&](const BatchToken& t) { return t.seq == seqs_shared[j]; }) -
+            batch.begin());
+        const BatchToken t{seqs_alone[j], batch[at].token, true};
+        std::vector<float> want;
+        ASSERT_TRUE(m.Forward(alone, {&t, 1}, &want).ok());
+        const std::vector<float> row(got.begin() + static_cast<size_t>(at) * f.n_vocab,
+                                     got.begin() + static_cast<size_t>(at + 1) * f.n_vocab);
+        worst = std::max(worst, MaxRelError(row, want));
+      }
+    }
+    EXPECT_LE(worst, 1e-5) << sc.format << " prompts " << prompts[0] << ", " << prompts[1];
+    for (int seq : seqs_shared) shared.Free(seq);
+    for (int seq : seqs_alone) alone.Free(seq);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, SharedPrefix,
+                         ::testing::Values(SharedCase{"f16", 0, 0}, SharedCase{"tq3", 0, 0}, SharedCase{"tq3", 4, 40}),
+                         [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST(Model, BadInput) {
   auto missing = Model::Load(kFixtures + "no_such_model.gguf");
