@@ -727,8 +727,9 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
     }
   }
   EXPECT_LT(RelError(FromDevice<float>(dout, want.size()), want), 1e-5);
-  if (FlashAttentionTakes(hd, hdv))  // f16 queries and softmax weights
+  if (FlashAttentionTakes(hd, hdv)) {  // f16 queries and softmax weights
     EXPECT_LT(RelError(FromDevice<float>(dflash, want.size()), want), 3e-3) << "FlashAttention";
+  }
 
   // A decode-sized step (split over blocks and merged): the last 3 tokens of the first sequence and the last 2 of the
   // second, over the rows stored above.
