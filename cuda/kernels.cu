@@ -3,7 +3,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <cmath>
@@ -31,94 +30,22 @@ __global__ void DequantizeRowsKernel(DeviceMatrix w, const int32_t* rows, float*
   for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
 }
 
-// Tensor-core product: a block computes 128 rows x 64 tokens; 8 warps of 32 x 32 each (2 x 2 wmma tiles); per step
-// 64 values of k: every thread decodes one (row, sub-block) into f16 shared memory, and converts 16 activations.
-constexpr int kTileRows = 128, kTileTokens = 64, kTileK = 64, kTilePad = kTileK + 8;
+// Rows row0.. of w as f16, one thread per quarter sub-block (Dequant8): `count` quarters, rows x cols halves at out.
 template <WeightType T>
-__global__ void __launch_bounds__(256) MatMulTiledKernel(DeviceMatrix w, const float* __restrict__ x, int n,
-                                                         float* __restrict__ y, int64_t y_stride, int add) {
-  using namespace nvcuda;
-  struct In {
-    __half a[kTileRows * kTilePad];
-    __half b[kTileTokens * kTilePad];
-  };
-  __shared__ union {
-    In in;
-    float c[8][32 * 32];
-  } sm;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
-  const int tok0 = blockIdx.y * kTileTokens;
-  const int wr = warp % 4, wc = warp / 4;
-  const int nsb = static_cast<int>(w.cols / 32);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+__global__ void DequantizeHalvesKernel(DeviceMatrix w, int64_t row0, int64_t count, __half* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t r = i / (w.cols / 8);
+  const int rem = static_cast<int>(i % (w.cols / 8)), sb = rem / 4, q = rem % 4;
+  float v[8];
+  Dequant8<T>(w, row0 + r, sb, q, v);
+  __half2 h[4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
-  for (int k0 = 0; k0 < nsb; k0 += 2) {
-    {
-      const int r = tid >> 1, s = k0 + (tid & 1);
-      __half2* dst = reinterpret_cast<__half2*>(sm.in.a + r * kTilePad + (tid & 1) * 32);
-      if (row0 + r < w.rows && s < nsb) {
-        float v[32];
-        Dequant32<T>(w, row0 + r, s, v);
-#pragma unroll
-        for (int i = 0; i < 16; ++i) dst[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) dst[i] = __floats2half2_rn(0.f, 0.f);
-      }
-    }
-    {
-      const int t = tid >> 2, quarter = tid & 3;
-      const int64_t col = static_cast<int64_t>(k0) * 32 + quarter * 16;
-      __half2* dst = reinterpret_cast<__half2*>(sm.in.b + t * kTilePad + quarter * 16);
-      if (tok0 + t < n && col < w.cols) {
-        const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(tok0 + t) * w.cols + col);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 a = __ldg(src + i);
-          dst[2 * i] = __floats2half2_rn(a.x, a.y);
-          dst[2 * i + 1] = __floats2half2_rn(a.z, a.w);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) dst[i] = __floats2half2_rn(0.f, 0.f);
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTileK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], sm.in.a + (wr * 32 + i * 16) * kTilePad + kk, kTilePad);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], sm.in.b + (wc * 32 + j * 16) * kTilePad + kk, kTilePad);
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
-    }
-    __syncthreads();
-  }
-  // Element (row r, token t) of the warp's 32 x 32 tile at c[warp][t * 32 + r] (column-major), then written out with
-  // consecutive lanes on consecutive rows.
-  float* cw = sm.c[warp];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::store_matrix_sync(cw + (j * 16) * 32 + i * 16, c[i][j], 32, wmma::mem_col_major);
-  __syncwarp();
-  for (int idx = lane; idx < 32 * 32; idx += 32) {
-    const int t = tok0 + wc * 32 + idx / 32;
-    const int64_t r = row0 + wr * 32 + idx % 32;
-    if (t < n && r < w.rows) {
-      float* o = y + t * y_stride + r;
-      *o = add ? *o + cw[idx] : cw[idx];
-    }
-  }
+  for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+  __half* o = out + r * w.cols + 32 * sb + 4 * q;
+  *reinterpret_cast<uint2*>(o) = make_uint2(*reinterpret_cast<uint32_t*>(&h[0]), *reinterpret_cast<uint32_t*>(&h[1]));
+  *reinterpret_cast<uint2*>(o + 16) =
+      make_uint2(*reinterpret_cast<uint32_t*>(&h[2]), *reinterpret_cast<uint32_t*>(&h[3]));
 }
 
 // With yq.q, y is quantized too (dim a multiple of 32: whole warps take each i-loop step).
@@ -507,20 +434,19 @@ Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* 
   return CheckLaunch("DequantizeRows");
 }
 
-Status MatMulTiled(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
+Status DequantizeHalves(const DeviceMatrix& w, int64_t row0, int64_t rows, uint16_t* out, Stream stream) {
   LR_RETURN_IF_ERROR(CheckMatrix(w));
-  if (n <= 0) return Status::Ok();
-  const dim3 grid(Blocks(w.rows, kTileRows), Blocks(n, kTileTokens));
+  if (row0 < 0 || rows < 0 || row0 + rows > w.rows)
+    return InvalidArgument("DequantizeHalves: rows " + std::to_string(row0) + " + " + std::to_string(rows) +
+                           " outside a matrix of " + std::to_string(w.rows));
+  if (rows == 0) return Status::Ok();
+  const int64_t count = rows * (w.cols / 8);
   LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
     constexpr WeightType T = decltype(tag)::value;
-    MatMulTiledKernel<T><<<grid, 256, 0, S(stream)>>>(w, x, n, y, y_stride, add);
+    DequantizeHalvesKernel<T>
+        <<<Blocks(count, 256), 256, 0, S(stream)>>>(w, row0, count, reinterpret_cast<__half*>(out));
   }));
-  return CheckLaunch("MatMulTiled");
-}
-
-Status MatMul(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_stride, bool add, Stream stream) {
-  if (n <= kMaxMatVecTokens) return MatVec(w, x, n, y, y_stride, add, stream);
-  return MatMulTiled(w, x, n, y, y_stride, add, stream);
+  return CheckLaunch("DequantizeHalves");
 }
 
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y,

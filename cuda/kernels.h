@@ -12,9 +12,9 @@
 // kernels decode a quarter of a 32-value sub-block per thread step, in registers (Dequant8 in common.cuh).
 //
 // Products: MatVec / MatVecMany for 1..16 tokens (matvec.cu: int8 activations and __dp4a for the quantized types,
-// f32 for the float types), MatMulTiled for more (tensor cores: 128 rows x 64 tokens per block, weights decoded to
-// f16 in shared memory, f16 activations, f32 accumulation; wmma 16x16x16). MatMul picks between them. The kernels of
-// a decode step launch early on Hopper (LaunchEarly in common.cuh).
+// f32 for the float types), MatMulTiled for more (cuda/matmul.cu: the weight rows decoded once per call into an f16
+// scratch, the activations converted to f16, then a tensor-core product with f32 accumulation). MatMul picks between
+// them. The kernels of a decode step launch early on Hopper (LaunchEarly in common.cuh).
 //
 // KV pages (KvPool): the layout of inference::KvCache's f16 pages, one page = kPageTokens (32) positions of every
 // layer and KV head: for each (layer, head) 32 key rows of k_dim halves, then the same for values.
@@ -75,11 +75,25 @@ Status QuantizeQ8(const float* x, int64_t count, Q8Activations out, Stream strea
 // out[i * cols + c] = row rows[i] of w, decoded (the embedding lookup); rows: device, n entries.
 Status DequantizeRows(const DeviceMatrix& w, const int32_t* rows, int n, float* out, Stream stream);
 
+// Rows row0 .. row0 + rows - 1 of w decoded to f16 (IEEE half bits), rows x cols at out (device); values beyond
+// f16's range become infinities.
+Status DequantizeHalves(const DeviceMatrix& w, int64_t row0, int64_t rows, uint16_t* out, Stream stream);
+
+// Device memory that MatMulTiled uses for its f16 operands.
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+};
+// The scratch bytes with which MatMulTiled multiplies a rows x cols matrix by n_tokens tokens in one pass. Less
+// works too, down to MatMulScratchBytes(min(rows, 128), cols, n_tokens): the rows then go in bands.
+size_t MatMulScratchBytes(int64_t rows, int64_t cols, int n_tokens);
+
 // y[t * y_stride + r] (+)= sum_c W[r][c] * x[t * cols + c] for t < n_tokens: MatVec for n_tokens <= 16, else
 // MatMulTiled. x, y: device. MatVec and MatVecMany multiply f32 activations x, or with xq (x quantized, QuantizeQ8)
 // and TakesQ8 of the weights xq's int8 values by integer dot products (as the CPU's SIMD paths; Q4_0 with more than
 // 4 tokens on the tensor cores, int8 mma); x is not read then.
-Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream);
+Status MatMul(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
+              const Scratch& scratch, Stream stream);
 constexpr int kMaxMatVecTokens = 16;
 Status MatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add, Stream stream,
               const Q8Activations* xq = nullptr);
@@ -101,7 +115,7 @@ Status MatVecMany(const Product* products, int count, const float* x, int n_toke
 Status MatVecSwiGluQ8(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n_tokens, float* h,
                       float* u, Q8Activations hq, Stream stream);
 Status MatMulTiled(const DeviceMatrix& w, const float* x, int n_tokens, float* y, int64_t y_stride, bool add,
-                   Stream stream);
+                   const Scratch& scratch, Stream stream);
 
 // y[j] = RMSNorm(x[rows[j]]) * w for j < n (rows: device, null for 0..n-1); rows of dim values.
 Status RmsNorm(const float* x, const int32_t* rows, int n, int dim, const float* w, float eps, float* y, Stream stream);
@@ -167,6 +181,14 @@ size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim);
 // With outq, out is quantized into it too (v_dim a multiple of 32): the output product's input in the same pass.
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
                  int n, float* out, float* scratch, Stream stream, const Q8Activations* outq = nullptr);
+
+// Attention's results on the tensor cores (cuda/flash_attention.cu), with the queries and the softmax weights rounded
+// to f16, for key and value rows of the same width, 16, 32, 64, 96 or 128 (FlashAttentionTakes). A block takes 64
+// consecutive tokens of the batch and makes one pass over the pages per sequence among them: made for prefill chunks
+// (long runs of one sequence's tokens), slow for many sequences' single tokens (decode steps: Attention).
+bool FlashAttentionTakes(int k_dim, int v_dim);
+Status FlashAttention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
+                      int n, float* out, Stream stream);
 
 // out[r] = the sampled token of logits row r (rows x vocab): the first maximum at temperature 0, else a draw from
 // softmax(logits / temperature) (the Gumbel-max trick: argmax of logits / T + Gumbel noise hashed from seed, the

@@ -309,6 +309,19 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     for (int k = 1; k <= std::min(tokens, kMaxMatVecTokens); ++k)
       part = std::max(part, AttentionScratchFloats(k, c.n_head, c.n_head_kv, c.head_dim_v));
     LR_ASSIGN_OR_RETURN(attn_part_, DeviceBuffer::Allocate(std::max<size_t>(part, 1) * 4, "attention splits"));
+    prefill_.reset();
+    prefill_order_.clear();
+    if (tokens > kMaxMatVecTokens) {  // the tensor-core products' buffers, and their order in a step
+      int64_t max_weights = 0, max_cols = out_->cols;
+      for (const Layer& l : layers_) {
+        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) {
+          max_weights = std::max(max_weights, m->m.rows * m->m.cols);
+          max_cols = std::max(max_cols, m->m.cols);
+          prefill_order_.push_back(&m->m);
+        }
+      }
+      LR_ASSIGN_OR_RETURN(prefill_, PrefillProducts::Create(max_weights, max_cols, tokens));
+    }
     LR_ASSIGN_OR_RETURN(g_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
     LR_ASSIGN_OR_RETURN(u_, DeviceBuffer::Allocate(t * c.n_ff * 4, "FFN"));
     const size_t q8 = static_cast<size_t>(kMaxMatVecTokens) * std::max<size_t>(c.n_embd, widest);  // decode inputs
@@ -340,7 +353,7 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
   return Status::Ok();
 }
 
-Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
+Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   const ModelConfig& c = config_;
   const int e = c.n_embd;
   const int qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim, vd = c.n_head_kv * c.head_dim_v;
@@ -361,7 +374,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     return RmsNorm(x, rows, count, e, w.as<float>(), c.rms_eps, xn, s);
   };
   // Products over the same activations `in` (quantized in in_q, else xq): one launch for those of one type (decode
-  // steps), else one product each on the tensor cores (prefill).
+  // steps), else one product each on the tensor cores (prefill, in the order of prefill_order_).
   auto Products = [&](const Product* p, int count, const float* in, int n_tokens,
                       const Q8Activations& in_q = Q8Activations{}) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
@@ -375,9 +388,11 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
       return Status::Ok();
     }
     for (int i = 0; i < count; ++i)
-      LR_RETURN_IF_ERROR(MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, s));
+      LR_RETURN_IF_ERROR(prefill_->MatMul(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add));
     return Status::Ok();
   };
+  if (n > kMaxMatVecTokens)
+    LR_RETURN_IF_ERROR(prefill_->Begin(prefill_order_.data(), static_cast<int>(prefill_order_.size()), s));
   LR_RETURN_IF_ERROR(DequantizeRows(embd_.m, tokens, n, x, s));
   for (int il = 0; il < c.n_layer; ++il) {
     const Layer& l = layers_[il];
@@ -404,8 +419,12 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
     // where the value rows are whole blocks).
     const bool fused = decode && c.head_dim_v % 32 == 0;
-    LR_RETURN_IF_ERROR(
-        Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s, fused ? &xq : nullptr));
+    if (flash) {
+      LR_RETURN_IF_ERROR(FlashAttention(q, c.n_head, scale, pool_, il, places, n, attn, s));
+    } else {
+      LR_RETURN_IF_ERROR(
+          Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s, fused ? &xq : nullptr));
+    }
     if (decode && !fused)
       LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
     const Product wo[] = {{l.wo.m, x, e, /*add=*/true}};
@@ -428,14 +447,17 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy) {
     LR_RETURN_IF_ERROR(Products(down, 1, g, n, hq));
   }
   if (n_logits > 0) {
-    // The logit rows' norm: quantized for the output product when that is a matrix-vector product.
+    // The logit rows' norm: quantized for the output product when that is a matrix-vector product; more rows go to
+    // the tensor cores outside the step's product order, on its buffers.
     if (n_logits <= kMaxMatVecTokens) {
       LR_RETURN_IF_ERROR(RmsNormQ8(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, xq, s));
+      const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
+      LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
     } else {
       LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
+      LR_RETURN_IF_ERROR(
+          MatMulTiled(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, prefill_->scratch(), s));
     }
-    const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
-    LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
     if (greedy) LR_RETURN_IF_ERROR(Sample(logits_.as<float>(), n_logits, c.n_vocab, 0.0f, 0, ids_.as<int32_t>(), s));
   }
   return Status::Ok();
@@ -482,7 +504,12 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
                                "copying the step's tokens"));
   pool_ = KvPool{pages->base(), pages->page_bytes(), c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v};
   if (n > kMaxMatVecTokens) {
-    LR_RETURN_IF_ERROR(Enqueue(n, nl, greedy));
+    // FlashAttention makes one pass per sequence in each 64-token block: worth it where the tokens come in runs of
+    // one sequence at least 16 long on average (a prefill chunk), not for many sequences' decode tokens.
+    int runs = 0;
+    for (int i = 0; i < n; ++i) runs += i == 0 || batch[i].seq != batch[i - 1].seq;
+    const bool flash = FlashAttentionTakes(c.head_dim, c.head_dim_v) && n >= 16 * runs;
+    LR_RETURN_IF_ERROR(Enqueue(n, nl, greedy, flash));
   } else {
     if (graph_pool_ != pages->base()) {
       DropGraphs();
@@ -494,7 +521,7 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
       cudaGraph_t graph;
       LR_RETURN_IF_ERROR(
           CheckCuda(cudaStreamBeginCapture(S(stream_), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
-      const Status enqueued = Enqueue(n, nl, greedy);
+      const Status enqueued = Enqueue(n, nl, greedy, /*flash=*/false);
       const cudaError_t ended = cudaStreamEndCapture(S(stream_), &graph);
       LR_RETURN_IF_ERROR(enqueued);
       LR_RETURN_IF_ERROR(CheckCuda(ended, "cudaStreamEndCapture"));

@@ -27,6 +27,7 @@
 #include "base/status.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/matmul.h"
 #include "inference/model.h"
 
 namespace lr::cuda {
@@ -95,8 +96,9 @@ class CudaModel : public inference::ForwardPass {
   Status Step(inference::KvCache& cache, std::span<const inference::BatchToken> batch, bool greedy, int* n_logits);
   // Room for n tokens, n_logits logit rows and n_pages page ids; reallocating drops the captured graphs.
   Status Reserve(int n, int n_logits, int n_pages);
-  // Queues the kernels of one step of n tokens with n_logits logit rows on stream_.
-  Status Enqueue(int n, int n_logits, bool greedy);
+  // Queues the kernels of one step of n tokens with n_logits logit rows on stream_; flash: attention through
+  // FlashAttention (the step's tokens come in long runs of one sequence), else Attention.
+  Status Enqueue(int n, int n_logits, bool greedy, bool flash);
   void DropGraphs();
 
   inference::ModelConfig config_;
@@ -112,8 +114,12 @@ class CudaModel : public inference::ForwardPass {
   // Per-step buffers (Reserve).
   int cap_tokens_ = 0, cap_logits_ = 0, cap_pages_ = 0;
   DeviceBuffer x_, xn_, q_, k_, v_, attn_, attn_part_, g_, u_, logits_, ids_;
-  DeviceBuffer xq_, xds_;         // a decode step's product input quantized (Q8Activations)
-  DeviceBuffer hq_, hds_;         // the same for the FFN's down product
+  DeviceBuffer xq_, xds_;  // a decode step's product input quantized (Q8Activations)
+  DeviceBuffer hq_, hds_;  // the same for the FFN's down product
+  // The tensor-core products of steps of more than kMaxMatVecTokens tokens, and the layers' matrices in the order
+  // Enqueue multiplies them.
+  std::unique_ptr<PrefillProducts> prefill_;
+  std::vector<const DeviceMatrix*> prefill_order_;
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

@@ -18,6 +18,7 @@
 
 #include "base/half.h"
 #include "cuda/device.h"
+#include "cuda/matmul.h"
 #include "ops/kernels.h"
 #include "ops/tensor_type.h"
 #include "tests/ops/random_rows.h"
@@ -186,47 +187,104 @@ TEST_P(TypeTest, DequantizeRowsEqualsCpu) {
 // The products' paths: f32 activations (MatVec), int8 ones (MatVec with Q8Activations), the tensor-core product.
 enum class Path { kMatVec, kMatVecQ8, kTiled };
 
-// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights and the activations' values:
-// with kMatVecQ8, x's quantization on the CPU (ops::QuantizeRowQ8, as the CPU SIMD paths' product) and its values.
-void CheckProduct(WeightType t, int64_t rows, int n, Path path, bool add, double tolerance) {
-  std::mt19937 rng(static_cast<unsigned>(rows * 131 + n * 7 + static_cast<int>(path) * 3 + (add ? 1 : 0)));
-  const int64_t cols = OddCols(t);
+// A band of rows as f16: the CPU-decoded values within f16's rounding (2^-11 relative; subnormals 2^-25).
+TEST_P(TypeTest, DequantizeHalvesEqualsCpu) {
+  const WeightType t = GetParam();
+  std::mt19937 rng(3);
+  const int64_t rows = 9, cols = OddCols(t), row0 = 2, count = 5;
+  const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
+  TestMatrix m = Upload(t, gguf, rows, cols);
+  auto out = DeviceBuffer::Allocate(count * cols * 2, "halves");
+  ASSERT_TRUE(out.ok());
+  ASSERT_TRUE(out->Fill(0xFF).ok());
+  ASSERT_TRUE(DequantizeHalves(m.m, row0, count, out->as<uint16_t>(), nullptr).ok());
+  const std::vector<uint16_t> got = FromDevice<uint16_t>(*out, count * cols);
+  const std::vector<float> want = DequantizeCpu(t, gguf, rows, cols);
+  for (int64_t r = 0; r < count; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      ASSERT_NEAR(HalfToFloat(got[r * cols + c]), want[(row0 + r) * cols + c],
+                  std::fabs(want[(row0 + r) * cols + c]) * 1e-3 + 1e-7)
+          << "row " << row0 + r << " col " << c;
+  EXPECT_EQ(DequantizeHalves(m.m, 6, 4, out->as<uint16_t>(), nullptr).code(), StatusCode::kInvalidArgument);
+}
+
+// W x in double, token-major (n x rows): sum_c w[r][c] x[t][c], plus y0[t * stride + r] when y0 is given.
+std::vector<double> ReferenceProduct(const std::vector<float>& w, const std::vector<float>& x, int64_t rows,
+                                     int64_t cols, int n, const float* y0, int64_t stride) {
+  std::vector<double> want;
+  for (int t = 0; t < n; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = y0 != nullptr ? y0[t * stride + r] : 0.0;
+      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * x[t * cols + c];
+      want.push_back(sum);
+    }
+  }
+  return want;
+}
+
+// y = W x (+ y0 with add) against a double-precision product of the CPU-decoded weights and the activations' values
+// (with kMatVecQ8, x's quantization on the CPU: ops::QuantizeRowQ8, as the CPU SIMD paths' product); rows + 3 floats
+// per output token. The tiled product runs with `scratch_rows` rows' worth of scratch (0: all rows in one pass).
+struct ProductCase {
+  int64_t rows = 0;
+  int n = 0;
+  Path path = Path::kMatVec;
+  bool add = false;
+  int64_t cols = 0;  // 0: OddCols
+  int64_t scratch_rows = 0;
+};
+void CheckProduct(WeightType t, const ProductCase& c, double tolerance) {
+  std::mt19937 rng(static_cast<unsigned>(c.rows * 131 + c.n * 7 + static_cast<int>(c.path) * 3 + (c.add ? 1 : 0)));
+  const int64_t rows = c.rows, cols = c.cols > 0 ? c.cols : OddCols(t);
+  const int n = c.n;
   const std::vector<uint8_t> gguf = RandomGgufRows(t, rows, cols, rng);
   TestMatrix m = Upload(t, gguf, rows, cols);
   const std::vector<float> w = DequantizeCpu(t, gguf, rows, cols);
   std::vector<float> x = RandomFloats(n * cols, rng);
   std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block (int8: d = 0)
   const CpuQ8 xq = QuantizeCpu(x);
-  const std::vector<float> xv = path == Path::kMatVecQ8 ? Dequantized(xq) : x;
+  const std::vector<float> xv = c.path == Path::kMatVecQ8 ? Dequantized(xq) : x;
   const int64_t stride = rows + 3;
   const std::vector<float> y0 = RandomFloats(n * stride, rng);
+  DeviceBuffer dx = ToDevice(x);
+  DeviceBuffer dy = c.add ? ToDevice(y0) : Poisoned(n * stride);
+  Status s;
   DeviceQ8 dxq = ToDevice(xq);
   const Q8Activations view = dxq.view();
-  DeviceBuffer dx = ToDevice(x);
-  DeviceBuffer dy = add ? ToDevice(y0) : Poisoned(n * stride);
-  const Status s = path == Path::kTiled ? MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr)
-                                        : MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, add, nullptr,
-                                                 path == Path::kMatVecQ8 ? &view : nullptr);
+  if (c.path == Path::kTiled) {
+    const size_t bytes = MatMulScratchBytes(c.scratch_rows > 0 ? c.scratch_rows : rows, cols, n);
+    auto scratch = DeviceBuffer::Allocate(bytes, "test scratch");
+    ASSERT_TRUE(scratch.ok()) << scratch.status().ToString();
+    s = MatMulTiled(m.m, dx.as<float>(), n, dy.as<float>(), stride, c.add, Scratch{scratch->get(), bytes}, nullptr);
+    ASSERT_TRUE(Synchronize("MatMulTiled").ok());
+  } else {
+    s = MatVec(m.m, dx.as<float>(), n, dy.as<float>(), stride, c.add, nullptr,
+               c.path == Path::kMatVecQ8 ? &view : nullptr);
+  }
   ASSERT_TRUE(s.ok()) << s.ToString();
   const std::vector<float> all = FromDevice<float>(dy, n * stride);
+  const std::vector<double> want = ReferenceProduct(w, xv, rows, cols, n, c.add ? y0.data() : nullptr, stride);
   std::vector<float> got;
-  std::vector<double> want;
   for (int tk = 0; tk < n; ++tk) {
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = add ? y0[tk * stride + r] : 0.0;
-      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[r * cols + c]) * xv[tk * cols + c];
-      want.push_back(sum);
-      got.push_back(all[tk * stride + r]);
+    for (int64_t r = 0; r < rows; ++r) got.push_back(all[tk * stride + r]);
+    // The 3 floats past each token's rows stay as they were.
+    for (int64_t r = rows; r < stride; ++r) {
+      if (c.add) {
+        ASSERT_EQ(all[tk * stride + r], y0[tk * stride + r]) << "token " << tk << " wrote past its rows";
+      } else {
+        ASSERT_TRUE(std::isnan(all[tk * stride + r])) << "token " << tk << " wrote past its rows";
+      }
     }
   }
-  EXPECT_LT(RelError(got, want), tolerance) << "rows " << rows << " tokens " << n << " path " << static_cast<int>(path);
+  EXPECT_LT(RelError(got, want), tolerance)
+      << "rows " << rows << " cols " << cols << " tokens " << n << " path " << static_cast<int>(c.path);
 }
 
 TEST_P(TypeTest, MatVecQ8MatchesReference) {
   if (!TakesQ8(GetParam())) GTEST_SKIP() << "f32 activations only";
   for (int n : {1, 2, 3, 5, 8, 11, 16}) {
-    CheckProduct(GetParam(), 37, n, Path::kMatVecQ8, /*add=*/n % 2 == 1, 1e-5);
-    CheckProduct(GetParam(), 8, n, Path::kMatVecQ8, /*add=*/false, 1e-5);
+    CheckProduct(GetParam(), {.rows = 37, .n = n, .path = Path::kMatVecQ8, .add = n % 2 == 1}, 1e-5);
+    CheckProduct(GetParam(), {.rows = 8, .n = n, .path = Path::kMatVecQ8}, 1e-5);
   }
 }
 
@@ -272,7 +330,7 @@ TEST_P(TypeTest, MatVecSwiGluQ8MatchesReference) {
 }
 
 TEST_P(TypeTest, MatVecMatchesReference) {
-  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), 37, n, Path::kMatVec, /*add=*/n % 2 == 1, 1e-5);
+  for (int n : {1, 2, 3, 5, 8, 11, 16}) CheckProduct(GetParam(), {.rows = 37, .n = n, .add = n % 2 == 1}, 1e-5);
 }
 
 // Three products of different heights in one launch, one of them added.
@@ -308,23 +366,90 @@ TEST_P(TypeTest, MatVecManyMatchesReference) {
     const std::vector<float> xv = q8 ? Dequantized(xq) : x;
     for (int k = 0; k < 3; ++k) {
       const std::vector<float> got = FromDevice<float>(ys[k], n * rows[k]);
-      std::vector<double> want;
-      for (int tk = 0; tk < n; ++tk) {
-        for (int64_t r = 0; r < rows[k]; ++r) {
-          double sum = k == 1 ? y0[k][tk * rows[k] + r] : 0.0;
-          for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[k][r * cols + c]) * xv[tk * cols + c];
-          want.push_back(sum);
-        }
-      }
+      const std::vector<double> want =
+          ReferenceProduct(w[k], xv, rows[k], cols, n, k == 1 ? y0[k].data() : nullptr, rows[k]);
       EXPECT_LT(RelError(got, want), 1e-5) << "product " << k << (q8 ? " int8 activations" : "");
     }
   }
 }
 
-// f16 operands: the tolerance of half-precision inputs with f32 accumulation.
+// f16 operands: the tolerance of half-precision inputs with f32 accumulation. Odd row and token counts (partial
+// blocks of 128 rows and 128 tokens), fewer k slices than the copy pipeline's depth (96 columns) and many (768).
 TEST_P(TypeTest, MatMulTiledMatchesReference) {
-  for (int n : {1, 17, 70}) CheckProduct(GetParam(), 131, n, Path::kTiled, /*add=*/n == 17, 3e-3);
-  CheckProduct(GetParam(), 5, 130, Path::kTiled, /*add=*/false, 3e-3);
+  for (int n : {1, 17, 70, 130, 1030})
+    CheckProduct(GetParam(), {.rows = 131, .n = n, .path = Path::kTiled, .add = n == 17 || n == 1030}, 3e-3);
+  CheckProduct(GetParam(), {.rows = 5, .n = 130, .path = Path::kTiled}, 3e-3);
+}
+
+// A scratch too small for the whole matrix: the rows go in bands of 128 (300 = 128 + 128 + 44).
+TEST_P(TypeTest, MatMulTiledInBands) {
+  CheckProduct(GetParam(), {.rows = 300, .n = 70, .path = Path::kTiled, .add = true, .scratch_rows = 200}, 3e-3);
+}
+
+// PrefillProducts: a step of four products over three matrices of different types and heights (the first again at
+// the end), each matrix decoded on the second stream beside the product before it; a product out of order is an
+// error.
+TEST_F(CudaKernels, PrefillProductsInOrder) {
+  std::mt19937 rng(12);
+  const int n = 150;
+  const int64_t cols = 256;
+  const WeightType types[3] = {WeightType::kQ4_0, WeightType::kQ6_K, WeightType::kQ8_0};
+  const int64_t rows[3] = {300, 131, 77};
+  std::vector<TestMatrix> mats;
+  std::vector<std::vector<float>> w;
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<uint8_t> gguf = RandomGgufRows(types[k], rows[k], cols, rng);
+    mats.push_back(Upload(types[k], gguf, rows[k], cols));
+    w.push_back(DequantizeCpu(types[k], gguf, rows[k], cols));
+  }
+  const int use[4] = {0, 1, 2, 0};
+  const DeviceMatrix* order[4] = {&mats[0].m, &mats[1].m, &mats[2].m, &mats[0].m};
+  const std::vector<float> x = RandomFloats(n * cols, rng);
+  DeviceBuffer dx = ToDevice(x);
+  std::vector<std::vector<float>> y0;
+  std::vector<DeviceBuffer> ys;
+  for (int i = 0; i < 4; ++i) {
+    y0.push_back(RandomFloats(n * rows[use[i]], rng));
+    ys.push_back(i == 2 ? ToDevice(y0[i]) : Poisoned(n * rows[use[i]]));
+  }
+  auto products = PrefillProducts::Create(300 * cols, cols, n);
+  ASSERT_TRUE(products.ok()) << products.status().ToString();
+  ASSERT_TRUE((*products)->Begin(order, 4, nullptr).ok());
+  for (int i = 0; i < 4; ++i) {
+    const DeviceMatrix copy = *order[i];  // the same weights, not the same object (as the model's Product)
+    const Status s = (*products)->MatMul(copy, dx.as<float>(), n, ys[i].as<float>(), rows[use[i]], i == 2);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int k = use[i];
+    const std::vector<float> got = FromDevice<float>(ys[i], n * rows[k]);
+    const std::vector<double> want =
+        ReferenceProduct(w[k], x, rows[k], cols, n, i == 2 ? y0[i].data() : nullptr, rows[k]);
+    EXPECT_LT(RelError(got, want), 3e-3) << "product " << i;
+  }
+  ASSERT_TRUE((*products)->Begin(order, 4, nullptr).ok());
+  EXPECT_EQ((*products)->MatMul(*order[1], dx.as<float>(), n, ys[1].as<float>(), rows[1], false).code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(Synchronize("PrefillProducts").ok());
+}
+
+// A 7B-like depth: 4096 columns (128 k slices), 259 rows, 300 tokens.
+TEST_F(CudaKernels, MatMulTiledLongRows) {
+  CheckProduct(WeightType::kQ4_0, {.rows = 259, .n = 300, .path = Path::kTiled, .add = true, .cols = 4096}, 3e-3);
+}
+
+TEST_F(CudaKernels, MatMulTiledRefusesTooLittleScratch) {
+  std::mt19937 rng(5);
+  const std::vector<uint8_t> gguf = RandomGgufRows(WeightType::kQ8_0, 256, 64, rng);
+  TestMatrix m = Upload(WeightType::kQ8_0, gguf, 256, 64);
+  DeviceBuffer dx = ToDevice(RandomFloats(20 * 64, rng));
+  DeviceBuffer dy = Poisoned(20 * 256);
+  const size_t bytes = MatMulScratchBytes(100, 64, 20);  // less than a band of 128 rows
+  auto scratch = DeviceBuffer::Allocate(bytes, "test scratch");
+  ASSERT_TRUE(scratch.ok());
+  const Status s =
+      MatMulTiled(m.m, dx.as<float>(), 20, dy.as<float>(), 256, false, Scratch{scratch->get(), bytes}, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
 }
 
 // The dummy weights decode to finite values of about 1/sqrt(cols) (the size that keeps a product's scale).
@@ -508,6 +633,17 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
   DeviceBuffer dout = Poisoned(static_cast<size_t>(n) * c.n_head * hdv);
   ASSERT_TRUE(
       Attention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dout.as<float>(), nullptr, nullptr).ok());
+  // The same on the tensor cores where the head dims allow (the second sequence starts inside the second 64-token
+  // block: two passes there).
+  DeviceBuffer dflash = Poisoned(static_cast<size_t>(n) * c.n_head * hdv);
+  if (FlashAttentionTakes(hd, hdv)) {
+    ASSERT_TRUE(
+        FlashAttention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dflash.as<float>(), nullptr).ok());
+  } else {
+    EXPECT_EQ(
+        FlashAttention(dq.as<float>(), c.n_head, scale, pool, layer, places, n, dflash.as<float>(), nullptr).code(),
+        StatusCode::kUnsupported);
+  }
 
   // The reference: bias, norm and RoPE in double, per head.
   auto prepare = [&](std::vector<float>& t, int heads, const std::vector<float>& w, const std::vector<float>& b) {
@@ -591,6 +727,9 @@ TEST_P(AttentionTest, PrepareAndAttendMatchReference) {
     }
   }
   EXPECT_LT(RelError(FromDevice<float>(dout, want.size()), want), 1e-5);
+  if (FlashAttentionTakes(hd, hdv)) {  // f16 queries and softmax weights
+    EXPECT_LT(RelError(FromDevice<float>(dflash, want.size()), want), 3e-3) << "FlashAttention";
+  }
 
   // A decode-sized step (split over blocks and merged): the last 3 tokens of the first sequence and the last 2 of the
   // second, over the rows stored above.

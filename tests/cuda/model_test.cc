@@ -4,13 +4,16 @@
 // on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
 // multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
 // continuations, forks that copy a shared page on the device, the dense fixtures of tests/fixtures/models/ against
-// their reference logits, and dummy weights. Skipped when no CUDA device is present.
+// their reference logits, dummy weights, and the prefill path against the decode path on dummy weights of two head
+// dims. Skipped when no CUDA device is present.
 #include "cuda/model.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -327,6 +330,36 @@ TEST_F(CudaModelTest, DummyWeightsRun) {
   ASSERT_EQ(ids.size(), 1u);
   EXPECT_GE(ids[0], 0);
   EXPECT_LT(ids[0], (*cpu)->config().n_vocab);
+}
+
+// The prefill path (steps of more than kMaxMatVecTokens tokens: tensor-core products on f16 operands, flash
+// attention) against the decode path (matvec, f32 attention) on the same dummy weights: the logits of 200 tokens fed
+// as one step, and as steps of 8 tokens. Head dims 64 (4 query heads per KV head) and 128 (the 7B's).
+TEST_F(CudaModelTest, PrefillStepAgreesWithDecodeSteps) {
+  for (const int head_dim : {64, 128}) {
+    auto preset = FindDummyPreset("llama-7b-q4_0");
+    ASSERT_TRUE(preset.ok());
+    inference::ModelConfig c = preset->config;
+    c.n_layer = 3;
+    c.n_embd = 512;
+    c.head_dim = c.head_dim_v = c.rope.n_rot = head_dim;
+    c.n_head = 512 / head_dim;
+    c.n_head_kv = head_dim == 64 ? 2 : c.n_head;
+    c.n_ff = 1376;
+    c.n_vocab = 2000;
+    auto gpu = CudaModel::Dummy(c, preset->types, 11);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    std::mt19937 rng(head_dim);
+    std::vector<int32_t> tokens(200);
+    for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % c.n_vocab);
+    const std::vector<float> one = RunChunks(**gpu, tokens, {200}), steps = RunChunks(**gpu, tokens, {8});
+    ASSERT_EQ(one.size(), tokens.size() * c.n_vocab);
+    ASSERT_EQ(steps.size(), one.size());
+    const Agreement a = Compare(steps, one, c.n_vocab);
+    EXPECT_LT(a.mean_kl, 1e-3) << "head_dim " << head_dim;
+    EXPECT_GE(a.top1, 0.95) << "head_dim " << head_dim;
+    std::printf("head_dim %d: prefill vs decode steps: mean KL %.6f, top-1 %.4f\n", head_dim, a.mean_kl, a.top1);
+  }
 }
 
 }  // namespace
