@@ -9,13 +9,14 @@
 // OpenMP wait policy costs when a core is taken.
 //
 // With --pass-k K, the bench measures prefix sharing instead: K attempts at one prompt of P real tokens (the text of
-// /usr/share/common-licenses/GPL-3, repeated as needed), G greedy tokens each (end of sequence ignored), run "shared"
-// (prefill once, K forks of it, all K decoded in one batched step per token) and "naive" (each attempt prefills the
-// prompt again and decodes alone). It reports wall time, prompt tokens computed and the peak KV pool bytes of each,
-// and for the shared mode's decode: the step time (one batched step of all K), the KV bytes attention reads per step
-// (positions attended times the cache's bytes per position; a runner that reads shared pages once,
-// Model::PlanSharedPrefix, counts them once) beside what per-sequence attention reads, the KV bytes held with all K
-// attempts live, and how many attempts of that prompt and length fit in a --kv-budget pool, shared and naive.
+// /usr/share/common-licenses/GPL-3, repeated as needed), G tokens each (end of sequence ignored; attempt c begins with
+// the c-th best token after the prompt, then continues greedily), run "shared" (prefill once, K forks of it, all K
+// decoded in one batched step per token) and "naive" (each attempt prefills the prompt again and decodes alone). It
+// reports wall time, prompt tokens computed and the peak KV pool bytes of each, and for the shared mode's decode: the
+// step time (one batched step of all K), the KV bytes attention reads per step (positions attended times the cache's
+// bytes per position; a runner that reads shared pages once, Model::PlanSharedPrefix, counts them once) beside what
+// per-sequence attention reads, the KV bytes held with all K attempts live, and how many attempts of that prompt and
+// length fit in a --kv-budget pool, shared and naive; for MoE models the distinct experts a step reads per layer.
 #include <omp.h>
 #include <sched.h>
 #include <signal.h>
@@ -152,6 +153,7 @@ struct PassKRun {
   double decode_s = 0;  // of wall_s, the decode steps after each prefill
   long prefill_tokens = 0;
   size_t kv_bytes = 0;
+  double experts = 0;  // distinct routed experts per MoE layer in the last decode step (0: none counted)
   std::vector<std::vector<int32_t>> attempts;
   // The shared mode's decode steps: KV bytes read per step (averaged), as run and without sharing.
   double kv_read_bytes = 0, kv_read_bytes_unshared = 0;
@@ -168,7 +170,19 @@ std::string KvLabel(const BenchFlags& f) {
   return label;
 }
 
-int32_t Argmax(const float* row, int n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
+// The k best token ids of a logits row, best first (ties: the smaller id): the pass-k attempts' first tokens, so that
+// the attempts differ from their first token on, as sampled attempts would (greedy attempts from one prompt would be
+// one sequence k times, which for a mixture of experts also means the same experts every step).
+std::vector<int32_t> TopTokens(const float* row, int n, int k) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) ids[i] = i;
+  const int m = std::min(k, n);
+  std::partial_sort(ids.begin(), ids.begin() + m, ids.end(),
+                    [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+  ids.resize(static_cast<size_t>(m));
+  while (static_cast<int>(ids.size()) < k) ids.push_back(ids[ids.size() % m]);
+  return ids;
+}
 
 // The calibration the runner stores compressed rows with (inference/kv_calibration.h; stored in the default cache
 // directory once computed); none for an f16 cache. model: null for a dummy preset (whose cache is f16).
@@ -211,8 +225,8 @@ Result<PassKRun> PassKShared(inference::ForwardPass& model, const BenchFlags& f,
   run.prefill_tokens = static_cast<long>(prompt.size());
   std::vector<int> seqs = {root};
   for (int c = 1; c < f.pass_k; ++c) seqs.push_back(cache.Fork(root));
-  const int32_t first = Argmax(logits.data(), n_vocab);
-  for (std::vector<int32_t>& a : run.attempts) a.push_back(first);
+  const std::vector<int32_t> firsts = TopTokens(logits.data(), n_vocab, f.pass_k);
+  for (int c = 0; c < f.pass_k; ++c) run.attempts[c].push_back(firsts[c]);
   std::vector<inference::BatchToken> batch;
   std::vector<int32_t> ids;
   double decode_s = 0, read = 0, read_unshared = 0;
@@ -238,6 +252,7 @@ Result<PassKRun> PassKShared(inference::ForwardPass& model, const BenchFlags& f,
   const double steps = std::max(1, f.gen_tokens - 1), per_position = static_cast<double>(cache.bytes_per_token());
   run.kv_read_bytes = read / steps * per_position;
   run.kv_read_bytes_unshared = read_unshared / steps * per_position;
+  run.experts = model.last_step_experts();
   run.kv_bytes = cache.Stats().bytes_peak();
   run.kv_held_bytes = cache.Stats().bytes_in_use();
   run.kv_prompt_bytes = static_cast<size_t>(f.prompt_tokens / inference::KvCache::kPageTokens) * cache.page_bytes();
@@ -258,7 +273,7 @@ Result<PassKRun> PassKNaive(inference::ForwardPass& model, const BenchFlags& f, 
     const int seq = cache.NewSequence();
     LR_RETURN_IF_ERROR(Feed(model, cache, seq, prompt, &logits));
     run.prefill_tokens += static_cast<long>(prompt.size());
-    std::vector<int32_t> attempt = {Argmax(logits.data(), n_vocab)}, ids;
+    std::vector<int32_t> attempt = {TopTokens(logits.data(), n_vocab, f.pass_k)[c]}, ids;
     const double t_decode = Now();
     for (int step = 1; step < f.gen_tokens; ++step) {
       const inference::BatchToken t{seq, attempt.back(), true};
@@ -266,6 +281,7 @@ Result<PassKRun> PassKNaive(inference::ForwardPass& model, const BenchFlags& f, 
       attempt.push_back(ids[0]);
     }
     run.decode_s += Now() - t_decode;
+    run.experts = model.last_step_experts();
     run.attempts.push_back(std::move(attempt));
     run.kv_held_bytes = cache.Stats().bytes_in_use();
     cache.Free(seq);
@@ -321,10 +337,12 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
   const long fit_shared = static_cast<long>(std::max(0.0, (budget - shared->kv_prompt_bytes) / own));
   const long fit_naive = static_cast<long>(budget / static_cast<double>(naive->kv_held_bytes));
   auto mode = [&](const PassKRun& r) {
-    return nlohmann::json{{"wall_s", r.wall_s},
-                          {"prefill_tokens", r.prefill_tokens},
-                          {"kv_bytes", r.kv_bytes},
-                          {"decode_tok_s", decoded / r.decode_s}};
+    nlohmann::json j{{"wall_s", r.wall_s},
+                     {"prefill_tokens", r.prefill_tokens},
+                     {"kv_bytes", r.kv_bytes},
+                     {"decode_tok_s", decoded / r.decode_s}};
+    if (r.experts > 0) j["experts_per_layer"] = r.experts;
+    return j;
   };
   nlohmann::json shared_json = mode(*shared);
   shared_json["step_s"] = step_s;
@@ -357,6 +375,9 @@ int RunPassK(const BenchFlags& f, inference::Model* cpu_model, inference::Forwar
   for (const auto& [name, r] : {std::pair<const char*, const PassKRun&>{"shared", *shared}, {"naive", *naive}}) {
     std::printf("%s%-7s wall %8.2f s, prompt tokens computed %7ld, peak KV %8.2f MiB, decode %8.1f tok/s\n",
                 tag.c_str(), name, r.wall_s, r.prefill_tokens, r.kv_bytes / 1048576.0, decoded / r.decode_s);
+    if (r.experts > 0)
+      std::printf("%s%-7s distinct routed experts per MoE layer in a decode step: %.1f\n", tag.c_str(), name,
+                  r.experts);
   }
   std::printf("%snaive / shared: wall %.2fx, prompt tokens %.2fx, KV %.2fx; %d of %d attempts decode the same tokens\n",
               tag.c_str(), naive->wall_s / shared->wall_s,
@@ -467,6 +488,7 @@ int RunBench(BenchFlags f) {
     return Status::Ok();
   };
   double tg_tok_s = 0, busy_tg_tok_s = 0;
+  double experts = 0;  // distinct routed experts per MoE layer in a decode step
   if (f.n_gen > 0) {
     if (!on_cpu) {
       std::vector<int32_t> ids;
@@ -479,6 +501,7 @@ int RunBench(BenchFlags f) {
     }
     s = generate(&tg_tok_s);
     if (!s.ok()) return Fail(s);
+    experts = model.last_step_experts();
     if (f.busy_neighbour) {
       BusyNeighbour neighbour;
       if (!neighbour.ok()) return Fail(Internal("bench --busy-neighbour: fork failed"));
@@ -518,6 +541,7 @@ int RunBench(BenchFlags f) {
                         {"n_gen", f.n_gen}};
     if (cpu_model) j["pp_weight_bytes"] = cpu_model->weight_bytes();
     if (f.busy_neighbour) j["busy_tg_tok_s"] = busy_tg_tok_s;
+    if (experts > 0) j["experts_per_layer"] = experts;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%smodel %s on %s, %d threads, %s kernels, %s, depth %d\n", tag.c_str(), f.model.c_str(),
@@ -534,6 +558,8 @@ int RunBench(BenchFlags f) {
                 bytes_per_token / 1e6, model.weight_bytes_per_token() / 1e6, kv_bytes / 1e6);
     std::printf("%sbandwidth bound %.1f tok/s; generation reaches %.0f%% of it\n", tag.c_str(), bound,
                 100.0 * tg_tok_s / bound);
+    if (experts > 0)
+      std::printf("%sdistinct routed experts per MoE layer in a decode step: %.1f\n", tag.c_str(), experts);
   }
   return 0;
 }
@@ -585,9 +611,10 @@ void AddBenchCommand(CLI::App& app, CommandSet& commands) {
       ->check(CLI::IsMember({"auto", "dummy"}));
   sub->add_flag("--json", flags->json,
                 "Print {pp_tok_s, tg_tok_s, bound_tg_tok_s, bytes_per_token, pp_weight_bytes, busy_tg_tok_s, depth, "
-                "threads, ctk, ctv, ...}; with --pass-k "
+                "threads, ctk, ctv, experts_per_layer (MoE), ...}; with --pass-k "
                 "{k, prompt_tokens, gen_tokens, kv_budget_mib, shared:{wall_s, prefill_tokens, kv_bytes, decode_tok_s, "
-                "step_s, kv_read_bytes_per_step, kv_read_bytes_per_step_unshared, kv_held_bytes, attempts_in_budget}, "
+                "step_s, kv_read_bytes_per_step, kv_read_bytes_per_step_unshared, kv_held_bytes, attempts_in_budget, "
+                "experts_per_layer}, "
                 "naive:{..., kv_held_bytes, attempts_in_budget}}");
   commands.Add(sub, [flags]() { return RunBench(*flags); });
 }

@@ -76,11 +76,17 @@ Result<std::unique_ptr<inference::ForwardPass>> MakeDummyPass(const std::string&
       LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, model->gguf().FindTensor(tensor));
       return static_cast<cuda::WeightType>(t->type.type);
     };
+    const inference::ModelConfig& c = model->config();
     cuda::DummyTypes types;
-    LR_ASSIGN_OR_RETURN(types.matrices, type("blk.0.ffn_gate.weight"));
+    LR_ASSIGN_OR_RETURN(types.matrices,
+                        type(c.kv_lora_rank > 0 ? "blk.0.attn_kv_a_mqa.weight" : "blk.0.ffn_gate.weight"));
+    if (c.n_expert > 0) {
+      const std::string experts = "blk." + std::to_string(c.n_leading_dense) + ".ffn_gate_exps.weight";
+      LR_ASSIGN_OR_RETURN(types.experts, type(experts.c_str()));
+    }
     LR_ASSIGN_OR_RETURN(types.embedding, type("token_embd.weight"));
     types.output = types.embedding;
-    if (!model->config().tied_output) {
+    if (!c.tied_output) {
       LR_ASSIGN_OR_RETURN(types.output, type("output.weight"));
     }
     LR_ASSIGN_OR_RETURN(pass, cuda::CudaModel::Dummy(model->config(), types, kSeed));

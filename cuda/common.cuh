@@ -1,6 +1,7 @@
-// Device code shared by the .cu files of the backend (kernels.cu, matvec.cu): warp reductions, the raw loads of
-// weight bytes, the decoding of a weight sub-block into registers (Dequant8, Dequant32: the layout of kernels.h), and
-// the host side's type dispatch and argument checks. Included only by .cu files (it needs the CUDA headers).
+// Device code shared by the .cu files of the backend (kernels.cu, matvec.cu, moe.cu, mla.cu): warp and block
+// reductions, the raw loads of weight bytes, the decoding of a weight sub-block into registers (Dequant8, Dequant32:
+// the layout of kernels.h), and the host side's type dispatch and argument checks. Included only by .cu files (it needs
+// the CUDA headers).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -91,6 +92,19 @@ __device__ __forceinline__ void QuantizeWarp(float v, int64_t i, Q8Activations o
   out.q[i] = static_cast<int8_t>(q);
   const int sum = __reduce_add_sync(kFull, q);
   if (i % 32 == 0) reinterpret_cast<float2*>(out.ds)[i / 32] = make_float2(d, d * static_cast<float>(sum));
+}
+
+// The sum of v over a block of THREADS threads (a multiple of 32), returned to every thread. Every thread calls it.
+template <int THREADS>
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float part[THREADS / 32];
+  v = WarpSum(v);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0;
+#pragma unroll
+  for (int i = 0; i < THREADS / 32; ++i) total += part[i];
+  return total;
 }
 
 __device__ __forceinline__ float Half(const uint8_t* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "cuda/moe.h"
+#include "inference/mla.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
 
@@ -46,14 +48,9 @@ class DevicePages : public inference::KvPageStore {
 
 WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }
 
-bool DenseSupported(const ModelConfig& c, std::string* why) {
-  if (c.n_expert > 0 || c.kv_lora_rank > 0) {
-    *why = "the CUDA backend runs dense models (llama, qwen2, qwen3); this one has " +
-           std::string(c.n_expert > 0 ? "mixture-of-experts FFNs" : "multi-head latent attention");
-    return false;
-  }
-  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3") {
-    *why = "the CUDA backend runs llama, qwen2 and qwen3 models, not " + c.arch;
+bool Supported(const ModelConfig& c, std::string* why) {
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3" && c.arch != "deepseek2") {
+    *why = "the CUDA backend runs llama, qwen2, qwen3 and deepseek2 models, not " + c.arch;
     return false;
   }
   return true;
@@ -81,7 +78,43 @@ Result<DummyPreset> FindDummyPreset(const std::string& name) {
     p.types = DummyTypes{WeightType::kQ4_0, WeightType::kQ4_0, WeightType::kQ6_K};
     return p;
   }
-  return NotFound("dummy preset '" + name + "' is unknown (presets: llama-7b-q4_0; or a GGUF file for its shape)");
+  if (name == "leanstral-q4_0") {
+    DummyPreset p;
+    ModelConfig& c = p.config;
+    c.arch = "deepseek2";
+    c.name = "Leanstral shape, dummy weights";
+    c.n_layer = 36;
+    c.n_embd = 4096;
+    c.n_head = 32;
+    c.n_head_kv = 32;
+    c.q_lora_rank = 1024;
+    c.kv_lora_rank = 256;
+    c.qk_rope_dim = 64;
+    c.qk_nope_dim = 64;
+    c.head_dim = 128;
+    c.head_dim_v = 128;
+    c.n_ff = 12288;  // no dense FFN layer uses it
+    c.n_expert = 128;
+    c.n_expert_used = 4;
+    c.n_expert_shared = 1;
+    c.n_ff_expert = 2048;
+    c.gating = inference::ExpertGating::kSoftmax;
+    c.expert_weights_norm = true;
+    c.n_vocab = 131072;
+    c.n_ctx_train = 1048576;
+    c.rms_eps = 1e-6f;
+    c.rope.n_rot = 64;
+    c.rope.base = 10000.0f;
+    c.rope.scaling_factor = 128.0f;
+    c.rope.original_ctx = 8192;
+    c.rope.yarn_log_multiplier = 0.1f;
+    c.attn_temperature_scale = 0.1f;
+    c.attn_temperature_length = 8192;
+    p.types = DummyTypes{WeightType::kQ8_0, WeightType::kQ8_0, WeightType::kQ8_0, WeightType::kQ4_0};
+    return p;
+  }
+  return NotFound("dummy preset '" + name +
+                  "' is unknown (presets: llama-7b-q4_0, leanstral-q4_0; or a GGUF file for its shape)");
 }
 
 CudaModel::~CudaModel() {
@@ -97,6 +130,7 @@ void CudaModel::DropGraphs() {
 }
 
 inference::KvShape CudaModel::kv_shape() const {
+  if (config_.kv_lora_rank > 0) return inference::MlaKvShape(config_);
   return inference::KvShape{config_.n_layer, config_.n_head_kv, config_.head_dim, config_.head_dim_v};
 }
 
@@ -118,9 +152,20 @@ size_t CudaModel::UploadBytes(const inference::Model& model) {
 
 Status CudaModel::Init() {
   std::string why;
-  if (!DenseSupported(config_, &why)) return Unsupported(why);
-  if (config_.head_dim % 8 != 0 || config_.head_dim > 256 || config_.head_dim_v > 256 || config_.head_dim_v % 2 != 0 ||
-      config_.n_head / config_.n_head_kv > 8)
+  if (!Supported(config_, &why)) return Unsupported(why);
+  const ModelConfig& c = config_;
+  if (c.kv_lora_rank > 0 && ((c.kv_lora_rank + c.qk_rope_dim) % 8 != 0 || c.kv_lora_rank > 512 || c.qk_rope_dim > 64))
+    return Unsupported(
+        "the CUDA MLA takes kv_lora_rank + rope a multiple of 8, kv_lora_rank at most 512 and rope at "
+        "most 64; this model has " +
+        std::to_string(c.kv_lora_rank) + " + " + std::to_string(c.qk_rope_dim));
+  if (c.n_expert > 0 && (c.n_expert > kMaxExperts || c.n_expert_used > kMaxExpertsUsed || c.n_expert_groups > 32))
+    return Unsupported("the CUDA MoE takes up to " + std::to_string(kMaxExpertsUsed) + " of " +
+                       std::to_string(kMaxExperts) + " experts in up to 32 groups; this model has " +
+                       std::to_string(c.n_expert_used) + " of " + std::to_string(c.n_expert) + " in " +
+                       std::to_string(c.n_expert_groups));
+  if (c.kv_lora_rank == 0 && (c.head_dim % 8 != 0 || c.head_dim > 256 || c.head_dim_v > 256 || c.head_dim_v % 2 != 0 ||
+                              c.n_head / c.n_head_kv > 8))
     return Unsupported(
         "the CUDA attention takes heads of at most 256 values (keys a multiple of 8, values even) "
         "and at most 8 query heads per KV head; this model has " +
@@ -129,6 +174,8 @@ Status CudaModel::Init() {
   cudaStream_t s;
   LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
   stream_ = s;
+  LR_ASSIGN_OR_RETURN(tally_, DeviceBuffer::Allocate(static_cast<size_t>(config_.n_layer) * 4, "expert tally"));
+  LR_RETURN_IF_ERROR(tally_.Fill(0));
   const std::vector<float> inv_freq = ops::RopeInvFreq(config_.rope);
   LR_ASSIGN_OR_RETURN(inv_freq_, DeviceBuffer::Allocate(std::max<size_t>(4, inv_freq.size() * 4), "RoPE table"));
   if (!inv_freq.empty()) LR_RETURN_IF_ERROR(inv_freq_.Upload(inv_freq.data(), inv_freq.size() * 4));
@@ -152,6 +199,47 @@ Result<CudaModel::Matrix> CudaModel::AllocateMatrix(WeightType type, int64_t row
   return mat;
 }
 
+Status CudaModel::UploadMatrix(const inference::GgufFile& g, const std::string& name, Matrix* out) {
+  LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
+  const int64_t cols = t->shape[0];
+  int64_t rows = 1;
+  for (size_t d = 1; d < t->shape.size(); ++d) rows *= t->shape[d];
+  const WeightType type = TypeOf(t->type);
+  const bool pad =
+      cols % 32 != 0 && (type == WeightType::kF32 || type == WeightType::kF16 || type == WeightType::kBF16);
+  const int64_t padded = pad ? (cols + 31) / 32 * 32 : cols;
+  LR_ASSIGN_OR_RETURN(*out, AllocateMatrix(type, rows, padded));
+  std::vector<uint8_t> q(out->q.bytes()), scales(out->scales.bytes());
+  if (pad) {
+    const size_t row_bytes = GgufRowBytes(type, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(&q[r * out->m.row_bytes], t->data + r * row_bytes, row_bytes);  // the rest stays 0
+  } else {
+    SplitBlocks(type, t->data, rows, cols, q.data(), scales.data());
+  }
+  LR_RETURN_IF_ERROR(out->q.Upload(q.data(), q.size()).WithContext(name));
+  if (!scales.empty()) LR_RETURN_IF_ERROR(out->scales.Upload(scales.data(), scales.size()).WithContext(name));
+  return Status::Ok();
+}
+
+Status CudaModel::UploadVector(const inference::GgufFile& g, const std::string& name, DeviceBuffer* out) {
+  LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
+  std::vector<float> v(static_cast<size_t>(t->shape[0]));
+  ops::DequantizeRow(t->type, t->data, v.data(), t->shape[0]);
+  LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(v.size() * 4, "norm weights"));
+  return out->Upload(v.data(), v.size() * 4).WithContext(name);
+}
+
+Status CudaModel::RandomMatrix(WeightType type, int64_t rows, int64_t cols, uint64_t seed, Matrix* out) {
+  LR_ASSIGN_OR_RETURN(*out, AllocateMatrix(type, rows, cols));
+  return RandomizeMatrix(type, rows, cols, out->q.as<uint8_t>(), out->scales.as<uint8_t>(), seed, stream_);
+}
+
+Status CudaModel::Ones(int n, DeviceBuffer* out) {
+  LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(static_cast<size_t>(n) * 4, "norm weights"));
+  return FillFloats(out->as<float>(), n, 1.0f, stream_);
+}
+
 Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& model) {
   LR_ASSIGN_OR_RETURN(DeviceInfo info, QueryDevice());
   const ModelConfig& c = model.config();
@@ -162,26 +250,8 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& mod
   std::unique_ptr<CudaModel> m(new CudaModel(c, std::move(info)));
   LR_RETURN_IF_ERROR(m->Init());
   const inference::GgufFile& g = model.gguf();
-  std::vector<uint8_t> q, scales;
-  auto matrix = [&](const std::string& name, Matrix* out) -> Status {
-    LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
-    const int64_t cols = t->shape[0], rows = t->shape[1];
-    const WeightType type = TypeOf(t->type);
-    LR_ASSIGN_OR_RETURN(*out, m->AllocateMatrix(type, rows, cols));
-    q.resize(out->q.bytes());
-    scales.resize(out->scales.bytes());
-    SplitBlocks(type, t->data, rows, cols, q.data(), scales.data());
-    LR_RETURN_IF_ERROR(out->q.Upload(q.data(), q.size()).WithContext(name));
-    if (!scales.empty()) LR_RETURN_IF_ERROR(out->scales.Upload(scales.data(), scales.size()).WithContext(name));
-    return Status::Ok();
-  };
-  auto vector = [&](const std::string& name, DeviceBuffer* out) -> Status {
-    LR_ASSIGN_OR_RETURN(const inference::GgufFile::Tensor* t, g.FindTensor(name));
-    std::vector<float> v(static_cast<size_t>(t->shape[0]));
-    ops::DequantizeRow(t->type, t->data, v.data(), t->shape[0]);
-    LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(v.size() * 4, "norm weights"));
-    return out->Upload(v.data(), v.size() * 4).WithContext(name);
-  };
+  auto matrix = [&](const std::string& name, Matrix* out) { return m->UploadMatrix(g, name, out); };
+  auto vector = [&](const std::string& name, DeviceBuffer* out) { return m->UploadVector(g, name, out); };
   LR_RETURN_IF_ERROR(matrix("token_embd.weight", &m->embd_));
   if (c.tied_output) {
     m->out_ = &m->embd_.m;
@@ -205,13 +275,21 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Upload(const inference::Model& mod
       LR_RETURN_IF_ERROR(vector(p + "attn_k.bias", &l.bk));
       LR_RETURN_IF_ERROR(vector(p + "attn_v.bias", &l.bv));
     }
-    LR_RETURN_IF_ERROR(matrix(p + "attn_q.weight", &l.wq));
-    LR_RETURN_IF_ERROR(matrix(p + "attn_k.weight", &l.wk));
-    LR_RETURN_IF_ERROR(matrix(p + "attn_v.weight", &l.wv));
-    LR_RETURN_IF_ERROR(matrix(p + "attn_output.weight", &l.wo));
-    LR_RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", &l.gate));
-    LR_RETURN_IF_ERROR(matrix(p + "ffn_up.weight", &l.up));
-    LR_RETURN_IF_ERROR(matrix(p + "ffn_down.weight", &l.down));
+    if (c.kv_lora_rank > 0) {
+      LR_RETURN_IF_ERROR(m->UploadMla(g, i));
+    } else {
+      LR_RETURN_IF_ERROR(matrix(p + "attn_q.weight", &l.wq));
+      LR_RETURN_IF_ERROR(matrix(p + "attn_k.weight", &l.wk));
+      LR_RETURN_IF_ERROR(matrix(p + "attn_v.weight", &l.wv));
+      LR_RETURN_IF_ERROR(matrix(p + "attn_output.weight", &l.wo));
+    }
+    if (c.n_expert > 0 && i >= c.n_leading_dense) {
+      LR_RETURN_IF_ERROR(m->UploadMoe(g, i));
+    } else {
+      LR_RETURN_IF_ERROR(matrix(p + "ffn_gate.weight", &l.gate));
+      LR_RETURN_IF_ERROR(matrix(p + "ffn_up.weight", &l.up));
+      LR_RETURN_IF_ERROR(matrix(p + "ffn_down.weight", &l.down));
+    }
   }
   m->weight_bytes_per_token_ = model.weight_bytes_per_token();
   return m;
@@ -224,15 +302,14 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
   LR_RETURN_IF_ERROR(m->Init());
   const ModelConfig& c = m->config_;
   const int e = c.n_embd;
-  auto matrix = [&](WeightType type, int64_t rows, int64_t cols, Matrix* out) -> Status {
-    LR_ASSIGN_OR_RETURN(*out, m->AllocateMatrix(type, rows, cols));
-    return RandomizeMatrix(type, rows, cols, out->q.as<uint8_t>(), out->scales.as<uint8_t>(), seed++, m->stream_);
+  auto matrix = [&](WeightType type, int64_t rows, int64_t cols, Matrix* out) {
+    return m->RandomMatrix(type, rows, cols, seed++, out);
   };
-  auto fill = [&](int64_t n, float value, DeviceBuffer* out) -> Status {
-    LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(static_cast<size_t>(n) * 4, "norm weights"));
-    return FillFloats(out->as<float>(), n, value, m->stream_);
+  auto ones = [&](int n, DeviceBuffer* out) { return m->Ones(n, out); };
+  auto zeros = [&](int64_t n, DeviceBuffer* out) -> Status {
+    LR_ASSIGN_OR_RETURN(*out, DeviceBuffer::Allocate(static_cast<size_t>(n) * 4, "biases"));
+    return FillFloats(out->as<float>(), n, 0.0f, m->stream_);
   };
-  auto ones = [&](int n, DeviceBuffer* out) { return fill(n, 1.0f, out); };
   size_t per_token = 0;
   auto bytes = [](const Matrix& x) { return x.q.bytes() + x.scales.bytes(); };
   LR_RETURN_IF_ERROR(matrix(types.embedding, c.n_vocab, e, &m->embd_));
@@ -249,7 +326,8 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
   m->layers_.resize(static_cast<size_t>(c.n_layer));
   const int64_t qd = int64_t{c.n_head} * c.head_dim, kd = int64_t{c.n_head_kv} * c.head_dim;
   const int64_t vd = int64_t{c.n_head_kv} * c.head_dim_v, od = int64_t{c.n_head} * c.head_dim_v;
-  for (Layer& l : m->layers_) {
+  for (int il = 0; il < c.n_layer; ++il) {
+    Layer& l = m->layers_[il];
     LR_RETURN_IF_ERROR(ones(e, &l.attn_norm));
     LR_RETURN_IF_ERROR(ones(e, &l.ffn_norm));
     if (c.qk_norm) {
@@ -257,18 +335,26 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
       LR_RETURN_IF_ERROR(ones(c.head_dim, &l.k_norm));
     }
     if (c.qkv_bias) {  // zero biases: the adds run, the products decide the values
-      LR_RETURN_IF_ERROR(fill(qd, 0.0f, &l.bq));
-      LR_RETURN_IF_ERROR(fill(kd, 0.0f, &l.bk));
-      LR_RETURN_IF_ERROR(fill(vd, 0.0f, &l.bv));
+      LR_RETURN_IF_ERROR(zeros(qd, &l.bq));
+      LR_RETURN_IF_ERROR(zeros(kd, &l.bk));
+      LR_RETURN_IF_ERROR(zeros(vd, &l.bv));
     }
     const WeightType t = types.matrices;
-    LR_RETURN_IF_ERROR(matrix(t, qd, e, &l.wq));
-    LR_RETURN_IF_ERROR(matrix(t, kd, e, &l.wk));
-    LR_RETURN_IF_ERROR(matrix(t, vd, e, &l.wv));
-    LR_RETURN_IF_ERROR(matrix(t, e, od, &l.wo));
-    LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.gate));
-    LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.up));
-    LR_RETURN_IF_ERROR(matrix(t, e, c.n_ff, &l.down));
+    if (c.kv_lora_rank > 0) {
+      LR_RETURN_IF_ERROR(m->DummyMla(il, types, &seed, &per_token));
+    } else {
+      LR_RETURN_IF_ERROR(matrix(t, qd, e, &l.wq));
+      LR_RETURN_IF_ERROR(matrix(t, kd, e, &l.wk));
+      LR_RETURN_IF_ERROR(matrix(t, vd, e, &l.wv));
+      LR_RETURN_IF_ERROR(matrix(t, e, od, &l.wo));
+    }
+    if (c.n_expert > 0 && il >= c.n_leading_dense) {
+      LR_RETURN_IF_ERROR(m->DummyMoe(il, types, &seed, &per_token));
+    } else {
+      LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.gate));
+      LR_RETURN_IF_ERROR(matrix(t, c.n_ff, e, &l.up));
+      LR_RETURN_IF_ERROR(matrix(t, e, c.n_ff, &l.down));
+    }
     for (const Matrix* x : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) per_token += bytes(*x);
   }
   m->weight_bytes_per_token_ = per_token;
@@ -312,12 +398,16 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     prefill_.reset();
     prefill_order_.clear();
     if (tokens > kMaxMatVecTokens) {  // the tensor-core products' buffers, and their order in a step
+      // A dense model's products run in a fixed order (the next matrix decoded beside the product before it); the
+      // MLA and MoE blocks multiply on the same buffers as MatMulTiled's scratch, one product after another.
+      const bool ordered = c.kv_lora_rank == 0 && c.n_expert == 0;
       int64_t max_weights = 0, max_cols = out_->cols;
       for (const Layer& l : layers_) {
-        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) {
+        for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down, &l.wq_a, &l.wq_b, &l.wkv_a,
+                                &l.router, &l.gate_shexp, &l.up_shexp, &l.down_shexp}) {
           max_weights = std::max(max_weights, m->m.rows * m->m.cols);
           max_cols = std::max(max_cols, m->m.cols);
-          prefill_order_.push_back(&m->m);
+          if (ordered && m->m.rows > 0) prefill_order_.push_back(&m->m);
         }
       }
       LR_ASSIGN_OR_RETURN(prefill_, PrefillProducts::Create(max_weights, max_cols, tokens));
@@ -337,6 +427,7 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     host_logits_ = nullptr;
     host_logits_floats_ = static_cast<size_t>(rows) * c.n_vocab;
     LR_RETURN_IF_ERROR(CheckCuda(cudaMallocHost(&host_logits_, host_logits_floats_ * 4), "pinned logits"));
+    LR_RETURN_IF_ERROR(ReserveMlaMoe(t));
     cap_tokens_ = tokens;
     cap_logits_ = rows;
     cap_pages_ = 0;  // the step array's layout depends on cap_tokens_
@@ -350,6 +441,22 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
     staging_ = nullptr;
     LR_RETURN_IF_ERROR(CheckCuda(cudaMallocHost(&staging_, words * 4), "pinned step arrays"));
   }
+  return Status::Ok();
+}
+
+Status CudaModel::Products(const Product* p, int count, const float* in, int n_tokens) {
+  if (n_tokens <= kMaxMatVecTokens) {
+    for (int first = 0; first < count;) {
+      int end = first + 1;
+      while (end < count && p[end].w.type == p[first].w.type && p[end].w.cols == p[first].w.cols) ++end;
+      LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, stream_));
+      first = end;
+    }
+    return Status::Ok();
+  }
+  for (int i = 0; i < count; ++i)
+    LR_RETURN_IF_ERROR(
+        MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, prefill_->scratch(), stream_));
   return Status::Ok();
 }
 
@@ -367,7 +474,9 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   // A decode step quantizes each product input once (in the step that writes it: the norms, SwiGLU) and runs the
   // integer products on it; prefill multiplies f32 activations on the tensor cores.
-  const bool decode = n <= kMaxMatVecTokens;
+  // The MLA and MoE blocks (model_mla_moe.cc) take f32 activations: a deepseek2 model's decode steps do not quantize.
+  const bool decode = n <= kMaxMatVecTokens && c.kv_lora_rank == 0;
+  const bool int8_logits = c.kv_lora_rank == 0;
   const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq{hq_.as<int8_t>(), hds_.as<float>()};
   auto Norm = [&](const int32_t* rows, int count, const DeviceBuffer& w) -> Status {
     if (decode) return RmsNormQ8(x, rows, count, e, w.as<float>(), c.rms_eps, xn, xq, s);
@@ -378,7 +487,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   auto Products = [&](const Product* p, int count, const float* in, int n_tokens,
                       const Q8Activations& in_q = Q8Activations{}) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
-      const Q8Activations* quantized = in_q.q != nullptr ? &in_q : &xq;
+      const Q8Activations* quantized = c.kv_lora_rank > 0 ? nullptr : in_q.q != nullptr ? &in_q : &xq;
       for (int first = 0; first < count;) {
         int end = first + 1;
         while (end < count && p[end].w.type == p[first].w.type) ++end;
@@ -387,49 +496,65 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
       }
       return Status::Ok();
     }
-    for (int i = 0; i < count; ++i)
-      LR_RETURN_IF_ERROR(prefill_->MatMul(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add));
+    for (int i = 0; i < count; ++i) {
+      if (prefill_order_.empty()) {
+        LR_RETURN_IF_ERROR(MatMulTiled(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add, prefill_->scratch(), s));
+      } else {
+        LR_RETURN_IF_ERROR(prefill_->MatMul(p[i].w, in, n_tokens, p[i].y, p[i].y_stride, p[i].add));
+      }
+    }
     return Status::Ok();
   };
-  if (n > kMaxMatVecTokens)
+  if (n > kMaxMatVecTokens && !prefill_order_.empty())
     LR_RETURN_IF_ERROR(prefill_->Begin(prefill_order_.data(), static_cast<int>(prefill_order_.size()), s));
   LR_RETURN_IF_ERROR(DequantizeRows(embd_.m, tokens, n, x, s));
+  bool normed = false;  // xn already holds this layer's attn_norm of x (the last MoE kernel wrote it)
   for (int il = 0; il < c.n_layer; ++il) {
     const Layer& l = layers_[il];
-    LR_RETURN_IF_ERROR(Norm(nullptr, n, l.attn_norm));
-    const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
-    LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
-    QkvArgs a;
-    a.q = q;
-    a.k = k;
-    a.v = v;
-    a.n_head = c.n_head;
-    a.q_norm = c.qk_norm ? l.q_norm.as<float>() : nullptr;
-    a.k_norm = c.qk_norm ? l.k_norm.as<float>() : nullptr;
-    a.q_bias = c.qkv_bias ? l.bq.as<float>() : nullptr;
-    a.k_bias = c.qkv_bias ? l.bk.as<float>() : nullptr;
-    a.v_bias = c.qkv_bias ? l.bv.as<float>() : nullptr;
-    a.eps = c.rms_eps;
-    a.inv_freq = inv_freq_.as<float>();
-    a.n_rot = c.rope.n_rot;
-    a.cos_sin_factor = ops::RopeCosSinFactor(c.rope);
-    a.halves = c.rope.style == ops::RopeStyle::kHalves;
-    a.layer = il;
-    LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
-    // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
-    // where the value rows are whole blocks).
-    const bool fused = decode && c.head_dim_v % 32 == 0;
-    if (flash) {
-      LR_RETURN_IF_ERROR(FlashAttention(q, c.n_head, scale, pool_, il, places, n, attn, s));
+    if (!normed) LR_RETURN_IF_ERROR(Norm(nullptr, n, l.attn_norm));
+    normed = false;
+    if (c.kv_lora_rank > 0) {
+      LR_RETURN_IF_ERROR(EnqueueMla(il, n, places));
     } else {
-      LR_RETURN_IF_ERROR(
-          Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s, fused ? &xq : nullptr));
+      const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
+      LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
+      QkvArgs a;
+      a.q = q;
+      a.k = k;
+      a.v = v;
+      a.n_head = c.n_head;
+      a.q_norm = c.qk_norm ? l.q_norm.as<float>() : nullptr;
+      a.k_norm = c.qk_norm ? l.k_norm.as<float>() : nullptr;
+      a.q_bias = c.qkv_bias ? l.bq.as<float>() : nullptr;
+      a.k_bias = c.qkv_bias ? l.bk.as<float>() : nullptr;
+      a.v_bias = c.qkv_bias ? l.bv.as<float>() : nullptr;
+      a.eps = c.rms_eps;
+      a.inv_freq = inv_freq_.as<float>();
+      a.n_rot = c.rope.n_rot;
+      a.cos_sin_factor = ops::RopeCosSinFactor(c.rope);
+      a.halves = c.rope.style == ops::RopeStyle::kHalves;
+      a.layer = il;
+      LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
+      // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
+      // where the value rows are whole blocks).
+      const bool fused = decode && c.head_dim_v % 32 == 0;
+      if (flash) {
+        LR_RETURN_IF_ERROR(FlashAttention(q, c.n_head, scale, pool_, il, places, n, attn, s));
+      } else {
+        LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s,
+                                     fused ? &xq : nullptr));
+      }
+      if (decode && !fused)
+        LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
+      const Product wo[] = {{l.wo.m, x, e, /*add=*/true}};
+      LR_RETURN_IF_ERROR(Products(wo, 1, attn, n));
     }
-    if (decode && !fused)
-      LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * c.n_head * c.head_dim_v, xq, s));
-    const Product wo[] = {{l.wo.m, x, e, /*add=*/true}};
-    LR_RETURN_IF_ERROR(Products(wo, 1, attn, n));
     LR_RETURN_IF_ERROR(Norm(nullptr, n, l.ffn_norm));
+    if (l.moe) {
+      normed = il + 1 < c.n_layer && c.kv_lora_rank > 0;  // the MLA block reads xn (f32), not xq
+      LR_RETURN_IF_ERROR(EnqueueMoe(il, n, normed ? layers_[il + 1].attn_norm.as<float>() : nullptr));
+      continue;
+    }
     const Product gate_up[] = {{l.gate.m, g, c.n_ff}, {l.up.m, u, c.n_ff}};
     const int64_t ff = static_cast<int64_t>(n) * c.n_ff;
     if (decode && l.gate.m.type == l.up.m.type && TakesQ8(l.gate.m.type) && c.n_ff % 32 == 0) {
@@ -447,16 +572,20 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
     LR_RETURN_IF_ERROR(Products(down, 1, g, n, hq));
   }
   if (n_logits > 0) {
-    // The logit rows' norm: quantized for the output product when that is a matrix-vector product; more rows go to
-    // the tensor cores outside the step's product order, on its buffers.
-    if (n_logits <= kMaxMatVecTokens) {
+    // The logit rows' norm: quantized for the output product when that is a matrix-vector product.
+    if (n_logits <= kMaxMatVecTokens && int8_logits) {
       LR_RETURN_IF_ERROR(RmsNormQ8(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, xq, s));
       const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
       LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
     } else {
       LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
-      LR_RETURN_IF_ERROR(
-          MatMulTiled(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, prefill_->scratch(), s));
+      if (n_logits <= kMaxMatVecTokens) {
+        const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
+        LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
+      } else {
+        LR_RETURN_IF_ERROR(
+            MatMulTiled(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, prefill_->scratch(), s));
+      }
     }
     if (greedy) LR_RETURN_IF_ERROR(Sample(logits_.as<float>(), n_logits, c.n_vocab, 0.0f, 0, ids_.as<int32_t>(), s));
   }
@@ -502,7 +631,8 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
   const size_t words = 4 * static_cast<size_t>(cap_tokens_) + table.size();
   LR_RETURN_IF_ERROR(CheckCuda(cudaMemcpyAsync(step_.get(), staging_, words * 4, cudaMemcpyHostToDevice, S(stream_)),
                                "copying the step's tokens"));
-  pool_ = KvPool{pages->base(), pages->page_bytes(), c.n_layer, c.n_head_kv, c.head_dim, c.head_dim_v};
+  const inference::KvShape shape = kv_shape();
+  pool_ = KvPool{pages->base(), pages->page_bytes(), shape.n_layer, shape.n_head_kv, shape.k_dim, shape.v_dim};
   if (n > kMaxMatVecTokens) {
     // FlashAttention makes one pass per sequence in each 64-token block: worth it where the tokens come in runs of
     // one sequence at least 16 long on average (a prefill chunk), not for many sequences' decode tokens.

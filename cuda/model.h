@@ -32,15 +32,21 @@
 
 namespace lr::cuda {
 
-// The weight types of a dummy model: its layer matrices, the token embedding and the output matrix.
+// The weight types of a dummy model: its layer matrices (attention, dense FFNs, shared experts), the token embedding,
+// the output matrix and the routed experts. MoE routers are f32 and MLA's attn_kv_b f16 (as the device keeps it).
 struct DummyTypes {
   WeightType matrices = WeightType::kQ4_0;
   WeightType embedding = WeightType::kQ4_0;
   WeightType output = WeightType::kQ6_K;
+  WeightType experts = WeightType::kQ4_0;
 };
 
 // A named shape for dummy weights: "llama-7b-q4_0" (LLaMA-7B: 32 layers of 4096, 32 heads, FFN 11008, vocabulary
-// 32000; Q4_0 matrices and embedding, Q6_K output, as llama.cpp's Q4_0 file: 3.6 GiB).
+// 32000; Q4_0 matrices and embedding, Q6_K output, as llama.cpp's Q4_0 file: 3.6 GiB); "leanstral-q4_0" (Leanstral /
+// Mistral Small 4, ../shared/REFERENCES.md: 36 layers of 4096, MLA with 32 heads, q_lora 1024, kv_lora 256, rope 64
+// + nope 64, values 128; 128 routed experts of 2048 top-4 (softmax, renormalised) and one shared expert in every
+// layer; vocabulary 131072; YaRN factor 128 over 8192 positions, query temperature 0.1; Q4_0 routed experts, Q8_0
+// for the rest: about 68 GB).
 struct DummyPreset {
   inference::ModelConfig config;
   DummyTypes types;
@@ -50,7 +56,8 @@ Result<DummyPreset> FindDummyPreset(const std::string& name);
 
 class CudaModel : public inference::ForwardPass {
  public:
-  // The model's weights on device 0. kUnsupported for MoE or MLA models and weight types the kernels lack;
+  // The model's weights on device 0. kUnsupported for architectures other than llama, qwen3 and deepseek2 and for
+  // weight types or shapes the kernels lack;
   // kResourceExhausted, with the numbers, when they do not fit in the device's free memory.
   static Result<std::unique_ptr<CudaModel>> Upload(const inference::Model& model);
   // Random weights of this shape generated on device 0 (dummy weights).
@@ -74,6 +81,9 @@ class CudaModel : public inference::ForwardPass {
   Status ForwardGreedy(inference::KvCache& cache, std::span<const inference::BatchToken> batch,
                        std::vector<int32_t>* ids) override;
 
+  // Distinct routed experts per MoE layer in the last step, averaged over the MoE layers (0 for a dense model).
+  double last_step_experts() const override;
+
   bool dummy() const { return dummy_; }
   // Bytes of weights on the device.
   size_t weight_bytes() const { return weight_bytes_; }
@@ -87,11 +97,37 @@ class CudaModel : public inference::ForwardPass {
     DeviceBuffer attn_norm, ffn_norm, q_norm, k_norm;
     DeviceBuffer bq, bk, bv;  // qkv_bias only
     Matrix wq, wk, wv, wo, gate, up, down;
+    // MLA (kv_lora_rank > 0; wq when q_lora_rank is 0): wq_b's columns padded with zeros to a multiple of 32.
+    Matrix wq_a, wq_b, wkv_a;
+    DeviceBuffer q_a_norm, kv_a_norm, kv_b;  // kv_b: f16 rows (mla.h)
+    // MoE (moe): the router, stacked experts (moe.h), the shared expert (rows 0 when none).
+    bool moe = false;
+    Matrix router, gate_exps, up_exps, down_exps, gate_shexp, up_shexp, down_shexp;
+    DeviceBuffer expert_bias;  // empty when none
   };
 
   CudaModel(inference::ModelConfig config, DeviceInfo info) : config_(std::move(config)), info_(std::move(info)) {}
   Status Init();  // stream, RoPE table
   Result<Matrix> AllocateMatrix(WeightType type, int64_t rows, int64_t cols);
+  // A GGUF tensor as a matrix: its first dimension the columns (float types padded with zeros to a multiple of 32),
+  // the others the rows (stacked experts); a vector as f32.
+  Status UploadMatrix(const inference::GgufFile& g, const std::string& name, Matrix* out);
+  Status UploadVector(const inference::GgufFile& g, const std::string& name, DeviceBuffer* out);
+  Status RandomMatrix(WeightType type, int64_t rows, int64_t cols, uint64_t seed, Matrix* out);
+  Status Ones(int n, DeviceBuffer* out);
+  // The MLA and MoE parts of layer `il` (model_mla_moe.cc): from GGUF, or dummy weights (adding the bytes a decode
+  // step reads to *per_token).
+  Status UploadMla(const inference::GgufFile& g, int il);
+  Status UploadMoe(const inference::GgufFile& g, int il);
+  Status DummyMla(int il, const DummyTypes& types, uint64_t* seed, size_t* per_token);
+  Status DummyMoe(int il, const DummyTypes& types, uint64_t* seed, size_t* per_token);
+  Status ReserveMlaMoe(size_t tokens);
+  Status EnqueueMla(int il, int n, const TokenPlaces& places);
+  // next_norm: the next layer's attn_norm, whose RMSNorm of x into xn_ the last kernel does too; null: none.
+  Status EnqueueMoe(int il, int n, const float* next_norm);
+  // Products over the same activations: one launch per run of one type (n_tokens <= kMaxMatVecTokens), else one
+  // tensor-core product each.
+  Status Products(const Product* p, int count, const float* in, int n_tokens);
   // The steps of Forward and ForwardGreedy: the logits rows stay on the device; with `greedy` the ids are picked.
   Status Step(inference::KvCache& cache, std::span<const inference::BatchToken> batch, bool greedy, int* n_logits);
   // Room for n tokens, n_logits logit rows and n_pages page ids; reallocating drops the captured graphs.
@@ -120,6 +156,14 @@ class CudaModel : public inference::ForwardPass {
   // Enqueue multiplies them.
   std::unique_ptr<PrefillProducts> prefill_;
   std::vector<const DeviceMatrix*> prefill_order_;
+  // MLA and MoE (ReserveMlaMoe): q_lora activations (stride qa_stride_), [latent | k_rope] rows, absorbed queries,
+  // attended latents, split states; router logits, choices, their weights, the grouping, the grouped gate / up /
+  // outputs, the shared expert's gate / up; tally_: distinct experts per layer of the last step.
+  int qa_stride_ = 0;
+  DeviceBuffer qa_, kv_, q_abs_, latent_, mla_part_;
+  DeviceBuffer router_logits_, chosen_, chosen_weights_, first_, order_, row_of_, active_, tiles_, eg_, eu_, ys_, sg_,
+      su_;
+  DeviceBuffer tally_;
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

@@ -15,7 +15,7 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     return InvalidArgument("KV cache: sink_tokens is " + std::to_string(options.sink_tokens) + "; expected 0.." +
                            std::to_string(kPageTokens));
   const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
-  if (options.page_store != nullptr && (!all_f16 || shape.v_dim == 0))
+  if (options.page_store != nullptr && !all_f16)
     return InvalidArgument(
         "KV cache on the device: keys and values are stored as f16 rows (--ctk f16 --ctv f16; "
         "got " +

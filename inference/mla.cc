@@ -16,13 +16,6 @@
 namespace lr::inference {
 namespace {
 
-float SoftmaxScale(const ModelConfig& c) {
-  float mscale = 1.0f;
-  if (c.rope.yarn() && c.rope.yarn_log_multiplier > 0.0f)
-    mscale = 1.0f + c.rope.yarn_log_multiplier * std::log(c.rope.scaling_factor);
-  return mscale * mscale / std::sqrt(static_cast<float>(c.head_dim));
-}
-
 float QueryTemperature(const ModelConfig& c, int pos) {
   if (c.attn_temperature_scale <= 0.0f || c.attn_temperature_length <= 0) return 1.0f;
   return 1.0f + c.attn_temperature_scale * std::log1p(static_cast<float>(pos / c.attn_temperature_length));
@@ -63,6 +56,13 @@ Result<MlaWeights> BindMlaWeights(const GgufFile& g, const ModelConfig& c, int l
   LR_ASSIGN_OR_RETURN(w.wkv_b, BindMatrix(g, p + "attn_kv_b.weight", kv_b_rows, c.kv_lora_rank));
   LR_ASSIGN_OR_RETURN(w.wo, BindMatrix(g, p + "attn_output.weight", c.n_embd, int64_t{c.n_head} * c.head_dim_v));
   return w;
+}
+
+float MlaSoftmaxScale(const ModelConfig& c) {
+  float mscale = 1.0f;
+  if (c.rope.yarn() && c.rope.yarn_log_multiplier > 0.0f)
+    mscale = 1.0f + c.rope.yarn_log_multiplier * std::log(c.rope.scaling_factor);
+  return mscale * mscale / std::sqrt(static_cast<float>(c.head_dim));
 }
 
 KvShape MlaKvShape(const ModelConfig& c) { return KvShape{c.n_layer, 1, c.kv_lora_rank + c.qk_rope_dim, 0}; }
@@ -173,7 +173,7 @@ Status MlaAttention(const ModelConfig& c, const MlaWeights& w, const std::vector
   // Runs of kMinBlockRun or more tokens of one sequence at consecutive positions (a prompt chunk) attend in blocks;
   // the other tokens (decode steps) one at a time over the compressed rows.
   std::vector<float> latent_out(static_cast<size_t>(heads) * n * lat);
-  const float scale = SoftmaxScale(c);
+  const float scale = MlaSoftmaxScale(c);
   std::vector<int> single;
   for (int begin = 0, end = 0; begin < n; begin = end) {
     for (end = begin + 1; end < n && seq[end] == seq[begin] && pos[end] == pos[end - 1] + 1;) ++end;

@@ -42,6 +42,9 @@ struct MlaWeights {
 // or an inconsistent config (rope dims not below key_length).
 Result<MlaWeights> BindMlaWeights(const GgufFile& gguf, const ModelConfig& config, int layer);
 
+// The softmax scale: mscale² / sqrt(key_length) with YaRN's mscale (1 without YaRN).
+float MlaSoftmaxScale(const ModelConfig& config);
+
 // The cache shape: one row of kv_lora_rank + rope values per token and layer, no separate value rows.
 KvShape MlaKvShape(const ModelConfig& config);
 

@@ -90,6 +90,9 @@ class ForwardPass {
   // Forward, then the greedy token (the first maximum) of each token that wants logits, in batch order, into *ids.
   // A device pass picks them on the device and copies only the ids back.
   virtual Status ForwardGreedy(KvCache& cache, std::span<const BatchToken> batch, std::vector<int32_t>* ids);
+  // Distinct routed experts per MoE layer that the last step read, averaged over the MoE layers; 0 when the pass
+  // has no MoE layers or does not count them.
+  virtual double last_step_experts() const { return 0; }
 };
 
 class Model : public ForwardPass {

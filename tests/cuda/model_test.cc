@@ -1,11 +1,12 @@
 // The CUDA model against the CPU model doing each step with the device's arithmetic (MatchDeviceArithmetic: prefill
 // steps on the scalar path, f32 activations; decode steps on the SIMD path, int8 activations) and the transformers
-// references: whole-model logits
-// on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160 positions, through the prefill path, a
-// multi-token step and single-token decode steps), 32 greedy tokens equal to the CPU's and to the reference's
-// continuations, forks that copy a shared page on the device, the dense fixtures of tests/fixtures/models/ against
-// their reference logits, dummy weights, and the prefill path against the decode path on dummy weights of two head
-// dims. Skipped when no CUDA device is present.
+// references: whole-model logits on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160
+// positions, through the prefill path, a multi-token step and single-token decode steps), 32 greedy tokens equal to
+// the CPU's and to the reference's continuations, forks that copy a shared page on the device, the fixtures of
+// tests/fixtures/models/ against their reference logits (dense; deepseek2: MLA and MoE), the deepseek2 Q4_0 bench
+// fixture against the CPU, dummy weights (the Leanstral preset's shape against transformers' Mistral4Config
+// defaults), and the prefill path against the decode path on dummy weights of two head dims. Skipped when no CUDA
+// device is present.
 #include "cuda/model.h"
 
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "base/cpu.h"
+#include "inference/model_config.h"
 #include "inference/tokenizer.h"
 #include "ops/kernels.h"
 #include "tests/inference/reference_util.h"
@@ -58,10 +60,13 @@ KvCache NewCache(ForwardPass& fp, int max_tokens) {
 // The CPU model runs each step with the arithmetic the device uses for it: a step of more than kMaxMatVecTokens
 // tokens (the device's tensor-core product: f16 operands, f32 sums) on the scalar path (f32 activations), a decode
 // step (the device's integer products on int8 activations in ops::BlockQ8's scheme) on the SIMD path, which
-// quantizes its activations the same way (the scalar path where the CPU has no AVX2). No-op for the device.
+// quantizes its activations the same way (the scalar path where the CPU has no AVX2); a deepseek2 model always on
+// the scalar path (the device's MLA and MoE blocks take f32 activations). No-op for the device.
 void MatchDeviceArithmetic(ForwardPass& fp, size_t step_tokens) {
   if (dynamic_cast<Model*>(&fp) == nullptr) return;
-  ops::SetActiveIsa(step_tokens > static_cast<size_t>(kMaxMatVecTokens) ? Isa::kBaseline : BestIsa());
+  // The device's MLA and MoE blocks take f32 activations in every step.
+  const bool f32 = step_tokens > static_cast<size_t>(kMaxMatVecTokens) || fp.config().kv_lora_rank > 0;
+  ops::SetActiveIsa(f32 ? Isa::kBaseline : BestIsa());
 }
 
 // Logits of every token of `tokens` in one sequence, fed in chunks of the given sizes (the last repeated).
@@ -218,6 +223,26 @@ TEST_F(CudaModelTest, DefaultModelGreedyEqualsReference) {
   }
 }
 
+// A root sequence of 45 tokens (a partial second page) and a fork of it, then 4 steps of both together: the steps'
+// logits (8 rows). tokens: at least 45.
+std::vector<float> ForkSteps(ForwardPass& fp, const std::vector<int32_t>& tokens) {
+  KvCache cache = NewCache(fp, 256);
+  const int root = cache.NewSequence();
+  std::vector<BatchToken> batch;
+  for (int i = 0; i < 45; ++i) batch.push_back({root, tokens[i], false});
+  std::vector<float> logits, all;
+  MatchDeviceArithmetic(fp, batch.size());
+  EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
+  const int fork = cache.Fork(root);
+  for (int step = 0; step < 4; ++step) {
+    batch = {{root, tokens[step], true}, {fork, tokens[10 + step], true}};
+    MatchDeviceArithmetic(fp, batch.size());
+    EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
 // Forks share the prompt's partial last page; each fork's first step copies it on the device (copy on write). Both
 // forks decode together in one step; their logits match the CPU's for the same operations.
 TEST_F(CudaModelTest, ForksCopySharedPagesOnTheDevice) {
@@ -225,24 +250,7 @@ TEST_F(CudaModelTest, ForksCopySharedPagesOnTheDevice) {
   ASSERT_TRUE(m.gpu);
   const std::vector<int32_t> prompt = TextTokens(*m.cpu, 45);
   const int n_vocab = m.cpu->config().n_vocab;
-  auto run = [&](ForwardPass& fp) {
-    KvCache cache = NewCache(fp, 256);
-    const int root = cache.NewSequence();
-    std::vector<BatchToken> batch;
-    for (int i = 0; i < 45; ++i) batch.push_back({root, prompt[i], false});  // 45: a partial second page
-    std::vector<float> logits, all;
-    MatchDeviceArithmetic(fp, batch.size());
-    EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
-    const int fork = cache.Fork(root);
-    for (int step = 0; step < 4; ++step) {
-      batch = {{root, prompt[step], true}, {fork, prompt[10 + step], true}};
-      MatchDeviceArithmetic(fp, batch.size());
-      EXPECT_TRUE(fp.Forward(cache, batch, &logits).ok());
-      all.insert(all.end(), logits.begin(), logits.end());
-    }
-    return all;
-  };
-  const std::vector<float> cpu = run(*m.cpu), gpu = run(*m.gpu);
+  const std::vector<float> cpu = ForkSteps(*m.cpu, prompt), gpu = ForkSteps(*m.gpu, prompt);
   ASSERT_EQ(cpu.size(), 8u * n_vocab);
   ASSERT_EQ(gpu.size(), cpu.size());
   const Agreement a = Compare(cpu, gpu, n_vocab);
@@ -285,16 +293,6 @@ INSTANTIATE_TEST_SUITE_P(Dense, CudaFixtureTest,
                          ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen2", 2e-3},
                                            Fixture{"qwen3", 2e-3}),
                          [](const auto& info) { return std::string(info.param.name); });
-
-TEST_F(CudaModelTest, MoeAndMlaModelsAreUnsupported) {
-  for (const char* name : {"mixtral.gguf", "deepseek_v3.gguf"}) {
-    auto cpu = Model::Load(inference::testing::FixturePath(name));
-    ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
-    auto gpu = CudaModel::Upload(**cpu);
-    ASSERT_FALSE(gpu.ok());
-    EXPECT_EQ(gpu.status().code(), StatusCode::kUnsupported) << gpu.status().ToString();
-  }
-}
 
 TEST_F(CudaModelTest, KvCacheOfAnotherKindIsAnError) {
   Loaded m = Load(kDefaultModel);
@@ -360,6 +358,141 @@ TEST_F(CudaModelTest, PrefillStepAgreesWithDecodeSteps) {
     EXPECT_GE(a.top1, 0.95) << "head_dim " << head_dim;
     std::printf("head_dim %d: prefill vs decode steps: mean KL %.6f, top-1 %.4f\n", head_dim, a.mean_kl, a.top1);
   }
+}
+
+// The deepseek2 fixtures (tiny random Mistral-4 and DeepSeek-V3 configs, f16 weights, run through transformers in
+// float64): MLA with and without q_lora, YaRN, the query temperature, softmax and sigmoid-with-groups routers, a
+// leading dense layer and a shared expert. The tolerances of the CPU's reference tests: mean KL <= 0.01 and top-1
+// agreement >= 0.99 over the 32 positions, through the prefill path (32 tokens: the tensor-core products) and one
+// token per step (the captured graphs).
+class CudaDeepseekFixtureTest : public CudaModelTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(CudaDeepseekFixtureTest, LogitsMatchReference) {
+  using namespace inference::testing;
+  nlohmann::json manifest = ReadJsonFile(FixturePath(std::string(GetParam()) + ".json"));
+  const std::vector<int32_t> tokens = manifest["tokens"].get<std::vector<int32_t>>();
+  const int n_vocab = manifest["n_vocab"].get<int>();
+  const std::vector<float> want =
+      ReadF32File(FixturePath(manifest["logits"].get<std::string>()), tokens.size() * n_vocab);
+  Loaded m = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  ASSERT_TRUE(m.gpu);
+  for (bool one_at_a_time : {false, true}) {
+    SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
+    KvCache cache = NewCache(*m.gpu, 64);
+    auto got = RunSequence(*m.gpu, cache, cache.NewSequence(), tokens, one_at_a_time);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(got->size(), want.size());
+    double max_rel = 0;
+    for (size_t pos = 0; pos < tokens.size(); ++pos)
+      max_rel = std::max(max_rel, RowRelError(got->data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab));
+    const Agreement a = Compare(want, *got, n_vocab);
+    std::printf("%s %s vs transformers: mean KL %.2e, top-1 agreement %.4f, max relative error %.2e\n", GetParam(),
+                one_at_a_time ? "decode" : "prefill", a.mean_kl, a.top1, max_rel);
+    EXPECT_LE(a.mean_kl, 0.01);
+    EXPECT_GE(a.top1, 0.99);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Deepseek2, CudaDeepseekFixtureTest, ::testing::Values("mistral4", "deepseek_v3"),
+                         [](const auto& info) { return std::string(info.param); });
+
+// moe_mla_q4_0.gguf (Q4_0 experts, Q8_0 attention: the bench model's structure at toy size) against the CPU's scalar
+// path: 120 positions as a 40-token prefill, a 9-token step and single-token steps; then two forks of a shared
+// prompt decoding together (the latent rows' page copied on the device).
+TEST_F(CudaModelTest, MoeMlaQ4MatchesCpu) {
+  Loaded m = Load(inference::testing::FixturePath("moe_mla_q4_0.gguf"));
+  ASSERT_TRUE(m.gpu);
+  const int n_vocab = m.cpu->config().n_vocab;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 120; ++i) tokens.push_back((i * 97 + 13) % n_vocab);
+  const std::vector<int> chunks = {40, 9, 1};
+  const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
+  ASSERT_EQ(cpu.size(), gpu.size());
+  const Agreement a = Compare(cpu, gpu, n_vocab);
+  std::printf("moe_mla_q4_0, 120 positions, vs the CPU's scalar path: mean KL %.2e, top-1 agreement %.4f\n", a.mean_kl,
+              a.top1);
+  EXPECT_LE(a.mean_kl, 0.01);
+  EXPECT_GE(a.top1, 0.99);
+  EXPECT_GE(m.gpu->last_step_experts(), 1.0);
+  EXPECT_LE(m.gpu->last_step_experts(), m.cpu->config().n_expert_used);
+
+  const std::vector<float> cpu_forks = ForkSteps(*m.cpu, tokens), gpu_forks = ForkSteps(*m.gpu, tokens);
+  ASSERT_EQ(cpu_forks.size(), 8u * n_vocab);
+  ASSERT_EQ(gpu_forks.size(), cpu_forks.size());
+  const Agreement f = Compare(cpu_forks, gpu_forks, n_vocab);
+  EXPECT_LE(f.mean_kl, 0.01);
+  EXPECT_GE(f.top1, 0.99);
+}
+
+// The Leanstral preset is transformers' Mistral4Config() (tests/fixtures/models/leanstral_config.gguf, written from
+// it with llama.cpp's keys) in every field the forward pass reads.
+TEST(CudaDummyPresetTest, LeanstralPresetIsMistral4Config) {
+  auto preset = FindDummyPreset("leanstral-q4_0");
+  ASSERT_TRUE(preset.ok()) << preset.status().ToString();
+  auto gguf = inference::GgufFile::Open(inference::testing::FixturePath("leanstral_config.gguf"));
+  ASSERT_TRUE(gguf.ok()) << gguf.status().ToString();
+  auto want = inference::ReadModelConfig(*gguf);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  const inference::ModelConfig& a = preset->config;
+  const inference::ModelConfig& b = *want;
+  EXPECT_EQ(a.arch, b.arch);
+  for (auto [x, y] : std::vector<std::pair<int, int>>{{a.n_layer, b.n_layer},
+                                                      {a.n_embd, b.n_embd},
+                                                      {a.n_head, b.n_head},
+                                                      {a.head_dim, b.head_dim},
+                                                      {a.head_dim_v, b.head_dim_v},
+                                                      {a.n_vocab, 131072},
+                                                      {a.n_expert, b.n_expert},
+                                                      {a.n_expert_used, b.n_expert_used},
+                                                      {a.n_expert_shared, b.n_expert_shared},
+                                                      {a.n_ff_expert, b.n_ff_expert},
+                                                      {a.n_leading_dense, b.n_leading_dense},
+                                                      {a.n_expert_groups, b.n_expert_groups},
+                                                      {a.n_expert_groups_used, b.n_expert_groups_used},
+                                                      {static_cast<int>(a.gating), static_cast<int>(b.gating)},
+                                                      {a.expert_weights_norm, b.expert_weights_norm},
+                                                      {a.q_lora_rank, b.q_lora_rank},
+                                                      {a.kv_lora_rank, b.kv_lora_rank},
+                                                      {a.qk_rope_dim, b.qk_rope_dim},
+                                                      {a.qk_nope_dim, b.qk_nope_dim},
+                                                      {a.rope.n_rot, b.rope.n_rot},
+                                                      {a.rope.original_ctx, b.rope.original_ctx},
+                                                      {static_cast<int>(a.rope.style), static_cast<int>(b.rope.style)},
+                                                      {a.attn_temperature_length, b.attn_temperature_length}})
+    EXPECT_EQ(x, y);
+  for (auto [x, y] : std::vector<std::pair<float, float>>{{a.rms_eps, b.rms_eps},
+                                                          {a.expert_weights_scale, b.expert_weights_scale},
+                                                          {a.rope.base, b.rope.base},
+                                                          {a.rope.scaling_factor, b.rope.scaling_factor},
+                                                          {a.rope.yarn_log_multiplier, b.rope.yarn_log_multiplier},
+                                                          {a.rope.beta_fast, b.rope.beta_fast},
+                                                          {a.rope.beta_slow, b.rope.beta_slow},
+                                                          {a.attn_temperature_scale, b.attn_temperature_scale}})
+    EXPECT_FLOAT_EQ(x, y);
+}
+
+// Dummy weights of the bench fixture's deepseek2 shape run (finite logits, experts counted); shapes the kernels lack
+// are kUnsupported.
+TEST_F(CudaModelTest, DeepseekDummyWeightsRun) {
+  auto cpu = Model::Load(inference::testing::FixturePath("moe_mla_q4_0.gguf"));
+  ASSERT_TRUE(cpu.ok());
+  const inference::ModelConfig& c = (*cpu)->config();
+  auto gpu = CudaModel::Dummy(c, DummyTypes{WeightType::kQ8_0, WeightType::kQ8_0, WeightType::kQ8_0}, 3);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  KvCache cache = NewCache(**gpu, 128);
+  const int seq = cache.NewSequence();
+  std::vector<BatchToken> batch;
+  for (int i = 0; i < 40; ++i) batch.push_back({seq, (7 * i) % c.n_vocab, i == 39});
+  std::vector<float> logits;
+  ASSERT_TRUE((*gpu)->Forward(cache, batch, &logits).ok());
+  ASSERT_EQ(logits.size(), static_cast<size_t>(c.n_vocab));
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_GT((*gpu)->last_step_experts(), 1.0);  // 40 tokens choose more than one expert per layer
+  inference::ModelConfig wide = c;
+  wide.kv_lora_rank = 1024;
+  auto refused = CudaModel::Dummy(wide, DummyTypes{}, 3);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnsupported) << refused.status().ToString();
 }
 
 }  // namespace

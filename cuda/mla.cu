@@ -1,0 +1,322 @@
+// The kernels of mla.h.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+#include "cuda/device.h"
+#include "cuda/mla.h"
+
+namespace lr::cuda {
+namespace {
+
+// 1 / RMS of x[0..dim) (+ eps), by the whole block of THREADS threads.
+template <int THREADS>
+__device__ float InverseRms(const float* x, int dim, float eps) {
+  float ss = 0;
+  for (int d = threadIdx.x; d < dim; d += THREADS) ss += x[d] * x[d];
+  return rsqrtf(BlockSum<THREADS>(ss) / dim + eps);
+}
+
+constexpr int kNormThreads = 256;
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps) {
+  float* xr = x + static_cast<size_t>(blockIdx.x) * stride;
+  const float scale = InverseRms<kNormThreads>(xr, dim, eps);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) xr[d] = xr[d] * scale * w[d];
+}
+
+// Angle pair p of position pos: (cos, sin) * factor.
+__device__ __forceinline__ void CosSin(const MlaArgs& a, int pos, int p, float* cs, float* sn) {
+  sincosf(static_cast<float>(pos) * a.inv_freq[p], sn, cs);
+  *sn *= a.cos_sin_factor;
+  *cs *= a.cos_sin_factor;
+}
+
+// Block (h < n_head, token i, z): head h's query, its rope part rotated and the whole times the position's
+// temperature, in shared memory, then absorbed: values [128 z, 128 z + 128) of q_abs = [k_b_h^T q_nope | q_rope], one
+// per thread. Block (n_head, i, 0): the token's row, its latent RMS-normalised and its k_rope rotated, stored as f16
+// into the page slot.
+constexpr int kPrepareThreads = 128;
+__global__ void __launch_bounds__(kPrepareThreads)
+    MlaPrepareKernel(MlaArgs a, const float* q, float* kv, KvPool pool, TokenPlaces places, float* q_abs) {
+  extern __shared__ float qs[];  // nope + rope
+  const int h = blockIdx.x, i = blockIdx.y;
+  const int kd = a.lat + a.rope, hd = a.nope + a.rope, half = a.rope / 2;
+  const int pos = places.pos[i];
+  if (h == a.n_head) {
+    if (blockIdx.z > 0) return;  // the whole block
+    float* kv_i = kv + static_cast<size_t>(i) * kd;
+    const float norm = InverseRms<kPrepareThreads>(kv_i, a.lat, a.eps);
+    const int page = places.pages[places.first[i] + pos / kPageTokens];
+    __half* row = reinterpret_cast<__half*>(pool.base + static_cast<size_t>(page) * pool.page_bytes) +
+                  (static_cast<size_t>(a.layer) * kPageTokens + pos % kPageTokens) * kd;
+    for (int l = threadIdx.x; l < a.lat; l += blockDim.x) row[l] = __float2half_rn(kv_i[l] * norm * a.kv_norm[l]);
+    for (int p = threadIdx.x; p < half; p += blockDim.x) {
+      float cs, sn;
+      CosSin(a, pos, p, &cs, &sn);
+      const float x0 = kv_i[a.lat + 2 * p], x1 = kv_i[a.lat + 2 * p + 1];
+      row[a.lat + 2 * p] = __float2half_rn(x0 * cs - x1 * sn);
+      row[a.lat + 2 * p + 1] = __float2half_rn(x0 * sn + x1 * cs);
+    }
+    return;
+  }
+  const float temperature = a.temperature_scale > 0 && a.temperature_length > 0
+                                ? 1.0f + a.temperature_scale * log1pf(static_cast<float>(pos / a.temperature_length))
+                                : 1.0f;
+  const float* qh = q + (static_cast<size_t>(i) * a.n_head + h) * hd;
+  for (int d = threadIdx.x; d < a.nope; d += blockDim.x) qs[d] = qh[d] * temperature;
+  for (int p = threadIdx.x; p < half; p += blockDim.x) {
+    float cs, sn;
+    CosSin(a, pos, p, &cs, &sn);
+    const float x0 = qh[a.nope + 2 * p], x1 = qh[a.nope + 2 * p + 1];
+    qs[a.nope + 2 * p] = (x0 * cs - x1 * sn) * temperature;
+    qs[a.nope + 2 * p + 1] = (x0 * sn + x1 * cs) * temperature;
+  }
+  __syncthreads();
+  const __half* kb = reinterpret_cast<const __half*>(a.kv_b) + static_cast<size_t>(h) * (a.nope + a.v_dim) * a.lat;
+  float* out = q_abs + (static_cast<size_t>(i) * a.n_head + h) * kd;
+  const int l = blockIdx.z * kPrepareThreads + threadIdx.x;  // one output per thread: several loads in flight
+  if (l < a.lat) {
+    float sum = 0;
+#pragma unroll 8
+    for (int j = 0; j < a.nope; ++j) sum += qs[j] * __half2float(kb[static_cast<size_t>(j) * a.lat + l]);
+    out[l] = sum;
+  } else if (l < kd) {
+    out[l] = qs[a.nope + l - a.lat];
+  }
+}
+
+// One block per (group of G heads, token, split), 4 warps taking the split's pages in turn: lane j scores position j
+// of a page against the G queries (from shared memory), an online softmax per head, and the weighted latents (V
+// values per lane) accumulated. The warps' states are merged through shared memory, which then holds them instead of
+// the queries; with several splits each block writes its state and MergeAttentionSplits combines them.
+constexpr int kMlaWarps = 4, kMlaBlocks = 1024, kMaxMlaSplits = 128;
+constexpr size_t kMlaShared = 48 * 1024;
+
+// Heads per block: the most of 8, 4, 2, 1 dividing n_head whose queries and warp states fit the shared memory.
+int MlaGroup(int n_head, int lat, int kd) {
+  for (int g : {8, 4, 2}) {
+    const size_t need = std::max<size_t>(static_cast<size_t>(g) * kd, static_cast<size_t>(2 + lat) * kMlaWarps * g);
+    if (n_head % g == 0 && need * sizeof(float) <= kMlaShared) return g;
+  }
+  return 1;
+}
+
+template <int G, int V>
+__global__ void __launch_bounds__(32 * kMlaWarps)
+    MlaAttentionKernel(MlaArgs a, const float* q_abs, float scale, KvPool pool, TokenPlaces places, float* out,
+                       float* part) {
+  extern __shared__ float sm[];
+  const int hg = blockIdx.x, i = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int lat = a.lat, kd = a.lat + a.rope;
+  const float* qi = q_abs + (static_cast<size_t>(i) * a.n_head + hg * G) * kd;
+  for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sm[idx] = qi[idx] * scale;
+  __syncthreads();
+  const int n_ctx = places.pos[i] + 1;
+  const int32_t* table = places.pages + places.first[i];
+  const size_t off = static_cast<size_t>(a.layer) * kPageTokens * kd;
+  float m[G], l[G], acc[G][V];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0;
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[g][e] = 0;
+  }
+  const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
+  const int splits = gridDim.z, split = blockIdx.z;
+  const int pg_end = (split + 1) * n_pages / splits;
+  for (int pg = split * n_pages / splits + warp; pg < pg_end; pg += kMlaWarps) {
+    const __half* rows =
+        reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes) + off;
+    const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
+    const bool valid = lane < n_valid;
+    float s[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) s[g] = 0;
+    if (valid) {
+      const __half* row = rows + static_cast<size_t>(lane) * kd;
+      for (int d = 0; d < kd; d += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(row + d);
+        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
+#pragma unroll
+          for (int g = 0; g < G; ++g) s[g] += f.x * sm[g * kd + d + 2 * e] + f.y * sm[g * kd + d + 2 * e + 1];
+        }
+      }
+    }
+    float p[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mx = WarpMax(valid ? s[g] : -INFINITY);
+      const float m_new = fmaxf(m[g], mx);
+      const float corr = expf(m[g] - m_new);
+      p[g] = valid ? expf(s[g] - m_new) : 0.f;
+      l[g] = l[g] * corr + WarpSum(p[g]);
+      m[g] = m_new;
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[g][e] *= corr;
+    }
+    for (int j = 0; j < n_valid; ++j) {
+      float pj[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
+      const __half* row = rows + static_cast<size_t>(j) * kd;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        if (lane + 32 * e < lat) {
+          const float v = __half2float(row[lane + 32 * e]);
+#pragma unroll
+          for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * v;
+        }
+      }
+    }
+  }
+  __syncthreads();                       // the queries are read; the shared memory takes the warps' states
+  float* wm = sm;                        // [warp][g]
+  float* wl = sm + kMlaWarps * G;        // [warp][g]
+  float* wacc = sm + 2 * kMlaWarps * G;  // [warp][g][lat]
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      wm[warp * G + g] = m[g];
+      wl[warp * G + g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+      if (lane + 32 * e < lat) wacc[(warp * G + g) * lat + lane + 32 * e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * lat; idx += blockDim.x) {
+    const int g = idx / lat, d = idx % lat;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kMlaWarps; ++w) mx = fmaxf(mx, wm[w * G + g]);
+    float sum = 0, o = 0;
+#pragma unroll
+    for (int w = 0; w < kMlaWarps; ++w) {
+      const float f = wm[w * G + g] == -INFINITY ? 0.f : expf(wm[w * G + g] - mx);
+      sum += wl[w * G + g] * f;
+      o += wacc[(w * G + g) * lat + d] * f;
+    }
+    const size_t head = static_cast<size_t>(i) * a.n_head + hg * G + g;
+    if (splits == 1) {
+      out[head * lat + d] = o / sum;
+    } else {
+      float* st = part + (head * splits + blockIdx.z) * (lat + 2);
+      st[d] = o;
+      if (d == 0) {
+        st[lat] = mx;
+        st[lat + 1] = sum;
+      }
+    }
+  }
+}
+
+// One warp per (value row r of head h, token): v_b_h[r] . latent[i][h].
+constexpr int kValueWarps = 4;
+__global__ void __launch_bounds__(32 * kValueWarps) MlaValuesKernel(MlaArgs a, const float* latent, float* out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r = blockIdx.x * kValueWarps + warp, h = blockIdx.y, i = blockIdx.z;
+  if (r >= a.v_dim) return;
+  const __half* vb =
+      reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
+  const float* x = latent + (static_cast<size_t>(i) * a.n_head + h) * a.lat;
+  float sum = 0;
+  for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
+  sum = WarpSum(sum);
+  if (lane == 0) out[(static_cast<size_t>(i) * a.n_head + h) * a.v_dim + r] = sum;
+}
+
+template <int G, int V>
+void LaunchMla(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const float* q_abs, float scale,
+               const KvPool& pool, const TokenPlaces& places, float* out, float* part) {
+  MlaAttentionKernel<G, V><<<grid, 32 * kMlaWarps, shared, s>>>(a, q_abs, scale, pool, places, out, part);
+}
+
+template <int G>
+Status LaunchMlaV(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const float* q_abs, float scale,
+                  const KvPool& pool, const TokenPlaces& places, float* out, float* part) {
+  const int v = (a.lat + 31) / 32;
+  if (v <= 1) {
+    LaunchMla<G, 1>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
+  } else if (v <= 8) {
+    LaunchMla<G, 8>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
+  } else if (v <= 16) {
+    LaunchMla<G, 16>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
+  } else {
+    return Unsupported("CUDA MLA: kv_lora_rank " + std::to_string(a.lat) + " (at most 512)");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  RmsNormStridedKernel<<<n, kNormThreads, 0, S(stream)>>>(x, dim, stride, w, eps);
+  return CheckLaunch("RmsNormStrided");
+}
+
+Status MlaPrepare(const MlaArgs& a, const float* q, float* kv, const KvPool& pool, const TokenPlaces& places, int n,
+                  float* q_abs, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  if (a.rope % 2 != 0 || pool.k_dim != a.lat + a.rope || pool.n_head_kv != 1 || pool.v_dim != 0)
+    return InvalidArgument("MlaPrepare: the pool's rows must be kv_lora_rank + rope values, one head, no values");
+  const size_t shared = static_cast<size_t>(a.nope + a.rope) * sizeof(float);
+  const dim3 grid(a.n_head + 1, n, Blocks(a.lat + a.rope, kPrepareThreads));
+  MlaPrepareKernel<<<grid, kPrepareThreads, shared, S(stream)>>>(a, q, kv, pool, places, q_abs);
+  return CheckLaunch("MlaPrepare");
+}
+
+int MlaAttentionSplits(const MlaArgs& a, int n) {
+  if (n > kMaxMatVecTokens) return 1;
+  const int blocks = a.n_head / MlaGroup(a.n_head, a.lat, a.lat + a.rope) * n;
+  return std::clamp(kMlaBlocks / blocks, 1, kMaxMlaSplits);
+}
+
+size_t MlaAttentionScratchFloats(const MlaArgs& a, int n) {
+  const int splits = MlaAttentionSplits(a, n);
+  return splits == 1 ? 0 : static_cast<size_t>(n) * a.n_head * splits * (a.lat + 2);
+}
+
+Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvPool& pool, const TokenPlaces& places,
+                    int n, float* out, float* scratch, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  const int kd = a.lat + a.rope;
+  if (kd % 8 != 0 || pool.k_dim != kd || a.rope > 64)
+    return Unsupported("CUDA MLA: rows of kv_lora_rank + rope = " + std::to_string(kd) +
+                       " values (a multiple of 8, rope at most 64)");
+  const int g = MlaGroup(a.n_head, a.lat, kd);
+  const int splits = MlaAttentionSplits(a, n);
+  const size_t shared =
+      sizeof(float) * std::max<size_t>(static_cast<size_t>(g) * kd, static_cast<size_t>(2 + a.lat) * kMlaWarps * g);
+  if (shared > kMlaShared) return Unsupported("CUDA MLA: kv_lora_rank " + std::to_string(a.lat) + " (at most 512)");
+  const dim3 grid(a.n_head / g, n, splits);
+  cudaStream_t s = S(stream);
+  switch (g) {
+    case 8: LR_RETURN_IF_ERROR(LaunchMlaV<8>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
+    case 4: LR_RETURN_IF_ERROR(LaunchMlaV<4>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
+    case 2: LR_RETURN_IF_ERROR(LaunchMlaV<2>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
+    default: LR_RETURN_IF_ERROR(LaunchMlaV<1>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
+  }
+  LR_RETURN_IF_ERROR(CheckLaunch("MlaAttention"));
+  if (splits == 1) return Status::Ok();
+  return MergeAttentionSplits(scratch, splits, a.n_head, n, a.lat, out, stream);
+}
+
+Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  MlaValuesKernel<<<dim3(Blocks(a.v_dim, kValueWarps), a.n_head, n), 32 * kValueWarps, 0, S(stream)>>>(a, latent, out);
+  return CheckLaunch("MlaValues");
+}
+
+}  // namespace lr::cuda
