@@ -1,0 +1,111 @@
+// Host side of the device KV codecs (cuda/kv_codec.h, kv_attention.h): what the device needs of kvquant's codecs,
+// and the shared prefix of a step's page tables.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cuda/kv_attention.h"
+#include "cuda/kv_codec.h"
+#include "kvquant/kvquant.h"
+
+namespace lr::cuda {
+
+static_assert(static_cast<int>(kvquant::ScaleRule::kNone) == 0 && static_cast<int>(kvquant::ScaleRule::kMaxQ8) == 1 &&
+                  static_cast<int>(kvquant::ScaleRule::kMaxQ4) == 2 &&
+                  static_cast<int>(kvquant::ScaleRule::kLeastSquares) == 3 &&
+                  static_cast<int>(kvquant::ScaleRule::kSelfDot) == 4 &&
+                  static_cast<int>(kvquant::ScaleRule::kNorm) == 5,
+              "kv_codec.cu numbers the scale rules as kvquant::ScaleRule");
+
+Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCodec*>& codecs, int n_head_kv) {
+  if (codecs.empty() || n_head_kv <= 0 || codecs.size() % n_head_kv != 0)
+    return InvalidArgument("DeviceCodecs: expected n_layer x n_head_kv codecs");
+  const kvquant::RowCodec& c0 = *codecs[0];
+  const std::string name(c0.format().name);
+  if (c0.dim() > kMaxCodedDim)
+    return Unsupported("CUDA KV format " + name + ": rows of " + std::to_string(c0.dim()) + " values (at most " +
+                       std::to_string(kMaxCodedDim) + ")");
+  DeviceCodecs out;
+  DeviceRowFormat& f = out.format_;
+  f.dim = c0.dim();
+  f.row_bytes = static_cast<int>(c0.row_bytes());
+  f.scale_rule = static_cast<int>(c0.scale_rule());
+  f.rotation = static_cast<int>(c0.rotation().kind());
+  f.n_head_kv = n_head_kv;
+  if (!c0.is_f16()) {
+    const kvquant::BlockLayout& b = c0.blocks()[0];
+    f.block_elems = c0.format().block_elems;
+    f.block_bytes = c0.format().block_bytes;
+    f.n_runs = b.n_runs;
+    for (int r = 0; r < b.n_runs; ++r) {
+      f.bits[r] = b.runs[r].bits;
+      // The first block is a full one unless the row is one short block: the full block's counts are the format's.
+      f.count[r] = b.runs[r].count;
+      if (b.runs[r].bits <= 4)
+        for (int c = 0; c < 16; ++c) f.levels[r][c] = b.runs[r].levels[c];
+    }
+    if (b.size < f.block_elems) {  // one short block: restore the full block's counts (kvquant's format table)
+      if (f.n_runs == 1) {
+        f.count[0] = f.block_elems;
+      } else {
+        f.count[0] = f.block_elems * 3 / 8;  // hx3: 48 of 128 four-bit codes
+        f.count[1] = f.block_elems - f.count[0];
+      }
+    }
+  }
+  f.param_stride = static_cast<int>(c0.rotation().params().size());
+  std::vector<float> params, center, weights;
+  bool any_center = false, any_weights = false;
+  for (const kvquant::RowCodec* c : codecs) {
+    if (c->format().name != c0.format().name || c->dim() != c0.dim())
+      return InvalidArgument("DeviceCodecs: codecs of one kind must share format and dim");
+    if (!c->rotating_center().empty())
+      return Unsupported("CUDA KV format " + name + ": rotating key centers are not supported on the device");
+    any_center |= !c->center().empty();
+    any_weights |= !c->weights().empty();
+  }
+  for (const kvquant::RowCodec* c : codecs) {
+    const std::vector<float>& p = c->rotation().params();
+    params.insert(params.end(), p.begin(), p.end());
+    if (any_center) {
+      if (c->center().empty()) {
+        center.insert(center.end(), c->dim(), 0.0f);
+      } else {
+        center.insert(center.end(), c->center().begin(), c->center().end());
+      }
+    }
+    if (any_weights) {
+      if (c->weights().empty()) {
+        weights.insert(weights.end(), c->dim(), 1.0f);
+      } else {
+        weights.insert(weights.end(), c->weights().begin(), c->weights().end());
+      }
+    }
+  }
+  auto upload = [](const std::vector<float>& v, DeviceBuffer* b, const float** at) -> Status {
+    if (v.empty()) return Status::Ok();
+    LR_ASSIGN_OR_RETURN(*b, DeviceBuffer::Allocate(v.size() * sizeof(float), "KV codec parameters"));
+    LR_RETURN_IF_ERROR(b->Upload(v.data(), v.size() * sizeof(float)));
+    *at = b->as<float>();
+    return Status::Ok();
+  };
+  LR_RETURN_IF_ERROR(upload(params, &out.params_, &f.params));
+  LR_RETURN_IF_ERROR(upload(center, &out.center_, &f.center));
+  LR_RETURN_IF_ERROR(upload(weights, &out.weights_, &f.weights));
+  return out;
+}
+
+int SharedPrefixTokens(std::span<const std::span<const int>> tables, std::span<const int> contexts) {
+  if (tables.size() < 2) return 0;
+  size_t common = tables[0].size();
+  for (const auto& t : tables) {
+    size_t j = 0;
+    while (j < common && j < t.size() && t[j] == tables[0][j]) ++j;
+    common = j;
+  }
+  int tokens = static_cast<int>(common) * kPageTokens;
+  for (int c : contexts) tokens = std::min(tokens, c);
+  return tokens / kPageTokens * kPageTokens;
+}
+
+}  // namespace lr::cuda
