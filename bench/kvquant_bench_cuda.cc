@@ -59,8 +59,8 @@ struct Bench {
       vc.push_back(Take(lr::kvquant::RowCodec::Create(format, kDim, 2, 0, h), "codec"));
     }
     for (int h = 0; h < kHeadsKv; ++h) kp.push_back(&kc[h]), vp.push_back(&vc[h]);
-    k = Take(DeviceCodecs::Upload(kp, kHeadsKv), "upload codecs");
-    v = Take(DeviceCodecs::Upload(vp, kHeadsKv), "upload codecs");
+    k = Take(DeviceCodecs::Upload(kp, kHeadsKv, false), "upload codecs");
+    v = Take(DeviceCodecs::Upload(vp, kHeadsKv, true), "upload codecs");
     pages.n_layer = 1;
     pages.n_head_kv = kHeadsKv;
     pages.k_row_bytes = static_cast<int>(kc[0].row_bytes());

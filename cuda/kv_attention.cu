@@ -16,6 +16,7 @@ namespace {
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kWarps = 4;
 constexpr int kSharedQueries = 16;  // queries one block scores a shared page for
+constexpr int kMaxRotating = 8;     // rotating key center pairs (inference/kv_calibration.h keeps at most 8)
 
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
@@ -159,6 +160,7 @@ template <int Q, int NV>
 __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
   extern __shared__ float sq[];  // Q x kd queries in the keys' rotated domain
   __shared__ float lvk[2][16], lvv[2][16];
+  __shared__ float rq[Q][kMaxRotating][2];  // scale * q at each rotating pair's channels (a, b)
   const int h = blockIdx.x, item = blockIdx.y, z = blockIdx.z;
   if (z >= p.splits) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -177,6 +179,19 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
       if (p.k.weights != nullptr) x /= p.k.weights[lh * kd + e];
     }
     sq[idx] = x * p.scale;
+  }
+  const int n_rot = p.k.n_rotating;
+  const float* rot = p.k.rotating + lh * n_rot * 5;
+  for (int idx = threadIdx.x; idx < Q * n_rot; idx += blockDim.x) {
+    const int qi = idx / n_rot, j = idx % n_rot;
+    float qa = 0, qb = 0;
+    if (qi < nq) {
+      const float* qrow = p.q + (static_cast<size_t>(tok0 + qi / group) * p.n_head + h * group + qi % group) * kd;
+      qa = qrow[static_cast<int>(rot[j * 5])] * p.scale;
+      qb = qrow[static_cast<int>(rot[j * 5 + 1])] * p.scale;
+    }
+    rq[qi][j][0] = qa;
+    rq[qi][j][1] = qb;
   }
   if (threadIdx.x < 32) {
     lvk[threadIdx.x / 16][threadIdx.x % 16] = p.k.levels[threadIdx.x / 16][threadIdx.x % 16];
@@ -208,7 +223,21 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
     float s[Q];
 #pragma unroll
     for (int qi = 0; qi < Q; ++qi) s[qi] = 0;
-    if (valid) ScoreRow<Q>(p.k, page + k_off + static_cast<size_t>(lane) * p.pages.k_row_bytes, sq, kd, lvk, s);
+    if (valid) {
+      ScoreRow<Q>(p.k, page + k_off + static_cast<size_t>(lane) * p.pages.k_row_bytes, sq, kd, lvk, s);
+      // Rotating key centers: scale * q . u(pos) back into the score (kvquant.h); the angle reduced in double, so
+      // that the float sine and cosine are accurate at any position.
+      for (int j = 0; j < n_rot; ++j) {
+        const double angle = static_cast<double>(pos) * rot[j * 5 + 2];
+        const double turns = rint(angle * (0.5 / 3.14159265358979323846));
+        float sn, cs;
+        sincosf(static_cast<float>(angle - turns * (2 * 3.14159265358979323846)), &sn, &cs);
+        const float ca = rot[j * 5 + 3], cb = rot[j * 5 + 4];
+        const float ua = ca * cs - cb * sn, ub = ca * sn + cb * cs;
+#pragma unroll
+        for (int qi = 0; qi < Q; ++qi) s[qi] += rq[qi][j][0] * ua + rq[qi][j][1] * ub;
+      }
+    }
     float pr[Q];
 #pragma unroll
     for (int qi = 0; qi < Q; ++qi) {
@@ -352,6 +381,9 @@ Status CodedAttention(const float* q, int n_head, float scale, const DeviceRowFo
     return Unsupported("CUDA attention on codes: key rows of " + std::to_string(k.dim) + " and value rows of " +
                        std::to_string(v.dim) + " values (at most " + std::to_string(kMaxCodedDim) +
                        ", f16 keys a multiple of 8)");
+  if (k.n_rotating > kMaxRotating)
+    return Unsupported("CUDA attention on codes: " + std::to_string(k.n_rotating) +
+                       " rotating key center pairs (at most " + std::to_string(kMaxRotating) + ")");
   if (shared_tokens < 0 || shared_tokens % kPageTokens != 0)
     return InvalidArgument("CodedAttention: shared_tokens must be a multiple of the page size");
   Params p;

@@ -127,14 +127,24 @@ __global__ void __launch_bounds__(kEncodeThreads)
   const int h = blockIdx.x, i = blockIdx.y;
   const size_t lh = static_cast<size_t>(layer) * f.n_head_kv + h;
   const float* x = rows + (static_cast<size_t>(i) * f.n_head_kv + h) * f.dim;
-  for (int c = threadIdx.x; c < f.dim; c += blockDim.x) {
-    float v = x[c];
-    if (f.center != nullptr) v = v - f.center[lh * f.dim + c];
-    if (f.weights != nullptr) v *= f.weights[lh * f.dim + c];
-    y[c] = v;
+  const int pos = places.pos[i];
+  for (int c = threadIdx.x; c < f.dim; c += blockDim.x)
+    y[c] = f.center != nullptr ? x[c] - f.center[lh * f.dim + c] : x[c];
+  __syncthreads();
+  if (threadIdx.x <
+      f.n_rotating) {  // kvquant::RotatingCenterAt, in double as on the CPU; pairs touch distinct channels
+    const float* r = f.rotating + (lh * f.n_rotating + threadIdx.x) * 5;
+    if (r[3] != 0 || r[4] != 0) {
+      const double angle = static_cast<double>(pos) * r[2], c = cos(angle), s = sin(angle);
+      const int a = static_cast<int>(r[0]), b = static_cast<int>(r[1]);
+      y[a] -= static_cast<float>(r[3] * c - r[4] * s);
+      y[b] -= static_cast<float>(r[3] * s + r[4] * c);
+    }
   }
   __syncthreads();
-  const int pos = places.pos[i];
+  if (f.weights != nullptr)
+    for (int c = threadIdx.x; c < f.dim; c += blockDim.x) y[c] *= f.weights[lh * f.dim + c];
+  __syncthreads();
   const int page = places.pages[places.first[i] + pos / kPageTokens];
   const int row_bytes = values ? pages.v_row_bytes : pages.k_row_bytes;
   uint8_t* dst = pages.base + static_cast<size_t>(page) * pages.page_bytes +

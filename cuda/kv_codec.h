@@ -8,8 +8,9 @@
 // block layout and Lloyd-Max levels, each head's rotation parameters (Rotation::params()), and the calibration's
 // centers and channel weights. EncodeKvRows is RowCodec::EncodeRow on the device, bit for bit: the same operations
 // in the same order (the file is compiled without contracting multiply-adds, as the CPU's scalar encoder is), the
-// scale search in double as on the CPU; tests/cuda/kv_codec_test.cc compares the bytes. Rotating centers
-// (RowCodec::SetRotatingCenter) are not supported on the device: Upload refuses codecs that have them.
+// scale search in double as on the CPU; tests/cuda/kv_test.cc compares the bytes. A rotating center's cos and sin are
+// the device's double-precision ones, within an ulp of the CPU's; the float they round to is the same but for
+// arguments within an ulp of a rounding boundary of the float.
 //
 // Attention on these rows is cuda/kv_attention.h. This header is C++17 (the .cu files'); DeviceCodecs::Upload is
 // host code (kv_codecs.cc).
@@ -45,6 +46,10 @@ struct DeviceRowFormat {
   int param_stride = 0;
   const float* center = nullptr;   // device: dim floats per (layer, head), or null
   const float* weights = nullptr;  // device: dim floats per (layer, head), or null
+  // Rotating key centers (kvquant::RotatingCenter): n_rotating pairs per (layer, head), 5 floats each (a, b, theta,
+  // ca, cb); heads with fewer pairs are padded with zero pairs (ca = cb = 0: nothing to subtract or add back).
+  const float* rotating = nullptr;
+  int n_rotating = 0;
   int n_head_kv = 0;
 };
 
@@ -55,13 +60,14 @@ class DeviceCodecs {
  public:
   DeviceCodecs() = default;
   // codecs[layer * n_head_kv + head], every one of the same format and dim. kUnsupported for a dim over
-  // kMaxCodedDim or a rotating center; kInvalidArgument for mixed formats or dims.
-  static Result<DeviceCodecs> Upload(const std::vector<const kvquant::RowCodec*>& codecs, int n_head_kv);
+  // kMaxCodedDim or a rotating center on value rows (attention adds them back for keys only); kInvalidArgument for
+  // mixed formats or dims.
+  static Result<DeviceCodecs> Upload(const std::vector<const kvquant::RowCodec*>& codecs, int n_head_kv, bool values);
   const DeviceRowFormat& format() const { return format_; }
 
  private:
   DeviceRowFormat format_;
-  DeviceBuffer params_, center_, weights_;
+  DeviceBuffer params_, center_, weights_, rotating_;
 };
 
 // Where the rows live: a pool of pages in KvCache's layout.

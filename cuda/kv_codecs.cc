@@ -17,7 +17,8 @@ static_assert(static_cast<int>(kvquant::ScaleRule::kNone) == 0 && static_cast<in
                   static_cast<int>(kvquant::ScaleRule::kNorm) == 5,
               "kv_codec.cu numbers the scale rules as kvquant::ScaleRule");
 
-Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCodec*>& codecs, int n_head_kv) {
+Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCodec*>& codecs, int n_head_kv,
+                                          bool values) {
   if (codecs.empty() || n_head_kv <= 0 || codecs.size() % n_head_kv != 0)
     return InvalidArgument("DeviceCodecs: expected n_layer x n_head_kv codecs");
   const kvquant::RowCodec& c0 = *codecs[0];
@@ -54,17 +55,24 @@ Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCo
     }
   }
   f.param_stride = static_cast<int>(c0.rotation().params().size());
-  std::vector<float> params, center, weights;
+  std::vector<float> params, center, weights, rotating;
   bool any_center = false, any_weights = false;
   for (const kvquant::RowCodec* c : codecs) {
     if (c->format().name != c0.format().name || c->dim() != c0.dim())
       return InvalidArgument("DeviceCodecs: codecs of one kind must share format and dim");
-    if (!c->rotating_center().empty())
-      return Unsupported("CUDA KV format " + name + ": rotating key centers are not supported on the device");
+    if (values && !c->rotating_center().empty())
+      return Unsupported("CUDA KV format " + name + ": rotating centers on value rows are not supported");
+    f.n_rotating = std::max(f.n_rotating, static_cast<int>(c->rotating_center().size()));
     any_center |= !c->center().empty();
     any_weights |= !c->weights().empty();
   }
   for (const kvquant::RowCodec* c : codecs) {
+    for (int i = 0; i < f.n_rotating; ++i) {
+      const std::span<const kvquant::RotatingCenter> rc = c->rotating_center();
+      const kvquant::RotatingCenter r =
+          i < static_cast<int>(rc.size()) ? rc[i] : kvquant::RotatingCenter{0, 0, 0, 0, 0};
+      rotating.insert(rotating.end(), {static_cast<float>(r.a), static_cast<float>(r.b), r.theta, r.ca, r.cb});
+    }
     const std::vector<float>& p = c->rotation().params();
     params.insert(params.end(), p.begin(), p.end());
     if (any_center) {
@@ -92,6 +100,7 @@ Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCo
   LR_RETURN_IF_ERROR(upload(params, &out.params_, &f.params));
   LR_RETURN_IF_ERROR(upload(center, &out.center_, &f.center));
   LR_RETURN_IF_ERROR(upload(weights, &out.weights_, &f.weights));
+  LR_RETURN_IF_ERROR(upload(rotating, &out.rotating_, &f.rotating));
   return out;
 }
 

@@ -61,7 +61,7 @@ Result<DeviceCodecs> UploadCodecs(const KvCache& cache, bool values) {
   std::vector<const kvquant::RowCodec*> codecs;
   for (int l = 0; l < s.n_layer; ++l)
     for (int h = 0; h < s.n_head_kv; ++h) codecs.push_back(values ? &cache.v_codec(l, h) : &cache.k_codec(l, h));
-  return DeviceCodecs::Upload(codecs, s.n_head_kv);
+  return DeviceCodecs::Upload(codecs, s.n_head_kv, values);
 }
 
 WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }

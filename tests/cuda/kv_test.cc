@@ -1,10 +1,10 @@
 // Compressed KV rows on the device against kvquant's CPU code: the device encoder (EncodeKvRows) byte for byte
 // against RowCodec::EncodeRow for every format, in KvCache's page layout (rows of several layers and heads, pages in
-// a shuffled order, odd token counts, with and without calibration centers and weights); attention on the codes
-// (CodedAttention) against kvquant's double-precision reference (AttendReference) for every format, GQA groups 1 to
-// 8, odd context lengths across page boundaries, decode steps of several sequences and a prefill; shared-prefix
-// attention against per-sequence attention and the reference. Outputs are poisoned (NaN) first. Skipped when no
-// CUDA device is present.
+// a shuffled order, odd token counts, with and without calibration centers, weights and rotating key centers);
+// attention on the codes (CodedAttention), calibrated or not, against kvquant's double-precision reference
+// (AttendReference) for every format, GQA groups 1 to 8, odd context lengths across page boundaries, decode steps of
+// several sequences and a prefill; shared-prefix attention against per-sequence attention and the reference.
+// Outputs are poisoned (NaN) first. Skipped when no CUDA device is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -81,6 +81,12 @@ struct TestCache {
           for (float& x : wv) x = w(rng);
           if (!k.back().is_f16()) {
             EXPECT_TRUE(k.back().SetCenter(ck).ok() && k.back().SetWeights(wk).ok());
+            // Rotating centers on a few key channel pairs (as the calibration's: RoPE-like angles, large offsets);
+            // fewer on some heads, so that the device pads them.
+            std::vector<kvquant::RotatingCenter> pairs;
+            std::uniform_real_distribution<float> theta(0.0005f, 1.0f);
+            for (int j = 0; j < 2 + h % 3; ++j) pairs.push_back({2 * j + 1, kd - 2 - 2 * j, theta(rng), 3.0f, -2.5f});
+            EXPECT_TRUE(k.back().SetRotatingCenter(pairs).ok());
           }
           if (!v.back().is_f16()) {
             EXPECT_TRUE(v.back().SetCenter(cv).ok() && v.back().SetWeights(wv).ok());
@@ -94,8 +100,8 @@ struct TestCache {
     host.assign(page_bytes * pages, 0);
     std::vector<const kvquant::RowCodec*> kp, vp;
     for (size_t i = 0; i < k.size(); ++i) kp.push_back(&k[i]), vp.push_back(&v[i]);
-    auto a = DeviceCodecs::Upload(kp, heads);
-    auto b = DeviceCodecs::Upload(vp, heads);
+    auto a = DeviceCodecs::Upload(kp, heads, false);
+    auto b = DeviceCodecs::Upload(vp, heads, true);
     EXPECT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
     dk = std::move(a).value();
     dv = std::move(b).value();
