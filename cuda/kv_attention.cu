@@ -9,25 +9,14 @@
 
 #include "cuda/device.h"
 #include "cuda/kv_device.cuh"
+#include "cuda/warp.cuh"
 
 namespace lr::cuda {
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
 constexpr int kWarps = 4;
 constexpr int kSharedQueries = 16;  // queries one block scores a shared page for
 constexpr int kMaxRotating = 8;     // rotating key center pairs (inference/kv_calibration.h keeps at most 8)
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
 
 __device__ __forceinline__ unsigned Load16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
 
@@ -70,7 +59,7 @@ __device__ __forceinline__ void ScoreRow(const DeviceRowFormat& f, const uint8_t
   for (int b = 0; b < n_blocks; ++b) {
     const uint8_t* blk = row + b * f.block_bytes;
     const kvdev::BlockRuns br = kvdev::RunsOf(f, b);
-    const float d = kvdev::LoadHalfAt(blk);
+    const float d = Half(blk);
     const uint8_t* rp = blk + 2;
     int e0 = b * f.block_elems;
     float bs[Q];
@@ -140,7 +129,7 @@ __device__ __forceinline__ float DecodeElem(const DeviceRowFormat& f, const uint
     r = 1;
   }
   const int bits = f.bits[r], cnt = r == 0 ? br.c0 : br.c1;
-  const float d = kvdev::LoadHalfAt(blk);
+  const float d = Half(blk);
   unsigned code;
   if (bits == 8) return d * static_cast<float>(static_cast<int8_t>(rp[j]));
   if (bits == 4) {

@@ -118,8 +118,4 @@ __device__ __forceinline__ BlockRuns RunsOf(const DeviceRowFormat& f, int b) {
   return {size, size / 2 - 16, size - (size / 2 - 16)};
 }
 
-__device__ __forceinline__ float LoadHalfAt(const uint8_t* p) {
-  return __half2float(*reinterpret_cast<const __half*>(p));
-}
-
 }  // namespace lr::cuda::kvdev

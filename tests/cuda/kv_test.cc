@@ -20,35 +20,14 @@
 #include "cuda/kv_codec.h"
 #include "kvquant/attention_reference.h"
 #include "kvquant/kvquant.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace lr::cuda {
 namespace {
 
-class CudaKv : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    const Result<DeviceInfo> info = QueryDevice();
-    if (!info.ok()) GTEST_SKIP() << info.status().message();
-  }
-};
-
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& v) {
-  auto b = DeviceBuffer::Allocate(std::max<size_t>(1, v.size() * sizeof(T)), "test input");
-  EXPECT_TRUE(b.ok()) << b.status().ToString();
-  if (!v.empty()) {
-    EXPECT_TRUE(b->Upload(v.data(), v.size() * sizeof(T)).ok());
-  }
-  return std::move(b).value();
-}
-
-template <typename T>
-std::vector<T> FromDevice(const DeviceBuffer& b, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_TRUE(Synchronize("test").ok());
-  EXPECT_TRUE(b.Download(v.data(), n * sizeof(T)).ok());
-  return v;
-}
+using testing::FromDevice;
+using testing::ToDevice;
+using CudaKv = testing::OnDevice<::testing::TestWithParam<std::string>>;
 
 std::vector<float> Gaussian(size_t n, std::mt19937& rng, float sd = 1.0f) {
   std::normal_distribution<float> d(0.0f, sd);
@@ -268,7 +247,7 @@ TEST_P(CudaKv, AttentionMatchesReference) {
       TestPlaces tp(pos, tables);
       const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
       DeviceBuffer dq = ToDevice(q);
-      DeviceBuffer out = ToDevice(std::vector<float>(static_cast<size_t>(n) * n_head * dim, NAN));
+      DeviceBuffer out = testing::Poisoned(static_cast<size_t>(n) * n_head * dim);
       DeviceBuffer scratch =
           ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, false) + 1));
       const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
@@ -306,7 +285,7 @@ TEST_P(CudaKv, PrefillMatchesReference) {
   TestPlaces tp(pos, std::vector<std::vector<int>>(1, table));
   const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
   DeviceBuffer dq = ToDevice(q);
-  DeviceBuffer out = ToDevice(std::vector<float>(q.size(), NAN));
+  DeviceBuffer out = testing::Poisoned(q.size());
   DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, false)));
   const float scale = 0.1f;
   ASSERT_TRUE(CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), 0, tp.places, n, 0,
@@ -358,7 +337,7 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
     const int n_head = heads * group, n = k_seq;
     const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
     DeviceBuffer dq = ToDevice(q);
-    DeviceBuffer a = ToDevice(std::vector<float>(q.size(), NAN)), b = ToDevice(std::vector<float>(q.size(), NAN));
+    DeviceBuffer a = testing::Poisoned(q.size()), b = testing::Poisoned(q.size());
     DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, true)));
     const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
     ASSERT_TRUE(CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), 0, tp.places, n,
