@@ -114,35 +114,43 @@ __device__ __forceinline__ void ScoreRow(const DeviceRowFormat& f, const uint8_t
   }
 }
 
-// Element c of a row, in its rotated domain.
-__device__ __forceinline__ float DecodeElem(const DeviceRowFormat& f, const uint8_t* row, int c,
-                                            const float (*lv)[16]) {
-  if (f.n_runs == 0) return __half2float(reinterpret_cast<const __half*>(row)[c]);
+// Where element c of every row of a format sits: worked out once per lane, then each row's element is two or three
+// byte loads (DecodeAt). bits 16: f16 rows (byte: the value's offset); else the block's scale at `scale`, the code's
+// low bits at byte >> shift (masked), a 3-bit code's high bit at bit hi_shift of byte hi, levels of run `run`.
+struct ElemRef {
+  int bits, scale, byte, shift, hi, hi_shift, run;
+};
+
+__device__ __forceinline__ ElemRef MakeElemRef(const DeviceRowFormat& f, int c) {
+  if (f.n_runs == 0) return {16, 0, 2 * c, 0, 0, 0, 0};
   const int b = c / f.block_elems;
-  const uint8_t* blk = row + b * f.block_bytes;
+  const int blk = b * f.block_bytes;
   const kvdev::BlockRuns br = kvdev::RunsOf(f, b);
-  int j = c - b * f.block_elems, r = 0;
-  const uint8_t* rp = blk + 2;
+  int j = c - b * f.block_elems, r = 0, rp = blk + 2;
   if (j >= br.c0) {
     rp += br.c0 * f.bits[0] / 8;
     j -= br.c0;
     r = 1;
   }
   const int bits = f.bits[r], cnt = r == 0 ? br.c0 : br.c1;
-  const float d = Half(blk);
-  unsigned code;
-  if (bits == 8) return d * static_cast<float>(static_cast<int8_t>(rp[j]));
+  if (bits == 8) return {8, blk, rp + j, 0, 0, 0, r};
   if (bits == 4) {
     const int g = j / 32 * 32, half = min(32, cnt - g) / 2, i = j - g;
-    const unsigned byte = rp[g / 2 + (i < half ? i : i - half)];
-    code = i < half ? (byte & 15) : (byte >> 4);
-  } else {
-    const int t = j / 16, k = j % 16;
-    const uint8_t* tile = rp + t * (bits == 3 ? 6 : 4);
-    code = (tile[k % 4] >> (2 * (k / 4))) & 3u;
-    if (bits == 3) code |= ((Load16(tile + 4) >> k) & 1u) << 2;
+    return {4, blk, rp + g / 2 + (i < half ? i : i - half), i < half ? 0 : 4, 0, 0, r};
   }
-  return d * lv[r][code];
+  const int t = j / 16, k = j % 16, tile = rp + t * (bits == 3 ? 6 : 4);
+  return {bits, blk, tile + k % 4, 2 * (k / 4), tile + 4 + k / 8, k % 8, r};
+}
+
+// The element of `row` at e, in its rotated domain.
+__device__ __forceinline__ float DecodeAt(const ElemRef& e, const uint8_t* row, const float (*lv)[16]) {
+  if (e.bits == 16) return Half(row + e.byte);
+  const float d = Half(row + e.scale);
+  const unsigned byte = row[e.byte];
+  if (e.bits == 8) return d * static_cast<float>(static_cast<int8_t>(byte));
+  unsigned code = (byte >> e.shift) & (e.bits == 4 ? 15u : 3u);
+  if (e.bits == 3) code |= ((row[e.hi] >> e.hi_shift) & 1u) << 2;
+  return d * lv[e.run][code];
 }
 
 template <int Q, int NV>
@@ -203,6 +211,9 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
 #pragma unroll
     for (int e = 0; e < NV; ++e) acc[qi][e] = 0;
   }
+  ElemRef vref[NV];  // this lane's value elements lane + 32 e
+#pragma unroll
+  for (int e = 0; e < NV; ++e) vref[e] = MakeElemRef(p.v, min(lane + 32 * e, vd - 1));
   const int pg0 = begin / kPageTokens, n_pages = end > begin ? (end + kPageTokens - 1) / kPageTokens - pg0 : 0;
   const int pg_end = pg0 + (z + 1) * n_pages / p.splits;
   for (int pg = pg0 + z * n_pages / p.splits + warp; pg < pg_end; pg += kWarps) {
@@ -248,9 +259,8 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
       const uint8_t* vrow = vbase + static_cast<size_t>(j) * p.pages.v_row_bytes;
 #pragma unroll
       for (int e = 0; e < NV; ++e) {
-        const int c = lane + 32 * e;
-        if (c < vd) {
-          const float vv = DecodeElem(p.v, vrow, c, lvv);
+        if (lane + 32 * e < vd) {
+          const float vv = DecodeAt(vref[e], vrow, lvv);
 #pragma unroll
           for (int qi = 0; qi < Q; ++qi) acc[qi][e] += pj[qi] * vv;
         }
