@@ -155,7 +155,7 @@ __device__ __forceinline__ float DecodeAt(const ElemRef& e, const uint8_t* row, 
 
 template <int Q, int NV>
 __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
-  extern __shared__ float sq[];  // Q x kd queries in the keys' rotated domain
+  extern __shared__ float sq[];  // Q x kd queries in the keys' rotated domain, then Q x vd for the warps' merge
   __shared__ float lvk[2][16], lvv[2][16];
   __shared__ float rq[Q][kMaxRotating][2];  // scale * q at each rotating pair's channels (a, b)
   const int h = blockIdx.x, item = blockIdx.y, z = blockIdx.z;
@@ -252,6 +252,7 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
     }
     const uint8_t* vbase = page + v_off;
     const int j_begin = max(0, begin - pg * kPageTokens), j_end = min(kPageTokens, end - pg * kPageTokens);
+#pragma unroll 4
     for (int j = j_begin; j < j_end; ++j) {
       float pj[Q];
 #pragma unroll
@@ -267,19 +268,43 @@ __global__ void __launch_bounds__(32 * kWarps) CodedAttentionKernel(Params p) {
       }
     }
   }
+  // The warps' states merged into one in shared memory (each warp's accumulator added in turn, rescaled to the
+  // common max), then written as this split's state.
+  __shared__ float wm[kWarps][Q], wl[kWarps][Q];
+  float* sacc = sq + Q * kd;  // Q x vd
+  if (lane == 0) {
+#pragma unroll
+    for (int qi = 0; qi < Q; ++qi) wm[warp][qi] = m[qi], wl[warp][qi] = l[qi];
+  }
+  for (int idx = threadIdx.x; idx < Q * vd; idx += blockDim.x) sacc[idx] = 0;
+  __syncthreads();
+  for (int w = 0; w < kWarps; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int qi = 0; qi < Q; ++qi) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < kWarps; ++u) mx = fmaxf(mx, wm[u][qi]);
+        const float f = m[qi] == -INFINITY ? 0.f : expf(m[qi] - mx);
+#pragma unroll
+        for (int e = 0; e < NV; ++e)
+          if (lane + 32 * e < vd) sacc[qi * vd + lane + 32 * e] += acc[qi][e] * f;
+      }
+    }
+    __syncthreads();
+  }
   const int stride = vd + 2;
-#pragma unroll
-  for (int qi = 0; qi < Q; ++qi) {
-    if (qi >= nq) break;
-    const int tok = tok0 + qi / group, g = qi % group;
-    const size_t row = static_cast<size_t>(tok) * p.n_head + h * group + g;
-    float* st = p.part + (row * p.parts + p.part_offset + z * kWarps + warp) * stride;
-#pragma unroll
-    for (int e = 0; e < NV; ++e)
-      if (lane + 32 * e < vd) st[lane + 32 * e] = acc[qi][e];
-    if (lane == 0) {
-      st[vd] = m[qi];
-      st[vd + 1] = l[qi];
+  for (int idx = threadIdx.x; idx < nq * vd; idx += blockDim.x) {
+    const int qi = idx / vd, c = idx % vd;
+    const size_t row = static_cast<size_t>(tok0 + qi / group) * p.n_head + h * group + qi % group;
+    float* st = p.part + (row * p.parts + p.part_offset + z) * stride;
+    st[c] = sacc[idx];
+    if (c == 0) {
+      float mx = -INFINITY, sum = 0;
+      for (int u = 0; u < kWarps; ++u) mx = fmaxf(mx, wm[u][qi]);
+      for (int u = 0; u < kWarps; ++u) sum += wm[u][qi] == -INFINITY ? 0.f : wl[u][qi] * expf(wm[u][qi] - mx);
+      st[vd] = mx;
+      st[vd + 1] = sum;
     }
   }
 }
@@ -333,7 +358,7 @@ Plan SharedPlan(int n, int n_head_kv, int group) {
 template <int Q>
 Status LaunchQ(const Params& p, int items, Stream stream) {
   const dim3 grid(p.k.n_head_kv, items, p.splits);
-  const size_t smem = static_cast<size_t>(Q) * p.k.dim * sizeof(float);
+  const size_t smem = static_cast<size_t>(Q) * (p.k.dim + p.v.dim) * sizeof(float);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int nv = (p.v.dim + 31) / 32;
   if (nv <= 2) {
@@ -363,7 +388,7 @@ size_t CodedAttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim, 
   if (n <= 0 || n_head_kv <= 0) return 0;
   int parts = AttentionSplits(n_head_kv, n);
   if (shared) parts += SharedPlan(n, n_head_kv, n_head / n_head_kv).splits;
-  return static_cast<size_t>(n) * n_head * parts * kWarps * (v_dim + 2);
+  return static_cast<size_t>(n) * n_head * parts * (v_dim + 2);
 }
 
 Status CodedAttention(const float* q, int n_head, float scale, const DeviceRowFormat& k, const DeviceRowFormat& v,
@@ -400,12 +425,12 @@ Status CodedAttention(const float* q, int n_head, float scale, const DeviceRowFo
   const int tail_splits = AttentionSplits(n_head_kv, n);
   const Plan shared = SharedPlan(n, n_head_kv, group);
   const int shared_splits = shared_tokens > 0 ? shared.splits : 0;
-  p.parts = (tail_splits + shared_splits) * kWarps;
+  p.parts = tail_splits + shared_splits;
   if (shared_tokens > 0) {
     p.tokens_per_item = shared.tokens_per_item;
     p.shared_part = true;
     p.splits = shared_splits;
-    p.part_offset = tail_splits * kWarps;
+    p.part_offset = tail_splits;
     LR_RETURN_IF_ERROR(Launch(p, Pow2AtLeast(shared.tokens_per_item * group), shared.items, stream));
   }
   p.tokens_per_item = 1;

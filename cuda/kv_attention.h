@@ -9,9 +9,10 @@
 // weights, times scale) and rotates them once into the keys' stored domain (kvquant: q.k = Rq.Rk); its 4 warps take
 // the split's pages in turn, each lane scoring one row of the page from its codes (unpacked in registers, Lloyd-Max
 // levels from shared memory), with an online softmax per warp; values are accumulated from their codes in their
-// rotated domain, lane by lane over the elements. Every warp writes its state (max, sum, accumulator) to scratch and
-// a merge kernel combines the states of each (token, head) by log-sum-exp, rotates the output back, and undoes the
-// value codec's weights and center. A key center needs nothing: it shifts all of a query's scores alike.
+// rotated domain, lane by lane over the elements (each lane's element positions worked out once). The warps' states
+// (max, sum, accumulator) are merged in shared memory and each split writes one to scratch; a merge kernel combines
+// the splits' states of each (token, head) by log-sum-exp, rotates the output back, and undoes the value codec's
+// weights and center. A key center needs nothing: it shifts all of a query's scores alike.
 //
 // Shared prefix (shared_tokens > 0): token i is the one token of sequence i (a decode step of n sequences) and the
 // first shared_tokens positions (a multiple of kPageTokens, at most every token's position + 1) of every sequence

@@ -145,19 +145,32 @@ __global__ void __launch_bounds__(kEncodeThreads)
   if (f.weights != nullptr)
     for (int c = threadIdx.x; c < f.dim; c += blockDim.x) y[c] *= f.weights[lh * f.dim + c];
   __syncthreads();
+  // The row is built in shared memory (one thread per format block, the block's values copied to its registers
+  // first), then stored by the whole block.
+  __shared__ uint8_t row[2 * kMaxCodedDim];
+  const DeviceRowFormat fl = f;
+  if (fl.scale_rule == kNone) {
+    for (int c = threadIdx.x; c < fl.dim; c += blockDim.x) {
+      const uint16_t hb = __half_as_ushort(__float2half_rn(y[c]));
+      row[2 * c] = static_cast<uint8_t>(hb & 0xff);
+      row[2 * c + 1] = static_cast<uint8_t>(hb >> 8);
+    }
+  } else {
+    kvdev::RotateRows(y, 1, fl.dim, fl.dim, fl.rotation, fl.params + lh * fl.param_stride, false);
+    const int n_blocks = (fl.dim + fl.block_elems - 1) / fl.block_elems;
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) {
+      float v[128];
+      const int size = min(fl.block_elems, fl.dim - b * fl.block_elems);
+      for (int j = 0; j < size; ++j) v[j] = y[b * fl.block_elems + j];
+      EncodeBlock(fl, b, v, row + b * fl.block_bytes);
+    }
+  }
+  __syncthreads();
   const int page = places.pages[places.first[i] + pos / kPageTokens];
   const int row_bytes = values ? pages.v_row_bytes : pages.k_row_bytes;
   uint8_t* dst = pages.base + static_cast<size_t>(page) * pages.page_bytes +
                  kvdev::RowsOffset(pages, values, layer, h) + static_cast<size_t>(pos % kPageTokens) * row_bytes;
-  if (f.scale_rule == kNone) {
-    __half* d = reinterpret_cast<__half*>(dst);
-    for (int c = threadIdx.x; c < f.dim; c += blockDim.x) d[c] = __float2half_rn(y[c]);
-    return;
-  }
-  kvdev::RotateRows(y, 1, f.dim, f.dim, f.rotation, f.params + lh * f.param_stride, false);
-  const int n_blocks = (f.dim + f.block_elems - 1) / f.block_elems;
-  for (int b = threadIdx.x; b < n_blocks; b += blockDim.x)
-    EncodeBlock(f, b, y + b * f.block_elems, dst + static_cast<size_t>(b) * f.block_bytes);
+  for (int j = threadIdx.x; j < row_bytes; j += blockDim.x) dst[j] = row[j];
 }
 
 }  // namespace

@@ -195,9 +195,16 @@ TEST_P(CudaKv, EncodeMatchesCpuBytes) {
             if (std::memcmp(at, want.data(), want.size()) != 0 && ++mismatches <= 3) {
               size_t b = 0;
               while (at[b] == want[b]) ++b;
+              std::string bytes;  // the first bytes of both rows, and where in the pool the CPU's row is found
+              for (size_t j = 0; j < std::min<size_t>(12, want.size()); ++j)
+                bytes.append(" ").append(std::to_string(at[j])).append("/").append(std::to_string(want[j]));
+              const auto found = std::search(got.begin(), got.end(), want.begin(), want.end());
               ADD_FAILURE() << format << " dim " << dim << (calibrated ? " calibrated" : "") << " token " << i
                             << " head " << h << (values ? " value" : " key") << ": first differing byte " << b
-                            << " (device " << int(at[b]) << ", cpu " << int(want[b]) << ")";
+                            << " (device " << int(at[b]) << ", cpu " << int(want[b]) << "); device/cpu:" << bytes
+                            << "; cpu row in the pool at "
+                            << (found == got.end() ? std::string("none") : std::to_string(found - got.begin()))
+                            << ", expected at " << (at - got.data());
             }
           }
         }
