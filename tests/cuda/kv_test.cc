@@ -102,8 +102,8 @@ struct TestCache {
         for (int h = 0; h < n_head_kv; ++h) {
           const std::vector<float> kx = Gaussian(k_dim, rng), vx = Gaussian(v_dim, rng);
           const size_t i = static_cast<size_t>(l) * n_head_kv + h;
-          k[i].EncodeRow(kx.data(), page + KOffset(l, h) + (pos % kPageTokens) * k_row);
-          v[i].EncodeRow(vx.data(), page + VOffset(l, h) + (pos % kPageTokens) * v_row);
+          k[i].EncodeRow(kx.data(), page + KOffset(l, h) + (pos % kPageTokens) * k_row, pos);
+          v[i].EncodeRow(vx.data(), page + VOffset(l, h) + (pos % kPageTokens) * v_row, pos);
         }
       }
     }
@@ -189,7 +189,7 @@ TEST_P(CudaKv, EncodeMatchesCpuBytes) {
           const size_t ci = static_cast<size_t>(layer) * heads + h;
           for (int values = 0; values < 2; ++values) {
             const kvquant::RowCodec& codec = values ? c.v[ci] : c.k[ci];
-            codec.EncodeRow(x, want.data());
+            codec.EncodeRow(x, want.data(), i);  // i: the row's position (rotating centers)
             const uint8_t* at =
                 page + (values ? c.VOffset(layer, h) : c.KOffset(layer, h)) + (i % kPageTokens) * codec.row_bytes();
             if (std::memcmp(at, want.data(), want.size()) != 0 && ++mismatches <= 3) {
