@@ -83,4 +83,10 @@ struct KvPages {
 Status EncodeKvRows(const DeviceRowFormat& f, bool values, const float* rows, const KvPages& pages, int layer,
                     const TokenPlaces& places, int n, Stream stream);
 
+// Encodes kPageTokens random rows of every head of layer 0 with EncodeKvRows (codecs: as given to Upload) and
+// compares them with RowCodec::EncodeRow's bytes: kInternal naming the format, head and row where they differ. A cache
+// checks its codecs once, so that a device whose encoder disagrees with the CPU's fails instead of storing other
+// rows.
+Status VerifyEncoder(const DeviceCodecs& device, const std::vector<const kvquant::RowCodec*>& codecs, bool values);
+
 }  // namespace lr::cuda

@@ -1,9 +1,11 @@
 // Host side of the device KV codecs (cuda/kv_codec.h, kv_attention.h): what the device needs of kvquant's codecs,
 // and the shared prefix of a step's page tables.
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "cuda/device.h"
 #include "cuda/kv_attention.h"
 #include "cuda/kv_codec.h"
 #include "kvquant/kvquant.h"
@@ -102,6 +104,50 @@ Result<DeviceCodecs> DeviceCodecs::Upload(const std::vector<const kvquant::RowCo
   LR_RETURN_IF_ERROR(upload(weights, &out.weights_, &f.weights));
   LR_RETURN_IF_ERROR(upload(rotating, &out.rotating_, &f.rotating));
   return out;
+}
+
+Status VerifyEncoder(const DeviceCodecs& device, const std::vector<const kvquant::RowCodec*>& codecs, bool values) {
+  const DeviceRowFormat& f = device.format();
+  const int heads = f.n_head_kv, dim = f.dim, n = kPageTokens;
+  std::vector<float> rows(static_cast<size_t>(n) * heads * dim);
+  uint64_t state = 0x9e3779b97f4a7c15ull;  // a fixed pseudo-random row set (xorshift), values about N(0, 1)
+  for (float& x : rows) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    x = static_cast<float>(static_cast<int64_t>(state >> 11) % 4001 - 2000) / 700.0f;
+  }
+  KvPages pages;
+  pages.n_layer = 1;
+  pages.n_head_kv = heads;
+  pages.k_row_bytes = pages.v_row_bytes = f.row_bytes;
+  pages.page_bytes = static_cast<size_t>(kPageTokens) * heads * 2 * f.row_bytes;
+  std::vector<int32_t> pos(n), first(n, 0), table = {0};
+  for (int i = 0; i < n; ++i) pos[i] = i;
+  LR_ASSIGN_OR_RETURN(DeviceBuffer pool, DeviceBuffer::Allocate(pages.page_bytes, "the KV encoder check"));
+  LR_ASSIGN_OR_RETURN(DeviceBuffer d_rows, DeviceBuffer::Allocate(rows.size() * 4, "the KV encoder check"));
+  LR_ASSIGN_OR_RETURN(DeviceBuffer d_places, DeviceBuffer::Allocate((2 * n + 1) * 4, "the KV encoder check"));
+  LR_RETURN_IF_ERROR(d_rows.Upload(rows.data(), rows.size() * 4));
+  LR_RETURN_IF_ERROR(d_places.Upload(pos.data(), n * 4));
+  LR_RETURN_IF_ERROR(d_places.Upload(first.data(), n * 4, n * 4));
+  LR_RETURN_IF_ERROR(d_places.Upload(table.data(), 4, 2 * n * 4));
+  pages.base = pool.as<uint8_t>();
+  const int32_t* p = d_places.as<int32_t>();
+  LR_RETURN_IF_ERROR(
+      EncodeKvRows(f, values, d_rows.as<float>(), pages, 0, TokenPlaces{p, p + n, p + 2 * n}, n, nullptr));
+  LR_RETURN_IF_ERROR(Synchronize("the KV encoder check"));
+  std::vector<uint8_t> got(pages.page_bytes), want(f.row_bytes);
+  LR_RETURN_IF_ERROR(pool.Download(got.data(), got.size()));
+  const size_t base = values ? static_cast<size_t>(heads) * kPageTokens * f.row_bytes : 0;
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < n; ++i) {
+      codecs[h]->EncodeRow(&rows[(static_cast<size_t>(i) * heads + h) * dim], want.data(), i);
+      const uint8_t* at = got.data() + base + (static_cast<size_t>(h) * kPageTokens + i) * f.row_bytes;
+      if (std::memcmp(at, want.data(), want.size()) != 0)
+        return Internal("the CUDA KV encoder disagrees with the CPU's (" + std::string(codecs[h]->format().name) +
+                        (values ? " values" : " keys") + ", head " + std::to_string(h) + ", row " + std::to_string(i) +
+                        "); use --device cpu for this format");
+    }
+  }
+  return Status::Ok();
 }
 
 int SharedPrefixTokens(std::span<const std::span<const int>> tables, std::span<const int> contexts) {

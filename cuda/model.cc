@@ -61,7 +61,12 @@ Result<DeviceCodecs> UploadCodecs(const KvCache& cache, bool values) {
   std::vector<const kvquant::RowCodec*> codecs;
   for (int l = 0; l < s.n_layer; ++l)
     for (int h = 0; h < s.n_head_kv; ++h) codecs.push_back(values ? &cache.v_codec(l, h) : &cache.k_codec(l, h));
-  return DeviceCodecs::Upload(codecs, s.n_head_kv, values);
+  LR_ASSIGN_OR_RETURN(DeviceCodecs device, DeviceCodecs::Upload(codecs, s.n_head_kv, values));
+  if (device.format().n_runs > 0) {  // compressed rows: the device's encoder checked against the CPU's once
+    codecs.resize(static_cast<size_t>(s.n_head_kv));
+    LR_RETURN_IF_ERROR(VerifyEncoder(device, codecs, values));
+  }
+  return device;
 }
 
 WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }

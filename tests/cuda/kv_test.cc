@@ -210,6 +210,13 @@ TEST_P(CudaKv, EncodeMatchesCpuBytes) {
         }
       }
       EXPECT_EQ(mismatches, 0) << format << " dim " << dim;
+      // The check a cache runs once on its codecs agrees.
+      for (int values = 0; values < 2; ++values) {
+        std::vector<const kvquant::RowCodec*> layer0;
+        for (int h = 0; h < heads; ++h) layer0.push_back(values ? &c.v[h] : &c.k[h]);
+        const Status s = VerifyEncoder(values ? c.dv : c.dk, layer0, values);
+        EXPECT_TRUE(s.ok()) << s.ToString();
+      }
     }
   }
 }
