@@ -317,9 +317,11 @@ __global__ void MergeKernel(const float* part, int parts, int n_head, DeviceRowF
   const size_t row = static_cast<size_t>(i) * n_head + hq;
   const float* st = part + row * parts * stride;
   float mx = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < parts; ++s) mx = fmaxf(mx, st[s * stride + vd]);
   for (int d = threadIdx.x; d < vd; d += blockDim.x) {
     float sum = 0, a = 0;
+#pragma unroll 8
     for (int s = 0; s < parts; ++s) {
       const float m = st[s * stride + vd];
       const float f = m == -INFINITY ? 0.f : expf(m - mx);
