@@ -66,10 +66,10 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   o.cache_dir = f.cache_dir;
   std::error_code ec;
   const size_t file_bytes = std::filesystem::file_size(o.path, ec);
-  // The CUDA backend keeps no sink or window rows: a compressed cache with them picks the CPU (--device cuda: an
-  // error saying so).
-  const bool host_only = (f.ctk != "f16" || f.ctv != "f16") && (f.kv_sinks > 0 || f.kv_window > 0);
-  LR_ASSIGN_OR_RETURN(o.device, ChooseDevice(host_only && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes,
+  // A compressed cache picks the CPU unless --device cuda says otherwise (the device's compressed rows are checked
+  // against the CPU's encoder when a cache opens, and it keeps no sink or window rows).
+  const bool compressed = f.ctk != "f16" || f.ctv != "f16";
+  LR_ASSIGN_OR_RETURN(o.device, ChooseDevice(compressed && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes,
                                              static_cast<size_t>(f.kv_budget_mib) << 20));
   return o;
 }
