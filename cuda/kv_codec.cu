@@ -13,7 +13,6 @@
 namespace lr::cuda {
 namespace {
 
-constexpr int kEncodeThreads = 128;
 // kvquant::ScaleRule's values (kv_codecs.cc checks them).
 constexpr int kNone = 0, kMaxQ8 = 1, kMaxQ4 = 2, kLeastSquares = 3, kNorm = 5;
 
@@ -119,58 +118,83 @@ __device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, uin
   }
 }
 
-// One block per (KV head, token): the row centered, weighted and rotated in shared memory, then one thread per
-// format block encodes it (f16: every thread stores halves).
-__global__ void __launch_bounds__(kEncodeThreads)
+// y = R y for one row in the calling thread's own memory: kvquant::Rotation::Apply's operations in its order.
+__device__ void RotateLocal(float* y, int dim, int kind, const float* p) {
+  if (kind == kvdev::kHadamard) {
+    for (int start = 0, rest = dim; rest > 0;) {
+      int len = 1;
+      while (len * 2 <= rest) len *= 2;
+      float* s = y + start;
+      for (int i = 0; i < len; ++i) s[i] = s[i] * p[start + i];
+      for (int h = 1; h < len; h *= 2) {
+        for (int i = 0; i < len; i += 2 * h) {
+          for (int j = i; j < i + h; ++j) {
+            const float a = s[j], b = s[j + h];
+            s[j] = a + b;
+            s[j + h] = a - b;
+          }
+        }
+      }
+      const float norm = 1.0f / sqrtf(static_cast<float>(len));
+      for (int i = 0; i < len; ++i) s[i] *= norm;
+      start += len;
+      rest -= len;
+    }
+  } else if (kind == kvdev::kGivens) {
+    for (int i = 0; i < dim; i += 2) {
+      const float c = p[i], sn = p[i + 1], a = y[i], b = y[i + 1];
+      y[i] = c * a - sn * b;
+      y[i + 1] = sn * a + c * b;
+    }
+  } else if (kind == kvdev::kQuaternion) {
+    for (int i = 0; i < dim; i += 4) {
+      const float* q = p + 2 * i;
+      const kvdev::Quat l{q[0], q[1], q[2], q[3]}, r{q[4], q[5], q[6], q[7]}, v{y[i], y[i + 1], y[i + 2], y[i + 3]};
+      const kvdev::Quat w = kvdev::QMul(kvdev::QMul(l, v), kvdev::QConj(r));
+      y[i] = w.a, y[i + 1] = w.b, y[i + 2] = w.c, y[i + 3] = w.d;
+    }
+  }
+}
+
+// One warp per (KV head, token); lane b writes the row's format block b (f16: values 32 b .. 32 b + 31). Each lane
+// prepares the whole row (centered, weighted, rotated) in its own slice of shared memory, so that no lane waits for
+// another's values.
+constexpr int kF16Chunk = 32;
+__global__ void __launch_bounds__(32)
     EncodeKernel(DeviceRowFormat f, bool values, const float* rows, KvPages pages, int layer, TokenPlaces places) {
-  __shared__ float y[kMaxCodedDim];
-  const int h = blockIdx.x, i = blockIdx.y;
+  const int h = blockIdx.x, i = blockIdx.y, b = threadIdx.x;
+  const int unit = f.scale_rule == kNone ? kF16Chunk : f.block_elems;
+  if (b * unit >= f.dim) return;
   const size_t lh = static_cast<size_t>(layer) * f.n_head_kv + h;
   const float* x = rows + (static_cast<size_t>(i) * f.n_head_kv + h) * f.dim;
   const int pos = places.pos[i];
-  for (int c = threadIdx.x; c < f.dim; c += blockDim.x)
-    y[c] = f.center != nullptr ? x[c] - f.center[lh * f.dim + c] : x[c];
-  __syncthreads();
-  if (threadIdx.x <
-      f.n_rotating) {  // kvquant::RotatingCenterAt, in double as on the CPU; pairs touch distinct channels
-    const float* r = f.rotating + (lh * f.n_rotating + threadIdx.x) * 5;
-    if (r[3] != 0 || r[4] != 0) {
-      const double angle = static_cast<double>(pos) * r[2], c = cos(angle), s = sin(angle);
-      const int a = static_cast<int>(r[0]), b = static_cast<int>(r[1]);
-      y[a] -= static_cast<float>(r[3] * c - r[4] * s);
-      y[b] -= static_cast<float>(r[3] * s + r[4] * c);
-    }
+  __shared__ float rows_of_lanes[32][kMaxCodedDim];  // lane b's own copy of the row (no lane reads another's)
+  float* y = rows_of_lanes[b];
+  for (int c = 0; c < f.dim; ++c) y[c] = f.center != nullptr ? x[c] - f.center[lh * f.dim + c] : x[c];
+  for (int j = 0; j < f.n_rotating; ++j) {  // kvquant::RotatingCenterAt, in double as on the CPU
+    const float* r = f.rotating + (lh * f.n_rotating + j) * 5;
+    if (r[3] == 0 && r[4] == 0) continue;  // a padding pair
+    const double angle = static_cast<double>(pos) * r[2], c = cos(angle), s = sin(angle);
+    const int a = static_cast<int>(r[0]), bb = static_cast<int>(r[1]);
+    y[a] -= static_cast<float>(r[3] * c - r[4] * s);
+    y[bb] -= static_cast<float>(r[3] * s + r[4] * c);
   }
-  __syncthreads();
   if (f.weights != nullptr)
-    for (int c = threadIdx.x; c < f.dim; c += blockDim.x) y[c] *= f.weights[lh * f.dim + c];
-  __syncthreads();
-  // The row is built in shared memory (one thread per format block, the block's values copied to its registers
-  // first), then stored by the whole block.
-  __shared__ uint8_t row[2 * kMaxCodedDim];
-  const DeviceRowFormat fl = f;
-  if (fl.scale_rule == kNone) {
-    for (int c = threadIdx.x; c < fl.dim; c += blockDim.x) {
-      const uint16_t hb = __half_as_ushort(__float2half_rn(y[c]));
-      row[2 * c] = static_cast<uint8_t>(hb & 0xff);
-      row[2 * c + 1] = static_cast<uint8_t>(hb >> 8);
-    }
-  } else {
-    kvdev::RotateRows(y, 1, fl.dim, fl.dim, fl.rotation, fl.params + lh * fl.param_stride, false);
-    const int n_blocks = (fl.dim + fl.block_elems - 1) / fl.block_elems;
-    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) {
-      float v[128];
-      const int size = min(fl.block_elems, fl.dim - b * fl.block_elems);
-      for (int j = 0; j < size; ++j) v[j] = y[b * fl.block_elems + j];
-      EncodeBlock(fl, b, v, row + b * fl.block_bytes);
-    }
-  }
-  __syncthreads();
+    for (int c = 0; c < f.dim; ++c) y[c] *= f.weights[lh * f.dim + c];
   const int page = places.pages[places.first[i] + pos / kPageTokens];
   const int row_bytes = values ? pages.v_row_bytes : pages.k_row_bytes;
   uint8_t* dst = pages.base + static_cast<size_t>(page) * pages.page_bytes +
                  kvdev::RowsOffset(pages, values, layer, h) + static_cast<size_t>(pos % kPageTokens) * row_bytes;
-  for (int j = threadIdx.x; j < row_bytes; j += blockDim.x) dst[j] = row[j];
+  if (f.scale_rule == kNone) {
+    for (int c = b * unit; c < min(f.dim, (b + 1) * unit); ++c) {
+      const uint16_t hb = __half_as_ushort(__float2half_rn(y[c]));
+      dst[2 * c] = static_cast<uint8_t>(hb & 0xff);
+      dst[2 * c + 1] = static_cast<uint8_t>(hb >> 8);
+    }
+    return;
+  }
+  RotateLocal(y, f.dim, f.rotation, f.params + lh * f.param_stride);
+  EncodeBlock(f, b, y + b * f.block_elems, dst + static_cast<size_t>(b) * f.block_bytes);
 }
 
 }  // namespace
@@ -178,8 +202,8 @@ __global__ void __launch_bounds__(kEncodeThreads)
 Status EncodeKvRows(const DeviceRowFormat& f, bool values, const float* rows, const KvPages& pages, int layer,
                     const TokenPlaces& places, int n, Stream stream) {
   if (n <= 0) return Status::Ok();
-  EncodeKernel<<<dim3(f.n_head_kv, n), kEncodeThreads, 0, static_cast<cudaStream_t>(stream)>>>(f, values, rows, pages,
-                                                                                               layer, places);
+  EncodeKernel<<<dim3(f.n_head_kv, n), 32, 0, static_cast<cudaStream_t>(stream)>>>(f, values, rows, pages, layer,
+                                                                                   places);
   return CheckLaunch("EncodeKvRows");
 }
 
