@@ -190,7 +190,22 @@ class RecordingReporter : public benchmark::ConsoleReporter {
 
 }  // namespace
 
+#ifdef LR_KVQUANT_BENCH_CUDA
+int RunGpuSection();  // kvquant_bench_cuda.cc
+#endif
+
 int main(int argc, char** argv) {
+  // --gpu: the GPU section alone (kvquant_bench_cuda.cc), in builds with the CUDA backend.
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--gpu") {
+#ifdef LR_KVQUANT_BENCH_CUDA
+      return RunGpuSection();
+#else
+      std::fprintf(stderr, "kvquant_bench: --gpu needs a build with the CUDA backend (LEANROTOR_CUDA)\n");
+      return 1;
+#endif
+    }
+  }
   const int contexts[] = {512, 4096, 32768};
   std::vector<std::string> formats;
   for (const auto& f : lr::kvquant::ListFormats()) formats.emplace_back(f.name);

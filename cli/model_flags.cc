@@ -66,7 +66,8 @@ Result<inference::LocalModelOptions> MakeLocalModelOptions(const LocalModelFlags
   o.cache_dir = f.cache_dir;
   std::error_code ec;
   const size_t file_bytes = std::filesystem::file_size(o.path, ec);
-  // The CUDA backend stores f16 rows only: a compressed cache picks the CPU unless --device cuda says otherwise.
+  // A compressed cache picks the CPU unless --device cuda says otherwise (the device's compressed rows are checked
+  // against the CPU's encoder when a cache opens, and it keeps no sink or window rows).
   const bool compressed = f.ctk != "f16" || f.ctv != "f16";
   LR_ASSIGN_OR_RETURN(o.device, ChooseDevice(compressed && f.device == "auto" ? "cpu" : f.device, ec ? 0 : file_bytes,
                                              static_cast<size_t>(f.kv_budget_mib) << 20));

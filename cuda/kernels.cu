@@ -144,7 +144,7 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
     v[ib] = x0 * sn + x1 * cs;
   }
   __syncwarp();
-  if (is_q) return;
+  if (is_q || !a.store_kv) return;
   const int page = places.pages[places.first[i] + pos / kPageTokens];
   const int slot = pos % kPageTokens;
   const size_t lh = static_cast<size_t>(a.layer) * pool.n_head_kv + h;

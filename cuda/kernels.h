@@ -167,6 +167,7 @@ struct QkvArgs {
   float cos_sin_factor = 1.0f;  // on cos and sin (YaRN's, ops::RopeCosSinFactor)
   bool halves = false;
   int layer = 0;
+  bool store_kv = true;  // false: k and v are left to the caller (compressed rows: cuda/kv_codec.h's EncodeKvRows)
 };
 Status PrepareQkv(const QkvArgs& a, const KvPool& pool, const TokenPlaces& places, int n, Stream stream);
 

@@ -7,8 +7,10 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "cuda/kv_attention.h"
 #include "cuda/moe.h"
 #include "inference/mla.h"
+#include "kvquant/kvquant.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
 
@@ -38,6 +40,9 @@ class DevicePages : public inference::KvPageStore {
   size_t page_bytes() const { return page_bytes_; }
   // The first copy's error since the last call, if any.
   Status TakeError() { return std::exchange(error_, Status::Ok()); }
+  // The cache's codecs on the device, uploaded at its first step (KvCache::Create makes them after ConfigureCache).
+  DeviceCodecs k_codecs, v_codecs;
+  bool has_codecs = false;
 
  private:
   DeviceBuffer buffer_;
@@ -45,6 +50,26 @@ class DevicePages : public inference::KvPageStore {
   void* stream_;
   Status error_;
 };
+
+// Bytes of one page of a cache of this shape with these formats (KvCache's layout).
+Result<size_t> PageBytes(const inference::KvShape& s, const std::string& k_format, const std::string& v_format) {
+  LR_ASSIGN_OR_RETURN(kvquant::RowCodec k, kvquant::RowCodec::Create(k_format, s.k_dim, 0, 0, 0));
+  LR_ASSIGN_OR_RETURN(kvquant::RowCodec v, kvquant::RowCodec::Create(v_format, s.v_dim, 0, 0, 0));
+  return static_cast<size_t>(s.n_layer) * s.n_head_kv * (k.row_bytes() + v.row_bytes()) * kPageTokens;
+}
+
+Result<DeviceCodecs> UploadCodecs(const KvCache& cache, bool values) {
+  const inference::KvShape& s = cache.shape();
+  std::vector<const kvquant::RowCodec*> codecs;
+  for (int l = 0; l < s.n_layer; ++l)
+    for (int h = 0; h < s.n_head_kv; ++h) codecs.push_back(values ? &cache.v_codec(l, h) : &cache.k_codec(l, h));
+  LR_ASSIGN_OR_RETURN(DeviceCodecs device, DeviceCodecs::Upload(codecs, s.n_head_kv, values));
+  if (device.format().n_runs > 0) {  // compressed rows: the device's encoder checked against the CPU's once
+    codecs.resize(static_cast<size_t>(s.n_head_kv));
+    LR_RETURN_IF_ERROR(VerifyEncoder(device, codecs, values));
+  }
+  return device;
+}
 
 WeightType TypeOf(const ops::TensorTypeInfo& t) { return static_cast<WeightType>(t.type); }
 
@@ -363,17 +388,19 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Dummy(const ModelConfig& config, c
 }
 
 Status CudaModel::ConfigureCache(inference::KvCacheOptions* o) {
-  if (o->k_format != "f16" || o->v_format != "f16")
-    return InvalidArgument("the CUDA backend stores KV rows as f16 (--ctk f16 --ctv f16); got --ctk " + o->k_format +
-                           " --ctv " + o->v_format);
-  const size_t bytes = PoolBytes(kv_shape(), o->max_tokens);
+  const bool compressed = o->k_format != "f16" || o->v_format != "f16";
+  if (compressed && (o->sink_tokens > 0 || o->window_tokens > 0))
+    return InvalidArgument("the CUDA backend keeps no sink or window rows (--kv-sinks " +
+                           std::to_string(o->sink_tokens) + ", --kv-window " + std::to_string(o->window_tokens) +
+                           "); expected 0 with --ctk " + o->k_format + " --ctv " + o->v_format);
+  LR_ASSIGN_OR_RETURN(const size_t page_bytes, PageBytes(kv_shape(), o->k_format, o->v_format));
+  const size_t bytes = page_bytes * ((static_cast<size_t>(o->max_tokens) + kPageTokens - 1) / kPageTokens);
   size_t free_bytes = 0, total = 0;
   LR_RETURN_IF_ERROR(CheckCuda(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo"));
   if (bytes > free_bytes)
     return ResourceExhausted("the KV pool (--kv-budget) takes " + MiB(bytes) + " on the device beside " +
                              MiB(weight_bytes_) + " of weights; " + info_.name + " has " + MiB(free_bytes) + " free");
   LR_ASSIGN_OR_RETURN(DeviceBuffer pool, DeviceBuffer::Allocate(bytes, "the KV page pool"));
-  const size_t page_bytes = PoolBytes(kv_shape(), kPageTokens);
   o->page_store = std::make_shared<DevicePages>(std::move(pool), page_bytes, stream_);
   return Status::Ok();
 }
@@ -534,11 +561,22 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
       a.cos_sin_factor = ops::RopeCosSinFactor(c.rope);
       a.halves = c.rope.style == ops::RopeStyle::kHalves;
       a.layer = il;
+      const bool f16 = k_format_->n_runs == 0 && v_format_->n_runs == 0;
+      a.store_kv = f16;
       LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
-      // A decode step's attention output goes to the output product quantized (by the attention kernels themselves
-      // where the value rows are whole blocks).
-      const bool fused = decode && c.head_dim_v % 32 == 0;
-      if (flash) {
+      if (!f16) {
+        LR_RETURN_IF_ERROR(EncodeKvRows(*k_format_, false, k, kv_pages_, il, places, n, s));
+        LR_RETURN_IF_ERROR(EncodeKvRows(*v_format_, true, v, kv_pages_, il, places, n, s));
+      }
+      // A decode step's attention output goes to the output product quantized (by the f16 attention kernels
+      // themselves where the value rows are whole blocks; attention on the codes writes floats). FlashAttention reads
+      // f16 pages.
+      const bool coded = !f16 || shared_tokens_ > 0;
+      const bool fused = decode && c.head_dim_v % 32 == 0 && !coded;
+      if (coded) {
+        LR_RETURN_IF_ERROR(CodedAttention(q, c.n_head, scale, *k_format_, *v_format_, kv_pages_, il, places, n,
+                                          shared_tokens_, attn, coded_part_.as<float>(), s));
+      } else if (flash) {
         LR_RETURN_IF_ERROR(FlashAttention(q, c.n_head, scale, pool_, il, places, n, attn, s));
       } else {
         LR_RETURN_IF_ERROR(Attention(q, c.n_head, scale, pool_, il, places, n, attn, attn_part_.as<float>(), s,
@@ -633,6 +671,7 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
                                "copying the step's tokens"));
   const inference::KvShape shape = kv_shape();
   pool_ = KvPool{pages->base(), pages->page_bytes(), shape.n_layer, shape.n_head_kv, shape.k_dim, shape.v_dim};
+  LR_RETURN_IF_ERROR(PrepareCodedAttention(cache, pages, batch, pos));
   if (n > kMaxMatVecTokens) {
     // FlashAttention makes one pass per sequence in each 64-token block: worth it where the tokens come in runs of
     // one sequence at least 16 long on average (a prefill chunk), not for many sequences' decode tokens.
@@ -645,7 +684,7 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
       DropGraphs();
       graph_pool_ = pages->base();
     }
-    const std::pair<int, int> key{n, 2 * nl + (greedy ? 1 : 0)};
+    const std::tuple<int, int, int> key{n, 2 * nl + (greedy ? 1 : 0), shared_tokens_};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph;
@@ -665,6 +704,47 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
         CheckCuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), S(stream_)), "cudaGraphLaunch"));
   }
   *n_logits = nl;
+  return Status::Ok();
+}
+
+Status CudaModel::PrepareCodedAttention(KvCache& cache, void* device_pages, std::span<const BatchToken> batch,
+                                        const std::vector<int32_t>& pos) {
+  const ModelConfig& c = config_;
+  auto* pages = static_cast<DevicePages*>(device_pages);
+  if (!pages->has_codecs) {
+    LR_ASSIGN_OR_RETURN(pages->k_codecs, UploadCodecs(cache, false));
+    LR_ASSIGN_OR_RETURN(pages->v_codecs, UploadCodecs(cache, true));
+    pages->has_codecs = true;
+  }
+  k_format_ = &pages->k_codecs.format();
+  v_format_ = &pages->v_codecs.format();
+  kv_pages_ =
+      KvPages{pages->base(), pages->page_bytes(), c.n_layer, c.n_head_kv, k_format_->row_bytes, v_format_->row_bytes};
+  // A decode step of sequences forked from one prompt reads the prompt's pages once (cuda/kv_attention.h).
+  const int n = static_cast<int>(batch.size());
+  shared_tokens_ = 0;
+  if (n >= 2 && n <= kMaxMatVecTokens) {
+    std::vector<std::span<const int>> tables;
+    std::vector<int> contexts;
+    std::vector<int> seqs;
+    for (int i = 0; i < n; ++i) {
+      seqs.push_back(batch[i].seq);
+      tables.push_back(cache.PageTable(batch[i].seq));
+      contexts.push_back(pos[i] + 1);
+    }
+    std::sort(seqs.begin(), seqs.end());
+    if (std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end())
+      shared_tokens_ = SharedPrefixTokens(tables, contexts);
+  }
+  const bool f16 = k_format_->n_runs == 0 && v_format_->n_runs == 0;
+  if (f16 && shared_tokens_ == 0) return Status::Ok();
+  size_t floats = CodedAttentionScratchFloats(cap_tokens_, c.n_head, c.n_head_kv, c.head_dim_v, false);
+  for (int k = 1; k <= std::min(cap_tokens_, kMaxMatVecTokens); ++k)
+    floats = std::max(floats, CodedAttentionScratchFloats(k, c.n_head, c.n_head_kv, c.head_dim_v, true));
+  if (coded_part_.bytes() < floats * 4) {
+    DropGraphs();
+    LR_ASSIGN_OR_RETURN(coded_part_, DeviceBuffer::Allocate(floats * 4, "attention states"));
+  }
   return Status::Ok();
 }
 

@@ -21,12 +21,14 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "base/status.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/kv_codec.h"
 #include "cuda/matmul.h"
 #include "inference/model.h"
 
@@ -73,8 +75,9 @@ class CudaModel : public inference::ForwardPass {
   inference::KvShape kv_shape() const override;
   size_t weight_bytes_per_token() const override { return weight_bytes_per_token_; }
   std::string device() const override;
-  // Allocates the device page pool for options->max_tokens positions and sets options->page_store.
-  // kInvalidArgument for formats other than f16 keys and values; kResourceExhausted with the numbers.
+  // Allocates the device page pool for options->max_tokens positions and sets options->page_store. Rows in any
+  // kvquant format (cuda/kv_codec.h), attended on their codes; f16 ones as before. kInvalidArgument for sink or
+  // window rows of a compressed cache (not on the device) and unknown formats; kResourceExhausted with the numbers.
   Status ConfigureCache(inference::KvCacheOptions* options) override;
   Status Forward(inference::KvCache& cache, std::span<const inference::BatchToken> batch,
                  std::vector<float>* logits) override;
@@ -136,6 +139,10 @@ class CudaModel : public inference::ForwardPass {
   // FlashAttention (the step's tokens come in long runs of one sequence), else Attention.
   Status Enqueue(int n, int n_logits, bool greedy, bool flash);
   void DropGraphs();
+  // Before a step: the cache's codecs on the device (uploaded at its first step), the positions the step's
+  // sequences share, and room for the states of attention on the codes. device_pages: the cache's DevicePages.
+  Status PrepareCodedAttention(inference::KvCache& cache, void* device_pages,
+                               std::span<const inference::BatchToken> batch, const std::vector<int32_t>& pos);
 
   inference::ModelConfig config_;
   DeviceInfo info_;
@@ -168,9 +175,16 @@ class CudaModel : public inference::ForwardPass {
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab
   size_t host_logits_floats_ = 0;
-  KvPool pool_;                                  // of the cache of the step being enqueued
-  std::map<std::pair<int, int>, void*> graphs_;  // (n, n_logits * 2 + greedy) -> cudaGraphExec_t
-  const uint8_t* graph_pool_ = nullptr;          // the pool the graphs were captured with
+  KvPool pool_;  // of the cache of the step being enqueued
+  // Of the same cache, for attention on the codes (compressed rows, or a shared prefix): its codecs and pages, the
+  // positions the step's sequences share (cuda/kv_attention.h) and the attention's scratch.
+  const DeviceRowFormat *k_format_ = nullptr, *v_format_ = nullptr;
+  KvPages kv_pages_;
+  int shared_tokens_ = 0;
+  DeviceBuffer coded_part_;
+  // (n, n_logits * 2 + greedy, shared tokens) -> cudaGraphExec_t
+  std::map<std::tuple<int, int, int>, void*> graphs_;
+  const uint8_t* graph_pool_ = nullptr;  // the pool the graphs were captured with
 };
 
 // Device-to-device copy speed: bytes read plus bytes written per second, the best of several copies of `bytes`.

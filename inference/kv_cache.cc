@@ -15,11 +15,13 @@ Result<KvCache> KvCache::Create(const KvShape& shape, const KvCacheOptions& opti
     return InvalidArgument("KV cache: sink_tokens is " + std::to_string(options.sink_tokens) + "; expected 0.." +
                            std::to_string(kPageTokens));
   const bool all_f16 = options.k_format == "f16" && options.v_format == "f16";
-  if (options.page_store != nullptr && !all_f16)
+  if (options.page_store != nullptr && !all_f16 &&
+      (shape.v_dim == 0 || options.sink_tokens > 0 || options.window_tokens > 0))
     return InvalidArgument(
-        "KV cache on the device: keys and values are stored as f16 rows (--ctk f16 --ctv f16; "
-        "got " +
-        options.k_format + " / " + options.v_format + ")");
+        "KV cache on the device: compressed rows without sink or window rows, and f16 rows for caches without value "
+        "rows (MLA); got " +
+        options.k_format + " / " + options.v_format + " with " + std::to_string(options.sink_tokens) + " sink and " +
+        std::to_string(options.window_tokens) + " window rows");
   if (options.window_tokens < 0)
     return InvalidArgument("KV cache: window_tokens is " + std::to_string(options.window_tokens) + "; expected >= 0");
   if ((options.sink_tokens > 0 || options.window_tokens > 0) && !all_f16 && shape.v_dim == 0)

@@ -93,8 +93,8 @@ struct KvCacheOptions {
   // starting at position 0): the KV calibration measures the queries through it. May be called from several threads
   // at once. Null: none.
   std::function<void(int layer, int head, const float* q, int n_q)> observe_queries;
-  // Pages kept by this store instead of host memory (see KvPageStore); null: host memory. Requires the f16 formats
-  // without sink or window rows.
+  // Pages kept by this store instead of host memory (see KvPageStore); null: host memory. Requires value rows (not
+  // MLA) and, for compressed formats, no sink or window rows.
   std::shared_ptr<KvPageStore> page_store;
 };
 

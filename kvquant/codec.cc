@@ -13,7 +13,7 @@
 namespace lr::kvquant {
 namespace {
 
-enum class Scale { kNone, kMaxQ8, kMaxQ4, kLeastSquares, kSelfDot, kNorm };
+using Scale = ScaleRule;
 enum class Levels { kInt8, kOffset8, kLm2, kLm3, kLm4 };
 
 struct RunSpec {
@@ -358,6 +358,8 @@ Result<RowCodec> RowCodec::Create(std::string_view format, int dim, uint64_t see
   codec.row_bytes_ = static_cast<size_t>(offset);
   return codec;
 }
+
+ScaleRule RowCodec::scale_rule() const { return kFormats[spec_].scale; }
 
 Status RowCodec::SetCenter(std::span<const float> center) {
   if (!center.empty() && center.size() != static_cast<size_t>(dim_))

@@ -105,6 +105,10 @@ struct FormatInfo {
   std::string_view summary;
 };
 
+// How a block's scale is chosen (the "Rounding rules" above): q8_0's max|x|/127, q4_0's signed max / -8, least squares
+// (tq*), descent with the dot-preserving scale (hx*), norm-preserving (planar*, iso*); kNone for f16.
+enum class ScaleRule { kNone, kMaxQ8, kMaxQ4, kLeastSquares, kSelfDot, kNorm };
+
 // Every format, in the order of the table above.
 std::vector<FormatInfo> ListFormats();
 // kInvalidArgument naming the bad name and the valid ones.
@@ -145,6 +149,7 @@ class RowCodec {
   const FormatInfo& format() const { return info_; }
   const Rotation& rotation() const { return rotation_; }
   bool is_f16() const { return blocks_.empty(); }
+  ScaleRule scale_rule() const;
   const std::vector<BlockLayout>& blocks() const { return blocks_; }
 
   // Sets the per-channel center subtracted before encoding (see "Centering" above); an empty span removes it. Rows

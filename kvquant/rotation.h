@@ -41,6 +41,10 @@ class Rotation {
   // True when coordinate range [0, n) is a union of whole segments of the rotation.
   bool IsBoundary(int n) const;
 
+  // The random parameters, for a device that applies the same rotation: kHadamard dim signs (+-1), kGivens dim/2
+  // (cos, sin) pairs, kQuaternion per quartet q_L then q_R (8 floats, (a, b, c, d) each); empty for kNone.
+  const std::vector<float>& params() const { return params_; }
+
  private:
   RotationKind kind_;
   int dim_;

@@ -21,49 +21,17 @@
 #include "cuda/matmul.h"
 #include "ops/kernels.h"
 #include "ops/tensor_type.h"
+#include "tests/cuda/device_test_util.h"
 #include "tests/ops/random_rows.h"
 
 namespace lr::cuda {
 namespace {
 
-// Fixtures whose tests skip, with QueryDevice's reason (which starts "no CUDA device"), where no device is present.
-template <typename Base>
-class OnDevice : public Base {
- protected:
-  void SetUp() override {
-    const Result<DeviceInfo> info = QueryDevice();
-    if (!info.ok()) {
-      GTEST_SKIP() << info.status().message();
-    }
-  }
-};
+using testing::FromDevice;
+using testing::OnDevice;
+using testing::Poisoned;
+using testing::ToDevice;
 using CudaKernels = OnDevice<::testing::Test>;
-
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& v) {
-  auto b = DeviceBuffer::Allocate(std::max<size_t>(1, v.size() * sizeof(T)), "test input");
-  EXPECT_TRUE(b.ok()) << b.status().ToString();
-  if (!v.empty()) {
-    EXPECT_TRUE(b->Upload(v.data(), v.size() * sizeof(T)).ok());
-  }
-  return std::move(b).value();
-}
-
-// A poisoned (NaN) output buffer of n floats.
-DeviceBuffer Poisoned(size_t n) {
-  auto b = DeviceBuffer::Allocate(n * sizeof(float), "test output");
-  EXPECT_TRUE(b.ok()) << b.status().ToString();
-  EXPECT_TRUE(b->Fill(0xFF).ok());
-  return std::move(b).value();
-}
-
-template <typename T>
-std::vector<T> FromDevice(const DeviceBuffer& b, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_TRUE(Synchronize("test").ok());
-  EXPECT_TRUE(b.Download(v.data(), n * sizeof(T)).ok());
-  return v;
-}
 
 // ||got - want|| / ||want||, infinite when some value is not finite.
 double RelError(const std::vector<float>& got, const std::vector<double>& want) {

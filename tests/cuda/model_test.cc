@@ -302,10 +302,64 @@ TEST_F(CudaModelTest, KvCacheOfAnotherKindIsAnError) {
   std::vector<float> logits;
   const BatchToken t{cache->NewSequence(), 1, true};
   EXPECT_EQ(m.gpu->Forward(*cache, {&t, 1}, &logits).code(), StatusCode::kInvalidArgument);
-  KvCacheOptions q8;
+  KvCacheOptions q8;  // compressed rows are on the device, sink rows are not
   q8.k_format = "q8_0";
+  q8.sink_tokens = 4;
   EXPECT_EQ(m.gpu->ConfigureCache(&q8).code(), StatusCode::kInvalidArgument);
 }
+
+// Compressed KV rows on the device (cuda/kv_codec.h, kv_attention.h) against the CPU model with the same formats, on
+// the qwen3 fixture (head dim 32): a prefill, then k = 3 forks of the prompt decoding together, whose first page
+// (32 positions) is read once for all three (shared-prefix attention). Per position the logits' relative error and
+// top-1 against the CPU's.
+class CudaCompressedKvTest : public CudaModelTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(CudaCompressedKvTest, MatchesCpuWithSameFormats) {
+  using namespace inference::testing;
+  nlohmann::json manifest = ReadJsonFile(FixturePath("qwen3.json"));
+  const std::vector<int32_t> tokens = manifest["tokens"].get<std::vector<int32_t>>();
+  const int n_vocab = manifest["n_vocab"].get<int>();
+  Loaded m = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  ASSERT_TRUE(m.gpu);
+  auto run = [&](ForwardPass& fp) {
+    KvCacheOptions o;
+    o.k_format = o.v_format = GetParam();
+    o.max_tokens = 256;
+    EXPECT_TRUE(fp.ConfigureCache(&o).ok());
+    auto cache = KvCache::Create(fp.kv_shape(), o);
+    EXPECT_TRUE(cache.ok()) << cache.status().ToString();
+    std::vector<float> all, logits;
+    const int root = cache->NewSequence();
+    std::vector<BatchToken> batch;
+    for (int i = 0; i < 30; ++i) batch.push_back({root, tokens[i], true});
+    EXPECT_TRUE(fp.Forward(*cache, batch, &logits).ok());
+    all = logits;
+    for (int i = 30; i < 34; ++i) {  // decode past the first page
+      batch = {{root, tokens[i % tokens.size()], true}};
+      EXPECT_TRUE(fp.Forward(*cache, batch, &logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    const int a = cache->Fork(root), b = cache->Fork(root);
+    for (int step = 0; step < 5; ++step) {
+      batch = {{root, tokens[step], true}, {a, tokens[7 + step], true}, {b, tokens[14 + step], true}};
+      const Status s = fp.Forward(*cache, batch, &logits);
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+  };
+  const std::vector<float> cpu = run(*m.cpu), gpu = run(*m.gpu);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (size_t r = 0; r < cpu.size() / n_vocab; ++r) {
+    EXPECT_LE(RowRelError(&gpu[r * n_vocab], &cpu[r * n_vocab], n_vocab), 1e-2) << GetParam() << " row " << r;
+    EXPECT_EQ(ArgMax(&gpu[r * n_vocab], n_vocab), ArgMax(&cpu[r * n_vocab], n_vocab)) << GetParam() << " row " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, CudaCompressedKvTest,
+                         ::testing::Values("f16", "q8_0", "q4_0", "q4_0h", "tq4", "tq3", "tq2", "planar3", "planar4",
+                                           "iso3", "iso4", "hx3s", "hx4"),
+                         [](const auto& info) { return info.param; });
 
 // Dummy weights of the default model's shape: finite logits, greedy ids inside the vocabulary, the device says so.
 TEST_F(CudaModelTest, DummyWeightsRun) {
