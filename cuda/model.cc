@@ -54,8 +54,12 @@ class DevicePages : public inference::KvPageStore {
 // Bytes of one page of a cache of this shape with these formats (KvCache's layout).
 Result<size_t> PageBytes(const inference::KvShape& s, const std::string& k_format, const std::string& v_format) {
   LR_ASSIGN_OR_RETURN(kvquant::RowCodec k, kvquant::RowCodec::Create(k_format, s.k_dim, 0, 0, 0));
-  LR_ASSIGN_OR_RETURN(kvquant::RowCodec v, kvquant::RowCodec::Create(v_format, s.v_dim, 0, 0, 0));
-  return static_cast<size_t>(s.n_layer) * s.n_head_kv * (k.row_bytes() + v.row_bytes()) * kPageTokens;
+  size_t v_bytes = 0;  // no value rows: MLA's latent cache
+  if (s.v_dim > 0) {
+    LR_ASSIGN_OR_RETURN(kvquant::RowCodec v, kvquant::RowCodec::Create(v_format, s.v_dim, 0, 0, 0));
+    v_bytes = v.row_bytes();
+  }
+  return static_cast<size_t>(s.n_layer) * s.n_head_kv * (k.row_bytes() + v_bytes) * kPageTokens;
 }
 
 Result<DeviceCodecs> UploadCodecs(const KvCache& cache, bool values) {
@@ -671,7 +675,11 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
                                "copying the step's tokens"));
   const inference::KvShape shape = kv_shape();
   pool_ = KvPool{pages->base(), pages->page_bytes(), shape.n_layer, shape.n_head_kv, shape.k_dim, shape.v_dim};
-  LR_RETURN_IF_ERROR(PrepareCodedAttention(cache, pages, batch, pos));
+  if (c.kv_lora_rank == 0) {  // the MLA blocks keep f16 latent rows (pool_)
+    LR_RETURN_IF_ERROR(PrepareCodedAttention(cache, pages, batch, pos));
+  } else {
+    shared_tokens_ = 0;
+  }
   if (n > kMaxMatVecTokens) {
     // FlashAttention makes one pass per sequence in each 64-token block: worth it where the tokens come in runs of
     // one sequence at least 16 long on average (a prefill chunk), not for many sequences' decode tokens.
