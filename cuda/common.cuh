@@ -16,24 +16,11 @@
 
 #include "base/status.h"
 #include "cuda/kernels.h"
+#include "cuda/warp.cuh"
 
 namespace lr::cuda {
 
-constexpr unsigned kFull = 0xffffffffu;
-
 inline cudaStream_t S(Stream s) { return static_cast<cudaStream_t>(s); }
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
 
 // Programmatic dependent launch (sm_90; no-ops before it, and for kernels launched without LaunchEarly's attribute).
 // WaitForPreviousKernel returns when the kernel before this one in the stream has finished and its writes are
@@ -106,8 +93,6 @@ __device__ __forceinline__ float BlockSum(float v) {
   for (int i = 0; i < THREADS / 32; ++i) total += part[i];
   return total;
 }
-
-__device__ __forceinline__ float Half(const uint8_t* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }
 
 __device__ __forceinline__ float Bf16Bits(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
 

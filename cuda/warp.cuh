@@ -1,4 +1,4 @@
-// Device helpers shared by the .cu files: warp reductions and the f16 load of cache and weight bytes.
+// Device helpers of every .cu file: warp reductions and the f16 load of cache and weight bytes.
 #pragma once
 
 #include <cuda_fp16.h>
