@@ -258,6 +258,24 @@ TEST_F(CudaModelTest, ForksCopySharedPagesOnTheDevice) {
   EXPECT_GE(a.top1, 0.99);
 }
 
+// A fixture of tests/fixtures/models/ (its manifest NAME.json): the token ids, the reference logits, the model.
+struct ReferenceFixture {
+  std::vector<int32_t> tokens;
+  int n_vocab = 0;
+  std::vector<float> want;
+  Loaded model;
+};
+ReferenceFixture LoadReferenceFixture(const std::string& name) {
+  using namespace inference::testing;
+  const nlohmann::json manifest = ReadJsonFile(FixturePath(name + ".json"));
+  ReferenceFixture r;
+  r.tokens = manifest["tokens"].get<std::vector<int32_t>>();
+  r.n_vocab = manifest["n_vocab"].get<int>();
+  r.want = ReadF32File(FixturePath(manifest["logits"].get<std::string>()), r.tokens.size() * r.n_vocab);
+  r.model = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  return r;
+}
+
 struct Fixture {
   const char* name;
   double max_rel_error;  // per position, against the transformers reference (as tests/inference/reference_test.cc)
@@ -267,12 +285,11 @@ class CudaFixtureTest : public CudaModelTest, public ::testing::WithParamInterfa
 TEST_P(CudaFixtureTest, LogitsMatchReference) {
   const Fixture& f = GetParam();
   using namespace inference::testing;
-  nlohmann::json manifest = ReadJsonFile(FixturePath(std::string(f.name) + ".json"));
-  const std::vector<int32_t> tokens = manifest["tokens"].get<std::vector<int32_t>>();
-  const int n_vocab = manifest["n_vocab"].get<int>();
-  const std::vector<float> want =
-      ReadF32File(FixturePath(manifest["logits"].get<std::string>()), tokens.size() * n_vocab);
-  Loaded m = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  const ReferenceFixture r = LoadReferenceFixture(f.name);
+  const std::vector<int32_t>& tokens = r.tokens;
+  const int n_vocab = r.n_vocab;
+  const std::vector<float>& want = r.want;
+  const Loaded& m = r.model;
   ASSERT_TRUE(m.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
@@ -423,12 +440,11 @@ class CudaDeepseekFixtureTest : public CudaModelTest, public ::testing::WithPara
 
 TEST_P(CudaDeepseekFixtureTest, LogitsMatchReference) {
   using namespace inference::testing;
-  nlohmann::json manifest = ReadJsonFile(FixturePath(std::string(GetParam()) + ".json"));
-  const std::vector<int32_t> tokens = manifest["tokens"].get<std::vector<int32_t>>();
-  const int n_vocab = manifest["n_vocab"].get<int>();
-  const std::vector<float> want =
-      ReadF32File(FixturePath(manifest["logits"].get<std::string>()), tokens.size() * n_vocab);
-  Loaded m = Load(FixturePath(manifest["gguf"].get<std::string>()));
+  const ReferenceFixture r = LoadReferenceFixture(GetParam());
+  const std::vector<int32_t>& tokens = r.tokens;
+  const int n_vocab = r.n_vocab;
+  const std::vector<float>& want = r.want;
+  const Loaded& m = r.model;
   ASSERT_TRUE(m.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");

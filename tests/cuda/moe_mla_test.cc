@@ -17,29 +17,14 @@
 #include "cuda/moe.h"
 #include "inference/moe.h"
 #include "ops/kernels.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace lr::cuda {
 namespace {
 
-class CudaMoeTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const Result<DeviceInfo> info = QueryDevice();
-    if (!info.ok()) {
-      GTEST_SKIP() << info.status().message();
-    }
-  }
-};
-
-template <typename T>
-DeviceBuffer Up(const std::vector<T>& v) {
-  auto b = DeviceBuffer::Allocate(std::max<size_t>(v.size(), 1) * sizeof(T), "test");
-  EXPECT_TRUE(b.ok());
-  if (!v.empty()) {
-    EXPECT_TRUE(b->Upload(v.data(), v.size() * sizeof(T)).ok());
-  }
-  return std::move(b).value();
-}
+using testing::OnDevice;
+using testing::ToDevice;
+using CudaMoeTest = OnDevice<::testing::Test>;
 
 template <typename T>
 std::vector<T> Down(const DeviceBuffer& b, size_t count) {
@@ -76,9 +61,9 @@ TEST_P(CudaRouterTest, MatchesRouteToken) {
   const int n = 301;  // several blocks, a partial last one
   std::vector<float> logits(static_cast<size_t>(n) * rc.n_expert);
   for (float& v : logits) v = normal(rng);
-  DeviceBuffer d_logits = Up(logits), d_bias = Up(bias);
-  DeviceBuffer d_experts = Up(std::vector<int32_t>(n * rc.n_used, -1));
-  DeviceBuffer d_weights = Up(std::vector<float>(n * rc.n_used, NAN));
+  DeviceBuffer d_logits = ToDevice(logits), d_bias = ToDevice(bias);
+  DeviceBuffer d_experts = ToDevice(std::vector<int32_t>(n * rc.n_used, -1));
+  DeviceBuffer d_weights = ToDevice(std::vector<float>(n * rc.n_used, NAN));
   RouterArgs a;
   a.n_expert = rc.n_expert;
   a.n_used = rc.n_used;
@@ -95,10 +80,13 @@ TEST_P(CudaRouterTest, MatchesRouteToken) {
   // their grouping.
   constexpr int kStep = 13;
   const int slots = kStep * rc.n_used;
-  DeviceBuffer d_first = Up(std::vector<int32_t>(rc.n_expert + 1)), d_order = Up(std::vector<int32_t>(slots));
-  DeviceBuffer d_row_of = Up(std::vector<int32_t>(slots)), d_active = Up(std::vector<int32_t>(rc.n_expert + 1));
-  DeviceBuffer d_tiles = Up(std::vector<int32_t>(2 * MaxExpertTiles(slots, rc.n_expert) + 1));
-  DeviceBuffer d_step_experts = Up(std::vector<int32_t>(slots, -1)), d_step_weights = Up(std::vector<float>(slots));
+  DeviceBuffer d_first = ToDevice(std::vector<int32_t>(rc.n_expert + 1)),
+               d_order = ToDevice(std::vector<int32_t>(slots));
+  DeviceBuffer d_row_of = ToDevice(std::vector<int32_t>(slots)),
+               d_active = ToDevice(std::vector<int32_t>(rc.n_expert + 1));
+  DeviceBuffer d_tiles = ToDevice(std::vector<int32_t>(2 * MaxExpertTiles(slots, rc.n_expert) + 1));
+  DeviceBuffer d_step_experts = ToDevice(std::vector<int32_t>(slots, -1)),
+               d_step_weights = ToDevice(std::vector<float>(slots));
   const ExpertGroups g{d_first.as<int32_t>(), d_order.as<int32_t>(), d_row_of.as<int32_t>(), d_active.as<int32_t>(),
                        d_tiles.as<int32_t>()};
   ASSERT_TRUE(RouteAndGroup(a, d_logits.as<float>(), kStep, d_step_experts.as<int32_t>(), d_step_weights.as<float>(), g,
@@ -169,7 +157,7 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
       std::vector<uint8_t> q(QuantRowBytes(type, cols) * all_rows),
           scales(all_rows * cols / 32 * ScaleBytesPerBlock(type));
       SplitBlocks(type, gguf.data(), all_rows, cols, q.data(), scales.data());
-      DeviceBuffer d_q = Up(q), d_scales = Up(scales);
+      DeviceBuffer d_q = ToDevice(q), d_scales = ToDevice(scales);
       const DeviceMatrix w{type, all_rows, cols, d_q.as<uint8_t>(), d_scales.as<uint8_t>(), QuantRowBytes(type, cols)};
       // Distinct experts per token, random inputs and weights.
       std::vector<int32_t> chosen;
@@ -194,12 +182,12 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
       std::vector<float> x(static_cast<size_t>(n) * cols), acc(static_cast<size_t>(n) * rows);
       for (float& v : x) v = unit(rng);
       for (float& v : acc) v = unit(rng);
-      DeviceBuffer d_chosen = Up(chosen), d_weight = Up(weight), d_x = Up(x), d_acc = Up(acc);
-      DeviceBuffer d_first = Up(std::vector<int32_t>(ne + 1)), d_order = Up(std::vector<int32_t>(slots));
-      DeviceBuffer d_row_of = Up(std::vector<int32_t>(slots)), d_active = Up(std::vector<int32_t>(ne + 1));
-      DeviceBuffer d_tally = Up(std::vector<int32_t>(1));
+      DeviceBuffer d_chosen = ToDevice(chosen), d_weight = ToDevice(weight), d_x = ToDevice(x), d_acc = ToDevice(acc);
+      DeviceBuffer d_first = ToDevice(std::vector<int32_t>(ne + 1)), d_order = ToDevice(std::vector<int32_t>(slots));
+      DeviceBuffer d_row_of = ToDevice(std::vector<int32_t>(slots)), d_active = ToDevice(std::vector<int32_t>(ne + 1));
+      DeviceBuffer d_tally = ToDevice(std::vector<int32_t>(1));
       const int max_tiles = MaxExpertTiles(slots, ne);
-      DeviceBuffer d_tiles = Up(std::vector<int32_t>(2 * max_tiles + 1));
+      DeviceBuffer d_tiles = ToDevice(std::vector<int32_t>(2 * max_tiles + 1));
       const ExpertGroups g{d_first.as<int32_t>(), d_order.as<int32_t>(), d_row_of.as<int32_t>(), d_active.as<int32_t>(),
                            d_tiles.as<int32_t>()};
       ASSERT_TRUE(GroupByExpert(d_chosen.as<int32_t>(), slots, ne, g, d_tally.as<int32_t>(), nullptr).ok());
@@ -226,17 +214,17 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
         EXPECT_LT(row_of[s], first[chosen[s] + 1]);
       }
       // Gate-like product (gathered tokens), then the weighted sum of its outputs into acc.
-      DeviceBuffer d_y = Up(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
+      DeviceBuffer d_y = ToDevice(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
       const ExpertProduct p{w, rows, d_x.as<float>(), true, d_y.as<float>()};
       // The same product twice in one launch (as gate and up): both outputs equal.
-      DeviceBuffer d_y2 = Up(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
+      DeviceBuffer d_y2 = ToDevice(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
       const ExpertProduct pair[] = {p, {w, rows, d_x.as<float>(), true, d_y2.as<float>()}};
       ASSERT_TRUE(ExpertMatMul(pair, 2, g, k, std::min(slots, ne), n, nullptr).ok());
       EXPECT_EQ(Down<float>(d_y2, static_cast<size_t>(slots) * rows),
                 Down<float>(d_y, static_cast<size_t>(slots) * rows));
       // Gate and up with SwiGLU (here both the same matrix): silu(y) * y.
-      DeviceBuffer d_gate = Up(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
-      DeviceBuffer d_up = Up(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
+      DeviceBuffer d_gate = ToDevice(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
+      DeviceBuffer d_up = ToDevice(std::vector<float>(static_cast<size_t>(slots) * rows, NAN));
       ASSERT_TRUE(ExpertGateUp({w, rows, d_x.as<float>(), true, d_gate.as<float>()},
                                {w, rows, d_x.as<float>(), true, d_up.as<float>()}, g, k, std::min(slots, ne), n,
                                nullptr)
@@ -252,7 +240,7 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
       // The weighted sum into acc, and the new rows' RMSNorm (weights w_norm) into xn.
       std::vector<float> w_norm(rows);
       for (float& v : w_norm) v = unit(rng);
-      DeviceBuffer d_w_norm = Up(w_norm), d_xn = Up(std::vector<float>(acc.size(), NAN));
+      DeviceBuffer d_w_norm = ToDevice(w_norm), d_xn = ToDevice(std::vector<float>(acc.size(), NAN));
       const RowNorm norm{d_w_norm.as<float>(), 1e-6f, d_xn.as<float>()};
       ASSERT_TRUE(
           CombineExperts(d_y.as<float>(), d_weight.as<float>(), g, n, k, rows, d_acc.as<float>(), nullptr, &norm).ok());
