@@ -8,25 +8,18 @@ the repository task's result line (proved, diff, trace file with every call), th
 and prove writing the accepted proofs into the file. Run by ctest (tests/agent/CMakeLists.txt); exits 1 naming
 each failed check.
 """
-import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from checks import arguments, check, finish
+
 FILE = "Sorries/Basic.lean"
-FAILURES = []
 TOOLS_SEEN = []
-
-
-def check(condition, what):
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        FAILURES.append(what)
 
 
 def result_of(messages, tool):
@@ -171,15 +164,8 @@ def main(args):
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print("%d check(s) failed" % len(FAILURES), file=sys.stderr)
-        sys.exit(1)
-    print("all checks passed")
+    finish()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--leanrotor", required=True)
-    parser.add_argument("--lean-server", required=True)
-    parser.add_argument("--fixture", required=True)
-    main(parser.parse_args())
+    main(arguments())

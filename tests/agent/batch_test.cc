@@ -16,6 +16,7 @@
 
 #include "base/file.h"
 #include "tests/agent/scripted.h"
+#include "tests/agent/test_files.h"
 
 extern char** environ;
 
@@ -26,28 +27,9 @@ using testing::Replies;
 using testing::ScriptedChecker;
 using testing::ScriptedModel;
 
-std::string TempDir(const std::string& name) {
-  std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("lr_agent_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return testing::TempDir("lr_agent_", name); }
 
-std::vector<std::string> FileLines(const std::string& path) {
-  Result<std::string> text = ReadFile(path);
-  std::vector<std::string> lines;
-  if (!text.ok()) return lines;
-  size_t start = 0;
-  while (start < text->size()) {
-    size_t end = text->find('\n', start);
-    EXPECT_NE(end, std::string::npos) << "a line without its newline in " << path;
-    if (end == std::string::npos) end = text->size();
-    lines.push_back(text->substr(start, end - start));
-    start = end + 1;
-  }
-  return lines;
-}
+using testing::FileLines;
 
 TEST(LoadTasks, ReadsEveryRealMiniF2FAndProofNetTask) {
   for (const char* file : {"minif2f_valid.jsonl", "proofnet_valid.jsonl"}) {

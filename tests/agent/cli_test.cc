@@ -20,17 +20,12 @@
 
 #include "agent/batch.h"
 #include "base/file.h"
+#include "tests/agent/test_files.h"
 
 namespace lr::agent {
 namespace {
 
-std::string TempDir(const std::string& name) {
-  std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("lr_agent_cli_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return testing::TempDir("lr_agent_cli_", name); }
 
 // Starts `args` with stdout and stderr in `log`; returns its pid.
 pid_t Start(const std::vector<std::string>& args, const std::string& log) {
@@ -60,20 +55,7 @@ std::string Log(const std::string& path) {
   return text.ok() ? *text : "(no log)";
 }
 
-std::vector<std::string> FileLines(const std::string& path) {
-  Result<std::string> text = ReadFile(path);
-  std::vector<std::string> lines;
-  if (!text.ok()) return lines;
-  size_t start = 0;
-  while (start < text->size()) {
-    size_t end = text->find('\n', start);
-    EXPECT_NE(end, std::string::npos) << "a line without its newline in " << path;
-    if (end == std::string::npos) end = text->size();
-    lines.push_back(text->substr(start, end - start));
-    start = end + 1;
-  }
-  return lines;
-}
+using testing::FileLines;
 
 // The scripted model server on a free loopback port, for the life of the fixture.
 class ScriptedModelServer {

@@ -11,11 +11,9 @@ Run by ctest (tests/agent/CMakeLists.txt). Each check prints one line; any failu
   - a scripted Leanstral-style agent (goal -> local search -> multi_attempt -> edit -> diagnostics) completes every
     sorry of the fixture through the server; the files on disk stay as they were (edits live in the working copy).
 """
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -23,14 +21,9 @@ import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
+from checks import arguments, check, finish
+
 FILE = "Sorries/Basic.lean"
-FAILURES = []
-
-
-def check(condition, what):
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        FAILURES.append(what)
 
 
 def payload(result):
@@ -243,15 +236,8 @@ async def main(args):
                 await scripted_agent(s, project)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) failed", file=sys.stderr)
-        sys.exit(1)
-    print("all checks passed")
+    finish()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--leanrotor", required=True)
-    parser.add_argument("--lean-server", required=True)
-    parser.add_argument("--fixture", required=True)
-    anyio.run(main, parser.parse_args())
+    anyio.run(main, arguments())
