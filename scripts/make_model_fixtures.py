@@ -422,6 +422,15 @@ def tiny_fixtures(only):
         writer("llama", lambda p, m: write_llama_family(p, "llama", m, gguf.GGMLQuantizationType.Q8_0, True, False)),
         12, "llama with Q8_0 matrices (reference on the dequantized values), tied embeddings (no output.weight)")
 
+    specs["llama_q4_1"] = lambda: make_fixture(
+        "llama_q4_1", tf.LlamaForCausalLM(tf.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=192, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=3, num_key_value_heads=1, rms_norm_eps=1e-5, max_position_embeddings=256,
+            rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True)),
+        writer("llama", lambda p, m: write_llama_family(p, "llama", m, gguf.GGMLQuantizationType.Q4_1, True, False)),
+        13, "llama with Q4_1 matrices (reference on the dequantized values), tied embeddings, the default model's "
+        "attention shape: head_dim 64, 3 q heads per kv head, theta 1e5")
+
     specs["qwen2"] = lambda: make_fixture(
         "qwen2", tf.Qwen2ForCausalLM(tf.Qwen2Config(
             vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
@@ -591,7 +600,7 @@ def smollm2_reference():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", help="comma-separated fixture names (llama, llama_q8_0, qwen3, mixtral, mistral4, "
+    ap.add_argument("--only", help="comma-separated fixture names (llama, llama_q8_0, llama_q4_1, qwen3, mixtral, mistral4, "
                     "deepseek_v3, leanstral_config, smollm2)")
     ap.add_argument("--skip-smollm2", action="store_true")
     args = ap.parse_args()

@@ -1,12 +1,16 @@
 // The CUDA model against the CPU model doing each step with the device's arithmetic (MatchDeviceArithmetic: prefill
 // steps on the scalar path, f32 activations; decode steps on the SIMD path, int8 activations) and the transformers
-// references: whole-model logits on the default model (mean KL <= 0.005 and top-1 agreement >= 0.99 over 160
-// positions, through the prefill path, a multi-token step and single-token decode steps), 32 greedy tokens equal to
-// the CPU's and to the reference's continuations, forks that copy a shared page on the device, the fixtures of
-// tests/fixtures/models/ against their reference logits (dense; deepseek2: MLA and MoE), the deepseek2 Q4_0 bench
-// fixture against the CPU, dummy weights (the Leanstral preset's shape against transformers' Mistral4Config
-// defaults), and the prefill path against the decode path on dummy weights of two head dims. Skipped when no CUDA
-// device is present.
+// references. Int8 activations turn a difference of float rounding in a product's input into a different int8 value
+// now and then, and the model carries that on: two runs agree closely only from the same state through the same
+// arithmetic. So the equality tests feed every token in decode steps (at most kMaxMatVecTokens tokens), where the
+// two devices differ only in the order of float sums, and the prefill step (f16 operands on the device, f32 on the
+// CPU) is compared by its own logits. On the default model: logits of 160 positions through the prefill step and
+// through decode steps (mean KL <= 0.005, top-1 agreement >= 0.99), 32 greedy tokens equal to the CPU's, the
+// reference's continuations held as the CPU's own int8 path is; forks that copy a shared page on the device; the
+// fixtures of tests/fixtures/models/ against their reference logits (dense; deepseek2: MLA and MoE), the compressed
+// KV formats against the CPU's, the deepseek2 Q4_0 bench fixture against the CPU, dummy weights (the Leanstral
+// preset's shape against transformers' Mistral4Config defaults), and the prefill path against the decode path on
+// dummy weights of two head dims. Skipped when no CUDA device is present.
 #include "cuda/model.h"
 
 #include <gtest/gtest.h>
@@ -150,28 +154,56 @@ std::vector<int32_t> TextTokens(const Model& model, size_t at_least) {
   return t;
 }
 
-TEST_F(CudaModelTest, DefaultModelLogitsMatchCpu) {
+// The default model's logits over 160 positions, GPU vs CPU with the same arithmetic per step: `chunks` as RunChunks.
+Agreement DefaultModelAgreement(const std::vector<int>& chunks, const char* what) {
   Loaded m = Load(kDefaultModel);
-  ASSERT_TRUE(m.gpu);
+  EXPECT_TRUE(m.gpu);
+  if (!m.gpu) return {};
   std::vector<int32_t> tokens = TextTokens(*m.cpu, 100);
   while (tokens.size() < 160) tokens.insert(tokens.end(), tokens.begin(), tokens.begin() + 20);
   tokens.resize(160);
-  // 100 tokens through the tensor-core product, 9 through a multi-token matvec, then single-token steps (graphs).
-  const std::vector<int> chunks = {100, 9, 1};
   const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
-  ASSERT_EQ(cpu.size(), gpu.size());
+  EXPECT_EQ(cpu.size(), gpu.size());
+  if (cpu.size() != gpu.size()) return {};
   const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
-  std::printf(
-      "default model, 160 positions, vs the CPU with the device's arithmetic per step (prefill: scalar, "
-      "decode: %s): mean KL %.6f, top-1 agreement %.4f\n",
-      IsaName(BestIsa()), a.mean_kl, a.top1);
-  EXPECT_LE(a.mean_kl, 0.005);
-  EXPECT_GE(a.top1, 0.99);
-  RecordProperty("mean_kl", std::to_string(a.mean_kl));
-  RecordProperty("top1", std::to_string(a.top1));
+  std::printf("default model, 160 positions, %s: mean KL %.7f, top-1 agreement %.4f\n", what, a.mean_kl, a.top1);
+  return a;
 }
 
-// 32 greedy tokens after a prompt: the CPU's argmax of its logits and the device's own pick are the same tokens.
+// Steps of decode size (the tensor-core product is not used): 16, 16 and 9 tokens (multi-token matvecs), then
+// single-token steps (graphs).
+const std::vector<int> kDecodeSteps = {16, 16, 9, 1};
+
+TEST_F(CudaModelTest, DefaultModelPrefillLogitsMatchCpu) {
+  const Agreement a = DefaultModelAgreement({160}, "one prefill step (device: f16 operands; CPU: scalar)");
+  EXPECT_LE(a.mean_kl, 0.005);
+  EXPECT_GE(a.top1, 0.99);
+}
+
+TEST_F(CudaModelTest, DefaultModelDecodeLogitsMatchCpu) {
+  const Agreement a = DefaultModelAgreement(kDecodeSteps, "decode steps (int8 activations on both)");
+  EXPECT_LE(a.mean_kl, 0.005);
+  EXPECT_GE(a.top1, 0.99);
+}
+
+// Feeds `prompt` to sequence `seq` in decode steps (at most kMaxMatVecTokens tokens, each with the device's
+// arithmetic) and returns the greedy pick after its last token.
+int32_t FeedPromptGreedy(ForwardPass& fp, KvCache& cache, int seq, const std::vector<int32_t>& prompt) {
+  std::vector<int32_t> ids;
+  for (size_t at = 0; at < prompt.size(); at += kMaxMatVecTokens) {
+    const size_t end = std::min(prompt.size(), at + kMaxMatVecTokens);
+    std::vector<BatchToken> batch;
+    for (size_t i = at; i < end; ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
+    MatchDeviceArithmetic(fp, batch.size());
+    const Status s = fp.ForwardGreedy(cache, batch, &ids);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!s.ok()) return -1;
+  }
+  return ids.size() == 1 ? ids[0] : -1;
+}
+
+// 32 greedy tokens after a prompt fed in decode steps: the CPU's argmax of its logits and the device's own pick are
+// the same tokens.
 TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
   Loaded m = Load(kDefaultModel);
   ASSERT_TRUE(m.gpu);
@@ -179,16 +211,14 @@ TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
   auto generate = [&](ForwardPass& fp) {
     KvCache cache = NewCache(fp, static_cast<int>(prompt.size()) + 64);
     const int seq = cache.NewSequence();
-    std::vector<BatchToken> batch;
-    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
-    std::vector<int32_t> out, ids;
-    for (int step = 0; step < 32; ++step) {
-      MatchDeviceArithmetic(fp, batch.size());
-      const Status s = fp.ForwardGreedy(cache, batch, &ids);
+    std::vector<int32_t> out = {FeedPromptGreedy(fp, cache, seq, prompt)}, ids;
+    while (out.size() < 32 && out.back() >= 0) {
+      const BatchToken t{seq, out.back(), true};
+      MatchDeviceArithmetic(fp, 1);
+      const Status s = fp.ForwardGreedy(cache, {&t, 1}, &ids);
       EXPECT_TRUE(s.ok()) << s.ToString();
       if (!s.ok() || ids.size() != 1) return out;
       out.push_back(ids[0]);
-      batch = {{seq, ids[0], true}};
     }
     return out;
   };
@@ -198,13 +228,18 @@ TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
 }
 
 // The reference's greedy continuations (transformers on the dequantized weights, tests/fixtures/models/
-// smollm2_reference.json): the device's own picks give the same 32 tokens after each prompt.
-TEST_F(CudaModelTest, DefaultModelGreedyEqualsReference) {
+// smollm2_reference.json). The device's decode steps are the CPU's int8 path, which is held to the reference by
+// distribution, not by a long greedy run (int8 activations move logits enough to flip near-ties; tests/inference/
+// reference_model_test.cc): the device's pick after each prompt (one prefill step) is the reference's first token,
+// and fed the reference's continuation one token per step, its top-1 is the reference's next token at >= 90% of the
+// positions.
+TEST_F(CudaModelTest, DefaultModelFollowsReference) {
   Loaded m = Load(kDefaultModel);
   ASSERT_TRUE(m.gpu);
   const nlohmann::json reference =
       inference::testing::ReadJsonFile(inference::testing::FixturePath("smollm2_reference.json"));
   ASSERT_FALSE(reference["greedy"].empty());
+  int positions = 0, same = 0;
   for (const auto& c : reference["greedy"]) {
     const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     const auto want = c["continuation_ids"].get<std::vector<int32_t>>();
@@ -212,15 +247,20 @@ TEST_F(CudaModelTest, DefaultModelGreedyEqualsReference) {
     const int seq = cache.NewSequence();
     std::vector<BatchToken> batch;
     for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({seq, prompt[i], i + 1 == prompt.size()});
-    std::vector<int32_t> got, ids;
-    while (got.size() < want.size()) {
-      ASSERT_TRUE(m.gpu->ForwardGreedy(cache, batch, &ids).ok());
-      ASSERT_EQ(ids.size(), 1u);
-      got.push_back(ids[0]);
-      batch = {{seq, ids[0], true}};
+    std::vector<int32_t> ids;
+    ASSERT_TRUE(m.gpu->ForwardGreedy(cache, batch, &ids).ok());
+    ASSERT_EQ(ids.size(), 1u);
+    EXPECT_EQ(ids[0], want[0]) << c["prompt"].get<std::string>();
+    for (size_t i = 0; i + 1 < want.size(); ++i) {
+      const BatchToken t{seq, want[i], true};
+      ASSERT_TRUE(m.gpu->ForwardGreedy(cache, {&t, 1}, &ids).ok());
+      same += ids[0] == want[i + 1];
+      ++positions;
     }
-    EXPECT_EQ(got, want) << c["prompt"].get<std::string>();
   }
+  std::printf("reference continuations, teacher-forced: device top-1 = reference's next token at %d of %d\n", same,
+              positions);
+  EXPECT_GE(same, 0.9 * positions);
 }
 
 // A root sequence of 45 tokens (a partial second page) and a fork of it, then 4 steps of both together: the steps'
@@ -276,6 +316,15 @@ ReferenceFixture LoadReferenceFixture(const std::string& name) {
   return r;
 }
 
+// The device's logits of a fixture's tokens: one prefill step, or one token per step. Empty on failure.
+std::vector<float> DeviceLogits(const ReferenceFixture& r, bool one_at_a_time) {
+  KvCache cache = NewCache(*r.model.gpu, 64);
+  auto got = inference::testing::RunSequence(*r.model.gpu, cache, cache.NewSequence(), r.tokens, one_at_a_time);
+  EXPECT_TRUE(got.ok()) << got.status().ToString();
+  if (!got.ok() || got->size() != r.want.size()) return {};
+  return std::move(got).value();
+}
+
 struct Fixture {
   const char* name;
   double max_rel_error;  // per position, against the transformers reference (as tests/inference/reference_test.cc)
@@ -289,26 +338,23 @@ TEST_P(CudaFixtureTest, LogitsMatchReference) {
   const std::vector<int32_t>& tokens = r.tokens;
   const int n_vocab = r.n_vocab;
   const std::vector<float>& want = r.want;
-  const Loaded& m = r.model;
-  ASSERT_TRUE(m.gpu);
+  ASSERT_TRUE(r.model.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
-    KvCache cache = NewCache(*m.gpu, 64);
-    auto got = RunSequence(*m.gpu, cache, cache.NewSequence(), tokens, one_at_a_time);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
-    ASSERT_EQ(got->size(), want.size());
+    const std::vector<float> got = DeviceLogits(r, one_at_a_time);
+    ASSERT_EQ(got.size(), want.size());
     for (size_t pos = 0; pos < tokens.size(); ++pos) {
-      EXPECT_LE(RowRelError(got->data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab), f.max_rel_error)
+      EXPECT_LE(RowRelError(got.data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab), f.max_rel_error)
           << "position " << pos;
-      EXPECT_EQ(ArgMax(got->data() + pos * n_vocab, n_vocab), ArgMax(want.data() + pos * n_vocab, n_vocab))
+      EXPECT_EQ(ArgMax(got.data() + pos * n_vocab, n_vocab), ArgMax(want.data() + pos * n_vocab, n_vocab))
           << "position " << pos;
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dense, CudaFixtureTest,
-                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen2", 2e-3},
-                                           Fixture{"qwen3", 2e-3}),
+                         ::testing::Values(Fixture{"llama", 2e-3}, Fixture{"llama_q8_0", 2e-2},
+                                           Fixture{"llama_q4_1", 2e-2}, Fixture{"qwen2", 2e-3}, Fixture{"qwen3", 2e-3}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST_F(CudaModelTest, KvCacheOfAnotherKindIsAnError) {
@@ -326,9 +372,10 @@ TEST_F(CudaModelTest, KvCacheOfAnotherKindIsAnError) {
 }
 
 // Compressed KV rows on the device (cuda/kv_codec.h, kv_attention.h) against the CPU model with the same formats, on
-// the qwen3 fixture (head dim 32): a prefill, then k = 3 forks of the prompt decoding together, whose first page
-// (32 positions) is read once for all three (shared-prefix attention). Per position the logits' relative error and
-// top-1 against the CPU's.
+// the qwen3 fixture (head dim 32, f16 weights: f32 activations on both): 30 tokens in two decode steps (a 3-bit code
+// turns the prefill step's f16 rounding into different codes), then k = 3 forks of the prompt decoding together, whose
+// first page (32 positions) is read once for all three (shared-prefix attention). Per position the logits' relative
+// error and top-1 against the CPU's.
 class CudaCompressedKvTest : public CudaModelTest, public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(CudaCompressedKvTest, MatchesCpuWithSameFormats) {
@@ -348,9 +395,12 @@ TEST_P(CudaCompressedKvTest, MatchesCpuWithSameFormats) {
     std::vector<float> all, logits;
     const int root = cache->NewSequence();
     std::vector<BatchToken> batch;
-    for (int i = 0; i < 30; ++i) batch.push_back({root, tokens[i], true});
-    EXPECT_TRUE(fp.Forward(*cache, batch, &logits).ok());
-    all = logits;
+    for (int half = 0; half < 2; ++half) {  // 30 tokens in two decode steps
+      batch.clear();
+      for (int i = 15 * half; i < 15 * half + 15; ++i) batch.push_back({root, tokens[i], true});
+      EXPECT_TRUE(fp.Forward(*cache, batch, &logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
     for (int i = 30; i < 34; ++i) {  // decode past the first page
       batch = {{root, tokens[i % tokens.size()], true}};
       EXPECT_TRUE(fp.Forward(*cache, batch, &logits).ok());
@@ -444,18 +494,15 @@ TEST_P(CudaDeepseekFixtureTest, LogitsMatchReference) {
   const std::vector<int32_t>& tokens = r.tokens;
   const int n_vocab = r.n_vocab;
   const std::vector<float>& want = r.want;
-  const Loaded& m = r.model;
-  ASSERT_TRUE(m.gpu);
+  ASSERT_TRUE(r.model.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
-    KvCache cache = NewCache(*m.gpu, 64);
-    auto got = RunSequence(*m.gpu, cache, cache.NewSequence(), tokens, one_at_a_time);
-    ASSERT_TRUE(got.ok()) << got.status().ToString();
-    ASSERT_EQ(got->size(), want.size());
+    const std::vector<float> got = DeviceLogits(r, one_at_a_time);
+    ASSERT_EQ(got.size(), want.size());
     double max_rel = 0;
     for (size_t pos = 0; pos < tokens.size(); ++pos)
-      max_rel = std::max(max_rel, RowRelError(got->data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab));
-    const Agreement a = Compare(want, *got, n_vocab);
+      max_rel = std::max(max_rel, RowRelError(got.data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab));
+    const Agreement a = Compare(want, got, n_vocab);
     std::printf("%s %s vs transformers: mean KL %.2e, top-1 agreement %.4f, max relative error %.2e\n", GetParam(),
                 one_at_a_time ? "decode" : "prefill", a.mean_kl, a.top1, max_rel);
     EXPECT_LE(a.mean_kl, 0.01);
@@ -564,6 +611,28 @@ TEST_F(CudaModelTest, DeepseekDummyWeightsRun) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kUnsupported) << refused.status().ToString();
 }
+
+// The quantized fixtures (Q8_0, and Q4_1 in the default model's attention shape) fed in decode steps: the device's
+// int8 products and the CPU's SIMD path on the same activations, from the same state each step, differ only in the
+// order of float sums, so their logits agree far closer than either does with the f32 path (on llama_q8_0 the mean
+// KL measured 2e-16; a different quantization somewhere shows as ~1e-3, the int8 rounding itself).
+class CudaQuantizedFixtureTest : public CudaModelTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(CudaQuantizedFixtureTest, DecodeStepsEqualTheCpuInt8Path) {
+  const ReferenceFixture r = LoadReferenceFixture(GetParam());
+  ASSERT_TRUE(r.model.gpu);
+  const std::vector<float> cpu = RunChunks(*r.model.cpu, r.tokens, kDecodeSteps),
+                           gpu = RunChunks(*r.model.gpu, r.tokens, kDecodeSteps);
+  ASSERT_EQ(cpu.size(), gpu.size());
+  const Agreement a = Compare(cpu, gpu, r.n_vocab);
+  std::printf("%s, %zu positions in decode steps, vs the CPU's int8 path: mean KL %.2e, top-1 agreement %.4f\n",
+              GetParam(), r.tokens.size(), a.mean_kl, a.top1);
+  EXPECT_LE(a.mean_kl, 1e-6);
+  EXPECT_EQ(a.top1, 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Int8, CudaQuantizedFixtureTest, ::testing::Values("llama_q8_0", "llama_q4_1"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace lr::cuda

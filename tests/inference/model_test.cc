@@ -72,7 +72,8 @@ TEST_P(ScalarReference, MatchesTransformers) {
   EXPECT_LE(MaxRelError(logits, f.logits), 1e-3) << GetParam();
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ScalarReference, ::testing::Values("llama", "llama_q8_0", "qwen2", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, ScalarReference,
+                         ::testing::Values("llama", "llama_q8_0", "llama_q4_1", "qwen2", "qwen3"));
 
 // A forked sequence continues exactly as the original would: the shared pages are read, the partial page copied.
 TEST(Model, ForkAndTruncateGiveTheSameLogits) {

@@ -66,8 +66,9 @@ TEST_P(ReferenceTest, LogitsMatchOnEveryPosition) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
-                         ::testing::Values(Fixture{"llama", 1e-3}, Fixture{"llama_q8_0", 2e-2}, Fixture{"qwen2", 1e-3},
-                                           Fixture{"qwen3", 1e-3}, Fixture{"mixtral", 1e-3}, Fixture{"mistral4", 1e-3},
+                         ::testing::Values(Fixture{"llama", 1e-3}, Fixture{"llama_q8_0", 2e-2},
+                                           Fixture{"llama_q4_1", 2e-2}, Fixture{"qwen2", 1e-3}, Fixture{"qwen3", 1e-3},
+                                           Fixture{"mixtral", 1e-3}, Fixture{"mistral4", 1e-3},
                                            Fixture{"deepseek_v3", 1e-3}),
                          [](const ::testing::TestParamInfo<Fixture>& info) { return std::string(info.param.name); });
 
