@@ -156,7 +156,7 @@ int RunGpuSection() {
   // Decode and prefill.
   const int sizes[] = {4096, 32768, 131072};
   std::map<std::string, std::map<int, double>> decode, prefill;
-  double f16_kernel[3] = {}, f16_prefill_kernel[3] = {};
+  double f16_kernel[3] = {}, f16_prefill_kernel[3] = {}, f16_flash[3] = {};
   for (const std::string& f : formats) {
     for (int si = 0; si < 3; ++si) {
       const int r = sizes[si];
@@ -191,6 +191,10 @@ int RunGpuSection() {
             Check(Attention(q.as<float>(), kHeads, scale, pool, 0, many.places, 512, out.as<float>(), nullptr, nullptr),
                   "f16 prefill attention");
           });
+          f16_flash[si] = TimeUs([&] {
+            Check(FlashAttention(q.as<float>(), kHeads, scale, pool, 0, many.places, 512, out.as<float>(), nullptr),
+                  "f16 flash attention");
+          });
         }
       }
     }
@@ -211,6 +215,8 @@ int RunGpuSection() {
   std::printf("%-8s %20s %20s\n", "format", "4K rows", "32K rows");
   std::printf("%-8s %11.1f (1.00)    %11.1f (1.00)  (cuda::Attention)\n", "f16*", f16_prefill_kernel[0],
               f16_prefill_kernel[1]);
+  std::printf("%-8s %11.1f (%5.2f)    %11.1f (%5.2f)  (cuda::FlashAttention: tensor cores, f16 queries)\n", "f16fa",
+              f16_flash[0], f16_flash[0] / f16_prefill_kernel[0], f16_flash[1], f16_flash[1] / f16_prefill_kernel[1]);
   for (const std::string& f : formats)
     std::printf("%-8s %11.1f (%5.2f)    %11.1f (%5.2f)\n", f.c_str(), prefill[f][4096],
                 prefill[f][4096] / f16_prefill_kernel[0], prefill[f][32768], prefill[f][32768] / f16_prefill_kernel[1]);
