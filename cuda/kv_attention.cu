@@ -94,18 +94,18 @@ __device__ __forceinline__ DecodeShare ShareOf(int dim) {
   return {t < groups * dim, t % dim, t / dim, groups};
 }
 
-// Decodes one page's rows [0, 32) of a format (raw: 32 rows of row_bytes in shared memory) into out (row r at out + r
-// * stride, floats in the rotated domain); rows outside [lo, hi) are written as zeros (their bytes may be anything).
+// Decodes one page's rows [0, 32) of a format (raw: 32 rows of row_bytes in shared memory), calling store(r, c, x)
+// with each element x in the rotated domain; rows outside [lo, hi) are stored as zeros (their bytes may be anything).
+template <typename Store>
 __device__ __forceinline__ void DecodePage(const DeviceRowFormat& f, const ElemRef* ref, const DecodeShare& sh,
-                                           const uint8_t* raw, int lo, int hi, const float (*lv)[16], float* out,
-                                           int stride) {
+                                           const uint8_t* raw, int lo, int hi, const float (*lv)[16], Store store) {
   if (!sh.active) return;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int c = sh.c0 + kThreads * j;
     if (c >= f.dim) break;
     for (int r = sh.r0; r < kPageTokens; r += sh.row_step)
-      out[r * stride + c] = r >= lo && r < hi ? DecodeAt(ref[j], raw + r * f.row_bytes, lv) : 0.f;
+      store(r, c, r >= lo && r < hi ? DecodeAt(ref[j], raw + r * f.row_bytes, lv) : 0.f);
   }
 }
 
@@ -122,12 +122,61 @@ __device__ __forceinline__ void WaitCopiesUpTo(int pending) {
   }
 }
 
+// x as the sum of two f16 pairs (hi + lo: about 22 bits of the float's 24), packed for the mma's fragments.
+__device__ __forceinline__ void SplitPair(float2 x, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(x.x, x.y);
+  const float2 back = __half22float2(h);
+  const __half2 l = __floats2half2_rn(x.x - back.x, x.y - back.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
+__device__ __forceinline__ uint32_t Load32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// c += a * b in about f32 precision from f16 halves: hi * hi + lo * hi + hi * lo.
+__device__ __forceinline__ void Mma3(float* c, const uint32_t* ah, const uint32_t* al, const uint32_t* bh,
+                                     const uint32_t* bl) {
+  Mma16816(c, ah, bh);
+  Mma16816(c, al, bh);
+  Mma16816(c, ah, bl);
+}
+
+// Shared memory of a block past the static arrays, in bytes from its start: the queries (floats), the decoded key
+// and value rows, the softmax weights (SIMT) or the rotating centers' terms of the page's positions (mma), then the
+// raw page buffers.
+constexpr int kVtStride = kPageTokens + 8;  // halves per transposed value row (mma): conflict-free B fragments
+struct Layout {
+  int q_stride, k_stride, v_stride;  // floats (SIMT, mma queries) or halves (mma keys, transposed values)
+  int k, v, w, raw, fixed;           // byte offsets; fixed: the bytes before the raw page buffers
+};
+__host__ __device__ inline Layout MakeLayout(bool mma, int qpt, int kd, int vd) {
+  Layout l;
+  if (mma) {
+    l.q_stride = kd + 8, l.k_stride = kd + 8, l.v_stride = kVtStride;
+    l.k = 4 * 4 * qpt * l.q_stride;
+    l.v = l.k + 2 * 2 * kPageTokens * l.k_stride;  // hi and lo halves
+    l.w = l.v + 2 * 2 * vd * l.v_stride;
+    l.raw = l.w + 4 * kPageTokens * kMaxRotating * 2;
+  } else {
+    l.q_stride = kd, l.k_stride = kd + 4, l.v_stride = vd + 4;
+    l.k = 4 * 4 * qpt * l.q_stride;
+    l.v = l.k + 4 * kPageTokens * l.k_stride;
+    l.w = l.v + 4 * kPageTokens * l.v_stride;
+    l.raw = l.w + 4 * kWarps * qpt * kPageTokens;
+  }
+  l.fixed = l.raw;
+  return l;
+}
+
 // One block per (KV head, item, split): the item's query rows (its tokens x the group, at most 4 QPT) against the
-// split's pages. Warp w owns query rows w, w + 4, ... (QPT of them), each lane one row of the page for scores and NC
-// value channels (4 lane + 128 j, ...) for the accumulator.
-template <int QPT, int NC>
+// split's pages, each page's raw rows copied into shared memory ahead and decoded there once.
+//   SIMT (kMma false): warp w owns query rows w, w + 4, ... (QPT of them); each lane scores one row of the page in
+//     floats and accumulates NC value channels (4 lane + 128 j, ...).
+//   mma (kMma true, QPT 16, value rows up to 128): warp w owns query rows 16 w .. 16 w + 15; scores and the weighted
+//     values on the tensor cores (m16n8k16), each operand split into f16 hi + lo parts and multiplied as hi hi + lo hi
+//     + hi lo, so that the products keep about f32 precision.
+template <int QPT, int NC, bool kMma>
 __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
-  extern __shared__ __align__(16) float smem[];
+  extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float lvk[2][16], lvv[2][16];
   __shared__ float rq[4 * QPT][kMaxRotating][2];  // scale * q at each rotating pair's channels (a, b)
   __shared__ int tfirst[kMaxRows], tend[kMaxRows];
@@ -140,12 +189,9 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   const int ntok = min(p.tokens_per_item, p.n - tok0);
   const int nq = ntok * group;
   const size_t lh = static_cast<size_t>(p.layer) * p.k.n_head_kv + h;
-  const int ks = kd + 4, vs = vd + 4;  // decoded rows' strides (float4-aligned, conflict-free by quarter warps)
-  float* sq = smem;                    // M x kd queries in the keys' rotated domain
-  float* kf = sq + M * kd;             // 32 x ks decoded keys
-  float* vf = kf + kPageTokens * ks;   // 32 x vs decoded values
-  float* ps = vf + kPageTokens * vs;   // per warp QPT x 32 softmax weights
-  uint8_t* raw = reinterpret_cast<uint8_t*>(ps + kWarps * QPT * kPageTokens);
+  const Layout lay = MakeLayout(kMma, QPT, kd, vd);
+  float* sq = reinterpret_cast<float*>(smem);  // M rows of queries in the keys' rotated domain
+  uint8_t* raw = smem + lay.raw;
 
   for (int idx = threadIdx.x; idx < M * kd; idx += blockDim.x) {
     const int qi = idx / kd, e = idx % kd;
@@ -155,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
       x = p.q[(static_cast<size_t>(tok) * p.n_head + h * group + g) * kd + e];
       if (p.k.weights != nullptr) x /= p.k.weights[lh * kd + e];
     }
-    sq[idx] = x * p.scale;
+    sq[qi * lay.q_stride + e] = x * p.scale;
   }
   const int n_rot = p.k.n_rotating;
   const float* rot = p.k.rotating + lh * n_rot * 5;
@@ -180,7 +226,7 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
     tend[t] = !valid ? 0 : p.shared_part ? p.shared_tokens : p.places.pos[tok0 + t] + 1;
   }
   __syncthreads();
-  kvdev::RotateRows(sq, nq, kd, kd, p.k.rotation, p.k.params + lh * p.k.param_stride, false);
+  kvdev::RotateRows(sq, nq, lay.q_stride, kd, p.k.rotation, p.k.params + lh * p.k.param_stride, false);
 
   const DecodeShare kshare = ShareOf(kd), vshare = ShareOf(vd);
   ElemRef kref[2], vref[2];
@@ -195,14 +241,23 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   const size_t v_off = kvdev::RowsOffset(p.pages, true, p.layer, h);
   const int k_chunk = kPageTokens * p.pages.k_row_bytes, v_chunk = kPageTokens * p.pages.v_row_bytes;
 
-  float m[QPT], l[QPT], acc[QPT][NC];
+  // Per-thread state. SIMT: query rows warp + 4 i, channels 4 lane + 128 g. mma: rows 16 warp + quad (i = 0) and + 8
+  // (i = 1), the C fragments of value tiles 8 j (acc[0][4 j ..]).
+  constexpr int RS = kMma ? 2 : QPT;      // query rows per thread
+  constexpr int AC = kMma ? 4 * 16 : NC;  // accumulators per row (mma: all rows' C fragments in acc[0])
+  float m[RS], l[RS], acc[kMma ? 1 : QPT][AC];
 #pragma unroll
-  for (int i = 0; i < QPT; ++i) {
+  for (int i = 0; i < RS; ++i) {
     m[i] = -INFINITY;
-    l[i] = 0;  // this lane's rows' share; summed over the warp at the end
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[i][c] = 0;
+    l[i] = 0;  // this lane's share; summed over the warp (SIMT) or the quad (mma) at the end
   }
+#pragma unroll
+  for (int i = 0; i < (kMma ? 1 : QPT); ++i)
+#pragma unroll
+    for (int c = 0; c < AC; ++c) acc[i][c] = 0;
+  const int quad = lane / 4, tq = lane % 4;
+  auto row_of = [&](int i) { return kMma ? 16 * warp + quad + 8 * i : warp + 4 * i; };
+
   // Passes: the item's tokens of one page table at a time (a prefill item may straddle two sequences).
   unsigned long long done = 0;
   for (;;) {
@@ -217,11 +272,11 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
         pass_end = max(pass_end, tend[t]);
       }
     }
-    int hi[QPT];  // each query row's end in this pass (begin: not in this pass)
+    int hi[RS];  // each query row's end in this pass (begin: not in this pass)
 #pragma unroll
-    for (int i = 0; i < QPT; ++i) {
-      const int qi = warp + 4 * i, t = qi / group;
-      hi[i] = qi < nq && tfirst[t] == pick ? tend[t] : begin;
+    for (int i = 0; i < RS; ++i) {
+      const int qi = row_of(i);
+      hi[i] = qi < nq && tfirst[qi / group] == pick ? tend[qi / group] : begin;
     }
     const int32_t* table = p.places.pages + pick;
     const int pg0 = begin / kPageTokens;
@@ -247,71 +302,202 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
       const int pg = first_pg + it, row0 = pg * kPageTokens;
       const uint8_t* src = raw + static_cast<size_t>(it % p.stages) * p.raw_bytes;
       const int lo = max(0, begin - row0), hi_row = min(kPageTokens, pass_end - row0);
-      DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, kf, ks);
-      DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv, vf, vs);
-      __syncthreads();
-      // Scores of this lane's row for the warp's query rows.
-      const int pos = row0 + lane;
-      float s[QPT];
+      if constexpr (kMma) {
+        __half* kh = reinterpret_cast<__half*>(smem + lay.k);
+        __half* kl = kh + kPageTokens * lay.k_stride;
+        __half* vth = reinterpret_cast<__half*>(smem + lay.v);
+        __half* vtl = vth + vd * lay.v_stride;
+        float* u = reinterpret_cast<float*>(smem + lay.w);
+        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, float x) {
+          const __half hx = __float2half_rn(x);
+          kh[r * lay.k_stride + c] = hx;
+          kl[r * lay.k_stride + c] = __float2half_rn(x - __half2float(hx));
+        });
+        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv, [&](int r, int c, float x) {
+          const __half hx = __float2half_rn(x);
+          vth[c * lay.v_stride + r] = hx;
+          vtl[c * lay.v_stride + r] = __float2half_rn(x - __half2float(hx));
+        });
+        if (n_rot > 0 && threadIdx.x < kPageTokens) {
+          // Rotating key centers: u(pos) of each position of the page, for scale * q . u(pos) in the scores
+          // (kvquant.h); the angle reduced in double, so that the float sine and cosine are accurate at any position.
+          const int pos = row0 + threadIdx.x;
+          for (int j = 0; j < n_rot; ++j) {
+            float ua = 0, ub = 0;
+            if (pos >= begin && pos < pass_end) {
+              const double angle = static_cast<double>(pos) * rot[j * 5 + 2];
+              const double turns = rint(angle * (0.5 / 3.14159265358979323846));
+              float sn, cs;
+              sincosf(static_cast<float>(angle - turns * (2 * 3.14159265358979323846)), &sn, &cs);
+              const float ca = rot[j * 5 + 3], cb = rot[j * 5 + 4];
+              ua = ca * cs - cb * sn, ub = ca * sn + cb * cs;
+            }
+            u[(threadIdx.x * kMaxRotating + j) * 2] = ua;
+            u[(threadIdx.x * kMaxRotating + j) * 2 + 1] = ub;
+          }
+        }
+        __syncthreads();
+        // S = Q K^T for the warp's 16 rows and the page's 32 positions (4 tiles of 8): s[t][0..1] row quad, positions
+        // 8 t + 2 tq + {0, 1}; s[t][2..3] row quad + 8.
+        float s[4][4];
 #pragma unroll
-      for (int i = 0; i < QPT; ++i) s[i] = 0;
-      const float* krow = kf + lane * ks;
-      for (int c = 0; c < kd; c += 4) {
-        const float4 kv = *reinterpret_cast<const float4*>(krow + c);
+        for (int t = 0; t < 4; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0;
+        const float* q0 = sq + (16 * warp + quad) * lay.q_stride + 2 * tq;
+        for (int ks = 0; ks < kd; ks += 16) {
+          uint32_t ah[4], al[4];
+          SplitPair(*reinterpret_cast<const float2*>(q0 + ks), ah[0], al[0]);
+          SplitPair(*reinterpret_cast<const float2*>(q0 + 8 * lay.q_stride + ks), ah[1], al[1]);
+          SplitPair(*reinterpret_cast<const float2*>(q0 + ks + 8), ah[2], al[2]);
+          SplitPair(*reinterpret_cast<const float2*>(q0 + 8 * lay.q_stride + ks + 8), ah[3], al[3]);
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const int off = (8 * t + quad) * lay.k_stride + ks + 2 * tq;
+            const uint32_t bh[2] = {Load32(kh + off), Load32(kh + off + 8)};
+            const uint32_t bl[2] = {Load32(kl + off), Load32(kl + off + 8)};
+            Mma3(s[t], ah, al, bh, bl);
+          }
+        }
+        if (n_rot > 0) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = row_of(e / 2), key = 8 * t + 2 * tq + e % 2;
+              float add = 0;
+              for (int j = 0; j < n_rot; ++j)
+                add +=
+                    rq[r][j][0] * u[(key * kMaxRotating + j) * 2] + rq[r][j][1] * u[(key * kMaxRotating + j) * 2 + 1];
+              s[t][e] += add;
+            }
+          }
+        }
+        // Online softmax of rows quad and quad + 8 (their 32 positions spread over the quad's 4 lanes).
+        float corr[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int pos = row0 + 8 * t + 2 * tq + e;
+              const bool valid = pos >= begin && pos < hi[i];
+              s[t][2 * i + e] = valid ? s[t][2 * i + e] : -INFINITY;
+              mx = fmaxf(mx, s[t][2 * i + e]);
+            }
+          }
+          mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 2));
+          const float m_new = fmaxf(m[i], mx);
+          corr[i] = m_new == -INFINITY || m[i] == -INFINITY ? 0.f : expf(m[i] - m_new);
+          float sum = 0;
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float x = s[t][2 * i + e];
+              const float pr = x == -INFINITY ? 0.f : expf(x - m_new);
+              s[t][2 * i + e] = pr;
+              sum += pr;
+            }
+          }
+          l[i] = l[i] * corr[i] + sum;
+          m[i] = m_new;
+        }
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          acc[0][4 * j] *= corr[0], acc[0][4 * j + 1] *= corr[0];
+          acc[0][4 * j + 2] *= corr[1], acc[0][4 * j + 3] *= corr[1];
+        }
+        // O += P V: P (16 rows x 32 positions) from the score fragments as A, two k steps of 16 positions.
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          uint32_t ph[4], pl[4];
+          SplitPair(make_float2(s[2 * kk][0], s[2 * kk][1]), ph[0], pl[0]);
+          SplitPair(make_float2(s[2 * kk][2], s[2 * kk][3]), ph[1], pl[1]);
+          SplitPair(make_float2(s[2 * kk + 1][0], s[2 * kk + 1][1]), ph[2], pl[2]);
+          SplitPair(make_float2(s[2 * kk + 1][2], s[2 * kk + 1][3]), ph[3], pl[3]);
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            if (8 * j < vd) {
+              const int off = (8 * j + quad) * lay.v_stride + 16 * kk + 2 * tq;
+              const uint32_t bh[2] = {Load32(vth + off), Load32(vth + off + 8)};
+              const uint32_t bl[2] = {Load32(vtl + off), Load32(vtl + off + 8)};
+              Mma3(&acc[0][4 * j], ph, pl, bh, bl);
+            }
+          }
+        }
+      } else {
+        float* kf = reinterpret_cast<float*>(smem + lay.k);
+        float* vf = reinterpret_cast<float*>(smem + lay.v);
+        float* ps = reinterpret_cast<float*>(smem + lay.w);
+        const int ks = lay.k_stride, vs = lay.v_stride;
+        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, float x) { kf[r * ks + c] = x; });
+        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv,
+                   [&](int r, int c, float x) { vf[r * vs + c] = x; });
+        __syncthreads();
+        // Scores of this lane's row for the warp's query rows.
+        const int pos = row0 + lane;
+        float s[QPT];
+#pragma unroll
+        for (int i = 0; i < QPT; ++i) s[i] = 0;
+        const float* krow = kf + lane * ks;
+        for (int c = 0; c < kd; c += 4) {
+          const float4 kv = *reinterpret_cast<const float4*>(krow + c);
+#pragma unroll
+          for (int i = 0; i < QPT; ++i) {
+            const float4 qv = *reinterpret_cast<const float4*>(sq + (warp + 4 * i) * kd + c);
+            s[i] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+          }
+        }
+        if (n_rot > 0 && pos >= begin && pos < pass_end) {
+          // Rotating key centers, as in the mma branch.
+          for (int j = 0; j < n_rot; ++j) {
+            const double angle = static_cast<double>(pos) * rot[j * 5 + 2];
+            const double turns = rint(angle * (0.5 / 3.14159265358979323846));
+            float sn, cs;
+            sincosf(static_cast<float>(angle - turns * (2 * 3.14159265358979323846)), &sn, &cs);
+            const float ca = rot[j * 5 + 3], cb = rot[j * 5 + 4];
+            const float ua = ca * cs - cb * sn, ub = ca * sn + cb * cs;
+#pragma unroll
+            for (int i = 0; i < QPT; ++i) s[i] += rq[warp + 4 * i][j][0] * ua + rq[warp + 4 * i][j][1] * ub;
+          }
+        }
+        float* wp = ps + warp * QPT * kPageTokens;
 #pragma unroll
         for (int i = 0; i < QPT; ++i) {
-          const float4 qv = *reinterpret_cast<const float4*>(sq + (warp + 4 * i) * kd + c);
-          s[i] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+          const bool valid = pos >= begin && pos < hi[i];
+          const float mx = WarpMax(valid ? s[i] : -INFINITY);
+          const float m_new = fmaxf(m[i], mx);
+          const float corr = m_new == -INFINITY || m[i] == -INFINITY ? 0.f : expf(m[i] - m_new);
+          const float pr = valid ? expf(s[i] - m_new) : 0.f;
+          l[i] = l[i] * corr + pr;
+          m[i] = m_new;
+#pragma unroll
+          for (int c = 0; c < NC; ++c) acc[i][c] *= corr;
+          wp[i * kPageTokens + lane] = pr;
         }
-      }
-      if (n_rot > 0 && pos >= begin && pos < pass_end) {
-        // Rotating key centers: scale * q . u(pos) back into the score (kvquant.h); the angle reduced in double, so
-        // that the float sine and cosine are accurate at any position.
-        for (int j = 0; j < n_rot; ++j) {
-          const double angle = static_cast<double>(pos) * rot[j * 5 + 2];
-          const double turns = rint(angle * (0.5 / 3.14159265358979323846));
-          float sn, cs;
-          sincosf(static_cast<float>(angle - turns * (2 * 3.14159265358979323846)), &sn, &cs);
-          const float ca = rot[j * 5 + 3], cb = rot[j * 5 + 4];
-          const float ua = ca * cs - cb * sn, ub = ca * sn + cb * cs;
+        __syncwarp();
+        const int j_end = min(kPageTokens, pass_end - row0);
+        for (int j0 = max(0, begin - row0) & ~3; j0 < j_end; j0 += 4) {
+          float4 pw[QPT];
 #pragma unroll
-          for (int i = 0; i < QPT; ++i) s[i] += rq[warp + 4 * i][j][0] * ua + rq[warp + 4 * i][j][1] * ub;
-        }
-      }
-      float* wp = ps + warp * QPT * kPageTokens;
+          for (int i = 0; i < QPT; ++i) pw[i] = *reinterpret_cast<const float4*>(wp + i * kPageTokens + j0);
 #pragma unroll
-      for (int i = 0; i < QPT; ++i) {
-        const bool valid = pos >= begin && pos < hi[i];
-        const float mx = WarpMax(valid ? s[i] : -INFINITY);
-        const float m_new = fmaxf(m[i], mx);
-        const float corr = m_new == -INFINITY || m[i] == -INFINITY ? 0.f : expf(m[i] - m_new);
-        const float pr = valid ? expf(s[i] - m_new) : 0.f;
-        l[i] = l[i] * corr + pr;
-        m[i] = m_new;
+          for (int jj = 0; jj < 4; ++jj) {
 #pragma unroll
-        for (int c = 0; c < NC; ++c) acc[i][c] *= corr;
-        wp[i * kPageTokens + lane] = pr;
-      }
-      __syncwarp();
-      const int j_end = min(kPageTokens, pass_end - row0);
-      for (int j0 = max(0, begin - row0) & ~3; j0 < j_end; j0 += 4) {
-        float4 pw[QPT];
+            for (int g = 0; g < NC / 4; ++g) {
+              const int ch = 4 * lane + kThreads * g;
+              if (ch < vd) {
+                const float4 v4 = *reinterpret_cast<const float4*>(vf + (j0 + jj) * vs + ch);
 #pragma unroll
-        for (int i = 0; i < QPT; ++i) pw[i] = *reinterpret_cast<const float4*>(wp + i * kPageTokens + j0);
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-#pragma unroll
-          for (int g = 0; g < NC / 4; ++g) {
-            const int ch = 4 * lane + kThreads * g;
-            if (ch < vd) {
-              const float4 v4 = *reinterpret_cast<const float4*>(vf + (j0 + jj) * vs + ch);
-#pragma unroll
-              for (int i = 0; i < QPT; ++i) {
-                const float w = jj == 0 ? pw[i].x : jj == 1 ? pw[i].y : jj == 2 ? pw[i].z : pw[i].w;
-                acc[i][4 * g] += w * v4.x;
-                acc[i][4 * g + 1] += w * v4.y;
-                acc[i][4 * g + 2] += w * v4.z;
-                acc[i][4 * g + 3] += w * v4.w;
+                for (int i = 0; i < QPT; ++i) {
+                  const float w = jj == 0 ? pw[i].x : jj == 1 ? pw[i].y : jj == 2 ? pw[i].z : pw[i].w;
+                  acc[i][4 * g] += w * v4.x;
+                  acc[i][4 * g + 1] += w * v4.y;
+                  acc[i][4 * g + 2] += w * v4.z;
+                  acc[i][4 * g + 3] += w * v4.w;
+                }
               }
             }
           }
@@ -324,23 +510,37 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   // This split's state of each query row: unnormalised output, max, sum.
   const int stride = vd + 2;
 #pragma unroll
-  for (int i = 0; i < QPT; ++i) {
-    const float sum = WarpSum(l[i]);
-    const int qi = warp + 4 * i;
+  for (int i = 0; i < RS; ++i) {
+    float sum = l[i];
+    if (kMma) {
+      sum += __shfl_xor_sync(kFull, sum, 1);
+      sum += __shfl_xor_sync(kFull, sum, 2);
+    } else {
+      sum = WarpSum(sum);
+    }
+    const int qi = row_of(i);
     if (qi >= nq) continue;
     const size_t row = static_cast<size_t>(tok0 + qi / group) * p.n_head + h * group + qi % group;
     float* st = p.part + (row * p.parts + p.part_offset + z) * stride;
+    if constexpr (kMma) {
 #pragma unroll
-    for (int g = 0; g < NC / 4; ++g) {
-      const int ch = 4 * lane + kThreads * g;
-      if (ch < vd) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) st[ch + c] = acc[i][4 * g + c];
+      for (int j = 0; j < 16; ++j) {
+        if (8 * j < vd) {
+          st[8 * j + 2 * tq] = acc[0][4 * j + 2 * i];
+          st[8 * j + 2 * tq + 1] = acc[0][4 * j + 2 * i + 1];
+        }
       }
-    }
-    if (lane == 0) {
-      st[vd] = m[i];
-      st[vd + 1] = sum;
+      if (tq == 0) st[vd] = m[i], st[vd + 1] = sum;
+    } else {
+#pragma unroll
+      for (int g = 0; g < NC / 4; ++g) {
+        const int ch = 4 * lane + kThreads * g;
+        if (ch < vd) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) st[ch + c] = acc[i][4 * g + c];
+        }
+      }
+      if (lane == 0) st[vd] = m[i], st[vd + 1] = sum;
     }
   }
 }
@@ -403,45 +603,48 @@ int Pow2AtLeast(int x) {
   return p;
 }
 
-template <int QPT, int NC>
+template <int QPT, int NC, bool kMma>
 Status LaunchQ(Params p, int items, Stream stream) {
-  const int fixed =
-      4 * (4 * QPT * p.k.dim + kPageTokens * (p.k.dim + 4) + kPageTokens * (p.v.dim + 4) + kWarps * QPT * kPageTokens);
+  const int fixed = MakeLayout(kMma, QPT, p.k.dim, p.v.dim).fixed;
   int device = 0, max_smem = 0;
   LR_RETURN_IF_ERROR(CheckCuda(cudaGetDevice(&device), "cudaGetDevice"));
-  LR_RETURN_IF_ERROR(
-      CheckCuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "smem"));
+  LR_RETURN_IF_ERROR(CheckCuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                               "cudaDeviceGetAttribute"));
   max_smem -= 8 * 1024;  // the kernel's static shared memory
-  // Up to kMaxStages pages in flight while the whole block stays under a quarter of an SM's memory where it can.
-  p.stages = std::clamp((std::max(56 * 1024, fixed + 2 * p.raw_bytes) - fixed) / p.raw_bytes, 2, kMaxStages);
+  // Up to kMaxStages pages in flight, within about 100 KB per block (two blocks per SM) where the rows allow.
+  p.stages = std::clamp((100 * 1024 - fixed) / p.raw_bytes, 2, kMaxStages);
   const int smem = fixed + p.stages * p.raw_bytes;
   if (smem > max_smem)
     return Unsupported("CUDA attention on codes: rows of " + std::to_string(p.k.dim) + " / " + std::to_string(p.v.dim) +
                        " values need " + std::to_string(smem) + " bytes of shared memory per block");
   static const cudaError_t opted =
-      cudaFuncSetAttribute(CodedAttentionKernel<QPT, NC>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+      cudaFuncSetAttribute(CodedAttentionKernel<QPT, NC, kMma>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
   LR_RETURN_IF_ERROR(CheckCuda(opted, "cudaFuncSetAttribute (coded attention)"));
   const dim3 grid(p.k.n_head_kv, items, p.splits);
-  CodedAttentionKernel<QPT, NC><<<grid, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(p);
+  CodedAttentionKernel<QPT, NC, kMma><<<grid, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(p);
   return CheckLaunch("CodedAttention");
 }
 
+// The tensor cores take blocks of more than 8 query rows with key rows of whole k steps and value rows of whole
+// tiles up to 128; the rest runs on the SIMT kernel with 4 QPT rows.
 Status Launch(const Params& p, int rows, int items, Stream stream) {
+  if (rows > 8 && p.k.dim % 16 == 0 && p.v.dim % 8 == 0 && p.v.dim <= 128)
+    return LaunchQ<16, 4, true>(p, items, stream);
   const int qpt = Pow2AtLeast((rows + kWarps - 1) / kWarps);
   if (p.v.dim <= 128) {
     switch (qpt) {
-      case 1: return LaunchQ<1, 4>(p, items, stream);
-      case 2: return LaunchQ<2, 4>(p, items, stream);
-      case 4: return LaunchQ<4, 4>(p, items, stream);
-      case 8: return LaunchQ<8, 4>(p, items, stream);
-      case 16: return LaunchQ<16, 4>(p, items, stream);
+      case 1: return LaunchQ<1, 4, false>(p, items, stream);
+      case 2: return LaunchQ<2, 4, false>(p, items, stream);
+      case 4: return LaunchQ<4, 4, false>(p, items, stream);
+      case 8: return LaunchQ<8, 4, false>(p, items, stream);
+      case 16: return LaunchQ<16, 4, false>(p, items, stream);
     }
   } else {
     switch (qpt) {
-      case 1: return LaunchQ<1, 8>(p, items, stream);
-      case 2: return LaunchQ<2, 8>(p, items, stream);
-      case 4: return LaunchQ<4, 8>(p, items, stream);
-      case 8: return LaunchQ<8, 8>(p, items, stream);
+      case 1: return LaunchQ<1, 8, false>(p, items, stream);
+      case 2: return LaunchQ<2, 8, false>(p, items, stream);
+      case 4: return LaunchQ<4, 8, false>(p, items, stream);
+      case 8: return LaunchQ<8, 8, false>(p, items, stream);
     }
   }
   return Internal("CodedAttention: no kernel for " + std::to_string(rows) + " query rows per block");
