@@ -42,15 +42,17 @@ struct Params {
   int raw_bytes = 0;  // one page's key and value rows of one head: 32 x (k_row_bytes + v_row_bytes)
 };
 
-// Where element c of every row of a format sits: worked out once per thread, then each row's element is two or three
-// byte loads (DecodeAt). bits 16: f16 rows (byte: the value's offset); else the block's scale at `scale`, the code's
-// low bits at byte >> shift (masked), a 3-bit code's high bit at bit hi_shift of byte hi, levels of run `run`.
-struct ElemRef {
-  int bits, scale, byte, shift, hi, hi_shift, run;
+// Where the 8 elements c .. c + 7 (c a multiple of 8) of every row of a format sit: worked out once per thread, then
+// each row's unit is a few 16-bit loads (Decode8). bits 16: f16 rows, the values at `byte` (16-byte aligned); else
+// the block's scale at `scale` and the codes of run `run`: 8: 8 int8 codes at byte; 4: the low (sel 0) or high (sel
+// 4) nibbles of the 8 bytes at byte; 3 and 2: half `sel` of the 16-code tile at byte (low bits of code k at bit
+// 8 (k % 4) + 2 (k / 4) of the tile's first word, a 3-bit code's high bit at bit k % 8 of byte 4 + k / 8).
+struct UnitRef {
+  int bits, scale, byte, sel, run;
 };
 
-__device__ __forceinline__ ElemRef MakeElemRef(const DeviceRowFormat& f, int c) {
-  if (f.n_runs == 0) return {16, 0, 2 * c, 0, 0, 0, 0};
+__device__ __forceinline__ UnitRef MakeUnitRef(const DeviceRowFormat& f, int c) {
+  if (f.n_runs == 0) return {16, 0, 2 * c, 0, 0};
   const int b = c / f.block_elems;
   const int blk = b * f.block_bytes;
   const kvdev::BlockRuns br = kvdev::RunsOf(f, b);
@@ -61,51 +63,79 @@ __device__ __forceinline__ ElemRef MakeElemRef(const DeviceRowFormat& f, int c) 
     r = 1;
   }
   const int bits = f.bits[r], cnt = r == 0 ? br.c0 : br.c1;
-  if (bits == 8) return {8, blk, rp + j, 0, 0, 0, r};
+  if (bits == 8) return {8, blk, rp + j, 0, r};
   if (bits == 4) {
     const int g = j / 32 * 32, half = min(32, cnt - g) / 2, i = j - g;
-    return {4, blk, rp + g / 2 + (i < half ? i : i - half), i < half ? 0 : 4, 0, 0, r};
+    return {4, blk, rp + g / 2 + (i < half ? i : i - half), i < half ? 0 : 4, r};
   }
-  const int t = j / 16, k = j % 16, tile = rp + t * (bits == 3 ? 6 : 4);
-  return {bits, blk, tile + k % 4, 2 * (k / 4), tile + 4 + k / 8, k % 8, r};
+  return {bits, blk, rp + j / 16 * (bits == 3 ? 6 : 4), j % 16 / 8, r};
 }
 
-// The element of `row` (shared memory) at e, in its rotated domain.
-__device__ __forceinline__ float DecodeAt(const ElemRef& e, const uint8_t* row, const float (*lv)[16]) {
-  if (e.bits == 16) return Half(row + e.byte);
-  const float d = Half(row + e.scale);
-  const unsigned byte = row[e.byte];
-  if (e.bits == 8) return d * static_cast<float>(static_cast<int8_t>(byte));
-  unsigned code = (byte >> e.shift) & (e.bits == 4 ? 15u : 3u);
-  if (e.bits == 3) code |= ((row[e.hi] >> e.hi_shift) & 1u) << 2;
-  return d * lv[e.run][code];
+__device__ __forceinline__ uint32_t Load16x2(const uint8_t* p) {  // 4 bytes at a 2-byte aligned address
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+  return static_cast<uint32_t>(h[0]) | static_cast<uint32_t>(h[1]) << 16;
 }
 
-// The columns and rows of a page's 32 x dim elements one thread decodes: columns c0 + 128 j (j < 2, below dim), rows
-// r0, r0 + row_step, ... (dims up to 128 that divide 128 share the threads among rows; others leave threads idle).
+// The 8 elements of `row` (shared memory) at u, in their rotated domain.
+__device__ __forceinline__ void Decode8(const UnitRef& u, const uint8_t* row, const float (*lv)[16], float* x) {
+  if (u.bits == 16) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(row + u.byte);
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[e]));
+      x[2 * e] = f.x, x[2 * e + 1] = f.y;
+    }
+    return;
+  }
+  const float d = Half(row + u.scale);
+  const float* L = lv[u.run];
+  if (u.bits == 8 || u.bits == 4) {
+    const uint32_t w0 = Load16x2(row + u.byte), w1 = Load16x2(row + u.byte + 4);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t byte = ((e < 4 ? w0 : w1) >> (8 * (e % 4))) & 0xffu;
+      x[e] = u.bits == 8 ? d * static_cast<float>(static_cast<int8_t>(byte)) : d * L[(byte >> u.sel) & 15u];
+    }
+    return;
+  }
+  const uint32_t w = Load16x2(row + u.byte);
+  const uint32_t hi = u.bits == 3 ? row[u.byte + 4 + u.sel] : 0u;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t code = ((w >> (8 * (e % 4) + 2 * (2 * u.sel + e / 4))) & 3u) | ((hi >> e) & 1u) << 2;
+    x[e] = d * L[code];
+  }
+}
+
+// The units of a page's 32 x dim elements one thread decodes: unit column c0 (elements c0 .. c0 + 7), rows r0,
+// r0 + row_step, ... (the threads shared among the rows; dim / 8 not dividing 128 leaves some idle).
 struct DecodeShare {
   bool active;
   int c0, r0, row_step;
 };
 __device__ __forceinline__ DecodeShare ShareOf(int dim) {
-  const int t = threadIdx.x;
-  if (dim >= kThreads) return {true, t, 0, 1};
-  const int groups = kThreads / dim;
-  return {t < groups * dim, t % dim, t / dim, groups};
+  const int t = threadIdx.x, units = dim / 8;
+  const int groups = kThreads / units;
+  return {t < groups * units, 8 * (t % units), t / units, groups};
 }
 
 // Decodes one page's rows [0, 32) of a format (raw: 32 rows of row_bytes in shared memory), calling store(r, c, x)
-// with each element x in the rotated domain; rows outside [lo, hi) are stored as zeros (their bytes may be anything).
+// with each unit's 8 elements x (elements c .. c + 7 of row r, in the rotated domain); rows outside [lo, hi) are
+// stored as zeros (their bytes may be anything).
 template <typename Store>
-__device__ __forceinline__ void DecodePage(const DeviceRowFormat& f, const ElemRef* ref, const DecodeShare& sh,
+__device__ __forceinline__ void DecodePage(const DeviceRowFormat& f, const UnitRef& ref, const DecodeShare& sh,
                                            const uint8_t* raw, int lo, int hi, const float (*lv)[16], Store store) {
   if (!sh.active) return;
+  for (int r = sh.r0; r < kPageTokens; r += sh.row_step) {
+    float x[8];
+    if (r >= lo && r < hi) {
+      Decode8(ref, raw + r * f.row_bytes, lv, x);
+    } else {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int c = sh.c0 + kThreads * j;
-    if (c >= f.dim) break;
-    for (int r = sh.r0; r < kPageTokens; r += sh.row_step)
-      store(r, c, r >= lo && r < hi ? DecodeAt(ref[j], raw + r * f.row_bytes, lv) : 0.f);
+      for (int e = 0; e < 8; ++e) x[e] = 0;
+    }
+    store(r, sh.c0, x);
   }
 }
 
@@ -229,12 +259,7 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   kvdev::RotateRows(sq, nq, lay.q_stride, kd, p.k.rotation, p.k.params + lh * p.k.param_stride, false);
 
   const DecodeShare kshare = ShareOf(kd), vshare = ShareOf(vd);
-  ElemRef kref[2], vref[2];
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    kref[j] = MakeElemRef(p.k, min(kshare.c0 + kThreads * j, kd - 1));
-    vref[j] = MakeElemRef(p.v, min(vshare.c0 + kThreads * j, vd - 1));
-  }
+  const UnitRef kref = MakeUnitRef(p.k, kshare.c0), vref = MakeUnitRef(p.v, vshare.c0);
   const int begin = p.shared_part ? 0 : p.shared_tokens;
   const uint8_t* base = p.pages.base;
   const size_t k_off = kvdev::RowsOffset(p.pages, false, p.layer, h);
@@ -308,15 +333,20 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
         __half* vth = reinterpret_cast<__half*>(smem + lay.v);
         __half* vtl = vth + vd * lay.v_stride;
         float* u = reinterpret_cast<float*>(smem + lay.w);
-        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, float x) {
-          const __half hx = __float2half_rn(x);
-          kh[r * lay.k_stride + c] = hx;
-          kl[r * lay.k_stride + c] = __float2half_rn(x - __half2float(hx));
+        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, const float* x) {
+          uint32_t h[4], l[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) SplitPair(make_float2(x[2 * e], x[2 * e + 1]), h[e], l[e]);
+          *reinterpret_cast<uint4*>(kh + r * lay.k_stride + c) = make_uint4(h[0], h[1], h[2], h[3]);
+          *reinterpret_cast<uint4*>(kl + r * lay.k_stride + c) = make_uint4(l[0], l[1], l[2], l[3]);
         });
-        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv, [&](int r, int c, float x) {
-          const __half hx = __float2half_rn(x);
-          vth[c * lay.v_stride + r] = hx;
-          vtl[c * lay.v_stride + r] = __float2half_rn(x - __half2float(hx));
+        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv, [&](int r, int c, const float* x) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const __half hx = __float2half_rn(x[e]);
+            vth[(c + e) * lay.v_stride + r] = hx;
+            vtl[(c + e) * lay.v_stride + r] = __float2half_rn(x[e] - __half2float(hx));
+          }
         });
         if (n_rot > 0 && threadIdx.x < kPageTokens) {
           // Rotating key centers: u(pos) of each position of the page, for scale * q . u(pos) in the scores
@@ -432,9 +462,14 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
         float* vf = reinterpret_cast<float*>(smem + lay.v);
         float* ps = reinterpret_cast<float*>(smem + lay.w);
         const int ks = lay.k_stride, vs = lay.v_stride;
-        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, float x) { kf[r * ks + c] = x; });
+        auto store = [](float* at, const float* x) {
+          *reinterpret_cast<float4*>(at) = make_float4(x[0], x[1], x[2], x[3]);
+          *reinterpret_cast<float4*>(at + 4) = make_float4(x[4], x[5], x[6], x[7]);
+        };
+        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk,
+                   [&](int r, int c, const float* x) { store(kf + r * ks + c, x); });
         DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv,
-                   [&](int r, int c, float x) { vf[r * vs + c] = x; });
+                   [&](int r, int c, const float* x) { store(vf + r * vs + c, x); });
         __syncthreads();
         // Scores of this lane's row for the warp's query rows.
         const int pos = row0 + lane;
@@ -650,6 +685,24 @@ Status Launch(const Params& p, int rows, int items, Stream stream) {
   return Internal("CodedAttention: no kernel for " + std::to_string(rows) + " query rows per block");
 }
 
+// Whether every run of the format's rows splits into the kernel's units of 8 elements (Decode8): f16 and 8-bit
+// runs in 8s, 2-, 3- and 4-bit runs in 16s (a 3-bit tile, a 4-bit group's half).
+bool WholeUnits(const DeviceRowFormat& f) {
+  if (f.dim % 8 != 0) return false;
+  if (f.n_runs == 0) return true;
+  for (int b = 0; b * f.block_elems < f.dim; ++b) {
+    const int size = std::min(f.block_elems, f.dim - b * f.block_elems);
+    int count[2] = {f.count[0], f.count[1]};  // a short last block: kvquant's rule (kvdev::RunsOf)
+    if (size < f.block_elems) {
+      count[0] = f.n_runs == 1 ? size : size / 2 - 16;
+      count[1] = size - count[0];
+    }
+    for (int r = 0; r < f.n_runs; ++r)
+      if (count[r] % (f.bits[r] == 8 ? 8 : 16) != 0) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 size_t CodedAttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim, bool shared) {
@@ -670,10 +723,10 @@ Status CodedAttention(const float* q, int n_head, float scale, const DeviceRowFo
   const int group = n_head / n_head_kv;
   if (group > 8)
     return Unsupported("CUDA attention: " + std::to_string(group) + " query heads per KV head (at most 8)");
-  if (k.dim > kMaxCodedDim || v.dim > kMaxCodedDim || k.dim % 4 != 0 || v.dim % 4 != 0)
+  if (k.dim > kMaxCodedDim || v.dim > kMaxCodedDim || !WholeUnits(k) || !WholeUnits(v))
     return Unsupported("CUDA attention on codes: key rows of " + std::to_string(k.dim) + " and value rows of " +
-                       std::to_string(v.dim) + " values (expected multiples of 4, at most " +
-                       std::to_string(kMaxCodedDim) + ")");
+                       std::to_string(v.dim) + " values (expected at most " + std::to_string(kMaxCodedDim) +
+                       ", in whole units of 8 elements: runs of 2-, 3- and 4-bit codes multiples of 16)");
   if (k.n_rotating > kMaxRotating)
     return Unsupported("CUDA attention on codes: " + std::to_string(k.n_rotating) +
                        " rotating key center pairs (at most " + std::to_string(kMaxRotating) + ")");
