@@ -3,7 +3,8 @@
 // a shuffled order, odd token counts, with and without calibration centers, weights and rotating key centers);
 // attention on the codes (CodedAttention), calibrated or not, against kvquant's double-precision reference
 // (AttendReference) for every format, GQA groups 1 to 8, odd context lengths across page boundaries, decode steps of
-// several sequences and a prefill; shared-prefix attention against per-sequence attention and the reference.
+// several sequences and prefills of two sequences, contexts of 6400 rows (several pages per split); shared-prefix
+// attention against per-sequence attention and the reference.
 // Outputs are poisoned (NaN) first. Skipped when no CUDA device is present.
 #include <gtest/gtest.h>
 
@@ -237,7 +238,7 @@ double RelError(const float* got, const T* want, size_t n) {
 // groups 1..8, against AttendReference.
 TEST_P(CudaKv, AttentionMatchesReference) {
   const std::string format = GetParam();
-  for (int dim : {64, 128}) {
+  for (int dim : {64, 128, 256}) {
     if (!kvquant::RowCodec::Create(format, dim, 7, 0, 0).ok()) continue;
     for (int group : {1, 3, 4, 8}) {
       std::mt19937 rng(dim * 10 + group);
@@ -396,6 +397,56 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
         std::vector<float> want(static_cast<size_t>(group) * dim);
         kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
         EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4) << format << " group " << group << " seq " << i;
+      }
+    }
+  }
+}
+
+// Contexts long enough that every split of a decode step streams several pages through the kernel's page buffers:
+// 3 sequences forked from a 6400-row prompt with tails of 5, 40 and 77 rows (calibrated, rotating key centers),
+// attended per sequence and with the shared prefix, against the reference.
+TEST_P(CudaKv, LongContextsMatchReference) {
+  const std::string format = GetParam();
+  const int dim = 128, group = 4, heads = 2, prompt_pages = 200, prompt = prompt_pages * kPageTokens;
+  const std::vector<int> tails = {5, 40, 77};
+  std::mt19937 rng(11);
+  int pages = prompt_pages;
+  for (int t : tails) pages += (t + kPageTokens - 1) / kPageTokens;
+  TestCache c(format, format, 1, heads, dim, dim, pages, true, rng);
+  std::vector<int> shared = ShuffledPages(prompt_pages, rng);
+  c.Fill(shared, 0, prompt, rng);
+  std::vector<std::vector<int>> tables;
+  std::vector<int> pos;
+  int next = prompt_pages;
+  for (int t : tails) {
+    std::vector<int> tb = shared;
+    while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
+    c.Fill(tb, prompt, prompt + t, rng);
+    tables.push_back(tb);
+    pos.push_back(prompt + t - 1);
+  }
+  c.UploadPool();
+  TestPlaces tp(pos, tables);
+  const int n_head = heads * group, n = static_cast<int>(tails.size());
+  const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
+  DeviceBuffer dq = ToDevice(q);
+  DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, true)));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (int shared_tokens : {0, prompt}) {
+    DeviceBuffer out = testing::Poisoned(q.size());
+    const Status st = CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), 0,
+                                     tp.places, n, shared_tokens, out.as<float>(), scratch.as<float>(), nullptr);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    const std::vector<float> got = FromDevice<float>(out, q.size());
+    for (int i = 0; i < n; ++i) {
+      for (int h = 0; h < heads; ++h) {
+        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[i], 0, h, 0, pos[i] + 1);
+        const kvquant::CodedSpans part{&c.k[h], &c.v[h], spans};
+        std::vector<float> want(static_cast<size_t>(group) * dim);
+        const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
+        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
+            << format << " shared " << shared_tokens << " seq " << i << " head " << h;
       }
     }
   }
