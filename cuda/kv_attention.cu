@@ -108,34 +108,40 @@ __device__ __forceinline__ void Decode8(const UnitRef& u, const uint8_t* row, co
   }
 }
 
-// The units of a page's 32 x dim elements one thread decodes: unit column c0 (elements c0 .. c0 + 7), rows r0,
-// r0 + row_step, ... (the threads shared among the rows; dim / 8 not dividing 128 leaves some idle).
-struct DecodeShare {
-  bool active;
-  int c0, r0, row_step;
-};
-__device__ __forceinline__ DecodeShare ShareOf(int dim) {
-  const int t = threadIdx.x, units = dim / 8;
-  const int groups = kThreads / units;
-  return {t < groups * units, 8 * (t % units), t / units, groups};
-}
-
 // Decodes one page's rows [0, 32) of a format (raw: 32 rows of row_bytes in shared memory), calling store(r, c, x)
 // with each unit's 8 elements x (elements c .. c + 7 of row r, in the rotated domain); rows outside [lo, hi) are
-// stored as zeros (their bytes may be anything).
+// stored as zeros (their bytes may be anything). units: the format's UnitRef of each unit column (shared memory).
+// f16 rows go by rows (a row's units on consecutive threads: consecutive 16-byte loads); coded rows by columns (lane
+// r takes row r, warp w unit columns w, w + 4, ...), so that a warp's lanes decode the same kind of codes.
 template <typename Store>
-__device__ __forceinline__ void DecodePage(const DeviceRowFormat& f, const UnitRef& ref, const DecodeShare& sh,
-                                           const uint8_t* raw, int lo, int hi, const float (*lv)[16], Store store) {
-  if (!sh.active) return;
-  for (int r = sh.r0; r < kPageTokens; r += sh.row_step) {
-    float x[8];
-    if (r >= lo && r < hi) {
-      Decode8(ref, raw + r * f.row_bytes, lv, x);
+__device__ __forceinline__ void DecodePage(const DeviceRowFormat& f, const UnitRef* units, const uint8_t* raw, int lo,
+                                           int hi, const float (*lv)[16], Store store) {
+  const int n_units = f.dim / 8, t = threadIdx.x;
+  float x[8];
+  if (f.n_runs == 0) {
+    const int groups = kThreads / n_units, u = t % n_units;
+    if (t >= groups * n_units) return;
+    for (int r = t / n_units; r < kPageTokens; r += groups) {
+      if (r >= lo && r < hi) {
+        Decode8(units[u], raw + r * f.row_bytes, lv, x);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = 0;
+      }
+      store(r, 8 * u, x);
+    }
+    return;
+  }
+  const int r = t % 32;
+  const bool in = r >= lo && r < hi;
+  for (int u = t / 32; u < n_units; u += kWarps) {
+    if (in) {
+      Decode8(units[u], raw + r * f.row_bytes, lv, x);
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e) x[e] = 0;
     }
-    store(r, sh.c0, x);
+    store(r, 8 * u, x);
   }
 }
 
@@ -173,18 +179,18 @@ __device__ __forceinline__ void Mma3(float* c, const uint32_t* ah, const uint32_
 // Shared memory of a block past the static arrays, in bytes from its start: the queries (floats), the decoded key
 // and value rows, the softmax weights (SIMT) or the rotating centers' terms of the page's positions (mma), then the
 // raw page buffers.
-constexpr int kVtStride = kPageTokens + 8;  // halves per transposed value row (mma): conflict-free B fragments
 struct Layout {
-  int q_stride, k_stride, v_stride;  // floats (SIMT, mma queries) or halves (mma keys, transposed values)
+  int q_stride, k_stride, v_stride;  // floats (SIMT, mma queries) or halves (mma keys and values); rows 16-byte
+                                     // aligned, and 4 banks apart so that 8 rows' 16-byte pieces are conflict-free
   int k, v, w, raw, fixed;           // byte offsets; fixed: the bytes before the raw page buffers
 };
 __host__ __device__ inline Layout MakeLayout(bool mma, int qpt, int kd, int vd) {
   Layout l;
   if (mma) {
-    l.q_stride = kd + 8, l.k_stride = kd + 8, l.v_stride = kVtStride;
+    l.q_stride = kd + 8, l.k_stride = kd + 8, l.v_stride = vd + 8;
     l.k = 4 * 4 * qpt * l.q_stride;
     l.v = l.k + 2 * 2 * kPageTokens * l.k_stride;  // hi and lo halves
-    l.w = l.v + 2 * 2 * vd * l.v_stride;
+    l.w = l.v + 2 * 2 * kPageTokens * l.v_stride;
     l.raw = l.w + 4 * kPageTokens * kMaxRotating * 2;
   } else {
     l.q_stride = kd, l.k_stride = kd + 4, l.v_stride = vd + 4;
@@ -210,6 +216,7 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   __shared__ float lvk[2][16], lvv[2][16];
   __shared__ float rq[4 * QPT][kMaxRotating][2];  // scale * q at each rotating pair's channels (a, b)
   __shared__ int tfirst[kMaxRows], tend[kMaxRows];
+  __shared__ UnitRef kunits[kMaxCodedDim / 8], vunits[kMaxCodedDim / 8];
   constexpr int M = 4 * QPT;
   const int h = blockIdx.x, item = blockIdx.y, z = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -250,6 +257,10 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
     lvk[threadIdx.x / 16][threadIdx.x % 16] = p.k.levels[threadIdx.x / 16][threadIdx.x % 16];
     lvv[threadIdx.x / 16][threadIdx.x % 16] = p.v.levels[threadIdx.x / 16][threadIdx.x % 16];
   }
+  for (int u = threadIdx.x; u < kMaxCodedDim / 8; u += blockDim.x) {
+    if (8 * u < kd) kunits[u] = MakeUnitRef(p.k, 8 * u);
+    if (8 * u < vd) vunits[u] = MakeUnitRef(p.v, 8 * u);
+  }
   for (int t = threadIdx.x; t < kMaxRows; t += blockDim.x) {
     const bool valid = t < ntok;
     tfirst[t] = !valid ? -1 : p.shared_part ? p.places.first[tok0] : p.places.first[tok0 + t];
@@ -258,8 +269,6 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
   __syncthreads();
   kvdev::RotateRows(sq, nq, lay.q_stride, kd, p.k.rotation, p.k.params + lh * p.k.param_stride, false);
 
-  const DecodeShare kshare = ShareOf(kd), vshare = ShareOf(vd);
-  const UnitRef kref = MakeUnitRef(p.k, kshare.c0), vref = MakeUnitRef(p.v, vshare.c0);
   const int begin = p.shared_part ? 0 : p.shared_tokens;
   const uint8_t* base = p.pages.base;
   const size_t k_off = kvdev::RowsOffset(p.pages, false, p.layer, h);
@@ -330,23 +339,21 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
       if constexpr (kMma) {
         __half* kh = reinterpret_cast<__half*>(smem + lay.k);
         __half* kl = kh + kPageTokens * lay.k_stride;
-        __half* vth = reinterpret_cast<__half*>(smem + lay.v);
-        __half* vtl = vth + vd * lay.v_stride;
+        __half* vh = reinterpret_cast<__half*>(smem + lay.v);
+        __half* vl = vh + kPageTokens * lay.v_stride;
         float* u = reinterpret_cast<float*>(smem + lay.w);
-        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk, [&](int r, int c, const float* x) {
+        auto store = [](__half* hi, __half* lo, const float* x) {  // 8 floats as hi and lo halves
           uint32_t h[4], l[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) SplitPair(make_float2(x[2 * e], x[2 * e + 1]), h[e], l[e]);
-          *reinterpret_cast<uint4*>(kh + r * lay.k_stride + c) = make_uint4(h[0], h[1], h[2], h[3]);
-          *reinterpret_cast<uint4*>(kl + r * lay.k_stride + c) = make_uint4(l[0], l[1], l[2], l[3]);
+          *reinterpret_cast<uint4*>(hi) = make_uint4(h[0], h[1], h[2], h[3]);
+          *reinterpret_cast<uint4*>(lo) = make_uint4(l[0], l[1], l[2], l[3]);
+        };
+        DecodePage(p.k, kunits, src, lo, hi_row, lvk, [&](int r, int c, const float* x) {
+          store(kh + r * lay.k_stride + c, kl + r * lay.k_stride + c, x);
         });
-        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv, [&](int r, int c, const float* x) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const __half hx = __float2half_rn(x[e]);
-            vth[(c + e) * lay.v_stride + r] = hx;
-            vtl[(c + e) * lay.v_stride + r] = __float2half_rn(x[e] - __half2float(hx));
-          }
+        DecodePage(p.v, vunits, src + k_chunk, lo, hi_row, lvv, [&](int r, int c, const float* x) {
+          store(vh + r * lay.v_stride + c, vl + r * lay.v_stride + c, x);
         });
         if (n_rot > 0 && threadIdx.x < kPageTokens) {
           // Rotating key centers: u(pos) of each position of the page, for scale * q . u(pos) in the scores
@@ -447,13 +454,17 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
           SplitPair(make_float2(s[2 * kk][2], s[2 * kk][3]), ph[1], pl[1]);
           SplitPair(make_float2(s[2 * kk + 1][0], s[2 * kk + 1][1]), ph[2], pl[2]);
           SplitPair(make_float2(s[2 * kk + 1][2], s[2 * kk + 1][3]), ph[3], pl[3]);
+          // B fragments of two value tiles (16 channels) at a time, transposed out of the row-major rows: lanes 0-7
+          // address positions 16 kk + 0..7, lanes 8-15 positions + 8, lanes 16-31 the same for channels + 8.
+          const int key = 16 * kk + lane % 8 + 8 * (lane / 8 % 2), ch = 8 * (lane / 16);
 #pragma unroll
-          for (int j = 0; j < 16; ++j) {
+          for (int j = 0; j < 16; j += 2) {
             if (8 * j < vd) {
-              const int off = (8 * j + quad) * lay.v_stride + 16 * kk + 2 * tq;
-              const uint32_t bh[2] = {Load32(vth + off), Load32(vth + off + 8)};
-              const uint32_t bl[2] = {Load32(vtl + off), Load32(vtl + off + 8)};
+              uint32_t bh[4], bl[4];
+              LoadMatrixX4T(SharedAddress(vh + key * lay.v_stride + 8 * j + ch), bh);
+              LoadMatrixX4T(SharedAddress(vl + key * lay.v_stride + 8 * j + ch), bl);
               Mma3(&acc[0][4 * j], ph, pl, bh, bl);
+              Mma3(&acc[0][4 * j + 4], ph, pl, bh + 2, bl + 2);
             }
           }
         }
@@ -466,9 +477,8 @@ __global__ void __launch_bounds__(kThreads) CodedAttentionKernel(Params p) {
           *reinterpret_cast<float4*>(at) = make_float4(x[0], x[1], x[2], x[3]);
           *reinterpret_cast<float4*>(at + 4) = make_float4(x[4], x[5], x[6], x[7]);
         };
-        DecodePage(p.k, kref, kshare, src, lo, hi_row, lvk,
-                   [&](int r, int c, const float* x) { store(kf + r * ks + c, x); });
-        DecodePage(p.v, vref, vshare, src + k_chunk, lo, hi_row, lvv,
+        DecodePage(p.k, kunits, src, lo, hi_row, lvk, [&](int r, int c, const float* x) { store(kf + r * ks + c, x); });
+        DecodePage(p.v, vunits, src + k_chunk, lo, hi_row, lvv,
                    [&](int r, int c, const float* x) { store(vf + r * vs + c, x); });
         __syncthreads();
         // Scores of this lane's row for the warp's query rows.
@@ -663,7 +673,7 @@ Status LaunchQ(Params p, int items, Stream stream) {
 // The tensor cores take blocks of more than 8 query rows with key rows of whole k steps and value rows of whole
 // tiles up to 128; the rest runs on the SIMT kernel with 4 QPT rows.
 Status Launch(const Params& p, int rows, int items, Stream stream) {
-  if (rows > 8 && p.k.dim % 16 == 0 && p.v.dim % 8 == 0 && p.v.dim <= 128)
+  if (rows > 8 && p.k.dim % 16 == 0 && p.v.dim % 16 == 0 && p.v.dim <= 128)
     return LaunchQ<16, 4, true>(p, items, stream);
   const int qpt = Pow2AtLeast((rows + kWarps - 1) / kWarps);
   if (p.v.dim <= 128) {
