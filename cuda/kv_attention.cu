@@ -651,11 +651,14 @@ int Pow2AtLeast(int x) {
 template <int QPT, int NC, bool kMma>
 Status LaunchQ(Params p, int items, Stream stream) {
   const int fixed = MakeLayout(kMma, QPT, p.k.dim, p.v.dim).fixed;
-  int device = 0, max_smem = 0;
-  LR_RETURN_IF_ERROR(CheckCuda(cudaGetDevice(&device), "cudaGetDevice"));
-  LR_RETURN_IF_ERROR(CheckCuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-                               "cudaDeviceGetAttribute"));
-  max_smem -= 8 * 1024;  // the kernel's static shared memory
+  // The device's shared memory per block less the kernel's static arrays (the process uses one device).
+  static const int max_smem = [] {
+    int device = 0, bytes = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+      return 0;
+    return bytes - 8 * 1024;
+  }();
   // Up to kMaxStages pages in flight, within about 100 KB per block (two blocks per SM) where the rows allow.
   p.stages = std::clamp((100 * 1024 - fixed) / p.raw_bytes, 2, kMaxStages);
   const int smem = fixed + p.stages * p.raw_bytes;
