@@ -109,6 +109,20 @@ struct TestCache {
       }
     }
   }
+  // Sequences forked from a prompt of `prompt` rows on the pages `shared`, each with its own tail of tails[i] rows
+  // on fresh pages numbered from `next`: fills the prompt and the tails; tables and pos get each sequence's page
+  // table and last position.
+  void FillForks(const std::vector<int>& shared, int prompt, const std::vector<int>& tails, int next, std::mt19937& rng,
+                 std::vector<std::vector<int>>* tables, std::vector<int>* pos) {
+    Fill(shared, 0, prompt, rng);
+    for (int t : tails) {
+      std::vector<int> tb = shared;
+      while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
+      Fill(tb, prompt, prompt + t, rng);
+      tables->push_back(tb);
+      pos->push_back(prompt + t - 1);
+    }
+  }
   void UploadPool() { pool = ToDevice(host); }
   // kvquant's spans of positions [begin, end) of a sequence.
   std::vector<kvquant::RowSpan> Spans(const std::vector<int>& table, int l, int h, int begin, int end) const {
@@ -357,16 +371,8 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
     TestCache c(format, format, layers, heads, dim, dim, pages, false, rng);
     std::vector<std::vector<int>> tables;
     const std::vector<int> shared = {4, 0, 3, 1, 2};
-    c.Fill(shared, 0, prompt, rng);
-    int next = 5;
     std::vector<int> pos;
-    for (int t : tails) {
-      std::vector<int> tb = shared;
-      while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
-      c.Fill(tb, prompt, prompt + t, rng);
-      tables.push_back(tb);
-      pos.push_back(prompt + t - 1);
-    }
+    c.FillForks(shared, prompt, tails, 5, rng, &tables, &pos);
     c.UploadPool();
     std::vector<std::span<const int>> spans_of_tables;
     std::vector<int> contexts;
@@ -414,17 +420,9 @@ TEST_P(CudaKv, LongContextsMatchReference) {
   for (int t : tails) pages += (t + kPageTokens - 1) / kPageTokens;
   TestCache c(format, format, 1, heads, dim, dim, pages, true, rng);
   std::vector<int> shared = ShuffledPages(prompt_pages, rng);
-  c.Fill(shared, 0, prompt, rng);
   std::vector<std::vector<int>> tables;
   std::vector<int> pos;
-  int next = prompt_pages;
-  for (int t : tails) {
-    std::vector<int> tb = shared;
-    while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
-    c.Fill(tb, prompt, prompt + t, rng);
-    tables.push_back(tb);
-    pos.push_back(prompt + t - 1);
-  }
+  c.FillForks(shared, prompt, tails, prompt_pages, rng, &tables, &pos);
   c.UploadPool();
   TestPlaces tp(pos, tables);
   const int n_head = heads * group, n = static_cast<int>(tails.size());
