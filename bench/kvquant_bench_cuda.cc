@@ -3,6 +3,7 @@
 //   decode:  one token attending to R = 4K, 32K, 128K rows, per format, and the f16 rows through cuda::Attention (the
 //            backend's f16 kernel) as the base of the ratios.
 //   prefill: 512 tokens of one sequence attending to their prefixes (the last 512 of R = 4K and 32K rows).
+//   encode:  EncodeKvRows of one layer's keys and values for 1, 16 and 512 tokens (the encoder's share of a step).
 //   shared:  a decode step of k = 16 sequences forked from a 32K prompt, each with 64 rows of its own: the prompt's
 //            pages read once per 16 queries (shared) or once per sequence.
 // Times are the mean over repeated launches (wall clock around a synchronized loop, so launch gaps count as in a
@@ -155,8 +156,8 @@ int RunGpuSection() {
 
   // Decode and prefill.
   const int sizes[] = {4096, 32768, 131072};
-  std::map<std::string, std::map<int, double>> decode, prefill;
-  double f16_kernel[3] = {}, f16_prefill_kernel[3] = {};
+  std::map<std::string, std::map<int, double>> decode, prefill, encode;
+  double f16_kernel[3] = {}, f16_prefill_kernel[3] = {}, f16_flash[3] = {};
   for (const std::string& f : formats) {
     for (int si = 0; si < 3; ++si) {
       const int r = sizes[si];
@@ -164,6 +165,15 @@ int RunGpuSection() {
       const std::vector<int> table = Iota(r / kPageTokens);
       Fill(b, table, r, rows, chunk);
       Places one({r - 1}, {table});
+      if (si == 0) {  // the encoder: a decode step's rows (1 and 16 tokens) and a prefill chunk's (512 tokens)
+        for (int n : {1, 16, 512}) {
+          Places at(Iota(n, r - n), {table});
+          encode[f][n] = TimeUs([&] {
+            Check(EncodeKvRows(b.k.format(), false, rows.as<float>(), b.pages, 0, at.places, n, nullptr), "encode");
+            Check(EncodeKvRows(b.v.format(), true, rows.as<float>(), b.pages, 0, at.places, n, nullptr), "encode");
+          });
+        }
+      }
       decode[f][r] = TimeUs([&] {
         Check(CodedAttention(q.as<float>(), kHeads, scale, b.k.format(), b.v.format(), b.pages, 0, one.places, 1, 0,
                              out.as<float>(), scratch.as<float>(), nullptr),
@@ -191,6 +201,10 @@ int RunGpuSection() {
             Check(Attention(q.as<float>(), kHeads, scale, pool, 0, many.places, 512, out.as<float>(), nullptr, nullptr),
                   "f16 prefill attention");
           });
+          f16_flash[si] = TimeUs([&] {
+            Check(FlashAttention(q.as<float>(), kHeads, scale, pool, 0, many.places, 512, out.as<float>(), nullptr),
+                  "f16 flash attention");
+          });
         }
       }
     }
@@ -211,9 +225,16 @@ int RunGpuSection() {
   std::printf("%-8s %20s %20s\n", "format", "4K rows", "32K rows");
   std::printf("%-8s %11.1f (1.00)    %11.1f (1.00)  (cuda::Attention)\n", "f16*", f16_prefill_kernel[0],
               f16_prefill_kernel[1]);
+  std::printf("%-8s %11.1f (%5.2f)    %11.1f (%5.2f)  (cuda::FlashAttention: tensor cores, f16 queries)\n", "f16fa",
+              f16_flash[0], f16_flash[0] / f16_prefill_kernel[0], f16_flash[1], f16_flash[1] / f16_prefill_kernel[1]);
   for (const std::string& f : formats)
     std::printf("%-8s %11.1f (%5.2f)    %11.1f (%5.2f)\n", f.c_str(), prefill[f][4096],
                 prefill[f][4096] / f16_prefill_kernel[0], prefill[f][32768], prefill[f][32768] / f16_prefill_kernel[1]);
+
+  std::printf("\nencoder (EncodeKvRows, keys and values of one layer): microseconds per call\n");
+  std::printf("%-8s %12s %12s %12s\n", "format", "1 token", "16 tokens", "512 tokens");
+  for (const std::string& f : formats)
+    std::printf("%-8s %12.1f %12.1f %12.1f\n", f.c_str(), encode[f][1], encode[f][16], encode[f][512]);
 
   // Shared prefix: k = 16 sequences forked from a 32K prompt, 64 own rows each.
   const int k_seq = 16, prompt = 32768, own = 64;

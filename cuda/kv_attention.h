@@ -3,25 +3,28 @@
 //
 // Contract as cuda::Attention's (kernels.h): out[i][head] = softmax(scale * q . K^T) V over positions 0..pos[i] of
 // token i's sequence, for its n_head query heads (q: n x n_head x k.dim; out: n x n_head x v.dim); n_head /
-// n_head_kv at most 8; dims at most kMaxCodedDim, keys a multiple of 8 when f16.
+// n_head_kv at most 8; dims multiples of 4, at most kMaxCodedDim.
 //
-// How: one block per (KV head, work item, split). The block loads its queries (divided by the key codec's channel
-// weights, times scale) and rotates them once into the keys' stored domain (kvquant: q.k = Rq.Rk); its 4 warps take
-// the split's pages in turn, each lane scoring one row of the page from its codes (unpacked in registers, Lloyd-Max
-// levels from shared memory), with an online softmax per warp; values are accumulated from their codes in their
-// rotated domain, lane by lane over the elements (each lane's element positions worked out once). The warps' states
-// (max, sum, accumulator) are merged in shared memory and each split writes one to scratch; a merge kernel combines
-// the splits' states of each (token, head) by log-sum-exp, rotates the output back, and undoes the value codec's
-// weights and center. A key center needs nothing: it shifts all of a query's scores alike.
+// How: one block per (KV head, item, split), an item being one token (decode) or up to 64 query rows (tokens x the
+// group: a prefill chunk's consecutive tokens, or every sequence of a shared-prefix step). The block loads its
+// queries (divided by the key codec's channel weights, times scale) and rotates them once into the keys' stored
+// domain (kvquant: q.k = Rq.Rk). It streams the split's pages through shared memory (asynchronous copies of each
+// page's raw key and value bytes, up to 4 pages ahead), decodes each page once into float rows in shared memory (the
+// codes unpacked with Lloyd-Max levels from shared memory) and runs an online softmax on it: warp w owns query rows
+// w, w + 4, ..., each lane scoring one row of the page and accumulating 4 (or 8) value channels. So a page is read
+// and decoded once for all of an item's query rows. Each split writes its states (max, sum, accumulator); a merge
+// kernel combines the splits' states of each (token, head) by log-sum-exp, rotates the output back, and undoes the
+// value codec's weights and center. A key center needs nothing: it shifts all of a query's scores alike.
 //
 // Shared prefix (shared_tokens > 0): token i is the one token of sequence i (a decode step of n sequences) and the
 // first shared_tokens positions (a multiple of kPageTokens, at most every token's position + 1) of every sequence
-// are the same pages (forks of one prompt); those pages are read once per group of up to 16 queries (16 / group
-// tokens: one block scores a page for all of them), then each sequence's own positions separately, and the two
-// merged exactly. SharedPrefixTokens finds shared_tokens from the page tables.
+// are the same pages (forks of one prompt); those pages are read once for all the step's queries (up to 64 query
+// rows per block), then each sequence's own positions separately, and the two merged exactly. SharedPrefixTokens
+// finds shared_tokens from the page tables.
 //
-// Prefill uses the same kernel with one item per token (the pages of a sequence are then re-read from L2 by its
-// tokens); decode steps of at most kMaxMatVecTokens tokens split each range over AttentionSplits blocks.
+// Decode steps (at most kMaxMatVecTokens tokens) split each range over enough blocks to fill the device (a count that
+// depends on n alone, so that a captured graph fits every depth); a prefill item (one split) may hold tokens of two
+// sequences, which it attends in one pass over the pages per sequence.
 #pragma once
 
 #include <cstddef>

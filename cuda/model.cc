@@ -397,6 +397,9 @@ Status CudaModel::ConfigureCache(inference::KvCacheOptions* o) {
     return InvalidArgument("the CUDA backend keeps no sink or window rows (--kv-sinks " +
                            std::to_string(o->sink_tokens) + ", --kv-window " + std::to_string(o->window_tokens) +
                            "); expected 0 with --ctk " + o->k_format + " --ctv " + o->v_format);
+  if (compressed && config_.kv_lora_rank > 0)
+    return Unsupported("the CUDA MLA blocks keep f16 latent rows; got --ctk " + o->k_format + " --ctv " + o->v_format +
+                       " (expected f16, or --device cpu for a compressed MLA cache)");
   LR_ASSIGN_OR_RETURN(const size_t page_bytes, PageBytes(kv_shape(), o->k_format, o->v_format));
   const size_t bytes = page_bytes * ((static_cast<size_t>(o->max_tokens) + kPageTokens - 1) / kPageTokens);
   size_t free_bytes = 0, total = 0;

@@ -3,7 +3,8 @@
 // a shuffled order, odd token counts, with and without calibration centers, weights and rotating key centers);
 // attention on the codes (CodedAttention), calibrated or not, against kvquant's double-precision reference
 // (AttendReference) for every format, GQA groups 1 to 8, odd context lengths across page boundaries, decode steps of
-// several sequences and a prefill; shared-prefix attention against per-sequence attention and the reference.
+// several sequences and prefills of two sequences, contexts of 6400 rows (several pages per split); shared-prefix
+// attention against per-sequence attention and the reference.
 // Outputs are poisoned (NaN) first. Skipped when no CUDA device is present.
 #include <gtest/gtest.h>
 
@@ -106,6 +107,20 @@ struct TestCache {
           v[i].EncodeRow(vx.data(), page + VOffset(l, h) + (pos % kPageTokens) * v_row, pos);
         }
       }
+    }
+  }
+  // Sequences forked from a prompt of `prompt` rows on the pages `shared`, each with its own tail of tails[i] rows
+  // on fresh pages numbered from `next`: fills the prompt and the tails; tables and pos get each sequence's page
+  // table and last position.
+  void FillForks(const std::vector<int>& shared, int prompt, const std::vector<int>& tails, int next, std::mt19937& rng,
+                 std::vector<std::vector<int>>* tables, std::vector<int>* pos) {
+    Fill(shared, 0, prompt, rng);
+    for (int t : tails) {
+      std::vector<int> tb = shared;
+      while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
+      Fill(tb, prompt, prompt + t, rng);
+      tables->push_back(tb);
+      pos->push_back(prompt + t - 1);
     }
   }
   void UploadPool() { pool = ToDevice(host); }
@@ -237,7 +252,7 @@ double RelError(const float* got, const T* want, size_t n) {
 // groups 1..8, against AttendReference.
 TEST_P(CudaKv, AttentionMatchesReference) {
   const std::string format = GetParam();
-  for (int dim : {64, 128}) {
+  for (int dim : {64, 128, 256}) {
     if (!kvquant::RowCodec::Create(format, dim, 7, 0, 0).ok()) continue;
     for (int group : {1, 3, 4, 8}) {
       std::mt19937 rng(dim * 10 + group);
@@ -285,35 +300,60 @@ TEST_P(CudaKv, AttentionMatchesReference) {
   }
 }
 
+// Prefill batches of two sequences (the second one's tokens from position 0, the first one's continuing a cached
+// prefix), so that a block's tokens straddle the two page tables; key and value widths 64 to 256, GQA groups 2 to 8,
+// calibrated or not, against AttendReference.
 TEST_P(CudaKv, PrefillMatchesReference) {
   const std::string format = GetParam();
-  const int dim = 128, group = 4, heads = 2, layers = 1, n = 45, len = 70;
-  std::mt19937 rng(5);
-  TestCache c(format, format, layers, heads, dim, dim, 3, true, rng);
-  const std::vector<int> table = ShuffledPages(3, rng);
-  c.Fill(table, 0, len, rng);
-  c.UploadPool();
-  const int n_head = heads * group;
-  std::vector<int> pos(n);
-  std::iota(pos.begin(), pos.end(), len - n);
-  TestPlaces tp(pos, std::vector<std::vector<int>>(1, table));
-  const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
-  DeviceBuffer dq = ToDevice(q);
-  DeviceBuffer out = testing::Poisoned(q.size());
-  DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, false)));
-  const float scale = 0.1f;
-  ASSERT_TRUE(CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), 0, tp.places, n, 0,
-                             out.as<float>(), scratch.as<float>(), nullptr)
-                  .ok());
-  const std::vector<float> got = FromDevice<float>(out, q.size());
-  for (int i = 0; i < n; ++i) {
-    for (int h = 0; h < heads; ++h) {
-      const std::vector<kvquant::RowSpan> spans = c.Spans(table, 0, h, 0, pos[i] + 1);
-      const kvquant::CodedSpans part{&c.k[h], &c.v[h], spans};
-      std::vector<float> want(static_cast<size_t>(group) * dim);
-      const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
-      kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
-      EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4) << format << " token " << i << " head " << h;
+  struct Case {
+    int dim, group, cached, prefill_a, prefill_b;
+    bool calibrated;
+  };
+  for (const Case& cs : {Case{128, 4, 25, 45, 21, true}, Case{64, 8, 0, 37, 50, false}, Case{256, 2, 70, 40, 9, true},
+                         Case{96, 3, 31, 33, 34, true}, Case{128, 1, 3, 70, 2, false}}) {
+    if (!kvquant::RowCodec::Create(format, cs.dim, 7, 0, 0).ok()) continue;
+    const int dim = cs.dim, group = cs.group, heads = 2, layers = 2, layer = 1;
+    const int len_a = cs.cached + cs.prefill_a, len_b = cs.prefill_b;
+    const int pages_a = (len_a + kPageTokens - 1) / kPageTokens, pages_b = (len_b + kPageTokens - 1) / kPageTokens;
+    std::mt19937 rng(dim + group);
+    TestCache c(format, format, layers, heads, dim, dim, pages_a + pages_b, cs.calibrated, rng);
+    const std::vector<int> ids = ShuffledPages(pages_a + pages_b, rng);
+    const std::vector<std::vector<int>> tables = {{ids.begin(), ids.begin() + pages_a},
+                                                  {ids.begin() + pages_a, ids.end()}};
+    c.Fill(tables[0], 0, len_a, rng);
+    c.Fill(tables[1], 0, len_b, rng);
+    c.UploadPool();
+    const int n_head = heads * group, n = cs.prefill_a + cs.prefill_b;
+    std::vector<int> pos, seq;
+    for (int i = 0; i < cs.prefill_a; ++i) pos.push_back(cs.cached + i), seq.push_back(0);
+    for (int i = 0; i < cs.prefill_b; ++i) pos.push_back(i), seq.push_back(1);
+    // Token places with each sequence's table once (as the model writes them).
+    std::vector<int32_t> first(n), all(tables[0].begin(), tables[0].end());
+    all.insert(all.end(), tables[1].begin(), tables[1].end());
+    for (int i = 0; i < n; ++i) first[i] = seq[i] == 0 ? 0 : pages_a;
+    DeviceBuffer dpos = ToDevice(std::vector<int32_t>(pos.begin(), pos.end())), dfirst = ToDevice(first),
+                 dtable = ToDevice(all);
+    const TokenPlaces places{dpos.as<int32_t>(), dfirst.as<int32_t>(), dtable.as<int32_t>()};
+    const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
+    DeviceBuffer dq = ToDevice(q);
+    DeviceBuffer out = testing::Poisoned(q.size());
+    DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, false)));
+    const float scale = 0.1f;
+    const Status st = CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), layer,
+                                     places, n, 0, out.as<float>(), scratch.as<float>(), nullptr);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    const std::vector<float> got = FromDevice<float>(out, q.size());
+    for (int i = 0; i < n; ++i) {
+      for (int h = 0; h < heads; ++h) {
+        const size_t ci = static_cast<size_t>(layer) * heads + h;
+        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[seq[i]], layer, h, 0, pos[i] + 1);
+        const kvquant::CodedSpans part{&c.k[ci], &c.v[ci], spans};
+        std::vector<float> want(static_cast<size_t>(group) * dim);
+        const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
+        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
+            << format << " dim " << dim << " group " << group << " token " << i << " head " << h;
+      }
     }
   }
 }
@@ -322,7 +362,7 @@ TEST_P(CudaKv, PrefillMatchesReference) {
 // per-sequence attention and the reference.
 TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
   const std::string format = GetParam();
-  for (int group : {1, 3, 4}) {
+  for (int group : {1, 3, 4, 8}) {
     const int dim = 128, heads = 2, layers = 1, k_seq = 7, prompt = 5 * kPageTokens;
     std::mt19937 rng(group);
     const std::vector<int> tails = {1, 2, 31, 32, 33, 40, 70};
@@ -331,16 +371,8 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
     TestCache c(format, format, layers, heads, dim, dim, pages, false, rng);
     std::vector<std::vector<int>> tables;
     const std::vector<int> shared = {4, 0, 3, 1, 2};
-    c.Fill(shared, 0, prompt, rng);
-    int next = 5;
     std::vector<int> pos;
-    for (int t : tails) {
-      std::vector<int> tb = shared;
-      while (static_cast<int>(tb.size()) * kPageTokens < prompt + t) tb.push_back(next++);
-      c.Fill(tb, prompt, prompt + t, rng);
-      tables.push_back(tb);
-      pos.push_back(prompt + t - 1);
-    }
+    c.FillForks(shared, prompt, tails, 5, rng, &tables, &pos);
     c.UploadPool();
     std::vector<std::span<const int>> spans_of_tables;
     std::vector<int> contexts;
@@ -371,6 +403,48 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
         std::vector<float> want(static_cast<size_t>(group) * dim);
         kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
         EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4) << format << " group " << group << " seq " << i;
+      }
+    }
+  }
+}
+
+// Contexts long enough that every split of a decode step streams several pages through the kernel's page buffers:
+// 3 sequences forked from a 6400-row prompt with tails of 5, 40 and 77 rows (calibrated, rotating key centers),
+// attended per sequence and with the shared prefix, against the reference.
+TEST_P(CudaKv, LongContextsMatchReference) {
+  const std::string format = GetParam();
+  const int dim = 128, group = 4, heads = 2, prompt_pages = 200, prompt = prompt_pages * kPageTokens;
+  const std::vector<int> tails = {5, 40, 77};
+  std::mt19937 rng(11);
+  int pages = prompt_pages;
+  for (int t : tails) pages += (t + kPageTokens - 1) / kPageTokens;
+  TestCache c(format, format, 1, heads, dim, dim, pages, true, rng);
+  std::vector<int> shared = ShuffledPages(prompt_pages, rng);
+  std::vector<std::vector<int>> tables;
+  std::vector<int> pos;
+  c.FillForks(shared, prompt, tails, prompt_pages, rng, &tables, &pos);
+  c.UploadPool();
+  TestPlaces tp(pos, tables);
+  const int n_head = heads * group, n = static_cast<int>(tails.size());
+  const std::vector<float> q = Gaussian(static_cast<size_t>(n) * n_head * dim, rng);
+  DeviceBuffer dq = ToDevice(q);
+  DeviceBuffer scratch = ToDevice(std::vector<float>(CodedAttentionScratchFloats(n, n_head, heads, dim, true)));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (int shared_tokens : {0, prompt}) {
+    DeviceBuffer out = testing::Poisoned(q.size());
+    const Status st = CodedAttention(dq.as<float>(), n_head, scale, c.dk.format(), c.dv.format(), c.Pages(), 0,
+                                     tp.places, n, shared_tokens, out.as<float>(), scratch.as<float>(), nullptr);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    const std::vector<float> got = FromDevice<float>(out, q.size());
+    for (int i = 0; i < n; ++i) {
+      for (int h = 0; h < heads; ++h) {
+        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[i], 0, h, 0, pos[i] + 1);
+        const kvquant::CodedSpans part{&c.k[h], &c.v[h], spans};
+        std::vector<float> want(static_cast<size_t>(group) * dim);
+        const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
+        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
+            << format << " shared " << shared_tokens << " seq " << i << " head " << h;
       }
     }
   }

@@ -589,7 +589,7 @@ TEST(CudaDummyPresetTest, LeanstralPresetIsMistral4Config) {
 }
 
 // Dummy weights of the bench fixture's deepseek2 shape run (finite logits, experts counted); shapes the kernels lack
-// are kUnsupported.
+// and compressed caches are kUnsupported.
 TEST_F(CudaModelTest, DeepseekDummyWeightsRun) {
   auto cpu = Model::Load(inference::testing::FixturePath("moe_mla_q4_0.gguf"));
   ASSERT_TRUE(cpu.ok());
@@ -605,6 +605,11 @@ TEST_F(CudaModelTest, DeepseekDummyWeightsRun) {
   ASSERT_EQ(logits.size(), static_cast<size_t>(c.n_vocab));
   for (float v : logits) ASSERT_TRUE(std::isfinite(v));
   EXPECT_GT((*gpu)->last_step_experts(), 1.0);  // 40 tokens choose more than one expert per layer
+  KvCacheOptions compressed;  // the MLA blocks write f16 latent rows: a compressed cache is refused, not overrun
+  compressed.k_format = compressed.v_format = "hx3";
+  compressed.max_tokens = 64;
+  const Status refused_cache = (*gpu)->ConfigureCache(&compressed);
+  EXPECT_EQ(refused_cache.code(), StatusCode::kUnsupported) << refused_cache.ToString();
   inference::ModelConfig wide = c;
   wide.kv_lora_rank = 1024;
   auto refused = CudaModel::Dummy(wide, DummyTypes{}, 3);
