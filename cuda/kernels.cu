@@ -537,8 +537,8 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
 
 Status MergeAttentionSplits(const float* part, int splits, int n_head, int n, int v_dim, float* out, Stream stream) {
   if (n <= 0) return Status::Ok();
-  AttentionMergeKernel<<<dim3(n_head, n), std::min(v_dim, 256), 0, S(stream)>>>(part, splits, v_dim, out,
-                                                                                Q8Activations{});
+  LaunchEarly(AttentionMergeKernel, dim3(n_head, n), std::min(v_dim, 256), stream, part, splits, v_dim, out,
+              Q8Activations{});
   return CheckLaunch("AttentionMerge");
 }
 

@@ -24,10 +24,20 @@ __device__ float InverseRms(const float* x, int dim, float eps) {
 
 constexpr int kNormThreads = 256;
 __global__ void __launch_bounds__(kNormThreads)
-    RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps) {
+    RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps, Q8Activations xq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   float* xr = x + static_cast<size_t>(blockIdx.x) * stride;
   const float scale = InverseRms<kNormThreads>(xr, dim, eps);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) xr[d] = xr[d] * scale * w[d];
+  if (xq.q == nullptr) {
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) xr[d] = xr[d] * scale * w[d];
+    return;
+  }
+  for (int d = threadIdx.x; d < stride; d += blockDim.x) {  // whole warps: stride % 32 == 0
+    const float v = d < dim ? xr[d] * scale * w[d] : xr[d];
+    xr[d] = v;
+    QuantizeWarp(v, static_cast<int64_t>(blockIdx.x) * stride + d, xq);
+  }
 }
 
 // Angle pair p of position pos: (cos, sin) * factor.
@@ -45,6 +55,8 @@ constexpr int kPrepareThreads = 128;
 __global__ void __launch_bounds__(kPrepareThreads)
     MlaPrepareKernel(MlaArgs a, const float* q, float* kv, KvPool pool, TokenPlaces places, float* q_abs) {
   extern __shared__ float qs[];  // nope + rope
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int h = blockIdx.x, i = blockIdx.y;
   const int kd = a.lat + a.rope, hd = a.nope + a.rope, half = a.rope / 2;
   const int pos = places.pos[i];
@@ -112,6 +124,8 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
     MlaAttentionKernel(MlaArgs a, const float* q_abs, float scale, KvPool pool, TokenPlaces places, float* out,
                        float* part) {
   extern __shared__ float sm[];
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int hg = blockIdx.x, i = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lat = a.lat, kd = a.lat + a.rope;
@@ -224,6 +238,8 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
 // One warp per (value row r of head h, token): v_b_h[r] . latent[i][h].
 constexpr int kValueWarps = 4;
 __global__ void __launch_bounds__(32 * kValueWarps) MlaValuesKernel(MlaArgs a, const float* latent, float* out) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r = blockIdx.x * kValueWarps + warp, h = blockIdx.y, i = blockIdx.z;
   if (r >= a.v_dim) return;
@@ -239,7 +255,8 @@ __global__ void __launch_bounds__(32 * kValueWarps) MlaValuesKernel(MlaArgs a, c
 template <int G, int V>
 void LaunchMla(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const float* q_abs, float scale,
                const KvPool& pool, const TokenPlaces& places, float* out, float* part) {
-  MlaAttentionKernel<G, V><<<grid, 32 * kMlaWarps, shared, s>>>(a, q_abs, scale, pool, places, out, part);
+  LaunchEarlyShared(MlaAttentionKernel<G, V>, grid, 32 * kMlaWarps, shared, s, a, q_abs, scale, pool, places, out,
+                    part);
 }
 
 template <int G>
@@ -260,9 +277,14 @@ Status LaunchMlaV(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, co
 
 }  // namespace
 
-Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream) {
+Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream,
+                      const Q8Activations* xq) {
   if (n <= 0) return Status::Ok();
-  RmsNormStridedKernel<<<n, kNormThreads, 0, S(stream)>>>(x, dim, stride, w, eps);
+  if (xq != nullptr && stride % 32 != 0)
+    return InvalidArgument("RmsNormStrided: quantized rows of " + std::to_string(stride) +
+                           " values (a multiple of 32)");
+  LaunchEarly(RmsNormStridedKernel, n, kNormThreads, stream, x, dim, stride, w, eps,
+              xq != nullptr ? *xq : Q8Activations{});
   return CheckLaunch("RmsNormStrided");
 }
 
@@ -273,7 +295,7 @@ Status MlaPrepare(const MlaArgs& a, const float* q, float* kv, const KvPool& poo
     return InvalidArgument("MlaPrepare: the pool's rows must be kv_lora_rank + rope values, one head, no values");
   const size_t shared = static_cast<size_t>(a.nope + a.rope) * sizeof(float);
   const dim3 grid(a.n_head + 1, n, Blocks(a.lat + a.rope, kPrepareThreads));
-  MlaPrepareKernel<<<grid, kPrepareThreads, shared, S(stream)>>>(a, q, kv, pool, places, q_abs);
+  LaunchEarlyShared(MlaPrepareKernel, grid, kPrepareThreads, shared, stream, a, q, kv, pool, places, q_abs);
   return CheckLaunch("MlaPrepare");
 }
 
@@ -315,7 +337,8 @@ Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvP
 
 Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream) {
   if (n <= 0) return Status::Ok();
-  MlaValuesKernel<<<dim3(Blocks(a.v_dim, kValueWarps), a.n_head, n), 32 * kValueWarps, 0, S(stream)>>>(a, latent, out);
+  LaunchEarly(MlaValuesKernel, dim3(Blocks(a.v_dim, kValueWarps), a.n_head, n), 32 * kValueWarps, stream, a, latent,
+              out);
   return CheckLaunch("MlaValues");
 }
 

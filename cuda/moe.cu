@@ -185,13 +185,35 @@ __global__ void __launch_bounds__(kGroupThreads)
   GroupSlots(experts, slots, ne, g, tally, max_tiles, count, cursor);
 }
 
-// Route and GroupByExpert in one block for a decode step: warp t routes token t, then the block groups.
+// Grouped rows j0, j0 + step, ... < slots of gather.out from their tokens' rows of gather.in, by the block.
+__device__ void GatherQ8Rows(const Q8Gather& q, const ExpertGroups& g, int k, int slots, int j0, int step) {
+  const int64_t words = q.cols / 16, blocks = q.cols / 32;  // 16-byte words of values, (d, s) pairs
+  const int4* in = reinterpret_cast<const int4*>(q.in.q);
+  const float2* in_ds = reinterpret_cast<const float2*>(q.in.ds);
+  int4* out = reinterpret_cast<int4*>(q.out.q);
+  float2* out_ds = reinterpret_cast<float2*>(q.out.ds);
+  for (int j = j0; j < slots; j += step) {
+    const int64_t t = g.order[j] / k;
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) out[j * words + w] = in[t * words + w];
+    for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) out_ds[j * blocks + b] = in_ds[t * blocks + b];
+  }
+}
+
+// One block per grouped row (RouteAndGroup's gather after a separate grouping).
+__global__ void GatherQ8Kernel(Q8Gather q, ExpertGroups g, int k, int slots) {
+  GatherQ8Rows(q, g, k, slots, blockIdx.x, gridDim.x);
+}
+
+// Route and GroupByExpert in one block for a decode step: warp t routes token t, then the block groups (and gathers
+// the grouped rows' activations where gather.cols > 0).
 constexpr int kFusedRouteExperts = 256;
 __global__ void __launch_bounds__(32 * kMaxMatVecTokens)
     RouteGroupKernel(RouterArgs a, const float* logits, int n, int32_t* experts, float* weights, ExpertGroups g,
-                     int32_t* tally, int max_tiles) {
+                     int32_t* tally, int max_tiles, Q8Gather gather) {
   extern __shared__ float sm[];
   __shared__ int count[kFusedRouteExperts], cursor[kFusedRouteExperts];
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32;
   if (warp < n) {
     float* score = sm + static_cast<size_t>(warp) * 2 * a.n_expert;
@@ -200,6 +222,9 @@ __global__ void __launch_bounds__(32 * kMaxMatVecTokens)
   }
   __syncthreads();
   GroupSlots(experts, n * a.n_used, a.n_expert, g, tally, max_tiles, count, cursor);
+  if (gather.cols == 0) return;  // the whole block
+  __syncthreads();
+  GatherQ8Rows(gather, g, a.n_used, n * a.n_used, 0, 1);
 }
 
 // One warp per weight row of one chosen expert (blockIdx.y: its place in the active list); its rows' tokens in
@@ -363,6 +388,8 @@ __global__ void __launch_bounds__(256) ExpertTiledKernel(ExpertProducts set, Exp
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads)
     CombineKernel(const float* ys, const float* weights, ExpertGroups g, int k, int dim, float* x, RowNorm norm) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int t = blockIdx.x;
   float* xt = x + static_cast<size_t>(t) * dim;
   float ss = 0;
@@ -378,8 +405,12 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
   if (norm.out == nullptr) return;  // the whole block
   const float scale = rsqrtf(BlockSum<kCombineThreads>(ss) / dim + norm.eps);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x)
-    norm.out[static_cast<size_t>(t) * dim + d] = xt[d] * scale * norm.w[d];
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const size_t i = static_cast<size_t>(t) * dim + d;
+    const float v = xt[d] * scale * norm.w[d];
+    norm.out[i] = v;
+    if (norm.q.q != nullptr) QuantizeWarp(v, static_cast<int64_t>(i), norm.q);  // whole warps: dim % 32 == 0
+  }
 }
 
 }  // namespace
@@ -409,16 +440,23 @@ Status Route(const RouterArgs& a, const float* logits, int n, int32_t* experts, 
 }
 
 Status RouteAndGroup(const RouterArgs& a, const float* logits, int n, int32_t* experts, float* weights,
-                     const ExpertGroups& g, int32_t* tally, Stream stream) {
+                     const ExpertGroups& g, int32_t* tally, Stream stream, const Q8Gather* gather) {
+  if (gather != nullptr && (gather->cols <= 0 || gather->cols % 32 != 0))
+    return InvalidArgument("RouteAndGroup: gathered rows of " + std::to_string(gather->cols) +
+                           " values (a multiple of 32)");
+  const Q8Gather none{};
   if (n > kMaxMatVecTokens || a.n_expert > kFusedRouteExperts) {
     LR_RETURN_IF_ERROR(Route(a, logits, n, experts, weights, stream));
-    return GroupByExpert(experts, n * a.n_used, a.n_expert, g, tally, stream);
+    LR_RETURN_IF_ERROR(GroupByExpert(experts, n * a.n_used, a.n_expert, g, tally, stream));
+    if (gather == nullptr || n <= 0) return Status::Ok();
+    GatherQ8Kernel<<<n * a.n_used, 256, 0, S(stream)>>>(*gather, g, a.n_used, n * a.n_used);
+    return CheckLaunch("RouteAndGroup (gather)");
   }
   LR_RETURN_IF_ERROR(CheckRouter(a));
   if (n <= 0) return Status::Ok();
   const size_t shared = static_cast<size_t>(kMaxMatVecTokens) * 2 * a.n_expert * sizeof(float);
-  RouteGroupKernel<<<1, 32 * kMaxMatVecTokens, shared, S(stream)>>>(a, logits, n, experts, weights, g, tally,
-                                                                    MaxExpertTiles(n * a.n_used, a.n_expert));
+  LaunchEarlyShared(RouteGroupKernel, 1, 32 * kMaxMatVecTokens, shared, stream, a, logits, n, experts, weights, g,
+                    tally, MaxExpertTiles(n * a.n_used, a.n_expert), gather != nullptr ? *gather : none);
   return CheckLaunch("RouteAndGroup");
 }
 
@@ -511,7 +549,10 @@ Status ExpertGateUp(const ExpertProduct& gate, const ExpertProduct& up, const Ex
 Status CombineExperts(const float* ys, const float* weights, const ExpertGroups& g, int n, int k, int dim, float* x,
                       Stream stream, const RowNorm* norm) {
   if (n <= 0) return Status::Ok();
-  CombineKernel<<<n, kCombineThreads, 0, S(stream)>>>(ys, weights, g, k, dim, x, norm != nullptr ? *norm : RowNorm{});
+  if (norm != nullptr && norm->q.q != nullptr && dim % 32 != 0)
+    return InvalidArgument("CombineExperts: quantized rows of " + std::to_string(dim) + " values (a multiple of 32)");
+  LaunchEarly(CombineKernel, n, kCombineThreads, stream, ys, weights, g, k, dim, x,
+              norm != nullptr ? *norm : RowNorm{});
   return CheckLaunch("CombineExperts");
 }
 

@@ -1,28 +1,36 @@
 // The MoE kernels of cuda/moe.h against their scalar references: Route against inference::RouteToken on random
 // logits (softmax, sigmoid with a bias, expert groups, renormalisation, scale), RouteAndGroup against Route,
 // GroupByExpert's grouping checked row by row, and the routed experts' products plus the weighted sum against
-// ops::DequantizeRow and plain loops. (The MLA kernels are tested through the whole block: tests/cuda/model_test.cc,
-// the deepseek2 fixtures.) Skipped when no CUDA device is present.
+// ops::DequantizeRow and plain loops; the decode steps' products on int8 activations (ExpertGateUpQ8, ExpertDownQ8,
+// RouteAndGroup's gather) against a double-precision product on the CPU's quantization of the same inputs
+// (ops::QuantizeRowQ8), their quantized outputs bit for bit; RmsNormStrided's quantization. (The rest of the MLA
+// kernels are tested through the whole block: tests/cuda/model_test.cc, the deepseek2 fixtures.) Skipped when no CUDA
+// device is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/mla.h"
 #include "cuda/moe.h"
 #include "inference/moe.h"
 #include "ops/kernels.h"
 #include "tests/cuda/device_test_util.h"
+#include "tests/ops/random_rows.h"
 
 namespace lr::cuda {
 namespace {
 
 using testing::OnDevice;
+using testing::Poisoned;
 using testing::ToDevice;
 using CudaMoeTest = OnDevice<::testing::Test>;
 
@@ -32,6 +40,35 @@ std::vector<T> Down(const DeviceBuffer& b, size_t count) {
   EXPECT_TRUE(Synchronize("test").ok());
   EXPECT_TRUE(b.Download(v.data(), count * sizeof(T)).ok());
   return v;
+}
+
+// x quantized on the CPU (ops::QuantizeRowQ8, QuantizeQ8's reference) in the device's split layout, and the values
+// it stands for (d * q).
+struct CpuQ8 {
+  std::vector<int8_t> q;
+  std::vector<float> ds, values;
+};
+CpuQ8 QuantizeCpu(const std::vector<float>& x) {
+  std::vector<ops::BlockQ8> blocks(x.size() / 32);
+  ops::QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), blocks.data());
+  CpuQ8 r;
+  for (const ops::BlockQ8& b : blocks) {
+    r.q.insert(r.q.end(), b.q, b.q + 32);
+    r.ds.push_back(b.d);
+    r.ds.push_back(b.s);
+    for (int i = 0; i < 32; ++i) r.values.push_back(b.d * b.q[i]);
+  }
+  return r;
+}
+
+// The device's int8 values and (d, s) (q, ds) equal the CPU's quantization of `of`, bit for bit.
+void ExpectQ8Equals(const DeviceBuffer& q, const DeviceBuffer& ds, const std::vector<float>& of) {
+  const CpuQ8 want = QuantizeCpu(of);
+  const auto got_q = Down<int8_t>(q, want.q.size());
+  const auto got_ds = Down<float>(ds, want.ds.size());
+  for (size_t i = 0; i < want.q.size(); ++i) ASSERT_EQ(got_q[i], want.q[i]) << "value " << i;
+  for (size_t b = 0; b < want.ds.size(); ++b)
+    ASSERT_EQ(got_ds[b], want.ds[b]) << (b % 2 ? "s" : "d") << " of block " << b / 2;
 }
 
 struct RouterCase {
@@ -241,7 +278,9 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
       std::vector<float> w_norm(rows);
       for (float& v : w_norm) v = unit(rng);
       DeviceBuffer d_w_norm = ToDevice(w_norm), d_xn = ToDevice(std::vector<float>(acc.size(), NAN));
-      const RowNorm norm{d_w_norm.as<float>(), 1e-6f, d_xn.as<float>()};
+      DeviceBuffer d_xnq = ToDevice(std::vector<int8_t>(acc.size())), d_xnds = ToDevice(std::vector<float>(acc.size()));
+      RowNorm norm{d_w_norm.as<float>(), 1e-6f, d_xn.as<float>()};
+      norm.q = Q8Activations{d_xnq.as<int8_t>(), d_xnds.as<float>()};
       ASSERT_TRUE(
           CombineExperts(d_y.as<float>(), d_weight.as<float>(), g, n, k, rows, d_acc.as<float>(), nullptr, &norm).ok());
       const auto y = Down<float>(d_y, static_cast<size_t>(slots) * rows);
@@ -254,6 +293,7 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
         for (int r = 0; r < rows; ++r)
           ASSERT_NEAR(xn[t * rows + r], got[t * rows + r] * scale * w_norm[r], 1e-4) << "token " << t << " row " << r;
       }
+      ExpectQ8Equals(d_xnq, d_xnds, xn);
       const ops::TensorTypeInfo info = *ops::LookupTensorType(static_cast<uint32_t>(type));
       std::vector<float> wrow(cols), want = acc;
       double max_err = 0;
@@ -276,6 +316,277 @@ TEST_F(CudaMoeTest, GroupedExpertProductsMatchReference) {
         ASSERT_NEAR(got[i], want[i], 10 * tolerance * std::max(1.0f, std::fabs(want[i])));
     }
   }
+}
+
+// Stacked experts of one type in the device layout, and their rows decoded on the CPU.
+struct TestExperts {
+  DeviceBuffer q, scales;
+  DeviceMatrix m;
+  std::vector<float> w;  // all rows x cols
+};
+TestExperts RandomExperts(WeightType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const ops::TensorTypeInfo info = *ops::LookupTensorType(static_cast<uint32_t>(t));
+  const std::vector<uint8_t> gguf = ops::testing::RandomRows(info, rows, cols, rng);
+  std::vector<uint8_t> q(QuantRowBytes(t, cols) * rows), scales(rows * (cols / 32) * ScaleBytesPerBlock(t));
+  SplitBlocks(t, gguf.data(), rows, cols, q.data(), scales.data());
+  TestExperts r;
+  r.q = ToDevice(q);
+  r.scales = ToDevice(scales);
+  r.m = DeviceMatrix{
+      t, rows, cols, r.q.as<uint8_t>(), IsSplit(t) ? r.scales.as<uint8_t>() : nullptr, QuantRowBytes(t, cols)};
+  r.w.resize(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    ops::DequantizeRow(info, gguf.data() + i * GgufRowBytes(t, cols), &r.w[i * cols], cols);
+  return r;
+}
+
+double RowDot(const std::vector<float>& w, int64_t row, const float* x, int64_t cols) {
+  double sum = 0;
+  for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(w[row * cols + c]) * x[c];
+  return sum;
+}
+
+// A decode step's routed experts on int8 activations: RouteAndGroup (the fused launch, and the separate one of more
+// than 256 experts) gathers each grouped row's quantized input; ExpertGateUpQ8 and ExpertDownQ8 over the chosen
+// experts against double-precision products of the CPU-decoded weights and the CPU-quantized inputs. Odd shapes: 3 or
+// 5 blocks per row, down rows not a multiple of the rows a block takes, steps of 1..16 tokens.
+TEST_F(CudaMoeTest, Int8ExpertProductsMatchReference) {
+  struct Case {
+    WeightType type;
+    int ne, k;
+    int64_t embd, ff;
+  };
+  for (const Case& c : {Case{WeightType::kQ4_0, 12, 3, 96, 64}, Case{WeightType::kQ8_0, 300, 4, 160, 96},
+                        Case{WeightType::kQ4_K, 8, 2, 256, 256}, Case{WeightType::kQ6_K, 6, 2, 512, 32}}) {
+    for (int n : {1, 2, 3, 5, 9, 16}) {
+      SCOPED_TRACE(std::to_string(static_cast<int>(c.type)) + " type, " + std::to_string(c.ne) + " experts, " +
+                   std::to_string(n) + " tokens");
+      std::mt19937 rng(static_cast<unsigned>(n * 31 + c.ne));
+      const int64_t embd = c.embd, ff = c.ff;
+      const int64_t down_rows = 37;  // per expert: not a multiple of the rows a block takes
+      TestExperts gate = RandomExperts(c.type, c.ne * ff, embd, rng), up = RandomExperts(c.type, c.ne * ff, embd, rng);
+      // Down matrices of ff columns need whole blocks of the type (K-quants: 256).
+      const WeightType down_type =
+          ff % 256 == 0 || c.type == WeightType::kQ4_0 || c.type == WeightType::kQ8_0 ? c.type : WeightType::kQ8_0;
+      TestExperts down = RandomExperts(down_type, c.ne * down_rows, ff, rng);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      std::vector<float> logits(static_cast<size_t>(n) * c.ne), x(static_cast<size_t>(n) * embd);
+      for (float& v : logits) v = normal(rng);
+      for (float& v : x) v = normal(rng);
+      std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block (d = 0)
+      const CpuQ8 xq = QuantizeCpu(x);
+      DeviceBuffer d_logits = ToDevice(logits), d_xq = ToDevice(xq.q), d_xds = ToDevice(xq.ds);
+      const int slots = n * c.k;
+      DeviceBuffer d_experts = ToDevice(std::vector<int32_t>(slots)), d_weights = ToDevice(std::vector<float>(slots));
+      DeviceBuffer d_first = ToDevice(std::vector<int32_t>(c.ne + 1)), d_order = ToDevice(std::vector<int32_t>(slots));
+      DeviceBuffer d_row_of = ToDevice(std::vector<int32_t>(slots)),
+                   d_active = ToDevice(std::vector<int32_t>(c.ne + 1));
+      const ExpertGroups g{d_first.as<int32_t>(), d_order.as<int32_t>(), d_row_of.as<int32_t>(), d_active.as<int32_t>(),
+                           nullptr};
+      DeviceBuffer d_xg = ToDevice(std::vector<int8_t>(slots * embd, 0x55)),
+                   d_xgds = ToDevice(std::vector<float>(slots * embd / 16, NAN));
+      const Q8Gather gather{Q8Activations{d_xq.as<int8_t>(), d_xds.as<float>()},
+                            Q8Activations{d_xg.as<int8_t>(), d_xgds.as<float>()}, embd};
+      RouterArgs a;
+      a.n_expert = c.ne;
+      a.n_used = c.k;
+      a.norm = true;
+      ASSERT_TRUE(RouteAndGroup(a, d_logits.as<float>(), n, d_experts.as<int32_t>(), d_weights.as<float>(), g, nullptr,
+                                nullptr, &gather)
+                      .ok());
+      const auto experts = Down<int32_t>(d_experts, slots);
+      const auto order = Down<int32_t>(d_order, slots);
+      const auto row_of = Down<int32_t>(d_row_of, slots);
+      // Grouped row j holds token order[j] / k's quantized input.
+      const auto xg = Down<int8_t>(d_xg, slots * embd);
+      const auto xgds = Down<float>(d_xgds, slots * embd / 16);
+      for (int j = 0; j < slots; ++j) {
+        const int t = order[j] / c.k;
+        for (int64_t i = 0; i < embd; ++i) ASSERT_EQ(xg[j * embd + i], xq.q[t * embd + i]) << "grouped row " << j;
+        for (int64_t b = 0; b < embd / 16; ++b) ASSERT_EQ(xgds[j * embd / 16 + b], xq.ds[t * embd / 16 + b]);
+      }
+      // Gate, up and SwiGLU into h (grouped rows), quantized into hq.
+      DeviceBuffer d_h = Poisoned(slots * ff), d_hq = ToDevice(std::vector<int8_t>(slots * ff)),
+                   d_hds = Poisoned(slots * ff / 16);
+      const Q8Activations hq{d_hq.as<int8_t>(), d_hds.as<float>()};
+      const int max_active = std::min(slots, c.ne);
+      Status st = ExpertGateUpQ8(gate.m, up.m, ff, gather.out, g, max_active, n, d_h.as<float>(), hq, nullptr);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      const auto h = Down<float>(d_h, slots * ff);
+      double err = 0, norm = 0;
+      for (int s = 0; s < slots; ++s) {
+        const int t = s / c.k, j = row_of[s], e = experts[s];
+        for (int64_t r = 0; r < ff; ++r) {
+          const double gv = RowDot(gate.w, e * ff + r, &xq.values[t * embd], embd);
+          const double uv = RowDot(up.w, e * ff + r, &xq.values[t * embd], embd);
+          const double want = gv / (1.0 + std::exp(-gv)) * uv;
+          err += (h[j * ff + r] - want) * (h[j * ff + r] - want);
+          norm += want * want;
+        }
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << "gate / up";
+      ExpectQ8Equals(d_hq, d_hds, h);
+      // Down over the quantized h.
+      DeviceBuffer d_y = Poisoned(slots * down_rows);
+      st = ExpertDownQ8(down.m, down_rows, hq, g, max_active, n, d_y.as<float>(), nullptr);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      const auto y = Down<float>(d_y, slots * down_rows);
+      const CpuQ8 hcpu = QuantizeCpu(h);
+      err = norm = 0;
+      for (int s = 0; s < slots; ++s) {
+        const int j = row_of[s], e = experts[s];
+        for (int64_t r = 0; r < down_rows; ++r) {
+          const double want = RowDot(down.w, e * down_rows + r, &hcpu.values[j * ff], ff);
+          err += (y[j * down_rows + r] - want) * (y[j * down_rows + r] - want);
+          norm += want * want;
+        }
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << "down";
+    }
+  }
+  // Shapes the kernels refuse: rows per expert not dividing the stacked rows, f32 weights, more than 16 tokens.
+  std::mt19937 rng(3);
+  TestExperts q = RandomExperts(WeightType::kQ4_0, 4 * 64, 64, rng);
+  TestExperts f = RandomExperts(WeightType::kF32, 4 * 64, 64, rng);
+  const ExpertGroups none{};
+  EXPECT_FALSE(ExpertDownQ8(q.m, 48, Q8Activations{}, none, 1, 1, nullptr, nullptr).ok());
+  EXPECT_FALSE(ExpertDownQ8(f.m, 64, Q8Activations{}, none, 1, 1, nullptr, nullptr).ok());
+  EXPECT_FALSE(ExpertDownQ8(q.m, 64, Q8Activations{}, none, 1, 17, nullptr, nullptr).ok());
+  EXPECT_FALSE(ExpertGateUpQ8(q.m, q.m, 48, Q8Activations{}, none, 1, 1, nullptr, Q8Activations{}, nullptr).ok());
+}
+
+// RmsNormStrided with quantization: rows of `dim` values in rows of `stride` (the padding 0), normalised as the CPU
+// does, and the whole rows quantized bit for bit as ops::QuantizeRowQ8 does the rows it wrote.
+TEST_F(CudaMoeTest, RmsNormStridedQuantizes) {
+  const int n = 5, dim = 48, stride = 64;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(n * stride, 0.0f), w(dim);
+  for (int i = 0; i < n; ++i)
+    for (int d = 0; d < dim; ++d) x[i * stride + d] = normal(rng);
+  for (float& v : w) v = normal(rng);
+  DeviceBuffer d_x = ToDevice(x), d_w = ToDevice(w);
+  DeviceBuffer d_q = ToDevice(std::vector<int8_t>(n * stride, 0x55)), d_ds = Poisoned(n * stride / 16);
+  const Q8Activations xq{d_q.as<int8_t>(), d_ds.as<float>()};
+  ASSERT_TRUE(RmsNormStrided(d_x.as<float>(), n, dim, stride, d_w.as<float>(), 1e-6f, nullptr, &xq).ok());
+  const auto got = Down<float>(d_x, n * stride);
+  for (int i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int d = 0; d < dim; ++d) ss += static_cast<double>(x[i * stride + d]) * x[i * stride + d];
+    const double scale = 1.0 / std::sqrt(ss / dim + 1e-6);
+    for (int d = 0; d < stride; ++d) {
+      const double want = d < dim ? x[i * stride + d] * scale * w[d] : 0.0;
+      ASSERT_NEAR(got[i * stride + d], want, 1e-5 * std::max(1.0, std::fabs(want))) << "row " << i << " value " << d;
+    }
+  }
+  ExpectQ8Equals(d_q, d_ds, got);
+  EXPECT_FALSE(RmsNormStrided(d_x.as<float>(), n, dim, 48, d_w.as<float>(), 1e-6f, nullptr, &xq).ok())
+      << "a stride not a multiple of 32";
+}
+
+// MLA attention over latent rows in the paged pool (MlaArgs' shapes: Leanstral's 256 + 64 and the fixtures' 32 + 16):
+// MlaAttention (f32; decode steps split over blocks, a prefill chunk) and FlashAttentionLatent (tensor cores, f16
+// queries and weights) against a double-precision softmax over the same f16 rows. Two sequences in shuffled pages:
+// a 70-token chunk of the first at positions 37..106 beside 9 tokens of the second (the flash kernel's passes per
+// sequence), and a decode step of 3 tokens.
+TEST_F(CudaMoeTest, MlaAttentionMatchesReference) {
+  for (const auto [lat, rope, n_head] : {std::array<int, 3>{256, 64, 32}, std::array<int, 3>{32, 16, 4}}) {
+    SCOPED_TRACE("latent " + std::to_string(lat) + " + rope " + std::to_string(rope));
+    const int kd = lat + rope, n_layer = 2, layer = 1;
+    std::mt19937 rng(static_cast<unsigned>(kd));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    // Sequence lengths 107 and 60 in pages 0..5 of the pool, shuffled.
+    const int len[2] = {107, 60};
+    std::vector<int32_t> pages = {4, 1, 3, 0, 2, 5, 6};  // sequence 0: 4 pages, sequence 1: 2 (then one spare)
+    const int first_page[2] = {0, 4};
+    const size_t page_bytes = static_cast<size_t>(n_layer) * kPageTokens * kd * 2;
+    std::vector<uint16_t> pool_host(page_bytes / 2 * 7);
+    std::vector<std::vector<float>> rows(2);  // per sequence: len x kd values (f16-rounded)
+    for (int sq = 0; sq < 2; ++sq) {
+      for (int p = 0; p < len[sq]; ++p) {
+        const int page = pages[first_page[sq] + p / kPageTokens];
+        for (int d = 0; d < kd; ++d) {
+          const uint16_t h = FloatToHalf(normal(rng));
+          rows[sq].push_back(HalfToFloat(h));
+          pool_host[static_cast<size_t>(page) * page_bytes / 2 +
+                    (static_cast<size_t>(layer) * kPageTokens + p % kPageTokens) * kd + d] = h;
+        }
+      }
+    }
+    DeviceBuffer d_pool = ToDevice(pool_host), d_pages = ToDevice(pages);
+    const KvPool pool{d_pool.as<uint8_t>(), page_bytes, n_layer, 1, kd, 0};
+    MlaArgs a;
+    a.n_head = n_head;
+    a.nope = 16;
+    a.rope = rope;
+    a.lat = lat;
+    a.v_dim = lat;
+    a.layer = layer;
+    const float scale = 0.07f;
+    // Steps: (sequence, position) of each token.
+    std::vector<std::pair<int, int>> chunk, decode = {{0, 106}, {1, 59}, {0, 40}};
+    for (int p = 37; p < 107; ++p) chunk.push_back({0, p});
+    for (int p = 51; p < 60; ++p) chunk.push_back({1, p});
+    for (const auto* step : {&chunk, &decode}) {
+      const int n = static_cast<int>(step->size());
+      std::vector<int32_t> pos, first;
+      for (const auto& [sq, p] : *step) {
+        pos.push_back(p);
+        first.push_back(first_page[sq]);
+      }
+      std::vector<float> q(static_cast<size_t>(n) * n_head * kd);
+      for (float& v : q) v = normal(rng);
+      DeviceBuffer d_q = ToDevice(q), d_pos = ToDevice(pos), d_first = ToDevice(first);
+      const TokenPlaces places{d_pos.as<int32_t>(), d_first.as<int32_t>(), d_pages.as<int32_t>()};
+      // The reference: head h of token i over its sequence's rows 0..pos.
+      std::vector<double> want;
+      for (int i = 0; i < n; ++i) {
+        const auto [sq, p] = (*step)[i];
+        for (int h = 0; h < n_head; ++h) {
+          const float* qh = &q[(static_cast<size_t>(i) * n_head + h) * kd];
+          std::vector<double> sc(p + 1);
+          double mx = -1e300, sum = 0;
+          for (int j = 0; j <= p; ++j) {
+            double dot = 0;
+            for (int d = 0; d < kd; ++d) dot += static_cast<double>(qh[d]) * rows[sq][static_cast<size_t>(j) * kd + d];
+            sc[j] = dot * scale;
+            mx = std::max(mx, sc[j]);
+          }
+          for (double& v : sc) sum += (v = std::exp(v - mx));
+          for (int d = 0; d < lat; ++d) {
+            double o = 0;
+            for (int j = 0; j <= p; ++j) o += sc[j] * rows[sq][static_cast<size_t>(j) * kd + d];
+            want.push_back(o / sum);
+          }
+        }
+      }
+      auto check = [&](const DeviceBuffer& out, double tolerance, const char* what) {
+        const auto got = Down<float>(out, want.size());
+        double err = 0, norm = 0;
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_FALSE(std::isnan(got[i])) << what << " value " << i;
+          err += (got[i] - want[i]) * (got[i] - want[i]);
+          norm += want[i] * want[i];
+        }
+        EXPECT_LT(std::sqrt(err / norm), tolerance) << what << ", " << n << " tokens";
+      };
+      DeviceBuffer d_out = Poisoned(want.size());
+      DeviceBuffer d_part = Poisoned(std::max<size_t>(MlaAttentionScratchFloats(a, n), 1));
+      ASSERT_TRUE(
+          MlaAttention(a, d_q.as<float>(), scale, pool, places, n, d_out.as<float>(), d_part.as<float>(), nullptr)
+              .ok());
+      check(d_out, 1e-5, "MlaAttention");
+      if (n > kMaxMatVecTokens) {
+        ASSERT_TRUE(FlashAttentionLatentTakes(kd, lat));
+        DeviceBuffer d_flash = Poisoned(want.size());
+        ASSERT_TRUE(FlashAttentionLatent(d_q.as<float>(), n_head, scale, pool, layer, places, n, lat,
+                                         d_flash.as<float>(), nullptr)
+                        .ok());
+        check(d_flash, 5e-3, "FlashAttentionLatent");
+      }
+    }
+  }
+  EXPECT_FALSE(FlashAttentionLatentTakes(576, 512));
 }
 
 }  // namespace
