@@ -235,21 +235,36 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
   }
 }
 
-// One warp per (value row r of head h, token): v_b_h[r] . latent[i][h].
+// Block (x, h, i): value rows 32 x .. 32 x + 31 of head h for token i, warp w taking rows w, w + kValueWarps, ...;
+// then warp 0 writes the 32 sums (and quantizes them into outq, whole blocks of 32).
 constexpr int kValueWarps = 4;
-__global__ void __launch_bounds__(32 * kValueWarps) MlaValuesKernel(MlaArgs a, const float* latent, float* out) {
+__global__ void __launch_bounds__(32 * kValueWarps)
+    MlaValuesKernel(MlaArgs a, const float* latent, float* out, Q8Activations outq) {
+  __shared__ float sums[32];
   WaitForPreviousKernel();
   LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r = blockIdx.x * kValueWarps + warp, h = blockIdx.y, i = blockIdx.z;
-  if (r >= a.v_dim) return;
-  const __half* vb =
-      reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
+  const int r0 = blockIdx.x * 32, h = blockIdx.y, i = blockIdx.z;
   const float* x = latent + (static_cast<size_t>(i) * a.n_head + h) * a.lat;
-  float sum = 0;
-  for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
-  sum = WarpSum(sum);
-  if (lane == 0) out[(static_cast<size_t>(i) * a.n_head + h) * a.v_dim + r] = sum;
+  for (int k = warp; k < 32; k += kValueWarps) {
+    const int r = r0 + k;
+    if (r >= a.v_dim) break;
+    const __half* vb =
+        reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
+    float sum = 0;
+    for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
+    sum = WarpSum(sum);
+    if (lane == 0) sums[k] = sum;
+  }
+  __syncthreads();
+  if (warp > 0) return;
+  const size_t at = (static_cast<size_t>(i) * a.n_head + h) * a.v_dim + r0 + lane;
+  if (outq.q != nullptr) {  // v_dim % 32 == 0: the whole warp
+    out[at] = sums[lane];
+    QuantizeWarp(sums[lane], static_cast<int64_t>(at), outq);
+  } else if (r0 + lane < a.v_dim) {
+    out[at] = sums[lane];
+  }
 }
 
 template <int G, int V>
@@ -335,10 +350,12 @@ Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvP
   return MergeAttentionSplits(scratch, splits, a.n_head, n, a.lat, out, stream);
 }
 
-Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream) {
+Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream, const Q8Activations* outq) {
   if (n <= 0) return Status::Ok();
-  LaunchEarly(MlaValuesKernel, dim3(Blocks(a.v_dim, kValueWarps), a.n_head, n), 32 * kValueWarps, stream, a, latent,
-              out);
+  if (outq != nullptr && a.v_dim % 32 != 0)
+    return InvalidArgument("MlaValues: quantized rows of " + std::to_string(a.v_dim) + " values (a multiple of 32)");
+  LaunchEarly(MlaValuesKernel, dim3(Blocks(a.v_dim, 32), a.n_head, n), 32 * kValueWarps, stream, a, latent, out,
+              outq != nullptr ? *outq : Q8Activations{});
   return CheckLaunch("MlaValues");
 }
 

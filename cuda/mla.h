@@ -63,7 +63,9 @@ bool FlashAttentionLatentTakes(int k_dim, int v_dim);
 Status FlashAttentionLatent(const float* q_abs, int n_head, float scale, const KvPool& pool, int layer,
                             const TokenPlaces& places, int n, int v_dim, float* out, Stream stream);
 
-// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out).
-Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream);
+// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out); with outq, out
+// quantized into it too (v_dim a multiple of 32): the output product's int8 input.
+Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream,
+                 const Q8Activations* outq = nullptr);
 
 }  // namespace lr::cuda

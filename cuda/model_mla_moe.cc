@@ -189,7 +189,7 @@ Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places, bool flas
   const ModelConfig& c = config_;
   const Layer& l = layers_[il];
   void* s = stream_;
-  const int kd = c.kv_lora_rank + c.qk_rope_dim, qd = c.n_head * c.head_dim, vd = c.n_head * c.head_dim_v;
+  const int kd = c.kv_lora_rank + c.qk_rope_dim, qd = c.n_head * c.head_dim;
   float *xn = xn_.as<float>(), *q = q_.as<float>(), *kv = kv_.as<float>(), *qa = qa_.as<float>();
   // Decode steps multiply int8 activations (the types that TakesQ8): xq holds xn quantized (the norm before wrote it).
   const bool decode = n <= kMaxMatVecTokens;
@@ -218,9 +218,8 @@ Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places, bool flas
     LR_RETURN_IF_ERROR(MlaAttention(a, q_abs_.as<float>(), inference::MlaSoftmaxScale(c), pool_, places, n,
                                     latent_.as<float>(), mla_part_.as<float>(), s));
   }
-  LR_RETURN_IF_ERROR(MlaValues(a, latent_.as<float>(), n, attn, s));
-  const bool quantize = decode && vd % 32 == 0;
-  if (quantize) LR_RETURN_IF_ERROR(QuantizeQ8(attn, static_cast<int64_t>(n) * vd, xq, s));
+  const bool quantize = decode && c.head_dim_v % 32 == 0;  // the values quantized for the output product
+  LR_RETURN_IF_ERROR(MlaValues(a, latent_.as<float>(), n, attn, s, quantize ? &xq : nullptr));
   const Product wo[] = {{l.wo.m, x_.as<float>(), c.n_embd, /*add=*/true}};
   return Products(wo, 1, attn, n, quantize ? &xq : nullptr);
 }
@@ -269,8 +268,15 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
     const DeviceMatrix &gate_sh = l.gate_shexp.m, &up_sh = l.up_shexp.m;
     const Product down_sh[] = {{l.down_shexp.m, x_.as<float>(), e, /*add=*/true}};
     if (decode && TakesQ8(gate_sh.type) && up_sh.type == gate_sh.type && sh % 32 == 0) {
-      // Gate, up and SwiGLU quantized into hq (the routed experts' down product has read it).
-      LR_RETURN_IF_ERROR(MatVecSwiGluQ8(gate_sh, up_sh, xq, n, sg_.as<float>(), su_.as<float>(), hq, s));
+      // Gate, up and SwiGLU quantized into hq (the routed experts' down product has read it): in one kernel where its
+      // blocks of 32 rows fill the multiprocessors, else the products over all of them, then the SwiGLU.
+      if (sh / 32 >= info_.multiprocessors) {
+        LR_RETURN_IF_ERROR(MatVecSwiGluQ8(gate_sh, up_sh, xq, n, sg_.as<float>(), su_.as<float>(), hq, s));
+      } else {
+        const Product gate_up[] = {{gate_sh, sg_.as<float>(), sh}, {up_sh, su_.as<float>(), sh}};
+        LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n, &xq));
+        LR_RETURN_IF_ERROR(SwiGluQ8(sg_.as<float>(), su_.as<float>(), n * sh, hq, s));
+      }
       LR_RETURN_IF_ERROR(Products(down_sh, 1, sg_.as<float>(), n, &hq));
     } else {
       const Product gate_up[] = {{gate_sh, sg_.as<float>(), sh}, {up_sh, su_.as<float>(), sh}};

@@ -589,5 +589,47 @@ TEST_F(CudaMoeTest, MlaAttentionMatchesReference) {
   EXPECT_FALSE(FlashAttentionLatentTakes(576, 512));
 }
 
+// MlaValues (v_b_h times the attended latents) against a double-precision product of the same f16 rows: Leanstral's
+// 128 values per head (whole blocks of 32: quantized too, bit for bit as the CPU quantizes the values written) and
+// the fixtures' 24 (a partial block, not quantized).
+TEST_F(CudaMoeTest, MlaValuesMatchReference) {
+  for (const int v_dim : {128, 24}) {
+    SCOPED_TRACE(std::to_string(v_dim) + " values per head");
+    const int n_head = 3, nope = 16, lat = 96, n = 2;
+    std::mt19937 rng(static_cast<unsigned>(v_dim));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> kv_b(static_cast<size_t>(n_head) * (nope + v_dim) * lat);
+    for (uint16_t& h : kv_b) h = FloatToHalf(0.1f * normal(rng));
+    std::vector<float> latent(static_cast<size_t>(n) * n_head * lat);
+    for (float& v : latent) v = normal(rng);
+    DeviceBuffer d_kv_b = ToDevice(kv_b), d_latent = ToDevice(latent), d_out = Poisoned(n * n_head * v_dim);
+    DeviceBuffer d_q = ToDevice(std::vector<int8_t>(n * n_head * v_dim)), d_ds = Poisoned(n * n_head * v_dim / 16 + 1);
+    MlaArgs a;
+    a.n_head = n_head;
+    a.nope = nope;
+    a.lat = lat;
+    a.v_dim = v_dim;
+    a.kv_b = d_kv_b.as<uint16_t>();
+    const Q8Activations q{d_q.as<int8_t>(), d_ds.as<float>()};
+    const bool quantize = v_dim % 32 == 0;
+    ASSERT_TRUE(MlaValues(a, d_latent.as<float>(), n, d_out.as<float>(), nullptr, quantize ? &q : nullptr).ok());
+    const auto got = Down<float>(d_out, n * n_head * v_dim);
+    for (int i = 0; i < n; ++i)
+      for (int h = 0; h < n_head; ++h)
+        for (int r = 0; r < v_dim; ++r) {
+          double want = 0;
+          for (int l = 0; l < lat; ++l)
+            want +=
+                static_cast<double>(HalfToFloat(kv_b[(static_cast<size_t>(h) * (nope + v_dim) + nope + r) * lat + l])) *
+                latent[(static_cast<size_t>(i) * n_head + h) * lat + l];
+          ASSERT_NEAR(got[(static_cast<size_t>(i) * n_head + h) * v_dim + r], want,
+                      1e-4 * std::max(1.0, std::fabs(want)))
+              << "token " << i << " head " << h << " row " << r;
+        }
+    if (quantize) ExpectQ8Equals(d_q, d_ds, got);
+    if (!quantize) EXPECT_FALSE(MlaValues(a, d_latent.as<float>(), n, d_out.as<float>(), nullptr, &q).ok());
+  }
+}
+
 }  // namespace
 }  // namespace lr::cuda
