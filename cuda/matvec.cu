@@ -19,6 +19,7 @@
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 #include "cuda/moe.h"
 
 namespace lr::cuda {
@@ -431,14 +432,6 @@ __global__ void __launch_bounds__(32 * kGluWarps<NT>)
 // b0 = k 4t..4t+3 of row g, b1 = k 16 + 4t..: word t of row g's 16 quant bytes, low and high nibbles. C: c0, c1 =
 // token g, rows 2t and 2t + 1; c2, c3 = token g + 8.
 constexpr int kMmaTiles = 2, kMmaWarps = 8, kMmaUnroll = 4;
-__device__ __forceinline__ void MmaS8(int* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __global__ void __launch_bounds__(32 * kMmaWarps) MatVecMmaQ4_0Kernel(ProductSet set, Q8Activations xq, int n) {
   __shared__ float part[kMmaWarps][kMmaTiles][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

@@ -172,12 +172,13 @@ class CudaModel : public inference::ForwardPass {
   DeviceBuffer router_logits_, chosen_, chosen_weights_, first_, order_, row_of_, active_, tiles_, eg_, eu_, ys_, sg_,
       su_;
   DeviceBuffer tally_;
-  // Decode steps' int8 inputs: of the q_b product, of the grouped expert rows (gathered), of the down products.
+  // Int8 inputs: of a decode step's q_b product and grouped expert rows (gathered), of a prefill step's routed experts
+  // (x_q8_), of the down products.
   struct Q8Buffer {
     DeviceBuffer q, ds;
     Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
   };
-  Q8Buffer qa_q8_, xg_q8_, h_q8_;
+  Q8Buffer qa_q8_, xg_q8_, x_q8_, h_q8_;
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

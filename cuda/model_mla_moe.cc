@@ -180,7 +180,8 @@ Status CudaModel::ReserveMlaMoe(size_t t) {
     LR_ASSIGN_OR_RETURN(su_, DeviceBuffer::Allocate(t * sh * 4, "shared expert"));
     const size_t decode_slots = static_cast<size_t>(kMaxMatVecTokens) * c.n_expert_used;
     LR_RETURN_IF_ERROR(AllocateQ8(decode_slots * c.n_embd, &xg_q8_));
-    LR_RETURN_IF_ERROR(AllocateQ8(std::max(decode_slots * ff, kMaxMatVecTokens * sh), &h_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(t * c.n_embd, &x_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(std::max(slots * ff, kMaxMatVecTokens * sh), &h_q8_));
   }
   return Status::Ok();
 }
@@ -253,7 +254,18 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
   LR_RETURN_IF_ERROR(RouteAndGroup(r, router_logits_.as<float>(), n, chosen_.as<int32_t>(), chosen_weights_.as<float>(),
                                    groups, tally_.as<int32_t>() + il, s, int8_experts ? &gather : nullptr));
   const int max_active = std::min(slots, c.n_expert);
-  if (int8_experts) {
+  // Prefill steps: Q4_0 experts on the tensor cores on int8 activations (the tokens' rows quantized, then the
+  // SwiGLU's).
+  const bool int8_prefill =
+      !decode && ExpertMatMulQ8Takes(gate_w) && ExpertMatMulQ8Takes(up_w) && ExpertMatMulQ8Takes(down_w) && e % 32 == 0;
+  if (int8_prefill) {
+    const Q8Activations x_q = x_q8_.view();
+    LR_RETURN_IF_ERROR(QuantizeQ8(xn, static_cast<int64_t>(n) * e, x_q, s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(gate_w, ff, x_q, true, groups, k, n, eg_.as<float>(), s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(up_w, ff, x_q, true, groups, k, n, eu_.as<float>(), s));
+    LR_RETURN_IF_ERROR(SwiGluQ8(eg_.as<float>(), eu_.as<float>(), static_cast<int64_t>(slots) * ff, hq, s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(down_w, e, hq, false, groups, k, n, ys_.as<float>(), s));
+  } else if (int8_experts) {
     LR_RETURN_IF_ERROR(ExpertGateUpQ8(gate_w, up_w, ff, gather.out, groups, max_active, n, eg_.as<float>(), hq, s));
     LR_RETURN_IF_ERROR(ExpertDownQ8(down_w, e, hq, groups, max_active, n, ys_.as<float>(), s));
   } else {

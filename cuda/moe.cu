@@ -8,6 +8,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/mma.cuh"
 #include "cuda/moe.h"
 
 namespace lr::cuda {
@@ -384,6 +385,110 @@ __global__ void __launch_bounds__(256) ExpertTiledKernel(ExpertProducts set, Exp
   }
 }
 
+// Q4_0 experts' prefill products on int8 activations, on the tensor cores (mma m16n8k32, MmaS8): block (x, tile)
+// takes weight rows 128 x .. 128 x + 127 of the tile's expert (4 warps of 32 rows: 4 column tiles of 8) and the
+// tile's up to kExpertTileTokens grouped rows (token tiles of 16). Per 32-value block the int32 sums are scaled by the
+// weight row's d and the activation row's d into f32 (Q4_0's values are nibble - 8: signed bytes, no offset term).
+// The weights' words and scales of kMmaBlocks blocks are loaded before they are used; each lane loads its own row's
+// scales (8 bytes: 4 blocks) and the rows 2t, 2t + 1 that its sums need come by shuffles.
+constexpr int kMmaWarps = 4, kMmaRows = 32 * kMmaWarps, kMmaBlocks = 4, kTokenTiles = kExpertTileTokens / 16;
+__global__ void __launch_bounds__(32 * kMmaWarps)
+    ExpertMmaQ4_0Kernel(DeviceMatrix w, int64_t rows, Q8Activations x, bool gather, ExpertGroups g, int k,
+                        int max_tiles, float* y) {
+  const int tile = blockIdx.y;
+  if (tile >= g.tiles[2 * max_tiles]) return;  // the whole block
+  const int e = g.tiles[2 * tile], j0 = g.tiles[2 * tile + 1];
+  const int n_tok = min(kExpertTileTokens, g.first[e + 1] - j0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, t = lane % 4;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaRows + warp * 32;  // within the expert
+  if (r0 >= rows) return;
+  const int nb = static_cast<int>(w.cols / 32);
+  const int m_tiles = (n_tok + 15) / 16;
+  const int64_t base = static_cast<int64_t>(e) * rows;
+  const uint8_t* wq[4];  // word t of row gq of each column tile, block 0
+  const uint2* sc[4];    // row gq's scales of each column tile, 4 blocks at a time
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int64_t r = min(r0 + 8 * nt + gq, rows - 1);
+    wq[nt] = w.q + static_cast<size_t>(base + r) * w.row_bytes + 4 * t;
+    sc[nt] = reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(w.scales) + (base + r) * nb);
+  }
+  int in[kTokenTiles][2];  // activation rows of tokens gq and gq + 8 of each token tile, -1: none
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int tok = 16 * mt + gq + 8 * h;
+      in[mt][h] = tok < n_tok ? (gather ? g.order[j0 + tok] / k : j0 + tok) : -1;
+    }
+  float acc[kTokenTiles][4][4];
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+  for (int b0 = 0; b0 < nb; b0 += kMmaBlocks) {
+    uint32_t wv[kMmaBlocks][4];
+    uint2 own[4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      own[nt] = __ldg(sc[nt] + b0 / kMmaBlocks);
+#pragma unroll
+      for (int u = 0; u < kMmaBlocks; ++u)
+        wv[u][nt] = __ldg(reinterpret_cast<const uint32_t*>(wq[nt] + 16 * static_cast<size_t>(b0 + u)));
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaBlocks; ++u) {
+      const int b = b0 + u;
+      uint32_t lo[4], hi[4];
+      float ws[4][2];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        lo[nt] = __vsub4(wv[u][nt] & 0x0F0F0F0Fu, 0x08080808u);
+        hi[nt] = __vsub4((wv[u][nt] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        const uint32_t word = u < 2 ? own[nt].x : own[nt].y;
+        const float mine = __half2float(__ushort_as_half(static_cast<unsigned short>(word >> (16 * (u % 2)))));
+        ws[nt][0] = __shfl_sync(kFull, mine, 8 * t);
+        ws[nt][1] = __shfl_sync(kFull, mine, 8 * t + 4);
+      }
+#pragma unroll
+      for (int mt = 0; mt < kTokenTiles; ++mt) {
+        if (mt < m_tiles) {
+          uint32_t a[4];
+          float da[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const bool valid = in[mt][h] >= 0;
+            const size_t row = valid ? static_cast<size_t>(in[mt][h]) : 0;
+            const uint32_t* aw = reinterpret_cast<const uint32_t*>(x.q + row * w.cols + 32 * static_cast<size_t>(b));
+            a[h] = valid ? __ldg(aw + t) : 0u;
+            a[2 + h] = valid ? __ldg(aw + 4 + t) : 0u;
+            da[h] = valid ? __ldg(x.ds + 2 * (row * nb + b)) : 0.f;
+          }
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            int c[4] = {0, 0, 0, 0};
+            MmaS8(c, a, lo[nt], hi[nt]);
+            acc[mt][nt][0] += ws[nt][0] * da[0] * static_cast<float>(c[0]);
+            acc[mt][nt][1] += ws[nt][1] * da[0] * static_cast<float>(c[1]);
+            acc[mt][nt][2] += ws[nt][0] * da[1] * static_cast<float>(c[2]);
+            acc[mt][nt][3] += ws[nt][1] * da[1] * static_cast<float>(c[3]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int tok = 16 * mt + gq + (i >= 2 ? 8 : 0);
+        const int64_t r = r0 + 8 * nt + 2 * t + i % 2;
+        if (tok < n_tok && r < rows) y[static_cast<int64_t>(j0 + tok) * rows + r] = acc[mt][nt][i];
+      }
+}
+
 // One block per token; with norm.out, the new row's RMSNorm after it (every thread reads back only its own writes).
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads)
@@ -531,6 +636,22 @@ Status ExpertMatMul(const ExpertProduct* products, int count, const ExpertGroups
     ExpertTiledKernel<T><<<tiled, 256, 0, S(stream)>>>(set, g, k, max_tiles);
   }));
   return CheckLaunch("ExpertMatMul (tiled)");
+}
+
+bool ExpertMatMulQ8Takes(const DeviceMatrix& w) { return w.type == WeightType::kQ4_0 && w.cols % 128 == 0; }
+
+Status ExpertMatMulQ8(const DeviceMatrix& w, int64_t rows, Q8Activations x, bool gather, const ExpertGroups& g, int k,
+                      int n_tokens, float* y, Stream stream) {
+  LR_RETURN_IF_ERROR(CheckMatrix(w));
+  if (!ExpertMatMulQ8Takes(w) || rows <= 0 || w.rows % rows != 0)
+    return InvalidArgument("ExpertMatMulQ8: Q4_0 experts of " + std::to_string(rows) + " rows of a multiple of 128 " +
+                           "values, got " + std::to_string(w.rows) + " rows of " + std::to_string(w.cols));
+  if (g.tiles == nullptr) return InvalidArgument("ExpertMatMulQ8 needs the groups' tiles");
+  if (n_tokens <= 0) return Status::Ok();
+  const int ne = static_cast<int>(w.rows / rows), max_tiles = MaxExpertTiles(n_tokens * k, ne);
+  const dim3 grid(Blocks(rows, kMmaRows), max_tiles);
+  ExpertMmaQ4_0Kernel<<<grid, 32 * kMmaWarps, 0, S(stream)>>>(w, rows, x, gather, g, k, max_tiles, y);
+  return CheckLaunch("ExpertMatMulQ8");
 }
 
 Status ExpertGateUp(const ExpertProduct& gate, const ExpertProduct& up, const ExpertGroups& g, int k, int max_active,

@@ -94,6 +94,13 @@ Status ExpertGateUpQ8(const DeviceMatrix& gate, const DeviceMatrix& up, int64_t 
 Status ExpertDownQ8(const DeviceMatrix& w, int64_t rows, Q8Activations xg, const ExpertGroups& g, int max_active,
                     int n_tokens, float* y, Stream stream);
 
+// The products of prefill steps (more than kMaxMatVecTokens tokens) on int8 activations, on the tensor cores, for
+// Q4_0 experts of a multiple of 128 columns (ExpertMatMulQ8Takes): y[j * rows + r] = W_e[r] . x_in(j), in(j) =
+// order[j] / k with `gather` (x: the step's tokens quantized), else j (x: the grouped rows quantized). Needs g.tiles.
+bool ExpertMatMulQ8Takes(const DeviceMatrix& w);
+Status ExpertMatMulQ8(const DeviceMatrix& w, int64_t rows, Q8Activations x, bool gather, const ExpertGroups& g, int k,
+                      int n_tokens, float* y, Stream stream);
+
 // x[t * dim + d] += sum_i weights[t * k + i] * ys[row_of[t * k + i] * dim + d] for t < n; with `norm`, then
 // norm->out[t * dim + d] = RMSNorm(x[t]) * norm->w[d] (the next layer's input norm, saving its launch).
 struct RowNorm {

@@ -631,5 +631,69 @@ TEST_F(CudaMoeTest, MlaValuesMatchReference) {
   }
 }
 
+// Prefill products of Q4_0 experts on int8 activations (ExpertMatMulQ8, tensor cores) over GroupByExpert's tiles:
+// gathered (the tokens' rows) and grouped inputs, against double-precision products of the CPU-decoded weights and
+// the CPU's quantization of the inputs. 40 and 700 tokens (tiles partly filled, several tiles of one expert), rows
+// per expert not a multiple of the 128 a block takes; refused: Q8_0, columns not a multiple of 128.
+TEST_F(CudaMoeTest, Int8PrefillExpertProductsMatchReference) {
+  const int ne = 16, k = 3;
+  const int64_t cols = 256, rows = 96;
+  for (int n : {40, 700}) {
+    SCOPED_TRACE(std::to_string(n) + " tokens");
+    std::mt19937 rng(static_cast<unsigned>(n));
+    TestExperts w = RandomExperts(WeightType::kQ4_0, ne * rows, cols, rng);
+    std::uniform_int_distribution<int> pick(0, ne - 1);
+    std::vector<int32_t> chosen;
+    for (int t = 0; t < n; ++t) {
+      std::vector<int> e(ne);
+      for (int i = 0; i < ne; ++i) e[i] = i;
+      std::shuffle(e.begin(), e.end(), rng);
+      for (int i = 0; i < k; ++i) chosen.push_back(t % 5 == 0 ? i : e[i]);  // expert 0..2 more often: several tiles
+    }
+    const int slots = n * k;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(n) * cols), xs(static_cast<size_t>(slots) * cols);
+    for (float& v : x) v = normal(rng);
+    for (float& v : xs) v = normal(rng);
+    const CpuQ8 xq = QuantizeCpu(x), xsq = QuantizeCpu(xs);
+    DeviceBuffer d_chosen = ToDevice(chosen), d_xq = ToDevice(xq.q), d_xds = ToDevice(xq.ds), d_xsq = ToDevice(xsq.q),
+                 d_xsds = ToDevice(xsq.ds);
+    DeviceBuffer d_first = ToDevice(std::vector<int32_t>(ne + 1)), d_order = ToDevice(std::vector<int32_t>(slots));
+    DeviceBuffer d_row_of = ToDevice(std::vector<int32_t>(slots)), d_active = ToDevice(std::vector<int32_t>(ne + 1));
+    DeviceBuffer d_tiles = ToDevice(std::vector<int32_t>(2 * MaxExpertTiles(slots, ne) + 1));
+    const ExpertGroups g{d_first.as<int32_t>(), d_order.as<int32_t>(), d_row_of.as<int32_t>(), d_active.as<int32_t>(),
+                         d_tiles.as<int32_t>()};
+    ASSERT_TRUE(GroupByExpert(d_chosen.as<int32_t>(), slots, ne, g, nullptr, nullptr).ok());
+    const auto row_of = Down<int32_t>(d_row_of, slots);
+    for (const bool gather : {true, false}) {
+      SCOPED_TRACE(gather ? "gathered" : "grouped");
+      ASSERT_TRUE(ExpertMatMulQ8Takes(w.m));
+      DeviceBuffer d_y = Poisoned(static_cast<size_t>(slots) * rows);
+      const Q8Activations in = gather ? Q8Activations{d_xq.as<int8_t>(), d_xds.as<float>()}
+                                      : Q8Activations{d_xsq.as<int8_t>(), d_xsds.as<float>()};
+      const Status st = ExpertMatMulQ8(w.m, rows, in, gather, g, k, n, d_y.as<float>(), nullptr);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      const auto y = Down<float>(d_y, static_cast<size_t>(slots) * rows);
+      double err = 0, norm = 0;
+      for (int s = 0; s < slots; ++s) {
+        const int j = row_of[s];
+        const float* xv =
+            gather ? &xq.values[static_cast<size_t>(s / k) * cols] : &xsq.values[static_cast<size_t>(j) * cols];
+        for (int64_t r = 0; r < rows; ++r) {
+          const double want = RowDot(w.w, chosen[s] * rows + r, xv, cols);
+          const float got = y[static_cast<size_t>(j) * rows + r];
+          ASSERT_FALSE(std::isnan(got)) << "slot " << s << " row " << r;
+          err += (got - want) * (got - want);
+          norm += want * want;
+        }
+      }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5);
+    }
+  }
+  std::mt19937 rng(5);
+  EXPECT_FALSE(ExpertMatMulQ8Takes(RandomExperts(WeightType::kQ8_0, 64, 128, rng).m));
+  EXPECT_FALSE(ExpertMatMulQ8Takes(RandomExperts(WeightType::kQ4_0, 64, 96, rng).m));
+}
+
 }  // namespace
 }  // namespace lr::cuda
