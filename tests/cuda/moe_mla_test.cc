@@ -29,9 +29,14 @@
 namespace lr::cuda {
 namespace {
 
+using testing::CpuQ8;
+using testing::Dequantized;
 using testing::OnDevice;
 using testing::Poisoned;
+using testing::QuantizeCpu;
+using testing::TestMatrix;
 using testing::ToDevice;
+using testing::Upload;
 using CudaMoeTest = OnDevice<::testing::Test>;
 
 template <typename T>
@@ -40,25 +45,6 @@ std::vector<T> Down(const DeviceBuffer& b, size_t count) {
   EXPECT_TRUE(Synchronize("test").ok());
   EXPECT_TRUE(b.Download(v.data(), count * sizeof(T)).ok());
   return v;
-}
-
-// x quantized on the CPU (ops::QuantizeRowQ8, QuantizeQ8's reference) in the device's split layout, and the values
-// it stands for (d * q).
-struct CpuQ8 {
-  std::vector<int8_t> q;
-  std::vector<float> ds, values;
-};
-CpuQ8 QuantizeCpu(const std::vector<float>& x) {
-  std::vector<ops::BlockQ8> blocks(x.size() / 32);
-  ops::QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), blocks.data());
-  CpuQ8 r;
-  for (const ops::BlockQ8& b : blocks) {
-    r.q.insert(r.q.end(), b.q, b.q + 32);
-    r.ds.push_back(b.d);
-    r.ds.push_back(b.s);
-    for (int i = 0; i < 32; ++i) r.values.push_back(b.d * b.q[i]);
-  }
-  return r;
 }
 
 // The device's int8 values and (d, s) (q, ds) equal the CPU's quantization of `of`, bit for bit.
@@ -327,13 +313,8 @@ struct TestExperts {
 TestExperts RandomExperts(WeightType t, int64_t rows, int64_t cols, std::mt19937& rng) {
   const ops::TensorTypeInfo info = *ops::LookupTensorType(static_cast<uint32_t>(t));
   const std::vector<uint8_t> gguf = ops::testing::RandomRows(info, rows, cols, rng);
-  std::vector<uint8_t> q(QuantRowBytes(t, cols) * rows), scales(rows * (cols / 32) * ScaleBytesPerBlock(t));
-  SplitBlocks(t, gguf.data(), rows, cols, q.data(), scales.data());
-  TestExperts r;
-  r.q = ToDevice(q);
-  r.scales = ToDevice(scales);
-  r.m = DeviceMatrix{
-      t, rows, cols, r.q.as<uint8_t>(), IsSplit(t) ? r.scales.as<uint8_t>() : nullptr, QuantRowBytes(t, cols)};
+  TestMatrix up = Upload(t, gguf, rows, cols);
+  TestExperts r{std::move(up.q), std::move(up.scales), up.m, {}};
   r.w.resize(static_cast<size_t>(rows * cols));
   for (int64_t i = 0; i < rows; ++i)
     ops::DequantizeRow(info, gguf.data() + i * GgufRowBytes(t, cols), &r.w[i * cols], cols);
@@ -375,6 +356,7 @@ TEST_F(CudaMoeTest, Int8ExpertProductsMatchReference) {
       for (float& v : x) v = normal(rng);
       std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block (d = 0)
       const CpuQ8 xq = QuantizeCpu(x);
+      const std::vector<float> xv = Dequantized(xq);
       DeviceBuffer d_logits = ToDevice(logits), d_xq = ToDevice(xq.q), d_xds = ToDevice(xq.ds);
       const int slots = n * c.k;
       DeviceBuffer d_experts = ToDevice(std::vector<int32_t>(slots)), d_weights = ToDevice(std::vector<float>(slots));
@@ -417,8 +399,8 @@ TEST_F(CudaMoeTest, Int8ExpertProductsMatchReference) {
       for (int s = 0; s < slots; ++s) {
         const int t = s / c.k, j = row_of[s], e = experts[s];
         for (int64_t r = 0; r < ff; ++r) {
-          const double gv = RowDot(gate.w, e * ff + r, &xq.values[t * embd], embd);
-          const double uv = RowDot(up.w, e * ff + r, &xq.values[t * embd], embd);
+          const double gv = RowDot(gate.w, e * ff + r, &xv[t * embd], embd);
+          const double uv = RowDot(up.w, e * ff + r, &xv[t * embd], embd);
           const double want = gv / (1.0 + std::exp(-gv)) * uv;
           err += (h[j * ff + r] - want) * (h[j * ff + r] - want);
           norm += want * want;
@@ -431,12 +413,12 @@ TEST_F(CudaMoeTest, Int8ExpertProductsMatchReference) {
       st = ExpertDownQ8(down.m, down_rows, hq, g, max_active, n, d_y.as<float>(), nullptr);
       ASSERT_TRUE(st.ok()) << st.ToString();
       const auto y = Down<float>(d_y, slots * down_rows);
-      const CpuQ8 hcpu = QuantizeCpu(h);
+      const std::vector<float> hv = Dequantized(QuantizeCpu(h));
       err = norm = 0;
       for (int s = 0; s < slots; ++s) {
         const int j = row_of[s], e = experts[s];
         for (int64_t r = 0; r < down_rows; ++r) {
-          const double want = RowDot(down.w, e * down_rows + r, &hcpu.values[j * ff], ff);
+          const double want = RowDot(down.w, e * down_rows + r, &hv[j * ff], ff);
           err += (y[j * down_rows + r] - want) * (y[j * down_rows + r] - want);
           norm += want * want;
         }
@@ -656,6 +638,7 @@ TEST_F(CudaMoeTest, Int8PrefillExpertProductsMatchReference) {
     for (float& v : x) v = normal(rng);
     for (float& v : xs) v = normal(rng);
     const CpuQ8 xq = QuantizeCpu(x), xsq = QuantizeCpu(xs);
+    const std::vector<float> xv = Dequantized(xq), xsv = Dequantized(xsq);
     DeviceBuffer d_chosen = ToDevice(chosen), d_xq = ToDevice(xq.q), d_xds = ToDevice(xq.ds), d_xsq = ToDevice(xsq.q),
                  d_xsds = ToDevice(xsq.ds);
     DeviceBuffer d_first = ToDevice(std::vector<int32_t>(ne + 1)), d_order = ToDevice(std::vector<int32_t>(slots));
@@ -677,10 +660,9 @@ TEST_F(CudaMoeTest, Int8PrefillExpertProductsMatchReference) {
       double err = 0, norm = 0;
       for (int s = 0; s < slots; ++s) {
         const int j = row_of[s];
-        const float* xv =
-            gather ? &xq.values[static_cast<size_t>(s / k) * cols] : &xsq.values[static_cast<size_t>(j) * cols];
+        const float* in_v = gather ? &xv[static_cast<size_t>(s / k) * cols] : &xsv[static_cast<size_t>(j) * cols];
         for (int64_t r = 0; r < rows; ++r) {
-          const double want = RowDot(w.w, chosen[s] * rows + r, xv, cols);
+          const double want = RowDot(w.w, chosen[s] * rows + r, in_v, cols);
           const float got = y[static_cast<size_t>(j) * rows + r];
           ASSERT_FALSE(std::isnan(got)) << "slot " << s << " row " << r;
           err += (got - want) * (got - want);
