@@ -48,12 +48,20 @@ Status MlaPrepare(const MlaArgs& a, const float* q, float* kv, const KvPool& poo
                   float* q_abs, Stream stream);
 
 // out[i][h] = Σ_j softmax_j(q_abs[i][h] . row_j * scale) latent_j over positions 0..pos[i] of token i's sequence
-// (out: n x n_head x lat). Decode steps (n <= kMaxMatVecTokens) split each range over MlaAttentionSplits blocks and
-// merge their states; scratch: MlaAttentionScratchFloats floats for that (null when 0).
+// (out: n x n_head x lat). Decode steps (n <= kMaxMatVecTokens) split each range over up to MlaAttentionSplits
+// blocks (the split count depends on n alone, so that a captured graph fits every depth; a token uses as many as its
+// context fills) and leave their states in scratch (MlaAttentionScratchFloats floats) instead of out: MlaValues
+// combines them. With one split (MlaAttentionSplits(a, n) == 1) out is written.
 int MlaAttentionSplits(const MlaArgs& a, int n);
 size_t MlaAttentionScratchFloats(const MlaArgs& a, int n);
 Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvPool& pool, const TokenPlaces& places,
                     int n, float* out, float* scratch, Stream stream);
+// The split states MlaAttention left: scratch, MlaAttentionSplits(a, n), the tokens' positions (device).
+struct MlaSplitStates {
+  const float* part = nullptr;
+  int splits = 0;
+  const int32_t* pos = nullptr;
+};
 
 // MlaAttention's out on the tensor cores (cuda/flash_attention.cu's kernel: a block takes 64 tokens of the batch and
 // one head, one pass over the pages per sequence among them), with the queries and the softmax weights rounded to
@@ -63,9 +71,10 @@ bool FlashAttentionLatentTakes(int k_dim, int v_dim);
 Status FlashAttentionLatent(const float* q_abs, int n_head, float scale, const KvPool& pool, int layer,
                             const TokenPlaces& places, int n, int v_dim, float* out, Stream stream);
 
-// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out); with outq, out
-// quantized into it too (v_dim a multiple of 32): the output product's int8 input.
+// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out, or with states its
+// split states combined); with outq, out quantized into it too (v_dim a multiple of 32): the output product's int8
+// input.
 Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream,
-                 const Q8Activations* outq = nullptr);
+                 const Q8Activations* outq = nullptr, const MlaSplitStates* states = nullptr);
 
 }  // namespace lr::cuda

@@ -129,6 +129,8 @@ class CudaModel : public inference::ForwardPass {
   Status EnqueueMla(int il, int n, const TokenPlaces& places, bool flash);
   // next_norm: the next layer's attn_norm, whose RMSNorm of x into xn_ the last kernel does too; null: none.
   Status EnqueueMoe(int il, int n, const float* next_norm);
+  // The shared expert of layer l on `stream` (stream_, or in decode steps side_.stream): x += its output.
+  Status EnqueueSharedExpert(const Layer& l, int n, void* stream);
   // Products over the same activations: one launch per run of one type (n_tokens <= kMaxMatVecTokens; on in_q, `in`
   // quantized, for the types that TakesQ8), else one tensor-core product each.
   Status Products(const Product* p, int count, const float* in, int n_tokens, const Q8Activations* in_q = nullptr);
@@ -178,7 +180,19 @@ class CudaModel : public inference::ForwardPass {
     DeviceBuffer q, ds;
     Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
   };
-  Q8Buffer qa_q8_, xg_q8_, x_q8_, h_q8_;
+  Q8Buffer qa_q8_, xg_q8_, x_q8_, h_q8_, sh_q8_;  // sh_q8_: the shared expert's down input (decode)
+  // A decode step runs the shared expert on a second stream beside the router and the routed experts (forked after
+  // the FFN norm, joined before the weighted sum): its products fill the device while the routing's small kernels run.
+  struct SideStream {
+    void* stream = nullptr;  // cudaStream_t
+    void* fork = nullptr;    // cudaEvent_t
+    void* join = nullptr;    // cudaEvent_t
+    SideStream() = default;
+    SideStream(const SideStream&) = delete;
+    SideStream& operator=(const SideStream&) = delete;
+    ~SideStream();
+  };
+  SideStream side_;
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

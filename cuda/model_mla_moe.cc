@@ -182,8 +182,25 @@ Status CudaModel::ReserveMlaMoe(size_t t) {
     LR_RETURN_IF_ERROR(AllocateQ8(decode_slots * c.n_embd, &xg_q8_));
     LR_RETURN_IF_ERROR(AllocateQ8(t * c.n_embd, &x_q8_));
     LR_RETURN_IF_ERROR(AllocateQ8(std::max(slots * ff, kMaxMatVecTokens * sh), &h_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(kMaxMatVecTokens * sh, &sh_q8_));
+    if (side_.stream == nullptr) {
+      cudaStream_t stream;
+      cudaEvent_t fork, join;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+      side_.stream = stream;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming), "cudaEventCreate"));
+      side_.fork = fork;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreateWithFlags(&join, cudaEventDisableTiming), "cudaEventCreate"));
+      side_.join = join;
+    }
   }
   return Status::Ok();
+}
+
+CudaModel::SideStream::~SideStream() {
+  if (fork != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(fork));
+  if (join != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(join));
+  if (stream != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
 }
 
 Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places, bool flash) {
@@ -220,7 +237,10 @@ Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places, bool flas
                                     latent_.as<float>(), mla_part_.as<float>(), s));
   }
   const bool quantize = decode && c.head_dim_v % 32 == 0;  // the values quantized for the output product
-  LR_RETURN_IF_ERROR(MlaValues(a, latent_.as<float>(), n, attn, s, quantize ? &xq : nullptr));
+  const int splits = flash ? 1 : MlaAttentionSplits(a, n);
+  const MlaSplitStates states{mla_part_.as<float>(), splits, places.pos};
+  LR_RETURN_IF_ERROR(
+      MlaValues(a, latent_.as<float>(), n, attn, s, quantize ? &xq : nullptr, splits > 1 ? &states : nullptr));
   const Product wo[] = {{l.wo.m, x_.as<float>(), c.n_embd, /*add=*/true}};
   return Products(wo, 1, attn, n, quantize ? &xq : nullptr);
 }
@@ -234,6 +254,19 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
   // Decode steps: xq holds xn quantized (the FFN norm wrote it); the products of the types that TakesQ8 read it.
   const bool decode = n <= kMaxMatVecTokens;
   const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq = h_q8_.view();
+  // The shared expert: on the side stream in decode steps (prefill's tensor-core products share one scratch).
+  const bool side = decode && l.gate_shexp.m.rows > 0;
+  if (side) {
+    LR_RETURN_IF_ERROR(CheckCuda(cudaEventRecord(static_cast<cudaEvent_t>(side_.fork), static_cast<cudaStream_t>(s)),
+                                 "cudaEventRecord"));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(side_.stream), static_cast<cudaEvent_t>(side_.fork), 0),
+                  "cudaStreamWaitEvent"));
+    LR_RETURN_IF_ERROR(EnqueueSharedExpert(l, n, side_.stream));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaEventRecord(static_cast<cudaEvent_t>(side_.join), static_cast<cudaStream_t>(side_.stream)),
+                  "cudaEventRecord"));
+  }
   const Product router[] = {{l.router.m, router_logits_.as<float>(), c.n_expert}};
   LR_RETURN_IF_ERROR(Products(router, 1, xn, n, decode ? &xq : nullptr));
   RouterArgs r;
@@ -275,33 +308,50 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
     const ExpertProduct down{down_w, e, eg_.as<float>(), false, ys_.as<float>()};
     LR_RETURN_IF_ERROR(ExpertMatMul(&down, 1, groups, k, max_active, n, s));
   }
-  if (l.gate_shexp.m.rows > 0) {
-    const int64_t sh = l.gate_shexp.m.rows;
-    const DeviceMatrix &gate_sh = l.gate_shexp.m, &up_sh = l.up_shexp.m;
-    const Product down_sh[] = {{l.down_shexp.m, x_.as<float>(), e, /*add=*/true}};
-    if (decode && TakesQ8(gate_sh.type) && up_sh.type == gate_sh.type && sh % 32 == 0) {
-      // Gate, up and SwiGLU quantized into hq (the routed experts' down product has read it): in one kernel where its
-      // blocks of 32 rows fill the multiprocessors, else the products over all of them, then the SwiGLU.
-      if (sh / 32 >= info_.multiprocessors) {
-        LR_RETURN_IF_ERROR(MatVecSwiGluQ8(gate_sh, up_sh, xq, n, sg_.as<float>(), su_.as<float>(), hq, s));
-      } else {
-        const Product gate_up[] = {{gate_sh, sg_.as<float>(), sh}, {up_sh, su_.as<float>(), sh}};
-        LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n, &xq));
-        LR_RETURN_IF_ERROR(SwiGluQ8(sg_.as<float>(), su_.as<float>(), n * sh, hq, s));
-      }
-      LR_RETURN_IF_ERROR(Products(down_sh, 1, sg_.as<float>(), n, &hq));
-    } else {
-      const Product gate_up[] = {{gate_sh, sg_.as<float>(), sh}, {up_sh, su_.as<float>(), sh}};
-      LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n, decode ? &xq : nullptr));
-      LR_RETURN_IF_ERROR(SwiGlu(sg_.as<float>(), su_.as<float>(), n * sh, s));
-      LR_RETURN_IF_ERROR(Products(down_sh, 1, sg_.as<float>(), n));
-    }
+  if (side) {
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(s), static_cast<cudaEvent_t>(side_.join), 0),
+                  "cudaStreamWaitEvent"));
+  } else if (l.gate_shexp.m.rows > 0) {
+    LR_RETURN_IF_ERROR(EnqueueSharedExpert(l, n, s));
   }
-  // The products reading xn and xq are queued before, on the same stream; decode steps quantize the new xn too.
+  // The products reading xn and xq are queued before (or joined); decode steps quantize the new xn too.
   RowNorm norm{next_norm, c.rms_eps, xn};
   if (decode && e % 32 == 0) norm.q = xq;
   return CombineExperts(ys_.as<float>(), chosen_weights_.as<float>(), groups, n, k, e, x_.as<float>(), s,
                         next_norm != nullptr ? &norm : nullptr);
+}
+
+Status CudaModel::EnqueueSharedExpert(const Layer& l, int n, void* stream) {
+  const ModelConfig& c = config_;
+  const int e = c.n_embd;
+  float *xn = xn_.as<float>(), *sg = sg_.as<float>(), *su = su_.as<float>();
+  const bool decode = n <= kMaxMatVecTokens;
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq = sh_q8_.view();
+  const int64_t sh = l.gate_shexp.m.rows;
+  const DeviceMatrix &gate_sh = l.gate_shexp.m, &up_sh = l.up_shexp.m;
+  const Product gate_up[] = {{gate_sh, sg, sh}, {up_sh, su, sh}};
+  const Product down_sh[] = {{l.down_shexp.m, x_.as<float>(), e, /*add=*/true}};
+  if (!decode) {
+    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+    LR_RETURN_IF_ERROR(SwiGlu(sg, su, n * sh, stream));
+    return Products(down_sh, 1, sg, n);
+  }
+  // Gate, up and SwiGLU (quantized into hq for the int8 down product): in one kernel where its blocks of 32 rows fill
+  // the multiprocessors, else the products over all of them, then the SwiGLU.
+  const bool int8 = TakesQ8(gate_sh.type) && up_sh.type == gate_sh.type && sh % 32 == 0;
+  if (int8 && sh / 32 >= info_.multiprocessors) {
+    LR_RETURN_IF_ERROR(MatVecSwiGluQ8(gate_sh, up_sh, xq, n, sg, su, hq, stream));
+  } else {
+    if (gate_sh.type == up_sh.type) {
+      LR_RETURN_IF_ERROR(MatVecMany(gate_up, 2, xn, n, stream, &xq));
+    } else {
+      LR_RETURN_IF_ERROR(MatVecMany(&gate_up[0], 1, xn, n, stream, &xq));
+      LR_RETURN_IF_ERROR(MatVecMany(&gate_up[1], 1, xn, n, stream, &xq));
+    }
+    LR_RETURN_IF_ERROR(int8 ? SwiGluQ8(sg, su, n * sh, hq, stream) : SwiGlu(sg, su, n * sh, stream));
+  }
+  return MatVecMany(down_sh, 1, sg, n, stream, int8 ? &hq : nullptr);
 }
 
 double CudaModel::last_step_experts() const {

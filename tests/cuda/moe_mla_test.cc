@@ -467,22 +467,23 @@ TEST_F(CudaMoeTest, RmsNormStridedQuantizes) {
 }
 
 // MLA attention over latent rows in the paged pool (MlaArgs' shapes: Leanstral's 256 + 64 and the fixtures' 32 + 16):
-// MlaAttention (f32; decode steps split over blocks, a prefill chunk) and FlashAttentionLatent (tensor cores, f16
-// queries and weights) against a double-precision softmax over the same f16 rows. Two sequences in shuffled pages:
+// MlaAttention (f32; decode steps split over blocks, their states combined by MlaValues; a prefill chunk) and
+// FlashAttentionLatent (tensor cores, f16 queries and weights) against a double-precision softmax over the same f16
+// rows, and v_b times the result. Two sequences in shuffled pages:
 // a 70-token chunk of the first at positions 37..106 beside 9 tokens of the second (the flash kernel's passes per
-// sequence), and a decode step of 3 tokens.
+// sequence), and a decode step of 3 tokens (the first over 10 pages: several splits).
 TEST_F(CudaMoeTest, MlaAttentionMatchesReference) {
   for (const auto [lat, rope, n_head] : {std::array<int, 3>{256, 64, 32}, std::array<int, 3>{32, 16, 4}}) {
     SCOPED_TRACE("latent " + std::to_string(lat) + " + rope " + std::to_string(rope));
     const int kd = lat + rope, n_layer = 2, layer = 1;
     std::mt19937 rng(static_cast<unsigned>(kd));
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    // Sequence lengths 107 and 60 in pages 0..5 of the pool, shuffled.
-    const int len[2] = {107, 60};
-    std::vector<int32_t> pages = {4, 1, 3, 0, 2, 5, 6};  // sequence 0: 4 pages, sequence 1: 2 (then one spare)
-    const int first_page[2] = {0, 4};
+    // Sequence lengths 300 and 60 in pages 0..11 of the pool, shuffled.
+    const int len[2] = {300, 60};
+    std::vector<int32_t> pages = {4, 11, 1, 3, 9, 0, 12, 2, 7, 5, 6, 10, 8};  // sequence 0: 10 pages, 1: 2, a spare
+    const int first_page[2] = {0, 10};
     const size_t page_bytes = static_cast<size_t>(n_layer) * kPageTokens * kd * 2;
-    std::vector<uint16_t> pool_host(page_bytes / 2 * 7);
+    std::vector<uint16_t> pool_host(page_bytes / 2 * 13);
     std::vector<std::vector<float>> rows(2);  // per sequence: len x kd values (f16-rounded)
     for (int sq = 0; sq < 2; ++sq) {
       for (int p = 0; p < len[sq]; ++p) {
@@ -502,11 +503,15 @@ TEST_F(CudaMoeTest, MlaAttentionMatchesReference) {
     a.nope = 16;
     a.rope = rope;
     a.lat = lat;
-    a.v_dim = lat;
+    a.v_dim = 40;  // not whole blocks of 32: MlaValues without quantization
+    std::vector<uint16_t> kv_b(static_cast<size_t>(n_head) * (a.nope + a.v_dim) * lat);
+    for (uint16_t& v : kv_b) v = FloatToHalf(0.1f * normal(rng));
+    DeviceBuffer d_kv_b = ToDevice(kv_b);
+    a.kv_b = d_kv_b.as<uint16_t>();
     a.layer = layer;
     const float scale = 0.07f;
     // Steps: (sequence, position) of each token.
-    std::vector<std::pair<int, int>> chunk, decode = {{0, 106}, {1, 59}, {0, 40}};
+    std::vector<std::pair<int, int>> chunk, decode = {{0, 299}, {1, 59}, {0, 40}};
     for (int p = 37; p < 107; ++p) chunk.push_back({0, p});
     for (int p = 51; p < 60; ++p) chunk.push_back({1, p});
     for (const auto* step : {&chunk, &decode}) {
@@ -557,7 +562,29 @@ TEST_F(CudaMoeTest, MlaAttentionMatchesReference) {
       ASSERT_TRUE(
           MlaAttention(a, d_q.as<float>(), scale, pool, places, n, d_out.as<float>(), d_part.as<float>(), nullptr)
               .ok());
-      check(d_out, 1e-5, "MlaAttention");
+      const int splits = MlaAttentionSplits(a, n);
+      if (splits == 1) check(d_out, 1e-5, "MlaAttention");
+      // The values v_b_h . latent through MlaValues, which combines the split states of a decode step.
+      const MlaSplitStates states{d_part.as<float>(), splits, d_pos.as<int32_t>()};
+      DeviceBuffer d_values = Poisoned(static_cast<size_t>(n) * n_head * a.v_dim);
+      ASSERT_TRUE(
+          MlaValues(a, d_out.as<float>(), n, d_values.as<float>(), nullptr, nullptr, splits > 1 ? &states : nullptr)
+              .ok());
+      const auto values = Down<float>(d_values, static_cast<size_t>(n) * n_head * a.v_dim);
+      double err = 0, norm = 0;
+      for (int i = 0; i < n; ++i)
+        for (int h = 0; h < n_head; ++h)
+          for (int r = 0; r < a.v_dim; ++r) {
+            double v = 0;
+            for (int l = 0; l < lat; ++l)
+              v += HalfToFloat(kv_b[(static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * lat + l]) *
+                   want[(static_cast<size_t>(i) * n_head + h) * lat + l];
+            const float got = values[(static_cast<size_t>(i) * n_head + h) * a.v_dim + r];
+            ASSERT_FALSE(std::isnan(got)) << "token " << i << " head " << h << " row " << r;
+            err += (got - v) * (got - v);
+            norm += v * v;
+          }
+      EXPECT_LT(std::sqrt(err / norm), 1e-5) << "MlaValues over MlaAttention, " << splits << " splits";
       if (n > kMaxMatVecTokens) {
         ASSERT_TRUE(FlashAttentionLatentTakes(kd, lat));
         DeviceBuffer d_flash = Poisoned(want.size());
