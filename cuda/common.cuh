@@ -56,11 +56,14 @@ inline bool EarlyLaunch() {
 // waits for that one's end with WaitForPreviousKernel before it reads what that one writes). The decode step's
 // kernels all launch so: the launch latency between them is hidden, and the products load their first weights
 // while the kernel before finishes.
+// LaunchEarlyShared: the same with `shared` bytes of dynamic shared memory.
 template <typename... Params, typename... Args>
-void LaunchEarly(void (*kernel)(Params...), dim3 blocks, dim3 threads, Stream stream, Args&&... args) {
+void LaunchEarlyShared(void (*kernel)(Params...), dim3 blocks, dim3 threads, size_t shared, Stream stream,
+                       Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = blocks;
   config.blockDim = threads;
+  config.dynamicSmemBytes = shared;
   config.stream = S(stream);
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -68,6 +71,10 @@ void LaunchEarly(void (*kernel)(Params...), dim3 blocks, dim3 threads, Stream st
   config.attrs = attribute;
   config.numAttrs = EarlyLaunch() ? 1 : 0;
   cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+template <typename... Params, typename... Args>
+void LaunchEarly(void (*kernel)(Params...), dim3 blocks, dim3 threads, Stream stream, Args&&... args) {
+  LaunchEarlyShared(kernel, blocks, threads, 0, stream, std::forward<Args>(args)...);
 }
 
 // Quantizes value i of an array into out, as ops::QuantizeRowQ8 (bit for bit): called by the 32 lanes of a warp

@@ -6,7 +6,9 @@
 // (position <= the token's), an online softmax in base 2 in f32, and O += P V with P packed to f16 straight from the
 // score accumulators (their layout is the A operand's) and V through transposing ldmatrix loads. The tokens of a
 // block may belong to several sequences: it makes one pass per sequence, each pass masking the other sequences'
-// tokens, so that a mixed batch gets the same results as one sequence at a time.
+// tokens, so that a mixed batch gets the same results as one sequence at a time. MLA's latent rows (mla.h:
+// FlashAttentionLatent) take the same kernel with one KV head whose rows are both keys and (their first v_dim values)
+// values.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +16,7 @@
 
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/mla.h"
 #include "cuda/mma.cuh"
 
 namespace lr::cuda {
@@ -21,9 +24,15 @@ namespace {
 
 constexpr int kTokens = 64, kWarps = 4;
 
-template <int D>
+// DK: the key rows' width; DV: the values'. DV < DK: the latent rows of MLA (cuda/mla.h), whose values are the rows'
+// first DV values (one buffer for both). The queries' fragments stay in registers up to 128 values, else they are
+// loaded from shared memory at each use (so that the 8 DV / 4 accumulators fit beside them).
+template <int DK, int DV>
+constexpr bool kLatent = DV < DK;
+template <int DK, int DV>
 constexpr int SmemBytes() {
-  return (kTokens + 4 * kPageTokens) * (D + 8) * 2;  // queries, then 2 buffers of keys and 2 of values
+  // queries, then 2 buffers of keys and (unless latent) 2 of values
+  return (kTokens + (kLatent<DK, DV> ? 2 : 4) * kPageTokens) * (DK + 8) * 2;
 }
 
 __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
@@ -42,15 +51,17 @@ __device__ __forceinline__ float QuadSum(float v) {
 
 // Block (blockIdx.x, blockIdx.y) = (tokens 64 x .. 64 x + 63, query head). Each lane holds two token rows of its
 // warp's 16: lane / 4 and lane / 4 + 8 ("lo" and "hi"), and of each 8-wide column tile the columns 2 (lane % 4), +1.
-template <int D>
+template <int DK, int DV>
 __global__ void __launch_bounds__(32 * kWarps)
     FlashAttentionKernel(const float* __restrict__ q, int n, int n_head, float scale_log2, KvPool pool, int layer,
                          TokenPlaces places, float* __restrict__ out) {
+  constexpr int D = DK;
+  constexpr bool kQInRegisters = DK <= 128;
   constexpr int kStride = D + 8;  // halves per shared row: consecutive rows start in different 16-byte bank groups
   extern __shared__ __align__(16) uint8_t smem[];
   __half* sq = reinterpret_cast<__half*>(smem);
-  __half* sk = sq + kTokens * kStride;          // 2 x kPageTokens rows
-  __half* sv = sk + 2 * kPageTokens * kStride;  // 2 x kPageTokens rows
+  __half* sk = sq + kTokens * kStride;                                 // 2 x kPageTokens rows
+  __half* sv = kLatent<DK, DV> ? sk : sk + 2 * kPageTokens * kStride;  // 2 x kPageTokens rows
   __shared__ int tfirst[kTokens], tpos[kTokens], pass_first, pass_max;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int tok0 = blockIdx.x * kTokens, head = blockIdx.y;
@@ -70,15 +81,17 @@ __global__ void __launch_bounds__(32 * kWarps)
     tpos[r] = valid ? places.pos[tok0 + r] : -1;
   }
   __syncthreads();
-  uint32_t qf[D / 16][4];
+  const uint32_t q_row = SharedAddress(sq + (warp * 16 + lane % 16) * kStride + (lane / 16) * 8);
+  uint32_t qf[kQInRegisters ? D / 16 : 1][4];
+  if constexpr (kQInRegisters) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    LoadMatrixX4(SharedAddress(sq + (warp * 16 + lane % 16) * kStride + 16 * kk + (lane / 16) * 8), qf[kk]);
+    for (int kk = 0; kk < D / 16; ++kk) LoadMatrixX4(q_row + 32 * kk, qf[kk]);
+  }
 
   const int lo = warp * 16 + lane / 4, hi = lo + 8;
-  float o[D / 8][4];
+  float o[DV / 8][4];
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  for (int j = 0; j < DV / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;  // l: this lane's share of the row sums
   const size_t lh = static_cast<size_t>(layer) * pool.n_head_kv + hk;
   const size_t k_off = lh * kPageTokens * D;
@@ -117,7 +130,8 @@ __global__ void __launch_bounds__(32 * kWarps)
         const int r = c / (D / 8), part = 8 * (c % (D / 8));
         const bool valid = pg * kPageTokens + r <= max_pos;
         CopyAsync16(SharedAddress(sk + (b * kPageTokens + r) * kStride + part), page + k_off + r * D + part, valid);
-        CopyAsync16(SharedAddress(sv + (b * kPageTokens + r) * kStride + part), page + v_off + r * D + part, valid);
+        if constexpr (!kLatent<DK, DV>)
+          CopyAsync16(SharedAddress(sv + (b * kPageTokens + r) * kStride + part), page + v_off + r * D + part, valid);
       }
     };
     load(0, 0);
@@ -135,13 +149,16 @@ __global__ void __launch_bounds__(32 * kWarps)
       for (int j = 0; j < 4; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qk[4];
+        if constexpr (!kQInRegisters) LoadMatrixX4(q_row + 32 * kk, qk);
+        const uint32_t* a = kQInRegisters ? qf[kQInRegisters ? kk : 0] : qk;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           uint32_t r[4];
           LoadMatrixX4(
               SharedAddress(kb + (16 * j + lane % 8 + (lane / 16) * 8) * kStride + 16 * kk + ((lane / 8) % 2) * 8), r);
-          Mma16816(s[2 * j], qf[kk], r);
-          Mma16816(s[2 * j + 1], qf[kk], r + 2);
+          Mma16816(s[2 * j], a, r);
+          Mma16816(s[2 * j + 1], a, r + 2);
         }
       }
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
@@ -175,7 +192,7 @@ __global__ void __launch_bounds__(32 * kWarps)
       l_lo = l_lo * corr_lo + sum_lo;
       l_hi = l_hi * corr_hi + sum_hi;
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
+      for (int j = 0; j < DV / 8; ++j) {
         o[j][0] *= corr_lo;
         o[j][1] *= corr_lo;
         o[j][2] *= corr_hi;
@@ -188,7 +205,7 @@ __global__ void __launch_bounds__(32 * kWarps)
                                PackHalves(s[2 * kk2 + 1][0], s[2 * kk2 + 1][1]),
                                PackHalves(s[2 * kk2 + 1][2], s[2 * kk2 + 1][3])};
 #pragma unroll
-        for (int dn = 0; dn < D / 16; ++dn) {
+        for (int dn = 0; dn < DV / 16; ++dn) {
           uint32_t r[4];
           LoadMatrixX4T(
               SharedAddress(vb + (16 * kk2 + lane % 8 + ((lane / 8) % 2) * 8) * kStride + 16 * dn + (lane / 16) * 8),
@@ -207,22 +224,22 @@ __global__ void __launch_bounds__(32 * kWarps)
     const int t = tok0 + (h == 0 ? lo : hi);
     if (t >= n) continue;
     const float inv = 1.0f / (h == 0 ? sum_lo : sum_hi);
-    float* ot = out + (static_cast<size_t>(t) * n_head + head) * D + 2 * (lane % 4);
+    float* ot = out + (static_cast<size_t>(t) * n_head + head) * DV + 2 * (lane % 4);
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j)
+    for (int j = 0; j < DV / 8; ++j)
       *reinterpret_cast<float2*>(ot + 8 * j) = make_float2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
   }
 }
 
-template <int D>
+template <int DK, int DV = DK>
 Status Launch(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places, int n,
               float* out, Stream stream) {
-  constexpr int bytes = SmemBytes<D>();
+  constexpr int bytes = SmemBytes<DK, DV>();
   LR_RETURN_IF_ERROR(
-      CheckCuda(cudaFuncSetAttribute(FlashAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+      CheckCuda(cudaFuncSetAttribute(FlashAttentionKernel<DK, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
                 "FlashAttention smem"));
   const dim3 grid((n + kTokens - 1) / kTokens, n_head);
-  FlashAttentionKernel<D><<<grid, 32 * kWarps, bytes, static_cast<cudaStream_t>(stream)>>>(
+  FlashAttentionKernel<DK, DV><<<grid, 32 * kWarps, bytes, static_cast<cudaStream_t>(stream)>>>(
       q, n, n_head, scale * 1.4426950408889634f, pool, layer, places, out);
   return CheckLaunch("FlashAttention");
 }
@@ -248,6 +265,20 @@ Status FlashAttention(const float* q, int n_head, float scale, const KvPool& poo
       return Unsupported("FlashAttention: key rows of " + std::to_string(pool.k_dim) + " and value rows of " +
                          std::to_string(pool.v_dim) + " values (expected both 16, 32, 64, 96 or 128)");
   }
+}
+
+bool FlashAttentionLatentTakes(int k_dim, int v_dim) {
+  return (k_dim == 320 && v_dim == 256) || (k_dim == 48 && v_dim == 32);
+}
+
+Status FlashAttentionLatent(const float* q, int n_head, float scale, const KvPool& pool, int layer,
+                            const TokenPlaces& places, int n, int v_dim, float* out, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  if (pool.n_head_kv != 1 || pool.v_dim != 0 || !FlashAttentionLatentTakes(pool.k_dim, v_dim))
+    return Unsupported("FlashAttentionLatent: one KV head of " + std::to_string(pool.k_dim) + "-value rows, " +
+                       std::to_string(v_dim) + " values (takes 320 and 256, 48 and 32)");
+  if (pool.k_dim == 320) return Launch<320, 256>(q, n_head, scale, pool, layer, places, n, out, stream);
+  return Launch<48, 32>(q, n_head, scale, pool, layer, places, n, out, stream);
 }
 
 }  // namespace lr::cuda

@@ -535,13 +535,6 @@ Status Attention(const float* q, int n_head, float scale, const KvPool& pool, in
   return CheckLaunch("AttentionMerge");
 }
 
-Status MergeAttentionSplits(const float* part, int splits, int n_head, int n, int v_dim, float* out, Stream stream) {
-  if (n <= 0) return Status::Ok();
-  AttentionMergeKernel<<<dim3(n_head, n), std::min(v_dim, 256), 0, S(stream)>>>(part, splits, v_dim, out,
-                                                                                Q8Activations{});
-  return CheckLaunch("AttentionMerge");
-}
-
 Status Sample(const float* logits, int rows, int vocab, float temperature, uint64_t seed, int32_t* out, Stream stream) {
   if (rows <= 0) return Status::Ok();
   LaunchEarly(SampleKernel, rows, kSampleThreads, stream, logits, vocab, temperature, seed, out);

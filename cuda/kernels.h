@@ -182,9 +182,6 @@ size_t AttentionScratchFloats(int n, int n_head, int n_head_kv, int v_dim);
 // With outq, out is quantized into it too (v_dim a multiple of 32): the output product's input in the same pass.
 Status Attention(const float* q, int n_head, float scale, const KvPool& pool, int layer, const TokenPlaces& places,
                  int n, float* out, float* scratch, Stream stream, const Q8Activations* outq = nullptr);
-// out[(i * n_head + h) * v_dim + d] = the `splits` states of (token i, head h) combined: state s at part + ((i * n_head
-// + h) * splits + s) * (v_dim + 2), v_dim unnormalised outputs, then the maximum score and the sum of exponentials.
-Status MergeAttentionSplits(const float* part, int splits, int n_head, int n, int v_dim, float* out, Stream stream);
 
 // Attention's results on the tensor cores (cuda/flash_attention.cu), with the queries and the softmax weights rounded
 // to f16, for key and value rows of the same width, 16, 32, 64, 96 or 128 (FlashAttentionTakes). A block takes 64

@@ -19,6 +19,8 @@
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
+#include "cuda/moe.h"
 
 namespace lr::cuda {
 namespace {
@@ -335,15 +337,12 @@ __device__ __forceinline__ void RowSums(const DeviceMatrix* const (&mats)[R], co
   }
 }
 
-// R rows per warp, NT tokens.
+// Rows row0 .. row0 + R - 1 of w (those below w.rows) times n <= NT tokens of xq, by one warp: y[t * y_stride + r]
+// (+ with add)= the sum.
 template <WeightType T, int NT, int R>
-__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet set, Q8Activations xq, int n) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  unsigned block;
-  const Product& p = BlockProduct(set, &block);
-  const DeviceMatrix& w = p.w;
-  const int64_t row0 = (static_cast<int64_t>(block) * kMatVecWarps + warp) * R;
-  if (row0 >= w.rows) return;
+__device__ __forceinline__ void RowProducts(const DeviceMatrix& w, int64_t row0, Q8Activations xq, int n, float* y,
+                                            int64_t y_stride, bool add) {
+  const int lane = threadIdx.x % 32;
   const DeviceMatrix* mats[R];
   int64_t rows[R];
 #pragma unroll
@@ -359,11 +358,22 @@ __global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet s
     for (int t = 0; t < NT; ++t) {
       const float sum = WarpSum(acc[r][t]);
       if (lane == 0 && t < n && row0 + r < w.rows) {
-        float* o = p.y + t * p.y_stride + row0 + r;
-        *o = p.add ? *o + sum : sum;
+        float* o = y + t * y_stride + row0 + r;
+        *o = add ? *o + sum : sum;
       }
     }
   }
+}
+
+// R rows per warp, NT tokens.
+template <WeightType T, int NT, int R>
+__global__ void __launch_bounds__(32 * kMatVecWarps) MatVecQ8Kernel(ProductSet set, Q8Activations xq, int n) {
+  const int warp = threadIdx.x / 32;
+  unsigned block;
+  const Product& p = BlockProduct(set, &block);
+  const int64_t row0 = (static_cast<int64_t>(block) * kMatVecWarps + warp) * R;
+  if (row0 >= p.w.rows) return;
+  RowProducts<T, NT, R>(p.w, row0, xq, n, p.y, p.y_stride, p.add);
 }
 
 // The gate and up products with the SwiGLU between them: a block takes 32 consecutive rows of both (W warps of R
@@ -373,13 +383,13 @@ template <int NT>
 constexpr int kGluWarps = NT == 1   ? 4
                           : NT == 2 ? 8
                                     : 16;
+// Rows r0 .. r0 + 31 of gate and up for n <= NT tokens, by the whole block (every thread calls it).
 template <WeightType T, int NT>
-__global__ void __launch_bounds__(32 * kGluWarps<NT>)
-    MatVecSwiGluQ8Kernel(DeviceMatrix gate, DeviceMatrix up, Q8Activations xq, int n, float* h, Q8Activations hq) {
+__device__ __forceinline__ void SwiGluRows(const DeviceMatrix& gate, const DeviceMatrix& up, Q8Activations xq, int n,
+                                           int64_t r0, float* h, Q8Activations hq) {
   constexpr int R = 64 / kGluWarps<NT>, kHalf = R / 2;
   __shared__ float sums[2][NT][32];  // [gate or up][token][row - r0]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
   const DeviceMatrix* mats[R];
   int64_t rows[R];
 #pragma unroll
@@ -405,6 +415,13 @@ __global__ void __launch_bounds__(32 * kGluWarps<NT>)
     h[i] = v;
     QuantizeWarp(v, i, hq);
   }
+  __syncthreads();  // sums is read: the block may call again
+}
+
+template <WeightType T, int NT>
+__global__ void __launch_bounds__(32 * kGluWarps<NT>)
+    MatVecSwiGluQ8Kernel(DeviceMatrix gate, DeviceMatrix up, Q8Activations xq, int n, float* h, Q8Activations hq) {
+  SwiGluRows<T, NT>(gate, up, xq, n, static_cast<int64_t>(blockIdx.x) * 32, h, hq);
 }
 
 // Q4_0 products of 5..16 tokens on the tensor cores (mma.m16n8k32, int8 operands, int32 sums): the step's tokens are
@@ -415,14 +432,6 @@ __global__ void __launch_bounds__(32 * kGluWarps<NT>)
 // b0 = k 4t..4t+3 of row g, b1 = k 16 + 4t..: word t of row g's 16 quant bytes, low and high nibbles. C: c0, c1 =
 // token g, rows 2t and 2t + 1; c2, c3 = token g + 8.
 constexpr int kMmaTiles = 2, kMmaWarps = 8, kMmaUnroll = 4;
-__device__ __forceinline__ void MmaS8(int* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __global__ void __launch_bounds__(32 * kMmaWarps) MatVecMmaQ4_0Kernel(ProductSet set, Q8Activations xq, int n) {
   __shared__ float part[kMmaWarps][kMmaTiles][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -542,6 +551,58 @@ void ForTokens(int n, F&& launch) {
   }
 }
 
+// --- the routed experts' products on int8 activations (moe.h: ExpertGateUpQ8, ExpertDownQ8) ---
+
+// Expert e's rows [e * rows, (e + 1) * rows) of the stacked w as a matrix of its own.
+template <WeightType T>
+__device__ __forceinline__ DeviceMatrix ExpertRows(const DeviceMatrix& w, int e, int64_t rows) {
+  constexpr size_t kScaleBytes = T == WeightType::kQ4_1 ? 4 : T == WeightType::kQ4_0 || T == WeightType::kQ8_0 ? 2 : 0;
+  DeviceMatrix m = w;
+  m.rows = rows;
+  m.q = w.q + static_cast<size_t>(e) * rows * w.row_bytes;
+  if constexpr (kScaleBytes > 0) m.scales = w.scales + static_cast<size_t>(e) * rows * (w.cols / 32) * kScaleBytes;
+  return m;
+}
+// Activations from value `at` on (a multiple of 32).
+__device__ __forceinline__ Q8Activations Q8From(Q8Activations a, int64_t at) {
+  return Q8Activations{a.q + at, a.ds + at / 16};
+}
+
+// Block (x, j): rows 32 x .. 32 x + 31 of the gate and up matrices of the j-th chosen expert, over that expert's
+// grouped rows of xg in chunks of NT.
+template <WeightType T, int NT>
+__global__ void __launch_bounds__(32 * kGluWarps<NT>)
+    ExpertSwiGluQ8Kernel(DeviceMatrix gate, DeviceMatrix up, int64_t rows, Q8Activations xg, ExpertGroups g, int ne,
+                         float* h, Q8Activations hq) {
+  WaitForPreviousKernel();  // the groups come from the kernel before
+  const int j = blockIdx.y;
+  if (j >= g.active[ne]) return;  // the whole block
+  const int e = g.active[j], first = g.first[e], m = g.first[e + 1] - first;
+  const DeviceMatrix ge = ExpertRows<T>(gate, e, rows), ue = ExpertRows<T>(up, e, rows);
+  for (int c0 = 0; c0 < m; c0 += NT) {
+    const int64_t j0 = first + c0;
+    SwiGluRows<T, NT>(ge, ue, Q8From(xg, j0 * gate.cols), min(NT, m - c0), static_cast<int64_t>(blockIdx.x) * 32,
+                      h + j0 * rows, Q8From(hq, j0 * rows));
+  }
+}
+
+// Block (x, j): R rows per warp of the j-th chosen expert's matrix, over its grouped rows of xg in chunks of NT.
+template <WeightType T, int NT, int R>
+__global__ void __launch_bounds__(32 * kMatVecWarps)
+    ExpertMatVecQ8Kernel(DeviceMatrix w, int64_t rows, Q8Activations xg, ExpertGroups g, int ne, float* y) {
+  WaitForPreviousKernel();
+  const int j = blockIdx.y;
+  if (j >= g.active[ne]) return;
+  const int e = g.active[j], first = g.first[e], m = g.first[e + 1] - first;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kMatVecWarps + threadIdx.x / 32) * R;
+  if (row0 >= rows) return;
+  const DeviceMatrix we = ExpertRows<T>(w, e, rows);
+  for (int c0 = 0; c0 < m; c0 += NT) {
+    const int64_t j0 = first + c0;
+    RowProducts<T, NT, R>(we, row0, Q8From(xg, j0 * w.cols), min(NT, m - c0), y + j0 * rows, rows, false);
+  }
+}
+
 }  // namespace
 
 bool TakesQ8(WeightType t) { return TakesQ8Type(t); }
@@ -635,6 +696,63 @@ Status MatVec(const DeviceMatrix& w, const float* x, int n, float* y, int64_t y_
               const Q8Activations* xq) {
   const Product p{w, y, y_stride, add};
   return MatVecMany(&p, 1, x, n, stream, xq);
+}
+
+namespace {
+
+// The checks of the expert products' arguments: a type taking int8 activations, whole experts of `rows` rows.
+Status CheckExperts(const char* what, const DeviceMatrix& w, int64_t rows) {
+  LR_RETURN_IF_ERROR(CheckMatrix(w));
+  if (!TakesQ8(w.type) || rows <= 0 || w.rows % rows != 0)
+    return InvalidArgument(std::string(what) + ": " + std::to_string(w.rows) + " stacked rows of a type taking int8 " +
+                           "activations in whole experts of " + std::to_string(rows));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ExpertGateUpQ8(const DeviceMatrix& gate, const DeviceMatrix& up, int64_t rows, Q8Activations xg,
+                      const ExpertGroups& g, int max_active, int n_tokens, float* h, Q8Activations hq, Stream stream) {
+  LR_RETURN_IF_ERROR(CheckExperts("ExpertGateUpQ8", gate, rows));
+  LR_RETURN_IF_ERROR(CheckExperts("ExpertGateUpQ8", up, rows));
+  if (gate.type != up.type || gate.rows != up.rows || gate.cols != up.cols || rows % 32 != 0)
+    return InvalidArgument(
+        "ExpertGateUpQ8: gate and up must be of one type and shape, experts of a multiple of 32 rows");
+  if (n_tokens < 1 || n_tokens > kMaxMatVecTokens)
+    return InvalidArgument("ExpertGateUpQ8 takes 1..16 tokens, got " + std::to_string(n_tokens));
+  const int ne = static_cast<int>(gate.rows / rows);
+  if (max_active <= 0) return Status::Ok();
+  const dim3 grid(static_cast<unsigned>(rows / 32), std::min(max_active, ne));
+  LR_RETURN_IF_ERROR(DispatchType(gate.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    if constexpr (TakesQ8Type(T)) {
+      ForTokens(n_tokens, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        LaunchEarly(ExpertSwiGluQ8Kernel<T, NT>, grid, 32 * kGluWarps<NT>, stream, gate, up, rows, xg, g, ne, h, hq);
+      });
+    }
+  }));
+  return CheckLaunch("ExpertGateUpQ8");
+}
+
+Status ExpertDownQ8(const DeviceMatrix& w, int64_t rows, Q8Activations xg, const ExpertGroups& g, int max_active,
+                    int n_tokens, float* y, Stream stream) {
+  LR_RETURN_IF_ERROR(CheckExperts("ExpertDownQ8", w, rows));
+  if (n_tokens < 1 || n_tokens > kMaxMatVecTokens)
+    return InvalidArgument("ExpertDownQ8 takes 1..16 tokens, got " + std::to_string(n_tokens));
+  const int ne = static_cast<int>(w.rows / rows);
+  if (max_active <= 0) return Status::Ok();
+  LR_RETURN_IF_ERROR(DispatchType(w.type, [&](auto tag) {
+    constexpr WeightType T = decltype(tag)::value;
+    if constexpr (TakesQ8Type(T)) {
+      ForTokens(n_tokens, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value, R = Q8Rows(NT);
+        const dim3 grid(Blocks(rows, kMatVecWarps * R), std::min(max_active, ne));
+        LaunchEarly(ExpertMatVecQ8Kernel<T, NT, R>, grid, 32 * kMatVecWarps, stream, w, rows, xg, g, ne, y);
+      });
+    }
+  }));
+  return CheckLaunch("ExpertDownQ8");
 }
 
 }  // namespace lr::cuda

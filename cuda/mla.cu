@@ -24,10 +24,20 @@ __device__ float InverseRms(const float* x, int dim, float eps) {
 
 constexpr int kNormThreads = 256;
 __global__ void __launch_bounds__(kNormThreads)
-    RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps) {
+    RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps, Q8Activations xq) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   float* xr = x + static_cast<size_t>(blockIdx.x) * stride;
   const float scale = InverseRms<kNormThreads>(xr, dim, eps);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) xr[d] = xr[d] * scale * w[d];
+  if (xq.q == nullptr) {
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) xr[d] = xr[d] * scale * w[d];
+    return;
+  }
+  for (int d = threadIdx.x; d < stride; d += blockDim.x) {  // whole warps: stride % 32 == 0
+    const float v = d < dim ? xr[d] * scale * w[d] : xr[d];
+    xr[d] = v;
+    QuantizeWarp(v, static_cast<int64_t>(blockIdx.x) * stride + d, xq);
+  }
 }
 
 // Angle pair p of position pos: (cos, sin) * factor.
@@ -45,6 +55,8 @@ constexpr int kPrepareThreads = 128;
 __global__ void __launch_bounds__(kPrepareThreads)
     MlaPrepareKernel(MlaArgs a, const float* q, float* kv, KvPool pool, TokenPlaces places, float* q_abs) {
   extern __shared__ float qs[];  // nope + rope
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int h = blockIdx.x, i = blockIdx.y;
   const int kd = a.lat + a.rope, hd = a.nope + a.rope, half = a.rope / 2;
   const int pos = places.pos[i];
@@ -94,9 +106,15 @@ __global__ void __launch_bounds__(kPrepareThreads)
 // One block per (group of G heads, token, split), 4 warps taking the split's pages in turn: lane j scores position j
 // of a page against the G queries (from shared memory), an online softmax per head, and the weighted latents (V
 // values per lane) accumulated. The warps' states are merged through shared memory, which then holds them instead of
-// the queries; with several splits each block writes its state and MergeAttentionSplits combines them.
+// the queries; with several splits each block writes its state and MlaValues combines them. Of a launch's splits a
+// token uses ActiveSplits (at least kMlaWarps pages each), so that short contexts leave the other blocks idle.
 constexpr int kMlaWarps = 4, kMlaBlocks = 1024, kMaxMlaSplits = 128;
 constexpr size_t kMlaShared = 48 * 1024;
+
+__device__ __forceinline__ int ActiveSplits(int pos, int splits) {
+  const int n_pages = pos / kPageTokens + 1;
+  return min(splits, (n_pages + kMlaWarps - 1) / kMlaWarps);
+}
 
 // Heads per block: the most of 8, 4, 2, 1 dividing n_head whose queries and warp states fit the shared memory.
 int MlaGroup(int n_head, int lat, int kd) {
@@ -112,7 +130,11 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
     MlaAttentionKernel(MlaArgs a, const float* q_abs, float scale, KvPool pool, TokenPlaces places, float* out,
                        float* part) {
   extern __shared__ float sm[];
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int hg = blockIdx.x, i = blockIdx.y;
+  const int active = ActiveSplits(places.pos[i], gridDim.z);
+  if (static_cast<int>(blockIdx.z) >= active) return;  // the whole block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lat = a.lat, kd = a.lat + a.rope;
   const float* qi = q_abs + (static_cast<size_t>(i) * a.n_head + hg * G) * kd;
@@ -131,8 +153,8 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
   }
   const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
   const int splits = gridDim.z, split = blockIdx.z;
-  const int pg_end = (split + 1) * n_pages / splits;
-  for (int pg = split * n_pages / splits + warp; pg < pg_end; pg += kMlaWarps) {
+  const int pg_end = (split + 1) * n_pages / active;
+  for (int pg = split * n_pages / active + warp; pg < pg_end; pg += kMlaWarps) {
     const __half* rows =
         reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes) + off;
     const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
@@ -221,25 +243,67 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
   }
 }
 
-// One warp per (value row r of head h, token): v_b_h[r] . latent[i][h].
-constexpr int kValueWarps = 4;
-__global__ void __launch_bounds__(32 * kValueWarps) MlaValuesKernel(MlaArgs a, const float* latent, float* out) {
+// Block (x, h, i): value rows 32 x .. 32 x + 31 of head h for token i. The attended latent first into shared memory
+// (with split states: their combination, the states of the token's active splits weighted by exp(m_s - max) over
+// the sum of their weighted sums); then warp w takes rows w, w + kValueWarps, ..., and warp 0 writes the 32 sums (and
+// quantizes them into outq, whole blocks of 32).
+constexpr int kValueWarps = 4, kMaxValueLatent = 512;
+__global__ void __launch_bounds__(32 * kValueWarps)
+    MlaValuesKernel(MlaArgs a, const float* latent, MlaSplitStates states, float* out, Q8Activations outq) {
+  __shared__ float x[kMaxValueLatent], weight[kMaxMlaSplits], sums[32];
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r = blockIdx.x * kValueWarps + warp, h = blockIdx.y, i = blockIdx.z;
-  if (r >= a.v_dim) return;
-  const __half* vb =
-      reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
-  const float* x = latent + (static_cast<size_t>(i) * a.n_head + h) * a.lat;
-  float sum = 0;
-  for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
-  sum = WarpSum(sum);
-  if (lane == 0) out[(static_cast<size_t>(i) * a.n_head + h) * a.v_dim + r] = sum;
+  const int r0 = blockIdx.x * 32, h = blockIdx.y, i = blockIdx.z;
+  const size_t head = static_cast<size_t>(i) * a.n_head + h;
+  if (states.part == nullptr) {
+    for (int d = threadIdx.x; d < a.lat; d += blockDim.x) x[d] = latent[head * a.lat + d];
+  } else {
+    const int active = ActiveSplits(states.pos[i], states.splits);
+    const float* st = states.part + head * states.splits * (a.lat + 2);
+    float mx = -INFINITY;
+    for (int sp = 0; sp < active; ++sp) mx = fmaxf(mx, st[sp * (a.lat + 2) + a.lat]);
+    float total = 0;
+    for (int sp = 0; sp < active; ++sp) {
+      const float m = st[sp * (a.lat + 2) + a.lat];
+      const float f = m == -INFINITY ? 0.f : expf(m - mx);
+      total += st[sp * (a.lat + 2) + a.lat + 1] * f;
+      if (threadIdx.x == 0) weight[sp] = f;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < a.lat; d += blockDim.x) {
+      float o = 0;
+      for (int sp = 0; sp < active; ++sp) o += st[sp * (a.lat + 2) + d] * weight[sp];
+      x[d] = o / total;
+    }
+  }
+  __syncthreads();
+  for (int k = warp; k < 32; k += kValueWarps) {
+    const int r = r0 + k;
+    if (r >= a.v_dim) break;
+    const __half* vb =
+        reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
+    float sum = 0;
+    for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
+    sum = WarpSum(sum);
+    if (lane == 0) sums[k] = sum;
+  }
+  __syncthreads();
+  if (warp > 0) return;
+  const size_t at = head * a.v_dim + r0 + lane;
+  if (outq.q != nullptr) {  // v_dim % 32 == 0: the whole warp
+    out[at] = sums[lane];
+    QuantizeWarp(sums[lane], static_cast<int64_t>(at), outq);
+  } else if (r0 + lane < a.v_dim) {
+    out[at] = sums[lane];
+  }
 }
 
 template <int G, int V>
 void LaunchMla(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const float* q_abs, float scale,
                const KvPool& pool, const TokenPlaces& places, float* out, float* part) {
-  MlaAttentionKernel<G, V><<<grid, 32 * kMlaWarps, shared, s>>>(a, q_abs, scale, pool, places, out, part);
+  LaunchEarlyShared(MlaAttentionKernel<G, V>, grid, 32 * kMlaWarps, shared, s, a, q_abs, scale, pool, places, out,
+                    part);
 }
 
 template <int G>
@@ -260,9 +324,14 @@ Status LaunchMlaV(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, co
 
 }  // namespace
 
-Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream) {
+Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream,
+                      const Q8Activations* xq) {
   if (n <= 0) return Status::Ok();
-  RmsNormStridedKernel<<<n, kNormThreads, 0, S(stream)>>>(x, dim, stride, w, eps);
+  if (xq != nullptr && stride % 32 != 0)
+    return InvalidArgument("RmsNormStrided: quantized rows of " + std::to_string(stride) +
+                           " values (a multiple of 32)");
+  LaunchEarly(RmsNormStridedKernel, n, kNormThreads, stream, x, dim, stride, w, eps,
+              xq != nullptr ? *xq : Q8Activations{});
   return CheckLaunch("RmsNormStrided");
 }
 
@@ -273,7 +342,7 @@ Status MlaPrepare(const MlaArgs& a, const float* q, float* kv, const KvPool& poo
     return InvalidArgument("MlaPrepare: the pool's rows must be kv_lora_rank + rope values, one head, no values");
   const size_t shared = static_cast<size_t>(a.nope + a.rope) * sizeof(float);
   const dim3 grid(a.n_head + 1, n, Blocks(a.lat + a.rope, kPrepareThreads));
-  MlaPrepareKernel<<<grid, kPrepareThreads, shared, S(stream)>>>(a, q, kv, pool, places, q_abs);
+  LaunchEarlyShared(MlaPrepareKernel, grid, kPrepareThreads, shared, stream, a, q, kv, pool, places, q_abs);
   return CheckLaunch("MlaPrepare");
 }
 
@@ -308,14 +377,18 @@ Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvP
     case 2: LR_RETURN_IF_ERROR(LaunchMlaV<2>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
     default: LR_RETURN_IF_ERROR(LaunchMlaV<1>(grid, shared, s, a, q_abs, scale, pool, places, out, scratch)); break;
   }
-  LR_RETURN_IF_ERROR(CheckLaunch("MlaAttention"));
-  if (splits == 1) return Status::Ok();
-  return MergeAttentionSplits(scratch, splits, a.n_head, n, a.lat, out, stream);
+  return CheckLaunch("MlaAttention");
 }
 
-Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream) {
+Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream, const Q8Activations* outq,
+                 const MlaSplitStates* states) {
   if (n <= 0) return Status::Ok();
-  MlaValuesKernel<<<dim3(Blocks(a.v_dim, kValueWarps), a.n_head, n), 32 * kValueWarps, 0, S(stream)>>>(a, latent, out);
+  if (outq != nullptr && a.v_dim % 32 != 0)
+    return InvalidArgument("MlaValues: quantized rows of " + std::to_string(a.v_dim) + " values (a multiple of 32)");
+  if (a.lat > kMaxValueLatent || (states != nullptr && states->splits > kMaxMlaSplits))
+    return Unsupported("MlaValues: kv_lora_rank " + std::to_string(a.lat) + " (at most 512)");
+  LaunchEarly(MlaValuesKernel, dim3(Blocks(a.v_dim, 32), a.n_head, n), 32 * kValueWarps, stream, a, latent,
+              states != nullptr ? *states : MlaSplitStates{}, out, outq != nullptr ? *outq : Q8Activations{});
   return CheckLaunch("MlaValues");
 }
 

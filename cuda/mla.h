@@ -35,8 +35,10 @@ struct MlaArgs {
 };
 
 // x[i * stride + d] = RMSNorm(x[i * stride + 0..dim)) * w[d] for d < dim, i < n, in place (q_a's outputs, in rows
-// padded to a multiple of 32 for the q_b product).
-Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream);
+// padded to a multiple of 32 for the q_b product). With xq, then the whole rows (stride values each, a multiple of 32;
+// the padding as it is) quantized into xq: the q_b product's int8 input.
+Status RmsNormStrided(float* x, int n, int dim, int stride, const float* w, float eps, Stream stream,
+                      const Q8Activations* xq = nullptr);
 
 // For n tokens: each token's row [latent | k_rope] from kv (n x (lat + rope), attn_kv_a_mqa's outputs; scratch), its
 // latent RMS-normalised and its k_rope rotated (adjacent pairs), stored as f16 into its page slot of the layer; and
@@ -46,14 +48,33 @@ Status MlaPrepare(const MlaArgs& a, const float* q, float* kv, const KvPool& poo
                   float* q_abs, Stream stream);
 
 // out[i][h] = Σ_j softmax_j(q_abs[i][h] . row_j * scale) latent_j over positions 0..pos[i] of token i's sequence
-// (out: n x n_head x lat). Decode steps (n <= kMaxMatVecTokens) split each range over MlaAttentionSplits blocks and
-// merge their states; scratch: MlaAttentionScratchFloats floats for that (null when 0).
+// (out: n x n_head x lat). Decode steps (n <= kMaxMatVecTokens) split each range over up to MlaAttentionSplits
+// blocks (the split count depends on n alone, so that a captured graph fits every depth; a token uses as many as its
+// context fills) and leave their states in scratch (MlaAttentionScratchFloats floats) instead of out: MlaValues
+// combines them. With one split (MlaAttentionSplits(a, n) == 1) out is written.
 int MlaAttentionSplits(const MlaArgs& a, int n);
 size_t MlaAttentionScratchFloats(const MlaArgs& a, int n);
 Status MlaAttention(const MlaArgs& a, const float* q_abs, float scale, const KvPool& pool, const TokenPlaces& places,
                     int n, float* out, float* scratch, Stream stream);
+// The split states MlaAttention left: scratch, MlaAttentionSplits(a, n), the tokens' positions (device).
+struct MlaSplitStates {
+  const float* part = nullptr;
+  int splits = 0;
+  const int32_t* pos = nullptr;
+};
 
-// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out).
-Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream);
+// MlaAttention's out on the tensor cores (cuda/flash_attention.cu's kernel: a block takes 64 tokens of the batch and
+// one head, one pass over the pages per sequence among them), with the queries and the softmax weights rounded to
+// f16: for prefill chunks (runs of one sequence's tokens). Takes the pool's rows of (kv_lora_rank + rope, kv_lora_rank)
+// = (320, 256) and (48, 32) (FlashAttentionLatentTakes). Defined in flash_attention.cu.
+bool FlashAttentionLatentTakes(int k_dim, int v_dim);
+Status FlashAttentionLatent(const float* q_abs, int n_head, float scale, const KvPool& pool, int layer,
+                            const TokenPlaces& places, int n, int v_dim, float* out, Stream stream);
+
+// out[i][h * v_dim + r] = v_b_h[r] . latent[i][h] (latent: n x n_head x lat, MlaAttention's out, or with states its
+// split states combined); with outq, out quantized into it too (v_dim a multiple of 32): the output product's int8
+// input.
+Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Stream stream,
+                 const Q8Activations* outq = nullptr, const MlaSplitStates* states = nullptr);
 
 }  // namespace lr::cuda

@@ -1,5 +1,5 @@
 // Device helpers of the tensor-core kernels (matmul.cu, flash_attention.cu): asynchronous copies to shared memory,
-// ldmatrix and the m16n8k16 f16 mma with f32 accumulators (sm_80 and later).
+// ldmatrix, the m16n8k16 f16 mma with f32 accumulators and the m16n8k32 int8 mma with int32 ones (sm_80 and later).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +40,17 @@ __device__ __forceinline__ void Mma16816(float* c, const uint32_t* a, const uint
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// c (16 x 8, s32) += a (16 x 32, s8, row-major) * b (32 x 8, s8, column-major): a[0] = row g, k 4t..4t+3, a[1] = row
+// g + 8, a[2], a[3] the same at k + 16; b0 = k 4t..4t+3 of column g, b1 = k 16 + 4t..; c0, c1 = row g, columns 2t and
+// 2t + 1, c2, c3 = row g + 8 (lane = 4 g + t).
+__device__ __forceinline__ void MmaS8(int* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 }  // namespace lr::cuda

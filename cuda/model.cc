@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "cuda/kv_attention.h"
+#include "cuda/mla.h"
 #include "cuda/moe.h"
 #include "inference/mla.h"
 #include "kvquant/kvquant.h"
@@ -478,12 +479,12 @@ Status CudaModel::Reserve(int n, int n_logits, int n_pages) {
   return Status::Ok();
 }
 
-Status CudaModel::Products(const Product* p, int count, const float* in, int n_tokens) {
+Status CudaModel::Products(const Product* p, int count, const float* in, int n_tokens, const Q8Activations* in_q) {
   if (n_tokens <= kMaxMatVecTokens) {
     for (int first = 0; first < count;) {
       int end = first + 1;
       while (end < count && p[end].w.type == p[first].w.type && p[end].w.cols == p[first].w.cols) ++end;
-      LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, stream_));
+      LR_RETURN_IF_ERROR(MatVecMany(p + first, end - first, in, n_tokens, stream_, in_q));
       first = end;
     }
     return Status::Ok();
@@ -508,9 +509,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   // A decode step quantizes each product input once (in the step that writes it: the norms, SwiGLU) and runs the
   // integer products on it; prefill multiplies f32 activations on the tensor cores.
-  // The MLA and MoE blocks (model_mla_moe.cc) take f32 activations: a deepseek2 model's decode steps do not quantize.
-  const bool decode = n <= kMaxMatVecTokens && c.kv_lora_rank == 0;
-  const bool int8_logits = c.kv_lora_rank == 0;
+  const bool decode = n <= kMaxMatVecTokens;
   const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq{hq_.as<int8_t>(), hds_.as<float>()};
   auto Norm = [&](const int32_t* rows, int count, const DeviceBuffer& w) -> Status {
     if (decode) return RmsNormQ8(x, rows, count, e, w.as<float>(), c.rms_eps, xn, xq, s);
@@ -521,7 +520,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   auto Products = [&](const Product* p, int count, const float* in, int n_tokens,
                       const Q8Activations& in_q = Q8Activations{}) -> Status {
     if (n_tokens <= kMaxMatVecTokens) {
-      const Q8Activations* quantized = c.kv_lora_rank > 0 ? nullptr : in_q.q != nullptr ? &in_q : &xq;
+      const Q8Activations* quantized = in_q.q != nullptr ? &in_q : &xq;
       for (int first = 0; first < count;) {
         int end = first + 1;
         while (end < count && p[end].w.type == p[first].w.type) ++end;
@@ -548,7 +547,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
     if (!normed) LR_RETURN_IF_ERROR(Norm(nullptr, n, l.attn_norm));
     normed = false;
     if (c.kv_lora_rank > 0) {
-      LR_RETURN_IF_ERROR(EnqueueMla(il, n, places));
+      LR_RETURN_IF_ERROR(EnqueueMla(il, n, places, flash));
     } else {
       const Product qkv[] = {{l.wq.m, q, qd}, {l.wk.m, k, kd}, {l.wv.m, v, vd}};
       LR_RETURN_IF_ERROR(Products(qkv, 3, xn, n));
@@ -596,7 +595,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
     }
     LR_RETURN_IF_ERROR(Norm(nullptr, n, l.ffn_norm));
     if (l.moe) {
-      normed = il + 1 < c.n_layer && c.kv_lora_rank > 0;  // the MLA block reads xn (f32), not xq
+      normed = il + 1 < c.n_layer;  // the weighted sum writes the next layer's xn (and xq in decode steps)
       LR_RETURN_IF_ERROR(EnqueueMoe(il, n, normed ? layers_[il + 1].attn_norm.as<float>() : nullptr));
       continue;
     }
@@ -618,19 +617,14 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
   }
   if (n_logits > 0) {
     // The logit rows' norm: quantized for the output product when that is a matrix-vector product.
-    if (n_logits <= kMaxMatVecTokens && int8_logits) {
+    if (n_logits <= kMaxMatVecTokens) {
       LR_RETURN_IF_ERROR(RmsNormQ8(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, xq, s));
       const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
       LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
     } else {
       LR_RETURN_IF_ERROR(RmsNorm(x, logit_rows, n_logits, e, output_norm_.as<float>(), c.rms_eps, xn, s));
-      if (n_logits <= kMaxMatVecTokens) {
-        const Product logits[] = {{*out_, logits_.as<float>(), c.n_vocab}};
-        LR_RETURN_IF_ERROR(Products(logits, 1, xn, n_logits));
-      } else {
-        LR_RETURN_IF_ERROR(
-            MatMulTiled(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, prefill_->scratch(), s));
-      }
+      LR_RETURN_IF_ERROR(
+          MatMulTiled(*out_, xn, n_logits, logits_.as<float>(), c.n_vocab, false, prefill_->scratch(), s));
     }
     if (greedy) LR_RETURN_IF_ERROR(Sample(logits_.as<float>(), n_logits, c.n_vocab, 0.0f, 0, ids_.as<int32_t>(), s));
   }
@@ -688,7 +682,9 @@ Status CudaModel::Step(KvCache& cache, std::span<const BatchToken> batch, bool g
     // one sequence at least 16 long on average (a prefill chunk), not for many sequences' decode tokens.
     int runs = 0;
     for (int i = 0; i < n; ++i) runs += i == 0 || batch[i].seq != batch[i - 1].seq;
-    const bool flash = FlashAttentionTakes(c.head_dim, c.head_dim_v) && n >= 16 * runs;
+    const bool takes = c.kv_lora_rank > 0 ? FlashAttentionLatentTakes(c.kv_lora_rank + c.qk_rope_dim, c.kv_lora_rank)
+                                          : FlashAttentionTakes(c.head_dim, c.head_dim_v);
+    const bool flash = takes && n >= 16 * runs;
     LR_RETURN_IF_ERROR(Enqueue(n, nl, greedy, flash));
   } else {
     if (graph_pool_ != pages->base()) {

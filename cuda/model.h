@@ -125,12 +125,15 @@ class CudaModel : public inference::ForwardPass {
   Status DummyMla(int il, const DummyTypes& types, uint64_t* seed, size_t* per_token);
   Status DummyMoe(int il, const DummyTypes& types, uint64_t* seed, size_t* per_token);
   Status ReserveMlaMoe(size_t tokens);
-  Status EnqueueMla(int il, int n, const TokenPlaces& places);
+  // flash: the attention of a prefill chunk on the tensor cores (FlashAttentionLatent).
+  Status EnqueueMla(int il, int n, const TokenPlaces& places, bool flash);
   // next_norm: the next layer's attn_norm, whose RMSNorm of x into xn_ the last kernel does too; null: none.
   Status EnqueueMoe(int il, int n, const float* next_norm);
-  // Products over the same activations: one launch per run of one type (n_tokens <= kMaxMatVecTokens), else one
-  // tensor-core product each.
-  Status Products(const Product* p, int count, const float* in, int n_tokens);
+  // The shared expert of layer l on `stream` (stream_, or in decode steps side_.stream): x += its output.
+  Status EnqueueSharedExpert(const Layer& l, int n, void* stream);
+  // Products over the same activations: one launch per run of one type (n_tokens <= kMaxMatVecTokens; on in_q, `in`
+  // quantized, for the types that TakesQ8), else one tensor-core product each.
+  Status Products(const Product* p, int count, const float* in, int n_tokens, const Q8Activations* in_q = nullptr);
   // The steps of Forward and ForwardGreedy: the logits rows stay on the device; with `greedy` the ids are picked.
   Status Step(inference::KvCache& cache, std::span<const inference::BatchToken> batch, bool greedy, int* n_logits);
   // Room for n tokens, n_logits logit rows and n_pages page ids; reallocating drops the captured graphs.
@@ -171,6 +174,25 @@ class CudaModel : public inference::ForwardPass {
   DeviceBuffer router_logits_, chosen_, chosen_weights_, first_, order_, row_of_, active_, tiles_, eg_, eu_, ys_, sg_,
       su_;
   DeviceBuffer tally_;
+  // Int8 inputs: of a decode step's q_b product and grouped expert rows (gathered), of a prefill step's routed experts
+  // (x_q8_), of the down products.
+  struct Q8Buffer {
+    DeviceBuffer q, ds;
+    Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
+  };
+  Q8Buffer qa_q8_, xg_q8_, x_q8_, h_q8_, sh_q8_;  // sh_q8_: the shared expert's down input (decode)
+  // A decode step runs the shared expert on a second stream beside the router and the routed experts (forked after
+  // the FFN norm, joined before the weighted sum): its products fill the device while the routing's small kernels run.
+  struct SideStream {
+    void* stream = nullptr;  // cudaStream_t
+    void* fork = nullptr;    // cudaEvent_t
+    void* join = nullptr;    // cudaEvent_t
+    SideStream() = default;
+    SideStream(const SideStream&) = delete;
+    SideStream& operator=(const SideStream&) = delete;
+    ~SideStream();
+  };
+  SideStream side_;
   DeviceBuffer step_;             // int32: tokens, pos, first, logit rows (cap_tokens_ each), then pages
   int32_t* staging_ = nullptr;    // pinned host copy of step_
   float* host_logits_ = nullptr;  // pinned, cap_logits_ x n_vocab

@@ -20,6 +20,14 @@ using inference::ModelConfig;
 
 int PaddedQLora(const ModelConfig& c) { return (c.q_lora_rank + 31) / 32 * 32; }
 
+// Room for `values` int8 activations (a multiple of 32) and their blocks' (d, s).
+template <typename Q8Buffer>
+Status AllocateQ8(size_t values, Q8Buffer* b) {
+  LR_ASSIGN_OR_RETURN(b->q, DeviceBuffer::Allocate(std::max<size_t>(values, 32), "quantized activations"));
+  LR_ASSIGN_OR_RETURN(b->ds, DeviceBuffer::Allocate(std::max<size_t>(values, 32) / 32 * 8, "quantized activations"));
+  return Status::Ok();
+}
+
 MlaArgs ArgsOf(const ModelConfig& c, int layer) {
   MlaArgs a;
   a.n_head = c.n_head;
@@ -151,6 +159,7 @@ Status CudaModel::ReserveMlaMoe(size_t t) {
     for (int k = 1; k <= std::min<int>(static_cast<int>(t), kMaxMatVecTokens); ++k)
       part = std::max(part, MlaAttentionScratchFloats(a, k));
     LR_ASSIGN_OR_RETURN(mla_part_, DeviceBuffer::Allocate(part * 4, "MLA attention splits"));
+    LR_RETURN_IF_ERROR(AllocateQ8(static_cast<size_t>(kMaxMatVecTokens) * qa_stride_, &qa_q8_));
   }
   if (c.n_expert > 0) {
     const size_t slots = t * c.n_expert_used, ne = static_cast<size_t>(c.n_expert);
@@ -169,36 +178,71 @@ Status CudaModel::ReserveMlaMoe(size_t t) {
     LR_ASSIGN_OR_RETURN(ys_, DeviceBuffer::Allocate(slots * c.n_embd * 4, "expert outputs"));
     LR_ASSIGN_OR_RETURN(sg_, DeviceBuffer::Allocate(t * sh * 4, "shared expert"));
     LR_ASSIGN_OR_RETURN(su_, DeviceBuffer::Allocate(t * sh * 4, "shared expert"));
+    const size_t decode_slots = static_cast<size_t>(kMaxMatVecTokens) * c.n_expert_used;
+    LR_RETURN_IF_ERROR(AllocateQ8(decode_slots * c.n_embd, &xg_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(t * c.n_embd, &x_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(std::max(slots * ff, kMaxMatVecTokens * sh), &h_q8_));
+    LR_RETURN_IF_ERROR(AllocateQ8(kMaxMatVecTokens * sh, &sh_q8_));
+    if (side_.stream == nullptr) {
+      cudaStream_t stream;
+      cudaEvent_t fork, join;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+      side_.stream = stream;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming), "cudaEventCreate"));
+      side_.fork = fork;
+      LR_RETURN_IF_ERROR(CheckCuda(cudaEventCreateWithFlags(&join, cudaEventDisableTiming), "cudaEventCreate"));
+      side_.join = join;
+    }
   }
   return Status::Ok();
 }
 
-Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places) {
+CudaModel::SideStream::~SideStream() {
+  if (fork != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(fork));
+  if (join != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(join));
+  if (stream != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
+}
+
+Status CudaModel::EnqueueMla(int il, int n, const TokenPlaces& places, bool flash) {
   const ModelConfig& c = config_;
   const Layer& l = layers_[il];
   void* s = stream_;
   const int kd = c.kv_lora_rank + c.qk_rope_dim, qd = c.n_head * c.head_dim;
   float *xn = xn_.as<float>(), *q = q_.as<float>(), *kv = kv_.as<float>(), *qa = qa_.as<float>();
+  // Decode steps multiply int8 activations (the types that TakesQ8): xq holds xn quantized (the norm before wrote it).
+  const bool decode = n <= kMaxMatVecTokens;
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, qa_q = qa_q8_.view();
   if (c.q_lora_rank > 0) {
     const Product in[] = {{l.wq_a.m, qa, qa_stride_}, {l.wkv_a.m, kv, kd}};
-    LR_RETURN_IF_ERROR(Products(in, 2, xn, n));
-    LR_RETURN_IF_ERROR(RmsNormStrided(qa, n, c.q_lora_rank, qa_stride_, l.q_a_norm.as<float>(), c.rms_eps, s));
+    LR_RETURN_IF_ERROR(Products(in, 2, xn, n, decode ? &xq : nullptr));
+    LR_RETURN_IF_ERROR(RmsNormStrided(qa, n, c.q_lora_rank, qa_stride_, l.q_a_norm.as<float>(), c.rms_eps, s,
+                                      decode ? &qa_q : nullptr));
     const Product qb[] = {{l.wq_b.m, q, qd}};
-    LR_RETURN_IF_ERROR(Products(qb, 1, qa, n));
+    LR_RETURN_IF_ERROR(Products(qb, 1, qa, n, decode ? &qa_q : nullptr));
   } else {
     const Product in[] = {{l.wq.m, q, qd}, {l.wkv_a.m, kv, kd}};
-    LR_RETURN_IF_ERROR(Products(in, 2, xn, n));
+    LR_RETURN_IF_ERROR(Products(in, 2, xn, n, decode ? &xq : nullptr));
   }
   MlaArgs a = ArgsOf(c, il);
   a.kv_norm = l.kv_a_norm.as<float>();
   a.inv_freq = inv_freq_.as<float>();
   a.kv_b = l.kv_b.as<uint16_t>();
+  float* attn = attn_.as<float>();
   LR_RETURN_IF_ERROR(MlaPrepare(a, q, kv, pool_, places, n, q_abs_.as<float>(), s));
-  LR_RETURN_IF_ERROR(MlaAttention(a, q_abs_.as<float>(), inference::MlaSoftmaxScale(c), pool_, places, n,
-                                  latent_.as<float>(), mla_part_.as<float>(), s));
-  LR_RETURN_IF_ERROR(MlaValues(a, latent_.as<float>(), n, attn_.as<float>(), s));
+  if (flash) {
+    LR_RETURN_IF_ERROR(FlashAttentionLatent(q_abs_.as<float>(), c.n_head, inference::MlaSoftmaxScale(c), pool_, il,
+                                            places, n, c.kv_lora_rank, latent_.as<float>(), s));
+  } else {
+    LR_RETURN_IF_ERROR(MlaAttention(a, q_abs_.as<float>(), inference::MlaSoftmaxScale(c), pool_, places, n,
+                                    latent_.as<float>(), mla_part_.as<float>(), s));
+  }
+  const bool quantize = decode && c.head_dim_v % 32 == 0;  // the values quantized for the output product
+  const int splits = flash ? 1 : MlaAttentionSplits(a, n);
+  const MlaSplitStates states{mla_part_.as<float>(), splits, places.pos};
+  LR_RETURN_IF_ERROR(
+      MlaValues(a, latent_.as<float>(), n, attn, s, quantize ? &xq : nullptr, splits > 1 ? &states : nullptr));
   const Product wo[] = {{l.wo.m, x_.as<float>(), c.n_embd, /*add=*/true}};
-  return Products(wo, 1, attn_.as<float>(), n);
+  return Products(wo, 1, attn, n, quantize ? &xq : nullptr);
 }
 
 Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
@@ -207,8 +251,24 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
   void* s = stream_;
   const int e = c.n_embd, k = c.n_expert_used, ff = c.n_ff_expert, slots = n * k;
   float* xn = xn_.as<float>();
+  // Decode steps: xq holds xn quantized (the FFN norm wrote it); the products of the types that TakesQ8 read it.
+  const bool decode = n <= kMaxMatVecTokens;
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq = h_q8_.view();
+  // The shared expert: on the side stream in decode steps (prefill's tensor-core products share one scratch).
+  const bool side = decode && l.gate_shexp.m.rows > 0;
+  if (side) {
+    LR_RETURN_IF_ERROR(CheckCuda(cudaEventRecord(static_cast<cudaEvent_t>(side_.fork), static_cast<cudaStream_t>(s)),
+                                 "cudaEventRecord"));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(side_.stream), static_cast<cudaEvent_t>(side_.fork), 0),
+                  "cudaStreamWaitEvent"));
+    LR_RETURN_IF_ERROR(EnqueueSharedExpert(l, n, side_.stream));
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaEventRecord(static_cast<cudaEvent_t>(side_.join), static_cast<cudaStream_t>(side_.stream)),
+                  "cudaEventRecord"));
+  }
   const Product router[] = {{l.router.m, router_logits_.as<float>(), c.n_expert}};
-  LR_RETURN_IF_ERROR(Products(router, 1, xn, n));
+  LR_RETURN_IF_ERROR(Products(router, 1, xn, n, decode ? &xq : nullptr));
   RouterArgs r;
   r.n_expert = c.n_expert;
   r.n_used = k;
@@ -220,25 +280,78 @@ Status CudaModel::EnqueueMoe(int il, int n, const float* next_norm) {
   r.bias = l.expert_bias.bytes() > 0 ? l.expert_bias.as<float>() : nullptr;
   const ExpertGroups groups{first_.as<int32_t>(), order_.as<int32_t>(), row_of_.as<int32_t>(), active_.as<int32_t>(),
                             tiles_.as<int32_t>()};
+  const DeviceMatrix &gate_w = l.gate_exps.m, &up_w = l.up_exps.m, &down_w = l.down_exps.m;
+  const bool int8_experts =
+      decode && TakesQ8(gate_w.type) && up_w.type == gate_w.type && TakesQ8(down_w.type) && ff % 32 == 0;
+  const Q8Gather gather{xq, xg_q8_.view(), e};
   LR_RETURN_IF_ERROR(RouteAndGroup(r, router_logits_.as<float>(), n, chosen_.as<int32_t>(), chosen_weights_.as<float>(),
-                                   groups, tally_.as<int32_t>() + il, s));
+                                   groups, tally_.as<int32_t>() + il, s, int8_experts ? &gather : nullptr));
   const int max_active = std::min(slots, c.n_expert);
-  const ExpertProduct gate{l.gate_exps.m, ff, xn, true, eg_.as<float>()};
-  const ExpertProduct up{l.up_exps.m, ff, xn, true, eu_.as<float>()};
-  LR_RETURN_IF_ERROR(ExpertGateUp(gate, up, groups, k, max_active, n, s));
-  const ExpertProduct down{l.down_exps.m, e, eg_.as<float>(), false, ys_.as<float>()};
-  LR_RETURN_IF_ERROR(ExpertMatMul(&down, 1, groups, k, max_active, n, s));
-  if (l.gate_shexp.m.rows > 0) {
-    const int64_t sh = l.gate_shexp.m.rows;
-    const Product gate_up[] = {{l.gate_shexp.m, sg_.as<float>(), sh}, {l.up_shexp.m, su_.as<float>(), sh}};
-    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
-    LR_RETURN_IF_ERROR(SwiGlu(sg_.as<float>(), su_.as<float>(), n * sh, s));
-    const Product down_sh[] = {{l.down_shexp.m, x_.as<float>(), e, /*add=*/true}};
-    LR_RETURN_IF_ERROR(Products(down_sh, 1, sg_.as<float>(), n));
+  // Prefill steps: Q4_0 experts on the tensor cores on int8 activations (the tokens' rows quantized, then the
+  // SwiGLU's).
+  const bool int8_prefill =
+      !decode && ExpertMatMulQ8Takes(gate_w) && ExpertMatMulQ8Takes(up_w) && ExpertMatMulQ8Takes(down_w) && e % 32 == 0;
+  if (int8_prefill) {
+    const Q8Activations x_q = x_q8_.view();
+    LR_RETURN_IF_ERROR(QuantizeQ8(xn, static_cast<int64_t>(n) * e, x_q, s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(gate_w, ff, x_q, true, groups, k, n, eg_.as<float>(), s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(up_w, ff, x_q, true, groups, k, n, eu_.as<float>(), s));
+    LR_RETURN_IF_ERROR(SwiGluQ8(eg_.as<float>(), eu_.as<float>(), static_cast<int64_t>(slots) * ff, hq, s));
+    LR_RETURN_IF_ERROR(ExpertMatMulQ8(down_w, e, hq, false, groups, k, n, ys_.as<float>(), s));
+  } else if (int8_experts) {
+    LR_RETURN_IF_ERROR(ExpertGateUpQ8(gate_w, up_w, ff, gather.out, groups, max_active, n, eg_.as<float>(), hq, s));
+    LR_RETURN_IF_ERROR(ExpertDownQ8(down_w, e, hq, groups, max_active, n, ys_.as<float>(), s));
+  } else {
+    const ExpertProduct gate{gate_w, ff, xn, true, eg_.as<float>()};
+    const ExpertProduct up{up_w, ff, xn, true, eu_.as<float>()};
+    LR_RETURN_IF_ERROR(ExpertGateUp(gate, up, groups, k, max_active, n, s));
+    const ExpertProduct down{down_w, e, eg_.as<float>(), false, ys_.as<float>()};
+    LR_RETURN_IF_ERROR(ExpertMatMul(&down, 1, groups, k, max_active, n, s));
   }
-  const RowNorm norm{next_norm, c.rms_eps, xn};  // the products reading xn are queued before, on the same stream
+  if (side) {
+    LR_RETURN_IF_ERROR(
+        CheckCuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(s), static_cast<cudaEvent_t>(side_.join), 0),
+                  "cudaStreamWaitEvent"));
+  } else if (l.gate_shexp.m.rows > 0) {
+    LR_RETURN_IF_ERROR(EnqueueSharedExpert(l, n, s));
+  }
+  // The products reading xn and xq are queued before (or joined); decode steps quantize the new xn too.
+  RowNorm norm{next_norm, c.rms_eps, xn};
+  if (decode && e % 32 == 0) norm.q = xq;
   return CombineExperts(ys_.as<float>(), chosen_weights_.as<float>(), groups, n, k, e, x_.as<float>(), s,
                         next_norm != nullptr ? &norm : nullptr);
+}
+
+Status CudaModel::EnqueueSharedExpert(const Layer& l, int n, void* stream) {
+  const ModelConfig& c = config_;
+  const int e = c.n_embd;
+  float *xn = xn_.as<float>(), *sg = sg_.as<float>(), *su = su_.as<float>();
+  const bool decode = n <= kMaxMatVecTokens;
+  const Q8Activations xq{xq_.as<int8_t>(), xds_.as<float>()}, hq = sh_q8_.view();
+  const int64_t sh = l.gate_shexp.m.rows;
+  const DeviceMatrix &gate_sh = l.gate_shexp.m, &up_sh = l.up_shexp.m;
+  const Product gate_up[] = {{gate_sh, sg, sh}, {up_sh, su, sh}};
+  const Product down_sh[] = {{l.down_shexp.m, x_.as<float>(), e, /*add=*/true}};
+  if (!decode) {
+    LR_RETURN_IF_ERROR(Products(gate_up, 2, xn, n));
+    LR_RETURN_IF_ERROR(SwiGlu(sg, su, n * sh, stream));
+    return Products(down_sh, 1, sg, n);
+  }
+  // Gate, up and SwiGLU (quantized into hq for the int8 down product): in one kernel where its blocks of 32 rows fill
+  // the multiprocessors, else the products over all of them, then the SwiGLU.
+  const bool int8 = TakesQ8(gate_sh.type) && up_sh.type == gate_sh.type && sh % 32 == 0;
+  if (int8 && sh / 32 >= info_.multiprocessors) {
+    LR_RETURN_IF_ERROR(MatVecSwiGluQ8(gate_sh, up_sh, xq, n, sg, su, hq, stream));
+  } else {
+    if (gate_sh.type == up_sh.type) {
+      LR_RETURN_IF_ERROR(MatVecMany(gate_up, 2, xn, n, stream, &xq));
+    } else {
+      LR_RETURN_IF_ERROR(MatVecMany(&gate_up[0], 1, xn, n, stream, &xq));
+      LR_RETURN_IF_ERROR(MatVecMany(&gate_up[1], 1, xn, n, stream, &xq));
+    }
+    LR_RETURN_IF_ERROR(int8 ? SwiGluQ8(sg, su, n * sh, hq, stream) : SwiGlu(sg, su, n * sh, stream));
+  }
+  return MatVecMany(down_sh, 1, sg, n, stream, int8 ? &hq : nullptr);
 }
 
 double CudaModel::last_step_experts() const {

@@ -8,6 +8,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/mma.cuh"
 #include "cuda/moe.h"
 
 namespace lr::cuda {
@@ -185,13 +186,35 @@ __global__ void __launch_bounds__(kGroupThreads)
   GroupSlots(experts, slots, ne, g, tally, max_tiles, count, cursor);
 }
 
-// Route and GroupByExpert in one block for a decode step: warp t routes token t, then the block groups.
+// Grouped rows j0, j0 + step, ... < slots of gather.out from their tokens' rows of gather.in, by the block.
+__device__ void GatherQ8Rows(const Q8Gather& q, const ExpertGroups& g, int k, int slots, int j0, int step) {
+  const int64_t words = q.cols / 16, blocks = q.cols / 32;  // 16-byte words of values, (d, s) pairs
+  const int4* in = reinterpret_cast<const int4*>(q.in.q);
+  const float2* in_ds = reinterpret_cast<const float2*>(q.in.ds);
+  int4* out = reinterpret_cast<int4*>(q.out.q);
+  float2* out_ds = reinterpret_cast<float2*>(q.out.ds);
+  for (int j = j0; j < slots; j += step) {
+    const int64_t t = g.order[j] / k;
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) out[j * words + w] = in[t * words + w];
+    for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) out_ds[j * blocks + b] = in_ds[t * blocks + b];
+  }
+}
+
+// One block per grouped row (RouteAndGroup's gather after a separate grouping).
+__global__ void GatherQ8Kernel(Q8Gather q, ExpertGroups g, int k, int slots) {
+  GatherQ8Rows(q, g, k, slots, blockIdx.x, gridDim.x);
+}
+
+// Route and GroupByExpert in one block for a decode step: warp t routes token t, then the block groups (and gathers
+// the grouped rows' activations where gather.cols > 0).
 constexpr int kFusedRouteExperts = 256;
 __global__ void __launch_bounds__(32 * kMaxMatVecTokens)
     RouteGroupKernel(RouterArgs a, const float* logits, int n, int32_t* experts, float* weights, ExpertGroups g,
-                     int32_t* tally, int max_tiles) {
+                     int32_t* tally, int max_tiles, Q8Gather gather) {
   extern __shared__ float sm[];
   __shared__ int count[kFusedRouteExperts], cursor[kFusedRouteExperts];
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int warp = threadIdx.x / 32;
   if (warp < n) {
     float* score = sm + static_cast<size_t>(warp) * 2 * a.n_expert;
@@ -200,6 +223,9 @@ __global__ void __launch_bounds__(32 * kMaxMatVecTokens)
   }
   __syncthreads();
   GroupSlots(experts, n * a.n_used, a.n_expert, g, tally, max_tiles, count, cursor);
+  if (gather.cols == 0) return;  // the whole block
+  __syncthreads();
+  GatherQ8Rows(gather, g, a.n_used, n * a.n_used, 0, 1);
 }
 
 // One warp per weight row of one chosen expert (blockIdx.y: its place in the active list); its rows' tokens in
@@ -359,10 +385,116 @@ __global__ void __launch_bounds__(256) ExpertTiledKernel(ExpertProducts set, Exp
   }
 }
 
+// Q4_0 experts' prefill products on int8 activations, on the tensor cores (mma m16n8k32, MmaS8): block (x, tile)
+// takes weight rows 128 x .. 128 x + 127 of the tile's expert (4 warps of 32 rows: 4 column tiles of 8) and the
+// tile's up to kExpertTileTokens grouped rows (token tiles of 16). Per 32-value block the int32 sums are scaled by the
+// weight row's d and the activation row's d into f32 (Q4_0's values are nibble - 8: signed bytes, no offset term).
+// The weights' words and scales of kMmaBlocks blocks are loaded before they are used; each lane loads its own row's
+// scales (8 bytes: 4 blocks) and the rows 2t, 2t + 1 that its sums need come by shuffles.
+constexpr int kMmaWarps = 4, kMmaRows = 32 * kMmaWarps, kMmaBlocks = 4, kTokenTiles = kExpertTileTokens / 16;
+__global__ void __launch_bounds__(32 * kMmaWarps)
+    ExpertMmaQ4_0Kernel(DeviceMatrix w, int64_t rows, Q8Activations x, bool gather, ExpertGroups g, int k,
+                        int max_tiles, float* y) {
+  const int tile = blockIdx.y;
+  if (tile >= g.tiles[2 * max_tiles]) return;  // the whole block
+  const int e = g.tiles[2 * tile], j0 = g.tiles[2 * tile + 1];
+  const int n_tok = min(kExpertTileTokens, g.first[e + 1] - j0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, t = lane % 4;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaRows + warp * 32;  // within the expert
+  if (r0 >= rows) return;
+  const int nb = static_cast<int>(w.cols / 32);
+  const int m_tiles = (n_tok + 15) / 16;
+  const int64_t base = static_cast<int64_t>(e) * rows;
+  const uint8_t* wq[4];  // word t of row gq of each column tile, block 0
+  const uint2* sc[4];    // row gq's scales of each column tile, 4 blocks at a time
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int64_t r = min(r0 + 8 * nt + gq, rows - 1);
+    wq[nt] = w.q + static_cast<size_t>(base + r) * w.row_bytes + 4 * t;
+    sc[nt] = reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(w.scales) + (base + r) * nb);
+  }
+  int in[kTokenTiles][2];  // activation rows of tokens gq and gq + 8 of each token tile, -1: none
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int tok = 16 * mt + gq + 8 * h;
+      in[mt][h] = tok < n_tok ? (gather ? g.order[j0 + tok] / k : j0 + tok) : -1;
+    }
+  float acc[kTokenTiles][4][4];
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+  for (int b0 = 0; b0 < nb; b0 += kMmaBlocks) {
+    uint32_t wv[kMmaBlocks][4];
+    uint2 own[4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      own[nt] = __ldg(sc[nt] + b0 / kMmaBlocks);
+#pragma unroll
+      for (int u = 0; u < kMmaBlocks; ++u)
+        wv[u][nt] = __ldg(reinterpret_cast<const uint32_t*>(wq[nt] + 16 * static_cast<size_t>(b0 + u)));
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaBlocks; ++u) {
+      const int b = b0 + u;
+      uint32_t lo[4], hi[4];
+      float ws[4][2];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        lo[nt] = __vsub4(wv[u][nt] & 0x0F0F0F0Fu, 0x08080808u);
+        hi[nt] = __vsub4((wv[u][nt] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        const uint32_t word = u < 2 ? own[nt].x : own[nt].y;
+        const float mine = __half2float(__ushort_as_half(static_cast<unsigned short>(word >> (16 * (u % 2)))));
+        ws[nt][0] = __shfl_sync(kFull, mine, 8 * t);
+        ws[nt][1] = __shfl_sync(kFull, mine, 8 * t + 4);
+      }
+#pragma unroll
+      for (int mt = 0; mt < kTokenTiles; ++mt) {
+        if (mt < m_tiles) {
+          uint32_t a[4];
+          float da[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const bool valid = in[mt][h] >= 0;
+            const size_t row = valid ? static_cast<size_t>(in[mt][h]) : 0;
+            const uint32_t* aw = reinterpret_cast<const uint32_t*>(x.q + row * w.cols + 32 * static_cast<size_t>(b));
+            a[h] = valid ? __ldg(aw + t) : 0u;
+            a[2 + h] = valid ? __ldg(aw + 4 + t) : 0u;
+            da[h] = valid ? __ldg(x.ds + 2 * (row * nb + b)) : 0.f;
+          }
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            int c[4] = {0, 0, 0, 0};
+            MmaS8(c, a, lo[nt], hi[nt]);
+            acc[mt][nt][0] += ws[nt][0] * da[0] * static_cast<float>(c[0]);
+            acc[mt][nt][1] += ws[nt][1] * da[0] * static_cast<float>(c[1]);
+            acc[mt][nt][2] += ws[nt][0] * da[1] * static_cast<float>(c[2]);
+            acc[mt][nt][3] += ws[nt][1] * da[1] * static_cast<float>(c[3]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < kTokenTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int tok = 16 * mt + gq + (i >= 2 ? 8 : 0);
+        const int64_t r = r0 + 8 * nt + 2 * t + i % 2;
+        if (tok < n_tok && r < rows) y[static_cast<int64_t>(j0 + tok) * rows + r] = acc[mt][nt][i];
+      }
+}
+
 // One block per token; with norm.out, the new row's RMSNorm after it (every thread reads back only its own writes).
 constexpr int kCombineThreads = 256;
 __global__ void __launch_bounds__(kCombineThreads)
     CombineKernel(const float* ys, const float* weights, ExpertGroups g, int k, int dim, float* x, RowNorm norm) {
+  WaitForPreviousKernel();
+  LetNextKernelStart();
   const int t = blockIdx.x;
   float* xt = x + static_cast<size_t>(t) * dim;
   float ss = 0;
@@ -378,8 +510,12 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
   if (norm.out == nullptr) return;  // the whole block
   const float scale = rsqrtf(BlockSum<kCombineThreads>(ss) / dim + norm.eps);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x)
-    norm.out[static_cast<size_t>(t) * dim + d] = xt[d] * scale * norm.w[d];
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const size_t i = static_cast<size_t>(t) * dim + d;
+    const float v = xt[d] * scale * norm.w[d];
+    norm.out[i] = v;
+    if (norm.q.q != nullptr) QuantizeWarp(v, static_cast<int64_t>(i), norm.q);  // whole warps: dim % 32 == 0
+  }
 }
 
 }  // namespace
@@ -409,16 +545,23 @@ Status Route(const RouterArgs& a, const float* logits, int n, int32_t* experts, 
 }
 
 Status RouteAndGroup(const RouterArgs& a, const float* logits, int n, int32_t* experts, float* weights,
-                     const ExpertGroups& g, int32_t* tally, Stream stream) {
+                     const ExpertGroups& g, int32_t* tally, Stream stream, const Q8Gather* gather) {
+  if (gather != nullptr && (gather->cols <= 0 || gather->cols % 32 != 0))
+    return InvalidArgument("RouteAndGroup: gathered rows of " + std::to_string(gather->cols) +
+                           " values (a multiple of 32)");
+  const Q8Gather none{};
   if (n > kMaxMatVecTokens || a.n_expert > kFusedRouteExperts) {
     LR_RETURN_IF_ERROR(Route(a, logits, n, experts, weights, stream));
-    return GroupByExpert(experts, n * a.n_used, a.n_expert, g, tally, stream);
+    LR_RETURN_IF_ERROR(GroupByExpert(experts, n * a.n_used, a.n_expert, g, tally, stream));
+    if (gather == nullptr || n <= 0) return Status::Ok();
+    GatherQ8Kernel<<<n * a.n_used, 256, 0, S(stream)>>>(*gather, g, a.n_used, n * a.n_used);
+    return CheckLaunch("RouteAndGroup (gather)");
   }
   LR_RETURN_IF_ERROR(CheckRouter(a));
   if (n <= 0) return Status::Ok();
   const size_t shared = static_cast<size_t>(kMaxMatVecTokens) * 2 * a.n_expert * sizeof(float);
-  RouteGroupKernel<<<1, 32 * kMaxMatVecTokens, shared, S(stream)>>>(a, logits, n, experts, weights, g, tally,
-                                                                    MaxExpertTiles(n * a.n_used, a.n_expert));
+  LaunchEarlyShared(RouteGroupKernel, 1, 32 * kMaxMatVecTokens, shared, stream, a, logits, n, experts, weights, g,
+                    tally, MaxExpertTiles(n * a.n_used, a.n_expert), gather != nullptr ? *gather : none);
   return CheckLaunch("RouteAndGroup");
 }
 
@@ -495,6 +638,22 @@ Status ExpertMatMul(const ExpertProduct* products, int count, const ExpertGroups
   return CheckLaunch("ExpertMatMul (tiled)");
 }
 
+bool ExpertMatMulQ8Takes(const DeviceMatrix& w) { return w.type == WeightType::kQ4_0 && w.cols % 128 == 0; }
+
+Status ExpertMatMulQ8(const DeviceMatrix& w, int64_t rows, Q8Activations x, bool gather, const ExpertGroups& g, int k,
+                      int n_tokens, float* y, Stream stream) {
+  LR_RETURN_IF_ERROR(CheckMatrix(w));
+  if (!ExpertMatMulQ8Takes(w) || rows <= 0 || w.rows % rows != 0)
+    return InvalidArgument("ExpertMatMulQ8: Q4_0 experts of " + std::to_string(rows) + " rows of a multiple of 128 " +
+                           "values, got " + std::to_string(w.rows) + " rows of " + std::to_string(w.cols));
+  if (g.tiles == nullptr) return InvalidArgument("ExpertMatMulQ8 needs the groups' tiles");
+  if (n_tokens <= 0) return Status::Ok();
+  const int ne = static_cast<int>(w.rows / rows), max_tiles = MaxExpertTiles(n_tokens * k, ne);
+  const dim3 grid(Blocks(rows, kMmaRows), max_tiles);
+  ExpertMmaQ4_0Kernel<<<grid, 32 * kMmaWarps, 0, S(stream)>>>(w, rows, x, gather, g, k, max_tiles, y);
+  return CheckLaunch("ExpertMatMulQ8");
+}
+
 Status ExpertGateUp(const ExpertProduct& gate, const ExpertProduct& up, const ExpertGroups& g, int k, int max_active,
                     int n_tokens, Stream stream) {
   const ExpertProduct pair[] = {gate, up};
@@ -511,7 +670,10 @@ Status ExpertGateUp(const ExpertProduct& gate, const ExpertProduct& up, const Ex
 Status CombineExperts(const float* ys, const float* weights, const ExpertGroups& g, int n, int k, int dim, float* x,
                       Stream stream, const RowNorm* norm) {
   if (n <= 0) return Status::Ok();
-  CombineKernel<<<n, kCombineThreads, 0, S(stream)>>>(ys, weights, g, k, dim, x, norm != nullptr ? *norm : RowNorm{});
+  if (norm != nullptr && norm->q.q != nullptr && dim % 32 != 0)
+    return InvalidArgument("CombineExperts: quantized rows of " + std::to_string(dim) + " values (a multiple of 32)");
+  LaunchEarly(CombineKernel, n, kCombineThreads, stream, ys, weights, g, k, dim, x,
+              norm != nullptr ? *norm : RowNorm{});
   return CheckLaunch("CombineExperts");
 }
 

@@ -49,8 +49,14 @@ constexpr int kExpertTileTokens = 64;
 int MaxExpertTiles(int slots, int n_expert);
 // Route, then GroupByExpert of its n * k slots; one launch for steps of up to kMaxMatVecTokens tokens over at most 256
 // experts (decode).
+// With `gather`, then also gather->out's grouped row j = gather->in's row order[j] / k (int8 activations of `cols`
+// values a row: the expert products' xg).
+struct Q8Gather {
+  Q8Activations in, out;
+  int64_t cols = 0;  // a multiple of 32
+};
 Status RouteAndGroup(const RouterArgs& a, const float* logits, int n, int32_t* experts, float* weights,
-                     const ExpertGroups& g, int32_t* tally, Stream stream);
+                     const ExpertGroups& g, int32_t* tally, Stream stream, const Q8Gather* gather = nullptr);
 
 // Groups the slots of `experts` (slots entries); also writes the count of distinct experts to *tally (device, may be
 // null: the bench's experts-per-step figure).
@@ -78,12 +84,30 @@ Status ExpertMatMul(const ExpertProduct* p, int count, const ExpertGroups& g, in
 Status ExpertGateUp(const ExpertProduct& gate, const ExpertProduct& up, const ExpertGroups& g, int k, int max_active,
                     int n_tokens, Stream stream);
 
+// The same products for decode steps (1..kMaxMatVecTokens tokens) on int8 activations in ops::BlockQ8's scheme (the
+// dense products' integer kernels, cuda/matvec.cu), for weights that TakesQ8: xg holds the grouped rows' activations
+// (grouped row j: its token's quantized input; RouteAndGroup's gather), rows the rows per expert.
+// ExpertGateUpQ8: h[j * rows + r] = silu(gate_e[r] . xg_j) * (up_e[r] . xg_j), and h quantized into hq (rows a multiple
+// of 32), the down product's input. ExpertDownQ8: y[j * rows + r] = w_e[r] . xg_j.
+Status ExpertGateUpQ8(const DeviceMatrix& gate, const DeviceMatrix& up, int64_t rows, Q8Activations xg,
+                      const ExpertGroups& g, int max_active, int n_tokens, float* h, Q8Activations hq, Stream stream);
+Status ExpertDownQ8(const DeviceMatrix& w, int64_t rows, Q8Activations xg, const ExpertGroups& g, int max_active,
+                    int n_tokens, float* y, Stream stream);
+
+// The products of prefill steps (more than kMaxMatVecTokens tokens) on int8 activations, on the tensor cores, for
+// Q4_0 experts of a multiple of 128 columns (ExpertMatMulQ8Takes): y[j * rows + r] = W_e[r] . x_in(j), in(j) =
+// order[j] / k with `gather` (x: the step's tokens quantized), else j (x: the grouped rows quantized). Needs g.tiles.
+bool ExpertMatMulQ8Takes(const DeviceMatrix& w);
+Status ExpertMatMulQ8(const DeviceMatrix& w, int64_t rows, Q8Activations x, bool gather, const ExpertGroups& g, int k,
+                      int n_tokens, float* y, Stream stream);
+
 // x[t * dim + d] += sum_i weights[t * k + i] * ys[row_of[t * k + i] * dim + d] for t < n; with `norm`, then
 // norm->out[t * dim + d] = RMSNorm(x[t]) * norm->w[d] (the next layer's input norm, saving its launch).
 struct RowNorm {
   const float* w = nullptr;  // device: dim
   float eps = 0;
   float* out = nullptr;  // device: n x dim
+  Q8Activations q{};     // device, q.q null: none; out quantized too (dim a multiple of 32)
 };
 Status CombineExperts(const float* ys, const float* weights, const ExpertGroups& g, int n, int k, int dim, float* x,
                       Stream stream, const RowNorm* norm = nullptr);

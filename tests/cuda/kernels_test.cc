@@ -27,10 +27,15 @@
 namespace lr::cuda {
 namespace {
 
+using testing::CpuQ8;
+using testing::Dequantized;
 using testing::FromDevice;
 using testing::OnDevice;
 using testing::Poisoned;
+using testing::QuantizeCpu;
+using testing::TestMatrix;
 using testing::ToDevice;
+using testing::Upload;
 using CudaKernels = OnDevice<::testing::Test>;
 
 // ||got - want|| / ||want||, infinite when some value is not finite.
@@ -57,22 +62,6 @@ std::vector<uint8_t> RandomGgufRows(WeightType t, int64_t rows, int64_t cols, st
   return ops::testing::RandomRows(Info(t), rows, cols, rng);
 }
 
-// A matrix on the device in the device layout, from GGUF rows.
-struct TestMatrix {
-  DeviceBuffer q, scales;
-  DeviceMatrix m;
-};
-TestMatrix Upload(WeightType t, const std::vector<uint8_t>& gguf, int64_t rows, int64_t cols) {
-  std::vector<uint8_t> q(QuantRowBytes(t, cols) * rows), scales(rows * (cols / 32) * ScaleBytesPerBlock(t));
-  SplitBlocks(t, gguf.data(), rows, cols, q.data(), scales.data());
-  TestMatrix r;
-  r.q = ToDevice(q);
-  r.scales = ToDevice(scales);
-  r.m = DeviceMatrix{
-      t, rows, cols, r.q.as<uint8_t>(), IsSplit(t) ? r.scales.as<uint8_t>() : nullptr, QuantRowBytes(t, cols)};
-  return r;
-}
-
 std::vector<float> DequantizeCpu(WeightType t, const std::vector<uint8_t>& gguf, int64_t rows, int64_t cols) {
   std::vector<float> w(rows * cols);
   const size_t rb = GgufRowBytes(t, cols);
@@ -80,29 +69,6 @@ std::vector<float> DequantizeCpu(WeightType t, const std::vector<uint8_t>& gguf,
   return w;
 }
 
-// Activations quantized on the CPU (ops::QuantizeRowQ8, the reference of QuantizeQ8), in the device's split
-// layout: q[i] and (d, s) per block.
-struct CpuQ8 {
-  std::vector<int8_t> q;
-  std::vector<float> ds;
-};
-CpuQ8 QuantizeCpu(const std::vector<float>& x) {
-  std::vector<ops::BlockQ8> blocks(x.size() / 32);
-  ops::QuantizeRowQ8(x.data(), static_cast<int64_t>(x.size()), blocks.data());
-  CpuQ8 r;
-  for (const ops::BlockQ8& b : blocks) {
-    r.q.insert(r.q.end(), b.q, b.q + 32);
-    r.ds.push_back(b.d);
-    r.ds.push_back(b.s);
-  }
-  return r;
-}
-// The values the quantized activations stand for: d * q.
-std::vector<float> Dequantized(const CpuQ8& a) {
-  std::vector<float> v(a.q.size());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = a.ds[2 * (i / 32)] * a.q[i];
-  return v;
-}
 struct DeviceQ8 {
   DeviceBuffer q, ds;
   Q8Activations view() const { return Q8Activations{q.as<int8_t>(), ds.as<float>()}; }
