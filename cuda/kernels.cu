@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/attend_pages.cuh"
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
@@ -158,10 +159,9 @@ __global__ void PrepareQkvKernel(QkvArgs a, KvPool pool, TokenPlaces places) {
   for (int d = lane; d < pool.v_dim; d += 32) vd[d] = __float2half_rn(vb != nullptr ? vs[d] + vb[d] : vs[d]);
 }
 
-// One block per (KV head, token, split): the split's share of the sequence's pages, which its 4 warps take in turn (a
-// page's 32 positions, one per lane), each warp with its own online softmax; the warps' states are merged at the
-// end. With one split the block writes the output; with several it writes its state (max, sum, unnormalised
-// output) to `part` and AttentionMergeKernel combines the splits.
+// One block per (KV head, token, split): the split's share of the sequence's pages through AttendPages (4 warps)
+// and MergeWarps. With one split the block writes the output; with several it writes its state (max, sum,
+// unnormalised output) to `part` and AttentionMergeKernel combines the splits.
 constexpr int kAttnWarps = 4, kMaxHeadDim = 256, kMaxV = kMaxHeadDim / 32;
 template <int G>
 __global__ void __launch_bounds__(32 * kAttnWarps)
@@ -170,145 +170,30 @@ __global__ void __launch_bounds__(32 * kAttnWarps)
   WaitForPreviousKernel();
   LetNextKernelStart();
   __shared__ float sq[G * kMaxHeadDim];
-  __shared__ float wm[kAttnWarps][G], wl[kAttnWarps][G];
-  __shared__ float wacc[kAttnWarps][G * kMaxHeadDim];
+  __shared__ float merge[kAttnWarps * G * (kMaxHeadDim + 2)];
   const int h = blockIdx.x, i = blockIdx.y;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kd = pool.k_dim, vd = pool.v_dim;
   const float* qi = q + (static_cast<size_t>(i) * n_head + h * G) * kd;
   for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sq[idx] = qi[idx] * scale;
   __syncthreads();
   const int n_ctx = places.pos[i] + 1;
-  const int32_t* table = places.pages + places.first[i];
   const size_t lh = static_cast<size_t>(layer) * pool.n_head_kv + h;
-  const size_t k_off = lh * kPageTokens * kd;
-  const size_t v_off = static_cast<size_t>(pool.n_layer) * pool.n_head_kv * kPageTokens * kd + lh * kPageTokens * vd;
-  float m[G], l[G], acc[G][kMaxV];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0;
-#pragma unroll
-    for (int e = 0; e < kMaxV; ++e) acc[g][e] = 0;
-  }
+  PageRows rows;
+  rows.base = pool.base;
+  rows.page_bytes = pool.page_bytes;
+  rows.table = places.pages + places.first[i];
+  rows.k_off = lh * kPageTokens * kd;
+  rows.v_off = static_cast<size_t>(pool.n_layer) * pool.n_head_kv * kPageTokens * kd + lh * kPageTokens * vd;
+  rows.kd = kd;
+  rows.vd = vd;
+  rows.v_stride = vd;
   const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
   const int splits = gridDim.z, split = blockIdx.z;
-  const int pg_end = (split + 1) * n_pages / splits;
-  for (int pg = split * n_pages / splits + warp; pg < pg_end; pg += kAttnWarps) {
-    const __half* page = reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes);
-    const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
-    const bool valid = lane < n_valid;
-    float s[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) s[g] = 0;
-    if (valid) {
-      // The lane's key row, up to 128 values at a time: all its loads in flight together, then the sums.
-      const __half* krow = page + k_off + static_cast<size_t>(lane) * kd;
-      for (int d0 = 0; d0 < kd; d0 += 128) {
-        uint4 raw[16];
-#pragma unroll
-        for (int c = 0; c < 16; ++c)
-          if (d0 + 8 * c < kd) raw[c] = *reinterpret_cast<const uint4*>(krow + d0 + 8 * c);
-#pragma unroll
-        for (int c = 0; c < 16; ++c) {
-          if (d0 + 8 * c < kd) {
-            const uint32_t u[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
-            const int d = d0 + 8 * c;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
-#pragma unroll
-              for (int g = 0; g < G; ++g) s[g] += f.x * sq[g * kd + d + 2 * e] + f.y * sq[g * kd + d + 2 * e + 1];
-            }
-          }
-        }
-      }
-    }
-    float p[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const float mx = WarpMax(valid ? s[g] : -INFINITY);
-      const float m_new = fmaxf(m[g], mx);
-      const float corr = expf(m[g] - m_new);
-      p[g] = valid ? expf(s[g] - m_new) : 0.f;
-      l[g] = l[g] * corr + WarpSum(p[g]);
-      m[g] = m_new;
-#pragma unroll
-      for (int e = 0; e < kMaxV; ++e) acc[g][e] *= corr;
-    }
-    // Value rows 8 positions at a time, their loads in flight together: values 64 e + 2 lane and the next of each,
-    // one 4-byte load (zero past the page's valid positions, whose p is 0).
-    const __half* vbase = page + v_off;
-    for (int j0 = 0; j0 < n_valid; j0 += 8) {
-      uint32_t raw[8][kMaxV / 2];
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const __half* vrow = vbase + static_cast<size_t>(j0 + jj) * vd;
-#pragma unroll
-        for (int e = 0; e < kMaxV / 2; ++e)
-          raw[jj][e] = j0 + jj < n_valid && 64 * e + 2 * lane < vd
-                           ? *reinterpret_cast<const uint32_t*>(vrow + 64 * e + 2 * lane)
-                           : 0u;
-      }
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        float pj[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j0 + jj);
-#pragma unroll
-        for (int e = 0; e < kMaxV / 2; ++e) {
-          if (64 * e + 2 * lane < vd) {
-            const float2 vv = __half22float2(*reinterpret_cast<const __half2*>(&raw[jj][e]));
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-              acc[g][2 * e] += pj[g] * vv.x;
-              acc[g][2 * e + 1] += pj[g] * vv.y;
-            }
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      wm[warp][g] = m[g];
-      wl[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int e = 0; e < kMaxV / 2; ++e) {
-      if (64 * e + 2 * lane < vd) {
-        wacc[warp][g * vd + 64 * e + 2 * lane] = acc[g][2 * e];
-        wacc[warp][g * vd + 64 * e + 2 * lane + 1] = acc[g][2 * e + 1];
-      }
-    }
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * vd; idx += blockDim.x) {
-    const int g = idx / vd;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, wm[w][g]);
-    float sum = 0, a = 0;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) {
-      const float f = wm[w][g] == -INFINITY ? 0.f : expf(wm[w][g] - mx);
-      sum += wl[w][g] * f;
-      a += wacc[w][idx] * f;
-    }
-    const size_t head = static_cast<size_t>(i) * n_head + h * G + g;
-    if (splits == 1) {
-      out[head * vd + idx % vd] = a / sum;
-      if (outq.q != nullptr) QuantizeWarp(a / sum, head * vd + idx % vd, outq);
-    } else {
-      const size_t at = head * splits + split;
-      part[at * (vd + 2) + idx % vd] = a;
-      if (idx % vd == 0) {
-        part[at * (vd + 2) + vd] = mx;
-        part[at * (vd + 2) + vd + 1] = sum;
-      }
-    }
-  }
+  float m[G], l[G], acc[G][kMaxV];
+  AttendPages<G, kMaxV>(sq, rows, n_ctx, split * n_pages / splits, (split + 1) * n_pages / splits, kAttnWarps, m, l,
+                        acc);
+  MergeWarps<G, kMaxV>(merge, kAttnWarps, m, l, acc, vd, static_cast<size_t>(i) * n_head + h * G, splits, split, out,
+                       part, outq);
 }
 
 // out = the splits' states of one (token, query head) combined: blockIdx.x the head, blockIdx.y the token.

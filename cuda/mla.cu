@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/attend_pages.cuh"
 #include "cuda/common.cuh"
 #include "cuda/device.h"
 #include "cuda/mla.h"
@@ -103,11 +104,11 @@ __global__ void __launch_bounds__(kPrepareThreads)
   }
 }
 
-// One block per (group of G heads, token, split), 4 warps taking the split's pages in turn: lane j scores position j
-// of a page against the G queries (from shared memory), an online softmax per head, and the weighted latents (V
-// values per lane) accumulated. The warps' states are merged through shared memory, which then holds them instead of
-// the queries; with several splits each block writes its state and MlaValues combines them. Of a launch's splits a
-// token uses ActiveSplits (at least kMlaWarps pages each), so that short contexts leave the other blocks idle.
+// One block per (group of G heads, token, split): the split's pages through AttendPages (4 warps; the latent rows
+// are both the keys and, their first lat values, the values) and MergeWarps, the shared memory holding the queries,
+// then the warps' states; with several splits each block writes its state and MlaValues combines them. Of a launch's
+// splits a token uses ActiveSplits (at least kMlaWarps pages each), so that short contexts leave the other blocks
+// idle.
 constexpr int kMlaWarps = 4, kMlaBlocks = 1024, kMaxMlaSplits = 128;
 constexpr size_t kMlaShared = 48 * 1024;
 
@@ -135,112 +136,23 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
   const int hg = blockIdx.x, i = blockIdx.y;
   const int active = ActiveSplits(places.pos[i], gridDim.z);
   if (static_cast<int>(blockIdx.z) >= active) return;  // the whole block
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int lat = a.lat, kd = a.lat + a.rope;
+  const int kd = a.lat + a.rope;
   const float* qi = q_abs + (static_cast<size_t>(i) * a.n_head + hg * G) * kd;
   for (int idx = threadIdx.x; idx < G * kd; idx += blockDim.x) sm[idx] = qi[idx] * scale;
   __syncthreads();
   const int n_ctx = places.pos[i] + 1;
-  const int32_t* table = places.pages + places.first[i];
-  const size_t off = static_cast<size_t>(a.layer) * kPageTokens * kd;
+  PageRows rows;
+  rows.base = pool.base;
+  rows.page_bytes = pool.page_bytes;
+  rows.table = places.pages + places.first[i];
+  rows.k_off = rows.v_off = static_cast<size_t>(a.layer) * kPageTokens * kd;
+  rows.kd = rows.v_stride = kd;
+  rows.vd = a.lat;
+  const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens, split = blockIdx.z;
   float m[G], l[G], acc[G][V];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0;
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[g][e] = 0;
-  }
-  const int n_pages = (n_ctx + kPageTokens - 1) / kPageTokens;
-  const int splits = gridDim.z, split = blockIdx.z;
-  const int pg_end = (split + 1) * n_pages / active;
-  for (int pg = split * n_pages / active + warp; pg < pg_end; pg += kMlaWarps) {
-    const __half* rows =
-        reinterpret_cast<const __half*>(pool.base + static_cast<size_t>(table[pg]) * pool.page_bytes) + off;
-    const int n_valid = min(kPageTokens, n_ctx - pg * kPageTokens);
-    const bool valid = lane < n_valid;
-    float s[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) s[g] = 0;
-    if (valid) {
-      const __half* row = rows + static_cast<size_t>(lane) * kd;
-      for (int d = 0; d < kd; d += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(row + d);
-        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[e]));
-#pragma unroll
-          for (int g = 0; g < G; ++g) s[g] += f.x * sm[g * kd + d + 2 * e] + f.y * sm[g * kd + d + 2 * e + 1];
-        }
-      }
-    }
-    float p[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const float mx = WarpMax(valid ? s[g] : -INFINITY);
-      const float m_new = fmaxf(m[g], mx);
-      const float corr = expf(m[g] - m_new);
-      p[g] = valid ? expf(s[g] - m_new) : 0.f;
-      l[g] = l[g] * corr + WarpSum(p[g]);
-      m[g] = m_new;
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc[g][e] *= corr;
-    }
-    for (int j = 0; j < n_valid; ++j) {
-      float pj[G];
-#pragma unroll
-      for (int g = 0; g < G; ++g) pj[g] = __shfl_sync(kFull, p[g], j);
-      const __half* row = rows + static_cast<size_t>(j) * kd;
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        if (lane + 32 * e < lat) {
-          const float v = __half2float(row[lane + 32 * e]);
-#pragma unroll
-          for (int g = 0; g < G; ++g) acc[g][e] += pj[g] * v;
-        }
-      }
-    }
-  }
-  __syncthreads();                       // the queries are read; the shared memory takes the warps' states
-  float* wm = sm;                        // [warp][g]
-  float* wl = sm + kMlaWarps * G;        // [warp][g]
-  float* wacc = sm + 2 * kMlaWarps * G;  // [warp][g][lat]
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      wm[warp * G + g] = m[g];
-      wl[warp * G + g] = l[g];
-    }
-#pragma unroll
-    for (int e = 0; e < V; ++e)
-      if (lane + 32 * e < lat) wacc[(warp * G + g) * lat + lane + 32 * e] = acc[g][e];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * lat; idx += blockDim.x) {
-    const int g = idx / lat, d = idx % lat;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kMlaWarps; ++w) mx = fmaxf(mx, wm[w * G + g]);
-    float sum = 0, o = 0;
-#pragma unroll
-    for (int w = 0; w < kMlaWarps; ++w) {
-      const float f = wm[w * G + g] == -INFINITY ? 0.f : expf(wm[w * G + g] - mx);
-      sum += wl[w * G + g] * f;
-      o += wacc[(w * G + g) * lat + d] * f;
-    }
-    const size_t head = static_cast<size_t>(i) * a.n_head + hg * G + g;
-    if (splits == 1) {
-      out[head * lat + d] = o / sum;
-    } else {
-      float* st = part + (head * splits + blockIdx.z) * (lat + 2);
-      st[d] = o;
-      if (d == 0) {
-        st[lat] = mx;
-        st[lat + 1] = sum;
-      }
-    }
-  }
+  AttendPages<G, V>(sm, rows, n_ctx, split * n_pages / active, (split + 1) * n_pages / active, kMlaWarps, m, l, acc);
+  MergeWarps<G, V>(sm, kMlaWarps, m, l, acc, a.lat, static_cast<size_t>(i) * a.n_head + hg * G, gridDim.z, split, out,
+                   part, Q8Activations{});
 }
 
 // Block (x, h, i): value rows 32 x .. 32 x + 31 of head h for token i. The attended latent first into shared memory
@@ -309,9 +221,9 @@ void LaunchMla(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const
 template <int G>
 Status LaunchMlaV(dim3 grid, size_t shared, cudaStream_t s, const MlaArgs& a, const float* q_abs, float scale,
                   const KvPool& pool, const TokenPlaces& places, float* out, float* part) {
-  const int v = (a.lat + 31) / 32;
-  if (v <= 1) {
-    LaunchMla<G, 1>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
+  const int v = (a.lat + 31) / 32;  // values per lane
+  if (v <= 2) {
+    LaunchMla<G, 2>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
   } else if (v <= 8) {
     LaunchMla<G, 8>(grid, shared, s, a, q_abs, scale, pool, places, out, part);
   } else if (v <= 16) {
