@@ -23,7 +23,7 @@ __device__ float InverseRms(const float* x, int dim, float eps) {
   return rsqrtf(BlockSum<THREADS>(ss) / dim + eps);
 }
 
-constexpr int kNormThreads = 256;
+constexpr int kNormThreads = 1024;
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormStridedKernel(float* x, int dim, int stride, const float* w, float eps, Q8Activations xq) {
   WaitForPreviousKernel();
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kPrepareThreads)
   const int l = blockIdx.z * kPrepareThreads + threadIdx.x;  // one output per thread: several loads in flight
   if (l < a.lat) {
     float sum = 0;
-#pragma unroll 8
+#pragma unroll 16
     for (int j = 0; j < a.nope; ++j) sum += qs[j] * __half2float(kb[static_cast<size_t>(j) * a.lat + l]);
     out[l] = sum;
   } else if (l < kd) {
@@ -157,12 +157,13 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
 
 // Block (x, h, i): value rows 32 x .. 32 x + 31 of head h for token i. The attended latent first into shared memory
 // (with split states: their combination, the states of the token's active splits weighted by exp(m_s - max) over
-// the sum of their weighted sums); then warp w takes rows w, w + kValueWarps, ..., and warp 0 writes the 32 sums (and
-// quantizes them into outq, whole blocks of 32).
-constexpr int kValueWarps = 4, kMaxValueLatent = 512;
+// the sum of their weighted sums; warp 0 finds the weights); then warp w takes row 32 x + w, and warp 0 writes the 32
+// sums (and quantizes them into outq, whole blocks of 32).
+constexpr int kValueWarps = 32, kMaxValueLatent = 1024;
 __global__ void __launch_bounds__(32 * kValueWarps)
-    MlaValuesKernel(MlaArgs a, const float* latent, MlaSplitStates states, float* out, Q8Activations outq) {
-  __shared__ float x[kMaxValueLatent], weight[kMaxMlaSplits], sums[32];
+    MlaValuesKernel(MlaArgs a, const float* __restrict__ latent, MlaSplitStates states, float* __restrict__ out,
+                    Q8Activations outq) {
+  __shared__ float x[kMaxValueLatent], weight[kMaxMlaSplits], sums[32], total;
   WaitForPreviousKernel();
   LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -173,14 +174,19 @@ __global__ void __launch_bounds__(32 * kValueWarps)
   } else {
     const int active = ActiveSplits(states.pos[i], states.splits);
     const float* st = states.part + head * states.splits * (a.lat + 2);
-    float mx = -INFINITY;
-    for (int sp = 0; sp < active; ++sp) mx = fmaxf(mx, st[sp * (a.lat + 2) + a.lat]);
-    float total = 0;
-    for (int sp = 0; sp < active; ++sp) {
-      const float m = st[sp * (a.lat + 2) + a.lat];
-      const float f = m == -INFINITY ? 0.f : expf(m - mx);
-      total += st[sp * (a.lat + 2) + a.lat + 1] * f;
-      if (threadIdx.x == 0) weight[sp] = f;
+    if (warp == 0) {
+      float mx = -INFINITY;
+      for (int sp = lane; sp < active; sp += 32) mx = fmaxf(mx, st[sp * (a.lat + 2) + a.lat]);
+      mx = WarpMax(mx);
+      float sum = 0;
+      for (int sp = lane; sp < active; sp += 32) {
+        const float m = st[sp * (a.lat + 2) + a.lat];
+        const float f = m == -INFINITY ? 0.f : expf(m - mx);
+        weight[sp] = f;
+        sum += st[sp * (a.lat + 2) + a.lat + 1] * f;
+      }
+      sum = WarpSum(sum);
+      if (lane == 0) total = sum;
     }
     __syncthreads();
     for (int d = threadIdx.x; d < a.lat; d += blockDim.x) {
@@ -190,15 +196,18 @@ __global__ void __launch_bounds__(32 * kValueWarps)
     }
   }
   __syncthreads();
-  for (int k = warp; k < 32; k += kValueWarps) {
-    const int r = r0 + k;
-    if (r >= a.v_dim) break;
-    const __half* vb =
-        reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat;
+  const int r = r0 + warp;
+  if (r < a.v_dim) {
+    const __half2* vb = reinterpret_cast<const __half2*>(
+        reinterpret_cast<const __half*>(a.kv_b) + (static_cast<size_t>(h) * (a.nope + a.v_dim) + a.nope + r) * a.lat);
     float sum = 0;
-    for (int l = lane; l < a.lat; l += 32) sum += __half2float(vb[l]) * x[l];
+#pragma unroll 4
+    for (int l = lane; l < a.lat / 2; l += 32) {
+      const float2 v = __half22float2(vb[l]);
+      sum += v.x * x[2 * l] + v.y * x[2 * l + 1];
+    }
     sum = WarpSum(sum);
-    if (lane == 0) sums[k] = sum;
+    if (lane == 0) sums[warp] = sum;
   }
   __syncthreads();
   if (warp > 0) return;
@@ -298,7 +307,7 @@ Status MlaValues(const MlaArgs& a, const float* latent, int n, float* out, Strea
   if (outq != nullptr && a.v_dim % 32 != 0)
     return InvalidArgument("MlaValues: quantized rows of " + std::to_string(a.v_dim) + " values (a multiple of 32)");
   if (a.lat > kMaxValueLatent || (states != nullptr && states->splits > kMaxMlaSplits))
-    return Unsupported("MlaValues: kv_lora_rank " + std::to_string(a.lat) + " (at most 512)");
+    return Unsupported("MlaValues: kv_lora_rank " + std::to_string(a.lat) + " (at most 1024)");
   LaunchEarly(MlaValuesKernel, dim3(Blocks(a.v_dim, 32), a.n_head, n), 32 * kValueWarps, stream, a, latent,
               states != nullptr ? *states : MlaSplitStates{}, out, outq != nullptr ? *outq : Q8Activations{});
   return CheckLaunch("MlaValues");

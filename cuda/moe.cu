@@ -490,20 +490,27 @@ __global__ void __launch_bounds__(32 * kMmaWarps)
 }
 
 // One block per token; with norm.out, the new row's RMSNorm after it (every thread reads back only its own writes).
-constexpr int kCombineThreads = 256;
+// The token's choices (rows and weights) are read once into shared memory, so that the loads of the rows' values
+// are independent of each other.
+constexpr int kCombineThreads = 1024;
 __global__ void __launch_bounds__(kCombineThreads)
-    CombineKernel(const float* ys, const float* weights, ExpertGroups g, int k, int dim, float* x, RowNorm norm) {
+    CombineKernel(const float* __restrict__ ys, const float* __restrict__ weights, ExpertGroups g, int k, int dim,
+                  float* __restrict__ x, RowNorm norm) {
+  __shared__ float weight[kMaxExpertsUsed];
+  __shared__ int row[kMaxExpertsUsed];
   WaitForPreviousKernel();
   LetNextKernelStart();
   const int t = blockIdx.x;
+  if (threadIdx.x < k) {
+    weight[threadIdx.x] = weights[t * k + threadIdx.x];
+    row[threadIdx.x] = g.row_of[t * k + threadIdx.x];
+  }
+  __syncthreads();
   float* xt = x + static_cast<size_t>(t) * dim;
   float ss = 0;
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float sum = 0;
-    for (int i = 0; i < k; ++i) {
-      const int s = t * k + i;
-      sum += weights[s] * ys[static_cast<size_t>(g.row_of[s]) * dim + d];
-    }
+    for (int i = 0; i < k; ++i) sum += weight[i] * ys[static_cast<size_t>(row[i]) * dim + d];
     const float v = xt[d] + sum;
     xt[d] = v;
     ss += v * v;
