@@ -157,13 +157,14 @@ __global__ void __launch_bounds__(32 * kMlaWarps)
 
 // Block (x, h, i): value rows 32 x .. 32 x + 31 of head h for token i. The attended latent first into shared memory
 // (with split states: their combination, the states of the token's active splits weighted by exp(m_s - max) over
-// the sum of their weighted sums; warp 0 finds the weights); then warp w takes row 32 x + w, and warp 0 writes the 32
-// sums (and quantizes them into outq, whole blocks of 32).
-constexpr int kValueWarps = 32, kMaxValueLatent = 1024;
+// the sum of their weighted sums; warp 0 finds the weights, the warps share the splits); then warp w takes row
+// 32 x + w, and warp 0 writes the 32 sums (and quantizes them into outq, whole blocks of 32).
+constexpr int kValueWarps = 32, kMaxValueLatent = 1024, kValueChunk = 256;
 __global__ void __launch_bounds__(32 * kValueWarps)
     MlaValuesKernel(MlaArgs a, const float* __restrict__ latent, MlaSplitStates states, float* __restrict__ out,
                     Q8Activations outq) {
   __shared__ float x[kMaxValueLatent], weight[kMaxMlaSplits], sums[32], total;
+  __shared__ float partial[kValueWarps][kValueChunk];
   WaitForPreviousKernel();
   LetNextKernelStart();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -189,10 +190,27 @@ __global__ void __launch_bounds__(32 * kValueWarps)
       if (lane == 0) total = sum;
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < a.lat; d += blockDim.x) {
-      float o = 0;
-      for (int sp = 0; sp < active; ++sp) o += st[sp * (a.lat + 2) + d] * weight[sp];
-      x[d] = o / total;
+    // kValueChunk values at a time: warp w adds splits w, w + kValueWarps, ... (lane: values lane + 32 j), then the
+    // warps' partial sums are added in a fixed order.
+    for (int d0 = 0; d0 < a.lat; d0 += kValueChunk) {
+      float o[kValueChunk / 32];
+#pragma unroll
+      for (int j = 0; j < kValueChunk / 32; ++j) o[j] = 0;
+      for (int sp = warp; sp < active; sp += kValueWarps) {
+        const float* row = st + sp * (a.lat + 2) + d0;
+#pragma unroll
+        for (int j = 0; j < kValueChunk / 32; ++j)
+          if (d0 + lane + 32 * j < a.lat) o[j] += row[lane + 32 * j] * weight[sp];
+      }
+#pragma unroll
+      for (int j = 0; j < kValueChunk / 32; ++j) partial[warp][lane + 32 * j] = o[j];
+      __syncthreads();
+      for (int d = threadIdx.x; d < kValueChunk && d0 + d < a.lat; d += blockDim.x) {
+        float sum = 0;
+        for (int w = 0; w < kValueWarps; ++w) sum += partial[w][d];
+        x[d0 + d] = sum / total;
+      }
+      __syncthreads();
     }
   }
   __syncthreads();
