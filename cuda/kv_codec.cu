@@ -123,80 +123,45 @@ __device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, uin
   for (int k = 0; 2 * k < p - packed; ++k) words[k] = static_cast<uint16_t>(packed[2 * k] | packed[2 * k + 1] << 8);
 }
 
-// y = R y for one row in the calling thread's own memory: kvquant::Rotation::Apply's operations in its order.
-__device__ void RotateLocal(float* y, int dim, int kind, const float* p) {
-  if (kind == kvdev::kHadamard) {
-    for (int start = 0, rest = dim; rest > 0;) {
-      int len = 1;
-      while (len * 2 <= rest) len *= 2;
-      float* s = y + start;
-      for (int i = 0; i < len; ++i) s[i] = s[i] * p[start + i];
-      for (int h = 1; h < len; h *= 2) {
-        for (int i = 0; i < len; i += 2 * h) {
-          for (int j = i; j < i + h; ++j) {
-            const float a = s[j], b = s[j + h];
-            s[j] = a + b;
-            s[j + h] = a - b;
-          }
-        }
-      }
-      const float norm = 1.0f / sqrtf(static_cast<float>(len));
-      for (int i = 0; i < len; ++i) s[i] *= norm;
-      start += len;
-      rest -= len;
-    }
-  } else if (kind == kvdev::kGivens) {
-    for (int i = 0; i < dim; i += 2) {
-      const float c = p[i], sn = p[i + 1], a = y[i], b = y[i + 1];
-      y[i] = c * a - sn * b;
-      y[i + 1] = sn * a + c * b;
-    }
-  } else if (kind == kvdev::kQuaternion) {
-    for (int i = 0; i < dim; i += 4) {
-      const float* q = p + 2 * i;
-      const kvdev::Quat l{q[0], q[1], q[2], q[3]}, r{q[4], q[5], q[6], q[7]}, v{y[i], y[i + 1], y[i + 2], y[i + 3]};
-      const kvdev::Quat w = kvdev::QMul(kvdev::QMul(l, v), kvdev::QConj(r));
-      y[i] = w.a, y[i + 1] = w.b, y[i + 2] = w.c, y[i + 3] = w.d;
-    }
-  }
-}
-
-// One warp per (KV head, token); lane b writes the row's format block b (f16: values 32 b .. 32 b + 31). Each lane
-// prepares the whole row (centered, weighted, rotated) in its own slice of shared memory, so that no lane waits for
-// another's values.
+// One warp per (KV head, token): the lanes prepare the row together in shared memory (centered, the rotating centers
+// subtracted, weighted, rotated: each element by the same operations as on the CPU), then lane b writes the row's
+// format block b (f16: values 32 b .. 32 b + 31).
 constexpr int kF16Chunk = 32;
 __global__ void __launch_bounds__(32)
     EncodeKernel(DeviceRowFormat f, bool values, const float* rows, KvPages pages, int layer, TokenPlaces places) {
-  const int h = blockIdx.x, i = blockIdx.y, b = threadIdx.x;
-  const int unit = f.scale_rule == kNone ? kF16Chunk : f.block_elems;
-  if (b * unit >= f.dim) return;
+  const int h = blockIdx.x, i = blockIdx.y, lane = threadIdx.x;
   const size_t lh = static_cast<size_t>(layer) * f.n_head_kv + h;
   const float* x = rows + (static_cast<size_t>(i) * f.n_head_kv + h) * f.dim;
   const int pos = places.pos[i];
-  __shared__ float rows_of_lanes[32][kMaxCodedDim];  // lane b's own copy of the row (no lane reads another's)
-  float* y = rows_of_lanes[b];
-  for (int c = 0; c < f.dim; ++c) y[c] = f.center != nullptr ? x[c] - f.center[lh * f.dim + c] : x[c];
-  for (int j = 0; j < f.n_rotating; ++j) {  // kvquant::RotatingCenterAt, in double as on the CPU
-    const float* r = f.rotating + (lh * f.n_rotating + j) * 5;
-    if (r[3] == 0 && r[4] == 0) continue;  // a padding pair
-    const double angle = static_cast<double>(pos) * r[2], c = cos(angle), s = sin(angle);
-    const int a = static_cast<int>(r[0]), bb = static_cast<int>(r[1]);
-    y[a] -= static_cast<float>(r[3] * c - r[4] * s);
-    y[bb] -= static_cast<float>(r[3] * s + r[4] * c);
+  __shared__ float y[kMaxCodedDim];
+  for (int c = lane; c < f.dim; c += 32) y[c] = f.center != nullptr ? x[c] - f.center[lh * f.dim + c] : x[c];
+  __syncwarp();
+  if (lane == 0) {
+    for (int j = 0; j < f.n_rotating; ++j) {  // kvquant::RotatingCenterAt, in double as on the CPU
+      const float* r = f.rotating + (lh * f.n_rotating + j) * 5;
+      if (r[3] == 0 && r[4] == 0) continue;  // a padding pair
+      const double angle = static_cast<double>(pos) * r[2], c = cos(angle), s = sin(angle);
+      const int a = static_cast<int>(r[0]), b = static_cast<int>(r[1]);
+      y[a] -= static_cast<float>(r[3] * c - r[4] * s);
+      y[b] -= static_cast<float>(r[3] * s + r[4] * c);
+    }
   }
+  __syncwarp();
   if (f.weights != nullptr)
-    for (int c = 0; c < f.dim; ++c) y[c] *= f.weights[lh * f.dim + c];
+    for (int c = lane; c < f.dim; c += 32) y[c] *= f.weights[lh * f.dim + c];
+  __syncwarp();
   const int page = places.pages[places.first[i] + pos / kPageTokens];
   const int row_bytes = values ? pages.v_row_bytes : pages.k_row_bytes;
   uint8_t* dst = pages.base + static_cast<size_t>(page) * pages.page_bytes +
                  kvdev::RowsOffset(pages, values, layer, h) + static_cast<size_t>(pos % kPageTokens) * row_bytes;
   if (f.scale_rule == kNone) {
     __half* halves = reinterpret_cast<__half*>(dst);
-    for (int c = b * unit; c < min(f.dim, (b + 1) * unit); ++c) halves[c] = __float2half_rn(y[c]);
+    for (int c = lane * kF16Chunk; c < min(f.dim, (lane + 1) * kF16Chunk); ++c) halves[c] = __float2half_rn(y[c]);
     return;
   }
-  RotateLocal(y, f.dim, f.rotation, f.params + lh * f.param_stride);
-  EncodeBlock(f, b, y + b * f.block_elems, dst + static_cast<size_t>(b) * f.block_bytes);
+  kvdev::RotateRows(y, 1, f.dim, f.dim, f.rotation, f.params + lh * f.param_stride, false);  // the block is the warp
+  if (lane * f.block_elems < f.dim)
+    EncodeBlock(f, lane, y + lane * f.block_elems, dst + static_cast<size_t>(lane) * f.block_bytes);
 }
 
 }  // namespace
