@@ -22,8 +22,11 @@ __device__ int Nearest(const float* levels, int n, float v) {
   return c;
 }
 
-// kvquant's EncodeBlock for one block of n values y (rotated), by one thread: codes and scale, packed at dst.
-__device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, uint8_t* dst) {
+// kvquant's EncodeBlock for one block of n values y (rotated), by one thread: codes and scale, packed at dst. For the
+// Lloyd-Max rules, ss (the block's sum of squares) and nearest (each value's nearest level at 1 / rms) come from
+// EncodeKernel's first step.
+__device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, double ss, const uint8_t* nearest,
+                            uint8_t* dst) {
   const kvdev::BlockRuns br = kvdev::RunsOf(f, b);
   const int n = br.size;
   const int cnt[2] = {br.c0, br.c1};
@@ -50,11 +53,7 @@ __device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, uin
       codes[i] = static_cast<uint8_t>(c < 15 ? c : 15);
     }
   } else {
-    double ss = 0;
-    for (int i = 0; i < n; ++i) ss += static_cast<double>(y[i]) * y[i];
-    const float rms = static_cast<float>(sqrt(ss / n));
-    const float id = rms != 0 ? 1.0f / rms : 0.0f;
-    for (int i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(Nearest(f.levels[run_of(i)], n_levels(i), y[i] * id));
+    for (int i = 0; i < n; ++i) codes[i] = nearest[i];
     if (ss != 0) {
       double s1 = 0, s2 = 0;
       for (int i = 0; i < n; ++i) {
@@ -160,8 +159,33 @@ __global__ void __launch_bounds__(32)
     return;
   }
   kvdev::RotateRows(y, 1, f.dim, f.dim, f.rotation, f.params + lh * f.param_stride, false);  // the block is the warp
-  if (lane * f.block_elems < f.dim)
-    EncodeBlock(f, lane, y + lane * f.block_elems, dst + static_cast<size_t>(lane) * f.block_bytes);
+  // The Lloyd-Max rules' first step for the whole row: each block's sum of squares (its lane, in the CPU's order),
+  // then every value's nearest level at the block's 1 / rms (the lanes over the values).
+  __shared__ double ss[32];
+  __shared__ float id[32];
+  __shared__ uint8_t nearest[kMaxCodedDim];
+  const int n_blocks = (f.dim + f.block_elems - 1) / f.block_elems;
+  const bool lloyd = f.scale_rule != kMaxQ8 && f.scale_rule != kMaxQ4;
+  if (lloyd) {
+    if (lane < n_blocks) {
+      const int n = kvdev::RunsOf(f, lane).size;
+      const float* yb = y + lane * f.block_elems;
+      double sum = 0;
+      for (int k = 0; k < n; ++k) sum += static_cast<double>(yb[k]) * yb[k];
+      const float rms = static_cast<float>(sqrt(sum / n));
+      ss[lane] = sum;
+      id[lane] = rms != 0 ? 1.0f / rms : 0.0f;
+    }
+    __syncwarp();
+    for (int e = lane; e < f.dim; e += 32) {
+      const int b = e / f.block_elems, run = e - b * f.block_elems < kvdev::RunsOf(f, b).c0 ? 0 : 1;
+      nearest[e] = static_cast<uint8_t>(Nearest(f.levels[run], 1 << f.bits[run], y[e] * id[b]));
+    }
+    __syncwarp();
+  }
+  if (lane < n_blocks)
+    EncodeBlock(f, lane, y + lane * f.block_elems, lloyd ? ss[lane] : 0.0, nearest + lane * f.block_elems,
+                dst + static_cast<size_t>(lane) * f.block_bytes);
 }
 
 }  // namespace
