@@ -169,8 +169,9 @@ int RunGpuSection() {
         for (int n : {1, 16, 512}) {
           Places at(Iota(n, r - n), {table});
           encode[f][n] = TimeUs([&] {
-            Check(EncodeKvRows(b.k.format(), false, rows.as<float>(), b.pages, 0, at.places, n, nullptr), "encode");
-            Check(EncodeKvRows(b.v.format(), true, rows.as<float>(), b.pages, 0, at.places, n, nullptr), "encode");
+            Check(EncodeKvRows(b.k.format(), rows.as<float>(), b.v.format(), rows.as<float>(), b.pages, 0, at.places, n,
+                               nullptr),
+                  "encode");
           });
         }
       }

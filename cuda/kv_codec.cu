@@ -122,12 +122,23 @@ __device__ void EncodeBlock(const DeviceRowFormat& f, int b, const float* y, dou
   for (int k = 0; 2 * k < p - packed; ++k) words[k] = static_cast<uint16_t>(packed[2 * k] | packed[2 * k + 1] << 8);
 }
 
-// One warp per (KV head, token): the lanes prepare the row together in shared memory (centered, the rotating centers
-// subtracted, weighted, rotated: each element by the same operations as on the CPU), then lane b writes the row's
-// format block b (f16: values 32 b .. 32 b + 31).
+// One format's rows to encode: keys (values false) or values.
+struct EncodeJob {
+  DeviceRowFormat f;
+  bool values;
+  const float* rows;
+};
+
+// One warp per (KV head, token, job): the lanes prepare the row together in shared memory (centered, the rotating
+// centers subtracted, weighted, rotated: each element by the same operations as on the CPU), then lane b writes the
+// row's format block b (f16: values 32 b .. 32 b + 31).
 constexpr int kF16Chunk = 32;
 __global__ void __launch_bounds__(32)
-    EncodeKernel(DeviceRowFormat f, bool values, const float* rows, KvPages pages, int layer, TokenPlaces places) {
+    EncodeKernel(EncodeJob first, EncodeJob second, KvPages pages, int layer, TokenPlaces places) {
+  const EncodeJob& job = blockIdx.z == 0 ? first : second;
+  const DeviceRowFormat& f = job.f;
+  const bool values = job.values;
+  const float* rows = job.rows;
   const int h = blockIdx.x, i = blockIdx.y, lane = threadIdx.x;
   const size_t lh = static_cast<size_t>(layer) * f.n_head_kv + h;
   const float* x = rows + (static_cast<size_t>(i) * f.n_head_kv + h) * f.dim;
@@ -193,8 +204,17 @@ __global__ void __launch_bounds__(32)
 Status EncodeKvRows(const DeviceRowFormat& f, bool values, const float* rows, const KvPages& pages, int layer,
                     const TokenPlaces& places, int n, Stream stream) {
   if (n <= 0) return Status::Ok();
-  EncodeKernel<<<dim3(f.n_head_kv, n), 32, 0, static_cast<cudaStream_t>(stream)>>>(f, values, rows, pages, layer,
-                                                                                   places);
+  const EncodeJob job{f, values, rows};
+  EncodeKernel<<<dim3(f.n_head_kv, n, 1), 32, 0, static_cast<cudaStream_t>(stream)>>>(job, job, pages, layer, places);
+  return CheckLaunch("EncodeKvRows");
+}
+
+Status EncodeKvRows(const DeviceRowFormat& k, const float* k_rows, const DeviceRowFormat& v, const float* v_rows,
+                    const KvPages& pages, int layer, const TokenPlaces& places, int n, Stream stream) {
+  if (n <= 0) return Status::Ok();
+  if (k.n_head_kv != v.n_head_kv) return InvalidArgument("EncodeKvRows: keys and values of different head counts");
+  EncodeKernel<<<dim3(k.n_head_kv, n, 2), 32, 0, static_cast<cudaStream_t>(stream)>>>(
+      EncodeJob{k, false, k_rows}, EncodeJob{v, true, v_rows}, pages, layer, places);
   return CheckLaunch("EncodeKvRows");
 }
 

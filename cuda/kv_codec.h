@@ -83,6 +83,11 @@ struct KvPages {
 Status EncodeKvRows(const DeviceRowFormat& f, bool values, const float* rows, const KvPages& pages, int layer,
                     const TokenPlaces& places, int n, Stream stream);
 
+// The same for n tokens' key rows (k_rows, with k) and value rows (v_rows, with v) in one launch (a decode step's
+// rows are few: the two formats' rows encoded side by side instead of one after the other).
+Status EncodeKvRows(const DeviceRowFormat& k, const float* k_rows, const DeviceRowFormat& v, const float* v_rows,
+                    const KvPages& pages, int layer, const TokenPlaces& places, int n, Stream stream);
+
 // Encodes kPageTokens random rows of every head of layer 0 with EncodeKvRows (codecs: as given to Upload) and
 // compares them with RowCodec::EncodeRow's bytes: kInternal naming the format, head and row where they differ. A cache
 // checks its codecs once, so that a device whose encoder disagrees with the CPU's fails instead of storing other

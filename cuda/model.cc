@@ -571,8 +571,7 @@ Status CudaModel::Enqueue(int n, int n_logits, bool greedy, bool flash) {
       a.store_kv = f16;
       LR_RETURN_IF_ERROR(PrepareQkv(a, pool_, places, n, s));
       if (!f16) {
-        LR_RETURN_IF_ERROR(EncodeKvRows(*k_format_, false, k, kv_pages_, il, places, n, s));
-        LR_RETURN_IF_ERROR(EncodeKvRows(*v_format_, true, v, kv_pages_, il, places, n, s));
+        LR_RETURN_IF_ERROR(EncodeKvRows(*k_format_, k, *v_format_, v, kv_pages_, il, places, n, s));
       }
       // A decode step's attention output goes to the output product quantized (by the f16 attention kernels
       // themselves where the value rows are whole blocks; attention on the codes writes floats). FlashAttention reads
