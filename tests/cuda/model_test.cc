@@ -1,16 +1,21 @@
 // The CUDA model against the CPU model doing each step with the device's arithmetic (MatchDeviceArithmetic: prefill
 // steps on the scalar path, f32 activations; decode steps on the SIMD path, int8 activations) and the transformers
-// references. Int8 activations turn a difference of float rounding in a product's input into a different int8 value
-// now and then, and the model carries that on: two runs agree closely only from the same state through the same
-// arithmetic. So the equality tests feed every token in decode steps (at most kMaxMatVecTokens tokens), where the
-// two devices differ only in the order of float sums, and the prefill step (f16 operands on the device, f32 on the
-// CPU) is compared by its own logits. On the default model: logits of 160 positions through the prefill step and
-// through decode steps (mean KL <= 0.005, top-1 agreement >= 0.99), 32 greedy tokens equal to the CPU's, the
-// reference's continuations held as the CPU's own int8 path is; forks that copy a shared page on the device; the
-// fixtures of tests/fixtures/models/ against their reference logits (dense; deepseek2: MLA and MoE), the compressed
-// KV formats against the CPU's, the deepseek2 Q4_0 bench fixture against the CPU, dummy weights (the Leanstral
-// preset's shape against transformers' Mistral4Config defaults), and the prefill path against the decode path on
-// dummy weights of two head dims. Skipped when no CUDA device is present.
+// references. Int8 activations make a model's logits depend on the last bit of every product input: on the default
+// model a one-ulp change of the RMS norm's scale in the CPU's own int8 path moves its logits by a mean KL of 4e-3
+// (top-1 0.96-0.99 over 160 positions; docs/RESULTS.md), as far as the int8 path is from f32. Two int8 decoders agree
+// closely only where their float sums are bit for bit the same (the quantized fixtures, small enough that no
+// rounding tips over), so on the default model:
+// - the prefill step (f16 operands on the device, f32 on the CPU) is compared by its logits: mean KL <= 0.005, top-1
+//   agreement >= 0.99 over 160 positions;
+// - the decode steps (int8 on both) are held to f32 as the CPU's own int8 path is: no further from the f32 logits
+//   than the CPU's int8 logits, within the spread of one-ulp perturbations;
+// - 32 greedy tokens equal the CPU's where the model is sure of them (a count), so a near-tie cannot decide;
+// - the reference's continuations are held as the CPU's own int8 path is; forks copy a shared page on the device.
+// Besides: the fixtures of tests/fixtures/models/ against their reference logits (dense; deepseek2: MLA and MoE), the
+// quantized fixtures' decode steps against the CPU's int8 path, the compressed KV formats against the CPU's, the
+// deepseek2 Q4_0 bench fixture against the CPU, dummy weights (the Leanstral preset's shape against transformers'
+// Mistral4Config defaults), and the prefill path against the decode path on dummy weights of two head dims. Skipped
+// when no CUDA device is present.
 #include "cuda/model.h"
 
 #include <gtest/gtest.h>
@@ -61,18 +66,24 @@ KvCache NewCache(ForwardPass& fp, int max_tokens) {
   return std::move(cache).value();
 }
 
-// The CPU model runs each step with the arithmetic the device uses for it: a step of more than kMaxMatVecTokens
-// tokens (the device's tensor-core product: f16 operands, f32 sums) on the scalar path (f32 activations), a decode
-// step (the device's integer products on int8 activations in ops::BlockQ8's scheme) on the SIMD path, which
-// quantizes its activations the same way (the scalar path where the CPU has no AVX2). No-op for the device.
-void MatchDeviceArithmetic(ForwardPass& fp, size_t step_tokens) {
+// The CPU model's products on f32 activations (the scalar path) or on int8 activations in ops::BlockQ8's scheme (the
+// SIMD path; the scalar path where the CPU has no AVX2). No-op for the device.
+void SetCpuArithmetic(ForwardPass& fp, bool f32) {
   if (dynamic_cast<Model*>(&fp) == nullptr) return;
-  const bool f32 = step_tokens > static_cast<size_t>(kMaxMatVecTokens);
   ops::SetActiveIsa(f32 ? Isa::kBaseline : BestIsa());
 }
 
-// Logits of every token of `tokens` in one sequence, fed in chunks of the given sizes (the last repeated).
-std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens, const std::vector<int>& chunks) {
+// The CPU model runs each step with the arithmetic the device uses for it: a step of more than kMaxMatVecTokens
+// tokens (the device's tensor-core product: f16 operands, f32 sums) on f32 activations, a decode step (the device's
+// integer products on int8 activations, quantized as the CPU quantizes them) on int8 activations.
+void MatchDeviceArithmetic(ForwardPass& fp, size_t step_tokens) {
+  SetCpuArithmetic(fp, step_tokens > static_cast<size_t>(kMaxMatVecTokens));
+}
+
+// Logits of every token of `tokens` in one sequence, fed in chunks of the given sizes (the last repeated); the CPU
+// model with the device's arithmetic per step, or with f32 activations throughout (`f32`).
+std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens, const std::vector<int>& chunks,
+                             bool f32 = false) {
   KvCache cache = NewCache(fp, static_cast<int>(tokens.size()) + 64);
   const int seq = cache.NewSequence();
   std::vector<float> all, step;
@@ -81,7 +92,11 @@ std::vector<float> RunChunks(ForwardPass& fp, const std::vector<int32_t>& tokens
     const size_t n = std::min<size_t>(tokens.size() - at, chunks[std::min(c, chunks.size() - 1)]);
     std::vector<BatchToken> batch;
     for (size_t i = 0; i < n; ++i) batch.push_back({seq, tokens[at + i], true});
-    MatchDeviceArithmetic(fp, n);
+    if (f32) {
+      SetCpuArithmetic(fp, true);
+    } else {
+      MatchDeviceArithmetic(fp, n);
+    }
     const Status s = fp.Forward(cache, batch, &step);
     EXPECT_TRUE(s.ok()) << s.ToString();
     if (!s.ok()) return {};
@@ -152,20 +167,21 @@ std::vector<int32_t> TextTokens(const Model& model, size_t at_least) {
   return t;
 }
 
-// The default model's logits over 160 positions, GPU vs CPU with the same arithmetic per step: `chunks` as RunChunks.
-Agreement DefaultModelAgreement(const std::vector<int>& chunks, const char* what) {
-  Loaded m = Load(kDefaultModel);
-  EXPECT_TRUE(m.gpu);
-  if (!m.gpu) return {};
-  std::vector<int32_t> tokens = TextTokens(*m.cpu, 100);
+// The default model's 160 text positions.
+std::vector<int32_t> DefaultModelTokens(const Model& model) {
+  std::vector<int32_t> tokens = TextTokens(model, 100);
   while (tokens.size() < 160) tokens.insert(tokens.end(), tokens.begin(), tokens.begin() + 20);
   tokens.resize(160);
-  const std::vector<float> cpu = RunChunks(*m.cpu, tokens, chunks), gpu = RunChunks(*m.gpu, tokens, chunks);
-  EXPECT_EQ(cpu.size(), gpu.size());
-  if (cpu.size() != gpu.size()) return {};
-  const Agreement a = Compare(cpu, gpu, m.cpu->config().n_vocab);
-  std::printf("default model, 160 positions, %s: mean KL %.7f, top-1 agreement %.4f\n", what, a.mean_kl, a.top1);
-  return a;
+  return tokens;
+}
+
+Agreement Report(const std::vector<float>& a, const std::vector<float>& b, int n_vocab, const char* what) {
+  EXPECT_EQ(a.size(), b.size()) << what;
+  if (a.size() != b.size()) return {};
+  const Agreement r = Compare(a, b, n_vocab);
+  std::printf("default model, %zu positions, %s: mean KL %.7f, top-1 agreement %.4f\n", a.size() / n_vocab, what,
+              r.mean_kl, r.top1);
+  return r;
 }
 
 // Steps of decode size (the tensor-core product is not used): 16, 16 and 9 tokens (multi-token matvecs), then
@@ -173,15 +189,30 @@ Agreement DefaultModelAgreement(const std::vector<int>& chunks, const char* what
 const std::vector<int> kDecodeSteps = {16, 16, 9, 1};
 
 TEST_F(CudaModelTest, DefaultModelPrefillLogitsMatchCpu) {
-  const Agreement a = DefaultModelAgreement({160}, "one prefill step (device: f16 operands; CPU: scalar)");
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const std::vector<int32_t> tokens = DefaultModelTokens(*m.cpu);
+  const Agreement a = Report(RunChunks(*m.cpu, tokens, {160}), RunChunks(*m.gpu, tokens, {160}),
+                             m.cpu->config().n_vocab, "one prefill step (device: f16 operands; CPU: scalar)");
   EXPECT_LE(a.mean_kl, 0.005);
   EXPECT_GE(a.top1, 0.99);
 }
 
-TEST_F(CudaModelTest, DefaultModelDecodeLogitsMatchCpu) {
-  const Agreement a = DefaultModelAgreement(kDecodeSteps, "decode steps (int8 activations on both)");
-  EXPECT_LE(a.mean_kl, 0.005);
-  EXPECT_GE(a.top1, 0.99);
+// The device's int8 decode steps are as close to the f32 logits as the CPU's int8 decode steps: within 25% in mean
+// KL and 3 points of top-1 (the range one-ulp perturbations of the CPU's int8 path span; a wrong scale, offset or
+// position is orders of magnitude off).
+TEST_F(CudaModelTest, DefaultModelDecodeStepsAsCloseToF32AsTheCpuInt8Path) {
+  Loaded m = Load(kDefaultModel);
+  ASSERT_TRUE(m.gpu);
+  const std::vector<int32_t> tokens = DefaultModelTokens(*m.cpu);
+  const int n_vocab = m.cpu->config().n_vocab;
+  const std::vector<float> f32 = RunChunks(*m.cpu, tokens, kDecodeSteps, /*f32=*/true),
+                           cpu = RunChunks(*m.cpu, tokens, kDecodeSteps), gpu = RunChunks(*m.gpu, tokens, kDecodeSteps);
+  const Agreement c = Report(f32, cpu, n_vocab, "decode steps, CPU int8 vs CPU f32");
+  const Agreement g = Report(f32, gpu, n_vocab, "decode steps, device int8 vs CPU f32");
+  Report(cpu, gpu, n_vocab, "decode steps, device int8 vs CPU int8");
+  EXPECT_LE(g.mean_kl, 1.25 * c.mean_kl);
+  EXPECT_GE(g.top1, c.top1 - 0.03);
 }
 
 // Feeds `prompt` to sequence `seq` in decode steps (at most kMaxMatVecTokens tokens, each with the device's
@@ -200,12 +231,17 @@ int32_t FeedPromptGreedy(ForwardPass& fp, KvCache& cache, int seq, const std::ve
   return ids.size() == 1 ? ids[0] : -1;
 }
 
-// 32 greedy tokens after a prompt fed in decode steps: the CPU's argmax of its logits and the device's own pick are
-// the same tokens.
+// 32 greedy tokens after a prompt fed in decode steps, where the model is sure of each (it counts on from 12; on the
+// CPU, one-ulp perturbations of the int8 path all give the f32 path's 32 tokens): the CPU's argmax of its logits and
+// the device's own pick are the same tokens.
 TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
   Loaded m = Load(kDefaultModel);
   ASSERT_TRUE(m.gpu);
-  const std::vector<int32_t> prompt = TextTokens(*m.cpu, 40);
+  auto tok = inference::Tokenizer::FromGguf(m.cpu->gguf());
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::string count;
+  for (int i = 1; i <= 12; ++i) count += std::to_string(i) + ", ";
+  const std::vector<int32_t> prompt = tok->Encode(count, /*parse_special=*/false);
   auto generate = [&](ForwardPass& fp) {
     KvCache cache = NewCache(fp, static_cast<int>(prompt.size()) + 64);
     const int seq = cache.NewSequence();
@@ -222,7 +258,7 @@ TEST_F(CudaModelTest, DefaultModelGreedyGenerationEqualsCpu) {
   };
   const std::vector<int32_t> cpu = generate(*m.cpu), gpu = generate(*m.gpu);
   EXPECT_EQ(cpu.size(), 32u);
-  EXPECT_EQ(cpu, gpu);
+  EXPECT_EQ(cpu, gpu) << "CPU: " << tok->Decode(cpu) << "\ndevice: " << tok->Decode(gpu);
 }
 
 // The reference's greedy continuations (transformers on the dequantized weights, tests/fixtures/models/
