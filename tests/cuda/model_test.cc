@@ -369,18 +369,15 @@ TEST_P(CudaFixtureTest, LogitsMatchReference) {
   const Fixture& f = GetParam();
   using namespace inference::testing;
   const ReferenceFixture r = LoadReferenceFixture(f.name);
-  const std::vector<int32_t>& tokens = r.tokens;
-  const int n_vocab = r.n_vocab;
-  const std::vector<float>& want = r.want;
   ASSERT_TRUE(r.model.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
     const std::vector<float> got = DeviceLogits(r, one_at_a_time);
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t pos = 0; pos < tokens.size(); ++pos) {
-      EXPECT_LE(RowRelError(got.data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab), f.max_rel_error)
+    ASSERT_EQ(got.size(), r.want.size());
+    for (size_t pos = 0; pos < r.tokens.size(); ++pos) {
+      EXPECT_LE(RowRelError(got.data() + pos * r.n_vocab, r.want.data() + pos * r.n_vocab, r.n_vocab), f.max_rel_error)
           << "position " << pos;
-      EXPECT_EQ(ArgMax(got.data() + pos * n_vocab, n_vocab), ArgMax(want.data() + pos * n_vocab, n_vocab))
+      EXPECT_EQ(ArgMax(got.data() + pos * r.n_vocab, r.n_vocab), ArgMax(r.want.data() + pos * r.n_vocab, r.n_vocab))
           << "position " << pos;
     }
   }
@@ -525,18 +522,16 @@ class CudaDeepseekFixtureTest : public CudaModelTest, public ::testing::WithPara
 TEST_P(CudaDeepseekFixtureTest, LogitsMatchReference) {
   using namespace inference::testing;
   const ReferenceFixture r = LoadReferenceFixture(GetParam());
-  const std::vector<int32_t>& tokens = r.tokens;
-  const int n_vocab = r.n_vocab;
-  const std::vector<float>& want = r.want;
   ASSERT_TRUE(r.model.gpu);
   for (bool one_at_a_time : {false, true}) {
     SCOPED_TRACE(one_at_a_time ? "decode" : "prefill");
     const std::vector<float> got = DeviceLogits(r, one_at_a_time);
-    ASSERT_EQ(got.size(), want.size());
+    ASSERT_EQ(got.size(), r.want.size());
     double max_rel = 0;
-    for (size_t pos = 0; pos < tokens.size(); ++pos)
-      max_rel = std::max(max_rel, RowRelError(got.data() + pos * n_vocab, want.data() + pos * n_vocab, n_vocab));
-    const Agreement a = Compare(want, got, n_vocab);
+    for (size_t pos = 0; pos < r.tokens.size(); ++pos)
+      max_rel =
+          std::max(max_rel, RowRelError(got.data() + pos * r.n_vocab, r.want.data() + pos * r.n_vocab, r.n_vocab));
+    const Agreement a = Compare(r.want, got, r.n_vocab);
     std::printf("%s %s vs transformers: mean KL %.2e, top-1 agreement %.4f, max relative error %.2e\n", GetParam(),
                 one_at_a_time ? "decode" : "prefill", a.mean_kl, a.top1, max_rel);
     EXPECT_LE(a.mean_kl, 0.01);
