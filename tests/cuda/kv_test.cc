@@ -136,6 +136,17 @@ struct TestCache {
     }
     return s;
   }
+  // kvquant::AttendReference of the `group` query rows at q (KV head h of layer l) over positions [0, len) of a
+  // sequence.
+  std::vector<float> Reference(const std::vector<int>& table, int l, int h, int len, const float* q, int group,
+                               float scale) const {
+    const std::vector<kvquant::RowSpan> spans = Spans(table, l, h, 0, len);
+    const size_t ci = static_cast<size_t>(l) * n_head_kv + h;
+    const kvquant::CodedSpans part{&k[ci], &v[ci], spans};
+    std::vector<float> out(static_cast<size_t>(group) * v_dim);
+    kvquant::AttendReference({&part, 1}, 0, q, group, scale, out.data());
+    return out;
+  }
 };
 
 // Token places on the device: token i at pos[i] of the sequence with page table tables[i], or tables[0] for all
@@ -288,12 +299,8 @@ TEST_P(CudaKv, AttentionMatchesReference) {
       const std::vector<float> got = FromDevice<float>(out, q.size());
       for (int i = 0; i < n; ++i) {
         for (int h = 0; h < heads; ++h) {
-          const size_t ci = static_cast<size_t>(layer) * heads + h;
-          const std::vector<kvquant::RowSpan> spans = c.Spans(tables[i], layer, h, 0, lens[i]);
-          const kvquant::CodedSpans part{&c.k[ci], &c.v[ci], spans};
-          std::vector<float> want(static_cast<size_t>(group) * dim);
           const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
-          kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+          const std::vector<float> want = c.Reference(tables[i], layer, h, lens[i], &q[at], group, scale);
           EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
               << format << " dim " << dim << " group " << group << " sequence " << i << " head " << h;
         }
@@ -347,12 +354,8 @@ TEST_P(CudaKv, PrefillMatchesReference) {
     const std::vector<float> got = FromDevice<float>(out, q.size());
     for (int i = 0; i < n; ++i) {
       for (int h = 0; h < heads; ++h) {
-        const size_t ci = static_cast<size_t>(layer) * heads + h;
-        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[seq[i]], layer, h, 0, pos[i] + 1);
-        const kvquant::CodedSpans part{&c.k[ci], &c.v[ci], spans};
-        std::vector<float> want(static_cast<size_t>(group) * dim);
         const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
-        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        const std::vector<float> want = c.Reference(tables[seq[i]], layer, h, pos[i] + 1, &q[at], group, scale);
         EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
             << format << " dim " << dim << " group " << group << " token " << i << " head " << h;
       }
@@ -400,10 +403,7 @@ TEST_P(CudaKv, SharedPrefixEqualsPerSequence) {
         const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
         EXPECT_LT(RelError(&got[at], &per_seq[at], static_cast<size_t>(group) * dim), 1e-5)
             << format << " group " << group << " seq " << i;
-        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[i], 0, h, 0, pos[i] + 1);
-        const kvquant::CodedSpans part{&c.k[h], &c.v[h], spans};
-        std::vector<float> want(static_cast<size_t>(group) * dim);
-        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        const std::vector<float> want = c.Reference(tables[i], 0, h, pos[i] + 1, &q[at], group, scale);
         EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4) << format << " group " << group << " seq " << i;
       }
     }
@@ -440,11 +440,8 @@ TEST_P(CudaKv, LongContextsMatchReference) {
     const std::vector<float> got = FromDevice<float>(out, q.size());
     for (int i = 0; i < n; ++i) {
       for (int h = 0; h < heads; ++h) {
-        const std::vector<kvquant::RowSpan> spans = c.Spans(tables[i], 0, h, 0, pos[i] + 1);
-        const kvquant::CodedSpans part{&c.k[h], &c.v[h], spans};
-        std::vector<float> want(static_cast<size_t>(group) * dim);
         const size_t at = (static_cast<size_t>(i) * n_head + h * group) * dim;
-        kvquant::AttendReference({&part, 1}, 0, &q[at], group, scale, want.data());
+        const std::vector<float> want = c.Reference(tables[i], 0, h, pos[i] + 1, &q[at], group, scale);
         EXPECT_LT(RelError(&got[at], want.data(), want.size()), 1e-4)
             << format << " shared " << shared_tokens << " seq " << i << " head " << h;
       }
